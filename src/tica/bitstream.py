@@ -1,0 +1,174 @@
+"""The tica container: one or many entropy-coded images in a small, checked envelope.
+
+Layout, version 1 (all integers unsigned; varint = LEB128, at most 4 bytes)::
+
+    offset  size  field
+    0       2     magic b"\\x74\\xca"
+    2       1     version (high nibble) | flags (low nibble: 1 = batch, 2 = all one size)
+    3       2     model id, big-endian: first two bytes of the model's SHA-256 fingerprint
+    single image:  varint H, varint W, payload
+    batch:         varint count, sizes (once if flag 2, else per image: H, W),
+                   varint payload length for every image but the last, payloads
+    end     2     CRC-16/CCITT of every byte before it
+
+A single 32x32 image costs 9 bytes of container (Kodak-sized: 11). A payload is the ANS
+stream of one image (z, then y); its end-state check adds a further 32-bit integrity check
+at decode time, so a corrupt stream is caught even when the 16-bit CRC collides.
+
+Parsing validates every size against `Limits` *before* anything is allocated from it.
+"""
+
+from __future__ import annotations
+
+import binascii
+from dataclasses import dataclass
+
+from .errors import BitstreamError
+
+MAGIC = b"\x74\xca"
+VERSION = 1
+FLAG_BATCH = 0x1
+FLAG_UNIFORM = 0x2
+_MAX_VARINT_BYTES = 4
+_CRC_BYTES = 2
+_FIXED = len(MAGIC) + 1 + 2
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a decoder accepts; a server should tighten these to its own budget."""
+
+    max_side: int = 16384
+    max_pixels: int = 1 << 24          # per image
+    max_images: int = 4096
+    max_total_pixels: int = 1 << 26    # per stream
+
+
+@dataclass(frozen=True)
+class Stream:
+    model_id: int
+    sizes: tuple[tuple[int, int], ...]
+    payloads: tuple[bytes, ...]
+
+    @property
+    def is_batch(self) -> bool:
+        return len(self.payloads) != 1
+
+
+def _varint(value: int) -> bytes:
+    if not 0 <= value < 1 << (7 * _MAX_VARINT_BYTES):
+        raise ValueError(f"varint out of range: {value}")
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+class _Reader:
+    def __init__(self, data: bytes, end: int, pos: int) -> None:
+        self.data, self.end, self.pos = data, end, pos
+
+    def varint(self, what: str) -> int:
+        value = 0
+        for i in range(_MAX_VARINT_BYTES):
+            if self.pos >= self.end:
+                raise BitstreamError(f"truncated stream: missing {what}")
+            byte = self.data[self.pos]
+            self.pos += 1
+            value |= (byte & 0x7F) << (7 * i)
+            if not byte & 0x80:
+                if byte == 0 and i:
+                    raise BitstreamError(f"malformed stream: overlong encoding of {what}")
+                return value
+        raise BitstreamError(f"malformed stream: {what} is longer than {_MAX_VARINT_BYTES} bytes")
+
+    def size(self, limits: Limits) -> tuple[int, int]:
+        h, w = self.varint("image height"), self.varint("image width")
+        if not (1 <= h <= limits.max_side and 1 <= w <= limits.max_side):
+            raise BitstreamError(f"image size {h}x{w} outside 1..{limits.max_side} a side")
+        if h * w > limits.max_pixels:
+            raise BitstreamError(f"image size {h}x{w} exceeds the limit of {limits.max_pixels} pixels")
+        return h, w
+
+
+def pack(model_id: int, sizes: list[tuple[int, int]], payloads: list[bytes]) -> bytes:
+    """Wrap payloads (one per image) and their image sizes into a container."""
+    if not payloads or len(sizes) != len(payloads):
+        raise ValueError("need one size per payload and at least one payload")
+    if not 0 <= model_id < 1 << 16:
+        raise ValueError("model id must fit in 16 bits")
+    out = bytearray(MAGIC)
+    batch = len(payloads) > 1
+    uniform = batch and len(set(sizes)) == 1
+    flags = (FLAG_BATCH if batch else 0) | (FLAG_UNIFORM if uniform else 0)
+    out.append(VERSION << 4 | flags)
+    out += model_id.to_bytes(2, "big")
+    if batch:
+        out += _varint(len(payloads))
+    for h, w in sizes[:1] if uniform or not batch else sizes:
+        out += _varint(h) + _varint(w)
+    for payload in payloads[:-1]:
+        out += _varint(len(payload))
+    for payload in payloads:
+        out += payload
+    out += binascii.crc_hqx(bytes(out), 0xFFFF).to_bytes(_CRC_BYTES, "big")
+    return bytes(out)
+
+
+def unpack(data: bytes, limits: Limits = Limits()) -> Stream:
+    """Parse and check a container. Raises BitstreamError, never anything else, and never
+    allocates more than the input's own size before the limits are checked."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise BitstreamError(f"a bitstream must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+        raise BitstreamError("not a tica bitstream (bad magic number)")
+    if len(data) < _FIXED + 2 + _CRC_BYTES:
+        raise BitstreamError(f"truncated stream: {len(data)} bytes is shorter than any header")
+    version, flags = data[2] >> 4, data[2] & 0x0F
+    if version != VERSION:
+        raise BitstreamError(f"unsupported bitstream version {version}; this tica reads "
+                             f"version {VERSION}: use the tica release that wrote it")
+    if flags & ~(FLAG_BATCH | FLAG_UNIFORM) or (flags & FLAG_UNIFORM and not flags & FLAG_BATCH):
+        raise BitstreamError(f"malformed stream: unknown flags {flags:#x}")
+    end = len(data) - _CRC_BYTES
+    if binascii.crc_hqx(data[:end], 0xFFFF) != int.from_bytes(data[end:], "big"):
+        raise BitstreamError("checksum mismatch: the stream is corrupt or truncated")
+    model_id = int.from_bytes(data[3:5], "big")
+    r = _Reader(data, end, _FIXED)
+    count = 1
+    if flags & FLAG_BATCH:
+        count = r.varint("image count")
+        if not 2 <= count <= limits.max_images:
+            raise BitstreamError(f"batch of {count} images outside 2..{limits.max_images}")
+    if flags & FLAG_UNIFORM or count == 1:
+        sizes = [r.size(limits)] * count
+    else:
+        # each size takes >= 2 bytes: refuse counts the stream cannot hold before looping
+        if 2 * count > end - r.pos:
+            raise BitstreamError("truncated stream: fewer image sizes than images")
+        sizes = [r.size(limits) for _ in range(count)]
+    if sum(h * w for h, w in sizes) > limits.max_total_pixels:
+        raise BitstreamError(f"stream holds more than {limits.max_total_pixels} pixels")
+    if count - 1 > end - r.pos:
+        raise BitstreamError("truncated stream: fewer payload lengths than images")
+    lengths = [r.varint("payload length") for _ in range(count - 1)]
+    last = end - r.pos - sum(lengths)
+    if last < 0:
+        raise BitstreamError("truncated stream: payload lengths exceed the stream")
+    lengths.append(last)
+    if any(n == 0 for n in lengths):
+        raise BitstreamError("malformed stream: empty payload")
+    payloads, pos = [], r.pos
+    for n in lengths:
+        payloads.append(data[pos:pos + n])
+        pos += n
+    return Stream(model_id, tuple(sizes), tuple(payloads))
+
+
+def overhead(stream: Stream) -> int:
+    """Container bytes beyond the payloads."""
+    return len(pack(stream.model_id, list(stream.sizes), list(stream.payloads))) - sum(
+        len(p) for p in stream.payloads)

@@ -1,0 +1,124 @@
+"""Configuration dataclasses. A `ModelConfig` is saved inside every checkpoint, so a model
+is rebuilt from the file alone (nanoGPT-style)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+CIFAR10_LABELS = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)
+
+ARCHS = ("tica", "vit-pixel", "hyperprior")
+ACTIVATIONS = ("leaky_relu", "gdn")
+LATENT_PROXIES = ("noise", "ste")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to build a model of the tica family.
+
+    `arch` picks the network: "tica" (codec + compressed-domain ViT + FAM + decoder),
+    "vit-pixel" (the same ViT on pixel patches) or "hyperprior" (the same codec, decoder
+    on the latent, no ViT).
+    """
+
+    name: str
+    arch: str = "tica"
+    img_size: int = 32              # training resolution; sets the position-embedding grid
+    num_classes: int = 10
+    labels: tuple[str, ...] = CIFAR10_LABELS
+    # codec (SPEC 1): g_a/g_s depth and widths
+    stages: int = 2                 # stride-2 convolutions in g_a (latent is 2^stages smaller)
+    N: int = 128
+    M: int = 192
+    act: str = "leaky_relu"
+    # Vision Transformer
+    embed_dim: int = 192
+    depth: int = 6
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.1
+    patch_size: int = 4             # vit-pixel only: side of a pixel patch
+    # feature aggregation module: sources are the projected tokens and these blocks (1-based)
+    fam: bool = True
+    fam_blocks: tuple[int, ...] = (1, 2, 3)
+    # training proxy for rounding, as seen by the ViT and the decoder
+    latent_proxy: str = "ste"
+    # entropy models
+    scale_min: float = 0.11
+    scale_max: float = 256.0
+    scale_levels: int = 64
+    tail_mass: float = 1e-9
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.arch not in ARCHS:
+            problems.append(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.act not in ACTIVATIONS:
+            problems.append(f"act must be one of {ACTIVATIONS}, got {self.act!r}")
+        if self.latent_proxy not in LATENT_PROXIES:
+            problems.append(f"latent_proxy must be one of {LATENT_PROXIES}")
+        if not 1 <= self.stages <= 6:
+            problems.append("stages must be between 1 and 6")
+        for key in ("img_size", "num_classes", "N", "M", "embed_dim", "depth", "num_heads",
+                    "patch_size", "scale_levels"):
+            if getattr(self, key) < 1:
+                problems.append(f"{key} must be positive")
+        if self.embed_dim % max(self.num_heads, 1):
+            problems.append("embed_dim must be divisible by num_heads")
+        if self.labels and len(self.labels) != self.num_classes:
+            problems.append(f"labels has {len(self.labels)} names for {self.num_classes} classes")
+        if self.fam and any(not 1 <= b <= self.depth for b in self.fam_blocks):
+            problems.append(f"fam_blocks must lie in 1..depth={self.depth}")
+        if self.img_size % (2 ** (self.stages + 1)) and self.arch != "vit-pixel":
+            problems.append(f"img_size must be a multiple of 2^(stages+1)={2 ** (self.stages + 1)}")
+        if not 0 < self.scale_min < self.scale_max:
+            problems.append("need 0 < scale_min < scale_max")
+        if problems:
+            raise ConfigError(f"invalid config {self.name!r}: " + "; ".join(problems))
+
+    @property
+    def stride(self) -> int:
+        """Total downsampling of the hyper-latent: inputs are padded to a multiple of it."""
+        return 2 ** (self.stages + 1) if self.arch != "vit-pixel" else self.patch_size
+
+    @property
+    def latent_grid(self) -> tuple[int, int]:
+        side = self.img_size // (2 ** self.stages if self.arch != "vit-pixel" else self.patch_size)
+        return side, side
+
+    def replace(self, **overrides: Any) -> "ModelConfig":
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {sorted(unknown)}; see tica.config.ModelConfig")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        if not isinstance(data, dict):
+            raise ConfigError("a model config must be a JSON object")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {sorted(unknown)}: written by a newer tica?")
+        values = dict(data)
+        for key in ("labels", "fam_blocks"):
+            if key in values:
+                values[key] = tuple(values[key])
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigError(f"bad model config: {exc}") from None

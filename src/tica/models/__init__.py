@@ -1,0 +1,8 @@
+"""Models of the tica family."""
+
+from .codec import CompressionModel
+from .hyperprior import HyperpriorCodec
+from .pixel_vit import PixelViT
+from .tica import TicaModel
+
+__all__ = ["CompressionModel", "HyperpriorCodec", "PixelViT", "TicaModel"]

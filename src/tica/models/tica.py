@@ -1,0 +1,61 @@
+"""tica: the codec of `CompressionModel`, a Vision Transformer that classifies straight from
+the quantized latent, and a decoder fed by the feature aggregation module.
+
+    y_hat (B, M, h, w) -> Linear(M->D) tokens -> [cls] + pos -> blocks -> norm -> head -> logits
+                             |                         | outputs of fam_blocks
+                             +----------- FAM ---------+-> (B, D, h, w) -> g_s -> x_hat
+
+Bai et al., "Towards End-to-End Image Compression and Analysis with Transformers", AAAI 2022.
+With `fam=False` the decoder reads y_hat directly (the ablation of SPEC 5).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import ModelConfig
+from ..nn.conv import synthesis
+from ..nn.fam import FeatureAggregation
+from .codec import CompressionModel
+from .vit import LatentTokens, VisionTransformer
+
+
+class TicaModel(CompressionModel):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        c = config
+        self.tokens = LatentTokens(c.M, c.embed_dim)
+        self.vit = VisionTransformer(c.embed_dim, c.depth, c.num_heads, c.mlp_ratio,
+                                     c.drop_path, c.num_classes, c.latent_grid)
+        self.fam = FeatureAggregation(c.embed_dim, 1 + len(c.fam_blocks)) if c.fam else None
+        self.g_s = synthesis(c.stages, c.embed_dim if c.fam else c.M, c.N, 3, c.act)
+
+    @property
+    def _fam_blocks(self) -> tuple[int, ...]:
+        return self.config.fam_blocks if self.fam is not None else ()
+
+    def _synthesize(self, y_hat: torch.Tensor, tokens: torch.Tensor,
+                    intermediates: list[torch.Tensor], grid: tuple[int, int],
+                    size: tuple[int, int]) -> torch.Tensor:
+        source = self.fam([tokens] + intermediates, grid) if self.fam is not None else y_hat
+        return self.g_s(source)[..., : size[0], : size[1]]
+
+    def forward(self, x: torch.Tensor, entropy: bool = True) -> dict:
+        """Training/eval pass: {"logits", "x_hat", "likelihoods"} (likelihoods None in step 1)."""
+        y_hat, likelihoods = self.encode_latent(x, entropy)
+        tokens, grid = self.tokens(y_hat)
+        feats, inter = self.vit.forward_intermediates(tokens, grid, self._fam_blocks)
+        x_hat = self._synthesize(y_hat, tokens, inter, grid, tuple(x.shape[-2:]))
+        return {"logits": self.vit.forward_head(feats), "x_hat": x_hat, "likelihoods": likelihoods}
+
+    def classify_latent(self, y_hat: torch.Tensor) -> torch.Tensor:
+        """Logits from the quantized latent: entropy decoder + ViT only, never g_s."""
+        tokens, grid = self.tokens(y_hat)
+        return self.vit.forward_head(self.vit.forward_features(tokens, grid))
+
+    def reconstruct_latent(self, y_hat: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        """Image (B, 3, H, W) in [0, 1] from the quantized latent; runs only the ViT blocks
+        the FAM reads."""
+        tokens, grid = self.tokens(y_hat)
+        _, inter = self.vit.forward_intermediates(tokens, grid, self._fam_blocks, stop_early=True)
+        return self._synthesize(y_hat, tokens, inter, grid, image_size).clamp(0, 1)

@@ -1,0 +1,90 @@
+"""Convolution stacks: the analysis transform g_a, the synthesis transform g_s, the hyper
+transforms h_a / h_s, and GDN (Ballé et al., 2016) as an optional nonlinearity."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv(cin: int, cout: int, kernel: int = 5, stride: int = 2) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2)
+
+
+def deconv(cin: int, cout: int, kernel: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(cin, cout, kernel, stride=stride, padding=kernel // 2,
+                              output_padding=stride - 1)
+
+
+class GDN(nn.Module):
+    """Generalized divisive normalization: y_i = x_i / sqrt(beta_i + sum_j gamma_ij x_j^2).
+
+    `inverse=True` gives IGDN (multiply instead of divide), used in synthesis transforms.
+    beta and gamma are kept non-negative by squaring a reparametrised value.
+    """
+
+    def __init__(self, channels: int, inverse: bool = False, beta_min: float = 1e-6,
+                 gamma_init: float = 0.1) -> None:
+        super().__init__()
+        self.inverse = inverse
+        self.beta_min = beta_min
+        self.beta = nn.Parameter(torch.ones(channels).sqrt())
+        self.gamma = nn.Parameter((gamma_init * torch.eye(channels)).sqrt())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        beta = self.beta.square() + self.beta_min
+        gamma = self.gamma.square()[:, :, None, None]
+        norm = F.conv2d(x * x, gamma, beta).sqrt()
+        return x * norm if self.inverse else x / norm
+
+
+def _act(kind: str, channels: int, inverse: bool) -> nn.Module:
+    if kind == "gdn":
+        return GDN(channels, inverse=inverse)
+    return nn.LeakyReLU(inplace=True)
+
+
+def analysis(stages: int, cin: int, hidden: int, cout: int, act: str) -> nn.Sequential:
+    """g_a: `stages` stride-2 5x5 convolutions, cin -> hidden -> ... -> hidden -> cout."""
+    widths = [cin] + [hidden] * (stages - 1) + [cout]
+    layers: list[nn.Module] = []
+    for i in range(stages):
+        layers.append(conv(widths[i], widths[i + 1]))
+        if i < stages - 1:
+            layers.append(_act(act, widths[i + 1], inverse=False))
+    return nn.Sequential(*layers)
+
+
+def synthesis(stages: int, cin: int, hidden: int, cout: int, act: str) -> nn.Sequential:
+    """g_s: `stages` stride-2 5x5 transposed convolutions, cin -> hidden -> ... -> cout."""
+    widths = [cin] + [hidden] * (stages - 1) + [cout]
+    layers: list[nn.Module] = []
+    for i in range(stages):
+        layers.append(deconv(widths[i], widths[i + 1]))
+        if i < stages - 1:
+            layers.append(_act(act, widths[i + 1], inverse=True))
+    return nn.Sequential(*layers)
+
+
+def hyper_analysis(M: int, N: int) -> nn.Sequential:
+    """h_a: conv3x3 s1 M->N, conv5x5 s2 N->N, conv5x5 s1 N->N (SPEC 1)."""
+    return nn.Sequential(
+        conv(M, N, 3, 1), nn.LeakyReLU(inplace=True),
+        conv(N, N, 5, 2), nn.LeakyReLU(inplace=True),
+        conv(N, N, 5, 1),
+    )
+
+
+def hyper_synthesis(N: int, M: int) -> nn.Sequential:
+    """h_s: conv5x5 s1 N->M, deconv5x5 s2 M->1.5M, conv3x3 s1 1.5M->2M (scales, means).
+
+    ReLU rather than LeakyReLU: the decoder re-runs this network in exact integer
+    arithmetic (`IntegerHyperSynthesis`), where ReLU is exact and free.
+    """
+    mid = M * 3 // 2
+    return nn.Sequential(
+        conv(N, M, 5, 1), nn.ReLU(),
+        deconv(M, mid, 5, 2), nn.ReLU(),
+        conv(mid, 2 * M, 3, 1),
+    )

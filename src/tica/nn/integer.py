@@ -1,0 +1,126 @@
+"""Exact integer re-implementation of the hyper-synthesis h_s (Ballé et al., "Integer
+networks for data compression", ICLR 2019).
+
+Why: the decoder selects each latent symbol's CDF from the scales (and shifts it by the
+means) that h_s computes from z_hat. In floating point those values depend on thread
+count, batch size, BLAS kernel and CPU, and a scale that lands on the other side of a
+table boundary on the decoder breaks the whole stream. Here every weight, bias and
+activation is a fixed-point integer, so encoder and decoder compute identical numbers.
+
+How it stays fast: all values are integers whose partial sums stay below 2^53, so a
+float64 convolution computes them *exactly*, whatever order the kernel sums in. `build`
+checks that bound for each layer from the worst case, not from data.
+
+Layout of the fixed point: z_hat enters as plain integers (exponent 0). Each output
+channel o of a layer has a power-of-two weight exponent e_o chosen so |w_int| < 2^WEIGHT_BITS;
+its accumulator carries exponent E_o = a_in + e_o. Hidden activations are ReLU'd and
+shifted to ACT_FRAC_BITS fractional bits (floor division by a power of two: exact), then
+clamped to [0, 2^ACT_BITS). The last layer's accumulators are divided by 2^E_o, which is
+exact in float64, giving the scales and means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+WEIGHT_BITS = 14        # |w_int| < 2^14
+ACT_FRAC_BITS = 8       # hidden activations in steps of 1/256
+ACT_BITS = 20           # hidden activations clamped to [0, 2^20) (i.e. < 4096.0)
+INPUT_BITS = 12         # z_hat clamped to (-2^12, 2^12) before entering the network
+MAX_EXACT = 2.0 ** 53   # float64 represents every integer below this exactly
+MAX_WEIGHT_EXP = 40
+
+
+@dataclass
+class _IntLayer:
+    weight: torch.Tensor        # float64 holding integers, conv layout
+    bias: torch.Tensor          # float64 integers, (C_out,)
+    exponent: torch.Tensor      # int64 (C_out,): fixed-point exponent of the accumulator
+    transposed: bool
+    stride: int
+    padding: int
+    output_padding: int
+
+
+def _quantize_layer(layer: nn.Conv2d | nn.ConvTranspose2d, in_exponent: int, in_bound: float
+                    ) -> tuple[_IntLayer, float]:
+    """Fixed-point copy of one float layer and the worst-case |accumulator| it can reach."""
+    transposed = isinstance(layer, nn.ConvTranspose2d)
+    w = layer.weight.detach().double().cpu()
+    b = layer.bias.detach().double().cpu() if layer.bias is not None else torch.zeros(
+        w.shape[1] if transposed else w.shape[0], dtype=torch.float64)
+    per_out = w.transpose(0, 1) if transposed else w              # (C_out, C_in, k, k)
+    peak = per_out.abs().flatten(1).amax(1).clamp_min(2.0 ** -MAX_WEIGHT_EXP)
+    exp_w = torch.floor(torch.log2((2.0 ** WEIGHT_BITS - 1) / peak)).clamp(max=MAX_WEIGHT_EXP)
+    # Keep the bias inside the exact range too: |b| * 2^(exp_w + in_exponent) < 2^50.
+    bias_room = 50 - in_exponent - torch.ceil(torch.log2(b.abs() + 1))
+    exp_w = torch.minimum(exp_w, bias_room)
+    scale = torch.pow(2.0, exp_w)
+    shape = (1, -1, 1, 1) if transposed else (-1, 1, 1, 1)
+    w_int = torch.round(w * scale.view(shape))
+    exponent = exp_w.long() + in_exponent
+    b_int = torch.round(b * torch.pow(2.0, exponent.double()))
+    # Worst case of one output: every input at its bound with the weight's sign.
+    kernel, stride = per_out.shape[2], layer.stride[0]
+    # A stride-s transposed conv feeds each output from at most ceil(k/s)^2 taps a channel.
+    side = -(-kernel // stride) if transposed else kernel
+    taps = per_out.shape[1] * side * side
+    bound = float(w_int.abs().max()) * in_bound * taps + float(b_int.abs().max())
+    if bound >= MAX_EXACT:
+        raise ValueError(f"integer h_s layer may overflow exact float64 range (bound {bound:.3g})")
+    return _IntLayer(
+        weight=w_int, bias=b_int, exponent=exponent, transposed=transposed,
+        stride=layer.stride[0], padding=layer.padding[0],
+        output_padding=layer.output_padding[0] if transposed else 0,
+    ), bound
+
+
+class IntegerHyperSynthesis:
+    """h_s in exact integer arithmetic; built from a trained float h_s by `build`."""
+
+    def __init__(self, layers: list[_IntLayer]) -> None:
+        self.layers = layers
+
+    @classmethod
+    def build(cls, h_s: nn.Sequential) -> "IntegerHyperSynthesis":
+        convs = [m for m in h_s if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        acts = [m for m in h_s if not isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        if not all(isinstance(a, nn.ReLU) for a in acts) or len(acts) != len(convs) - 1:
+            raise ValueError("IntegerHyperSynthesis needs conv/ReLU/.../conv")
+        layers, in_exp, in_bound = [], 0, float(2 ** INPUT_BITS)
+        for layer in convs:
+            int_layer, _ = _quantize_layer(layer, in_exp, in_bound)
+            layers.append(int_layer)
+            in_exp, in_bound = ACT_FRAC_BITS, float(2 ** ACT_BITS)
+        return cls(layers)
+
+    @staticmethod
+    def _linear(layer: _IntLayer, x: torch.Tensor) -> torch.Tensor:
+        if layer.transposed:
+            acc = F.conv_transpose2d(x, layer.weight, None, layer.stride, layer.padding,
+                                     layer.output_padding)
+        else:
+            acc = F.conv2d(x, layer.weight, None, layer.stride, layer.padding)
+        return acc + layer.bias.view(1, -1, 1, 1)
+
+    def __call__(self, z_hat: torch.Tensor) -> torch.Tensor:
+        """z_hat: integer-valued (B, N, h, w) -> exact float64 (B, 2M, 2h, 2w) = h_s(z_hat).
+
+        Runs on the CPU in float64 whatever the device of the input: exactness relies on
+        every partial sum being an integer below 2^53.
+        """
+        limit = 2 ** INPUT_BITS - 1
+        x = z_hat.detach().to("cpu", torch.float64).round().clamp(-limit, limit)
+        for i, layer in enumerate(self.layers):
+            acc = self._linear(layer, x)
+            exp = layer.exponent.view(1, -1, 1, 1)
+            if i == len(self.layers) - 1:
+                return acc / torch.pow(2.0, exp.double())         # exact: power-of-two divide
+            # ReLU, then shift to ACT_FRAC_BITS fractional bits (floor is exact on integers).
+            shift = torch.pow(2.0, (exp - ACT_FRAC_BITS).double())
+            x = torch.floor(acc.clamp_min(0) / shift).clamp(max=2 ** ACT_BITS - 1)
+        raise AssertionError("unreachable")
