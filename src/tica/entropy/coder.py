@@ -213,8 +213,8 @@ class SymbolDecoder:
         return values
 
     def finish(self) -> None:
-        """Every word must have been consumed, leaving the coder in its initial state: a
-        corrupt payload almost never ends there, so this doubles as a 32-bit check."""
+        """Every word must have been consumed. A consistency check (it catches truncation and
+        trailing data), not a checksum: integrity is the container's CRC."""
         if not self._coder.is_empty():
             raise BitstreamError("entropy-coded payload does not decode consistently "
                                  "(corrupt, truncated, or made by other weights)")

@@ -1,0 +1,162 @@
+"""The `tica` command: argument parsing and printing only; the work is in `tica.api`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import api
+from .checkpoint import atomic_write
+from .errors import TicaError
+from .image import load_image, save_image
+from .registry import DEFAULT_MODEL, list_models
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (decoding needs the model that encoded)")
+    g.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME",
+                   help=f"registered preset ({', '.join(list_models())}); default {DEFAULT_MODEL}")
+    g.add_argument("--weights", metavar="FILE", help="a tica checkpoint (.safetensors) instead")
+    g.add_argument("--quality", type=int, metavar="Q", help="rate point of the shipped weights")
+
+
+def _load_model(args: argparse.Namespace):
+    return api.load(args.model, quality=args.quality, weights=args.weights)
+
+
+def _read_stream(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise TicaError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _bpp(nbytes: int, size: Sequence[int]) -> float:
+    return 8 * nbytes / (size[0] * size[1])
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    images = [load_image(p) for p in args.images]
+    model = _load_model(args)
+    data = api.compress(model, images)
+    atomic_write(args.output, lambda tmp: Path(tmp).write_bytes(data))
+    pixels = sum(img.shape[1] * img.shape[2] for img in images)
+    report = {"output": args.output, "model": api.describe(model), "images": len(images),
+              "bytes": len(data), "bpp": 8 * len(data) / pixels}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        sizes = ", ".join(f"{img.shape[2]}x{img.shape[1]}" for img in images[:4])
+        more = f" (+{len(images) - 4} more)" if len(images) > 4 else ""
+        print(f"{args.output}: {len(images)} image(s) {sizes}{more} -> {len(data)} bytes, "
+              f"{report['bpp']:.4f} bpp  [{report['model']}]")
+    return 0
+
+
+def _outputs(output: str, count: int) -> list[Path]:
+    path = Path(output)
+    if count == 1:
+        return [path]
+    suffix = path.suffix or ".png"
+    return [path.with_name(f"{path.stem}_{i:04d}{suffix}") for i in range(count)]
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    data = _read_stream(args.stream)
+    model = _load_model(args)
+    images = api.reconstruct(model, data)
+    for img, path in zip(images, _outputs(args.output, len(images))):
+        save_image(img, path)
+        print(f"{path}: {img.shape[2]}x{img.shape[1]}")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    data = _read_stream(args.stream)
+    model = _load_model(args)
+    stream = api.parse(model, data)
+    results = api.classify(model, data, k=args.top_k)
+    entries = [{"size": list(size), "bytes": len(payload),
+                "top": [{"label": p.label, "index": p.index, "prob": round(p.prob, 6)} for p in preds]}
+               for size, payload, preds in zip(stream.sizes, stream.payloads, results)]
+    report = {"model": api.describe(model), "bytes": len(data)}
+    if len(entries) == 1:
+        report.update(entries[0], bytes=len(data), bpp=_bpp(len(data), stream.sizes[0]))
+    else:
+        report["images"] = entries
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{args.stream}: {len(data)} bytes, {len(entries)} image(s)  [{report['model']}]")
+    for i, entry in enumerate(entries):
+        top = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in entry["top"])
+        print(f"  [{i}] {entry['size'][1]}x{entry['size'][0]}: {top}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = api.inspect(_read_stream(args.stream))
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"tica bitstream v{info['version']}, model id {info['model_id']}, "
+          f"{info['images']} image(s), {info['bytes']} bytes "
+          f"({info['container_bytes']} of container), {info['bpp']:.4f} bpp")
+    for (h, w), n in zip(info["sizes"][:16], info["payload_bytes"]):
+        print(f"  {w}x{h}: {n} bytes payload")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tica", description=(
+        "Compress images into a real bitstream, classify straight from it, decode it."))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("encode", help="image(s) -> tica bitstream")
+    p.add_argument("images", nargs="+", metavar="IMG", help="PNG/JPEG/WebP/... image(s); "
+                   "several make one batch stream")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.tica")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="tica bitstream -> image(s)")
+    p.add_argument("stream", metavar="IN.tica")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.png",
+                   help="output image; a batch writes OUT_0000.png, OUT_0001.png, ...")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("classify", help="classes straight from a tica bitstream (no pixels)")
+    p.add_argument("stream", metavar="IN.tica")
+    p.add_argument("--top-k", type=int, default=5, metavar="K")
+    p.add_argument("--json", action="store_true", help="print JSON: {top: [{label, prob}], bytes, ...}")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("info", help="what a bitstream holds (no model needed)")
+    p.add_argument("stream", metavar="IN.tica")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "top_k", 1) < 1:
+        parser.error("--top-k must be at least 1")
+    try:
+        return args.func(args)
+    except TicaError as exc:
+        print(f"tica: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

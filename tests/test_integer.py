@@ -1,0 +1,87 @@
+"""The integer hyper-synthesis: exact, independent of threads and batch, close to float h_s."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+
+import tica
+from tica.nn.integer import IntegerHyperSynthesis
+
+
+def _int64_reference(int_hs: IntegerHyperSynthesis, z: torch.Tensor) -> torch.Tensor:
+    """The same network in int64 arithmetic (im2col + integer matmul), slow but obviously exact."""
+    from tica.nn.integer import ACT_BITS, ACT_FRAC_BITS
+    x = z.long()
+    for i, layer in enumerate(int_hs.layers):
+        w, b = layer.weight.long(), layer.bias.long()
+        if layer.transposed:   # transposed conv == conv over a zero-stuffed input, flipped kernel
+            B, C, H, W = x.shape
+            s = layer.stride
+            up = torch.zeros(B, C, (H - 1) * s + 1, (W - 1) * s + 1, dtype=torch.long)
+            up[:, :, ::s, ::s] = x
+            k = w.shape[-1]
+            lo, hi = k - 1 - layer.padding, k - 1 - layer.padding + layer.output_padding
+            x, w, stride, pad = F.pad(up, (lo, hi, lo, hi)), w.flip(-1, -2).transpose(0, 1), 1, 0
+        else:
+            stride, pad = layer.stride, layer.padding
+        k = w.shape[-1]
+        cols = F.unfold(x.double(), k, padding=pad, stride=stride).long()   # exact: small ints
+        out_h = (x.shape[2] + 2 * pad - k) // stride + 1
+        acc = (w.reshape(w.shape[0], -1) @ cols).reshape(x.shape[0], w.shape[0], out_h, -1)
+        acc = acc + b.view(1, -1, 1, 1)
+        e = layer.exponent.view(1, -1, 1, 1)
+        if i == len(int_hs.layers) - 1:
+            return acc.double() / torch.pow(2.0, e.double())
+        shift = e - ACT_FRAC_BITS
+        acc = acc.clamp_min(0)
+        x = torch.where(shift >= 0, acc >> shift.clamp_min(0), acc << (-shift).clamp_min(0))
+        x = x.clamp(max=2 ** ACT_BITS - 1)
+
+
+def _trained_like_h_s():
+    model = tica.create_model("tica-cifar", N=32, M=48).eval()
+    return model.h_s
+
+
+def test_matches_an_int64_reference_exactly():
+    h_s = _trained_like_h_s()
+    int_hs = IntegerHyperSynthesis.build(h_s)
+    z = torch.randint(-20, 21, (2, 32, 5, 3)).double()
+    assert torch.equal(int_hs(z), _int64_reference(int_hs, z))
+
+
+def test_close_to_the_float_network():
+    h_s = _trained_like_h_s()
+    z = torch.randint(-10, 11, (2, 32, 4, 4)).float()
+    exact = IntegerHyperSynthesis.build(h_s)(z)
+    ref = h_s(z).double()
+    assert (exact - ref).abs().max() < 1e-2 * max(ref.abs().max().item(), 1.0)
+
+
+def test_batch_size_does_not_change_a_single_bit():
+    int_hs = IntegerHyperSynthesis.build(_trained_like_h_s())
+    z = torch.randint(-30, 31, (8, 32, 4, 6)).double()
+    batched = int_hs(z)
+    single = torch.cat([int_hs(z[i:i + 1]) for i in range(8)])
+    assert torch.equal(batched, single)
+
+
+_THREADS_SCRIPT = """
+import hashlib, sys, torch, tica
+from tica.nn.integer import IntegerHyperSynthesis
+torch.set_num_threads(int(sys.argv[1]))
+h_s = tica.create_model("tica-cifar").h_s
+z = torch.randint(-25, 26, (4, 128, 6, 5), generator=torch.Generator().manual_seed(3)).double()
+out = IntegerHyperSynthesis.build(h_s)(z)
+print(hashlib.sha256(out.numpy().tobytes()).hexdigest(), out.abs().sum().item())
+"""
+
+
+def test_thread_count_does_not_change_a_single_bit():
+    runs = [subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(n)], capture_output=True,
+                           text=True, check=True).stdout for n in (1, 2)]
+    assert runs[0] == runs[1] and runs[0].strip()

@@ -1,0 +1,110 @@
+"""Every registered model: forward shapes, no NaN, every parameter receives a gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tica
+from tica.registry import get_config
+
+
+def _inputs(name: str) -> torch.Tensor:
+    size = get_config(name).img_size
+    return torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def _loss(out: dict, model) -> torch.Tensor:
+    loss = torch.zeros(())
+    if "logits" in out:
+        loss = loss + out["logits"].square().mean()
+    if "x_hat" in out:
+        loss = loss + out["x_hat"].square().mean()
+    if out.get("likelihoods"):
+        loss = loss + sum(-l.log2().mean() for l in out["likelihoods"].values())
+        loss = loss + model.aux_loss()
+    return loss
+
+
+@pytest.mark.parametrize("name", tica.list_models())
+def test_forward_shapes_finite_and_all_parameters_train(name):
+    model = tica.create_model(name).train()
+    cfg = model.config
+    x = _inputs(name)
+    out = model(x)
+    if cfg.arch in ("tica", "vit-pixel"):
+        assert out["logits"].shape == (2, cfg.num_classes)
+        assert torch.isfinite(out["logits"]).all()
+    if cfg.arch in ("tica", "hyperprior"):
+        assert out["x_hat"].shape == x.shape
+        assert torch.isfinite(out["x_hat"]).all()
+        h, w = model.latent_grid(tuple(x.shape[-2:]))
+        assert out["likelihoods"]["y"].shape == (2, cfg.M, h, w)
+        assert out["likelihoods"]["z"].shape == (2, cfg.N, h // 2, w // 2)
+        for lik in out["likelihoods"].values():
+            assert ((lik > 0) & (lik <= 1)).all()
+    _loss(out, model).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"parameters without gradient: {missing[:8]}"
+
+
+@pytest.mark.parametrize("name", ["tica-cifar", "hyperprior-cifar"])
+def test_step_one_forward_skips_entropy_model(name):
+    model = tica.create_model(name).train()
+    out = model(_inputs(name), entropy=False)
+    assert out["likelihoods"] is None
+    _loss(out, model).backward()
+    assert model.h_s[0].weight.grad is None           # hyperprior unused in step 1
+    assert model.g_a[0].weight.grad.abs().sum() > 0
+
+
+def test_fam_switch_feeds_decoder_from_latent():
+    with_fam = tica.create_model("tica-cifar")
+    without = tica.create_model("tica-cifar", fam=False)
+    assert with_fam.fam is not None and without.fam is None
+    assert with_fam.g_s[0].in_channels == with_fam.config.embed_dim
+    assert without.g_s[0].in_channels == without.config.M
+    out = without.train()(_inputs("tica-cifar"))
+    assert out["x_hat"].shape == (2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (40, 24), (17, 33), (1, 1)])
+def test_any_input_size_is_padded_and_cropped(size):
+    model = tica.create_model("tica-cifar").eval()
+    x = torch.rand(1, 3, *size)
+    out = model(x)
+    assert out["x_hat"].shape == x.shape
+    assert out["logits"].shape == (1, 10)
+
+
+def test_pixel_vit_any_size():
+    model = tica.create_model("vit-pixel-cifar").eval()
+    assert model(torch.rand(1, 3, 30, 50))["logits"].shape == (1, 10)
+
+
+def test_create_model_is_seeded_and_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = tica.create_model("tica-cifar")
+    after = torch.rand(1)
+    b = tica.create_model("tica-cifar")
+    assert torch.equal(before, after)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_unknown_model_and_override_are_config_errors():
+    with pytest.raises(tica.ConfigError, match="unknown model"):
+        tica.create_model("tica-xl")
+    with pytest.raises(tica.ConfigError, match="unknown config field"):
+        tica.create_model("tica-cifar", widht=3)
+    with pytest.raises(tica.ConfigError, match="fam_blocks"):
+        tica.create_model("tica-cifar", depth=2)
+
+
+def test_paper_preset_matches_spec():
+    cfg = get_config("tica-s")
+    assert (cfg.img_size, cfg.stages, cfg.N, cfg.M) == (224, 4, 128, 192)
+    assert (cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.fam_blocks) == (384, 12, 6, (1, 2, 3))
+    model = tica.create_model("tica-s")
+    assert model.latent_grid((224, 224)) == (14, 14)
