@@ -1,0 +1,157 @@
+"""The container: layout, overhead, and typed errors on every kind of malformed input."""
+
+from __future__ import annotations
+
+import time
+import zlib
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import tica
+from tica import bitstream
+from tica.bitstream import Limits, pack, unpack
+from tica.errors import BitstreamError, ModelMismatchError
+
+
+def _fix_crc(body: bytes) -> bytes:
+    return body + zlib.crc32(body).to_bytes(4, "big")
+
+
+def test_round_trip_single_and_batch():
+    one = pack(0xBEEF, [(32, 32)], [b"abcd"])
+    s = unpack(one)
+    assert (s.model_id, s.sizes, s.payloads, s.is_batch) == (0xBEEF, ((32, 32),), (b"abcd",), False)
+    sizes = [(32, 32), (5, 700), (32, 32)]
+    payloads = [b"x" * 4, b"y" * 300, b"z" * 8]
+    s = unpack(pack(7, sizes, payloads))
+    assert list(s.sizes) == sizes and list(s.payloads) == payloads and s.is_batch
+    uniform = unpack(pack(7, [(32, 32)] * 3, payloads))
+    assert uniform.sizes == ((32, 32),) * 3
+
+
+def test_overhead_is_small():
+    payload = b"p" * 100
+    assert len(pack(1, [(32, 32)], [payload])) - 100 == 11
+    assert len(pack(1, [(512, 768)], [payload])) - 100 == 13
+    batch = pack(1, [(32, 32)] * 100, [payload] * 100)
+    assert (len(batch) - 100 * 100) / 100 <= 1.2          # one length byte an image, amortised
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (lambda d: b"PK" + d[2:], "magic"),
+    (lambda d: d[:2] + bytes([0x21]) + d[3:], "version"),
+    (lambda d: d[:-1], "checksum"),
+    (lambda d: d[:5], "truncated|checksum"),
+    (lambda d: d + b"\x00", "checksum"),
+    (lambda d: d[:10] + bytes([d[10] ^ 4]) + d[11:], "checksum"),
+    (lambda d: b"", "magic"),
+    (lambda d: _fix_crc(d[:2] + bytes([0x1C]) + d[3:-4]), "flags"),
+])
+def test_malformed_streams_raise_bitstream_error(mutate, reason):
+    data = pack(3, [(32, 32)], [b"abcdefgh"])
+    with pytest.raises(BitstreamError, match=reason):
+        unpack(mutate(data))
+
+
+@pytest.mark.parametrize("header, reason", [
+    (b"\x74\xca\x10\x00\x03" + b"\x00\x20", "size 0x32"),                                # zero height
+    (b"\x74\xca\x10\x00\x03" + b"\xff\xff\x7f\xff\xff\x7f", "outside"),                  # 2M x 2M
+    (b"\x74\xca\x10\x00\x03" + b"\x81\x80\x01\x20", "outside"),                          # 16385 high
+    (b"\x74\xca\x10\x00\x03" + b"\x80\x40\x80\x40", "exceeds the limit"),                # 8192x8192
+    (b"\x74\xca\x11\x00\x03" + b"\xff\xff\xff\x7f", "batch of"),                         # 268M images
+    (b"\x74\xca\x13\x00\x03" + b"\x80\x20\x40\x40", "more than"),                        # 4096 images of 64x64
+    (b"\x74\xca\x11\x00\x03" + b"\x80\x02", "fewer image sizes"),                        # 256 sizes missing
+    (b"\x74\xca\x13\x00\x03" + b"\x03\x20\x20\xff\x7f\x01", "exceed"),                   # lengths > stream
+    (b"\x74\xca\x10\x00\x03" + b"\xff\xff\xff\xff\x01", "longer than"),                  # 5-byte varint
+    (b"\x74\xca\x10\x00\x03" + b"\x80\x00\x20", "overlong"),
+    (b"\x74\xca\x10\x00\x03" + b"\x20\x20", "empty payload"),
+])
+def test_forged_headers_with_valid_checksum_are_refused_before_allocation(header, reason):
+    limits = Limits(max_total_pixels=1 << 22)
+    with pytest.raises(BitstreamError, match=reason):
+        unpack(_fix_crc(header + (b"abcd" if reason != "empty payload" else b"")), limits)
+
+
+def test_non_bytes_input_is_a_bitstream_error():
+    with pytest.raises(BitstreamError):
+        unpack("not bytes")  # type: ignore[arg-type]
+
+
+# ---- fuzzing the whole decode path ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def stream(tica_cifar, cifar_images):
+    return tica.compress(tica_cifar, cifar_images[:3])
+
+
+_ops = st.one_of(
+    st.tuples(st.just("flip"), st.integers(0, 10_000), st.integers(0, 7)),
+    st.tuples(st.just("set"), st.integers(0, 10_000), st.integers(0, 255)),
+    st.tuples(st.just("truncate"), st.integers(0, 10_000), st.just(0)),
+    st.tuples(st.just("insert"), st.integers(0, 10_000), st.integers(0, 255)),
+    st.tuples(st.just("delete"), st.integers(0, 10_000), st.integers(1, 64)),
+)
+
+
+def _mutate(data: bytes, ops) -> bytes:
+    out = bytearray(data)
+    for op, pos, arg in ops:
+        pos = pos % (len(out) + 1)
+        if op == "flip" and pos < len(out):
+            out[pos] ^= 1 << arg
+        elif op == "set" and pos < len(out):
+            out[pos] = arg
+        elif op == "truncate":
+            del out[pos:]
+        elif op == "insert":
+            out[pos:pos] = bytes([arg])
+        elif op == "delete":
+            del out[pos:pos + arg]
+    return bytes(out)
+
+
+def _decode_all(model, data: bytes) -> list:
+    return [y for _, _, y in tica.decompress(model, data)]
+
+
+@settings(max_examples=3000, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(ops=st.lists(_ops, min_size=1, max_size=4))
+def test_fuzz_every_damaged_stream_raises_bitstream_error_quickly(tica_cifar, stream, ops):
+    bad = _mutate(stream, ops)
+    if bad == stream:
+        return
+    start = time.perf_counter()
+    with pytest.raises(BitstreamError):
+        _decode_all(tica_cifar, bad)
+    assert time.perf_counter() - start < 1.0
+
+
+@settings(max_examples=500, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(ops=st.lists(_ops, min_size=1, max_size=3))
+def test_fuzz_forged_checksums_never_crash_or_overallocate(tica_cifar, stream, ops):
+    """An attacker can recompute the CRC: then the limits and the decoder itself must hold."""
+    bad = _fix_crc(_mutate(stream[:-4], ops))
+    start = time.perf_counter()
+    try:
+        latents = _decode_all(tica_cifar, bad)
+    except BitstreamError:
+        return
+    finally:
+        assert time.perf_counter() - start < 2.0
+    for y in latents:            # decoded garbage is still a bounded, well-formed latent
+        assert torch.isfinite(y).all() and y.shape[1] == tica_cifar.config.M
+
+
+def test_stream_for_another_model_is_refused(tica_cifar, hyperprior_cifar, stream):
+    with pytest.raises(ModelMismatchError, match="written by model id"):
+        tica.reconstruct(hyperprior_cifar, stream)
+    other = tica.create_model("tica-cifar", seed=1).eval()
+    other.update()
+    with pytest.raises(ModelMismatchError):
+        tica.reconstruct(other, stream)
+    assert bitstream.unpack(stream).model_id == tica_cifar.model_id

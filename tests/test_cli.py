@@ -1,0 +1,105 @@
+"""The `tica` command, end to end and in-process, on real Kodak and CIFAR-10 images."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from tica.cli import main
+
+
+def _json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out)
+
+
+def test_encode_classify_decode_kodak(tmp_path, kodak_path, capsys):
+    stream, out = tmp_path / "k.tica", tmp_path / "k.png"
+    assert main(["encode", str(kodak_path), "-o", str(stream), "--model", "tica-photo", "--json"]) == 0
+    enc = _json(capsys)
+    assert enc["bytes"] == stream.stat().st_size and enc["images"] == 1
+    assert enc["bpp"] == pytest.approx(8 * enc["bytes"] / (768 * 512))
+    assert main(["info", str(stream), "--json"]) == 0
+    info = _json(capsys)
+    assert info["sizes"] == [[512, 768]] and info["bytes"] == enc["bytes"]
+    assert main(["classify", str(stream), "--model", "tica-photo", "--json", "--top-k", "3"]) == 0
+    res = _json(capsys)
+    assert len(res["top"]) == 3 and res["bytes"] == enc["bytes"]
+    assert res["top"][0]["prob"] >= res["top"][1]["prob"] >= res["top"][2]["prob"]
+    assert {"label", "prob"} <= set(res["top"][0])
+    assert main(["decode", str(stream), "-o", str(out), "--model", "tica-photo"]) == 0
+    with Image.open(out) as img:
+        assert img.size == (768, 512) and img.mode == "RGB"
+
+
+def test_cifar_batch_through_the_cli(tmp_path, cifar_samples, capsys):
+    paths = []
+    for i, (data, _) in enumerate(cifar_samples[:5]):
+        p = tmp_path / f"c{i}.jpg"
+        p.write_bytes(data)
+        paths.append(str(p))
+    stream = tmp_path / "batch.tica"
+    assert main(["encode", *paths, "-o", str(stream)]) == 0
+    assert "5 image(s)" in capsys.readouterr().out
+    assert main(["classify", str(stream), "--json"]) == 0
+    res = _json(capsys)
+    assert len(res["images"]) == 5 and all(len(e["top"]) == 5 for e in res["images"])
+    assert res["bytes"] == stream.stat().st_size
+    assert main(["decode", str(stream), "-o", str(tmp_path / "out.png")]) == 0
+    for i in range(5):
+        with Image.open(tmp_path / f"out_{i:04d}.png") as img:
+            assert img.size == (32, 32)
+    single = tmp_path / "one.tica"
+    assert main(["encode", paths[0], "-o", str(single)]) == 0
+    capsys.readouterr()
+    assert main(["info", str(single), "--json"]) == 0
+    assert _json(capsys)["container_bytes"] == 11
+
+
+@pytest.mark.parametrize("command", ["encode", "decode", "classify", "info"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: tica " + command in capsys.readouterr().out
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tica: error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_bad_inputs_exit_non_zero_with_one_line(tmp_path, kodak_path, capsys):
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("hello")
+    assert main(["encode", str(not_image), "-o", str(tmp_path / "x.tica")]) == 1
+    assert "cannot read image" in _one_line_error(capsys)
+    assert not (tmp_path / "x.tica").exists()
+    assert main(["encode", str(tmp_path / "missing.png"), "-o", str(tmp_path / "x.tica")]) == 1
+    assert "cannot read" in _one_line_error(capsys)
+    assert main(["info", str(kodak_path)]) == 1
+    assert "bad magic" in _one_line_error(capsys)
+    assert main(["classify", str(tmp_path / "missing.tica")]) == 1
+    _one_line_error(capsys)
+    stream = tmp_path / "c.tica"
+    img = tmp_path / "tiny.png"
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(img)
+    assert main(["encode", str(img), "-o", str(stream)]) == 0
+    capsys.readouterr()
+    data = bytearray(stream.read_bytes())
+    data[12] ^= 0x40
+    stream.write_bytes(bytes(data))
+    assert main(["decode", str(stream), "-o", str(tmp_path / "d.png")]) == 1
+    assert "checksum" in _one_line_error(capsys)
+    assert not (tmp_path / "d.png").exists()
+    assert main(["classify", str(stream), "--model", "tica-s"]) == 1
+    _one_line_error(capsys)
+    assert main(["encode", str(img), "-o", str(stream), "--quality", "3"]) == 1
+    assert "quality" in _one_line_error(capsys)
+    assert main(["encode", str(img), "-o", str(stream), "--model", "nope"]) == 1
+    assert "unknown model" in _one_line_error(capsys)
+    with pytest.raises(SystemExit) as exc:
+        main(["classify", str(stream), "--top-k", "0"])
+    assert exc.value.code == 2

@@ -1,0 +1,127 @@
+"""The model's coding contract: bit-exact round trips, classify from the bitstream,
+determinism across batch sizes, thread counts and processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import tica
+from tica import bitstream
+
+
+@pytest.mark.parametrize("fixture", ["tica_cifar", "hyperprior_cifar"])
+def test_latent_round_trip_is_bit_exact(request, fixture, cifar_images):
+    model = request.getfixturevalue(fixture)
+    data = tica.compress(model, cifar_images)
+    decoded = torch.cat([y for _, _, y in tica.decompress(model, data)])
+    assert torch.equal(decoded, model.latent(cifar_images))
+    stream = bitstream.unpack(data)
+    assert len(stream.payloads) == len(cifar_images)
+    assert bitstream.pack(stream.model_id, list(stream.sizes), list(stream.payloads)) == data
+
+
+def test_mixed_sizes_in_one_stream(tica_cifar, kodak_path):
+    images = [torch.rand(3, 37, 45), torch.rand(3, 1, 1), torch.rand(3, 32, 32), torch.rand(3, 37, 45)]
+    data = tica.compress(tica_cifar, images)
+    assert tica.inspect(data)["sizes"] == [[37, 45], [1, 1], [32, 32], [37, 45]]
+    out = tica.reconstruct(tica_cifar, data)
+    assert [tuple(o.shape) for o in out] == [tuple(i.shape) for i in images]
+    assert all(0 <= o.min() and o.max() <= 1 for o in out)
+
+
+def test_classify_from_bitstream_equals_classify_on_the_rounded_latent(tica_cifar, cifar_images):
+    data = tica.compress(tica_cifar, cifar_images)
+    from_stream = tica.classify_logits(tica_cifar, data)
+    with torch.no_grad():
+        direct = tica_cifar.classify_latent(tica_cifar.latent(cifar_images))
+        forward = tica_cifar(cifar_images)["logits"]    # eval forward: float h_s means
+    torch.testing.assert_close(from_stream, direct, rtol=1e-5, atol=1e-5)
+    assert (forward.argmax(1) == from_stream.argmax(1)).float().mean() >= 0.9
+
+
+def test_classify_never_runs_the_pixel_decoder(tica_cifar, cifar_images, monkeypatch):
+    data = tica.compress(tica_cifar, cifar_images[:2])
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("g_s or FAM ran during classify")
+
+    monkeypatch.setattr(tica_cifar.g_s, "forward", forbidden)
+    monkeypatch.setattr(tica_cifar.fam, "forward", forbidden)
+    preds = tica.classify(tica_cifar, data, k=3)
+    assert len(preds) == 2 and all(len(p) == 3 for p in preds)
+    everything = tica.classify(tica_cifar, data, k=10)[0]
+    assert abs(sum(q.prob for q in everything) - 1) < 1e-4
+
+
+def test_coding_before_update_names_the_fix():
+    model = tica.create_model("tica-cifar").eval()
+    with pytest.raises(tica.NotUpdatedError, match=r"update\(\)"):
+        model.compress(torch.rand(1, 3, 32, 32))
+
+
+def test_decoding_is_independent_of_batch_size(tica_cifar, cifar_images):
+    data = tica.compress(tica_cifar, cifar_images)
+    one = torch.cat([y for _, _, y in tica.decompress(tica_cifar, data, batch_size=1)])
+    many = torch.cat([y for _, _, y in tica.decompress(tica_cifar, data, batch_size=64)])
+    assert torch.equal(one, many)
+    # encoding one image at a time codes the same symbols the batched encoder would decode to
+    singles = [tica.compress(tica_cifar, img) for img in cifar_images[:4]]
+    for img, single in zip(cifar_images[:4], singles):
+        (_, _, y), = tica.decompress(tica_cifar, single)
+        assert torch.equal(y, tica_cifar.latent(img[None]))
+
+
+_ENCODE = """
+import sys, numpy as np, torch, tica
+torch.set_num_threads(int(sys.argv[1]))
+images = torch.from_numpy(np.load(sys.argv[2]))
+model = tica.load("tica-cifar")
+data = tica.compress(model, images)
+open(sys.argv[3], "wb").write(data)
+_, _, means, symbols = model.analyze(images)
+np.save(sys.argv[3] + ".symbols.npy", symbols.numpy())
+"""
+
+_DECODE = """
+import sys, numpy as np, torch, tica
+torch.set_num_threads(int(sys.argv[1]))
+model = tica.load("tica-cifar")
+data = open(sys.argv[2], "rb").read()
+y = torch.cat([y for _, _, y in tica.decompress(model, data, batch_size=int(sys.argv[3]))])
+np.save(sys.argv[2] + ".decoded.npy", y.numpy())
+np.save(sys.argv[2] + ".means.npy", model.analyze(torch.from_numpy(np.load(sys.argv[4])))[2].numpy())
+"""
+
+
+@pytest.mark.parametrize("enc_threads, dec_threads, dec_batch", [(2, 1, 1), (1, 2, 16)])
+def test_stream_from_one_process_decodes_bit_exactly_in_another(
+        tmp_path: Path, cifar_images, enc_threads, dec_threads, dec_batch):
+    images = tmp_path / "images.npy"
+    np.save(images, cifar_images.numpy())
+    stream = tmp_path / "s.tica"
+    run = lambda *a: subprocess.run([sys.executable, "-c", *map(str, a)], check=True,
+                                    capture_output=True, text=True)
+    run(_ENCODE, enc_threads, images, stream)
+    run(_DECODE, dec_threads, stream, dec_batch, images)
+    symbols = np.load(str(stream) + ".symbols.npy")
+    decoded = np.load(str(stream) + ".decoded.npy")
+    means = np.load(str(stream) + ".means.npy")
+    assert np.array_equal(decoded - means, symbols)          # exactly the encoded symbols
+    assert np.array_equal(decoded, (torch.from_numpy(symbols) + torch.from_numpy(means)).numpy())
+
+
+def test_kodak_image_round_trip_with_the_photo_preset(tica_photo, kodak_path):
+    from tica.image import load_image
+    img = load_image(kodak_path)
+    data = tica.compress(tica_photo, img)
+    info = tica.inspect(data)
+    assert info["sizes"] == [[512, 768]] and info["container_bytes"] == 13
+    (_, size, y), = tica.decompress(tica_photo, data)
+    assert size == (512, 768) and y.shape == (1, 192, 32, 48)
+    assert torch.equal(y, tica_photo.latent(img[None]))
