@@ -26,7 +26,7 @@ from ..config import ModelConfig
 from ..entropy import EntropyBottleneck, GaussianConditional, SymbolDecoder, SymbolEncoder
 from ..entropy._ops import quantize
 from ..errors import NotUpdatedError
-from ..nn.conv import analysis, hyper_analysis, hyper_synthesis
+from ..nn.conv import analysis, hyper_analysis, hyper_synthesis, nhwc
 from ..nn.integer import INPUT_BITS, IntegerHyperSynthesis
 
 Likelihoods = dict[str, torch.Tensor]
@@ -71,7 +71,7 @@ class CompressionModel(nn.Module):
         y or the straight-through rounded y (`latent_proxy`). Eval: round(y - mu) + mu, the
         value the decoder rebuilds.
         """
-        y = self.g_a(pad_to(x, self.config.stride))
+        y = self.g_a(nhwc(pad_to(x, self.config.stride)))
         if not entropy:
             return y, None
         z_hat, z_lik = self.entropy_bottleneck(self.h_a(y), "noise" if self.training else "round")
@@ -141,7 +141,7 @@ class CompressionModel(nn.Module):
         """x -> (z_int, y indexes, means, y symbols): everything `compress` codes.
         y_hat = symbols + means is exactly what `decompress` returns."""
         self._require_update()
-        y = self.g_a(pad_to(x, self.config.stride))
+        y = self.g_a(nhwc(pad_to(x, self.config.stride)))
         limit = 2 ** INPUT_BITS - 1
         z_int = torch.round(self.h_a(y)).clamp(-limit, limit).cpu()
         indexes, means = self._hyper_decode(z_int)

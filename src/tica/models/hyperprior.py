@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..config import ModelConfig
-from ..nn.conv import synthesis
+from ..nn.conv import nhwc, synthesis
 from .codec import CompressionModel
 
 
@@ -18,8 +18,10 @@ class HyperpriorCodec(CompressionModel):
 
     def forward(self, x: torch.Tensor, entropy: bool = True) -> dict:
         y_hat, likelihoods = self.encode_latent(x, entropy)
-        x_hat = self.g_s(y_hat)[..., : x.shape[-2], : x.shape[-1]]
-        return {"x_hat": x_hat, "likelihoods": likelihoods}
+        return {"x_hat": self._synthesize(y_hat, tuple(x.shape[-2:])), "likelihoods": likelihoods}
+
+    def _synthesize(self, y_hat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return self.g_s(nhwc(y_hat))[..., : size[0], : size[1]]
 
     def reconstruct_latent(self, y_hat: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-        return self.g_s(y_hat)[..., : image_size[0], : image_size[1]].clamp(0, 1)
+        return self._synthesize(y_hat, image_size).clamp(0, 1)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..config import ModelConfig
-from ..nn.conv import synthesis
+from ..nn.conv import nhwc, synthesis
 from ..nn.fam import FeatureAggregation
 from .codec import CompressionModel
 from .vit import LatentTokens, VisionTransformer
@@ -38,7 +38,7 @@ class TicaModel(CompressionModel):
                     intermediates: list[torch.Tensor], grid: tuple[int, int],
                     size: tuple[int, int]) -> torch.Tensor:
         source = self.fam([tokens] + intermediates, grid) if self.fam is not None else y_hat
-        return self.g_s(source)[..., : size[0], : size[1]]
+        return self.g_s(nhwc(source))[..., : size[0], : size[1]]
 
     def forward(self, x: torch.Tensor, entropy: bool = True) -> dict:
         """Training/eval pass: {"logits", "x_hat", "likelihoods"} (likelihoods None in step 1)."""

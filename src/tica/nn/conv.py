@@ -8,13 +8,59 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def nhwc(x: torch.Tensor) -> torch.Tensor:
+    """Channels-last layout: oneDNN runs these 5x5 (transposed) convolutions 1.3-1.8x faster
+    on CPU in it, with identical results; callers convert at the entry of a conv stack.
+
+    A copy, not `.contiguous(memory_format=...)`: a view such as the FAM's transposed tokens
+    can pass that check with a non-canonical batch stride, and convolution then falls back
+    to the slow NCHW path (measured: 320 ms instead of 190 ms for g_s on a Kodak image)."""
+    return x.clone(memory_format=torch.channels_last)
+
+
 def conv(cin: int, cout: int, kernel: int = 5, stride: int = 2) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2)
 
 
+class ConvTranspose2d(nn.ConvTranspose2d):
+    """nn.ConvTranspose2d that runs a stride-2, 5x5 layer with few output channels as its
+    polyphase equivalent: a 3x3 convolution to 4*C_out channels, then pixel shuffle.
+
+    Same parameters, same function (only the summation order differs). oneDNN handles a
+    transposed convolution to 3 channels poorly: g_s's last layer on a Kodak image takes
+    ~50 ms as such and ~25 ms as a convolution.
+    """
+
+    POLYPHASE_MAX_OUT = 16
+
+    def _polyphase_weight(self) -> torch.Tensor:
+        # Output row 2q + r takes input rows q + d through kernel tap kk = 2 + r - 2d
+        # (r = 0: d = -1, 0, 1 -> kk = 4, 2, 0; r = 1: d = 0, 1 -> kk = 3, 1).
+        w = self.weight                                          # (C_in, C_out, 5, 5)
+        taps = {0: (4, 2, 0), 1: (None, 3, 1)}
+        cin, cout = w.shape[:2]
+        zero = w.new_zeros(cin, cout)
+        phases = []
+        for rh in (0, 1):
+            for rw in (0, 1):
+                rows = [torch.stack([zero if (kh is None or kw is None) else w[:, :, kh, kw]
+                                     for kw in taps[rw]], -1) for kh in taps[rh]]
+                phases.append(torch.stack(rows, -2))             # (C_in, C_out, 3, 3)
+        # conv weight (C_out * 4, C_in, 3, 3), channel order c * 4 + rh * 2 + rw (pixel shuffle)
+        return torch.stack(phases, 2).permute(1, 2, 0, 3, 4).reshape(cout * 4, cin, 3, 3)
+
+    def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
+        if (output_size is None and self.stride == (2, 2) and self.kernel_size == (5, 5)
+                and self.padding == (2, 2) and self.output_padding == (1, 1)
+                and self.out_channels <= self.POLYPHASE_MAX_OUT and self.groups == 1):
+            bias = self.bias.repeat_interleave(4) if self.bias is not None else None
+            return F.pixel_shuffle(F.conv2d(x, self._polyphase_weight(), bias, padding=1), 2)
+        return super().forward(x, output_size)
+
+
 def deconv(cin: int, cout: int, kernel: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
-    return nn.ConvTranspose2d(cin, cout, kernel, stride=stride, padding=kernel // 2,
-                              output_padding=stride - 1)
+    return ConvTranspose2d(cin, cout, kernel, stride=stride, padding=kernel // 2,
+                           output_padding=stride - 1)
 
 
 class GDN(nn.Module):
