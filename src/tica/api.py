@@ -133,12 +133,13 @@ class Prediction:
 
 
 @torch.no_grad()
-def classify_logits(model: nn.Module, data: bytes, limits: Limits = Limits()) -> torch.Tensor:
+def classify_logits(model: nn.Module, data: bytes | Stream, limits: Limits = Limits()
+                    ) -> torch.Tensor:
     """(num_images, num_classes) logits straight from the bitstream: entropy decoding and the
     ViT only; the pixel decoder g_s never runs."""
     if not hasattr(model, "classify_latent"):
         raise TicaError(f"model {model.config.name!r} has no classifier")
-    stream = parse(model, data, limits)
+    stream = data if isinstance(data, Stream) else parse(model, data, limits)
     out = torch.empty(len(stream.payloads), model.config.num_classes)
     for part, _, y_hat in decompress(model, stream):
         out[part] = model.classify_latent(y_hat).float().cpu()
@@ -154,7 +155,7 @@ def top_k(model: nn.Module, logits: torch.Tensor, k: int = 5) -> list[list[Predi
             for vs, ix in zip(values, indexes)]
 
 
-def classify(model: nn.Module, data: bytes, k: int = 5, limits: Limits = Limits()
+def classify(model: nn.Module, data: bytes | Stream, k: int = 5, limits: Limits = Limits()
              ) -> list[list[Prediction]]:
     """Top-k classes of every image in the stream."""
     return top_k(model, classify_logits(model, data, limits), k)

@@ -78,7 +78,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     data = _read_stream(args.stream)
     model = _load_model(args)
     stream = api.parse(model, data)
-    results = api.classify(model, data, k=args.top_k)
+    results = api.classify(model, stream, k=args.top_k)
     entries = [{"size": list(size), "bytes": len(payload),
                 "top": [{"label": p.label, "index": p.index, "prob": round(p.prob, 6)} for p in preds]}
                for size, payload, preds in zip(stream.sizes, stream.payloads, results)]
