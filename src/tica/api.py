@@ -162,9 +162,10 @@ def classify(model: nn.Module, data: bytes | Stream, k: int = 5, limits: Limits 
 
 
 @torch.no_grad()
-def reconstruct(model: nn.Module, data: bytes, limits: Limits = Limits()) -> list[torch.Tensor]:
+def reconstruct(model: nn.Module, data: bytes | Stream, limits: Limits = Limits()
+                ) -> list[torch.Tensor]:
     """Decode every image of the stream to (3, H, W) in [0, 1]."""
-    stream = parse(model, data, limits)
+    stream = data if isinstance(data, Stream) else parse(model, data, limits)
     out: list[torch.Tensor] = [torch.empty(0)] * len(stream.payloads)
     for part, size, y_hat in decompress(model, stream):
         for i, img in zip(part, model.reconstruct_latent(y_hat, size).float().cpu()):

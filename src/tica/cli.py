@@ -110,6 +110,60 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import TrainConfig
+    from .train import train
+
+    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+    fields["model_overrides"] = dict(kv.split("=", 1) for kv in args.set or [])
+    fields["model_overrides"] = {k: _parse_value(v) for k, v in fields["model_overrides"].items()}
+    fields["bf16"] = not args.no_bf16
+    fields["progress"] = not args.no_progress
+    result = train(TrainConfig(**fields), resume=args.resume)
+    print(f"weights: {result.weights} ({result.steps} steps)")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data import load_split
+    from .evaluate import evaluate_codec
+    from .registry import shipped_weights
+
+    split = load_split(args.data, args.split, limit=args.limit)
+    if args.weights or args.quality not in (None, "all"):
+        qualities = [None if args.weights else int(args.quality)]
+    else:
+        qualities = sorted(shipped_weights().get(args.model, {})) or [None]
+    results = []
+    for q in qualities:
+        model = api.load(args.model, quality=q, weights=args.weights)
+        q = (getattr(model, "checkpoint_metadata", {}) or {}).get("quality", q)
+        results.append(evaluate_codec(model, split, quality=q).to_dict())
+        if not args.json:
+            r = results[-1]
+            print(f"{api.describe(model)}: top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  "
+                  f"bpp {r['bpp']:.4f}  PSNR {r['psnr']:.2f} dB  MS-SSIM {r['ms_ssim']:.4f}  "
+                  f"({r['images']} images, {r['seconds']:.0f} s)")
+    if args.json:
+        print(json.dumps({"results": results}))
+    return 0
+
+
+def cmd_shards(args: argparse.Namespace) -> int:
+    from .data import write_shards
+
+    paths = write_shards(args.data, args.split, args.out, per_shard=args.per_shard)
+    print(f"{len(paths)} shard(s) in {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tica", description=(
         "Compress images into a real bitstream, classify straight from it, decode it."))
@@ -141,6 +195,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stream", metavar="IN.tica")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("train", help="train a model (step 1 or 2 of the paper's recipe)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="preset to build (ignored with --init)")
+    p.add_argument("--step", type=int, choices=(1, 2), default=1)
+    p.add_argument("--data", help="ImageFolder dir, .tar.gz archive, photo folder, or 'synthetic'")
+    p.add_argument("--run-dir", dest="run_dir", required=True)
+    p.add_argument("--init", help="start from these weights (step 2: the step-1 export)")
+    p.add_argument("--alpha", type=float)
+    p.add_argument("--beta", type=float)
+    p.add_argument("--quality", type=int, help="rate-point label stored with the weights")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--max-steps", dest="max_steps", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="global batch size")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", dest="weight_decay", type=float)
+    p.add_argument("--warmup-steps", dest="warmup_steps", type=int)
+    p.add_argument("--optimizer", choices=("adamw", "adam"))
+    p.add_argument("--ema", type=float, help="EMA decay per step (0: off)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu (default) or cuda")
+    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
+    p.add_argument("--eval-images", dest="eval_images", type=int)
+    p.add_argument("--train-limit", dest="train_limit", type=int)
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="model config override")
+    p.add_argument("--no-bf16", action="store_true", help="train in fp32")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="top-1/top-5, bpp, PSNR, MS-SSIM over a split, from real bitstreams")
+    p.add_argument("--data", required=True, metavar="DIR_OR_ARCHIVE")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, help="evaluate a class-balanced subset")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--weights", metavar="FILE")
+    p.add_argument("--quality", default="all", help="rate point, or 'all' (default)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("shards", help="write an ImageFolder split as WebDataset tar shards")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", required=True)
+    p.add_argument("--per-shard", dest="per_shard", type=int, default=10000)
+    p.set_defaults(func=cmd_shards)
     return parser
 
 

@@ -122,3 +122,63 @@ class ModelConfig:
             return cls(**values)
         except TypeError as exc:
             raise ConfigError(f"bad model config: {exc}") from None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run; written, resolved, to `run_dir/config.json`.
+
+    step 1: the network without entropy model or quantization, loss alpha*CE + beta*MSE.
+    step 2: from `init` (step-1 weights), everything jointly on alpha*CE + beta*MSE + R,
+    plus the factorized density's auxiliary loss (SPEC 2). MSE is on the 0-255 scale, R in
+    bits per pixel.
+    """
+
+    model: str = "tica-cifar"
+    step: int = 1
+    data: str = "../shared/data/cifar10-jpeg.tar.gz"
+    run_dir: str = "runs/train"
+    init: str | None = None                   # checkpoint to start from (step 2: step-1 weights)
+    model_overrides: dict = field(default_factory=dict)
+    quality: int | None = None                # rate-point label stored with exported weights
+    epochs: float = 6.0
+    max_steps: int | None = None              # stop early (tests, smoke runs)
+    batch_size: int = 128                     # global, split across processes
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.01
+    warmup_steps: int = 300
+    weight_decay: float = 0.05
+    aux_lr: float = 1e-3
+    grad_clip: float = 1.0
+    alpha: float = 1.0
+    beta: float = 1e-3
+    label_smoothing: float = 0.1
+    ema: float = 0.0                          # 0 disables; else decay per step
+    optimizer: str = "adamw"                  # "adamw" (step 1, DeiT) or "adam" (step 2, paper)
+    seed: int = 0
+    device: str = "cpu"
+    bf16: bool = True                         # autocast where the device supports it
+    checkpoint_every: int = 200               # steps; also at every epoch end
+    log_every: int = 20
+    eval_images: int = 2000                   # test images scored at each epoch end (0: none)
+    train_limit: int | None = None            # use a subset of the training split
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.step not in (1, 2):
+            raise ConfigError("step must be 1 or 2")
+        if self.optimizer not in ("adamw", "adam"):
+            raise ConfigError("optimizer must be adamw or adam")
+        if self.batch_size < 1 or self.epochs <= 0:
+            raise ConfigError("batch_size and epochs must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ConfigError(f"unknown train config field(s) {sorted(unknown)}")
+        return cls(**data)

@@ -62,9 +62,10 @@ class EntropyBottleneck(TableOwner):
 
     def forward(self, z: torch.Tensor, mode: str = "noise") -> tuple[torch.Tensor, torch.Tensor]:
         """z: (B, C, h, w) -> (z_hat, likelihoods), both (B, C, h, w)."""
-        z_hat = quantize(z, mode)
+        z_hat = quantize(z.float(), mode)
         flat = z_hat.permute(1, 0, 2, 3).reshape(self.channels, 1, -1)   # (C, 1, B*h*w)
-        lik = self._likelihood_flat(flat)
+        with torch.autocast(z.device.type, enabled=False):              # rates need fp32
+            lik = self._likelihood_flat(flat)
         lik = lower_bound(lik, 1e-9)
         lik = lik.reshape(self.channels, z.shape[0], *z.shape[2:]).permute(1, 0, 2, 3)
         return z_hat, lik

@@ -37,11 +37,12 @@ class GaussianConditional(TableOwner):
 
     def likelihood(self, y_hat: torch.Tensor, scales: torch.Tensor, means: torch.Tensor
                    ) -> torch.Tensor:
-        scales = lower_bound(scales, self.scale_min)
-        v = torch.abs(y_hat - means)                   # symmetric: use the safe tail
-        upper = _std_normal_cdf((0.5 - v) / scales)
-        lower = _std_normal_cdf((-0.5 - v) / scales)
-        return lower_bound(upper - lower, 1e-9)
+        with torch.autocast(y_hat.device.type, enabled=False):          # rates need fp32
+            scales = lower_bound(scales.float(), self.scale_min)
+            v = torch.abs(y_hat.float() - means.float())  # symmetric: use the safe tail
+            upper = _std_normal_cdf((0.5 - v) / scales)
+            lower = _std_normal_cdf((-0.5 - v) / scales)
+            return lower_bound(upper - lower, 1e-9)
 
     def indexes(self, scales: torch.Tensor) -> torch.Tensor:
         """Table index of each scale (int64): exact comparisons, so pass exact scales."""

@@ -71,11 +71,12 @@ class CompressionModel(nn.Module):
         y or the straight-through rounded y (`latent_proxy`). Eval: round(y - mu) + mu, the
         value the decoder rebuilds.
         """
-        y = self.g_a(nhwc(pad_to(x, self.config.stride)))
+        # fp32 from here on even under bf16 autocast: rounding and rates need the precision
+        y = self.g_a(nhwc(pad_to(x, self.config.stride))).float()
         if not entropy:
             return y, None
         z_hat, z_lik = self.entropy_bottleneck(self.h_a(y), "noise" if self.training else "round")
-        scales, means = self.h_s(z_hat).chunk(2, dim=1)
+        scales, means = self.h_s(z_hat).float().chunk(2, dim=1)
         if self.training:
             y_rate = quantize(y, "noise")
             y_net = y_rate if self.config.latent_proxy == "noise" else quantize(y, "ste", means)

@@ -1,0 +1,48 @@
+"""The rate-distortion-accuracy objective (SPEC 2): alpha*CE + beta*MSE(0-255) + R(bpp)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def bits_per_pixel(likelihoods: dict[str, torch.Tensor], pixels: int) -> torch.Tensor:
+    """-sum(log2 p) over every latent, divided by the number of pixels of the batch."""
+    return sum(-torch.log2(lik).sum() for lik in likelihoods.values()) / pixels
+
+
+def psnr(mse_255: torch.Tensor) -> torch.Tensor:
+    return 10 * torch.log10(255.0 ** 2 / mse_255.clamp_min(1e-10))
+
+
+def rda_loss(out: dict, x: torch.Tensor, labels: torch.Tensor | None, alpha: float, beta: float,
+             label_smoothing: float = 0.1) -> dict[str, torch.Tensor]:
+    """Loss and its parts for any model of the family: terms whose outputs a model does not
+    produce (logits, x_hat, likelihoods) are left out."""
+    terms: dict[str, torch.Tensor] = {}
+    loss = x.new_zeros(())
+    if "logits" in out and labels is not None and alpha:
+        logits = out["logits"].float()
+        terms["ce"] = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        terms["acc"] = (logits.argmax(1) == labels).float().mean()
+        loss = loss + alpha * terms["ce"]
+    if "x_hat" in out and beta:
+        terms["mse"] = F.mse_loss(out["x_hat"].float() * 255, x.float() * 255)
+        terms["psnr"] = psnr(terms["mse"].detach())
+        loss = loss + beta * terms["mse"]
+    if out.get("likelihoods"):
+        B, _, H, W = x.shape
+        terms["bpp"] = bits_per_pixel(out["likelihoods"], B * H * W)
+        loss = loss + terms["bpp"]
+    terms["loss"] = loss
+    return terms
+
+
+def cosine_lr(step: int, total: int, warmup: int, base: float, min_ratio: float) -> float:
+    """Linear warm-up, then cosine decay to base * min_ratio at `total` steps."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))

@@ -1,0 +1,351 @@
+"""Training: the paper's two steps (SPEC 2) for any model of the family, on one process or
+many under torchrun (DistributedDataParallel: gloo on CPU, NCCL on GPU).
+
+Robustness: the full training state (model, optimizer, EMA, step) is written atomically to
+`run_dir/checkpoint.safetensors` every `checkpoint_every` steps and at each epoch end, so a
+run killed at any moment (even SIGKILL) loses at most the work since then, and `resume`
+continues exactly: the data order is a function of (seed, epoch) and every step reseeds the
+RNG from (seed, step, rank), so a resumed run draws the same crops, flips and noise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .config import ModelConfig, TrainConfig
+from .data import RandomCrops, augment, load_split, synthetic_split
+from .errors import CheckpointError, TicaError
+from .losses import cosine_lr, rda_loss
+from .models import CompressionModel
+from .registry import build_model, get_config
+
+STATE_FILE = "checkpoint.safetensors"
+STATE_FORMAT = "tica-train-state"
+
+
+# ---- data ---------------------------------------------------------------------------------
+
+class _SplitData:
+    """Labelled 32x32-style data held in memory, augmented a batch at a time."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, indices: torch.Tensor, generator: torch.Generator):
+        x = augment(self.images[indices].float().div_(255), generator=generator)
+        return x, self.labels[indices]
+
+
+class _CropData:
+    """Unlabelled photographs: random crops (codec training, alpha = 0)."""
+
+    def __init__(self, folder: str, crop: int, epoch_size: int = 10000) -> None:
+        self.crops, self.epoch_size = RandomCrops(folder, crop), epoch_size
+
+    def __len__(self) -> int:
+        return self.epoch_size
+
+    def batch(self, indices: torch.Tensor, generator: torch.Generator):
+        return self.crops.batch(len(indices), generator).float().div_(255), None
+
+
+def _train_data(cfg: TrainConfig, img_size: int):
+    if cfg.data == "synthetic":
+        split = synthetic_split(n=cfg.train_limit or 256, size=img_size)
+        return _SplitData(split.images, split.labels)
+    path = Path(cfg.data)
+    if path.is_dir() and not any(p.is_dir() for p in path.iterdir()):
+        return _CropData(cfg.data, img_size)
+    split = load_split(cfg.data, "train", limit=cfg.train_limit)
+    return _SplitData(split.images, split.labels)
+
+
+def _eval_data(cfg: TrainConfig, img_size: int):
+    if cfg.eval_images <= 0 or cfg.data == "synthetic":
+        return synthetic_split(n=64, size=img_size, seed=1) if cfg.data == "synthetic" else None
+    path = Path(cfg.data)
+    if path.is_dir() and not any(p.is_dir() for p in path.iterdir()):
+        return None
+    return load_split(cfg.data, "test", limit=cfg.eval_images)
+
+
+# ---- the objective -------------------------------------------------------------------------
+
+class Objective(nn.Module):
+    """Model + loss in one module, so DistributedDataParallel sees (and all-reduces) every
+    gradient, the auxiliary quantile loss's included."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.model, self.cfg = model, cfg
+        self.codec = isinstance(model, CompressionModel)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        out = self.model(x, entropy=self.cfg.step == 2) if self.codec else self.model(x)
+        terms = rda_loss(out, x, labels, self.cfg.alpha, self.cfg.beta, self.cfg.label_smoothing)
+        if self.codec and self.cfg.step == 2:
+            terms["aux"] = self.model.aux_loss()
+            terms["loss"] = terms["loss"] + terms["aux"]
+        return terms
+
+
+def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    decay, no_decay, aux = [], [], []
+    for name, p in model.named_parameters():
+        if name.endswith("quantiles"):
+            aux.append(p)
+        elif p.ndim <= 1 or name.endswith(("pos_embed", "cls_token")) or "entropy_bottleneck" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
+              {"params": no_decay, "weight_decay": 0.0, "base_lr": cfg.lr}]
+    if aux:   # the quantiles keep a constant learning rate of their own (CompressAI's aux)
+        groups.append({"params": aux, "weight_decay": 0.0, "base_lr": cfg.aux_lr, "fixed": True})
+    return groups
+
+
+# ---- training state ------------------------------------------------------------------------
+
+def save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+               ema: dict[str, torch.Tensor] | None, step: int, cfg: TrainConfig) -> None:
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for i, st in opt["state"].items():
+        for k, v in st.items():
+            tensors[f"optim.{i}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
+    for k, v in (ema or {}).items():
+        tensors[f"ema.{k}"] = v.detach().cpu().contiguous()
+    meta = {"format": STATE_FORMAT, "step": str(step), "train_config": json.dumps(cfg.to_dict()),
+            "model_config": model.config.to_json()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def load_state(path: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "optim": {}, "ema": {}}
+            for key in f.keys():
+                head, rest = key.split(".", 1)
+                groups[head][rest] = f.get_tensor(key)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read training state {path}: {exc}") from None
+    if meta.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path} is not a tica training state")
+    return meta, groups
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        i, name = key.split(".", 1)
+        state.setdefault(int(i), {})[name] = value
+    sd = optimizer.state_dict()
+    sd["state"] = state
+    optimizer.load_state_dict(sd)
+
+
+# ---- distributed ---------------------------------------------------------------------------
+
+def _init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = torch.device(cfg.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def _log(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def build_initial_model(cfg: TrainConfig) -> nn.Module:
+    if cfg.init:
+        model = load_checkpoint(cfg.init)
+        if cfg.model_overrides:
+            raise TicaError("model_overrides cannot change a model loaded with --init")
+        return model
+    return build_model(get_config(cfg.model, **cfg.model_overrides), seed=cfg.seed)
+
+
+# ---- the loop ------------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    weights: Path          # the exported model (coding-ready after step 2)
+    model: nn.Module       # this process's trained model (identical on every rank)
+    steps: int
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
+    """Run (or resume) one training run and export its weights."""
+    rank, world, device = _init_distributed(cfg)
+    run_dir = Path(cfg.run_dir)
+    state_path = run_dir / STATE_FILE
+    main = rank == 0
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.glob(".*.tmp"):      # left by a process killed mid-write
+            stale.unlink(missing_ok=True)
+        atomic_write(run_dir / "config.json",
+                     lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=2)))
+
+    start_step, ema_state = 0, None
+    if resume and state_path.exists():
+        meta, saved = load_state(state_path)
+        model = build_model(ModelConfig.from_dict(json.loads(meta["model_config"])), seed=cfg.seed)
+        model.load_state_dict(saved["model"])
+        start_step = int(meta["step"])
+    else:
+        if resume and main:
+            print(f"tica train: no checkpoint in {run_dir}, starting from scratch", file=sys.stderr)
+        model, saved = build_initial_model(cfg), None
+    model.to(device).train()
+    config = model.config
+    data = _train_data(cfg, config.img_size)
+    eval_split = _eval_data(cfg, config.img_size) if main else None
+
+    objective: nn.Module = Objective(model, cfg)
+    if world > 1:
+        objective = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.step == 1 and isinstance(model, CompressionModel))
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(_param_groups(model, cfg), lr=cfg.lr)
+    if saved is not None:
+        _restore_optimizer(optimizer, saved["optim"])
+    if cfg.ema > 0:
+        ema_state = ({k: v.to(device) for k, v in saved["ema"].items()} if saved and saved["ema"]
+                     else {k: v.detach().clone() for k, v in model.state_dict().items()
+                           if v.dtype.is_floating_point})
+
+    per_rank = max(1, cfg.batch_size // world)
+    steps_per_epoch = max(1, len(data) // cfg.batch_size)
+    total_steps = max(1, int(cfg.epochs * steps_per_epoch))
+    last_step = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
+    use_bf16 = cfg.bf16 and device.type in ("cpu", "cuda")
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+
+    progress = None
+    if main and cfg.progress:
+        from tqdm import tqdm
+        progress = tqdm(total=last_step, initial=start_step, desc=f"step {cfg.step} {config.name}",
+                        unit="it", mininterval=2.0, dynamic_ncols=True)
+    window: dict[str, float] = {}
+    window_n, window_t, window_imgs = 0, time.perf_counter(), 0
+    perm, perm_epoch = None, -1
+    run_start = time.perf_counter()
+    step = start_step
+    try:
+        while step < last_step:
+            epoch = step // steps_per_epoch
+            if epoch != perm_epoch:
+                perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+                perm_epoch = epoch
+            torch.manual_seed(cfg.seed * 1_000_003 + step * 131 + rank)
+            g = torch.Generator().manual_seed(cfg.seed * 999_983 + step * 17 + rank)
+            offset = (step % steps_per_epoch) * cfg.batch_size
+            indices = perm[offset:offset + cfg.batch_size][rank::world][:per_rank]
+            x, labels = data.batch(indices, g)
+            x = x.to(device, non_blocking=True)
+            labels = labels.to(device) if labels is not None else None
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] if group.get("fixed") else cosine_lr(
+                    step, total_steps, cfg.warmup_steps, group["base_lr"], cfg.min_lr_ratio)
+            with autocast():
+                terms = objective(x, labels)
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            if ema_state is not None:
+                with torch.no_grad():
+                    for k, v in model.state_dict().items():
+                        if k in ema_state:
+                            ema_state[k].mul_(cfg.ema).add_(v.detach(), alpha=1 - cfg.ema)
+            step += 1
+            for k, v in terms.items():
+                window[k] = window.get(k, 0.0) + float(v.detach())
+            window_n += 1
+            window_imgs += len(indices) * world
+            if main and (step % cfg.log_every == 0 or step == last_step):
+                elapsed = time.perf_counter() - window_t
+                record = {"step": step, "epoch": round(step / steps_per_epoch, 3),
+                          "lr": optimizer.param_groups[0]["lr"], "img_s": window_imgs / elapsed,
+                          **{k: v / window_n for k, v in window.items()}}
+                _log(run_dir / "metrics.jsonl", record)
+                if progress is not None:
+                    progress.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "acc", "bpp", "psnr", "img_s") if k in record})
+                window, window_n, window_t, window_imgs = {}, 0, time.perf_counter(), 0
+            if progress is not None:
+                progress.update(1)
+            epoch_end = step % steps_per_epoch == 0
+            if main and (step % cfg.checkpoint_every == 0 or epoch_end or step == last_step):
+                save_state(state_path, model, optimizer, ema_state, step, cfg)
+            if main and epoch_end and eval_split is not None:
+                _log(run_dir / "metrics.jsonl", {"step": step, "eval": evaluate_estimate(model, eval_split, cfg)})
+    finally:
+        if progress is not None:
+            progress.close()
+    if world > 1:
+        dist.barrier()
+    out = run_dir / "model.safetensors"
+    if main:
+        wall = time.perf_counter() - run_start
+        export = build_model(config)
+        export.load_state_dict(model.state_dict())
+        if ema_state is not None:
+            export.load_state_dict({**model.state_dict(), **ema_state})
+        export.eval()
+        if isinstance(export, CompressionModel) and cfg.step == 2:
+            export.update()
+        save_checkpoint(export, out, {"quality": cfg.quality, "alpha": cfg.alpha, "beta": cfg.beta,
+                                      "step": cfg.step, "train_steps": step, "model": config.name})
+        _log(run_dir / "metrics.jsonl", {"step": step, "done": True, "wall_s": wall, "world": world})
+    return TrainResult(out, model, step)
+
+
+@torch.no_grad()
+def evaluate_estimate(model: nn.Module, split, cfg: TrainConfig, batch: int = 250) -> dict:
+    """Quick in-training score on held-out images: top-1, PSNR and the *estimated* bpp of
+    the eval-mode forward (rounded latents). `tica eval` measures real bitstreams."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    device = next(model.parameters()).device
+    for start in range(0, len(split), batch):
+        x = split.images[start:start + batch].float().div(255).to(device)
+        y = split.labels[start:start + batch].to(device)
+        out = model(x, entropy=cfg.step == 2) if isinstance(model, CompressionModel) else model(x)
+        terms = rda_loss(out, x, y, 1.0, 1.0)
+        for k in ("acc", "psnr", "bpp", "mse"):
+            if k in terms:
+                sums[k] = sums.get(k, 0.0) + float(terms[k]) * len(y)
+    model.train(was_training)
+    result = {k: v / len(split) for k, v in sums.items()}
+    if "mse" in result:
+        result["psnr_of_mean_mse"] = float(10 * torch.log10(torch.tensor(255.0 ** 2 / result["mse"])))
+    return result
