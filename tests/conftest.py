@@ -11,6 +11,8 @@ import pytest
 import torch
 
 import tica
+from PIL import Image
+
 from tica.image import decode_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,3 +73,27 @@ def hyperprior_cifar():
 @pytest.fixture(scope="session")
 def tica_photo():
     return _ready("tica-photo")
+
+
+def _image_bytes(color, size=(32, 32), fmt="PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def archive(tmp_path, monkeypatch) -> Path:
+    """A tiny ImageFolder archive in the CIFAR layout: data/{train,test}/{a,b}/N.png."""
+    monkeypatch.setenv("TICA_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "tiny.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for split, n in (("train", 3), ("test", 2)):
+            for label, color in (("a", (255, 0, 0)), ("b", (0, 0, 255))):
+                for i in range(n):
+                    data = _image_bytes(color)
+                    info = tarfile.TarInfo(f"data/{split}/{label}/{i:04d}.png")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return path
+
+

@@ -41,10 +41,13 @@ def atomic_write(path: str | Path, write) -> None:
             os.unlink(tmp)
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None
-                    ) -> None:
-    """Write the model's tensors and config atomically."""
+def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None,
+                    half: bool = False) -> None:
+    """Write the model's tensors and config atomically; `half` stores float tensors as
+    float16 (loading converts them back). Integer coding tables are always exact."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if half:
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
     header = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),

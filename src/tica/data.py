@@ -150,7 +150,7 @@ class RandomCrops:
         self.files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.files:
             raise TicaError(f"no images in {folder}")
-        self.images = [torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))).permute(2, 0, 1)
+        self.images = [torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1)
                        for f in self.files]
         self.crop = crop
 

@@ -79,15 +79,24 @@ def create_model(name: str, seed: int = 0, **overrides) -> nn.Module:
 WEIGHTS_PACKAGE = "tica.weights"
 
 
-def shipped_weights() -> dict[str, dict[int, Path]]:
-    """{preset: {quality: path}} for the weights inside the package (weights/index.json)."""
-    root = resources.files(WEIGHTS_PACKAGE)
+def _weights_index() -> tuple[Path, dict]:
+    root = Path(str(resources.files(WEIGHTS_PACKAGE)))
     index = root / "index.json"
-    if not index.is_file():
-        return {}
-    table = json.loads(index.read_text())
-    return {name: {int(q): Path(str(root / f)) for q, f in entries.items()}
-            for name, entries in table.items()}
+    return root, (json.loads(index.read_text()) if index.is_file() else {})
+
+
+def shipped_weights() -> dict[str, dict[int, Path]]:
+    """{preset: {quality: path}}: the coding-ready weights inside the package."""
+    root, index = _weights_index()
+    return {name: {int(q): root / f for q, f in entries.items()}
+            for name, entries in index.get("codecs", {}).items()}
+
+
+def step1_weights(name: str) -> Path | None:
+    """The shipped step-1 network of a preset: the start of new rate points (--init)."""
+    root, index = _weights_index()
+    f = index.get("step1", {}).get(name)
+    return root / f if f else None
 
 
 DEFAULT_MODEL = "tica-cifar"

@@ -1,0 +1,47 @@
+"""Copy trained weights into the package (float16) and register them in weights/index.json.
+
+    python scripts/ship_weights.py --codec runs/q1/model.safetensors [--codec ...]
+                                   [--step1 runs/step1/model.safetensors]
+
+A codec's preset and quality come from the checkpoint's own config and metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tica.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "tica" / "weights"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--codec", action="append", default=[], help="step-2 export (repeatable)")
+    parser.add_argument("--step1", help="step-1 export")
+    args = parser.parse_args()
+    index_path = WEIGHTS / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.exists() else {}
+    for path in args.codec:
+        model = load_checkpoint(path)
+        meta = model.checkpoint_metadata
+        name, quality = model.config.name, meta.get("quality")
+        if quality is None or not model.is_updated:
+            raise SystemExit(f"{path}: needs a quality label and coding tables (a step-2 export)")
+        target = f"{name}-q{quality}.safetensors"
+        save_checkpoint(model, WEIGHTS / target, meta, half=True)
+        index.setdefault("codecs", {}).setdefault(name, {})[str(quality)] = target
+        print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB")
+    if args.step1:
+        model = load_checkpoint(args.step1)
+        target = f"{model.config.name}-step1.safetensors"
+        save_checkpoint(model, WEIGHTS / target, model.checkpoint_metadata, half=True)
+        index.setdefault("step1", {})[model.config.name] = target
+        print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB")
+    atomic_write(index_path, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n"))
+
+
+if __name__ == "__main__":
+    main()
