@@ -138,3 +138,19 @@ def test_two_processes_under_torchrun_end_identical(tmp_path, step):
     assert records[-1]["step"] == 4
     assert (run_dir / "model.safetensors").exists()
     assert [r for r in _metrics(str(run_dir)) if r.get("done")][0]["world"] == 2
+
+
+@pytest.mark.parametrize("fam", [True, False])
+def test_latent_calibration_is_an_exact_reparametrisation(fam):
+    import tica
+    from tica.train import calibrate_latent_scale
+    model = tica.create_model("tica-cifar", fam=fam, **{k: v for k, v in TINY.items()}).eval()
+    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(x, entropy=False)
+        s = calibrate_latent_scale(model, x, 2.0)
+        after = model(x, entropy=False)
+        assert float(model.g_a(x).std()) == pytest.approx(2.0, rel=1e-4)
+    assert s > 0
+    torch.testing.assert_close(after["logits"], before["logits"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(after["x_hat"], before["x_hat"], rtol=1e-4, atol=1e-4)

@@ -149,11 +149,14 @@ class TrainConfig:
     warmup_steps: int = 300
     weight_decay: float = 0.05
     aux_lr: float = 1e-3
+    hyper_lr: float | None = None             # h_a, h_s and the densities (None: lr); step 2
+                                              # starts them from scratch, so they may want more
     grad_clip: float = 1.0
     alpha: float = 1.0
     beta: float = 1e-3
     label_smoothing: float = 0.1
     ema: float = 0.0                          # 0 disables; else decay per step
+    latent_std: float | None = 2.0            # step 2: rescale y to this std before training
     optimizer: str = "adamw"                  # "adamw" (step 1, DeiT) or "adam" (step 2, paper)
     seed: int = 0
     device: str = "cpu"

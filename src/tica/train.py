@@ -105,20 +105,31 @@ class Objective(nn.Module):
         return terms
 
 
+_HYPER = ("h_a.", "h_s.", "entropy_bottleneck.")
+
+
 def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    decay, no_decay, aux = [], [], []
+    """AdamW groups: weights with decay, the rest (norms, biases, embeddings, densities)
+    without; the hyperprior at `hyper_lr`; the quantiles at a constant `aux_lr`."""
+    groups: dict[tuple, list] = {}
     for name, p in model.named_parameters():
         if name.endswith("quantiles"):
-            aux.append(p)
-        elif p.ndim <= 1 or name.endswith(("pos_embed", "cls_token")) or "entropy_bottleneck" in name:
-            no_decay.append(p)
+            key = ("aux",)
         else:
-            decay.append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
-              {"params": no_decay, "weight_decay": 0.0, "base_lr": cfg.lr}]
-    if aux:   # the quantiles keep a constant learning rate of their own (CompressAI's aux)
-        groups.append({"params": aux, "weight_decay": 0.0, "base_lr": cfg.aux_lr, "fixed": True})
-    return groups
+            hyper = name.startswith(_HYPER)
+            decay = not (p.ndim <= 1 or name.endswith(("pos_embed", "cls_token"))
+                         or name.startswith("entropy_bottleneck."))
+            key = ("hyper" if hyper else "main", decay)
+        groups.setdefault(key, []).append(p)
+    out = []
+    for key, params in groups.items():
+        if key == ("aux",):   # CompressAI's auxiliary optimizer: a constant rate of its own
+            out.append({"params": params, "weight_decay": 0.0, "base_lr": cfg.aux_lr, "fixed": True})
+        else:
+            lr = cfg.hyper_lr if key[0] == "hyper" and cfg.hyper_lr else cfg.lr
+            out.append({"params": params, "weight_decay": cfg.weight_decay if key[1] else 0.0,
+                        "base_lr": lr})
+    return out
 
 
 # ---- training state ------------------------------------------------------------------------
@@ -190,6 +201,25 @@ def build_initial_model(cfg: TrainConfig) -> nn.Module:
     return build_model(get_config(cfg.model, **cfg.model_overrides), seed=cfg.seed)
 
 
+@torch.no_grad()
+def calibrate_latent_scale(model: CompressionModel, x: torch.Tensor, target_std: float) -> float:
+    """Rescale y = g_a(x) by s so its std is `target_std`, dividing every consumer of y by s:
+    an exact reparametrisation of the unquantized network. Step 1 trains without rounding,
+    so its latent has an arbitrary scale (std ~0.3 on CIFAR), which rounding to integers at
+    the start of step 2 would all but erase. Returns s."""
+    std = float(model.g_a(x).float().std())
+    s = target_std / max(std, 1e-8)
+    last = [m for m in model.g_a if isinstance(m, nn.Conv2d)][-1]
+    last.weight.mul_(s)
+    last.bias.mul_(s)
+    consumers = [model.tokens.proj] if hasattr(model, "tokens") else []
+    if getattr(model, "fam", None) is None:           # g_s reads y_hat directly
+        consumers.append(model.g_s[0])
+    for layer in consumers:
+        layer.weight.div_(s)
+    return s
+
+
 # ---- the loop ------------------------------------------------------------------------------
 
 @dataclass
@@ -225,6 +255,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     model.to(device).train()
     config = model.config
     data = _train_data(cfg, config.img_size)
+    if (saved is None and cfg.step == 2 and cfg.init and cfg.latent_std
+            and isinstance(model, CompressionModel)):
+        probe, _ = data.batch(torch.arange(min(len(data), 512)), torch.Generator().manual_seed(cfg.seed))
+        scale = calibrate_latent_scale(model, probe.to(device), cfg.latent_std)
+        if main:
+            _log(run_dir / "metrics.jsonl", {"step": 0, "latent_scale": scale})
     eval_split = _eval_data(cfg, config.img_size) if main else None
 
     objective: nn.Module = Objective(model, cfg)
@@ -234,6 +270,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             find_unused_parameters=cfg.step == 1 and isinstance(model, CompressionModel))
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(_param_groups(model, cfg), lr=cfg.lr)
+    clipped = [p for g in optimizer.param_groups if not g.get("fixed") for p in g["params"]]
     if saved is not None:
         _restore_optimizer(optimizer, saved["optim"])
     if cfg.ema > 0:
@@ -278,8 +315,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                 terms = objective(x, labels)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if cfg.grad_clip:   # the quantiles' auxiliary gradients stay out of the norm
+                nn.utils.clip_grad_norm_(clipped, cfg.grad_clip)
             optimizer.step()
             if ema_state is not None:
                 with torch.no_grad():

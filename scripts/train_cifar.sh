@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Reproduce the shipped tica-cifar weights: step 1 once, step 2 at three rate points, then
+# copy the exports into the package. Times on the 2-core development CPU are in the README.
+# Scale out by prefixing the tica commands with torchrun (see README) and adding --device cuda.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${TICA_DATA:-../shared/data}/cifar10-jpeg.tar.gz
+TICA=${TICA:-.venv/bin/tica}
+RUNS=${RUNS:-runs}
+
+$TICA train --model tica-cifar --step 1 --data "$DATA" --run-dir "$RUNS/tica-cifar-step1" \
+    --epochs 5 --batch-size 128 --lr 1e-3 --weight-decay 0.05 --warmup-steps 300 --resume
+
+# alpha is the paper's, rescaled by the pixel count (224^2 / 32^2 ~ 49): CE is per image,
+# the rate and the MSE are per pixel. beta is the paper's.
+for point in "1 5 0.001" "2 15 0.003" "3 30 0.006"; do
+    set -- $point
+    $TICA train --step 2 --init "$RUNS/tica-cifar-step1/model.safetensors" --data "$DATA" \
+        --run-dir "$RUNS/tica-cifar-q$1" --quality "$1" --alpha "$2" --beta "$3" \
+        --epochs 1.5 --batch-size 128 --optimizer adam --lr 3e-4 --hyper-lr 1e-2 \
+        --weight-decay 0 --warmup-steps 50 --resume
+done
+
+.venv/bin/python scripts/ship_weights.py --step1 "$RUNS/tica-cifar-step1/model.safetensors" \
+    --codec "$RUNS/tica-cifar-q1/model.safetensors" --codec "$RUNS/tica-cifar-q2/model.safetensors" \
+    --codec "$RUNS/tica-cifar-q3/model.safetensors"
