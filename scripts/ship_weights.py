@@ -33,6 +33,8 @@ def main() -> None:
         target = f"{name}-q{quality}.safetensors"
         save_checkpoint(model, WEIGHTS / target, meta, half=True)
         index.setdefault("codecs", {}).setdefault(name, {})[str(quality)] = target
+        shipped = load_checkpoint(WEIGHTS / target)       # the id of what users will load
+        index.setdefault("ids", {})[f"{shipped.model_id:04x}"] = [name, quality]
         print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB")
     if args.step1:
         model = load_checkpoint(args.step1)

@@ -16,7 +16,7 @@ from .bitstream import Limits, Stream
 from .checkpoint import load_checkpoint
 from .errors import ConfigError, ModelMismatchError, TicaError
 from .models import CompressionModel
-from .registry import DEFAULT_MODEL, create_model, shipped_weights
+from .registry import DEFAULT_MODEL, create_model, shipped_ids, shipped_weights
 
 
 def load(name: str | None = None, *, quality: int | None = None,
@@ -46,6 +46,15 @@ def load(name: str | None = None, *, quality: int | None = None,
     if isinstance(model, CompressionModel) and not model.is_updated:
         model.update()
     return model
+
+
+def load_for_stream(data: bytes, device: str | torch.device = "cpu") -> nn.Module:
+    """The shipped model whose id the stream carries, else the default model (which then
+    refuses a stream it did not write with a clear ModelMismatchError)."""
+    entry = shipped_ids().get(bitstream.unpack(data).model_id)
+    if entry is None:
+        return load(device=device)
+    return load(entry[0], quality=entry[1], device=device)
 
 
 def describe(model: nn.Module) -> str:
@@ -177,9 +186,11 @@ def inspect(data: bytes, limits: Limits = Limits()) -> dict:
     """What a stream holds, without any model: sizes, bytes, bits per pixel."""
     stream = bitstream.unpack(data, limits)
     pixels = sum(h * w for h, w in stream.sizes)
+    known = shipped_ids().get(stream.model_id)
     return {
         "version": bitstream.VERSION,
         "model_id": f"{stream.model_id:04x}",
+        "model": f"{known[0]} q{known[1]}" if known else None,
         "images": len(stream.payloads),
         "sizes": [list(s) for s in stream.sizes],
         "bytes": len(data),

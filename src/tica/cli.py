@@ -17,13 +17,17 @@ from .registry import DEFAULT_MODEL, list_models
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (decoding needs the model that encoded)")
-    g.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME",
-                   help=f"registered preset ({', '.join(list_models())}); default {DEFAULT_MODEL}")
+    g.add_argument("--model", metavar="NAME",
+                   help=f"registered preset ({', '.join(list_models())}); default: the shipped "
+                        f"model the stream names, else {DEFAULT_MODEL}")
     g.add_argument("--weights", metavar="FILE", help="a tica checkpoint (.safetensors) instead")
     g.add_argument("--quality", type=int, metavar="Q", help="rate point of the shipped weights")
 
 
-def _load_model(args: argparse.Namespace):
+def _load_model(args: argparse.Namespace, stream: bytes | None = None):
+    """The model the flags name; with none, the shipped model the stream's id names."""
+    if stream is not None and not (args.model or args.quality is not None or args.weights):
+        return api.load_for_stream(stream)
     return api.load(args.model, quality=args.quality, weights=args.weights)
 
 
@@ -66,7 +70,7 @@ def _outputs(output: str, count: int) -> list[Path]:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     data = _read_stream(args.stream)
-    model = _load_model(args)
+    model = _load_model(args, data)
     images = api.reconstruct(model, data)
     for img, path in zip(images, _outputs(args.output, len(images))):
         save_image(img, path)
@@ -76,7 +80,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     data = _read_stream(args.stream)
-    model = _load_model(args)
+    model = _load_model(args, data)
     stream = api.parse(model, data)
     results = api.classify(model, stream, k=args.top_k)
     entries = [{"size": list(size), "bytes": len(payload),
@@ -102,7 +106,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info))
         return 0
-    print(f"tica bitstream v{info['version']}, model id {info['model_id']}, "
+    name = f" ({info['model']})" if info["model"] else ""
+    print(f"tica bitstream v{info['version']}, model id {info['model_id']}{name}, "
           f"{info['images']} image(s), {info['bytes']} bytes "
           f"({info['container_bytes']} of container), {info['bpp']:.4f} bpp")
     for (h, w), n in zip(info["sizes"][:16], info["payload_bytes"]):

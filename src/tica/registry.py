@@ -92,6 +92,13 @@ def shipped_weights() -> dict[str, dict[int, Path]]:
             for name, entries in index.get("codecs", {}).items()}
 
 
+def shipped_ids() -> dict[int, tuple[str, int]]:
+    """{16-bit model id: (preset, quality)} of the shipped codecs, so a stream names the
+    weights that decode it."""
+    _, index = _weights_index()
+    return {int(k, 16): (v[0], int(v[1])) for k, v in index.get("ids", {}).items()}
+
+
 def step1_weights(name: str) -> Path | None:
     """The shipped step-1 network of a preset: the start of new rate points (--init)."""
     root, index = _weights_index()
