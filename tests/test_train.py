@@ -154,3 +154,17 @@ def test_latent_calibration_is_an_exact_reparametrisation(fam):
     assert s > 0
     torch.testing.assert_close(after["logits"], before["logits"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(after["x_hat"], before["x_hat"], rtol=1e-4, atol=1e-4)
+
+
+def test_ema_weights_are_exported(tmp_path):
+    import tica
+    result = train(_cfg(tmp_path, step=1, max_steps=4, ema=0.5))
+    exported = tica.load_checkpoint(result.weights)
+    raw = result.model.state_dict()
+    changed = [k for k, v in exported.state_dict().items()
+               if v.is_floating_point() and not torch.allclose(v, raw[k])]
+    assert changed                             # the export is the average, not the last step
+    init = tica.create_model("tica-cifar", **TINY).state_dict()
+    k = changed[0]                             # and it lies between the start and the end
+    lo, hi = torch.minimum(init[k], raw[k]), torch.maximum(init[k], raw[k])
+    assert ((exported.state_dict()[k] >= lo - 1e-6) & (exported.state_dict()[k] <= hi + 1e-6)).float().mean() > 0.9
