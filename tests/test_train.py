@@ -166,3 +166,16 @@ def test_ema_weights_are_exported(tmp_path):
     assert changed                             # the export is the average, not the last step
     init = tica.create_model("tica-cifar", **TINY).state_dict()
     assert not torch.allclose(exported.state_dict()[changed[0]], init[changed[0]])   # nor the start
+
+
+def test_training_streams_webdataset_shards_and_resumes_exactly(archive, tmp_path):
+    from tica.data import write_shards
+    shards = tmp_path / "shards"
+    write_shards(archive, "train", shards, per_shard=2)
+    kw = dict(data=str(shards), batch_size=4, epochs=5, step=1)
+    straight = train(_cfg(tmp_path / "a", max_steps=4, **kw))
+    train(_cfg(tmp_path / "b", max_steps=2, checkpoint_every=2, **kw))
+    resumed = train(_cfg(tmp_path / "b", max_steps=4, checkpoint_every=2, **kw), resume=True)
+    assert resumed.steps == 4 and _digest(resumed.model) == _digest(straight.model)
+    records = [r for r in _metrics(str(tmp_path / "a" / "run")) if "loss" in r]
+    assert len(records) == 4 and all(r["img_s"] > 0 for r in records)

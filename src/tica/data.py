@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import tarfile
@@ -190,6 +191,7 @@ def write_shards(data: str | Path, split: str, out_dir: str | Path, per_shard: i
             f = files[i]
             sink.write({"__key__": f"{n:08d}", f.suffix.lower().lstrip("."): f.read_bytes(),
                         "cls": str(labels[i]).encode()})
+    (out_dir / f"{split}.json").write_text(json.dumps({"count": len(files), "classes": classes}))
     return sorted(out_dir.glob(f"{split}-*.tar"))
 
 

@@ -22,11 +22,12 @@ import torch
 import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
+import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig
-from .data import RandomCrops, augment, load_split, synthetic_split
+from .data import RandomCrops, augment, load_split, read_shards, synthetic_split
 from .errors import CheckpointError, TicaError
 from .losses import cosine_lr, rda_loss
 from .models import CompressionModel
@@ -39,10 +40,13 @@ STATE_FORMAT = "tica-train-state"
 # ---- data ---------------------------------------------------------------------------------
 
 class _SplitData:
-    """Labelled 32x32-style data held in memory, augmented a batch at a time."""
+    """Labelled 32x32-style data held in memory, augmented a batch at a time. The order of an
+    epoch is a permutation seeded by (seed, epoch); rank r takes every world-th image of
+    each global batch."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images, self.labels = images, labels
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, seed: int) -> None:
+        self.images, self.labels, self.seed = images, labels, seed
+        self._perm, self._perm_epoch = torch.empty(0, dtype=torch.long), -1
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -50,6 +54,16 @@ class _SplitData:
     def batch(self, indices: torch.Tensor, generator: torch.Generator):
         x = augment(self.images[indices].float().div_(255), generator=generator)
         return x, self.labels[indices]
+
+    def get(self, step: int, steps_per_epoch: int, batch_size: int, rank: int, world: int,
+            generator: torch.Generator):
+        epoch = step // steps_per_epoch
+        if epoch != self._perm_epoch:
+            self._perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(
+                self.seed * 7919 + epoch))
+            self._perm_epoch = epoch
+        offset = (step % steps_per_epoch) * batch_size
+        return self.batch(self._perm[offset:offset + batch_size][rank::world], generator)
 
 
 class _CropData:
@@ -64,23 +78,82 @@ class _CropData:
     def batch(self, indices: torch.Tensor, generator: torch.Generator):
         return self.crops.batch(len(indices), generator).float().div_(255), None
 
+    def get(self, step, steps_per_epoch, batch_size, rank, world, generator):
+        return self.batch(torch.arange(max(1, batch_size // world)), generator)
+
+
+class _ShardData:
+    """WebDataset shards, streamed: each epoch shuffles the shard list with (seed, epoch),
+    rank r reads shards r, r + world, ...; a buffer seeded by (seed, epoch, rank) shuffles
+    samples. Position is a function of the step, so resume replays the same batches."""
+
+    def __init__(self, shards: list[str], count: int, size: int, seed: int,
+                 buffer: int = 2000) -> None:
+        self.shards, self.count, self.size, self.seed = shards, count, size, seed
+        self.buffer = max(1, min(buffer, count))
+        self._stream, self._position = None, (-1, -1)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def _samples(self, epoch: int, rank: int, world: int):
+        order = torch.randperm(len(self.shards), generator=torch.Generator().manual_seed(
+            self.seed * 7919 + epoch)).tolist()
+        mine = [self.shards[i] for i in order][rank::world] or self.shards[rank % len(self.shards):][:1]
+        rng = torch.Generator().manual_seed(self.seed * 104729 + epoch * 31 + rank)
+        pool: list = []
+        while True:                                  # cycle: every rank yields enough
+            for sample in read_shards(mine):
+                pool.append(sample)
+                if len(pool) >= self.buffer:
+                    yield pool.pop(int(torch.randint(len(pool), (1,), generator=rng)))
+
+    def _fit(self, img: torch.Tensor) -> torch.Tensor:
+        """Resize the shorter side to `size` and centre-crop (augment adds crops and flips)."""
+        img = img.float()[None]
+        h, w = img.shape[-2:]
+        scale = self.size / min(h, w)
+        if scale != 1:
+            img = F.interpolate(img, size=(max(self.size, round(h * scale)), max(self.size, round(w * scale))),
+                                mode="bilinear", antialias=True, align_corners=False)
+        h, w = img.shape[-2:]
+        top, left = (h - self.size) // 2, (w - self.size) // 2
+        return img[0, :, top:top + self.size, left:left + self.size]
+
+    def get(self, step, steps_per_epoch, batch_size, rank, world, generator):
+        epoch, batch_index = step // steps_per_epoch, step % steps_per_epoch
+        if self._position != (epoch, batch_index):
+            self._stream = self._samples(epoch, rank, world)
+            for _ in range(batch_index * max(1, batch_size // world)):    # replay to the step
+                next(self._stream)
+        samples = [next(self._stream) for _ in range(max(1, batch_size // world))]
+        self._position = (epoch, batch_index + 1)
+        x = torch.stack([self._fit(img) for img, _ in samples]).clamp(0, 255).div_(255)
+        return augment(x, generator=generator), torch.tensor([label for _, label in samples])
+
 
 def _train_data(cfg: TrainConfig, img_size: int):
     if cfg.data == "synthetic":
         split = synthetic_split(n=cfg.train_limit or 256, size=img_size)
-        return _SplitData(split.images, split.labels)
+        return _SplitData(split.images, split.labels, cfg.seed)
     path = Path(cfg.data)
+    shards = sorted(path.glob("train-*.tar")) if path.is_dir() else []
+    if shards:
+        count = json.loads((path / "train.json").read_text())["count"]
+        return _ShardData([str(s) for s in shards], count, img_size, cfg.seed)
     if path.is_dir() and not any(p.is_dir() for p in path.iterdir()):
         return _CropData(cfg.data, img_size)
     split = load_split(cfg.data, "train", limit=cfg.train_limit)
-    return _SplitData(split.images, split.labels)
+    return _SplitData(split.images, split.labels, cfg.seed)
 
 
 def _eval_data(cfg: TrainConfig, img_size: int):
-    if cfg.eval_images <= 0 or cfg.data == "synthetic":
-        return synthetic_split(n=64, size=img_size, seed=1) if cfg.data == "synthetic" else None
+    if cfg.data == "synthetic":
+        return synthetic_split(n=64, size=img_size, seed=1)
     path = Path(cfg.data)
-    if path.is_dir() and not any(p.is_dir() for p in path.iterdir()):
+    if cfg.eval_images <= 0 or (path.is_dir() and not any(p.is_dir() for p in path.iterdir())):
+        return None
+    if path.is_dir() and list(path.glob("train-*.tar")):
         return None
     return load_split(cfg.data, "test", limit=cfg.eval_images)
 
@@ -257,7 +330,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     data = _train_data(cfg, config.img_size)
     if (saved is None and cfg.step == 2 and cfg.init and cfg.latent_std
             and isinstance(model, CompressionModel)):
-        probe, _ = data.batch(torch.arange(min(len(data), 512)), torch.Generator().manual_seed(cfg.seed))
+        probe, _ = data.get(0, 1, min(len(data), 512), 0, 1, torch.Generator().manual_seed(cfg.seed))
         scale = calibrate_latent_scale(model, probe.to(device), cfg.latent_std)
         if main:
             _log(run_dir / "metrics.jsonl", {"step": 0, "latent_scale": scale})
@@ -278,7 +351,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                      else {k: v.detach().clone() for k, v in model.state_dict().items()
                            if v.dtype.is_floating_point})
 
-    per_rank = max(1, cfg.batch_size // world)
     steps_per_epoch = max(1, len(data) // cfg.batch_size)
     total_steps = max(1, int(cfg.epochs * steps_per_epoch))
     last_step = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
@@ -292,20 +364,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                         unit="it", mininterval=2.0, dynamic_ncols=True)
     window: dict[str, float] = {}
     window_n, window_t, window_imgs = 0, time.perf_counter(), 0
-    perm, perm_epoch = None, -1
     run_start = time.perf_counter()
     step = start_step
     try:
         while step < last_step:
-            epoch = step // steps_per_epoch
-            if epoch != perm_epoch:
-                perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
-                perm_epoch = epoch
             torch.manual_seed(cfg.seed * 1_000_003 + step * 131 + rank)
             g = torch.Generator().manual_seed(cfg.seed * 999_983 + step * 17 + rank)
-            offset = (step % steps_per_epoch) * cfg.batch_size
-            indices = perm[offset:offset + cfg.batch_size][rank::world][:per_rank]
-            x, labels = data.batch(indices, g)
+            x, labels = data.get(step, steps_per_epoch, cfg.batch_size, rank, world, g)
             x = x.to(device, non_blocking=True)
             labels = labels.to(device) if labels is not None else None
             for group in optimizer.param_groups:
@@ -327,7 +392,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             for k, v in terms.items():
                 window[k] = window.get(k, 0.0) + float(v.detach())
             window_n += 1
-            window_imgs += len(indices) * world
+            window_imgs += x.shape[0] * world
             if main and (step % cfg.log_every == 0 or step == last_step):
                 elapsed = time.perf_counter() - window_t
                 record = {"step": step, "epoch": round(step / steps_per_epoch, 3),
