@@ -103,3 +103,24 @@ def test_bad_inputs_exit_non_zero_with_one_line(tmp_path, kodak_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["classify", str(stream), "--top-k", "0"])
     assert exc.value.code == 2
+
+
+def test_shipped_rate_points_are_found_from_the_stream(tmp_path, cifar_samples, capsys):
+    from tica.registry import shipped_weights
+    qualities = sorted(shipped_weights().get("tica-cifar", {}))
+    if len(qualities) < 2:
+        pytest.skip("needs at least two shipped tica-cifar rate points")
+    img = tmp_path / "c.jpg"
+    img.write_bytes(cifar_samples[0][0])
+    sizes = {}
+    for q in qualities:
+        stream = tmp_path / f"q{q}.tica"
+        assert main(["encode", str(img), "-o", str(stream), "--quality", str(q), "--json"]) == 0
+        sizes[q] = _json(capsys)["bytes"]
+        assert main(["info", str(stream), "--json"]) == 0
+        assert _json(capsys)["model"] == f"tica-cifar q{q}"
+        assert main(["classify", str(stream), "--json"]) == 0          # no flags: the stream says
+        assert _json(capsys)["model"] == f"tica-cifar q{q}"
+        assert main(["decode", str(stream), "-o", str(tmp_path / f"q{q}.png")]) == 0
+        capsys.readouterr()
+    assert sizes[qualities[0]] <= sizes[qualities[-1]]                  # higher quality, more bytes

@@ -125,3 +125,29 @@ def test_kodak_image_round_trip_with_the_photo_preset(tica_photo, kodak_path):
     (_, size, y), = tica.decompress(tica_photo, data)
     assert size == (512, 768) and y.shape == (1, 192, 32, 48)
     assert torch.equal(y, tica_photo.latent(img[None]))
+
+
+def test_trained_payload_is_within_one_percent_of_the_models_estimate(kodak_path):
+    """The shipped weights on a realistic input: real bytes vs the model's -sum(log2 p)."""
+    from tica.image import load_image
+    from tica.registry import shipped_weights
+    if not shipped_weights().get("tica-cifar"):
+        pytest.skip("no trained tica-cifar weights shipped")
+    model = tica.load("tica-cifar")
+    img = load_image(kodak_path)[None]
+    with torch.no_grad():
+        _, likelihoods = model.encode_latent(img)
+    estimate = sum(-torch.log2(l).sum() for l in likelihoods.values()).item()
+    (payload,) = model.compress(img)
+    assert abs(8 * len(payload) / estimate - 1) < 0.01, (8 * len(payload), estimate)
+
+
+def test_paper_preset_compresses_and_classifies_on_cpu():
+    model = tica.create_model("tica-s").eval()
+    model.update()
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    data = tica.compress(model, x)
+    (_, size, y_hat), = tica.decompress(model, data)
+    assert size == (224, 224) and y_hat.shape == (1, 192, 14, 14)
+    assert torch.equal(y_hat, model.latent(x))
+    assert tica.classify_logits(model, data).shape == (1, 1000)
