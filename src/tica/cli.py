@@ -217,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hyper-lr", dest="hyper_lr", type=float, help="lr of h_a, h_s, densities")
     p.add_argument("--latent-std", dest="latent_std", type=float,
                    help="step 2: rescale the step-1 latent to this std first (default 2)")
+    p.add_argument("--rate-warmup-steps", dest="rate_warmup_steps", type=int,
+                   help="step 2: ramp the rate term's weight from 0 to 1 over these steps")
     p.add_argument("--weight-decay", dest="weight_decay", type=float)
     p.add_argument("--warmup-steps", dest="warmup_steps", type=int)
     p.add_argument("--optimizer", choices=("adamw", "adam"))

@@ -157,6 +157,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     ema: float = 0.0                          # 0 disables; else decay per step
     latent_std: float | None = 2.0            # step 2: rescale y to this std before training
+    rate_warmup_steps: int = 0                # step 2: ramp the rate's weight from 0 to 1
     optimizer: str = "adamw"                  # "adamw" (step 1, DeiT) or "adam" (step 2, paper)
     seed: int = 0
     device: str = "cpu"

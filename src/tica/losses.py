@@ -18,9 +18,9 @@ def psnr(mse_255: torch.Tensor) -> torch.Tensor:
 
 
 def rda_loss(out: dict, x: torch.Tensor, labels: torch.Tensor | None, alpha: float, beta: float,
-             label_smoothing: float = 0.1) -> dict[str, torch.Tensor]:
+             label_smoothing: float = 0.1, rate_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """Loss and its parts for any model of the family: terms whose outputs a model does not
-    produce (logits, x_hat, likelihoods) are left out."""
+    produce (logits, x_hat, likelihoods) are left out. `bpp` is reported unweighted."""
     terms: dict[str, torch.Tensor] = {}
     loss = x.new_zeros(())
     if "logits" in out and labels is not None and alpha:
@@ -35,7 +35,7 @@ def rda_loss(out: dict, x: torch.Tensor, labels: torch.Tensor | None, alpha: flo
     if out.get("likelihoods"):
         B, _, H, W = x.shape
         terms["bpp"] = bits_per_pixel(out["likelihoods"], B * H * W)
-        loss = loss + terms["bpp"]
+        loss = loss + rate_weight * terms["bpp"]
     terms["loss"] = loss
     return terms
 

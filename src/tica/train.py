@@ -169,9 +169,11 @@ class Objective(nn.Module):
         self.model, self.cfg = model, cfg
         self.codec = isinstance(model, CompressionModel)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None, rate_weight: float = 1.0
+                ) -> dict[str, torch.Tensor]:
         out = self.model(x, entropy=self.cfg.step == 2) if self.codec else self.model(x)
-        terms = rda_loss(out, x, labels, self.cfg.alpha, self.cfg.beta, self.cfg.label_smoothing)
+        terms = rda_loss(out, x, labels, self.cfg.alpha, self.cfg.beta, self.cfg.label_smoothing,
+                         rate_weight)
         if self.codec and self.cfg.step == 2:
             terms["aux"] = self.model.aux_loss()
             terms["loss"] = terms["loss"] + terms["aux"]
@@ -376,8 +378,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] if group.get("fixed") else cosine_lr(
                     step, total_steps, cfg.warmup_steps, group["base_lr"], cfg.min_lr_ratio)
+            # Rate warm-up: Adam normalises each parameter's step, so the entropy models learn
+            # at full speed while g_a feels the rate only gradually and keeps its information.
+            rate_weight = min(1.0, (step + 1) / cfg.rate_warmup_steps) if cfg.rate_warmup_steps else 1.0
             with autocast():
-                terms = objective(x, labels)
+                terms = objective(x, labels, rate_weight)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             if cfg.grad_clip:   # the quantiles' auxiliary gradients stay out of the norm

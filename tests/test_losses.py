@@ -1,0 +1,38 @@
+"""The objective and the schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tica.losses import bits_per_pixel, cosine_lr, psnr, rda_loss
+
+
+def test_rda_loss_combines_the_terms_with_their_weights():
+    x = torch.full((2, 3, 4, 4), 0.5)
+    out = {"logits": torch.tensor([[10.0, 0.0], [0.0, 10.0]]), "x_hat": x + 1 / 255,
+           "likelihoods": {"y": torch.full((2, 1, 2, 2), 0.5), "z": torch.full((2, 1, 1, 1), 0.25)}}
+    labels = torch.tensor([0, 1])
+    terms = rda_loss(out, x, labels, alpha=2.0, beta=0.5, label_smoothing=0.0, rate_weight=0.25)
+    assert terms["mse"].item() == pytest.approx(1.0, rel=1e-4)            # one level on 0-255
+    assert terms["bpp"].item() == pytest.approx((2 * 4 * 1 + 2 * 1 * 2) / (2 * 16))
+    assert terms["acc"].item() == 1.0
+    expected = 2.0 * terms["ce"] + 0.5 * terms["mse"] + 0.25 * terms["bpp"]
+    assert terms["loss"].item() == pytest.approx(expected.item())
+    assert psnr(torch.tensor(1.0)).item() == pytest.approx(20 * math.log10(255))
+    assert bits_per_pixel({"a": torch.full((1, 8), 0.5)}, 4).item() == 2.0
+
+
+def test_models_without_a_term_leave_it_out():
+    x = torch.rand(1, 3, 4, 4)
+    terms = rda_loss({"logits": torch.zeros(1, 3)}, x, torch.tensor([1]), 1.0, 1.0)
+    assert set(terms) == {"ce", "acc", "loss"}
+
+
+def test_cosine_schedule_warms_up_then_decays_to_the_floor():
+    lrs = [cosine_lr(s, 100, 10, 1.0, 0.01) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert cosine_lr(100, 100, 10, 1.0, 0.01) == pytest.approx(0.01)
