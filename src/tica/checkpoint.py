@@ -31,8 +31,8 @@ def atomic_write(path: str | Path, write) -> None:
     umask = os.umask(0)
     os.umask(umask)
     try:
-        os.chmod(tmp, 0o666 & ~umask)        # mkstemp makes 0600; give the usual mode
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)        # mkstemp makes 0600; give the usual mode
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
