@@ -155,3 +155,12 @@ def test_stream_for_another_model_is_refused(tica_cifar, hyperprior_cifar, strea
     with pytest.raises(ModelMismatchError):
         tica.reconstruct(other, stream)
     assert bitstream.unpack(stream).model_id == tica_cifar.model_id
+
+
+def test_peek_reads_the_model_id_and_checks_the_prefix():
+    data = pack(0xBEEF, [(32, 32)], [b"abcd"])
+    assert bitstream.peek_model_id(data) == 0xBEEF
+    for bad, reason in ((b"PK" + data[2:], "magic"), (data[:2] + b"\x21" + data[3:], "version"),
+                        (data[:6], "truncated"), (None, "must be bytes")):
+        with pytest.raises(BitstreamError, match=reason):
+            bitstream.peek_model_id(bad)

@@ -51,7 +51,7 @@ def load(name: str | None = None, *, quality: int | None = None,
 def load_for_stream(data: bytes, device: str | torch.device = "cpu") -> nn.Module:
     """The shipped model whose id the stream carries, else the default model (which then
     refuses a stream it did not write with a clear ModelMismatchError)."""
-    entry = shipped_ids().get(bitstream.unpack(data).model_id)
+    entry = shipped_ids().get(bitstream.peek_model_id(data))
     if entry is None:
         return load(device=device)
     return load(entry[0], quality=entry[1], device=device)

@@ -118,20 +118,32 @@ def pack(model_id: int, sizes: list[tuple[int, int]], payloads: list[bytes]) -> 
     return bytes(out)
 
 
+def _check_prefix(data: bytes) -> None:
+    if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+        raise BitstreamError("not a tica bitstream (bad magic number)")
+    if len(data) < _FIXED + 2 + _CRC_BYTES:
+        raise BitstreamError(f"truncated stream: {len(data)} bytes is shorter than any header")
+    if data[2] >> 4 != VERSION:
+        raise BitstreamError(f"unsupported bitstream version {data[2] >> 4}; this tica reads "
+                             f"version {VERSION}: use the tica release that wrote it")
+
+
+def peek_model_id(data: bytes) -> int:
+    """The model id of a stream, from its header alone (`unpack` checks the rest)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise BitstreamError(f"a bitstream must be bytes, got {type(data).__name__}")
+    _check_prefix(data)
+    return int.from_bytes(data[3:5], "big")
+
+
 def unpack(data: bytes, limits: Limits = Limits()) -> Stream:
     """Parse and check a container. Raises BitstreamError, never anything else, and never
     allocates more than the input's own size before the limits are checked."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise BitstreamError(f"a bitstream must be bytes, got {type(data).__name__}")
     data = bytes(data)
-    if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
-        raise BitstreamError("not a tica bitstream (bad magic number)")
-    if len(data) < _FIXED + 2 + _CRC_BYTES:
-        raise BitstreamError(f"truncated stream: {len(data)} bytes is shorter than any header")
-    version, flags = data[2] >> 4, data[2] & 0x0F
-    if version != VERSION:
-        raise BitstreamError(f"unsupported bitstream version {version}; this tica reads "
-                             f"version {VERSION}: use the tica release that wrote it")
+    _check_prefix(data)
+    flags = data[2] & 0x0F
     if flags & ~(FLAG_BATCH | FLAG_UNIFORM) or (flags & FLAG_UNIFORM and not flags & FLAG_BATCH):
         raise BitstreamError(f"malformed stream: unknown flags {flags:#x}")
     end = len(data) - _CRC_BYTES

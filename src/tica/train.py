@@ -132,28 +132,40 @@ class _ShardData:
         return augment(x, generator=generator), torch.tensor([label for _, label in samples])
 
 
+def _data_kind(data: str) -> str:
+    """"synthetic", "shards" (a folder of train-*.tar), "photos" (a folder of images) or
+    "split" (an ImageFolder folder or archive)."""
+    if data == "synthetic":
+        return "synthetic"
+    path = Path(data)
+    if path.is_dir() and any(path.glob("train-*.tar")):
+        return "shards"
+    if path.is_dir() and not any(p.is_dir() for p in path.iterdir()):
+        return "photos"
+    return "split"
+
+
 def _train_data(cfg: TrainConfig, img_size: int):
-    if cfg.data == "synthetic":
+    kind = _data_kind(cfg.data)
+    if kind == "synthetic":
         split = synthetic_split(n=cfg.train_limit or 256, size=img_size)
         return _SplitData(split.images, split.labels, cfg.seed)
-    path = Path(cfg.data)
-    shards = sorted(path.glob("train-*.tar")) if path.is_dir() else []
-    if shards:
+    if kind == "shards":
+        path = Path(cfg.data)
         count = json.loads((path / "train.json").read_text())["count"]
-        return _ShardData([str(s) for s in shards], count, img_size, cfg.seed)
-    if path.is_dir() and not any(p.is_dir() for p in path.iterdir()):
+        return _ShardData([str(s) for s in sorted(path.glob("train-*.tar"))], count, img_size, cfg.seed)
+    if kind == "photos":
         return _CropData(cfg.data, img_size)
     split = load_split(cfg.data, "train", limit=cfg.train_limit)
     return _SplitData(split.images, split.labels, cfg.seed)
 
 
 def _eval_data(cfg: TrainConfig, img_size: int):
-    if cfg.data == "synthetic":
+    """Held-out images for the epoch-end score: the test split where there is one."""
+    kind = _data_kind(cfg.data)
+    if kind == "synthetic":
         return synthetic_split(n=64, size=img_size, seed=1)
-    path = Path(cfg.data)
-    if cfg.eval_images <= 0 or (path.is_dir() and not any(p.is_dir() for p in path.iterdir())):
-        return None
-    if path.is_dir() and list(path.glob("train-*.tar")):
+    if kind != "split" or cfg.eval_images <= 0:
         return None
     return load_split(cfg.data, "test", limit=cfg.eval_images)
 
