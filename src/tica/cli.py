@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, choices=(1, 2), default=1)
     p.add_argument("--data", help="ImageFolder dir, .tar.gz archive, photo folder, or 'synthetic'")
     p.add_argument("--run-dir", dest="run_dir", required=True)
-    p.add_argument("--init", help="start from these weights (step 2: the step-1 export)")
+    p.add_argument("--init", help="start from these weights (step 2: the step-1 export); "
+                   "'step1' takes the step-1 network shipped for --model")
     p.add_argument("--alpha", type=float)
     p.add_argument("--beta", type=float)
     p.add_argument("--quality", type=int, help="rate-point label stored with the weights")

@@ -31,7 +31,7 @@ from .data import RandomCrops, augment, load_split, read_shards, synthetic_split
 from .errors import CheckpointError, TicaError
 from .losses import cosine_lr, rda_loss
 from .models import CompressionModel
-from .registry import build_model, get_config
+from .registry import build_model, get_config, step1_weights
 
 STATE_FILE = "checkpoint.safetensors"
 STATE_FORMAT = "tica-train-state"
@@ -281,7 +281,12 @@ def _log(path: Path, record: dict) -> None:
 
 def build_initial_model(cfg: TrainConfig) -> nn.Module:
     if cfg.init:
-        model = load_checkpoint(cfg.init)
+        init = cfg.init
+        if init == "step1":           # the shipped step-1 network of the preset
+            init = step1_weights(cfg.model)
+            if init is None:
+                raise TicaError(f"no step-1 weights are shipped for {cfg.model}")
+        model = load_checkpoint(init)
         if cfg.model_overrides:
             raise TicaError("model_overrides cannot change a model loaded with --init")
         return model

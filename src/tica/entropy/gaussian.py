@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import torch
-from torch import nn
 
 from ._ops import lower_bound
 from .coder import TableOwner, quantize_pmf
