@@ -2,6 +2,7 @@
 
     python scripts/ship_weights.py --codec runs/q1/model.safetensors [--codec ...]
                                    [--step1 runs/step1/model.safetensors]
+                                   [--model runs/vit-pixel-cifar/model.safetensors]
 
 A codec's preset and quality come from the checkpoint's own config and metadata.
 """
@@ -21,6 +22,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--codec", action="append", default=[], help="step-2 export (repeatable)")
     parser.add_argument("--step1", help="step-1 export")
+    parser.add_argument("--model", action="append", default=[],
+                        help="a model with no rate points, e.g. a classifier baseline (repeatable)")
     args = parser.parse_args()
     index_path = WEIGHTS / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
@@ -35,6 +38,12 @@ def main() -> None:
         index.setdefault("codecs", {}).setdefault(name, {})[str(quality)] = target
         shipped = load_checkpoint(WEIGHTS / target)       # the id of what users will load
         index.setdefault("ids", {})[f"{shipped.model_id:04x}"] = [name, quality]
+        print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB")
+    for path in args.model:
+        model = load_checkpoint(path)
+        target = f"{model.config.name}.safetensors"
+        save_checkpoint(model, WEIGHTS / target, model.checkpoint_metadata, half=True)
+        index.setdefault("models", {})[model.config.name] = target
         print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB")
     if args.step1:
         model = load_checkpoint(args.step1)

@@ -10,7 +10,9 @@ import torch
 import tica
 from tica import bitstream
 from tica.data import ImageFolderSplit
-from tica.evaluate import evaluate_codec, ms_ssim_any_size
+from tica.codecs import get_codec
+from tica.evaluate import (ClassicalPipeline, LearnedPipeline, Uncompressed, evaluate,
+                           evaluate_codec, ms_ssim_any_size, split_batches, write_results)
 
 
 def test_ms_ssim_is_one_for_identical_images_and_falls_with_noise():
@@ -36,8 +38,10 @@ def test_eval_counts_real_bytes_and_real_predictions(tica_cifar, cifar_samples, 
     top5 = logits.topk(5, 1).indices
     assert result.top5 == pytest.approx(float((top5 == labels[:, None]).any(1).float().mean()))
     x_hat = torch.stack([tica.reconstruct(tica_cifar, s)[0] for s in streams])
-    mse = float((((x_hat * 255).round() - x * 255) ** 2).mean())
-    assert result.psnr == pytest.approx(10 * torch.log10(torch.tensor(255.0 ** 2 / mse)).item(), rel=1e-4)
+    errors = (((x_hat * 255).round() - x * 255) ** 2).flatten(1).mean(1)
+    assert result.psnr == pytest.approx(10 * torch.log10(255.0 ** 2 / errors.mean()).item(), rel=1e-4)
+    assert result.psnr_per_image == pytest.approx(
+        float((10 * torch.log10(255.0 ** 2 / errors)).mean()), rel=1e-4)
     assert 0 <= result.ms_ssim <= 1 and result.images == len(x)
 
 
@@ -53,3 +57,60 @@ def test_eval_cli_json(archive, capsys):
         assert result["images"] == 4 and result["bpp"] > 0
     assert main(["eval", "--data", str(archive.parent / "missing"), "--json"]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return tica.create_model("vit-pixel-cifar").eval()
+
+
+def _labelled(cifar_images):
+    labels = torch.tensor([i // 2 for i in range(len(cifar_images))])
+    x = (cifar_images * 255).round() / 255
+    return x, labels
+
+
+def test_classical_pipeline_scores_the_decoded_files(cifar_images, classifier):
+    x, labels = _labelled(cifar_images)
+    codec = get_codec("webp")
+    result = evaluate(ClassicalPipeline(codec, 50, classifier, "WebP"), [(x[:9], labels[:9]), (x[9:], labels[9:])])
+    rgb = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    files = [codec.encode(img, 50) for img in rgb]
+    decoded = torch.stack([torch.from_numpy(codec.decode(f).copy()).permute(2, 0, 1) for f in files]) / 255
+    assert result.pipeline == "WebP" and result.quality == 50
+    assert result.bpp == pytest.approx(8 * sum(map(len, files)) / (len(x) * 32 * 32))
+    assert result.bpp_payload == pytest.approx(8 * sum(len(f) - 27 for f in files) / (len(x) * 32 * 32))
+    logits = classifier.classify_pixels(decoded.float())
+    assert result.top1 == pytest.approx(float((logits.argmax(1) == labels).float().mean()))
+    mse = ((decoded * 255 - x * 255) ** 2).flatten(1).mean(1)
+    assert result.psnr == pytest.approx(float(10 * torch.log10(255 ** 2 / mse.mean())), rel=1e-5)
+
+
+def test_codec_then_classifier_and_uncompressed(cifar_images, classifier, hyperprior_cifar):
+    x, labels = _labelled(cifar_images)
+    clean = evaluate(Uncompressed(classifier), [(x, labels)])
+    assert clean.bpp == 24 and clean.psnr is None and clean.ms_ssim is None
+    assert clean.top1 == pytest.approx(float((classifier.classify_pixels(x).argmax(1) == labels).float().mean()))
+    piped = evaluate(LearnedPipeline(hyperprior_cifar, name="hp", quality=2, classifier=classifier),
+                     [(x, labels)])
+    x_hat = torch.stack(tica.reconstruct(hyperprior_cifar, tica.compress(hyperprior_cifar, x)))
+    logits = classifier.classify_pixels((x_hat * 255).round() / 255)
+    assert piped.top1 == pytest.approx(float((logits.argmax(1) == labels).float().mean()))
+    assert piped.bpp > piped.bpp_payload > 0 and piped.quality == 2
+    # no labels (Kodak): accuracy is not applicable, the rest is measured
+    unlabelled = evaluate(LearnedPipeline(hyperprior_cifar), [(x, None)])
+    assert unlabelled.top1 is None and unlabelled.bpp == pytest.approx(piped.bpp)
+
+
+def test_results_files_round_trip(tmp_path, cifar_images, classifier):
+    x, labels = _labelled(cifar_images)
+    result = evaluate(Uncompressed(classifier), split_batches(
+        ImageFolderSplit((x * 255).round().to(torch.uint8), labels, ()), batch=6)).to_dict()
+    result["extra"] = float("nan")
+    write_results([result], tmp_path / "r")
+    loaded = json.loads((tmp_path / "r.json").read_text())     # strict JSON: NaN became null
+    assert loaded[0]["psnr"] is None and loaded[0]["extra"] is None
+    assert loaded[0]["top1"] == pytest.approx(result["top1"]) and loaded[0]["images"] == len(x)
+    header, row = (tmp_path / "r.csv").read_text().splitlines()
+    assert header.split(",")[:3] == ["pipeline", "quality", "top1"]
+    assert row.split(",")[0] == "uncompressed"

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import tica
 from tica.config import TrainConfig
+from tica.errors import TicaError
 from tica.train import STATE_FILE, load_state, train
 
 TINY = {"N": 16, "M": 16, "embed_dim": 32, "depth": 3, "num_heads": 2, "drop_path": 0.1}
@@ -187,3 +189,23 @@ def test_new_rate_points_start_from_the_shipped_step1_network(tmp_path):
         pytest.skip("no shipped step-1 weights")
     cfg = _cfg(tmp_path, step=2, init="step1", model_overrides={}, max_steps=1, batch_size=4)
     assert train(cfg).steps == 1
+
+
+def test_an_ablation_starts_from_trained_weights_that_fit(tmp_path):
+    """--init with config overrides: every tensor that still fits is carried over, the rest
+    (here g_s, which reads y_hat instead of the FAM's features) starts fresh."""
+    from tica.checkpoint import save_checkpoint
+    from tica.train import build_initial_model
+    source = tica.create_model("tica-cifar", seed=3, **TINY)
+    save_checkpoint(source, tmp_path / "step1.safetensors")
+    cfg = _cfg(tmp_path, step=2, init=str(tmp_path / "step1.safetensors"),
+               model_overrides={"fam": False})
+    model = build_initial_model(cfg)
+    assert model.config.fam is False and model.fam is None
+    mine, theirs = model.state_dict(), source.state_dict()
+    assert torch.equal(mine["g_a.0.weight"], theirs["g_a.0.weight"])
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine if k.startswith("vit."))
+    assert mine["g_s.0.weight"].shape != theirs["g_s.0.weight"].shape
+    with pytest.raises(TicaError, match="unknown config"):
+        build_initial_model(_cfg(tmp_path, step=2, init=str(tmp_path / "step1.safetensors"),
+                                 model_overrides={"famm": False}))

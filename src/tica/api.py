@@ -16,7 +16,8 @@ from .bitstream import Limits, Stream
 from .checkpoint import load_checkpoint
 from .errors import ConfigError, ModelMismatchError, TicaError
 from .models import CompressionModel
-from .registry import DEFAULT_MODEL, create_model, shipped_ids, shipped_weights
+from .registry import (DEFAULT_MODEL, create_model, shipped_ids, shipped_model,
+                       shipped_weights)
 
 
 def load(name: str | None = None, *, quality: int | None = None,
@@ -32,7 +33,10 @@ def load(name: str | None = None, *, quality: int | None = None,
     else:
         name = name or DEFAULT_MODEL
         shipped = shipped_weights().get(name, {})
-        if shipped:
+        single = shipped_model(name)
+        if single is not None and quality is None:
+            model = load_checkpoint(single, device)
+        elif shipped:
             q = quality if quality is not None else max(shipped)
             if q not in shipped:
                 raise ConfigError(f"{name} has no rate point {q}; available: {sorted(shipped)}")

@@ -153,9 +153,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         results.append(evaluate_codec(model, split, quality=q).to_dict())
         if not args.json:
             r = results[-1]
-            print(f"{api.describe(model)}: top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  "
-                  f"bpp {r['bpp']:.4f}  PSNR {r['psnr']:.2f} dB  MS-SSIM {r['ms_ssim']:.4f}  "
-                  f"({r['images']} images, {r['seconds']:.0f} s)")
+            top = (f"top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  " if r["top1"] is not None
+                   else "")
+            print(f"{api.describe(model)}: {top}bpp {r['bpp']:.4f}  PSNR {r['psnr']:.2f} dB  "
+                  f"MS-SSIM {r['ms_ssim']:.4f}  ({r['images']} images, {r['seconds']:.0f} s)")
     if args.json:
         print(json.dumps({"results": results}))
     return 0

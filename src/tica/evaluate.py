@@ -1,10 +1,21 @@
-"""Evaluation from real bitstreams: every image is compressed to bytes, classified from those
-bytes and decoded from them; bpp counts the whole single-image container."""
+"""One evaluator for every pipeline: tica from its bitstream, a learned codec or a classical
+codec followed by decode and a pixel classifier, or clean pixels. Every image is turned into
+real bytes (a single-image tica stream or a whole image file), classified and decoded from
+them; the metrics are the same code for all.
+
+    pipeline.run(x) -> Coded(bytes, payload bytes, x_hat, logits) -> evaluate() -> EvalResult
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +23,8 @@ from pytorch_msssim import ms_ssim
 from pytorch_msssim.ssim import _fspecial_gauss_1d, _ssim
 
 from . import api, bitstream
+from .checkpoint import atomic_write
+from .codecs import ClassicalCodec
 from .data import ImageFolderSplit
 from .losses import psnr
 
@@ -41,14 +54,118 @@ def ms_ssim_any_size(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.prod(stacked ** weights.view(-1, 1, 1), dim=0).mean(1)
 
 
+# ---- pipelines -----------------------------------------------------------------------------
+
+@dataclass
+class Coded:
+    """What a pipeline made of a batch: bytes per image (the whole file or single-image
+    stream), the bytes a deployment could not share out of band, the decoded pixels (8-bit
+    values in [0, 1]) and the class logits (None where a pipeline has none)."""
+
+    nbytes: list[int]
+    payload: list[int]
+    x_hat: torch.Tensor | None
+    logits: torch.Tensor | None
+
+
+def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
+    """What an 8-bit PNG of the decoded image would hold."""
+    return (x.clamp(0, 1) * 255).round() / 255
+
+
+@torch.no_grad()
+def classify_pixels(classifier, x: torch.Tensor, batch: int = 250) -> torch.Tensor:
+    return torch.cat([classifier.classify_pixels(x[s:s + batch]).float()
+                      for s in range(0, len(x), batch)])
+
+
+class Pipeline:
+    """Images in, Coded out. `name` and `quality` label the rate point in results."""
+
+    name: str = "pipeline"
+    quality: float | None = None
+
+    def run(self, x: torch.Tensor) -> Coded:            # x (B, 3, H, W) in [0, 1]
+        raise NotImplementedError
+
+
+class Uncompressed(Pipeline):
+    """The accuracy ceiling: a pixel classifier on the clean images (24 bpp of raw RGB)."""
+
+    def __init__(self, classifier, name: str = "uncompressed") -> None:
+        self.classifier, self.name = classifier, name
+
+    def run(self, x: torch.Tensor) -> Coded:
+        n = [3 * x.shape[-1] * x.shape[-2]] * len(x)
+        return Coded(n, n, None, classify_pixels(self.classifier, x))
+
+
+class LearnedPipeline(Pipeline):
+    """A tica-family codec through real single-image bitstreams. With no `classifier`, the
+    model classifies straight from the bitstream (tica); with one, the decoded pixels go to
+    it (codec, then decode, then classify)."""
+
+    def __init__(self, model, name: str | None = None, quality: float | None = None,
+                 classifier=None) -> None:
+        meta = getattr(model, "checkpoint_metadata", {}) or {}
+        self.model, self.classifier = model, classifier
+        self.name = name or model.config.name
+        self.quality = quality if quality is not None else meta.get("quality")
+
+    def run(self, x: torch.Tensor) -> Coded:
+        stream = bitstream.unpack(api.compress(self.model, x))
+        nbytes = [len(bitstream.pack(stream.model_id, [size], [payload]))
+                  for size, payload in zip(stream.sizes, stream.payloads)]
+        x_hat = quantize_8bit(torch.stack(api.reconstruct(self.model, stream)))
+        if self.classifier is not None:
+            logits = classify_pixels(self.classifier, x_hat)
+        elif hasattr(self.model, "classify_latent"):
+            logits = api.classify_logits(self.model, stream)
+        else:
+            logits = None
+        return Coded(nbytes, [len(p) for p in stream.payloads], x_hat, logits)
+
+
+class ClassicalPipeline(Pipeline):
+    """A classical codec at one quality setting, image files decoded, then a pixel
+    classifier (if any)."""
+
+    def __init__(self, codec: ClassicalCodec, quality: float, classifier=None,
+                 name: str | None = None) -> None:
+        self.codec, self.quality, self.classifier = codec, quality, classifier
+        self.name = name or codec.name
+
+    def run(self, x: torch.Tensor) -> Coded:
+        rgb = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        nbytes, payload, decoded = [], [], []
+        for img in rgb:
+            data, out = self.codec.roundtrip(img, self.quality)
+            nbytes.append(len(data))
+            payload.append(self.codec.payload(data))
+            decoded.append(torch.from_numpy(out.copy()).permute(2, 0, 1))
+        x_hat = torch.stack(decoded).float() / 255
+        logits = classify_pixels(self.classifier, x_hat) if self.classifier is not None else None
+        return Coded(nbytes, payload, x_hat, logits)
+
+
+# ---- the evaluator ---------------------------------------------------------------------------
+
 @dataclass
 class EvalResult:
-    quality: int | None
-    top1: float
-    top5: float
+    """One rate point of one pipeline. bpp counts whole files / streams; bpp_payload the part
+    not shareable out of band. psnr is the PSNR of the mean MSE (finite even when some images
+    come back exact), psnr_per_image the mean of per-image PSNRs (CompressAI's convention for
+    Kodak). None: not applicable (no labels, no decoder)."""
+
+    pipeline: str
+    quality: float | None
+    top1: float | None
+    top5: float | None
     bpp: float
-    psnr: float
-    ms_ssim: float
+    bpp_payload: float
+    psnr: float | None
+    psnr_per_image: float | None
+    ms_ssim: float | None
     images: int
     seconds: float
 
@@ -56,33 +173,72 @@ class EvalResult:
         return asdict(self)
 
 
-@torch.no_grad()
-def evaluate_codec(model, split: ImageFolderSplit, batch: int = 250, quality: int | None = None
-                   ) -> EvalResult:
-    """Top-1/top-5 classified from real bitstreams, mean bpp of single-image streams (the
-    11-byte container included), PSNR (of the mean MSE, in dB) and mean MS-SSIM."""
-    start = time.perf_counter()
-    correct1 = correct5 = 0
-    bits = sq_err = ssim_sum = 0.0
-    can_classify = hasattr(model, "classify_latent")
+def split_batches(split: ImageFolderSplit, batch: int = 250
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for s in range(0, len(split), batch):
-        x = split.images[s:s + batch].float().div(255)
-        labels = split.labels[s:s + batch]
-        stream = bitstream.unpack(api.compress(model, x))
-        for size, payload in zip(stream.sizes, stream.payloads):
-            bits += 8 * len(bitstream.pack(stream.model_id, [size], [payload]))
-        if can_classify:
-            top = api.classify_logits(model, stream).topk(5, dim=1).indices
+        yield split.images[s:s + batch].float().div(255), split.labels[s:s + batch]
+
+
+@torch.no_grad()
+def evaluate(pipeline: Pipeline, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]]
+             ) -> EvalResult:
+    """Run `pipeline` over (images in [0, 1], labels or None) batches and score it."""
+    start = time.perf_counter()
+    n = pixels = correct1 = correct5 = labelled = 0
+    bits = payload_bits = sq_err_sum = ssim_sum = 0.0
+    psnrs: list[float] = []
+    for x, labels in batches:
+        coded = pipeline.run(x)
+        n += len(x)
+        pixels += len(x) * x.shape[-1] * x.shape[-2]
+        bits += 8 * sum(coded.nbytes)
+        payload_bits += 8 * sum(coded.payload)
+        if coded.logits is not None and labels is not None:
+            top = coded.logits.topk(min(5, coded.logits.shape[1]), dim=1).indices
             correct1 += int((top[:, 0] == labels).sum())
             correct5 += int((top == labels[:, None]).any(1).sum())
-        x_hat = torch.stack(api.reconstruct(model, stream))
-        x_hat = (x_hat * 255).round() / 255                       # what a PNG would hold
-        sq_err += float(F.mse_loss(x_hat * 255, x * 255, reduction="sum"))
-        ssim_sum += float(ms_ssim_any_size(x_hat, x).sum())
-    n = len(split)
-    pixels = n * split.images.shape[-1] * split.images.shape[-2]
+            labelled += len(labels)
+        if coded.x_hat is not None:
+            mse = ((coded.x_hat * 255 - x * 255) ** 2).flatten(1).mean(1)      # (B,)
+            sq_err_sum += float(mse.sum())
+            psnrs += psnr(mse).tolist()
+            ssim_sum += float(ms_ssim_any_size(coded.x_hat, x).sum())
+    if n == 0:
+        raise ValueError("no images to evaluate")
+    decoded = bool(psnrs)
     return EvalResult(
-        quality=quality, top1=correct1 / n if can_classify else float("nan"),
-        top5=correct5 / n if can_classify else float("nan"), bpp=bits / pixels,
-        psnr=float(psnr(torch.tensor(sq_err / (pixels * 3)))), ms_ssim=ssim_sum / n, images=n,
+        pipeline=pipeline.name, quality=pipeline.quality,
+        top1=correct1 / labelled if labelled else None,
+        top5=correct5 / labelled if labelled else None,
+        bpp=bits / pixels, bpp_payload=payload_bits / pixels,
+        psnr=float(psnr(torch.tensor(sq_err_sum / n))) if decoded else None,
+        psnr_per_image=sum(psnrs) / len(psnrs) if decoded else None,
+        ms_ssim=ssim_sum / n if decoded else None, images=n,
         seconds=time.perf_counter() - start)
+
+
+def evaluate_codec(model, split: ImageFolderSplit, batch: int = 250, quality: int | None = None
+                   ) -> EvalResult:
+    """A tica-family model from real single-image bitstreams over a labelled split."""
+    return evaluate(LearnedPipeline(model, quality=quality), split_batches(split, batch))
+
+
+def write_results(results: list[dict], path: str | Path) -> None:
+    """`path`.json (a list of result dicts) and `path`.csv, each written atomically."""
+    path = Path(path)
+    results = [{k: _finite(v) for k, v in r.items()} for r in results]
+    atomic_write(path.with_suffix(".json"),
+                 lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
+    columns = [f.name for f in fields(EvalResult)]
+    columns += sorted({k for r in results for k in r} - set(columns))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns, extrasaction="ignore")
+    writer.writeheader()
+    for r in results:
+        writer.writerow({k: "" if r.get(k) is None else r[k] for k in columns})
+    atomic_write(path.with_suffix(".csv"), lambda tmp: Path(tmp).write_text(buf.getvalue()))
+
+
+def _finite(value):
+    """Strict JSON has no NaN or infinity: they become null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value

@@ -41,8 +41,9 @@ register_preset(ModelConfig(
     name="tica-cifar", img_size=32, stages=2, N=128, M=96,
     embed_dim=192, depth=6, num_heads=3, drop_path=0.1))
 # Natural images (random crops of photos, Kodak evaluation): 16x downsampling, small ViT.
+# Trained on 128x128 crops (the CPU budget); any size codes, the position grid is resized.
 register_preset(ModelConfig(
-    name="tica-photo", img_size=256, stages=4, N=128, M=192,
+    name="tica-photo", img_size=128, stages=4, N=128, M=192,
     embed_dim=192, depth=4, num_heads=3, drop_path=0.0))
 # Baselines of SPEC 5, the same family at CIFAR scale.
 register_preset(ModelConfig(
@@ -97,6 +98,13 @@ def shipped_ids() -> dict[int, tuple[str, int]]:
     weights that decode it."""
     _, index = _weights_index()
     return {int(k, 16): (v[0], int(v[1])) for k, v in index.get("ids", {}).items()}
+
+
+def shipped_model(name: str) -> Path | None:
+    """The shipped weights of a model with no rate points (a classifier baseline)."""
+    root, index = _weights_index()
+    f = index.get("models", {}).get(name)
+    return root / f if f else None
 
 
 def step1_weights(name: str) -> Path | None:

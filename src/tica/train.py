@@ -288,9 +288,23 @@ def build_initial_model(cfg: TrainConfig) -> nn.Module:
                 raise TicaError(f"no step-1 weights are shipped for {cfg.model}")
         model = load_checkpoint(init)
         if cfg.model_overrides:
-            raise TicaError("model_overrides cannot change a model loaded with --init")
+            model = _transplant(model, cfg.model_overrides, cfg.seed)
         return model
     return build_model(get_config(cfg.model, **cfg.model_overrides), seed=cfg.seed)
+
+
+def _transplant(source: nn.Module, overrides: dict, seed: int) -> nn.Module:
+    """A model of source's config with `overrides`, holding every source tensor whose name
+    and shape still fit; the rest keep their seeded initialisation. This is how an ablation
+    starts from trained weights (e.g. step 2 with fam=False from a step-1 network with FAM:
+    g_a and the ViT carry over, g_s starts fresh)."""
+    model = build_model(source.config.replace(**overrides), seed=seed)
+    mine = model.state_dict()
+    kept = {k: v for k, v in source.state_dict().items() if k in mine and mine[k].shape == v.shape}
+    if not kept:
+        raise TicaError(f"no weights of {source.config.name} fit the overridden config {overrides}")
+    model.load_state_dict(kept, strict=False)
+    return model
 
 
 @torch.no_grad()

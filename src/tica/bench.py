@@ -1,0 +1,76 @@
+"""Compute and latency of classifying from the bitstream against decoding, then classifying
+pixels, measured side by side in one process.
+
+MACs come from `torch.utils.flop_counter` (multiply-accumulates = counted FLOPs / 2; the
+integer h_s is counted like a float convolution, the entropy decoder is not counted: it is
+the same constriction call on both paths). Latency is the median of interleaved runs, so a
+noisy machine slows both paths alike."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from . import api
+from .evaluate import classify_pixels, quantize_8bit
+
+
+def count_macs(fn: Callable[[], object]) -> float:
+    """Multiply-accumulates of one call of `fn`."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 2
+
+
+def interleaved_median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median ms per call of each function, run in turn `repeats` times after a warm-up."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append((time.perf_counter() - start) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+@dataclass
+class PathCost:
+    setting: str              # e.g. "tica-cifar q3, 32x32, batch 1"
+    path: str                 # "classify from bitstream" or "decode (codec) + pixel ViT"
+    gmacs_per_image: float
+    ms_per_image: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def classify_paths(model, images: torch.Tensor, classifier, setting: str, repeats: int = 5,
+                   decoders: dict | None = None) -> list[PathCost]:
+    """Cost of tica's classify-from-bitstream and of every decode-then-classify path:
+    tica's own decoder and each codec of `decoders` ({label: codec model}), followed by the
+    pixel classifier. Every path starts from real bytes of its own codec."""
+    n = len(images)
+    streams = {"tica": api.compress(model, images)}
+    paths: dict[str, Callable[[], object]] = {
+        "classify from bitstream": lambda: api.classify_logits(model, streams["tica"]),
+    }
+
+    def decode_then_classify(codec, key: str) -> Callable[[], object]:
+        return lambda: classify_pixels(
+            classifier, quantize_8bit(torch.stack(api.reconstruct(codec, streams[key]))))
+
+    paths[f"decode ({model.config.name}) + pixel ViT"] = decode_then_classify(model, "tica")
+    for label, codec in (decoders or {}).items():
+        streams[label] = api.compress(codec, images)
+        paths[f"decode ({label}) + pixel ViT"] = decode_then_classify(codec, label)
+    ms = interleaved_median_ms(paths, repeats)
+    return [PathCost(setting, key, count_macs(fn) / n / 1e9, ms[key] / n)
+            for key, fn in paths.items()]
