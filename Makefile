@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test test-all bench clean
+.PHONY: setup run test test-all bench report clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test-all: setup
 
 bench: setup
 	$(VENV)/bin/python benchmarks/codec_speed.py
+
+# docs/RESULTS.md, its tables and plots (reuses cached rate points; add ARGS=--fresh)
+report: setup
+	$(VENV)/bin/python benchmarks/run_all.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -86,6 +86,13 @@ class Cache:
         self.notes: list[str] = []
         self.measured = self.reused = 0
 
+    def read_back(self) -> None:
+        """A section not run this time: its last results, as they are."""
+        self.results = list(self.stale)
+        self.reused += len(self.results)
+        self.notes.append(f"{self.path.name}: section not run, {len(self.results)} results read "
+                          f"back from {self.path.name}.json")
+
     def run(self, spec: Spec, batches: Callable, images: int) -> None:
         hit = next((r for r in self.old if spec.key and r.get("key") == spec.key), None)
         if hit:
@@ -103,7 +110,7 @@ class Cache:
                 self.results.append(hit)
                 self.reused += 1
             else:
-                print(f"  missing  {spec.label} q={spec.quality}: no weights, no cached result")
+                print(f"  missing  {spec.label} q={spec.quality}: no weights, no earlier result")
                 self.notes.append(f"{spec.label} q={spec.quality}: not evaluated (no weights)")
             return
         result = evaluate(spec.build(), batches()).to_dict()
@@ -450,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs", help="training run folders")
     parser.add_argument("--limit", type=int, help="CIFAR-10 test images (default: all 10,000)")
     parser.add_argument("--kodak", type=int, help="Kodak images (default: all 24)")
+    parser.add_argument("--sections", default="cifar,kodak,compute",
+                        help="sections to run; the others are read back from their result files")
     parser.add_argument("--fresh", action="store_true", help="ignore cached results")
     parser.add_argument("--repeats", type=int, default=7, help="latency repeats")
     parser.add_argument("--out", type=Path, default=OUT)
@@ -461,22 +470,32 @@ def main(argv: list[str] | None = None) -> int:
     if (getattr(classifier, "checkpoint_metadata", {}) or {}).get("untrained"):
         print(f"warning: {CLASSIFIER} has no trained weights here: its numbers mean nothing",
               file=sys.stderr)
+    sections = set(args.sections.split(","))
     split = load_split(args.data / "cifar10-jpeg.tar.gz", "test", limit=args.limit)
-    print(f"CIFAR-10 test split: {len(split)} images")
     cifar = Cache(args.out / "cifar10", args.fresh)
-    for spec in cifar_specs(classifier, args.runs, len(split)):
-        cifar.run(spec, lambda: split_batches(split, 250), len(split))
+    if "cifar" in sections:
+        print(f"CIFAR-10 test split: {len(split)} images")
+        for spec in cifar_specs(classifier, args.runs, len(split)):
+            cifar.run(spec, lambda: split_batches(split, 250), len(split))
+    else:
+        cifar.read_back()
 
-    kodak_files = sorted((args.data / "kodak").glob("kodim*.png"))[: args.kodak]
-    kodak_images = [load_image(p)[None] for p in kodak_files]
-    print(f"Kodak: {len(kodak_images)} images")
     kodak = Cache(args.out / "kodak", args.fresh)
-    for spec in kodak_specs(args.runs):
-        kodak.run(spec, lambda: ((x, None) for x in kodak_images), len(kodak_images))
+    if "kodak" in sections:
+        kodak_files = sorted((args.data / "kodak").glob("kodim*.png"))[: args.kodak]
+        kodak_images = [load_image(p)[None] for p in kodak_files]
+        print(f"Kodak: {len(kodak_images)} images")
+        for spec in kodak_specs(args.runs):
+            kodak.run(spec, lambda: ((x, None) for x in kodak_images), len(kodak_images))
+    else:
+        kodak.read_back()
 
-    print("Compute and latency")
-    compute = compute_section(args.repeats, args.runs)
-    write_results(compute, args.out / "compute")
+    if "compute" in sections:
+        print("Compute and latency")
+        compute = compute_section(args.repeats, args.runs)
+        write_results(compute, args.out / "compute")
+    else:
+        compute = json.loads((args.out / "compute.json").read_text())
 
     margins = accuracy_margins(cifar.results)
     bds = bd_rates(kodak.results)

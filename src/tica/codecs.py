@@ -122,9 +122,9 @@ class ClassicalCodec:
 
 
 CLASSICAL_CODECS: dict[str, ClassicalCodec] = {
-    "jpeg": ClassicalCodec("jpeg", (10, 25, 50, 75, 90, 95), _pil_encode("JPEG"), _pil_decode,
+    "jpeg": ClassicalCodec("jpeg", (5, 10, 25, 50, 75, 90, 95), _pil_encode("JPEG"), _pil_decode,
                            jpeg_payload),
-    "webp": ClassicalCodec("webp", (10, 25, 50, 75, 90, 95), _pil_encode("WEBP", method=6),
+    "webp": ClassicalCodec("webp", (0, 10, 25, 50, 75, 90, 95), _pil_encode("WEBP", method=6),
                            _pil_decode, webp_payload),
     "avif": ClassicalCodec("avif", (20, 40, 60, 75, 85, 95), _pil_encode("AVIF", speed=6),
                            _pil_decode, avif_payload),
