@@ -78,7 +78,36 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_classify_remote(args: argparse.Namespace) -> int:
+    """Edge side: encode an image locally (or take a .tica as is), send only the bitstream."""
+    from . import bitstream
+    from .image import decode_image
+    from .serve.client import classify_remote
+
+    raw = _read_stream(args.stream)
+    if raw[:len(bitstream.MAGIC)] == bitstream.MAGIC:
+        data, replaced = raw, None
+    else:
+        data, replaced = api.compress(_load_model(args), decode_image(raw)), len(raw)
+    answer = classify_remote(args.server, data, args.top_k)
+    answer["sent_bytes"] = len(data)
+    if replaced is not None:
+        answer["replaced_bytes"] = replaced
+    if args.json:
+        print(json.dumps(answer))
+        return 0
+    saving = (f" instead of the {replaced}-byte file ({replaced / len(data):.1f}x fewer)"
+              if replaced is not None else "")
+    print(f"{args.stream}: sent {len(data)} bytes{saving} to {args.server}  [{answer['model']}]")
+    for i, entry in enumerate(answer["images"]):
+        top = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in entry["top"])
+        print(f"  [{i}] {entry['size'][1]}x{entry['size'][0]}: {top}")
+    return 0
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
+    if args.server:
+        return cmd_classify_remote(args)
     data = _read_stream(args.stream)
     model = _load_model(args, data)
     stream = api.parse(model, data)
@@ -98,6 +127,15 @@ def cmd_classify(args: argparse.Namespace) -> int:
     for i, entry in enumerate(entries):
         top = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in entry["top"])
         print(f"  [{i}] {entry['size'][1]}x{entry['size'][0]}: {top}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.run import serve
+
+    fields = ("model", "weights", "batch_window_ms", "max_batch_images", "max_body_bytes",
+              "max_upload_bytes", "max_side", "max_pixels", "max_images", "threads")
+    serve({k: getattr(args, k) for k in fields}, args.host, args.port, args.workers)
     return 0
 
 
@@ -191,11 +229,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("classify", help="classes straight from a tica bitstream (no pixels)")
-    p.add_argument("stream", metavar="IN.tica")
+    p.add_argument("stream", metavar="IN.tica", help="a bitstream; with --server also an image, "
+                   "encoded here and sent as a bitstream")
     p.add_argument("--top-k", type=int, default=5, metavar="K")
+    p.add_argument("--server", metavar="URL", help="ask a `tica serve` server (e.g. "
+                   "http://127.0.0.1:8000) instead of decoding here")
     p.add_argument("--json", action="store_true", help="print JSON: {top: [{label, prob}], bytes, ...}")
     _add_model_args(p)
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("serve", help="HTTP service: classify, reconstruct and encode bitstreams")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="preset whose shipped rate points to serve")
+    p.add_argument("--weights", metavar="FILE", help="serve this checkpoint instead")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (each loads the models)")
+    p.add_argument("--threads", type=int, help="torch threads per worker")
+    p.add_argument("--batch-window-ms", dest="batch_window_ms", type=float, default=5.0,
+                   help="gather concurrent requests this long into one forward pass (0: off)")
+    p.add_argument("--max-batch-images", dest="max_batch_images", type=int, default=64)
+    p.add_argument("--max-body-bytes", dest="max_body_bytes", type=int, default=1 << 20)
+    p.add_argument("--max-upload-bytes", dest="max_upload_bytes", type=int, default=8 << 20)
+    p.add_argument("--max-side", dest="max_side", type=int, default=4096)
+    p.add_argument("--max-pixels", dest="max_pixels", type=int, default=1 << 22)
+    p.add_argument("--max-images", dest="max_images", type=int, default=64, help="per stream")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("info", help="what a bitstream holds (no model needed)")
     p.add_argument("stream", metavar="IN.tica")

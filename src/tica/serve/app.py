@@ -1,0 +1,272 @@
+"""The FastAPI application: classify straight from edge bitstreams, reconstruct them, encode
+uploads, with bounded inputs, typed 4xx errors, micro-batching and Prometheus metrics.
+
+    POST /v1/classify?top_k=5     tica bitstream -> JSON top-k classes of every image
+    POST /v1/reconstruct?index=0  tica bitstream -> PNG of one image
+    POST /v1/encode?quality=Q     image file -> tica bitstream
+    GET  /v1/models  /healthz  /metrics  /  (demo page)  /docs  /openapi.json
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import api, bitstream
+from ..bitstream import Limits, Stream
+from ..errors import BitstreamError, ImageError, ModelMismatchError, TicaError
+from ..image import decode_image, encode_png
+from ..registry import DEFAULT_MODEL, shipped_weights
+from .batcher import MicroBatcher
+from .metrics import Metrics
+
+_BINARY = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+           "required": True}
+_IMAGE = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                      "image/png": {"schema": {"type": "string", "format": "binary"}},
+                      "image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+          "required": True}
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What the server loads and what it accepts. The limits bound memory and time per
+    request: a stream is refused before anything is decoded or allocated from it."""
+
+    model: str = DEFAULT_MODEL
+    weights: str | None = None
+    batch_window_ms: float = 5.0          # 0: no micro-batching
+    max_batch_images: int = 64
+    max_body_bytes: int = 1 << 20         # a bitstream; 1 MiB holds ~2,000 CIFAR streams
+    max_upload_bytes: int = 8 << 20       # an image to encode
+    max_side: int = 4096
+    max_pixels: int = 1 << 22             # per image (4 Mpixel)
+    max_images: int = 64                  # per stream
+    threads: int | None = None
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_side=self.max_side, max_pixels=self.max_pixels,
+                      max_images=self.max_images, max_total_pixels=self.max_pixels * self.max_images)
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+
+
+@dataclass
+class Served:
+    model: torch.nn.Module
+    label: str
+    quality: int | None
+
+
+class ModelSet:
+    """Every rate point of the served preset (or the one --weights file), by stream id."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        if config.weights:
+            models = [api.load(weights=config.weights)]
+        else:
+            qualities = sorted(shipped_weights().get(config.model, {})) or [None]
+            models = [api.load(config.model, quality=q) for q in qualities]
+        self.by_id: dict[int, Served] = {}
+        for m in models:
+            q = (getattr(m, "checkpoint_metadata", {}) or {}).get("quality")
+            self.by_id[m.model_id] = Served(m, api.describe(m), q)
+        self.default = models[-1]
+
+    def for_stream(self, stream: Stream) -> Served:
+        served = self.by_id.get(stream.model_id)
+        if served is None:
+            known = ", ".join(f"{i:04x} ({s.label})" for i, s in self.by_id.items())
+            raise ModelMismatchError(f"this stream was written by model id {stream.model_id:04x}, "
+                                     f"which this server does not serve; it serves {known}")
+        return served
+
+    def for_quality(self, quality: int | None) -> Served:
+        if quality is None:
+            return self.by_id[self.default.model_id]
+        for served in self.by_id.values():
+            if served.quality == quality:
+                return served
+        raise HTTPError(422, "UnknownQuality", f"no rate point {quality}; served: "
+                        f"{sorted(s.quality for s in self.by_id.values() if s.quality is not None)}")
+
+    def describe(self) -> list[dict]:
+        return [{"id": f"{i:04x}", "model": s.label, "name": s.model.config.name,
+                 "quality": s.quality, "classifies": hasattr(s.model, "classify_latent"),
+                 "untrained": bool((getattr(s.model, "checkpoint_metadata", {}) or {}).get("untrained"))}
+                for i, s in self.by_id.items()]
+
+
+_STATUS = [(ModelMismatchError, 422), (BitstreamError, 400), (ImageError, 400), (TicaError, 422)]
+
+
+def _status_of(exc: TicaError) -> int:
+    return next(code for cls, code in _STATUS if isinstance(exc, cls))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes (by its
+    Content-Length if it gives one, else while reading)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise HTTPError(400, "BadRequest", "Content-Length is not a number")
+        if int(declared) > limit:
+            raise HTTPError(413, "PayloadTooLarge", f"body of {declared} bytes exceeds {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, "PayloadTooLarge", f"body exceeds {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body:
+        raise HTTPError(400, "EmptyBody", "the request body is empty: send the bytes as the body")
+    return body
+
+
+def _execute(models: ModelSet):
+    def execute(key: tuple, stream: Stream) -> list:
+        op, model_id = key
+        served = models.by_id[model_id]
+        if op == "classify":
+            return list(api.classify_logits(served.model, stream))
+        return api.reconstruct(served.model, stream)
+    return execute
+
+
+def create_app(config: ServeConfig = ServeConfig()) -> FastAPI:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    models = ModelSet(config)
+    batcher = MicroBatcher(_execute(models), config.batch_window_ms, config.max_batch_images)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="tica", version="1", lifespan=lifespan, description=(
+        "Classify images straight from tica bitstreams (no pixels are reconstructed), "
+        "reconstruct them on demand, or encode an upload."))
+    app.state.models, app.state.batcher, app.state.metrics = models, batcher, metrics
+
+    def error(status: int, name: str, detail: str) -> JSONResponse:
+        return JSONResponse({"error": name, "detail": detail}, status_code=status)
+
+    @app.exception_handler(HTTPError)
+    async def _http_error(request: Request, exc: HTTPError):
+        return error(exc.status, exc.error, exc.detail)
+
+    @app.exception_handler(TicaError)
+    async def _tica_error(request: Request, exc: TicaError):
+        return error(_status_of(exc), type(exc).__name__, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        return error(422, "InvalidParameter", "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _starlette(request: Request, exc: StarletteHTTPException):
+        return error(exc.status_code, "HTTPError", str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):        # never a bare 500 page
+        return error(500, "InternalError", f"{type(exc).__name__}: the request failed")
+
+    @app.middleware("http")
+    async def _measure(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        metrics.observe(request.url.path, response.status_code, time.perf_counter() - start)
+        return response
+
+    async def parsed(request: Request) -> tuple[bytes, Stream, Served]:
+        data = await read_body(request, config.max_body_bytes)
+        stream = bitstream.unpack(data, config.limits)
+        served = models.for_stream(stream)
+        metrics.received(len(data), len(stream.payloads))
+        return data, stream, served
+
+    @app.post("/v1/classify", openapi_extra={"requestBody": _BINARY},
+              summary="Top-k classes of every image of a tica bitstream, without decoding pixels")
+    async def classify(request: Request, top_k: int = Query(5, ge=1, le=1000)) -> dict:
+        data, stream, served = await parsed(request)
+        if not hasattr(served.model, "classify_latent"):
+            raise HTTPError(422, "NoClassifier", f"{served.label} has no classifier")
+        logits = await batcher.run(("classify", served.model.model_id), stream)
+        predictions = api.top_k(served.model, torch.stack(logits), top_k)
+        return {"model": served.label, "model_id": f"{stream.model_id:04x}", "bytes": len(data),
+                "images": [{"size": list(size), "bytes": len(payload),
+                            "bpp": 8 * len(payload) / (size[0] * size[1]),
+                            "top": [{"label": p.label, "index": p.index, "prob": round(p.prob, 6)}
+                                    for p in preds]}
+                           for size, payload, preds in zip(stream.sizes, stream.payloads, predictions)]}
+
+    @app.post("/v1/reconstruct", openapi_extra={"requestBody": _BINARY},
+              response_class=Response, responses={200: {"content": {"image/png": {}}}},
+              summary="Decode one image of a tica bitstream to PNG")
+    async def reconstruct(request: Request, index: int = Query(0, ge=0)) -> Response:
+        data, stream, served = await parsed(request)
+        if index >= len(stream.payloads):
+            raise HTTPError(422, "BadIndex", f"index {index}: the stream holds {len(stream.payloads)} image(s)")
+        one = Stream(stream.model_id, (stream.sizes[index],), (stream.payloads[index],))
+        image = (await batcher.run(("reconstruct", served.model.model_id), one))[0]
+        return Response(encode_png(image), media_type="image/png",
+                        headers={"X-Tica-Model": served.label})
+
+    @app.post("/v1/encode", openapi_extra={"requestBody": _IMAGE}, response_class=Response,
+              responses={200: {"content": {"application/octet-stream": {}}}},
+              summary="Encode an image file (PNG, JPEG, WebP, ...) into a tica bitstream")
+    async def encode(request: Request, quality: int | None = Query(None, ge=0, le=1000)) -> Response:
+        served = models.for_quality(quality)
+        body = await read_body(request, config.max_upload_bytes)
+        image = decode_image(body, max_pixels=config.max_pixels)
+        if max(image.shape[1:]) > config.max_side:
+            raise ImageError(f"image side {max(image.shape[1:])} exceeds {config.max_side}")
+        stream = await asyncio.to_thread(api.compress, served.model, image)
+        pixels = image.shape[1] * image.shape[2]
+        return Response(stream, media_type="application/octet-stream", headers={
+            "X-Tica-Model": served.label, "X-Tica-Bytes": str(len(stream)),
+            "X-Tica-Bpp": f"{8 * len(stream) / pixels:.4f}", "X-Tica-Input-Bytes": str(len(body)),
+            "Access-Control-Expose-Headers": "X-Tica-Model, X-Tica-Bytes, X-Tica-Bpp, X-Tica-Input-Bytes"})
+
+    @app.get("/v1/models", summary="The models this server decodes")
+    async def list_models() -> dict:
+        return {"models": models.describe(), "limits": {
+            "max_body_bytes": config.max_body_bytes, "max_upload_bytes": config.max_upload_bytes,
+            "max_side": config.max_side, "max_pixels": config.max_pixels,
+            "max_images": config.max_images},
+            "batching": {"window_ms": config.batch_window_ms, "max_images": config.max_batch_images}}
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz() -> dict:
+        return {"status": "ok", "models": len(models.by_id)}
+
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(batcher.stats),
+                                 media_type="text/plain; version=0.0.4")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def demo() -> HTMLResponse:
+        return HTMLResponse((Path(__file__).parent / "demo.html").read_text())
+
+    return app

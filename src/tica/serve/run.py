@@ -1,0 +1,29 @@
+"""Start the server with uvicorn; several workers each build the app from the same config."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from fastapi import FastAPI
+
+from ..errors import ConfigError
+from .app import ServeConfig, create_app
+
+_ENV = "TICA_SERVE_CONFIG"
+
+
+def app_from_env() -> FastAPI:
+    """The app factory uvicorn's workers call: the config travels as JSON in the environment."""
+    return create_app(ServeConfig(**json.loads(os.environ.get(_ENV, "{}"))))
+
+
+def serve(config: dict, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    import uvicorn
+
+    ServeConfig(**config)                      # fail here, not in every worker
+    if workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    os.environ[_ENV] = json.dumps(config)
+    uvicorn.run("tica.serve.run:app_from_env", factory=True, host=host, port=port,
+                workers=workers, log_level="info", timeout_graceful_shutdown=5)

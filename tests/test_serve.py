@@ -1,0 +1,211 @@
+"""The HTTP service: answers match the library, bad input gets a typed 4xx, requests batch."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+import tica  # noqa: E402
+from tica import bitstream  # noqa: E402
+from tica.bitstream import Stream  # noqa: E402
+from tica.serve import ServeConfig, create_app  # noqa: E402
+from tica.serve.batcher import MicroBatcher  # noqa: E402
+
+from test_bitstream import _mutate, _ops  # noqa: E402
+
+OCTET = {"Content-Type": "application/octet-stream"}
+
+
+@pytest.fixture(scope="module")
+def client():
+    app = create_app(ServeConfig(max_body_bytes=64 << 10, max_images=16, max_side=1024,
+                                 batch_window_ms=2))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tica.load("tica-cifar")
+
+
+@pytest.fixture(scope="module")
+def stream(model, cifar_images):
+    return tica.compress(model, cifar_images[:4])
+
+
+def test_classify_matches_the_library(client, model, stream):
+    r = client.post("/v1/classify?top_k=3", content=stream, headers=OCTET)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["bytes"] == len(stream) and len(answer["images"]) == 4
+    assert answer["model_id"] == f"{model.model_id:04x}"
+    local = tica.classify(model, stream, k=3)
+    for entry, preds in zip(answer["images"], local):
+        assert [t["index"] for t in entry["top"]] == [p.index for p in preds]
+        assert [t["prob"] for t in entry["top"]] == pytest.approx([p.prob for p in preds], abs=1e-5)
+        assert entry["size"] == [32, 32]
+
+
+def test_every_shipped_rate_point_is_served(client, cifar_images):
+    from tica.registry import shipped_weights
+    for q in sorted(shipped_weights().get("tica-cifar", {})):
+        data = tica.compress(tica.load("tica-cifar", quality=q), cifar_images[:1])
+        assert client.post("/v1/classify", content=data, headers=OCTET).status_code == 200
+
+
+def test_reconstruct_and_encode(client, model, stream, cifar_images):
+    r = client.post("/v1/reconstruct?index=2", content=stream, headers=OCTET)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    served = torch.from_numpy(np.array(Image.open(io.BytesIO(r.content)))).permute(2, 0, 1)
+    local = (tica.reconstruct(model, stream)[2] * 255).round().byte()
+    assert torch.equal(served, local)
+    buf = io.BytesIO()
+    Image.fromarray((cifar_images[0] * 255).round().byte().permute(1, 2, 0).numpy()).save(buf, "PNG")
+    r = client.post("/v1/encode?quality=1", content=buf.getvalue(), headers=OCTET)
+    assert r.status_code == 200 and int(r.headers["X-Tica-Bytes"]) == len(r.content)
+    assert r.headers["X-Tica-Model"] == "tica-cifar q1"
+    assert tica.inspect(r.content)["model"] == "tica-cifar q1"
+    assert float(r.headers["X-Tica-Bpp"]) == pytest.approx(8 * len(r.content) / 1024, abs=1e-3)
+
+
+def test_models_health_metrics_openapi_demo(client, stream):
+    models = client.get("/v1/models").json()
+    assert {m["model"] for m in models["models"]} >= {"tica-cifar q3"}
+    assert models["limits"]["max_images"] == 16
+    assert client.get("/healthz").json()["status"] == "ok"
+    before = client.get("/metrics").text
+    client.post("/v1/classify", content=stream, headers=OCTET)
+    after = client.get("/metrics").text
+
+    def count(text):
+        line = next(l for l in text.splitlines() if l.startswith('tica_requests_total{path="/v1/classify",status="200"}'))
+        return int(line.split()[-1])
+    assert count(after) == count(before) + 1
+    assert "tica_max_rss_bytes" in after and "tica_request_seconds_bucket" in after
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/classify", "/v1/reconstruct", "/v1/encode", "/v1/models", "/healthz"} <= set(paths)
+    assert "application/octet-stream" in paths["/v1/classify"]["post"]["requestBody"]["content"]
+    page = client.get("/")
+    assert page.status_code == 200 and "/v1/encode" in page.text
+
+
+@pytest.mark.parametrize("body, status, error", [
+    (b"", 400, "EmptyBody"),
+    (b"not a bitstream at all", 400, "BitstreamError"),
+    (b"\x74\xca" + b"\x00" * 64, 400, "BitstreamError"),
+    (b"x" * (64 << 10 + 1), 413, "PayloadTooLarge"),
+])
+def test_malformed_bodies_get_a_4xx_with_a_reason(client, body, status, error):
+    for path in ("/v1/classify", "/v1/reconstruct"):
+        r = client.post(path, content=body, headers=OCTET)
+        assert r.status_code == status and r.json()["error"] == error and r.json()["detail"]
+
+
+def test_wrong_model_limits_and_parameters(client, stream, cifar_images):
+    other = tica.create_model("hyperprior-cifar").eval()
+    other.update()
+    r = client.post("/v1/classify", content=tica.compress(other, cifar_images[:1]), headers=OCTET)
+    assert r.status_code == 422 and r.json()["error"] == "ModelMismatchError"
+    assert "does not serve" in r.json()["detail"]
+    model = tica.load("tica-cifar")
+    many = tica.compress(model, cifar_images[:1].repeat(17, 1, 1, 1))           # > max_images
+    r = client.post("/v1/classify", content=many, headers=OCTET)
+    assert r.status_code == 400 and "images" in r.json()["detail"]
+    assert client.post("/v1/classify?top_k=0", content=stream, headers=OCTET).status_code == 422
+    assert client.post("/v1/reconstruct?index=9", content=stream, headers=OCTET).json()["error"] == "BadIndex"
+    assert client.post("/v1/encode", content=b"GIF89a garbage", headers=OCTET).json()["error"] == "ImageError"
+    assert client.post("/v1/encode?quality=7", content=b"x", headers=OCTET).json()["error"] == "UnknownQuality"
+    big = io.BytesIO()
+    Image.new("RGB", (1100, 8)).save(big, "PNG")                                   # > max_side
+    r = client.post("/v1/encode", content=big.getvalue(), headers=OCTET)
+    assert r.status_code == 400 and "exceeds" in r.json()["detail"]
+    r = client.post("/v1/classify", content=stream, headers={**OCTET, "Content-Length": "999999999"})
+    assert r.status_code == 413
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(ops=st.lists(_ops, min_size=1, max_size=4))
+def test_fuzzed_streams_never_take_the_server_down(client, stream, ops):
+    bad = _mutate(stream, ops)
+    r = client.post("/v1/classify", content=bad, headers=OCTET)
+    assert r.status_code in (200, 400, 413, 422), r.text
+    if bad != stream:
+        assert r.status_code != 200 or bitstream.unpack(bad)        # only a still-valid stream passes
+    assert "error" in r.json() or "images" in r.json()
+
+
+def test_micro_batching_merges_concurrent_requests_and_isolates_a_bad_one():
+    calls = []
+
+    def execute(key, stream):
+        calls.append(len(stream.payloads))
+        if any(p == b"bad" for p in stream.payloads):
+            raise tica.BitstreamError("corrupt payload")
+        return [p.decode() for p in stream.payloads]
+
+    async def scenario(window_ms):
+        batcher = MicroBatcher(execute, window_ms=window_ms, max_images=64)
+        await batcher.start()
+        streams = [Stream(1, ((32, 32),) * 2, (f"{i}a".encode(), f"{i}b".encode())) for i in range(8)]
+        streams[5] = Stream(1, ((32, 32),), (b"bad",))
+        results = await asyncio.gather(*(batcher.run(("classify", 1), s) for s in streams),
+                                       return_exceptions=True)
+        await batcher.stop()
+        return results, batcher.stats
+
+    results, stats = asyncio.run(scenario(50))
+    assert results[0] == ["0a", "0b"] and results[7] == ["7a", "7b"]        # each its own share
+    assert isinstance(results[5], tica.BitstreamError)                      # only the bad one fails
+    assert calls[0] == 15 and stats.requests == 7                           # merged, then retried alone
+    calls.clear()
+    results, stats = asyncio.run(scenario(0))                               # batching off
+    assert stats.batches == 7 and max(calls) == 2
+
+
+def test_batching_groups_real_concurrent_http_requests(stream):
+    import concurrent.futures
+    app = create_app(ServeConfig(batch_window_ms=100))
+    with TestClient(app) as c:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: c.post("/v1/classify", content=stream, headers=OCTET), range(8)))
+        assert all(a.status_code == 200 for a in answers)
+        assert len({str(a.json()["images"]) for a in answers}) == 1
+        stats = app.state.batcher.stats
+        assert stats.requests == 8 and stats.batches < 8
+
+
+def test_schemathesis_finds_no_server_error():
+    """Property-based requests generated from the OpenAPI schema: whatever arrives, the
+    answer is a documented status, never a 5xx."""
+    schemathesis = pytest.importorskip("schemathesis")
+    app = create_app(ServeConfig(max_body_bytes=16 << 10, batch_window_ms=1))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    checked = 0
+    for operation in schema.get_all_operations():
+        op = operation.ok()
+
+        @settings(max_examples=25, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(case=op.as_strategy())
+        def check(case):
+            response = case.call()
+            assert response.status_code < 500, (case.path, response.status_code, response.text)
+            if response.status_code >= 400:
+                assert response.json()["error"]
+
+        check()
+        checked += 1
+    assert checked >= 6
