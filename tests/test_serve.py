@@ -156,8 +156,8 @@ def test_micro_batching_merges_concurrent_requests_and_isolates_a_bad_one():
             raise tica.BitstreamError("corrupt payload")
         return [p.decode() for p in stream.payloads]
 
-    async def scenario(window_ms):
-        batcher = MicroBatcher(execute, window_ms=window_ms, max_images=64)
+    async def scenario(window_ms, batching=True):
+        batcher = MicroBatcher(execute, window_ms=window_ms, max_images=64, batching=batching)
         await batcher.start()
         streams = [Stream(1, ((32, 32),) * 2, (f"{i}a".encode(), f"{i}b".encode())) for i in range(8)]
         streams[5] = Stream(1, ((32, 32),), (b"bad",))
@@ -171,8 +171,8 @@ def test_micro_batching_merges_concurrent_requests_and_isolates_a_bad_one():
     assert isinstance(results[5], tica.BitstreamError)                      # only the bad one fails
     assert calls[0] == 15 and stats.requests == 7                           # merged, then retried alone
     calls.clear()
-    results, stats = asyncio.run(scenario(0))                               # batching off
-    assert stats.batches == 7 and max(calls) == 2
+    results, stats = asyncio.run(scenario(50, batching=False))
+    assert stats.batches == 7 and max(calls) == 2                           # every one alone
 
 
 def test_batching_groups_real_concurrent_http_requests(stream):

@@ -133,7 +133,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve.run import serve
 
-    fields = ("model", "weights", "batch_window_ms", "max_batch_images", "max_body_bytes",
+    fields = ("model", "weights", "batching", "batch_window_ms", "max_batch_images", "max_body_bytes",
               "max_upload_bytes", "max_side", "max_pixels", "max_images", "threads")
     serve({k: getattr(args, k) for k in fields}, args.host, args.port, args.workers)
     return 0
@@ -245,8 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="FILE", help="serve this checkpoint instead")
     p.add_argument("--workers", type=int, default=1, help="worker processes (each loads the models)")
     p.add_argument("--threads", type=int, help="torch threads per worker")
-    p.add_argument("--batch-window-ms", dest="batch_window_ms", type=float, default=5.0,
-                   help="gather concurrent requests this long into one forward pass (0: off)")
+    p.add_argument("--batch-window-ms", dest="batch_window_ms", type=float, default=2.0,
+                   help="wait this long for more requests to batch (0: batch only what queued "
+                        "up while the last batch ran)")
+    p.add_argument("--no-batching", dest="batching", action="store_false",
+                   help="run every request alone")
     p.add_argument("--max-batch-images", dest="max_batch_images", type=int, default=64)
     p.add_argument("--max-body-bytes", dest="max_body_bytes", type=int, default=1 << 20)
     p.add_argument("--max-upload-bytes", dest="max_upload_bytes", type=int, default=8 << 20)

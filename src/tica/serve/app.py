@@ -44,7 +44,9 @@ class ServeConfig:
 
     model: str = DEFAULT_MODEL
     weights: str | None = None
-    batch_window_ms: float = 5.0          # 0: no micro-batching
+    batching: bool = True                 # False: every request runs alone
+    batch_window_ms: float = 2.0          # wait this long for more requests (0: only merge
+                                          # what queued up while the last batch ran)
     max_batch_images: int = 64
     max_body_bytes: int = 1 << 20         # a bitstream; 1 MiB holds ~2,000 CIFAR streams
     max_upload_bytes: int = 8 << 20       # an image to encode
@@ -153,7 +155,8 @@ def create_app(config: ServeConfig = ServeConfig()) -> FastAPI:
     if config.threads:
         torch.set_num_threads(config.threads)
     models = ModelSet(config)
-    batcher = MicroBatcher(_execute(models), config.batch_window_ms, config.max_batch_images)
+    batcher = MicroBatcher(_execute(models), config.batch_window_ms, config.max_batch_images,
+                           config.batching)
     metrics = Metrics()
 
     @asynccontextmanager
@@ -254,7 +257,8 @@ def create_app(config: ServeConfig = ServeConfig()) -> FastAPI:
             "max_body_bytes": config.max_body_bytes, "max_upload_bytes": config.max_upload_bytes,
             "max_side": config.max_side, "max_pixels": config.max_pixels,
             "max_images": config.max_images},
-            "batching": {"window_ms": config.batch_window_ms, "max_images": config.max_batch_images}}
+            "batching": {"on": config.batching, "window_ms": config.batch_window_ms,
+                         "max_images": config.max_batch_images}}
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict:

@@ -2,10 +2,12 @@
 into one batched forward pass, so throughput grows with load.
 
 Every request holds a parsed stream of one model. The worker takes the first waiting
-request, then for up to `window_ms` (or until `max_images`) gathers more for the same model
-and operation, concatenates their images into one stream, runs the library call once on a
-single worker thread (torch parallelises inside it) and hands each request its share back.
-With window_ms = 0 every request runs alone: the "no batching" baseline.
+request, every request of the same model and operation that queued up meanwhile (while the
+previous batch ran), and more arriving within `window_ms` (up to `max_images`); it
+concatenates their images into one stream, runs the library call once on a single worker
+thread (torch parallelises inside it) and hands each request its share back. With
+window_ms = 0 nothing waits: a lone request runs at once, and batches form only from what
+piles up under load. batching=False runs every request alone (the baseline).
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ class MicroBatcher:
     `execute` returns a sequence with one entry per image of the merged stream; it runs in a
     single background thread, one batch at a time."""
 
-    def __init__(self, execute: Callable[[tuple, Stream], list[Any]], window_ms: float = 5.0,
-                 max_images: int = 64) -> None:
+    def __init__(self, execute: Callable[[tuple, Stream], list[Any]], window_ms: float = 2.0,
+                 max_images: int = 64, batching: bool = True) -> None:
         self.execute, self.window, self.max_images = execute, window_ms / 1e3, max_images
+        self.batching = batching
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task | None = None
@@ -89,8 +92,9 @@ class MicroBatcher:
             first = await self._next(None)
             jobs, images = [first], len(first.stream.payloads)
             deadline = time.perf_counter() + self.window
-            while self.window > 0 and images < self.max_images:
-                job = await self._next(deadline - time.perf_counter())
+            while self.batching and images < self.max_images:
+                # what queued up while the last batch ran joins at once; then wait out the window
+                job = await self._next(max(0.0, deadline - time.perf_counter()))
                 if job is None:
                     break
                 if job.key != first.key or images + len(job.stream.payloads) > self.max_images:
