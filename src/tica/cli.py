@@ -139,6 +139,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    model = _load_model(args)
+    meta = export_onnx(model, args.onnx)
+    check = meta["check"]
+    print(f"{args.onnx}: analysis.onnx, hyper.onnx, tables.npz, edge.json  [{api.describe(model)}, "
+          f"id {meta['model_id']}]")
+    print(f"  checked with onnxruntime: y within {check['y_max_abs_diff']:.2g} of PyTorch; "
+          f"z, table indexes and means identical")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     info = api.inspect(_read_stream(args.stream))
     if args.json:
@@ -257,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", dest="max_pixels", type=int, default=1 << 22)
     p.add_argument("--max-images", dest="max_images", type=int, default=64, help="per stream")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="write the encoder side as ONNX for edge devices")
+    p.add_argument("--onnx", required=True, metavar="DIR")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("info", help="what a bitstream holds (no model needed)")
     p.add_argument("stream", metavar="IN.tica")

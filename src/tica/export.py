@@ -1,0 +1,241 @@
+"""Edge export: the encoder side of a tica codec as ONNX, and an encoder that runs it.
+
+    tica export --onnx DIR [--model NAME --quality Q | --weights FILE]
+
+DIR receives
+    analysis.onnx   x (1, 3, H, W) in [0, 1], H and W multiples of the stride
+                    -> y (1, M, h, w) float32, z (1, N, h/2, w/2) float32 integers
+    hyper.onnx      z (1, N, h/2, w/2) float64 integers -> index (1, M, h, w) int64 (the
+                    coding table of each latent), mean (1, M, h, w) float32
+    tables.npz      the integer coding tables of z and y
+    edge.json       the model id, stride, shapes and the files' SHA-256
+
+Why the stream stays decodable bit-exactly: the decoder rebuilds the table indexes and means
+from z alone, with the exact integer h_s. hyper.onnx is that same integer network, written
+with operations whose float64 results are exact on integers below 2^53 (matrix products of
+integers, power-of-two scaling, floor), so ONNX Runtime computes the very same indexes and
+means as PyTorch on any machine. analysis.onnx is ordinary float32 and may differ from PyTorch
+in the last bits; that can move a value across a rounding boundary and change a symbol, which
+changes the stream but never its decodability: the decoder reads back exactly the symbols the
+edge wrote. (ONNX Runtime has no float64 convolution, hence convolutions as matrix products.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import bitstream
+from .checkpoint import atomic_write
+from .entropy.coder import CodingTables, SymbolEncoder
+from .errors import CheckpointError, TicaError
+from .models import CompressionModel
+from .nn.integer import ACT_BITS, ACT_FRAC_BITS, INPUT_BITS, IntegerHyperSynthesis
+
+OPSET = 17
+
+
+class _Analysis(nn.Module):
+    """g_a and h_a: the float networks of the encoder."""
+
+    def __init__(self, model: CompressionModel) -> None:
+        super().__init__()
+        self.g_a, self.h_a = model.g_a, model.h_a
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.g_a(x)
+        limit = 2 ** INPUT_BITS - 1
+        return y, torch.round(self.h_a(y)).clamp(-limit, limit)
+
+
+def _zero_upsample(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, 2H - 1, 2W - 1) with zeros between the samples."""
+    B, C, H, W = x.shape
+    x = torch.stack([x, torch.zeros_like(x)], dim=-1).reshape(B, C, H, 2 * W)[..., : 2 * W - 1]
+    x = torch.stack([x, torch.zeros_like(x)], dim=-2).reshape(B, C, 2 * H, 2 * W - 1)
+    return x[:, :, : 2 * H - 1]
+
+
+def _conv_matmul(x: torch.Tensor, weight: torch.Tensor, pad: tuple[int, int, int, int]
+                 ) -> torch.Tensor:
+    """Stride-1 convolution as one matrix product over k*k shifted copies (im2col)."""
+    k = weight.shape[-1]
+    x = F.pad(x, pad)
+    H, W = x.shape[2] - k + 1, x.shape[3] - k + 1
+    patches = torch.stack([x[:, :, i:i + H, j:j + W] for i in range(k) for j in range(k)], dim=2)
+    B, C = x.shape[:2]
+    out = torch.matmul(weight.reshape(weight.shape[0], -1), patches.reshape(B, C * k * k, H * W))
+    return out.reshape(B, weight.shape[0], H, W)
+
+
+class _HyperIndexes(nn.Module):
+    """The integer h_s (IntegerHyperSynthesis, same numbers) and the table choice."""
+
+    def __init__(self, model: CompressionModel) -> None:
+        super().__init__()
+        int_h_s: IntegerHyperSynthesis = model._require_update()
+        self.specs = []
+        for i, layer in enumerate(int_h_s.layers):
+            if layer.transposed:      # conv_transpose == conv of the zero-upsampled input
+                if layer.stride != 2:
+                    raise TicaError("edge export supports stride-2 transposed layers only")
+                w = layer.weight.transpose(0, 1).flip(2, 3)
+                k = w.shape[-1]
+                lo = k - 1 - layer.padding
+                pad = (lo, lo + layer.output_padding, lo, lo + layer.output_padding)
+            else:
+                if layer.stride != 1:
+                    raise TicaError("edge export supports stride-1 convolutions in h_s only")
+                w, pad = layer.weight, (layer.padding,) * 4
+            self.register_buffer(f"w{i}", w.contiguous())
+            self.register_buffer(f"b{i}", layer.bias.view(1, -1, 1, 1).clone())
+            self.register_buffer(f"e{i}", torch.pow(2.0, layer.exponent.double()).view(1, -1, 1, 1))
+            self.specs.append((layer.transposed, pad))
+        self.register_buffer("bounds", model.gaussian_conditional.scale_bounds.double().clone())
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = z
+        for i, (transposed, pad) in enumerate(self.specs):
+            if transposed:
+                x = _zero_upsample(x)
+            acc = _conv_matmul(x, getattr(self, f"w{i}"), pad) + getattr(self, f"b{i}")
+            scale = getattr(self, f"e{i}")
+            if i == len(self.specs) - 1:
+                params = acc / scale
+                break
+            shift = scale / 2.0 ** ACT_FRAC_BITS
+            x = torch.floor(torch.clamp(acc, min=0.0) / shift).clamp(max=2.0 ** ACT_BITS - 1)
+        scales, means = params.chunk(2, dim=1)
+        index = (scales.unsqueeze(-1) > self.bounds).to(torch.int64).sum(-1)   # = bucketize
+        return index, means.float()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def export_onnx(model: CompressionModel, out_dir: str | Path, check: bool = True) -> dict:
+    """Write the encoder side of `model` to `out_dir` (see the module docstring) and, with
+    `check`, compare it with PyTorch under ONNX Runtime on a sample image. Returns edge.json."""
+    if not isinstance(model, CompressionModel):
+        raise TicaError(f"{model.config.name} has no encoder to export")
+    model = model.eval()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    s = model.config.stride
+    x = torch.rand(1, 3, 2 * s, 3 * s, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")        # the exporter's notes on its own deprecation
+        analysis = _Analysis(model).float()
+        hyper = _HyperIndexes(model)
+        _, z = analysis(x)
+        for net, args, names, outputs, axes in (
+                (analysis, (x,), ["x"], ["y", "z"], {"x": {2: "H", 3: "W"}, "y": {2: "h", 3: "w"},
+                                                     "z": {2: "zh", 3: "zw"}}),
+                (hyper, (z.double(),), ["z"], ["index", "mean"],
+                 {"z": {2: "zh", 3: "zw"}, "index": {2: "h", 3: "w"}, "mean": {2: "h", 3: "w"}})):
+            name = "analysis.onnx" if net is analysis else "hyper.onnx"
+            atomic_write(out / name, lambda tmp: torch.onnx.export(
+                net, args, tmp, input_names=names, output_names=outputs, dynamic_axes=axes,
+                opset_version=OPSET, dynamo=False))
+    gz, gy = model.entropy_bottleneck.tables, model.gaussian_conditional.tables
+    atomic_write(out / "tables.npz", lambda tmp: np.savez(
+        open(tmp, "wb"), z_freqs=gz.freqs, z_lengths=gz.lengths, z_offsets=gz.offsets,
+        y_freqs=gy.freqs, y_lengths=gy.lengths, y_offsets=gy.offsets))
+    meta = {"format": "tica-edge", "version": 1, "model": model.config.name,
+            "quality": (getattr(model, "checkpoint_metadata", {}) or {}).get("quality"),
+            "model_id": f"{model.model_id:04x}", "stride": s, "N": model.config.N,
+            "M": model.config.M, "files": {f: _sha256(out / f) for f in
+                                           ("analysis.onnx", "hyper.onnx", "tables.npz")}}
+    atomic_write(out / "edge.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
+    if check:
+        meta["check"] = check_export(model, out)
+    return meta
+
+
+def check_export(model: CompressionModel, out_dir: str | Path) -> dict:
+    """ONNX Runtime against PyTorch on a seeded image: y's largest difference, the integer
+    outputs' equality."""
+    encoder = EdgeEncoder(out_dir)
+    s = model.config.stride
+    x = torch.rand(1, 3, 4 * s, 5 * s, generator=torch.Generator().manual_seed(1))
+    y_onnx, z_onnx = encoder.analyse(x.numpy())
+    with torch.no_grad():
+        y_torch = model.g_a(x)
+        z_int, indexes, means, _ = model.analyze(x)
+    index_onnx, mean_onnx = encoder.hyper(z_int.numpy())
+    result = {"y_max_abs_diff": float(np.abs(y_onnx - y_torch.numpy()).max()),
+              "z_equal": bool(np.array_equal(z_onnx, z_int.numpy())),
+              "index_equal": bool(np.array_equal(index_onnx, indexes)),
+              "mean_equal": bool(np.array_equal(mean_onnx, means.numpy()))}
+    if not (result["index_equal"] and result["mean_equal"]):
+        raise TicaError(f"the exported hyper network is not exact: {result}")
+    return result
+
+
+class EdgeEncoder:
+    """Encode images with the exported ONNX networks (ONNX Runtime) and the coding tables:
+    what a light device runs. Streams decode on the PyTorch side like any other."""
+
+    def __init__(self, export_dir: str | Path, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        root = Path(export_dir)
+        try:
+            self.meta = json.loads((root / "edge.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{root} is not a tica edge export: {exc}") from None
+        if self.meta.get("format") != "tica-edge" or self.meta.get("version") != 1:
+            raise CheckpointError(f"{root}/edge.json is not a version-1 tica edge export")
+        for name, digest in self.meta["files"].items():
+            if not (root / name).is_file() or _sha256(root / name) != digest:
+                raise CheckpointError(f"{root / name} is missing or does not match edge.json")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self._analysis = ort.InferenceSession(str(root / "analysis.onnx"), options)
+        self._hyper = ort.InferenceSession(str(root / "hyper.onnx"), options)
+        t = np.load(root / "tables.npz")
+        self.z_tables = _tables(t["z_freqs"], t["z_lengths"], t["z_offsets"])
+        self.y_tables = _tables(t["y_freqs"], t["y_lengths"], t["y_offsets"])
+        self.model_id = int(self.meta["model_id"], 16)
+        self.stride = int(self.meta["stride"])
+
+    def analyse(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        y, z = self._analysis.run(None, {"x": x.astype(np.float32)})
+        return y, z
+
+    def hyper(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        index, mean = self._hyper.run(None, {"z": z.astype(np.float64)})
+        return index, mean
+
+    def latent(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(3, H, W) in [0, 1] -> (z, y symbols, y_hat = symbols + mean): what the stream holds."""
+        H, W = image.shape[1:]
+        ph, pw = (-H) % self.stride, (-W) % self.stride
+        x = np.pad(image, ((0, 0), (0, ph), (0, pw)), mode="edge")[None]
+        y, z = self.analyse(x)
+        index, mean = self.hyper(z)
+        symbols = np.round(y - mean)                 # float32, round half to even as torch
+        return z[0], symbols[0], (symbols + mean)[0], index[0]
+
+    def compress(self, image: np.ndarray) -> bytes:
+        """One image (3, H, W) float in [0, 1] -> a single-image tica bitstream."""
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise TicaError(f"expected a (3, H, W) image, got {image.shape}")
+        z, symbols, _, index = self.latent(image)
+        enc = SymbolEncoder()
+        z_int = z.astype(np.int64)
+        enc.encode(z_int, np.broadcast_to(np.arange(z.shape[0])[:, None, None], z.shape), self.z_tables)
+        enc.encode(symbols.astype(np.int64), index, self.y_tables)
+        return bitstream.pack(self.model_id, [tuple(image.shape[1:])], [enc.finish()])
+
+
+def _tables(freqs, lengths, offsets) -> CodingTables:
+    return CodingTables(torch.from_numpy(freqs), torch.from_numpy(lengths), torch.from_numpy(offsets))

@@ -1,0 +1,74 @@
+"""Edge export: ONNX networks that give the same integers as PyTorch, and streams encoded
+through them decode on the PyTorch side bit-exactly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import tica
+
+pytest.importorskip("onnxruntime")
+from tica.cli import main  # noqa: E402
+from tica.errors import CheckpointError  # noqa: E402
+from tica.export import EdgeEncoder, export_onnx  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cifar_export(tmp_path_factory):
+    out = tmp_path_factory.mktemp("edge")
+    assert main(["export", "--onnx", str(out), "--quality", "1"]) == 0
+    return out
+
+
+def _decoded(model, data):
+    return torch.cat([y for _, _, y in tica.decompress(model, data)])
+
+
+def test_edge_streams_decode_bit_exactly_on_the_server(cifar_export, cifar_images):
+    model = tica.load("tica-cifar", quality=1)
+    meta = json.loads((cifar_export / "edge.json").read_text())
+    assert meta["model_id"] == f"{model.model_id:04x}" and meta["quality"] == 1
+    encoder = EdgeEncoder(cifar_export)
+    differing = 0
+    for image in cifar_images[:6]:
+        data = encoder.compress(image.numpy())
+        _, symbols, y_hat, _ = encoder.latent(image.numpy())
+        assert torch.equal(_decoded(model, data)[0], torch.from_numpy(y_hat))     # bit-exact
+        reference = model.analyze(image[None])[3][0]
+        differing += int((torch.from_numpy(symbols) != reference).sum())
+        assert tica.classify(model, data)[0][0].index == tica.classify(
+            model, tica.compress(model, image))[0][0].index
+    assert differing <= 6          # float32 g_a may move a rare value across a rounding edge
+
+
+def test_hyper_network_is_exact_at_photo_size(tmp_path, tica_photo, kodak_path):
+    from tica.image import load_image
+    meta = export_onnx(tica_photo, tmp_path)
+    assert meta["check"]["index_equal"] and meta["check"]["mean_equal"]
+    encoder = EdgeEncoder(tmp_path)
+    image = load_image(kodak_path)[:, :200, :330]                 # not a multiple of the stride
+    z, _, y_hat, index = encoder.latent(image.numpy())
+    z_int, indexes, means, _ = tica_photo.analyze(image[None])
+    # given the same z, the ONNX indexes and means equal the exact integer h_s's
+    onnx_index, onnx_mean = encoder.hyper(z_int.numpy())
+    assert np.array_equal(onnx_index, indexes) and np.array_equal(onnx_mean, means.numpy())
+    data = encoder.compress(image.numpy())
+    assert torch.equal(_decoded(tica_photo, data)[0], torch.from_numpy(y_hat))
+
+
+def test_a_tampered_export_is_refused(tmp_path, cifar_export):
+    import shutil
+    copy = tmp_path / "edge"
+    shutil.copytree(cifar_export, copy)
+    with open(copy / "hyper.onnx", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01")
+    with pytest.raises(CheckpointError, match="does not match"):
+        EdgeEncoder(copy)
+    (copy / "edge.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="not a version-1"):
+        EdgeEncoder(copy)
