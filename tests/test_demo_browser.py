@@ -1,0 +1,92 @@
+"""The demo page in headless Chromium: pick an image and a rate point, see the reconstruction,
+the bytes, the bpp and the classes. Skipped, with the reason, only where no browser can be had
+(.ci/run installs Debian's chromium and chromium-driver)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+import tica
+from tica.image import decode_image
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tica.cli", "serve", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.25)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    if not (CHROMIUM and DRIVER):
+        pytest.skip("no chromium/chromedriver on this machine (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+        options.add_argument(flag)
+    from selenium.webdriver.chrome.service import Service
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_demo_page_encodes_classifies_and_decodes(server, browser, tmp_path, cifar_samples):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    data, label = cifar_samples[16]                      # a ship
+    image = tmp_path / "ship.jpg"
+    image.write_bytes(data)
+    browser.get(server + "/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: len(Select(d.find_element(By.ID, "quality")).options) >= 3)
+    Select(browser.find_element(By.ID, "quality")).select_by_visible_text("tica-cifar q1")
+    browser.find_element(By.ID, "file").send_keys(str(image))
+    browser.find_element(By.ID, "run").click()
+    wait.until(lambda d: d.find_element(By.ID, "stats").get_attribute("data-bytes")
+               or d.find_element(By.ID, "error").text)
+    assert browser.find_element(By.ID, "error").text == ""
+    expected = tica.compress(tica.load("tica-cifar", quality=1), decode_image(data))
+    assert int(browser.find_element(By.ID, "stats").get_attribute("data-bytes")) == len(expected)
+    stats = browser.find_element(By.ID, "stats").text
+    assert f"{len(expected)} bytes" in stats and "bpp" in stats and "tica-cifar q1" in stats
+    rows = browser.find_elements(By.CSS_SELECTOR, "#classes tr")
+    assert len(rows) == 5
+    local_top = tica.classify(tica.load("tica-cifar", quality=1), expected, k=1)[0][0].label
+    assert rows[0].text.split()[0] == local_top
+    decoded = browser.find_element(By.ID, "decoded")
+    wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth", decoded) > 0)
+    assert browser.execute_script("return arguments[0].naturalWidth", decoded) == 32
+    assert "decoded from" in browser.find_element(By.ID, "decoded-caption").text
