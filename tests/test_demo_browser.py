@@ -5,11 +5,6 @@ the bytes, the bpp and the classes. Skipped, with the reason, only where no brow
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
@@ -18,31 +13,6 @@ from tica.image import decode_image
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server():
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tica.cli", "serve", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(url + "/healthz", timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.25)
-    yield url
-    proc.terminate()
-    proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +32,14 @@ def browser(tmp_path_factory):
     driver.quit()
 
 
-def test_demo_page_encodes_classifies_and_decodes(server, browser, tmp_path, cifar_samples):
+def test_demo_page_encodes_classifies_and_decodes(live_server, browser, tmp_path, cifar_samples):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     data, label = cifar_samples[16]                      # a ship
     image = tmp_path / "ship.jpg"
     image.write_bytes(data)
-    browser.get(server + "/")
+    browser.get(live_server + "/")
     wait = WebDriverWait(browser, 60)
     wait.until(lambda d: len(Select(d.find_element(By.ID, "quality")).options) >= 3)
     Select(browser.find_element(By.ID, "quality")).select_by_visible_text("tica-cifar q1")

@@ -90,8 +90,8 @@ def test_models_health_metrics_openapi_demo(client, stream):
     after = client.get("/metrics").text
 
     def count(text):
-        line = next(l for l in text.splitlines() if l.startswith('tica_requests_total{path="/v1/classify",status="200"}'))
-        return int(line.split()[-1])
+        prefix = 'tica_requests_total{path="/v1/classify",status="200"}'
+        return sum(int(l.split()[-1]) for l in text.splitlines() if l.startswith(prefix))
     assert count(after) == count(before) + 1
     assert "tica_max_rss_bytes" in after and "tica_request_seconds_bucket" in after
     paths = client.get("/openapi.json").json()["paths"]
@@ -209,3 +209,27 @@ def test_schemathesis_finds_no_server_error():
         check()
         checked += 1
     assert checked >= 6
+
+
+def test_remote_classify_sends_only_the_bitstream(live_server, tmp_path, cifar_samples, capsys):
+    import json as _json
+
+    from tica.cli import main
+    from tica.image import decode_image
+    data, _ = cifar_samples[0]
+    image = tmp_path / "plane.jpg"
+    image.write_bytes(data)
+    assert main(["classify", "--server", live_server, str(image), "--json", "--top-k", "2"]) == 0
+    answer = _json.loads(capsys.readouterr().out)
+    model = tica.load("tica-cifar")
+    stream = tica.compress(model, decode_image(data))
+    assert answer["sent_bytes"] == len(stream) and answer["replaced_bytes"] == len(data)
+    assert answer["images"][0]["top"][0]["index"] == tica.classify(model, stream)[0][0].index
+    (tmp_path / "s.tica").write_bytes(stream)                       # a .tica goes as it is
+    assert main(["classify", "--server", live_server, str(tmp_path / "s.tica")]) == 0
+    assert f"sent {len(stream)} bytes" in capsys.readouterr().out
+    (tmp_path / "bad.tica").write_bytes(stream[:-3] + b"abc")
+    assert main(["classify", "--server", live_server, str(tmp_path / "bad.tica")]) == 1
+    assert "server answered 400" in capsys.readouterr().err
+    assert main(["classify", "--server", "http://127.0.0.1:9", str(tmp_path / "s.tica")]) == 1
+    assert "cannot reach" in capsys.readouterr().err
