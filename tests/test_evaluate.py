@@ -114,3 +114,14 @@ def test_results_files_round_trip(tmp_path, cifar_images, classifier):
     header, row = (tmp_path / "r.csv").read_text().splitlines()
     assert header.split(",")[:3] == ["pipeline", "quality", "top1"]
     assert row.split(",")[0] == "uncompressed"
+
+
+def test_a_codec_only_model_refuses_to_classify(cifar_images):
+    model = tica.create_model("tica-cifar").eval()
+    model.update()
+    model.checkpoint_metadata = {"alpha": 0.0}          # as a codec-only (alpha = 0) run exports
+    data = tica.compress(model, cifar_images[:2])
+    with pytest.raises(tica.TicaError, match="alpha = 0"):
+        tica.classify(model, data)
+    result = evaluate(LearnedPipeline(model), [(cifar_images[:2], torch.tensor([0, 1]))])
+    assert result.top1 is None and result.psnr is not None

@@ -145,6 +145,13 @@ class Prediction:
     prob: float
 
 
+def can_classify(model: nn.Module) -> bool:
+    """Whether a model has a trained classifier: a ViT head, and not trained with alpha = 0
+    (a codec-only run such as tica-photo's, whose head never saw a label)."""
+    meta = getattr(model, "checkpoint_metadata", {}) or {}
+    return hasattr(model, "classify_latent") and meta.get("alpha", 1.0) != 0
+
+
 @torch.no_grad()
 def classify_logits(model: nn.Module, data: bytes | Stream, limits: Limits = Limits()
                     ) -> torch.Tensor:
@@ -152,6 +159,10 @@ def classify_logits(model: nn.Module, data: bytes | Stream, limits: Limits = Lim
     ViT only; the pixel decoder g_s never runs."""
     if not hasattr(model, "classify_latent"):
         raise TicaError(f"model {model.config.name!r} has no classifier")
+    if not can_classify(model):
+        raise TicaError(f"{describe(model)} was trained as a codec only (alpha = 0): its "
+                        f"classifier head never saw a label; decode it, or classify with a "
+                        f"model trained with alpha > 0")
     stream = data if isinstance(data, Stream) else parse(model, data, limits)
     out = torch.empty(len(stream.payloads), model.config.num_classes)
     for part, _, y_hat in decompress(model, stream):

@@ -119,7 +119,7 @@ class LearnedPipeline(Pipeline):
         x_hat = quantize_8bit(torch.stack(api.reconstruct(self.model, stream)))
         if self.classifier is not None:
             logits = classify_pixels(self.classifier, x_hat)
-        elif hasattr(self.model, "classify_latent"):
+        elif api.can_classify(self.model):
             logits = api.classify_logits(self.model, stream)
         else:
             logits = None

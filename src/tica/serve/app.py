@@ -108,7 +108,7 @@ class ModelSet:
 
     def describe(self) -> list[dict]:
         return [{"id": f"{i:04x}", "model": s.label, "name": s.model.config.name,
-                 "quality": s.quality, "classifies": hasattr(s.model, "classify_latent"),
+                 "quality": s.quality, "classifies": api.can_classify(s.model),
                  "untrained": bool((getattr(s.model, "checkpoint_metadata", {}) or {}).get("untrained"))}
                 for i, s in self.by_id.items()]
 
@@ -212,8 +212,8 @@ def create_app(config: ServeConfig = ServeConfig()) -> FastAPI:
               summary="Top-k classes of every image of a tica bitstream, without decoding pixels")
     async def classify(request: Request, top_k: int = Query(5, ge=1, le=1000)) -> dict:
         data, stream, served = await parsed(request)
-        if not hasattr(served.model, "classify_latent"):
-            raise HTTPError(422, "NoClassifier", f"{served.label} has no classifier")
+        if not api.can_classify(served.model):
+            raise HTTPError(422, "NoClassifier", f"{served.label} has no trained classifier")
         logits = await batcher.run(("classify", served.model.model_id), stream)
         predictions = api.top_k(served.model, torch.stack(logits), top_k)
         return {"model": served.label, "model_id": f"{stream.model_id:04x}", "bytes": len(data),
