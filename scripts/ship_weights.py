@@ -5,6 +5,9 @@
                                    [--model runs/vit-pixel-cifar/model.safetensors]
 
 A codec's preset and quality come from the checkpoint's own config and metadata.
+--check DIR compares each codec in float16 with its float32 original on the images of DIR
+(e.g. ../shared/data/kodak): bpp and PSNR from real streams, so "half precision if quality
+allows" is a measured statement.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import json
 from pathlib import Path
 
 from tica.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from tica.evaluate import LearnedPipeline, evaluate
+from tica.image import load_image
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "tica" / "weights"
 
@@ -22,6 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--codec", action="append", default=[], help="step-2 export (repeatable)")
     parser.add_argument("--step1", help="step-1 export")
+    parser.add_argument("--check", metavar="DIR", help="compare float16 with float32 on these images")
     parser.add_argument("--model", action="append", default=[],
                         help="a model with no rate points, e.g. a classifier baseline (repeatable)")
     args = parser.parse_args()
@@ -39,6 +45,12 @@ def main() -> None:
         shipped = load_checkpoint(WEIGHTS / target)       # the id of what users will load
         index.setdefault("ids", {})[f"{shipped.model_id:04x}"] = [name, quality]
         print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB")
+        if args.check:
+            images = [(load_image(f)[None], None) for f in sorted(Path(args.check).glob("*.png"))]
+            full, half = (evaluate(LearnedPipeline(m), images) for m in (model, shipped))
+            print(f"  float32: {full.bpp:.4f} bpp, {full.psnr_per_image:.3f} dB; float16: "
+                  f"{half.bpp:.4f} bpp ({100 * (half.bpp / full.bpp - 1):+.2f}%), "
+                  f"{half.psnr_per_image:.3f} dB ({half.psnr_per_image - full.psnr_per_image:+.3f})")
     for path in args.model:
         model = load_checkpoint(path)
         target = f"{model.config.name}.safetensors"
