@@ -122,7 +122,7 @@ class ClassicalCodec:
 
 
 CLASSICAL_CODECS: dict[str, ClassicalCodec] = {
-    "jpeg": ClassicalCodec("jpeg", (5, 10, 25, 50, 75, 90, 95), _pil_encode("JPEG"), _pil_decode,
+    "jpeg": ClassicalCodec("jpeg", (2, 5, 10, 25, 50, 75, 90, 95), _pil_encode("JPEG"), _pil_decode,
                            jpeg_payload),
     "webp": ClassicalCodec("webp", (0, 10, 25, 50, 75, 90, 95), _pil_encode("WEBP", method=6),
                            _pil_decode, webp_payload),
