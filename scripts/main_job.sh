@@ -8,13 +8,6 @@ OUT=runs/main_job
 TICA=.venv/bin/tica
 mkdir -p "$OUT"
 
-echo "== A Kodak photograph (768x512) with the tica-photo preset"
-$TICA encode "$DATA/kodak/kodim23.png" -o "$OUT/kodim23.tica" --model tica-photo
-$TICA info "$OUT/kodim23.tica"
-$TICA classify "$OUT/kodim23.tica" --model tica-photo --top-k 3
-$TICA decode "$OUT/kodim23.tica" -o "$OUT/kodim23_decoded.png" --model tica-photo
-echo "   PNG original: $(stat -c %s "$DATA/kodak/kodim23.png") bytes; tica: $(stat -c %s "$OUT/kodim23.tica") bytes"
-
 echo "== Ten CIFAR-10 test images (32x32), one batch stream, default model (tica-cifar)"
 mkdir -p "$OUT/cifar"
 tar -xzf "$DATA/cifar10-jpeg.tar.gz" -C "$OUT/cifar" \
@@ -25,4 +18,12 @@ tar -xzf "$DATA/cifar10-jpeg.tar.gz" -C "$OUT/cifar" \
 $TICA encode "$OUT"/cifar/cifar10/test/*/0000.jpg -o "$OUT/cifar10.tica"
 $TICA classify "$OUT/cifar10.tica" --top-k 1
 $TICA decode "$OUT/cifar10.tica" -o "$OUT/cifar/decoded.png"
+
+echo "== A Kodak photograph (768x512) with the natural-image codec tica-photo, two rate points"
+for q in 1 4; do
+    $TICA encode "$DATA/kodak/kodim23.png" -o "$OUT/kodim23_q$q.tica" --model tica-photo --quality $q
+    $TICA decode "$OUT/kodim23_q$q.tica" -o "$OUT/kodim23_q$q.png"
+done
+$TICA info "$OUT/kodim23_q1.tica"
+echo "   PNG original: $(stat -c %s "$DATA/kodak/kodim23.png") bytes"
 echo "Outputs in $OUT/"
