@@ -125,8 +125,10 @@ def batch_section(batch: torch.Tensor, repeats: int) -> dict:
 
 def kodak_classify_section(images: list[torch.Tensor], repeats: int) -> dict:
     """At Kodak size: ViT on the bitstream's latent vs g_s + a pixel ViT with 16x16 patches
-    (the same token count, 48x32, and the same ViT size)."""
-    model = tica.load("tica-photo")
+    (the same token count, 48x32, and the same ViT size). The shipped tica-photo is a codec
+    only (alpha = 0) and refuses to classify: time an untrained one, speed is in the shapes."""
+    model = tica.create_model("tica-photo").eval()
+    model.update()
     c = model.config
     pixel_vit = tica.create_model("vit-pixel-cifar", patch_size=16, img_size=256, depth=c.depth,
                                   embed_dim=c.embed_dim, num_heads=c.num_heads).eval()
