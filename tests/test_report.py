@@ -52,3 +52,6 @@ def test_run_all_writes_tables_plots_and_claims(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "measured" not in printed
     assert printed.count("cached") == len(cifar) + len(kodak)
+    # measuring one pipeline again keeps every other result in the files
+    assert run_all.main(args + ["--sections", "cifar", "--only", "^ViT", "--fresh"]) == 0
+    assert len(json.loads((out / "cifar10.json").read_text())) == len(cifar)
