@@ -96,8 +96,11 @@ def cmd_classify_remote(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(answer))
         return 0
-    saving = (f" instead of the {replaced}-byte file ({replaced / len(data):.1f}x fewer)"
-              if replaced is not None else "")
+    saving = ""
+    if replaced is not None:
+        ratio = replaced / len(data)
+        saving = (f" instead of the {replaced}-byte file ("
+                  + (f"{ratio:.1f}x smaller)" if ratio >= 1 else f"{1 / ratio:.1f}x larger)"))
     print(f"{args.stream}: sent {len(data)} bytes{saving} to {args.server}  [{answer['model']}]")
     for i, entry in enumerate(answer["images"]):
         top = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in entry["top"])
