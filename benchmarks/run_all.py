@@ -317,7 +317,7 @@ def state_claims(cifar: list[dict], kodak: list[dict], margins: list[dict], bds:
                + "At this scale both classifiers are budget-bound (5 epochs on 2 CPU cores, where "
                "a ViT of this size needs 100+), and tica's three shipped rate points sit at 3-9 bpp, "
                "where 32x32 WebP, AVIF and JPEG XL files are already near-lossless for a classifier "
-               "that only reaches ~57%. What would change it: longer training (both steps), and "
+               f"that only reaches {_pct(ceiling)}. What would change it: longer training (both steps), and "
                "tica rate points below 2 bpp, where the classical codecs lose accuracy fastest.")
     # (b) FAM
     fam = [b for b in bds if b["anchor"] == "tica-photo, no FAM"]
