@@ -215,8 +215,10 @@ class EdgeEncoder:
         index, mean = self._hyper.run(None, {"z": z.astype(np.float64)})
         return index, mean
 
-    def latent(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(3, H, W) in [0, 1] -> (z, y symbols, y_hat = symbols + mean): what the stream holds."""
+    def latent(self, image: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(3, H, W) in [0, 1] -> (z, y symbols, y_hat = symbols + mean, table index): what
+        the stream holds and what the decoder will rebuild."""
         H, W = image.shape[1:]
         ph, pw = (-H) % self.stride, (-W) % self.stride
         x = np.pad(image, ((0, 0), (0, ph), (0, pw)), mode="edge")[None]
