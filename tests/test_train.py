@@ -75,7 +75,7 @@ import sys, torch
 from tica.config import TrainConfig
 from tica.train import train
 torch.set_num_threads(1)
-cfg = TrainConfig(model="tica-cifar", data="synthetic", run_dir=sys.argv[1], epochs=50,
+cfg = TrainConfig(model="tica-cifar", data="synthetic", run_dir=sys.argv[1], epochs=250000,
                   batch_size=16, train_limit=64, warmup_steps=2, eval_images=0, checkpoint_every=3,
                   log_every=1, progress=False, model_overrides={tiny}, max_steps=int(sys.argv[2]))
 train(cfg, resume=True)
@@ -86,11 +86,13 @@ def test_sigkill_loses_at_most_one_checkpoint_interval(tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     for delay in (4.0, 6.5):
-        proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(run_dir), "200"], env=env)
+        # a budget no machine finishes before the kill: the kill must land mid-run
+        proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(run_dir), "1000000"], env=env)
         deadline = time.time() + 120
         while not (run_dir / STATE_FILE).exists() and time.time() < deadline:
             time.sleep(0.2)
         time.sleep(delay)
+        assert proc.poll() is None
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         meta, _ = load_state(run_dir / STATE_FILE)          # never a torn file
