@@ -20,60 +20,22 @@ import json
 import os
 import platform
 import random
-import socket
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
-import torch
 
 import tica
 from tica.data import load_split
+from tica.serve.run import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`tica serve` in its own process, on a free loopback port."""
-
-    def __init__(self, batching: bool, threads: int) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "tica.cli", "serve", "--port", str(self.port),
-               "--threads", str(threads)] + ([] if batching else ["--no-batching"])
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        self.stop()
-        raise RuntimeError("server did not start")
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+def start_server(batching: bool, threads: int) -> ServerProcess:
+    return ServerProcess("--threads", str(threads), *([] if batching else ["--no-batching"]))
 
 
 def corrupt(data: bytes, rng: random.Random) -> bytes:
@@ -138,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for batching in (True, False):
-        server = Server(batching, args.threads)
+        server = start_server(batching, args.threads)
         try:
             for concurrency in ((1, 8) if args.quick else (1, 8, 32)):
                 n = args.throughput_requests if concurrency > 1 else args.throughput_requests // 3
@@ -153,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.stop()
 
-    server = Server(True, args.threads)
+    server = start_server(True, args.threads)
     try:
         rss_before = server.rss_mb()
         bodies, truth = [], []

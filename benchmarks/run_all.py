@@ -35,6 +35,7 @@ from tica.data import load_split
 from tica.evaluate import (ClassicalPipeline, LearnedPipeline, Pipeline, Uncompressed, evaluate,
                            split_batches, write_results)
 from tica.image import load_image
+from tica.registry import shipped_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -153,7 +154,6 @@ def learned_spec(label: str, quality: int, weights: Callable[[], torch.nn.Module
 
 
 def shipped(name: str, q: int) -> Callable[[], torch.nn.Module] | None:
-    from tica.registry import shipped_weights
     return (lambda: tica.load(name, quality=q)) if q in shipped_weights().get(name, {}) else None
 
 
@@ -165,7 +165,6 @@ def cifar_specs(classifier, runs: Path, images: int) -> list[Spec]:
     cls_id = digest(classifier)
     extra = f"n={images}"
     specs = [Spec(CLEAN, None, f"{CLEAN}|{cls_id}|{extra}", lambda: Uncompressed(classifier, CLEAN))]
-    from tica.registry import shipped_weights
     for q in sorted(shipped_weights().get("tica-cifar", {})):
         specs.append(learned_spec(TICA, q, shipped("tica-cifar", q), extra))
     for q in (1,):                       # scripts/train_baselines.sh nofam trains q1's recipe
@@ -183,7 +182,6 @@ def cifar_specs(classifier, runs: Path, images: int) -> list[Spec]:
 
 
 def kodak_specs(runs: Path) -> list[Spec]:
-    from tica.registry import shipped_weights
     specs = []
     for q in sorted(shipped_weights().get("tica-photo", {})) or (1, 2, 3, 4):
         specs.append(learned_spec("tica-photo", q, shipped("tica-photo", q) or

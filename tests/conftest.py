@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-import socket
-import subprocess
-import sys
 import tarfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -102,27 +97,10 @@ def archive(tmp_path, monkeypatch) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def live_server():
     """`tica serve` in its own process on a free loopback port: its URL."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tica.cli", "serve", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(url + "/healthz", timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.25)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    from tica.serve.run import ServerProcess
+    server = ServerProcess()
+    yield server.url
+    server.stop()
