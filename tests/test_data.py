@@ -24,6 +24,23 @@ def test_archive_is_extracted_once_and_splits_resolve(archive):
         resolve_split(archive.parent / "missing.tar.gz", "train")
 
 
+def test_concurrent_extraction_uses_the_winners_copy(archive, monkeypatch):
+    """Two processes extracting the same archive: the one that finishes second finds the
+    target already there (rename onto a non-empty folder fails with ENOTEMPTY) and uses it."""
+    import tarfile
+    real_extract = tarfile.TarFile.extractall
+
+    def extract_while_another_process_wins(self, path, *args, **kwargs):
+        real_extract(self, path, *args, **kwargs)
+        monkeypatch.setattr(tarfile.TarFile, "extractall", real_extract)
+        extract_archive(archive)                     # the other process, finishing first
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", extract_while_another_process_wins)
+    target = extract_archive(archive)
+    assert sorted(p.name for p in (target / "data" / "train").iterdir()) == ["a", "b"]
+    assert not list(target.parent.glob(".extract-*"))
+
+
 def test_split_is_decoded_and_cached(archive):
     split = load_split(archive, "train")
     assert split.images.shape == (6, 3, 32, 32) and split.images.dtype == torch.uint8

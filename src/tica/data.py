@@ -49,8 +49,11 @@ def extract_archive(archive: str | Path) -> Path:
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter="data")
         os.replace(tmp, target)
-    except FileExistsError:          # another process won the race: use its copy
-        pass
+    except OSError:
+        # Another process finished first: renaming onto its non-empty folder fails with
+        # ENOTEMPTY (or EEXIST). Use its copy; anything else is a real error.
+        if not target.is_dir():
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
