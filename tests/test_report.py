@@ -54,3 +54,22 @@ def test_run_all_writes_tables_plots_and_claims(tmp_path, capsys):
     # measuring one pipeline again keeps every other result in the files
     assert run_all.main(args + ["--sections", "cifar", "--only", "^ViT", "--fresh"]) == 0
     assert len(json.loads((out / "cifar10.json").read_text())) == len(cifar)
+
+
+def test_accuracy_margins_cover_the_shared_range_not_just_ticas_points():
+    """A baseline that dips above tica between tica's rate points fails the claim there."""
+    run_all = _run_all()
+    rows = [{"pipeline": run_all.TICA, "quality": q, "bpp": b, "top1": a}
+            for q, b, a in ((1, 2.0, 0.50), (2, 8.0, 0.60))]
+    rows += [{"pipeline": "WebP -> decode -> ViT", "quality": q, "bpp": b, "top1": a}
+             for q, b, a in ((10, 1.0, 0.40), (50, 4.0, 0.56), (90, 6.0, 0.57), (95, 7.0, 0.56))]
+    margins = run_all.accuracy_margins(rows)
+    at = {round(m["bpp"], 3): m for m in margins}
+    assert sorted(at) == [2.0, 4.0, 6.0, 8.0]          # tica's points + the front's inside them
+    assert at[2.0]["quality"] == 1 and at[4.0]["quality"] is None
+    assert at[4.0]["tica_top1"] == pytest.approx(0.55)  # halfway in log-bpp between 50% and 60%
+    assert at[4.0]["margin"] == pytest.approx(-0.01)    # the baseline wins between tica's points
+    assert at[8.0]["baseline_top1"] == pytest.approx(0.57)   # held above its last Pareto point
+    assert at[2.0]["baseline_top1"] == pytest.approx(0.48)   # 1 -> 4 bpp: halfway in log-bpp
+    claims = run_all.state_claims([], [], margins, [], [])
+    assert "does not hold" in claims.split("(b)")[0]

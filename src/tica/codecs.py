@@ -126,9 +126,9 @@ CLASSICAL_CODECS: dict[str, ClassicalCodec] = {
                            jpeg_payload),
     "webp": ClassicalCodec("webp", (0, 10, 25, 50, 75, 90, 95), _pil_encode("WEBP", method=6),
                            _pil_decode, webp_payload),
-    "avif": ClassicalCodec("avif", (20, 40, 60, 85), _pil_encode("AVIF", speed=6),
+    "avif": ClassicalCodec("avif", (10, 20, 30, 40, 50, 60, 70, 85), _pil_encode("AVIF", speed=6),
                            _pil_decode, avif_payload),
-    "jxl": ClassicalCodec("jxl", (8.0, 4.0, 2.0, 1.0), _jxl_encode, _jxl_decode,
+    "jxl": ClassicalCodec("jxl", (12.0, 8.0, 6.0, 4.0, 3.0, 2.0, 1.5, 1.0), _jxl_encode, _jxl_decode,
                           lambda data: len(data)),
 }
 
