@@ -1,10 +1,11 @@
 """Copy trained weights into the package (float16) and register them in weights/index.json.
 
-    python scripts/ship_weights.py --codec runs/q1/model.safetensors [--codec ...]
+    python scripts/ship_weights.py --codec runs/q1/model.safetensors[=Q] [--codec ...]
                                    [--step1 runs/step1/model.safetensors]
                                    [--model runs/vit-pixel-cifar/model.safetensors]
 
-A codec's preset and quality come from the checkpoint's own config and metadata.
+A codec's preset and quality come from the checkpoint's own config and metadata; `=Q` gives it
+another rate-point label (the label is metadata: the model id, which streams carry, is unchanged).
 --check DIR compares each codec in float16 with its float32 original on the images of DIR
 (e.g. ../shared/data/kodak): bpp and PSNR from real streams, so "half precision if quality
 allows" is a measured statement.
@@ -25,7 +26,7 @@ WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "tica" / "weights"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--codec", action="append", default=[], help="step-2 export (repeatable)")
+    parser.add_argument("--codec", action="append", default=[], help="step-2 export, optionally =Q to relabel its rate point (repeatable)")
     parser.add_argument("--step1", help="step-1 export")
     parser.add_argument("--check", metavar="DIR", help="compare float16 with float32 on these images")
     parser.add_argument("--model", action="append", default=[],
@@ -33,9 +34,12 @@ def main() -> None:
     args = parser.parse_args()
     index_path = WEIGHTS / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
-    for path in args.codec:
+    for spec in args.codec:
+        path, _, label = spec.partition("=")
         model = load_checkpoint(path)
-        meta = model.checkpoint_metadata
+        meta = dict(model.checkpoint_metadata)
+        if label:
+            meta["quality"] = int(label)
         name, quality = model.config.name, meta.get("quality")
         if quality is None or not model.is_updated:
             raise SystemExit(f"{path}: needs a quality label and coding tables (a step-2 export)")
