@@ -348,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             "minutes": (time.perf_counter() - start) / 60,
             "measured": cifar.measured + kodak.measured, "cached": cifar.reused + kodak.reused,
             "machine": machine(), "cifar_images": len(split),
+            "evaluation_minutes": sum(r["seconds"] for r in cifar.results + kodak.results) / 60,
             "claims": state_claims(cifar.results, kodak.results, margins, bds, compute)}
     page = render(cifar.results, kodak.results, margins, bds, compute, cifar.notes + kodak.notes, meta)
     page_path = args.out.parent / "RESULTS.md"
