@@ -72,9 +72,9 @@ def state_claims(cifar: list[dict], kodak: list[dict], margins: list[dict], bds:
                   "ceiling: those codecs are near-lossless for a classifier this weak. "
                   if gap is not None else "")
                + "At this scale both classifiers are budget-bound (6.5 epochs on 2 CPU cores, "
-               "where a ViT of this size needs 100+). What would change it: longer training of "
-               "both (a stronger classifier needs more of the detail the codecs keep), and tica "
-               "rate points below 2 bpp, where the classical codecs lose accuracy fastest.")
+               "where a ViT of this size needs 100+). What could change it: longer training of "
+               "both, so that the classifier is strong enough for the detail the codecs drop "
+               "to matter.")
     # (b) FAM
     fam = [b for b in bds if b["anchor"] == "tica-photo, no FAM"]
     parts = []
