@@ -1,5 +1,5 @@
 """The results page of `benchmarks/run_all.py`: the claims stated from the measured numbers,
-the plots and docs/RESULTS.md. Pure functions of result dicts, so they are tested without
+the plots and docs/RESULTS.md. They take result dicts only, so they can be tested without
 running an evaluation."""
 
 from __future__ import annotations

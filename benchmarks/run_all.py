@@ -47,7 +47,6 @@ OUT = ROOT / "docs" / "results"
 CLASSIFIER = "vit-pixel-cifar"
 
 
-
 def digest(module: torch.nn.Module) -> str:
     """Short identity of a model's weights (the stream id's fingerprint for codecs)."""
     if hasattr(module, "fingerprint"):
