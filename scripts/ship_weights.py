@@ -26,7 +26,8 @@ WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "tica" / "weights"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--codec", action="append", default=[], help="step-2 export, optionally =Q to relabel its rate point (repeatable)")
+    parser.add_argument("--codec", action="append", default=[],
+                        help="step-2 export, optionally =Q to relabel its rate point (repeatable)")
     parser.add_argument("--step1", help="step-1 export")
     parser.add_argument("--check", metavar="DIR", help="compare float16 with float32 on these images")
     parser.add_argument("--model", action="append", default=[],
@@ -36,6 +37,8 @@ def main() -> None:
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
     for spec in args.codec:
         path, _, label = spec.partition("=")
+        if label and not label.isdigit():
+            raise SystemExit(f"{spec}: the rate-point label after '=' must be an integer")
         model = load_checkpoint(path)
         meta = dict(model.checkpoint_metadata)
         if label:
