@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 import tica
+from tica.bench import photo_timing_models
 from tica.image import load_image
 from tica.models.codec import pad_to
 from tica.nn.conv import GDN, nhwc
@@ -125,13 +126,8 @@ def batch_section(batch: torch.Tensor, repeats: int) -> dict:
 
 def kodak_classify_section(images: list[torch.Tensor], repeats: int) -> dict:
     """At Kodak size: ViT on the bitstream's latent vs g_s + a pixel ViT with 16x16 patches
-    (the same token count, 48x32, and the same ViT size). The shipped tica-photo is a codec
-    only (alpha = 0) and refuses to classify: time an untrained one, speed is in the shapes."""
-    model = tica.create_model("tica-photo").eval()
-    model.update()
-    c = model.config
-    pixel_vit = tica.create_model("vit-pixel-cifar", patch_size=16, img_size=256, depth=c.depth,
-                                  embed_dim=c.embed_dim, num_heads=c.num_heads).eval()
+    (the same token count, 48x32, and the same ViT size; see `photo_timing_models`)."""
+    model, pixel_vit = photo_timing_models()
     data = tica.compress(model, images[0])
     with torch.no_grad():
         cls_ms, _ = timed(lambda: tica.classify_logits(model, data), repeats)

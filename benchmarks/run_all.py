@@ -250,7 +250,7 @@ def bd_rates(results: list[dict]) -> list[dict]:
 # ---- compute ----------------------------------------------------------------------------------
 
 def compute_section(repeats: int, runs: Path) -> list[dict]:
-    from tica.bench import classify_paths
+    from tica.bench import classify_paths, photo_timing_models
     classifier = tica.load(CLASSIFIER)
     model = tica.load("tica-cifar")
     hyper = shipped("hyperprior-cifar", 2) or from_run(_run_weights(runs, "hyperprior-cifar-q2"))
@@ -261,17 +261,13 @@ def compute_section(repeats: int, runs: Path) -> list[dict]:
         x = torch.rand(batch, 3, 32, 32, generator=g)
         rows += [c.to_dict() for c in classify_paths(
             model, x, classifier, f"tica-cifar, 32x32, batch {batch}", repeats, decoders)]
-    # Kodak size: the photo codec's latent (48x32 tokens) against its decoder + a pixel ViT of
-    # the same size on 16x16 patches (the same token count); speed depends on shapes only.
-    photo = tica.create_model("tica-photo").eval()     # its shipped head is untrained (alpha 0)
-    photo.update()
-    c = photo.config
-    pixel = tica.create_model(CLASSIFIER, patch_size=16, img_size=256, depth=c.depth,
-                              embed_dim=c.embed_dim, num_heads=c.num_heads).eval()
+    # Photo sizes: the photo codec's latent against its decoder + a pixel ViT of the same size
+    # with the same token count: the paper's 224x224 (a centre crop), then a whole Kodak image.
+    photo, pixel = photo_timing_models(CLASSIFIER)
     kodim = load_image(DATA / "kodak" / "kodim01.png")[None]
-    # the paper's input size (224x224: 14x14 tokens on both paths), then a whole Kodak image
-    rows += [c.to_dict() for c in classify_paths(photo, kodim[..., 144:368, 272:496], pixel,
-                                                 "tica-photo, 224x224, batch 1", repeats)]
+    top, left = (kodim.shape[-2] - 224) // 2, (kodim.shape[-1] - 224) // 2
+    rows += [c.to_dict() for c in classify_paths(photo, kodim[..., top:top + 224, left:left + 224],
+                                                 pixel, "tica-photo, 224x224, batch 1", repeats)]
     rows += [c.to_dict() for c in classify_paths(photo, kodim, pixel, "tica-photo, 768x512, batch 1",
                                                  max(2, repeats // 2))]
     return rows

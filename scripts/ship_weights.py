@@ -35,6 +35,8 @@ def main() -> None:
     args = parser.parse_args()
     index_path = WEIGHTS / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
+    images = ([(load_image(f)[None], None) for f in sorted(Path(args.check).glob("*.png"))]
+              if args.check else [])
     for spec in args.codec:
         path, _, label = spec.partition("=")
         if label and not label.isdigit():
@@ -53,7 +55,6 @@ def main() -> None:
         index.setdefault("ids", {})[f"{shipped.model_id:04x}"] = [name, quality]
         print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB")
         if args.check:
-            images = [(load_image(f)[None], None) for f in sorted(Path(args.check).glob("*.png"))]
             full, half = (evaluate(LearnedPipeline(m), images) for m in (model, shipped))
             print(f"  float32: {full.bpp:.4f} bpp, {full.psnr_per_image:.3f} dB; float16: "
                   f"{half.bpp:.4f} bpp ({100 * (half.bpp / full.bpp - 1):+.2f}%), "

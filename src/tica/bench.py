@@ -74,3 +74,17 @@ def classify_paths(model, images: torch.Tensor, classifier, setting: str, repeat
     ms = interleaved_median_ms(paths, repeats)
     return [PathCost(setting, key, count_macs(fn) / n / 1e9, ms[key] / n)
             for key, fn in paths.items()]
+
+
+def photo_timing_models(classifier: str = "vit-pixel-cifar"):
+    """(tica-photo, pixel ViT) for timing at photo sizes: an untrained tica-photo (the shipped
+    one is a codec only, alpha = 0, and refuses to classify; speed depends on shapes only),
+    and a pixel ViT of its ViT's size on 16x16 patches, so both see the same token count."""
+    from .registry import create_model
+
+    photo = create_model("tica-photo").eval()
+    photo.update()
+    c = photo.config
+    pixel = create_model(classifier, patch_size=16, img_size=256, depth=c.depth,
+                         embed_dim=c.embed_dim, num_heads=c.num_heads).eval()
+    return photo, pixel

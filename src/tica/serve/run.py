@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
 
 from fastapi import FastAPI
 
@@ -31,21 +37,18 @@ def serve(config: dict, host: str = "127.0.0.1", port: int = 8000, workers: int 
 
 class ServerProcess:
     """`tica serve ARGS` in a child process on a free loopback port, up once /healthz
-    answers: for tests and benchmarks that need a real server."""
+    answers: for tests and benchmarks that need a real server. Its stderr goes to a
+    temporary file (a pipe nobody drains would block a long-running server once full) and
+    is shown if it fails to start."""
 
     def __init__(self, *args: str, timeout: float = 120.0) -> None:
-        import socket
-        import subprocess
-        import sys
-        import time
-        import urllib.request
-
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
+        self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([sys.executable, "-m", "tica.cli", "serve", "--port", str(port),
-                                      *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                      *args], stdout=subprocess.DEVNULL, stderr=self._log)
         deadline = time.time() + timeout
         while True:
             try:
@@ -53,9 +56,10 @@ class ServerProcess:
                 return
             except OSError:
                 if self.proc.poll() is not None or time.time() > deadline:
+                    self._log.seek(0)
+                    log = self._log.read().decode(errors="replace")[-2000:]
                     self.stop()
-                    raise RuntimeError("tica serve did not start: "
-                                       + self.proc.stderr.read().decode()[-2000:])
+                    raise RuntimeError(f"tica serve did not start: {log}") from None
                 time.sleep(0.25)
 
     def rss_mb(self) -> float:
@@ -66,10 +70,9 @@ class ServerProcess:
         return float("nan")
 
     def stop(self) -> None:
-        import subprocess
-
         self.proc.terminate()
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        self._log.close()
