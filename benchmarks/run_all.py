@@ -35,7 +35,7 @@ from tica.data import load_split
 from tica.evaluate import (ClassicalPipeline, LearnedPipeline, Pipeline, Uncompressed, evaluate,
                            split_batches, write_results)
 from tica.image import load_image
-from tica.registry import shipped_weights
+from tica.registry import standard_qualities
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_page import (CLEAN, CODEC_LABELS, HYPER, TICA, TICA_NOFAM,  # noqa: E402
@@ -152,7 +152,7 @@ def learned_spec(label: str, quality: int, weights: Callable[[], torch.nn.Module
 
 
 def shipped(name: str, q: int) -> Callable[[], torch.nn.Module] | None:
-    return (lambda: tica.load(name, quality=q)) if q in shipped_weights().get(name, {}) else None
+    return (lambda: tica.load(name, quality=q)) if q in standard_qualities(name) else None
 
 
 def from_run(path: Path | None) -> Callable[[], torch.nn.Module] | None:
@@ -163,7 +163,7 @@ def cifar_specs(classifier, runs: Path, images: int) -> list[Spec]:
     cls_id = digest(classifier)
     extra = f"n={images}"
     specs = [Spec(CLEAN, None, f"{CLEAN}|{cls_id}|{extra}", lambda: Uncompressed(classifier, CLEAN))]
-    for q in sorted(shipped_weights().get("tica-cifar", {})):
+    for q in standard_qualities("tica-cifar"):
         specs.append(learned_spec(TICA, q, shipped("tica-cifar", q), extra))
     for q in (1,):                       # scripts/train_baselines.sh nofam trains q1's recipe
         specs.append(learned_spec(TICA_NOFAM, q, from_run(_run_weights(runs, f"tica-cifar-nofam-q{q}")), extra))
@@ -181,7 +181,7 @@ def cifar_specs(classifier, runs: Path, images: int) -> list[Spec]:
 
 def kodak_specs(runs: Path) -> list[Spec]:
     specs = []
-    for q in sorted(shipped_weights().get("tica-photo", {})) or (1, 2, 3, 4):
+    for q in standard_qualities("tica-photo") or (1, 2, 3, 4):
         specs.append(learned_spec("tica-photo", q, shipped("tica-photo", q) or
                                   from_run(_run_weights(runs, f"photo-q{q}")), "kodak"))
     for q in (1, 2, 3, 4):

@@ -1,77 +1,124 @@
-"""Copy trained weights into the package (float16) and register them in weights/index.json.
+"""Copy trained weights into the package (float16) and list them in weights/manifest.json.
 
-    python scripts/ship_weights.py --codec runs/q1/model.safetensors[=Q] [--codec ...]
+    python scripts/ship_weights.py --codec runs/vr/model.safetensors [--codec ...]
                                    [--step1 runs/step1/model.safetensors]
                                    [--model runs/vit-pixel-cifar/model.safetensors]
+                                   [--trained '{"where": "cpu", "minutes": 95, ...}']
 
-A codec's preset and quality come from the checkpoint's own config and metadata; `=Q` gives it
-another rate-point label (the label is metadata: the model id, which streams carry, is unchanged).
---check DIR compares each codec in float16 with its float32 original on the images of DIR
-(e.g. ../shared/data/kodak): bpp and PSNR from real streams, so "half precision if quality
-allows" is a measured statement.
+A codec's preset and quality come from the checkpoint's own config and metadata; `PATH=Q`
+gives a fixed-rate codec another rate-point label (metadata only: the model id, which
+streams carry, is unchanged). A variable-rate codec supersedes every other codec of its
+preset: their entries and files are removed. --check DIR compares each codec in float16
+with its float32 original on the images of DIR (e.g. ../shared/data/kodak) from real
+streams, so "half precision if quality allows" is a measured statement.
+`--rehash` recomputes every entry's SHA-256 and model id from the files.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
 from tica.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from tica.evaluate import LearnedPipeline, evaluate
 from tica.image import load_image
+from tica.registry import MANIFEST, MANIFEST_FORMAT
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "tica" / "weights"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _entry(model, target: str, role: str, trained: dict) -> dict:
+    meta = model.checkpoint_metadata
+    entry = {"name": Path(target).stem, "file": target, "preset": model.config.name, "role": role,
+             "sha256": sha256(WEIGHTS / target), "trained": trained or meta.get("trained", {}),
+             "results": {}}
+    if role == "codec":
+        entry["model_id"] = f"{model.model_id:04x}"
+        if model.config.rate_levels:
+            entry["rate_levels"] = model.config.rate_levels
+        else:
+            entry["quality"] = meta.get("quality")
+    return entry
+
+
+def _put(entries: list[dict], entry: dict) -> None:
+    """Add `entry`, replacing one of the same name; a variable-rate codec also replaces every
+    other codec of its preset (their files are deleted)."""
+    for old in list(entries):
+        superseded = (old["preset"] == entry["preset"] and old["role"] == "codec" == entry["role"]
+                      and entry.get("rate_levels"))
+        if old["name"] == entry["name"] or superseded:
+            entries.remove(old)
+            if old["file"] != entry["file"]:
+                (WEIGHTS / old["file"]).unlink(missing_ok=True)
+                print(f"removed {old['file']} (superseded by {entry['file']})")
+    entries.append(entry)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--codec", action="append", default=[],
-                        help="step-2 export, optionally =Q to relabel its rate point (repeatable)")
+                        help="step-2 export, optionally =Q to relabel a fixed rate point (repeatable)")
     parser.add_argument("--step1", help="step-1 export")
-    parser.add_argument("--check", metavar="DIR", help="compare float16 with float32 on these images")
     parser.add_argument("--model", action="append", default=[],
-                        help="a model with no rate points, e.g. a classifier baseline (repeatable)")
+                        help="a model with no codec, e.g. a classifier baseline (repeatable)")
+    parser.add_argument("--trained", type=json.loads, default={},
+                        help="JSON provenance for these artifacts: where, minutes, steps, images")
+    parser.add_argument("--check", metavar="DIR", help="compare float16 with float32 on these images")
+    parser.add_argument("--rehash", action="store_true", help="refresh every entry's sha256 and id")
     args = parser.parse_args()
-    index_path = WEIGHTS / "index.json"
-    index = json.loads(index_path.read_text()) if index_path.exists() else {}
+    path = WEIGHTS / MANIFEST
+    manifest = (json.loads(path.read_text()) if path.exists()
+                else {"format": MANIFEST_FORMAT, "version": 1, "weights": []})
+    entries = manifest["weights"]
     images = ([(load_image(f)[None], None) for f in sorted(Path(args.check).glob("*.png"))]
               if args.check else [])
     for spec in args.codec:
-        path, _, label = spec.partition("=")
+        src, _, label = spec.partition("=")
         if label and not label.isdigit():
             raise SystemExit(f"{spec}: the rate-point label after '=' must be an integer")
-        model = load_checkpoint(path)
+        model = load_checkpoint(src)
         meta = dict(model.checkpoint_metadata)
         if label:
             meta["quality"] = int(label)
-        name, quality = model.config.name, meta.get("quality")
-        if quality is None or not model.is_updated:
-            raise SystemExit(f"{path}: needs a quality label and coding tables (a step-2 export)")
-        target = f"{name}-q{quality}.safetensors"
+        variable = bool(model.config.rate_levels)
+        if not model.is_updated or (not variable and meta.get("quality") is None):
+            raise SystemExit(f"{src}: needs coding tables (a step-2 export) and, at a fixed "
+                             f"rate, a quality label")
+        name = model.config.name if variable else f"{model.config.name}-q{meta['quality']}"
+        target = f"{name}.safetensors"
+        if args.trained:
+            meta["trained"] = args.trained
         save_checkpoint(model, WEIGHTS / target, meta, half=True)
-        index.setdefault("codecs", {}).setdefault(name, {})[str(quality)] = target
         shipped = load_checkpoint(WEIGHTS / target)       # the id of what users will load
-        index.setdefault("ids", {})[f"{shipped.model_id:04x}"] = [name, quality]
-        print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB")
+        _put(entries, _entry(shipped, target, "codec", args.trained))
+        print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB, id {shipped.model_id:04x}")
         if args.check:
             full, half = (evaluate(LearnedPipeline(m), images) for m in (model, shipped))
             print(f"  float32: {full.bpp:.4f} bpp, {full.psnr_per_image:.3f} dB; float16: "
                   f"{half.bpp:.4f} bpp ({100 * (half.bpp / full.bpp - 1):+.2f}%), "
                   f"{half.psnr_per_image:.3f} dB ({half.psnr_per_image - full.psnr_per_image:+.3f})")
-    for path in args.model:
-        model = load_checkpoint(path)
-        target = f"{model.config.name}.safetensors"
-        save_checkpoint(model, WEIGHTS / target, model.checkpoint_metadata, half=True)
-        index.setdefault("models", {})[model.config.name] = target
-        print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB")
-    if args.step1:
-        model = load_checkpoint(args.step1)
-        target = f"{model.config.name}-step1.safetensors"
-        save_checkpoint(model, WEIGHTS / target, model.checkpoint_metadata, half=True)
-        index.setdefault("step1", {})[model.config.name] = target
-        print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB")
-    atomic_write(index_path, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n"))
+    for role, sources in (("classifier", args.model), ("step1", [args.step1] if args.step1 else [])):
+        for src in sources:
+            model = load_checkpoint(src)
+            target = f"{model.config.name}{'-step1' if role == 'step1' else ''}.safetensors"
+            meta = {**model.checkpoint_metadata, **({"trained": args.trained} if args.trained else {})}
+            save_checkpoint(model, WEIGHTS / target, meta, half=True)
+            _put(entries, _entry(load_checkpoint(WEIGHTS / target), target, role, args.trained))
+            print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB")
+    if args.rehash:
+        for e in entries:
+            e["sha256"] = sha256(WEIGHTS / e["file"])
+            if e["role"] == "codec":
+                e["model_id"] = f"{load_checkpoint(WEIGHTS / e['file']).model_id:04x}"
+    entries.sort(key=lambda e: (e["preset"], e["role"], e.get("quality") or 0))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1) + "\n"))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tica.cli import main
-from tica.registry import shipped_weights
+from tica.registry import standard_qualities
 
 
 def _json(capsys) -> dict:
@@ -25,7 +25,7 @@ def test_encode_classify_decode_kodak(tmp_path, kodak_path, capsys):
     assert main(["info", str(stream), "--json"]) == 0
     info = _json(capsys)
     assert info["sizes"] == [[512, 768]] and info["bytes"] == enc["bytes"]
-    assert info["model"] == f"tica-photo q{max(shipped_weights()['tica-photo'])}"   # the id names it
+    assert info["model"] == f"tica-photo q{max(standard_qualities('tica-photo'))}"   # the id names it
     # a codec-only model (alpha = 0) says so instead of inventing classes
     assert main(["classify", str(stream), "--json"]) == 1
     assert "alpha = 0" in capsys.readouterr().err
@@ -107,8 +107,8 @@ def test_bad_inputs_exit_non_zero_with_one_line(tmp_path, kodak_path, capsys):
 
 
 def test_shipped_rate_points_are_found_from_the_stream(tmp_path, cifar_samples, capsys):
-    from tica.registry import shipped_weights
-    qualities = sorted(shipped_weights().get("tica-cifar", {}))
+    from tica.registry import standard_qualities
+    qualities = standard_qualities("tica-cifar")
     if len(qualities) < 2:
         pytest.skip("needs at least two shipped tica-cifar rate points")
     img = tmp_path / "c.jpg"

@@ -131,8 +131,8 @@ def test_kodak_image_round_trip_with_the_photo_preset(tica_photo, kodak_path):
 def test_trained_payload_is_within_one_percent_of_the_models_estimate(kodak_path):
     """The shipped weights on a realistic input: real bytes vs the model's -sum(log2 p)."""
     from tica.image import load_image
-    from tica.registry import shipped_weights
-    if not shipped_weights().get("tica-cifar"):
+    from tica.registry import standard_qualities
+    if not standard_qualities("tica-cifar"):
         pytest.skip("no trained tica-cifar weights shipped")
     model = tica.load("tica-cifar")
     img = load_image(kodak_path)[None]

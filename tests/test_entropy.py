@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -138,3 +140,34 @@ def test_decoder_rejects_malformed_payload_bytes(data):
         dec = SymbolDecoder(data)
         dec.decode(np.zeros(10, np.int64), gc.tables)
         dec.finish()
+
+
+def test_update_refits_the_quantiles_so_the_tables_hold_all_but_the_tail_mass():
+    """A density trained briefly on z ~ N(0, 2^2) without the auxiliary loss: its quantiles
+    stay at their +-10 start, and update() sets them from the learned CDF by bisection."""
+    torch.manual_seed(0)
+    eb = EntropyBottleneck(4, tail_mass=1e-3)
+    params = [p for n, p in eb.named_parameters() if not n.endswith("quantiles")]
+    opt = torch.optim.Adam(params, lr=3e-2)
+    for _ in range(300):
+        z = torch.randn(32, 4, 4, 4) * 2
+        _, lik = eb(z, "noise")
+        loss = -torch.log2(lik).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.equal(eb.quantiles[:, 0, 0], torch.full((4,), -10.0))
+    eb.update()
+    q = eb.quantiles.detach()[:, 0]
+    with torch.no_grad():
+        cdf = torch.sigmoid(eb._logits_cumulative(eb.quantiles.detach(), stop_gradient=True))[:, 0]
+    assert torch.allclose(cdf[:, 0], torch.full((4,), 5e-4), rtol=1e-3)     # tail_mass / 2
+    assert torch.allclose(cdf[:, 2], torch.full((4,), 1 - 5e-4), rtol=1e-6)
+    assert ((q[:, 1] - 0).abs() < 1).all() and ((q[:, 2] - q[:, 0]) > 8).all()
+    # the coding tables cover [floor(q_low), ceil(q_high)]: all but tail_mass of the mass
+    tables = eb.tables
+    for c in range(4):
+        n = tables.lengths[c]
+        in_table = tables.freqs[c, :n].sum() / (1 << PRECISION)
+        assert in_table > 1 - 1e-3 - 1e-4
+        assert tables.offsets[c] == math.floor(q[c, 0]) and tables.offsets[c] + n - 1 == math.ceil(q[c, 2])

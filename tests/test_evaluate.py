@@ -47,10 +47,10 @@ def test_eval_counts_real_bytes_and_real_predictions(tica_cifar, cifar_samples, 
 
 def test_eval_cli_json(archive, capsys):
     from tica.cli import main
-    from tica.registry import shipped_weights
+    from tica.registry import standard_qualities
     assert main(["eval", "--data", str(archive), "--json"]) == 0
     results = json.loads(capsys.readouterr().out)["results"]
-    shipped = sorted(shipped_weights().get("tica-cifar", {}))
+    shipped = standard_qualities("tica-cifar")
     assert [r["quality"] for r in results] == (shipped or [None])     # every rate point
     for result in results:
         assert set(result) >= {"quality", "top1", "top5", "bpp", "psnr", "ms_ssim"}

@@ -72,3 +72,21 @@ def test_a_tampered_export_is_refused(tmp_path, cifar_export):
     (copy / "edge.json").write_text("{}")
     with pytest.raises(CheckpointError, match="not a version-1"):
         EdgeEncoder(copy)
+
+
+def test_a_variable_rate_model_exports_at_one_quality_and_its_streams_say_so(tmp_path):
+    model = tica.create_model("tica-cifar", seed=4, rate_levels=3, N=16, M=16, embed_dim=32,
+                              depth=2, num_heads=2, fam_blocks=(1,)).eval()
+    with torch.no_grad():
+        model.g_a[-1].weight.mul_(40)
+    model.update()
+    model.quality = model.check_quality(2.5)
+    meta = export_onnx(model, tmp_path)
+    assert meta["quality"] == 2.5 and meta["check"]["index_equal"]
+    encoder = EdgeEncoder(tmp_path)
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(2))
+    data = encoder.compress(image.numpy())
+    assert tica.api.stream_qualities(tica.bitstream.unpack(data)) == [2.5]
+    _, _, y_hat, _ = encoder.latent(image.numpy())
+    expected = model.dequantize(torch.from_numpy(y_hat)[None], 2.5)
+    assert torch.equal(_decoded(model, data), expected)          # decoded with no flags

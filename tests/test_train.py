@@ -186,8 +186,8 @@ def test_training_streams_webdataset_shards_and_resumes_exactly(archive, tmp_pat
 
 
 def test_new_rate_points_start_from_the_shipped_step1_network(tmp_path):
-    from tica.registry import step1_weights
-    if step1_weights("tica-cifar") is None:
+    from tica.registry import find_weights
+    if find_weights("tica-cifar", "step1") is None:
         pytest.skip("no shipped step-1 weights")
     cfg = _cfg(tmp_path, step=2, init="step1", model_overrides={}, max_steps=1, batch_size=4)
     assert train(cfg).steps == 1

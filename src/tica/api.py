@@ -14,58 +14,67 @@ from torch import nn
 from . import bitstream
 from .bitstream import Limits, Stream
 from .checkpoint import load_checkpoint
-from .errors import ConfigError, ModelMismatchError, TicaError
+from .errors import BitstreamError, ConfigError, ModelMismatchError, TicaError
 from .models import CompressionModel
-from .registry import (DEFAULT_MODEL, create_model, shipped_ids, shipped_model,
-                       shipped_weights)
+from .models.codec import quality_code, quality_from_code
+from .registry import DEFAULT_MODEL, create_model, find_weights, get_config, weights_for_id
 
 
-def load(name: str | None = None, *, quality: int | None = None,
-         weights: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module:
+def load(name: str | None = None, *, quality: float | None = None,
+         weights: str | Path | None = None, device: str | torch.device = "cpu",
+         untrained: bool = False) -> nn.Module:
     """A coding-ready model in eval mode.
 
     weights: a checkpoint file (its config names the architecture). Otherwise the shipped
-    weights of preset `name` at rate point `quality`; a preset with none shipped gives its
-    seeded *untrained* model, labelled so in `model.checkpoint_metadata`.
+    weights of preset `name` (tica.registry's manifest). `quality` picks a fixed-rate
+    preset's rate point, or sets a variable-rate model's default coding quality (any number
+    in its range; the integers name its standard points, 1 = lowest rate). A preset with no
+    shipped weights is refused unless `untrained=True` asks for its seeded random model,
+    which is then labelled so.
     """
     if weights is not None:
         model = load_checkpoint(weights, device)
     else:
         name = name or DEFAULT_MODEL
-        shipped = shipped_weights().get(name, {})
-        single = shipped_model(name)
-        if single is not None and quality is None:
-            model = load_checkpoint(single, device)
-        elif shipped:
-            q = quality if quality is not None else max(shipped)
-            if q not in shipped:
-                raise ConfigError(f"{name} has no rate point {q}; available: {sorted(shipped)}")
-            model = load_checkpoint(shipped[q], device)
-        else:
-            if quality is not None:
-                raise ConfigError(f"no trained weights are shipped for {name}, so --quality "
-                                  f"cannot be chosen; pass --weights FILE")
+        get_config(name)                        # an unknown preset is named as such
+        entry = find_weights(name, "codec", quality) or (
+            find_weights(name, "classifier") if quality is None else None)
+        if entry is not None:
+            model = load_checkpoint(entry.file, device)
+        elif untrained:
             model = create_model(name).to(device).eval()
             model.checkpoint_metadata = {"untrained": True, "seed": 0}
-    if isinstance(model, CompressionModel) and not model.is_updated:
-        model.update()
+        else:
+            raise ConfigError(f"no trained weights are shipped for {name}"
+                              + (f" at quality {quality:g}" if quality is not None else "")
+                              + "; pass --weights FILE, or --untrained for its seeded random model")
+    if isinstance(model, CompressionModel):
+        if not model.is_updated:
+            model.update()
+        if quality is not None and model.quality_range is not None:
+            model.quality = model.check_quality(quality)
     return model
 
 
 def load_for_stream(data: bytes, device: str | torch.device = "cpu") -> nn.Module:
     """The shipped model whose id the stream carries, else the default model (which then
     refuses a stream it did not write with a clear ModelMismatchError)."""
-    entry = shipped_ids().get(bitstream.peek_model_id(data))
+    entry = weights_for_id(bitstream.peek_model_id(data))
     if entry is None:
         return load(device=device)
-    return load(entry[0], quality=entry[1], device=device)
+    return load_checkpoint(entry.file, device)
 
 
-def describe(model: nn.Module) -> str:
+def describe(model: nn.Module, quality: float | None = None) -> str:
+    """"preset qQ": the model and the quality it codes at (or a stream was coded at)."""
     meta = getattr(model, "checkpoint_metadata", {}) or {}
     label = model.config.name
-    if meta.get("quality") is not None:
-        label += f" q{meta['quality']}"
+    if quality is None:
+        quality = getattr(model, "quality", None)
+    if quality is None:
+        quality = meta.get("quality")
+    if quality is not None:
+        label += f" q{quality:g}"
     return label + (" (UNTRAINED: random weights, seed 0)" if meta.get("untrained") else "")
 
 
@@ -88,29 +97,83 @@ def _codec(model: nn.Module) -> CompressionModel:
     return model
 
 
-def _groups(sizes: Sequence[tuple[int, int]]) -> dict[tuple[int, int], list[int]]:
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, size in enumerate(sizes):
-        groups.setdefault(tuple(size), []).append(i)
+def _groups(keys: Sequence) -> dict:
+    """{key: indexes of the items with that key}, keys in first-seen order."""
+    groups: dict = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
     return groups
 
 
 @torch.no_grad()
 def compress(model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor],
-             batch_size: int = 64) -> bytes:
-    """Images ((3, H, W), a list of them, or (B, 3, H, W)) -> one tica bitstream."""
+             quality: float | Sequence[float] | None = None, batch_size: int = 64) -> bytes:
+    """Images ((3, H, W), a list of them, or (B, 3, H, W)) -> one tica bitstream. A
+    variable-rate model codes at `quality`: one for all images, or one per image (default:
+    the model's `quality`); the stream records it."""
     codec = _codec(model)
     images = _as_batch_list(images)
-    sizes = [tuple(img.shape[-2:]) for img in images]
+    if quality is None or isinstance(quality, (int, float)):
+        quality = [quality] * len(images)
+    if len(quality) != len(images):
+        raise TicaError(f"{len(quality)} qualities for {len(images)} images")
+    qualities = [codec.check_quality(q) for q in quality]
+    keys = [(tuple(img.shape[-2:]), q) for img, q in zip(images, qualities)]
     payloads: list[bytes] = [b""] * len(images)
     device = next(codec.parameters()).device
-    for idx in _groups(sizes).values():
+    for (_, q), idx in _groups(keys).items():
         for start in range(0, len(idx), batch_size):
             part = idx[start:start + batch_size]
             batch = torch.stack([images[i] for i in part]).to(device)
-            for i, p in zip(part, codec.compress(batch)):
+            for i, p in zip(part, codec.compress(batch, q)):
                 payloads[i] = p
-    return bitstream.pack(codec.model_id, sizes, payloads)
+    codes = None if codec.quality_range is None else [quality_code(q) for q in qualities]
+    return bitstream.pack(codec.model_id, [k[0] for k in keys], payloads, codes)
+
+
+@torch.no_grad()
+def qualities_for_bpp(model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor],
+                      target_bpp: float) -> list[float]:
+    """Per image, the highest quality (on the stream's 1/16 grid) whose single-image stream
+    takes at most `target_bpp` bits per pixel, container included: a bisection over real
+    streams. An image that exceeds the target even at the lowest quality gets that one."""
+    codec = _codec(model)
+    rng = codec.quality_range
+    if rng is None:
+        raise ConfigError(f"{codec.config.name} is a fixed-rate model: a target bpp needs a "
+                          f"variable-rate one")
+    if not target_bpp > 0:
+        raise ConfigError(f"the target bpp must be positive, got {target_bpp}")
+    images = _as_batch_list(images)
+    device = next(codec.parameters()).device
+
+    def bpp(img: torch.Tensor, code: int) -> float:
+        q = quality_from_code(code)
+        payload = codec.compress(img[None].to(device), q)[0]
+        nbytes = len(bitstream.pack(codec.model_id, [tuple(img.shape[-2:])], [payload], [code]))
+        return 8 * nbytes / (img.shape[-1] * img.shape[-2])
+
+    out = []
+    for img in images:
+        lo, hi = quality_code(rng[0]), quality_code(rng[1])   # invariant: answer in [lo, hi]
+        if bpp(img, hi) <= target_bpp:
+            out.append(quality_from_code(hi))
+            continue
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if bpp(img, mid) <= target_bpp:
+                lo = mid
+            else:
+                hi = mid - 1
+        out.append(quality_from_code(lo))
+    return out
+
+
+def stream_qualities(stream: Stream) -> list[float | None]:
+    """The quality each image of a stream was coded at (None: a fixed-rate model's)."""
+    if stream.quality_codes is None:
+        return [None] * len(stream.payloads)
+    return [quality_from_code(c) for c in stream.quality_codes]
 
 
 def parse(model: nn.Module, data: bytes, limits: Limits = Limits()) -> Stream:
@@ -122,19 +185,29 @@ def parse(model: nn.Module, data: bytes, limits: Limits = Limits()) -> Stream:
             f"bitstream was written by model id {stream.model_id:04x}, but the loaded model "
             f"{describe(model)} has id {codec.model_id:04x}: decode with the same weights "
             f"(--model / --quality / --weights) that encoded it")
+    rng = codec.quality_range
+    if (rng is None) != (stream.quality_codes is None):
+        raise BitstreamError("malformed stream: " + (
+            "it records a quality, but its model codes at one fixed rate" if rng is None
+            else "its variable-rate model needs the quality it was coded at, and it records none"))
+    if rng is not None and not all(rng[0] <= q <= rng[1] for q in stream_qualities(stream)):
+        raise BitstreamError(f"malformed stream: a quality code lies outside the model's range "
+                             f"{rng[0]:g}..{rng[1]:g}")
     return stream
 
 
 @torch.no_grad()
 def decompress(model: nn.Module, data: bytes | Stream, limits: Limits = Limits(),
                batch_size: int = 64):
-    """Yield (image indexes, image size, y_hat (b, M, h, w)) per same-size batch of the stream."""
+    """Yield (image indexes, image size, y_hat (b, M, h, w)) per batch of images of one size
+    (and one quality) in the stream."""
     stream = data if isinstance(data, Stream) else parse(model, data, limits)
     codec = _codec(model)
-    for size, idx in _groups(stream.sizes).items():
+    keys = list(zip(stream.sizes, stream_qualities(stream)))
+    for (size, quality), idx in _groups(keys).items():
         for start in range(0, len(idx), batch_size):
             part = idx[start:start + batch_size]
-            y_hat = codec.decompress([stream.payloads[i] for i in part], size)
+            y_hat = codec.decompress([stream.payloads[i] for i in part], size, quality)
             yield part, size, y_hat.to(next(codec.parameters()).device)
 
 
@@ -201,11 +274,19 @@ def inspect(data: bytes, limits: Limits = Limits()) -> dict:
     """What a stream holds, without any model: sizes, bytes, bits per pixel."""
     stream = bitstream.unpack(data, limits)
     pixels = sum(h * w for h, w in stream.sizes)
-    known = shipped_ids().get(stream.model_id)
+    known = weights_for_id(stream.model_id)
+    qualities = stream_qualities(stream)
+    if known is not None and known.quality is not None:
+        qualities = [float(known.quality)] * len(qualities)
+    label = None
+    if known is not None:
+        label = known.preset + ("" if qualities[0] is None else f" q{qualities[0]:g}"
+                                + (" ..." if len(set(qualities)) > 1 else ""))
     return {
         "version": bitstream.VERSION,
         "model_id": f"{stream.model_id:04x}",
-        "model": f"{known[0]} q{known[1]}" if known else None,
+        "model": label,
+        "qualities": qualities,
         "images": len(stream.payloads),
         "sizes": [list(s) for s in stream.sizes],
         "bytes": len(data),

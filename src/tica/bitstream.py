@@ -4,11 +4,16 @@ Layout, version 1 (all integers unsigned; varint = LEB128, at most 4 bytes)::
 
     offset  size  field
     0       2     magic b"\\x74\\xca"
-    2       1     version (high nibble) | flags (low nibble: 1 = batch, 2 = all one size)
+    2       1     version (high nibble) | flags (low nibble: 1 = batch, 2 = all one size,
+                  4 = a quality code follows the model id)
     3       2     model id, big-endian: first two bytes of the model's SHA-256 fingerprint
-    single image:  varint H, varint W, payload
+    single image:  varint H, varint W, [flag 4: varint quality code], payload
     batch:         varint count, sizes (once if flag 2, else per image: H, W),
+                   [flag 4: varint quality code per image],
                    varint payload length for every image but the last, payloads
+
+A variable-rate model's stream records the quality q each image was coded at as the code
+round((q - 1) * 16) (flag 4), so decoders need no flag; a fixed-rate model's stream has none.
     end     4     CRC-32 of every byte before it, big-endian
 
 A single 32x32 image costs 11 bytes of container (Kodak-sized: 13); a batch adds one or two
@@ -30,6 +35,8 @@ MAGIC = b"\x74\xca"
 VERSION = 1
 FLAG_BATCH = 0x1
 FLAG_UNIFORM = 0x2
+FLAG_QUALITY = 0x4
+MAX_QUALITY_CODE = 1 << 10
 _MAX_VARINT_BYTES = 4
 _CRC_BYTES = 4
 _FIXED = len(MAGIC) + 1 + 2
@@ -50,10 +57,26 @@ class Stream:
     model_id: int
     sizes: tuple[tuple[int, int], ...]
     payloads: tuple[bytes, ...]
+    quality_codes: tuple[int, ...] | None = None   # variable rate: each image's quality code
 
     @property
     def is_batch(self) -> bool:
         return len(self.payloads) != 1
+
+    def subset(self, indexes: list[int]) -> "Stream":
+        """The stream of some of its images (their sizes, payloads and quality codes)."""
+        codes = self.quality_codes
+        return Stream(self.model_id, tuple(self.sizes[i] for i in indexes),
+                      tuple(self.payloads[i] for i in indexes),
+                      None if codes is None else tuple(codes[i] for i in indexes))
+
+    @staticmethod
+    def concat(streams: list["Stream"]) -> "Stream":
+        """One stream of the images of several streams of one model, in order."""
+        codes = [s.quality_codes for s in streams]
+        return Stream(streams[0].model_id, tuple(x for s in streams for x in s.sizes),
+                      tuple(p for s in streams for p in s.payloads),
+                      None if codes[0] is None else tuple(c for cs in codes for c in cs))
 
 
 def _varint(value: int) -> bytes:
@@ -94,22 +117,30 @@ class _Reader:
         return h, w
 
 
-def pack(model_id: int, sizes: list[tuple[int, int]], payloads: list[bytes]) -> bytes:
-    """Wrap payloads (one per image) and their image sizes into a container."""
+def pack(model_id: int, sizes: list[tuple[int, int]], payloads: list[bytes],
+         quality_codes: list[int] | None = None) -> bytes:
+    """Wrap payloads (one per image) and their image sizes into a container; a
+    variable-rate model's streams also record the quality they were coded at."""
     if not payloads or len(sizes) != len(payloads):
         raise ValueError("need one size per payload and at least one payload")
     if not 0 <= model_id < 1 << 16:
         raise ValueError("model id must fit in 16 bits")
+    if quality_codes is not None and (len(quality_codes) != len(payloads) or not all(
+            0 <= c < MAX_QUALITY_CODE for c in quality_codes)):
+        raise ValueError(f"need one quality code in 0..{MAX_QUALITY_CODE - 1} per payload")
     out = bytearray(MAGIC)
     batch = len(payloads) > 1
     uniform = batch and len(set(sizes)) == 1
-    flags = (FLAG_BATCH if batch else 0) | (FLAG_UNIFORM if uniform else 0)
+    flags = ((FLAG_BATCH if batch else 0) | (FLAG_UNIFORM if uniform else 0)
+             | (FLAG_QUALITY if quality_codes is not None else 0))
     out.append(VERSION << 4 | flags)
     out += model_id.to_bytes(2, "big")
     if batch:
         out += _varint(len(payloads))
     for h, w in sizes[:1] if uniform or not batch else sizes:
         out += _varint(h) + _varint(w)
+    for code in quality_codes or ():
+        out += _varint(code)
     for payload in payloads[:-1]:
         out += _varint(len(payload))
     for payload in payloads:
@@ -144,7 +175,7 @@ def unpack(data: bytes, limits: Limits = Limits()) -> Stream:
     data = bytes(data)
     _check_prefix(data)
     flags = data[2] & 0x0F
-    if flags & ~(FLAG_BATCH | FLAG_UNIFORM) or (flags & FLAG_UNIFORM and not flags & FLAG_BATCH):
+    if flags & ~(FLAG_BATCH | FLAG_UNIFORM | FLAG_QUALITY) or (flags & FLAG_UNIFORM and not flags & FLAG_BATCH):
         raise BitstreamError(f"malformed stream: unknown flags {flags:#x}")
     end = len(data) - _CRC_BYTES
     if zlib.crc32(data[:end]) != int.from_bytes(data[end:], "big"):
@@ -165,6 +196,13 @@ def unpack(data: bytes, limits: Limits = Limits()) -> Stream:
         sizes = [r.size(limits) for _ in range(count)]
     if sum(h * w for h, w in sizes) > limits.max_total_pixels:
         raise BitstreamError(f"stream holds more than {limits.max_total_pixels} pixels")
+    codes = None
+    if flags & FLAG_QUALITY:
+        if count > end - r.pos:
+            raise BitstreamError("truncated stream: fewer quality codes than images")
+        codes = tuple(r.varint("quality code") for _ in range(count))
+        if max(codes) >= MAX_QUALITY_CODE:
+            raise BitstreamError(f"quality code {max(codes)} outside 0..{MAX_QUALITY_CODE - 1}")
     if count - 1 > end - r.pos:
         raise BitstreamError("truncated stream: fewer payload lengths than images")
     lengths = [r.varint("payload length") for _ in range(count - 1)]
@@ -178,10 +216,10 @@ def unpack(data: bytes, limits: Limits = Limits()) -> Stream:
     for n in lengths:
         payloads.append(data[pos:pos + n])
         pos += n
-    return Stream(model_id, tuple(sizes), tuple(payloads))
+    return Stream(model_id, tuple(sizes), tuple(payloads), codes)
 
 
 def overhead(stream: Stream) -> int:
     """Container bytes beyond the payloads."""
-    return len(pack(stream.model_id, list(stream.sizes), list(stream.payloads))) - sum(
-        len(p) for p in stream.payloads)
+    return len(pack(stream.model_id, list(stream.sizes), list(stream.payloads),
+                    stream.quality_codes)) - sum(len(p) for p in stream.payloads)

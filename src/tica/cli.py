@@ -21,14 +21,19 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help=f"registered preset ({', '.join(list_models())}); default: the shipped "
                         f"model the stream names, else {DEFAULT_MODEL}")
     g.add_argument("--weights", metavar="FILE", help="a tica checkpoint (.safetensors) instead")
-    g.add_argument("--quality", type=int, metavar="Q", help="rate point of the shipped weights")
+    g.add_argument("--quality", type=float, metavar="Q",
+                   help="rate: a fixed-rate preset's rate point, or any number in a variable-rate "
+                        "model's range (1 = lowest rate; the integers are its standard points)")
+    g.add_argument("--untrained", action="store_true",
+                   help="allow a preset with no shipped weights: its seeded random model")
 
 
 def _load_model(args: argparse.Namespace, stream: bytes | None = None):
     """The model the flags name; with none, the shipped model the stream's id names."""
     if stream is not None and not (args.model or args.quality is not None or args.weights):
         return api.load_for_stream(stream)
-    return api.load(args.model, quality=args.quality, weights=args.weights)
+    return api.load(args.model, quality=args.quality, weights=args.weights,
+                    untrained=args.untrained)
 
 
 def _read_stream(path: str) -> bytes:
@@ -45,11 +50,19 @@ def _bpp(nbytes: int, size: Sequence[int]) -> float:
 def cmd_encode(args: argparse.Namespace) -> int:
     images = [load_image(p) for p in args.images]
     model = _load_model(args)
-    data = api.compress(model, images)
+    qualities = None
+    if args.target_bpp is not None:
+        qualities = api.qualities_for_bpp(model, images, args.target_bpp)
+    data = api.compress(model, images, quality=qualities)
     atomic_write(args.output, lambda tmp: Path(tmp).write_bytes(data))
     pixels = sum(img.shape[1] * img.shape[2] for img in images)
-    report = {"output": args.output, "model": api.describe(model), "images": len(images),
+    label = api.describe(model, qualities[0] if qualities and len(set(qualities)) == 1 else None)
+    if qualities and len(set(qualities)) > 1:
+        label = f"{model.config.name} q{min(qualities):g}..{max(qualities):g}"
+    report = {"output": args.output, "model": label, "images": len(images),
               "bytes": len(data), "bpp": 8 * len(data) / pixels}
+    if qualities:
+        report["qualities"] = qualities
     if args.json:
         print(json.dumps(report))
     else:
@@ -115,10 +128,14 @@ def cmd_classify(args: argparse.Namespace) -> int:
     model = _load_model(args, data)
     stream = api.parse(model, data)
     results = api.classify(model, stream, k=args.top_k)
+    qualities = api.stream_qualities(stream)
     entries = [{"size": list(size), "bytes": len(payload),
                 "top": [{"label": p.label, "index": p.index, "prob": round(p.prob, 6)} for p in preds]}
                for size, payload, preds in zip(stream.sizes, stream.payloads, results)]
-    report = {"model": api.describe(model), "bytes": len(data)}
+    for entry, q in zip(entries, qualities):
+        if q is not None:
+            entry["quality"] = q
+    report = {"model": api.describe(model, qualities[0]), "bytes": len(data)}
     if len(entries) == 1:
         report.update(entries[0], bytes=len(data), bpp=_bpp(len(data), stream.sizes[0]))
     else:
@@ -193,24 +210,38 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .data import load_split
     from .evaluate import evaluate_codec
-    from .registry import shipped_weights
+    from .registry import standard_qualities
 
     split = load_split(args.data, args.split, limit=args.limit)
-    if args.weights or args.quality not in (None, "all"):
-        qualities = [None if args.weights else int(args.quality)]
+    model = api.load(args.model, weights=args.weights, untrained=args.untrained)
+    if args.quality not in (None, "all"):
+        try:
+            qualities = [float(q) for q in args.quality.split(",")]
+        except ValueError:
+            raise TicaError(f"--quality takes numbers or 'all', got {args.quality!r}") from None
+    elif getattr(model, "quality_range", None) is not None:
+        qualities = list(range(1, model.config.rate_levels + 1))
+    elif args.weights:
+        qualities = [None]
     else:
-        qualities = sorted(shipped_weights().get(args.model, {})) or [None]
+        qualities = standard_qualities(args.model) or [None]
     results = []
     for q in qualities:
-        model = api.load(args.model, quality=q, weights=args.weights)
-        q = (getattr(model, "checkpoint_metadata", {}) or {}).get("quality", q)
+        variable = getattr(model, "quality_range", None) is not None
+        if variable:
+            model.quality = model.check_quality(q)
+        elif not args.weights and q is not None:
+            model = api.load(args.model, quality=q)
+        q = model.quality if variable else (
+            (getattr(model, "checkpoint_metadata", {}) or {}).get("quality", q))
         results.append(evaluate_codec(model, split, quality=q).to_dict())
         if not args.json:
             r = results[-1]
             top = (f"top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  " if r["top1"] is not None
                    else "")
+            z = f"  z {100 * r['z_fraction']:.1f}% of payload" if r["z_fraction"] is not None else ""
             print(f"{api.describe(model)}: {top}bpp {r['bpp']:.4f}  PSNR {r['psnr']:.2f} dB  "
-                  f"MS-SSIM {r['ms_ssim']:.4f}  ({r['images']} images, {r['seconds']:.0f} s)")
+                  f"MS-SSIM {r['ms_ssim']:.4f}{z}  ({r['images']} images, {r['seconds']:.0f} s)")
     if args.json:
         print(json.dumps({"results": results}))
     return 0
@@ -234,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "several make one batch stream")
     p.add_argument("-o", "--output", required=True, metavar="OUT.tica")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.add_argument("--target-bpp", dest="target_bpp", type=float, metavar="X",
+                   help="variable-rate models: per image, the highest quality whose stream takes "
+                        "at most X bits per pixel (found by bisection over real streams)")
     _add_model_args(p)
     p.set_defaults(func=cmd_encode)
 
@@ -291,8 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", dest="run_dir", required=True)
     p.add_argument("--init", help="start from these weights (step 2: the step-1 export); "
                    "'step1' takes the step-1 network shipped for --model")
-    p.add_argument("--alpha", type=float)
-    p.add_argument("--beta", type=float)
+    p.add_argument("--alpha", type=float, help="CE weight (variable rate: of the lowest point)")
+    p.add_argument("--beta", type=float, help="MSE weight (variable rate: of the lowest point)")
+    p.add_argument("--alpha-max", dest="alpha_max", type=float,
+                   help="variable rate (--set rate_levels=L): CE weight of the highest point")
+    p.add_argument("--beta-max", dest="beta_max", type=float,
+                   help="variable rate: MSE weight of the highest point")
     p.add_argument("--quality", type=int, help="rate-point label stored with the weights")
     p.add_argument("--epochs", type=float)
     p.add_argument("--max-steps", dest="max_steps", type=int)
@@ -324,7 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="evaluate a class-balanced subset")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--weights", metavar="FILE")
-    p.add_argument("--quality", default="all", help="rate point, or 'all' (default)")
+    p.add_argument("--quality", default="all",
+                   help="quality, comma-separated qualities, or 'all' (default): the standard points")
+    p.add_argument("--untrained", action="store_true", help="allow an untrained preset")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 

@@ -18,6 +18,8 @@ CIFAR10_LABELS = (
 ARCHS = ("tica", "vit-pixel", "hyperprior")
 ACTIVATIONS = ("leaky_relu", "gdn")
 LATENT_PROXIES = ("noise", "ste")
+MAX_RATE_LEVELS = 16
+_LATER_FIELDS = {"rate_levels": 0}      # ModelConfig fields newer than the first weights
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,9 @@ class ModelConfig:
     fam_blocks: tuple[int, ...] = (1, 2, 3)
     # training proxy for rounding, as seen by the ViT and the decoder
     latent_proxy: str = "ste"
+    # variable rate (gain units, Cui et al. 2021): 0 = one fixed rate; L >= 2 = L standard
+    # rate points (quality 1 = lowest rate .. L), any quality in [1, L] by interpolation
+    rate_levels: int = 0
     # entropy models
     scale_min: float = 0.11
     scale_max: float = 256.0
@@ -79,6 +84,8 @@ class ModelConfig:
             problems.append(f"fam_blocks must lie in 1..depth={self.depth}")
         if self.img_size % (2 ** (self.stages + 1)) and self.arch != "vit-pixel":
             problems.append(f"img_size must be a multiple of 2^(stages+1)={2 ** (self.stages + 1)}")
+        if self.rate_levels == 1 or not 0 <= self.rate_levels <= MAX_RATE_LEVELS:
+            problems.append(f"rate_levels must be 0 (fixed rate) or 2..{MAX_RATE_LEVELS}")
         if not 0 < self.scale_min < self.scale_max:
             problems.append("need 0 < scale_min < scale_max")
         if problems:
@@ -105,6 +112,15 @@ class ModelConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def identity_json(self) -> str:
+        """The config as a model's fingerprint hashes it: fields added after version 1 are
+        left out at their neutral value, so existing weights keep their stream ids."""
+        data = self.to_dict()
+        for key, neutral in _LATER_FIELDS.items():
+            if data[key] == neutral:
+                del data[key]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
@@ -154,6 +170,11 @@ class TrainConfig:
     grad_clip: float = 1.0
     alpha: float = 1.0
     beta: float = 1e-3
+    # variable-rate models (rate_levels L > 0), step 2: alpha and beta are the weights of the
+    # lowest rate point, these of the highest; the L points between are geometric, and each
+    # training image draws its point at random
+    alpha_max: float | None = None
+    beta_max: float | None = None
     label_smoothing: float = 0.1
     ema: float = 0.0                          # 0 disables; else decay per step
     latent_std: float | None = 2.0            # step 2: rescale y to this std before training
@@ -175,6 +196,19 @@ class TrainConfig:
             raise ConfigError("optimizer must be adamw or adam")
         if self.batch_size < 1 or self.epochs <= 0:
             raise ConfigError("batch_size and epochs must be positive")
+        for lo, hi in ((self.alpha, self.alpha_max), (self.beta, self.beta_max)):
+            if hi is not None and (lo <= 0) != (hi <= 0):
+                raise ConfigError("alpha/beta and alpha_max/beta_max must both be positive or both 0")
+
+    def rate_points(self, levels: int) -> list[tuple[float, float]]:
+        """(alpha, beta) of each of `levels` standard rate points, lowest rate first:
+        geometric from (alpha, beta) to (alpha_max, beta_max)."""
+        def ramp(lo: float, hi: float | None) -> list[float]:
+            if hi is None or levels < 2 or lo <= 0:
+                return [lo if hi is None or lo > 0 else 0.0] * levels
+            return [lo * (hi / lo) ** (i / (levels - 1)) for i in range(levels)]
+
+        return list(zip(ramp(self.alpha, self.alpha_max), ramp(self.beta, self.beta_max)))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -66,6 +66,7 @@ class Coded:
     payload: list[int]
     x_hat: torch.Tensor | None
     logits: torch.Tensor | None
+    z_bytes: list[int] | None = None      # learned codecs: the hyper-latent's share
 
 
 def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
@@ -113,9 +114,12 @@ class LearnedPipeline(Pipeline):
         self.quality = quality if quality is not None else meta.get("quality")
 
     def run(self, x: torch.Tensor) -> Coded:
-        stream = bitstream.unpack(api.compress(self.model, x))
-        nbytes = [len(bitstream.pack(stream.model_id, [size], [payload]))
-                  for size, payload in zip(stream.sizes, stream.payloads)]
+        q = self.quality if getattr(self.model, "quality_range", None) is not None else None
+        stream = bitstream.unpack(api.compress(self.model, x, quality=q))
+        nbytes = [len(bitstream.pack(stream.model_id, [size], [payload],
+                                     None if code is None else [code]))
+                  for size, payload, code in zip(stream.sizes, stream.payloads,
+                                                 stream.quality_codes or [None] * len(x))]
         x_hat = quantize_8bit(torch.stack(api.reconstruct(self.model, stream)))
         if self.classifier is not None:
             logits = classify_pixels(self.classifier, x_hat)
@@ -123,7 +127,8 @@ class LearnedPipeline(Pipeline):
             logits = api.classify_logits(self.model, stream)
         else:
             logits = None
-        return Coded(nbytes, [len(p) for p in stream.payloads], x_hat, logits)
+        return Coded(nbytes, [len(p) for p in stream.payloads], x_hat, logits,
+                     self.model.z_bytes(x, q))
 
 
 class ClassicalPipeline(Pipeline):
@@ -168,6 +173,7 @@ class EvalResult:
     ms_ssim: float | None
     images: int
     seconds: float
+    z_fraction: float | None = None      # learned codecs: share of the payload bytes spent on z
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -186,6 +192,7 @@ def evaluate(pipeline: Pipeline, batches: Iterable[tuple[torch.Tensor, torch.Ten
     start = time.perf_counter()
     n = pixels = correct1 = correct5 = labelled = 0
     bits = payload_bits = sq_err_sum = ssim_sum = 0.0
+    z_bytes: int | None = None
     psnrs: list[float] = []
     for x, labels in batches:
         coded = pipeline.run(x)
@@ -193,6 +200,8 @@ def evaluate(pipeline: Pipeline, batches: Iterable[tuple[torch.Tensor, torch.Ten
         pixels += len(x) * x.shape[-1] * x.shape[-2]
         bits += 8 * sum(coded.nbytes)
         payload_bits += 8 * sum(coded.payload)
+        if coded.z_bytes is not None:
+            z_bytes = (z_bytes or 0) + sum(coded.z_bytes)
         if coded.logits is not None and labels is not None:
             top = coded.logits.topk(min(5, coded.logits.shape[1]), dim=1).indices
             correct1 += int((top[:, 0] == labels).sum())
@@ -214,7 +223,8 @@ def evaluate(pipeline: Pipeline, batches: Iterable[tuple[torch.Tensor, torch.Ten
         psnr=float(psnr(torch.tensor(sq_err_sum / n))) if decoded else None,
         psnr_per_image=sum(psnrs) / len(psnrs) if decoded else None,
         ms_ssim=ssim_sum / n if decoded else None, images=n,
-        seconds=time.perf_counter() - start)
+        seconds=time.perf_counter() - start,
+        z_fraction=8 * z_bytes / payload_bits if z_bytes is not None and payload_bits else None)
 
 
 def evaluate_codec(model, split: ImageFolderSplit, batch: int = 250, quality: int | None = None

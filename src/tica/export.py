@@ -37,20 +37,30 @@ from .checkpoint import atomic_write
 from .entropy.coder import CodingTables, SymbolEncoder
 from .errors import CheckpointError, TicaError
 from .models import CompressionModel
+from .models.codec import quality_code
 from .nn.integer import ACT_BITS, ACT_FRAC_BITS, INPUT_BITS, IntegerHyperSynthesis
 
 OPSET = 17
 
 
+def _gain(model: CompressionModel) -> torch.Tensor | None:
+    """A variable-rate model's gain at its current quality, (1, M, 1, 1); None at a fixed rate."""
+    gain, _ = model._gain_pair(model.quality, 1)
+    return None if gain is None else gain.detach().float()
+
+
 class _Analysis(nn.Module):
-    """g_a and h_a: the float networks of the encoder."""
+    """g_a (times a variable-rate model's gain at the exported quality) and h_a: the float
+    networks of the encoder."""
 
     def __init__(self, model: CompressionModel) -> None:
         super().__init__()
         self.g_a, self.h_a = model.g_a, model.h_a
+        gain = _gain(model)
+        self.register_buffer("gain", gain if gain is not None else torch.ones(1, model.config.M, 1, 1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = self.g_a(x)
+        y = self.g_a(x) * self.gain
         limit = 2 ** INPUT_BITS - 1
         return y, torch.round(self.h_a(y)).clamp(-limit, limit)
 
@@ -149,8 +159,11 @@ def export_onnx(model: CompressionModel, out_dir: str | Path, check: bool = True
     atomic_write(out / "tables.npz", lambda tmp: np.savez(
         open(tmp, "wb"), z_freqs=gz.freqs, z_lengths=gz.lengths, z_offsets=gz.offsets,
         y_freqs=gy.freqs, y_lengths=gy.lengths, y_offsets=gy.offsets))
+    variable = model.quality_range is not None
     meta = {"format": "tica-edge", "version": 1, "model": model.config.name,
-            "quality": (getattr(model, "checkpoint_metadata", {}) or {}).get("quality"),
+            "quality": model.quality if variable else
+            (getattr(model, "checkpoint_metadata", {}) or {}).get("quality"),
+            "quality_code": quality_code(model.quality) if variable else None,
             "model_id": f"{model.model_id:04x}", "stride": s, "N": model.config.N,
             "M": model.config.M, "files": {f: _sha256(out / f) for f in
                                            ("analysis.onnx", "hyper.onnx", "tables.npz")}}
@@ -168,7 +181,8 @@ def check_export(model: CompressionModel, out_dir: str | Path) -> dict:
     x = torch.rand(1, 3, 4 * s, 5 * s, generator=torch.Generator().manual_seed(1))
     y_onnx, z_onnx = encoder.analyse(x.numpy())
     with torch.no_grad():
-        y_torch = model.g_a(x)
+        gain = _gain(model)
+        y_torch = model.g_a(x) * (gain if gain is not None else 1)
         z_int, indexes, means, _ = model.analyze(x)
     index_onnx, mean_onnx = encoder.hyper(z_int.numpy())
     result = {"y_max_abs_diff": float(np.abs(y_onnx - y_torch.numpy()).max()),
@@ -206,6 +220,7 @@ class EdgeEncoder:
         self.y_tables = _tables(t["y_freqs"], t["y_lengths"], t["y_offsets"])
         self.model_id = int(self.meta["model_id"], 16)
         self.stride = int(self.meta["stride"])
+        self.quality_code = self.meta.get("quality_code")
 
     def analyse(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         y, z = self._analysis.run(None, {"x": x.astype(np.float32)})
@@ -236,7 +251,8 @@ class EdgeEncoder:
         z_int = z.astype(np.int64)
         enc.encode(z_int, np.broadcast_to(np.arange(z.shape[0])[:, None, None], z.shape), self.z_tables)
         enc.encode(symbols.astype(np.int64), index, self.y_tables)
-        return bitstream.pack(self.model_id, [tuple(image.shape[1:])], [enc.finish()])
+        codes = None if self.quality_code is None else [self.quality_code]
+        return bitstream.pack(self.model_id, [tuple(image.shape[1:])], [enc.finish()], codes)
 
 
 def _tables(freqs, lengths, offsets) -> CodingTables:

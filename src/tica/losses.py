@@ -17,24 +17,41 @@ def psnr(mse_255: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(255.0 ** 2 / mse_255.clamp_min(1e-10))
 
 
-def rda_loss(out: dict, x: torch.Tensor, labels: torch.Tensor | None, alpha: float, beta: float,
+Weight = float | torch.Tensor
+
+
+def _weighted(per_sample: torch.Tensor, weight: Weight) -> torch.Tensor:
+    """mean of weight * per_sample, with a weight per sample (B,) or one for all."""
+    return (per_sample * weight).mean() if torch.is_tensor(weight) else weight * per_sample.mean()
+
+
+def _active(weight: Weight) -> bool:
+    return bool((weight != 0).any()) if torch.is_tensor(weight) else bool(weight)
+
+
+def rda_loss(out: dict, x: torch.Tensor, labels: torch.Tensor | None, alpha: Weight, beta: Weight,
              label_smoothing: float = 0.1, rate_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """Loss and its parts for any model of the family: terms whose outputs a model does not
-    produce (logits, x_hat, likelihoods) are left out. `bpp` is reported unweighted."""
+    produce (logits, x_hat, likelihoods) are left out. `alpha` and `beta` are one number, or
+    one per image (B,) when a variable-rate model trains each image at its own rate point.
+    The reported `ce`, `mse` and `bpp` are unweighted batch means."""
     terms: dict[str, torch.Tensor] = {}
     loss = x.new_zeros(())
-    if "logits" in out and labels is not None and alpha:
+    if "logits" in out and labels is not None and _active(alpha):
         logits = out["logits"].float()
-        terms["ce"] = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        ce = F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="none")
+        terms["ce"] = ce.mean()
         terms["acc"] = (logits.argmax(1) == labels).float().mean()
-        loss = loss + alpha * terms["ce"]
-    if "x_hat" in out and beta:
-        terms["mse"] = F.mse_loss(out["x_hat"].float() * 255, x.float() * 255)
+        loss = loss + _weighted(ce, alpha)
+    if "x_hat" in out and _active(beta):
+        mse = (out["x_hat"].float() * 255 - x.float() * 255).square().flatten(1).mean(1)
+        terms["mse"] = mse.mean()
         terms["psnr"] = psnr(terms["mse"].detach())
-        loss = loss + beta * terms["mse"]
+        loss = loss + _weighted(mse, beta)
     if out.get("likelihoods"):
         B, _, H, W = x.shape
-        terms["bpp"] = bits_per_pixel(out["likelihoods"], B * H * W)
+        bits = sum(-torch.log2(lik).flatten(1).sum(1) for lik in out["likelihoods"].values())
+        terms["bpp"] = bits.mean() / (H * W)
         loss = loss + rate_weight * terms["bpp"]
     terms["loss"] = loss
     return terms

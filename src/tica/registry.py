@@ -4,6 +4,7 @@ weights shipped for them. `create_model(name, **overrides)` as in timm."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -76,42 +77,93 @@ def create_model(name: str, seed: int = 0, **overrides) -> nn.Module:
     return build_model(get_config(name, **overrides), seed)
 
 
-# ---- shipped weights -----------------------------------------------------------------------
+# ---- shipped weights: one manifest, one resolver ---------------------------------------------
 WEIGHTS_PACKAGE = "tica.weights"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "tica-weights-manifest"
+ROLES = ("codec", "classifier", "step1")
 
 
-def _weights_index() -> tuple[Path, dict]:
-    root = Path(str(resources.files(WEIGHTS_PACKAGE)))
-    index = root / "index.json"
-    return root, (json.loads(index.read_text()) if index.is_file() else {})
+@dataclass(frozen=True)
+class ShippedWeights:
+    """One artifact of the manifest: what it is, where its file is, the file's SHA-256,
+    the stream id it writes, how it was trained and what it measured."""
+
+    name: str                       # unique artifact name, e.g. "tica-cifar"
+    file: Path
+    preset: str
+    role: str                       # codec (coding-ready) | classifier | step1 (an --init)
+    sha256: str
+    model_id: int | None = None     # codecs: the 16-bit id their streams carry
+    quality: int | None = None      # a fixed-rate codec's rate point
+    rate_levels: int = 0            # a variable-rate codec's standard points (1..L)
+    trained: dict = field(default_factory=dict)
+    results: dict = field(default_factory=dict)
+
+    @property
+    def standard_qualities(self) -> list[int]:
+        """The named rate points this artifact codes at."""
+        if self.rate_levels:
+            return list(range(1, self.rate_levels + 1))
+        return [self.quality] if self.quality is not None else []
 
 
-def shipped_weights() -> dict[str, dict[int, Path]]:
-    """{preset: {quality: path}}: the coding-ready weights inside the package."""
-    root, index = _weights_index()
-    return {name: {int(q): root / f for q, f in entries.items()}
-            for name, entries in index.get("codecs", {}).items()}
+def weights_root() -> Path:
+    return Path(str(resources.files(WEIGHTS_PACKAGE)))
 
 
-def shipped_ids() -> dict[int, tuple[str, int]]:
-    """{16-bit model id: (preset, quality)} of the shipped codecs, so a stream names the
-    weights that decode it."""
-    _, index = _weights_index()
-    return {int(k, 16): (v[0], int(v[1])) for k, v in index.get("ids", {}).items()}
+def read_manifest(path: Path | None = None) -> list[ShippedWeights]:
+    """Every shipped artifact; ConfigError on a malformed manifest."""
+    path = path or weights_root() / MANIFEST
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"format is not {MANIFEST_FORMAT}")
+        entries = []
+        for e in data["weights"]:
+            e = dict(e)
+            e["file"] = path.parent / e["file"]
+            if e.get("model_id") is not None:
+                e["model_id"] = int(e["model_id"], 16)
+            if e["role"] not in ROLES:
+                raise ValueError(f"unknown role {e['role']!r}")
+            entries.append(ShippedWeights(**e))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"malformed weights manifest {path}: {exc}") from None
+    return entries
 
 
-def shipped_model(name: str) -> Path | None:
-    """The shipped weights of a model with no rate points (a classifier baseline)."""
-    root, index = _weights_index()
-    f = index.get("models", {}).get(name)
-    return root / f if f else None
+def find_weights(preset: str, role: str = "codec", quality: float | None = None
+                 ) -> ShippedWeights | None:
+    """The shipped artifact of `preset` in `role` that codes at `quality` (None: the
+    preset's default, its highest rate point). ConfigError if the preset has weights but
+    none at that quality."""
+    entries = [e for e in read_manifest() if e.preset == preset and e.role == role]
+    if not entries:
+        return None
+    variable = [e for e in entries if e.rate_levels]
+    if variable:
+        return variable[0]
+    if quality is None:
+        return max(entries, key=lambda e: e.quality or 0)
+    for e in entries:
+        if e.quality is not None and e.quality == quality:
+            return e
+    raise ConfigError(f"{preset} has no rate point {quality:g}; available: "
+                      f"{sorted(e.quality for e in entries if e.quality is not None)}")
 
 
-def step1_weights(name: str) -> Path | None:
-    """The shipped step-1 network of a preset: the start of new rate points (--init)."""
-    root, index = _weights_index()
-    f = index.get("step1", {}).get(name)
-    return root / f if f else None
+def weights_for_id(model_id: int) -> ShippedWeights | None:
+    """The shipped codec whose streams carry `model_id`."""
+    return next((e for e in read_manifest() if e.model_id == model_id), None)
+
+
+def standard_qualities(preset: str) -> list[int]:
+    """The named rate points of a preset's shipped codec(s), lowest rate first."""
+    return sorted(q for e in read_manifest() if e.preset == preset and e.role == "codec"
+                  for q in e.standard_qualities)
 
 
 DEFAULT_MODEL = "tica-cifar"

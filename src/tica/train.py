@@ -31,7 +31,7 @@ from .data import RandomCrops, augment, load_split, read_shards, synthetic_split
 from .errors import CheckpointError, TicaError
 from .losses import cosine_lr, rda_loss
 from .models import CompressionModel
-from .registry import build_model, get_config, step1_weights
+from .registry import build_model, find_weights, get_config
 
 STATE_FILE = "checkpoint.safetensors"
 STATE_FORMAT = "tica-train-state"
@@ -174,25 +174,43 @@ def _eval_data(cfg: TrainConfig, img_size: int):
 
 class Objective(nn.Module):
     """Model + loss in one module, so DistributedDataParallel sees (and all-reduces) every
-    gradient, the auxiliary quantile loss's included."""
+    gradient, the auxiliary quantile loss's included.
+
+    A variable-rate model (rate_levels L) in step 2 trains every image at a standard rate
+    point drawn uniformly from 1..L, with that point's (alpha, beta): one batch teaches all
+    of them. `terms["loss"]` is the objective; `terms["aux"]`, the quantiles' loss, is
+    optimised beside it but logged apart."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig) -> None:
         super().__init__()
         self.model, self.cfg = model, cfg
         self.codec = isinstance(model, CompressionModel)
+        levels = model.config.rate_levels if self.codec and cfg.step == 2 else 0
+        self.levels = levels
+        if levels:
+            alphas, betas = zip(*cfg.rate_points(levels))
+            self.register_buffer("alphas", torch.tensor(alphas), persistent=False)
+            self.register_buffer("betas", torch.tensor(betas), persistent=False)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None, rate_weight: float = 1.0
                 ) -> dict[str, torch.Tensor]:
-        out = self.model(x, entropy=self.cfg.step == 2) if self.codec else self.model(x)
-        terms = rda_loss(out, x, labels, self.cfg.alpha, self.cfg.beta, self.cfg.label_smoothing,
-                         rate_weight)
+        alpha, beta, quality = self.cfg.alpha, self.cfg.beta, None
+        if self.levels:
+            level = torch.randint(self.levels, (x.shape[0],)).to(x.device)
+            alpha, beta, quality = self.alphas[level], self.betas[level], level + 1
+        if self.codec:
+            out = self.model(x, entropy=self.cfg.step == 2, quality=quality)
+        else:
+            out = self.model(x)
+        terms = rda_loss(out, x, labels, alpha, beta, self.cfg.label_smoothing, rate_weight)
         if self.codec and self.cfg.step == 2:
             terms["aux"] = self.model.aux_loss()
-            terms["loss"] = terms["loss"] + terms["aux"]
         return terms
 
 
-_HYPER = ("h_a.", "h_s.", "entropy_bottleneck.")
+# the hyperprior, the densities and the rate gains start from scratch in step 2: they may
+# learn at their own `hyper_lr`
+_HYPER = ("h_a.", "h_s.", "entropy_bottleneck.", "log_gain", "log_inv_gain")
 
 
 def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
@@ -283,9 +301,10 @@ def build_initial_model(cfg: TrainConfig) -> nn.Module:
     if cfg.init:
         init = cfg.init
         if init == "step1":           # the shipped step-1 network of the preset
-            init = step1_weights(cfg.model)
-            if init is None:
+            entry = find_weights(cfg.model, "step1")
+            if entry is None:
                 raise TicaError(f"no step-1 weights are shipped for {cfg.model}")
+            init = entry.file
         model = load_checkpoint(init)
         if cfg.model_overrides:
             model = _transplant(model, cfg.model_overrides, cfg.seed)
@@ -415,7 +434,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             with autocast():
                 terms = objective(x, labels, rate_weight)
             optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
+            (terms["loss"] + terms["aux"] if "aux" in terms else terms["loss"]).backward()
             if cfg.grad_clip:   # the quantiles' auxiliary gradients stay out of the norm
                 nn.utils.clip_grad_norm_(clipped, cfg.grad_clip)
             optimizer.step()
@@ -460,8 +479,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         export.eval()
         if isinstance(export, CompressionModel) and cfg.step == 2:
             export.update()
-        save_checkpoint(export, out, {"quality": cfg.quality, "alpha": cfg.alpha, "beta": cfg.beta,
-                                      "step": cfg.step, "train_steps": step, "model": config.name})
+        meta = {"quality": cfg.quality, "alpha": cfg.alpha, "beta": cfg.beta, "step": cfg.step,
+                "train_steps": step, "model": config.name}
+        if isinstance(export, CompressionModel) and config.rate_levels and cfg.step == 2:
+            meta["quality"] = None
+            meta["rate_points"] = cfg.rate_points(config.rate_levels)
+        save_checkpoint(export, out, meta)
         _log(run_dir / "metrics.jsonl", {"step": step, "done": True, "wall_s": wall, "world": world})
     return TrainResult(out, model, step)
 
@@ -469,7 +492,18 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
 @torch.no_grad()
 def evaluate_estimate(model: nn.Module, split, cfg: TrainConfig, batch: int = 250) -> dict:
     """Quick in-training score on held-out images: top-1, PSNR and the *estimated* bpp of
-    the eval-mode forward (rounded latents). `tica eval` measures real bitstreams."""
+    the eval-mode forward (rounded latents). `tica eval` measures real bitstreams. A
+    variable-rate model is scored at its lowest and highest standard points (`q1/...`)."""
+    levels = model.config.rate_levels if isinstance(model, CompressionModel) and cfg.step == 2 else 0
+    if not levels:
+        return _estimate_at(model, split, cfg, batch, None)
+    result = {}
+    for q in (1, levels):
+        result.update({f"q{q}/{k}": v for k, v in _estimate_at(model, split, cfg, batch, q).items()})
+    return result
+
+
+def _estimate_at(model: nn.Module, split, cfg: TrainConfig, batch: int, quality) -> dict:
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
@@ -477,7 +511,10 @@ def evaluate_estimate(model: nn.Module, split, cfg: TrainConfig, batch: int = 25
     for start in range(0, len(split), batch):
         x = split.images[start:start + batch].float().div(255).to(device)
         y = split.labels[start:start + batch].to(device)
-        out = model(x, entropy=cfg.step == 2) if isinstance(model, CompressionModel) else model(x)
+        if isinstance(model, CompressionModel):
+            out = model(x, entropy=cfg.step == 2, quality=quality)
+        else:
+            out = model(x)
         terms = rda_loss(out, x, y, 1.0, 1.0)
         for k in ("acc", "psnr", "bpp", "mse"):
             if k in terms:

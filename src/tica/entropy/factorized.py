@@ -76,8 +76,35 @@ class EntropyBottleneck(TableOwner):
         return torch.abs(logits - self.target).sum()
 
     @torch.no_grad()
-    def update(self) -> None:
-        """Build the integer coding tables: one per channel over [floor(q_low), ceil(q_high)]."""
+    def fit_quantiles(self, iterations: int = 60) -> None:
+        """Set `quantiles` to the tail_mass/2, median and 1 - tail_mass/2 points of the
+        learned CDF by bisection (as CompressAI's PR #231 does), whatever the auxiliary loss
+        reached: the coding tables then hold all but tail_mass of each channel's mass."""
+        C = self.channels
+        low = torch.full((C, 1, 3), -float(MAX_TABLE), dtype=torch.float64)
+        high = torch.full((C, 1, 3), float(MAX_TABLE), dtype=torch.float64)
+        target = self.target.detach().double().view(1, 1, 3)
+        params = [p.detach().double() for p in (*self.matrices, *self.biases, *self.factors)]
+        n = len(self.matrices)
+        matrices, biases, factors = params[:n], params[n:2 * n], params[2 * n:]
+        for _ in range(iterations):
+            mid = (low + high) / 2
+            x = mid
+            for i, (matrix, bias) in enumerate(zip(matrices, biases)):
+                x = torch.matmul(F.softplus(matrix), x) + bias
+                if i < len(factors):
+                    x = x + torch.tanh(factors[i]) * torch.tanh(x)
+            above = x > target                     # the CDF is monotone in its argument
+            high = torch.where(above, mid, high)
+            low = torch.where(above, low, mid)
+        self.quantiles.copy_(((low + high) / 2).to(self.quantiles.dtype))
+
+    @torch.no_grad()
+    def update(self, refit: bool = True) -> None:
+        """Build the integer coding tables: one per channel over [floor(q_low), ceil(q_high)].
+        `refit` first sets the quantiles from the learned CDF (fit_quantiles)."""
+        if refit:
+            self.fit_quantiles()
         q = self.quantiles.detach().double()
         low = torch.floor(q[:, 0, 0]).clamp(-MAX_TABLE // 2, MAX_TABLE // 2)
         high = torch.ceil(q[:, 0, 2]).clamp(-MAX_TABLE // 2, MAX_TABLE // 2)

@@ -11,11 +11,20 @@ Data flow (Bai et al., 2022, Fig. 2; Minnen et al., 2018)::
                        |                           |
                        +-- round(y - means) -------+--(Gaussian conditional)--> bits
                              y_hat = symbols + means   (what the ViT and g_s consume)
+
+Variable rate (`rate_levels` = L > 0; gain units, Cui et al., "Asymmetric Gained Deep Image
+Compression With Continuous Rate Adaptation", CVPR 2021): y is multiplied by a learned
+per-channel gain before everything above and y_hat by an inverse gain after, one pair per
+standard rate point (quality 1..L, 1 = lowest rate); a quality between two points takes the
+exponential interpolation of their vectors. The gain only changes which symbols are written
+and how y_hat is rescaled: the table indexes and means still come from z alone through the
+exact integer h_s, so decoding stays bit-exact at any quality.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 import torch
@@ -25,11 +34,21 @@ from torch import nn
 from ..config import ModelConfig
 from ..entropy import EntropyBottleneck, GaussianConditional, SymbolDecoder, SymbolEncoder
 from ..entropy._ops import quantize
-from ..errors import NotUpdatedError
+from ..errors import ConfigError, NotUpdatedError
 from ..nn.conv import analysis, hyper_analysis, hyper_synthesis, nhwc
 from ..nn.integer import INPUT_BITS, IntegerHyperSynthesis
 
 Likelihoods = dict[str, torch.Tensor]
+QUALITY_STEPS = 16          # a stream records quality to 1/16: code = round((q - 1) * 16)
+
+
+def quality_code(quality: float) -> int:
+    """The integer a stream stores for `quality` (>= 1)."""
+    return int(round((float(quality) - 1.0) * QUALITY_STEPS))
+
+
+def quality_from_code(code: int) -> float:
+    return 1.0 + code / QUALITY_STEPS
 
 
 def pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -52,8 +71,17 @@ class CompressionModel(nn.Module):
         self.entropy_bottleneck = EntropyBottleneck(c.N, tail_mass=c.tail_mass)
         self.gaussian_conditional = GaussianConditional(c.scale_min, c.scale_max,
                                                         c.scale_levels, c.tail_mass)
+        if c.rate_levels:
+            # log gain and log inverse gain per standard rate point, (L, M). Initialised to a
+            # spread of x8 from the lowest to the highest point, so each point starts at a
+            # different rate rather than all at one.
+            spread = torch.linspace(-1.5, 1.5, c.rate_levels).mul(math.log(2))[:, None]
+            self.log_gain = nn.Parameter(spread.repeat(1, c.M))
+            self.log_inv_gain = nn.Parameter(-spread.repeat(1, c.M))
         self._int_h_s: IntegerHyperSynthesis | None = None
         self._fingerprint: bytes | None = None
+        # the quality `compress` uses when none is passed: the highest standard point
+        self.quality: float | None = float(c.rate_levels) if c.rate_levels else None
 
     # ---- shapes -------------------------------------------------------------------------
     def latent_grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
@@ -61,20 +89,69 @@ class CompressionModel(nn.Module):
         s, f = self.config.stride, 2 ** self.config.stages
         return (-(-image_size[0] // s) * s // f, -(-image_size[1] // s) * s // f)
 
+    # ---- variable rate ----------------------------------------------------------------------
+    @property
+    def quality_range(self) -> tuple[float, float] | None:
+        """[lowest, highest] quality of a variable-rate model; None for a fixed-rate one."""
+        L = self.config.rate_levels
+        return (1.0, float(L)) if L else None
+
+    def check_quality(self, quality: float | None) -> float | None:
+        """The quality coding will use: `quality` snapped to the stream's 1/16 grid, or the
+        model's default for None. ConfigError if out of range, or given to a fixed-rate model."""
+        if quality is None:
+            return self.quality
+        rng = self.quality_range
+        if rng is None:
+            raise ConfigError(f"{self.config.name} is a fixed-rate model: it takes no quality")
+        q = float(quality)
+        if not rng[0] <= q <= rng[1]:
+            raise ConfigError(f"quality {q:g} is outside {self.config.name}'s range "
+                              f"{rng[0]:g}..{rng[1]:g} (1 = lowest rate)")
+        return quality_from_code(quality_code(q))
+
+    def gains(self, quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """quality (B,) in [1, L] -> (gain, inverse gain), each (B, M, 1, 1): log-linear
+        interpolation between the two standard points around each quality."""
+        L = self.config.rate_levels
+        q = quality.to(self.log_gain.device, torch.float32).clamp(1, L) - 1
+        low = q.floor().clamp(max=L - 2).long()
+        t = (q - low)[:, None]
+
+        def interpolate(table: torch.Tensor) -> torch.Tensor:
+            return torch.exp((1 - t) * table[low] + t * table[low + 1])[:, :, None, None]
+
+        return interpolate(self.log_gain), interpolate(self.log_inv_gain)
+
+    def _gain_pair(self, quality: float | torch.Tensor | None, batch: int):
+        """(gain, inverse gain) for a batch, or (None, None) for a fixed-rate model."""
+        if not self.config.rate_levels:
+            return None, None
+        if quality is None:
+            quality = self.quality
+        if not torch.is_tensor(quality):
+            quality = torch.full((batch,), float(quality))
+        return self.gains(quality)
+
     # ---- training path --------------------------------------------------------------------
-    def encode_latent(self, x: torch.Tensor, entropy: bool = True
+    def encode_latent(self, x: torch.Tensor, entropy: bool = True,
+                      quality: float | torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, Likelihoods | None]:
         """x (B, 3, H, W) in [0, 1] -> (y as the ViT and decoder should see it, likelihoods).
 
         entropy=False is the paper's step 1: no hyperprior, no quantization.
         Training: the rate uses y + uniform noise; the networks see either that same noisy
         y or the straight-through rounded y (`latent_proxy`). Eval: round(y - mu) + mu, the
-        value the decoder rebuilds.
+        value the decoder rebuilds. `quality` (a number or (B,) per image) picks the gain of a
+        variable-rate model (default: the model's `quality`); step 1 uses no gain.
         """
         # fp32 from here on even under bf16 autocast: rounding and rates need the precision
         y = self.g_a(nhwc(pad_to(x, self.config.stride))).float()
         if not entropy:
             return y, None
+        gain, inv_gain = self._gain_pair(quality, x.shape[0])
+        if gain is not None:
+            y = y * gain
         z_hat, z_lik = self.entropy_bottleneck(self.h_a(y), "noise" if self.training else "round")
         scales, means = self.h_s(z_hat).float().chunk(2, dim=1)
         if self.training:
@@ -83,6 +160,8 @@ class CompressionModel(nn.Module):
         else:
             y_rate = y_net = quantize(y, "round", means)
         y_lik = self.gaussian_conditional.likelihood(y_rate, scales, means)
+        if inv_gain is not None:
+            y_net = y_net * inv_gain
         return y_net, {"y": y_lik, "z": z_lik}
 
     def aux_loss(self) -> torch.Tensor:
@@ -118,7 +197,7 @@ class CompressionModel(nn.Module):
         """SHA-256 of the config and every tensor: the identity a bitstream is tied to."""
         self._require_update()
         if self._fingerprint is None:
-            h = hashlib.sha256(self.config.to_json().encode())
+            h = hashlib.sha256(self.config.identity_json().encode())
             for name, tensor in sorted(self.state_dict().items()):
                 t = tensor.detach().cpu().contiguous()
                 h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
@@ -138,44 +217,69 @@ class CompressionModel(nn.Module):
         return self.gaussian_conditional.indexes(scales).numpy(), means.float()
 
     @torch.no_grad()
-    def analyze(self, x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, torch.Tensor]:
+    def analyze(self, x: torch.Tensor, quality: float | None = None
+                ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, torch.Tensor]:
         """x -> (z_int, y indexes, means, y symbols): everything `compress` codes.
-        y_hat = symbols + means is exactly what `decompress` returns."""
+        `dequantize(symbols + means)` is exactly what `decompress` returns."""
         self._require_update()
         y = self.g_a(nhwc(pad_to(x, self.config.stride)))
+        gain, _ = self._gain_pair(self.check_quality(quality), x.shape[0])
+        if gain is not None:
+            y = y.float() * gain
         limit = 2 ** INPUT_BITS - 1
         z_int = torch.round(self.h_a(y)).clamp(-limit, limit).cpu()
         indexes, means = self._hyper_decode(z_int)
         symbols = torch.round(y.float().cpu() - means)
         return z_int, indexes, means, symbols
 
+    def dequantize(self, y_gained: torch.Tensor, quality: float | None = None) -> torch.Tensor:
+        """symbols + means -> y_hat as the ViT and g_s see it (the inverse gain applied)."""
+        _, inv_gain = self._gain_pair(self.check_quality(quality), y_gained.shape[0])
+        return y_gained if inv_gain is None else y_gained * inv_gain.to(y_gained.device)
+
     @torch.no_grad()
-    def latent(self, x: torch.Tensor) -> torch.Tensor:
-        """The quantized latent y_hat the decoder will rebuild from compress(x)."""
-        _, _, means, symbols = self.analyze(x)
-        return symbols + means
+    def latent(self, x: torch.Tensor, quality: float | None = None) -> torch.Tensor:
+        """The quantized latent y_hat the decoder will rebuild from compress(x, quality)."""
+        _, _, means, symbols = self.analyze(x, quality)
+        return self.dequantize(symbols + means, quality)
 
     def _z_index(self, shape: tuple[int, ...]) -> np.ndarray:
         """Table index of each z element: its channel."""
         return np.broadcast_to(np.arange(shape[0])[:, None, None], shape)
 
+    def _encode_z(self, enc: SymbolEncoder, z: np.ndarray) -> None:
+        enc.encode(z, self._z_index(z.shape), self.entropy_bottleneck.tables)
+
     @torch.no_grad()
-    def compress(self, x: torch.Tensor) -> list[bytes]:
+    def compress(self, x: torch.Tensor, quality: float | None = None) -> list[bytes]:
         """x (B, 3, H, W) in [0, 1] -> one entropy-coded payload per image (z then y)."""
-        z_int, indexes, _, symbols = self.analyze(x)
+        z_int, indexes, _, symbols = self.analyze(x, quality)
         z_np, y_np = z_int.long().numpy(), symbols.long().numpy()
         payloads = []
         for b in range(x.shape[0]):
             enc = SymbolEncoder()
-            enc.encode(z_np[b], self._z_index(z_np[b].shape), self.entropy_bottleneck.tables)
+            self._encode_z(enc, z_np[b])
             enc.encode(y_np[b], indexes[b], self.gaussian_conditional.tables)
             payloads.append(enc.finish())
         return payloads
 
     @torch.no_grad()
-    def decompress(self, payloads: list[bytes], image_size: tuple[int, int]) -> torch.Tensor:
-        """Payloads of images of one size -> y_hat (B, M, h, w) on the CPU, bit-exactly
-        the encoder's. Raises BitstreamError on corrupt payloads."""
+    def z_bytes(self, x: torch.Tensor, quality: float | None = None) -> list[int]:
+        """Bytes the hyper-latent z alone takes in each image's payload (what the side
+        information costs)."""
+        z_np = self.analyze(x, quality)[0].long().numpy()
+        sizes = []
+        for z in z_np:
+            enc = SymbolEncoder()
+            self._encode_z(enc, z)
+            sizes.append(len(enc.finish()))
+        return sizes
+
+    @torch.no_grad()
+    def decompress(self, payloads: list[bytes], image_size: tuple[int, int],
+                   quality: float | None = None) -> torch.Tensor:
+        """Payloads of images of one size, coded at `quality` -> y_hat (B, M, h, w) on the
+        CPU, bit-exactly the encoder's. Raises BitstreamError on corrupt payloads."""
         self._require_update()
         h, w = self.latent_grid(image_size)
         z_shape = (self.config.N, h // 2, w // 2)
@@ -188,7 +292,7 @@ class CompressionModel(nn.Module):
         for d, idx in zip(decoders, indexes):
             symbols.append(d.decode(idx, self.gaussian_conditional.tables).reshape(idx.shape))
             d.finish()
-        return torch.from_numpy(np.stack(symbols)).float() + means
+        return self.dequantize(torch.from_numpy(np.stack(symbols)).float() + means, quality)
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)

@@ -16,8 +16,9 @@ class HyperpriorCodec(CompressionModel):
         c = config
         self.g_s = synthesis(c.stages, c.M, c.N, 3, c.act)
 
-    def forward(self, x: torch.Tensor, entropy: bool = True) -> dict:
-        y_hat, likelihoods = self.encode_latent(x, entropy)
+    def forward(self, x: torch.Tensor, entropy: bool = True,
+                quality: float | torch.Tensor | None = None) -> dict:
+        y_hat, likelihoods = self.encode_latent(x, entropy, quality)
         return {"x_hat": self._synthesize(y_hat, tuple(x.shape[-2:])), "likelihoods": likelihoods}
 
     def _synthesize(self, y_hat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

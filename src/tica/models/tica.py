@@ -40,9 +40,10 @@ class TicaModel(CompressionModel):
         source = self.fam([tokens] + intermediates, grid) if self.fam is not None else y_hat
         return self.g_s(nhwc(source))[..., : size[0], : size[1]]
 
-    def forward(self, x: torch.Tensor, entropy: bool = True) -> dict:
+    def forward(self, x: torch.Tensor, entropy: bool = True,
+                quality: float | torch.Tensor | None = None) -> dict:
         """Training/eval pass: {"logits", "x_hat", "likelihoods"} (likelihoods None in step 1)."""
-        y_hat, likelihoods = self.encode_latent(x, entropy)
+        y_hat, likelihoods = self.encode_latent(x, entropy, quality)
         tokens, grid = self.tokens(y_hat)
         feats, inter = self.vit.forward_intermediates(tokens, grid, self._fam_blocks)
         x_hat = self._synthesize(y_hat, tokens, inter, grid, tuple(x.shape[-2:]))

@@ -23,9 +23,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import api, bitstream
 from ..bitstream import Limits, Stream
-from ..errors import BitstreamError, ImageError, ModelMismatchError, TicaError
+from ..errors import BitstreamError, ConfigError, ImageError, ModelMismatchError, TicaError
 from ..image import decode_image, encode_png
-from ..registry import DEFAULT_MODEL, shipped_weights
+from ..registry import DEFAULT_MODEL, read_manifest
 from .batcher import MicroBatcher
 from .metrics import Metrics
 
@@ -71,23 +71,31 @@ class HTTPError(Exception):
 class Served:
     model: torch.nn.Module
     label: str
-    quality: int | None
+    quality: int | None                   # a fixed-rate model's rate point
 
 
 class ModelSet:
-    """Every rate point of the served preset (or the one --weights file), by stream id."""
+    """Every shipped codec of the served preset (or the one --weights file), by stream id:
+    a variable-rate model codes every quality in its range, fixed-rate ones one each."""
 
     def __init__(self, config: ServeConfig) -> None:
         if config.weights:
             models = [api.load(weights=config.weights)]
         else:
-            qualities = sorted(shipped_weights().get(config.model, {})) or [None]
-            models = [api.load(config.model, quality=q) for q in qualities]
+            entries = [e for e in read_manifest() if e.preset == config.model and e.role == "codec"]
+            models = ([api.load(weights=e.file) for e in entries] if entries
+                      else [api.load(config.model)])
         self.by_id: dict[int, Served] = {}
         for m in models:
+            if m.model_id in self.by_id:
+                raise ConfigError(f"two served models share the stream id {m.model_id:04x} "
+                                  f"({self.by_id[m.model_id].label} and {api.describe(m)}): "
+                                  f"streams could not say which decodes them")
             q = (getattr(m, "checkpoint_metadata", {}) or {}).get("quality")
-            self.by_id[m.model_id] = Served(m, api.describe(m), q)
-        self.default = models[-1]
+            self.by_id[m.model_id] = Served(m, api.describe(m) if q is not None
+                                            else m.config.name, q)
+        self.default = max(models, key=lambda m: (getattr(m, "checkpoint_metadata", {}) or {})
+                           .get("quality") or 0)
 
     def for_stream(self, stream: Stream) -> Served:
         served = self.by_id.get(stream.model_id)
@@ -97,20 +105,35 @@ class ModelSet:
                                      f"which this server does not serve; it serves {known}")
         return served
 
-    def for_quality(self, quality: int | None) -> Served:
+    def for_quality(self, quality: float | None) -> tuple[Served, float | None]:
+        """The model that codes at `quality` and the quality it will use."""
+        for served in self.by_id.values():
+            rng = getattr(served.model, "quality_range", None)
+            if rng is not None:
+                if quality is not None and not rng[0] <= quality <= rng[1]:
+                    raise HTTPError(422, "UnknownQuality", f"quality {quality:g} is outside "
+                                    f"{rng[0]:g}..{rng[1]:g} (1 = lowest rate)")
+                return served, served.model.check_quality(quality)
         if quality is None:
-            return self.by_id[self.default.model_id]
+            return self.by_id[self.default.model_id], None
         for served in self.by_id.values():
             if served.quality == quality:
-                return served
-        raise HTTPError(422, "UnknownQuality", f"no rate point {quality}; served: "
+                return served, None
+        raise HTTPError(422, "UnknownQuality", f"no rate point {quality:g}; served: "
                         f"{sorted(s.quality for s in self.by_id.values() if s.quality is not None)}")
 
     def describe(self) -> list[dict]:
-        return [{"id": f"{i:04x}", "model": s.label, "name": s.model.config.name,
-                 "quality": s.quality, "classifies": api.can_classify(s.model),
-                 "untrained": bool((getattr(s.model, "checkpoint_metadata", {}) or {}).get("untrained"))}
-                for i, s in self.by_id.items()]
+        out = []
+        for i, s in self.by_id.items():
+            rng = getattr(s.model, "quality_range", None)
+            out.append({"id": f"{i:04x}", "model": s.label, "name": s.model.config.name,
+                        "quality": s.quality, "quality_range": list(rng) if rng else None,
+                        "qualities": (list(range(1, s.model.config.rate_levels + 1)) if rng
+                                      else [s.quality]),
+                        "classifies": api.can_classify(s.model),
+                        "untrained": bool((getattr(s.model, "checkpoint_metadata", {}) or {})
+                                          .get("untrained"))})
+        return out
 
 
 _STATUS = [(ModelMismatchError, 422), (BitstreamError, 400), (ImageError, 400), (TicaError, 422)]
@@ -216,7 +239,9 @@ def create_app(config: ServeConfig = ServeConfig()) -> FastAPI:
             raise HTTPError(422, "NoClassifier", f"{served.label} has no trained classifier")
         logits = await batcher.run(("classify", served.model.model_id), stream)
         predictions = api.top_k(served.model, torch.stack(logits), top_k)
-        return {"model": served.label, "model_id": f"{stream.model_id:04x}", "bytes": len(data),
+        qualities = api.stream_qualities(stream)
+        return {"model": api.describe(served.model, qualities[0]),
+                "model_id": f"{stream.model_id:04x}", "bytes": len(data),
                 "images": [{"size": list(size), "bytes": len(payload),
                             "bpp": 8 * len(payload) / (size[0] * size[1]),
                             "top": [{"label": p.label, "index": p.index, "prob": round(p.prob, 6)}
@@ -230,24 +255,25 @@ def create_app(config: ServeConfig = ServeConfig()) -> FastAPI:
         data, stream, served = await parsed(request)
         if index >= len(stream.payloads):
             raise HTTPError(422, "BadIndex", f"index {index}: the stream holds {len(stream.payloads)} image(s)")
-        one = Stream(stream.model_id, (stream.sizes[index],), (stream.payloads[index],))
+        one = stream.subset([index])
         image = (await batcher.run(("reconstruct", served.model.model_id), one))[0]
         return Response(encode_png(image), media_type="image/png",
-                        headers={"X-Tica-Model": served.label})
+                        headers={"X-Tica-Model": api.describe(
+                            served.model, api.stream_qualities(one)[0])})
 
     @app.post("/v1/encode", openapi_extra={"requestBody": _IMAGE}, response_class=Response,
               responses={200: {"content": {"application/octet-stream": {}}}},
               summary="Encode an image file (PNG, JPEG, WebP, ...) into a tica bitstream")
-    async def encode(request: Request, quality: int | None = Query(None, ge=0, le=1000)) -> Response:
-        served = models.for_quality(quality)
+    async def encode(request: Request, quality: float | None = Query(None, ge=0, le=1000)) -> Response:
+        served, q = models.for_quality(quality)
         body = await read_body(request, config.max_upload_bytes)
         image = decode_image(body, max_pixels=config.max_pixels)
         if max(image.shape[1:]) > config.max_side:
             raise ImageError(f"image side {max(image.shape[1:])} exceeds {config.max_side}")
-        stream = await asyncio.to_thread(api.compress, served.model, image)
+        stream = await asyncio.to_thread(api.compress, served.model, image, q)
         pixels = image.shape[1] * image.shape[2]
         return Response(stream, media_type="application/octet-stream", headers={
-            "X-Tica-Model": served.label, "X-Tica-Bytes": str(len(stream)),
+            "X-Tica-Model": api.describe(served.model, q), "X-Tica-Bytes": str(len(stream)),
             "X-Tica-Bpp": f"{8 * len(stream) / pixels:.4f}", "X-Tica-Input-Bytes": str(len(body)),
             "Access-Control-Expose-Headers": "X-Tica-Model, X-Tica-Bytes, X-Tica-Bpp, X-Tica-Input-Bytes"})
 

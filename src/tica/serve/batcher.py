@@ -105,9 +105,7 @@ class MicroBatcher:
             await self._run_batch(jobs)
 
     async def _run_batch(self, jobs: list[_Job]) -> None:
-        merged = Stream(jobs[0].stream.model_id,
-                        tuple(s for j in jobs for s in j.stream.sizes),
-                        tuple(p for j in jobs for p in j.stream.payloads))
+        merged = Stream.concat([j.stream for j in jobs])
         try:
             results = await asyncio.to_thread(self.execute, jobs[0].key, merged)
         except Exception as exc:            # one bad stream fails only its own request

@@ -1,0 +1,72 @@
+"""The shipped weights: one manifest ties every file to its hash, its stream id and its
+provenance; one resolver finds them; nothing untrained is built unless asked for."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+import tica
+from tica.checkpoint import load_checkpoint
+from tica.errors import ConfigError
+from tica.registry import (MANIFEST, find_weights, list_models, read_manifest, standard_qualities,
+                           weights_for_id, weights_root)
+
+
+def test_every_file_matches_its_manifest_entry_and_every_id_is_unique():
+    entries = read_manifest()
+    assert entries, "the package ships weights"
+    files = {p.name for p in weights_root().glob("*.safetensors")}
+    assert files == {e.file.name for e in entries}           # nothing unlisted, nothing missing
+    ids = [e.model_id for e in entries if e.role == "codec"]
+    assert len(ids) == len(set(ids)), "two shipped codecs share a stream id"
+    assert len({e.name for e in entries}) == len(entries)
+    for e in entries:
+        assert hashlib.sha256(e.file.read_bytes()).hexdigest() == e.sha256, e.name
+        assert e.preset in list_models() and e.trained.get("where") in ("cpu", "gpu"), e.name
+        model = load_checkpoint(e.file)
+        assert model.config.name == e.preset
+        if e.role == "codec":
+            assert model.is_updated and model.model_id == e.model_id, e.name
+            assert weights_for_id(e.model_id) == e
+            assert bool(model.config.rate_levels) == bool(e.rate_levels)
+            assert (e.quality is None) == bool(e.rate_levels)
+
+
+def test_the_resolver_finds_each_presets_weights_and_refuses_what_is_not_there():
+    for preset in {e.preset for e in read_manifest() if e.role == "codec"}:
+        qualities = standard_qualities(preset)
+        assert qualities == sorted(qualities) and qualities[0] >= 1
+        model = tica.load(preset)                             # the highest rate point
+        assert tica.describe(model).endswith(f"q{qualities[-1]}")
+        assert find_weights(preset, "codec", qualities[0]) is not None
+    with pytest.raises(ConfigError, match="no rate point|outside"):
+        tica.load("tica-cifar", quality=99)
+    with pytest.raises(ConfigError, match="--untrained"):
+        tica.load("tica-s")                                  # never a silent random model
+    untrained = tica.load("tica-s", untrained=True)
+    assert "UNTRAINED" in tica.describe(untrained)
+
+
+def test_a_malformed_manifest_is_a_config_error(tmp_path):
+    bad = tmp_path / MANIFEST
+    bad.write_text(json.dumps({"format": "something-else", "weights": []}))
+    with pytest.raises(ConfigError, match="malformed"):
+        read_manifest(bad)
+    bad.write_text(json.dumps({"format": "tica-weights-manifest", "weights": [
+        {"name": "x", "file": "x.safetensors", "preset": "tica-cifar", "role": "wizard",
+         "sha256": "0"}]}))
+    with pytest.raises(ConfigError, match="role"):
+        read_manifest(bad)
+
+
+def test_the_server_refuses_two_models_with_one_stream_id(tmp_path, monkeypatch):
+    from tica.serve import app as app_module
+    from tica.registry import ShippedWeights
+    codec = next(e for e in read_manifest() if e.role == "codec")
+    twin = ShippedWeights(**{**codec.__dict__, "name": codec.name + "-copy"})
+    monkeypatch.setattr(app_module, "read_manifest", lambda: [codec, twin])
+    with pytest.raises(ConfigError, match="share the stream id"):
+        app_module.ModelSet(app_module.ServeConfig(model=codec.preset))
