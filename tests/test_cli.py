@@ -125,3 +125,46 @@ def test_shipped_rate_points_are_found_from_the_stream(tmp_path, cifar_samples, 
         assert main(["decode", str(stream), "-o", str(tmp_path / f"q{q}.png")]) == 0
         capsys.readouterr()
     assert sizes[qualities[0]] <= sizes[qualities[-1]]                  # higher quality, more bytes
+
+
+def test_variable_rate_weights_any_quality_and_a_target_bpp(tmp_path, capsys):
+    """A variable-rate checkpoint: --quality takes any number in range, --target-bpp finds
+    the quality per image, and decode / classify / info need no flags but the weights."""
+    import numpy as np
+    import torch
+    import tica
+    from tica.checkpoint import save_checkpoint
+    model = tica.create_model("tica-cifar", seed=5, rate_levels=4, N=16, M=16, embed_dim=32,
+                              depth=2, num_heads=2, fam_blocks=(1,)).eval()
+    with torch.no_grad():
+        model.g_a[-1].weight.mul_(40)
+    model.update()
+    weights = tmp_path / "vr.safetensors"
+    save_checkpoint(model, weights)
+    rng = np.random.default_rng(0)
+    img = tmp_path / "a.png"
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(img)
+    w = ["--weights", str(weights)]
+    sizes = {}
+    for q in ("1", "2.5", "4"):
+        out = tmp_path / f"q{q}.tica"
+        assert main(["encode", str(img), "-o", str(out), "--quality", q, "--json", *w]) == 0
+        enc = _json(capsys)
+        sizes[q] = enc["bpp"]
+        assert enc["model"] == f"tica-cifar q{float(q):g}"
+        assert main(["info", str(out), "--json"]) == 0
+        assert _json(capsys)["qualities"] == [float(q)]
+        assert main(["classify", str(out), "--json", *w]) == 0
+        assert _json(capsys)["quality"] == float(q)
+        assert main(["decode", str(out), "-o", str(tmp_path / f"q{q}.png"), *w]) == 0
+        capsys.readouterr()
+    assert sizes["1"] < sizes["2.5"] < sizes["4"]
+    target = (sizes["1"] + sizes["4"]) / 2
+    out = tmp_path / "t.tica"
+    assert main(["encode", str(img), "-o", str(out), "--target-bpp", str(target), "--json", *w]) == 0
+    enc = _json(capsys)
+    assert enc["bpp"] <= target and 1 <= enc["qualities"][0] < 4
+    assert main(["encode", str(img), "-o", str(out), "--quality", "4.5", *w]) == 1
+    assert "outside" in _one_line_error(capsys)
+    assert main(["encode", str(img), "-o", str(out), "--target-bpp", "1", "--model", "hyperprior-cifar"]) == 1
+    assert "fixed-rate" in _one_line_error(capsys)

@@ -108,3 +108,23 @@ def test_paper_preset_matches_spec():
     assert (cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.fam_blocks) == (384, 12, 6, (1, 2, 3))
     model = tica.create_model("tica-s")
     assert model.latent_grid((224, 224)) == (14, 14)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"res_blocks": 1}, {"res_blocks": 2, "act": "gdn"}, {"act": "gelu"}, {"stages": 3, "res_blocks": 1},
+    {"rate_levels": 3}, {"rate_levels": 2, "res_blocks": 1}])
+def test_design_options_train_every_parameter(overrides):
+    """The options of the design sweep (docs/design.md) and variable rate: shapes hold and
+    every parameter gets a gradient (the gains through per-image qualities)."""
+    model = tica.create_model("tica-cifar", embed_dim=64, depth=3, num_heads=2, N=32, M=32,
+                              **overrides).train()
+    x = _inputs("tica-cifar")
+    quality = torch.tensor([1.0, 2.0]) if overrides.get("rate_levels") else None
+    out = model(x, quality=quality)
+    assert out["x_hat"].shape == x.shape and out["logits"].shape == (2, 10)
+    if overrides.get("res_blocks"):
+        assert sum(type(m).__name__ == "ResidualBlock" for m in model.g_a.modules()) == \
+            overrides["res_blocks"] * (model.config.stages - 1)
+    _loss(out, model).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"parameters without gradient: {missing[:8]}"

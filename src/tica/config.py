@@ -16,10 +16,10 @@ CIFAR10_LABELS = (
 )
 
 ARCHS = ("tica", "vit-pixel", "hyperprior")
-ACTIVATIONS = ("leaky_relu", "gdn")
+ACTIVATIONS = ("leaky_relu", "gdn", "gelu")
 LATENT_PROXIES = ("noise", "ste")
 MAX_RATE_LEVELS = 16
-_LATER_FIELDS = {"rate_levels": 0}      # ModelConfig fields newer than the first weights
+_LATER_FIELDS = {"rate_levels": 0, "res_blocks": 0}      # ModelConfig fields newer than the first weights
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class ModelConfig:
     N: int = 128
     M: int = 192
     act: str = "leaky_relu"
+    res_blocks: int = 0             # residual 3x3 blocks after each inner resampling layer
     # Vision Transformer
     embed_dim: int = 192
     depth: int = 6
@@ -76,6 +77,8 @@ class ModelConfig:
                     "patch_size", "scale_levels"):
             if getattr(self, key) < 1:
                 problems.append(f"{key} must be positive")
+        if not 0 <= self.res_blocks <= 8:
+            problems.append("res_blocks must lie in 0..8")
         if self.embed_dim % max(self.num_heads, 1):
             problems.append("embed_dim must be divisible by num_heads")
         if self.labels and len(self.labels) != self.num_classes:

@@ -65,7 +65,7 @@ class CompressionModel(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.g_a = analysis(c.stages, 3, c.N, c.M, c.act)
+        self.g_a = analysis(c.stages, 3, c.N, c.M, c.act, c.res_blocks)
         self.h_a = hyper_analysis(c.M, c.N)
         self.h_s = hyper_synthesis(c.N, c.M)
         self.entropy_bottleneck = EntropyBottleneck(c.N, tail_mass=c.tail_mass)

@@ -14,7 +14,7 @@ class HyperpriorCodec(CompressionModel):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         c = config
-        self.g_s = synthesis(c.stages, c.M, c.N, 3, c.act)
+        self.g_s = synthesis(c.stages, c.M, c.N, 3, c.act, c.res_blocks)
 
     def forward(self, x: torch.Tensor, entropy: bool = True,
                 quality: float | torch.Tensor | None = None) -> dict:

@@ -28,7 +28,7 @@ class TicaModel(CompressionModel):
         self.vit = VisionTransformer(c.embed_dim, c.depth, c.num_heads, c.mlp_ratio,
                                      c.drop_path, c.num_classes, c.latent_grid)
         self.fam = FeatureAggregation(c.embed_dim, 1 + len(c.fam_blocks)) if c.fam else None
-        self.g_s = synthesis(c.stages, c.embed_dim if c.fam else c.M, c.N, 3, c.act)
+        self.g_s = synthesis(c.stages, c.embed_dim if c.fam else c.M, c.N, 3, c.act, c.res_blocks)
 
     @property
     def _fam_blocks(self) -> tuple[int, ...]:

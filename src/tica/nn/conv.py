@@ -88,28 +88,52 @@ class GDN(nn.Module):
 def _act(kind: str, channels: int, inverse: bool) -> nn.Module:
     if kind == "gdn":
         return GDN(channels, inverse=inverse)
+    if kind == "gelu":
+        return nn.GELU()
     return nn.LeakyReLU(inplace=True)
 
 
-def analysis(stages: int, cin: int, hidden: int, cout: int, act: str) -> nn.Sequential:
-    """g_a: `stages` stride-2 5x5 convolutions, cin -> hidden -> ... -> hidden -> cout."""
+class ResidualBlock(nn.Module):
+    """x + conv3x3(act(conv3x3(act(x)))): the cheap residual unit of Cheng et al. (2020) and
+    ELIC (He et al., 2022) between the resampling layers of g_a and g_s."""
+
+    def __init__(self, channels: int, act: str) -> None:
+        super().__init__()
+        # GDN stays at the resampling layers; not in place: x is also the skip path
+        first = nn.GELU() if act == "gelu" else nn.LeakyReLU()
+        second = nn.GELU() if act == "gelu" else nn.LeakyReLU(inplace=True)
+        self.body = nn.Sequential(first, conv(channels, channels, 3, 1),
+                                  second, conv(channels, channels, 3, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def analysis(stages: int, cin: int, hidden: int, cout: int, act: str,
+             res_blocks: int = 0) -> nn.Sequential:
+    """g_a: `stages` stride-2 5x5 convolutions, cin -> hidden -> ... -> hidden -> cout, with
+    `res_blocks` residual blocks after each but the last."""
     widths = [cin] + [hidden] * (stages - 1) + [cout]
     layers: list[nn.Module] = []
     for i in range(stages):
         layers.append(conv(widths[i], widths[i + 1]))
         if i < stages - 1:
             layers.append(_act(act, widths[i + 1], inverse=False))
+            layers += [ResidualBlock(widths[i + 1], act) for _ in range(res_blocks)]
     return nn.Sequential(*layers)
 
 
-def synthesis(stages: int, cin: int, hidden: int, cout: int, act: str) -> nn.Sequential:
-    """g_s: `stages` stride-2 5x5 transposed convolutions, cin -> hidden -> ... -> cout."""
+def synthesis(stages: int, cin: int, hidden: int, cout: int, act: str,
+              res_blocks: int = 0) -> nn.Sequential:
+    """g_s: `stages` stride-2 5x5 transposed convolutions, cin -> hidden -> ... -> cout, with
+    `res_blocks` residual blocks after each but the last."""
     widths = [cin] + [hidden] * (stages - 1) + [cout]
     layers: list[nn.Module] = []
     for i in range(stages):
         layers.append(deconv(widths[i], widths[i + 1]))
         if i < stages - 1:
             layers.append(_act(act, widths[i + 1], inverse=True))
+            layers += [ResidualBlock(widths[i + 1], act) for _ in range(res_blocks)]
     return nn.Sequential(*layers)
 
 
