@@ -232,3 +232,43 @@ def test_remote_classify_sends_only_the_bitstream(live_server, tmp_path, cifar_s
     assert "server answered 400" in capsys.readouterr().err
     assert main(["classify", "--server", "http://127.0.0.1:9", str(tmp_path / "s.tica")]) == 1
     assert "cannot reach" in capsys.readouterr().err
+
+
+def test_a_variable_rate_model_serves_every_quality_with_one_id(tmp_path, cifar_images):
+    """One variable-rate checkpoint: /v1/encode takes any quality in range, the stream says
+    which, classify and reconstruct need no parameter, and a batch mixing qualities decodes."""
+    from tica.checkpoint import save_checkpoint
+    vr = tica.create_model("tica-cifar", seed=6, rate_levels=3, N=16, M=16, embed_dim=32,
+                           depth=2, num_heads=2, fam_blocks=(1,)).eval()
+    with torch.no_grad():
+        vr.g_a[-1].weight.mul_(40)
+    vr.update()
+    save_checkpoint(vr, tmp_path / "vr.safetensors")
+    vr = tica.load(weights=tmp_path / "vr.safetensors")
+    app = create_app(ServeConfig(weights=str(tmp_path / "vr.safetensors")))
+    png = io.BytesIO()
+    Image.fromarray((cifar_images[0].permute(1, 2, 0) * 255).byte().numpy()).save(png, "PNG")
+    with TestClient(app, raise_server_exceptions=False) as c:
+        models = c.get("/v1/models").json()["models"]
+        assert len(models) == 1 and models[0]["quality_range"] == [1.0, 3.0]
+        assert models[0]["qualities"] == [1, 2, 3]
+        sizes = []
+        for q in (1, 2.5, 3):
+            r = c.post(f"/v1/encode?quality={q}", content=png.getvalue(), headers=OCTET)
+            assert r.status_code == 200 and r.headers["X-Tica-Model"] == f"tica-cifar q{q:g}"
+            assert r.content == tica.compress(vr, cifar_images[0], quality=q)
+            sizes.append(len(r.content))
+            answer = c.post("/v1/classify", content=r.content, headers=OCTET).json()
+            assert answer["model"] == f"tica-cifar q{q:g}"
+        assert sizes[0] < sizes[1] < sizes[2]
+        assert c.post("/v1/encode?quality=3.5", content=png.getvalue(),
+                      headers=OCTET).status_code == 422
+        mixed = tica.compress(vr, cifar_images[:3], quality=[1, 3, 2])
+        r = c.post("/v1/classify", content=mixed, headers=OCTET)
+        local = tica.classify(vr, mixed, k=5)
+        assert [e["top"][0]["index"] for e in r.json()["images"]] == [p[0].index for p in local]
+        r = c.post("/v1/reconstruct?index=1", content=mixed, headers=OCTET)
+        assert r.status_code == 200
+        served = torch.from_numpy(np.array(Image.open(io.BytesIO(r.content)))).permute(2, 0, 1)
+        expected = (tica.reconstruct(vr, mixed)[1] * 255).round().byte()
+        assert torch.equal(served, expected)
