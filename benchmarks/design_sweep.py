@@ -34,13 +34,11 @@ BASE = {"step": 1, "alpha": 1.0, "beta": 1e-3, "batch_size": 128, "lr": 1e-3,
 CANDIDATES: dict[str, tuple[dict, dict, str]] = {
     "baseline": ({}, {}, "shipped design: two 5x5 convs each side, LeakyReLU, 8x8 tokens, ViT 192/6"),
     "res1": ({"res_blocks": 1}, {}, "one residual 3x3 block after the inner resampling layer"),
-    "res2": ({"res_blocks": 2}, {}, "two residual blocks"),
     "res1-gdn": ({"res_blocks": 1, "act": "gdn"}, {}, "res1 with GDN / IGDN at the resampling layers"),
     "res1-grid4": ({"res_blocks": 1, "stages": 3}, {}, "res1 with a 4x4 token grid (3 stages)"),
     "res1-vit128x4": ({"res_blocks": 1, "embed_dim": 128, "depth": 4, "num_heads": 2},
                       {}, "res1 with a narrower, shallower ViT (D 128, depth 4)"),
     "res1-lr2e-3": ({"res_blocks": 1}, {"lr": 2e-3}, "res1 at twice the learning rate"),
-    "res1-n64": ({"res_blocks": 1, "N": 64}, {}, "res1 with 64 conv channels instead of 128"),
 }
 
 
@@ -105,7 +103,7 @@ def trial(name: str, minutes: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=8.0, help="CPU minutes per candidate")
+    parser.add_argument("--minutes", type=float, default=5.0, help="CPU minutes per candidate")
     parser.add_argument("--only", nargs="*", help="candidates to run (default: all)")
     args = parser.parse_args()
     results = json.loads(OUT.read_text()) if OUT.exists() else []

@@ -10,6 +10,7 @@ import torch
 
 # Display names of the pipelines, in plotting order.
 TICA, TICA_NOFAM = "tica", "tica, no FAM"
+TICA_FIXED = "tica, fixed rate (same budget)"
 CLEAN = "ViT on clean pixels"
 HYPER = "hyperprior -> decode -> ViT"
 CODEC_LABELS = {"jpeg": "JPEG", "webp": "WebP", "avif": "AVIF", "jxl": "JPEG XL"}
@@ -201,6 +202,21 @@ def render(cifar: list[dict], kodak: list[dict], margins: list[dict], bds: list[
           "inside tica's measured bpp range. Each curve is linear in log-bpp between its measured "
           "points; a baseline's best value is held above its last point; – where a curve does "
           "not reach that bpp.", ""]
+    cost = meta.get("variable_rate_cost") or []
+    if cost:
+        L += ["### What variable rate costs", "",
+              "| fixed-rate model | its bpp | its PSNR | variable-rate bpp at that PSNR | rate cost "
+              "| its top-1 | variable-rate top-1 at its bpp |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for c in cost:
+            L.append(f"| q{fmt(c['quality'], 'g')}'s weights, trained alone | {c['fixed_bpp']:.3f} | "
+                     f"{fmt(c['fixed_psnr'])} dB | {fmt(c['variable_bpp_at_psnr'], '.3f')} | "
+                     f"{fmt(c['rate_cost_percent'], '+.1f')}% | {fmt(c['fixed_top1'], '.1f', 100)}% | "
+                     f"{fmt(c['variable_top1_at_bpp'], '.1f', 100)}% |")
+        L += ["", "The fixed-rate model has the variable-rate model's recipe, initialisation and "
+              "steps, at one standard point's (alpha, beta); the variable-rate model spends the "
+              "same steps on all eight points. Rate cost: the variable-rate curve's bpp at the "
+              "fixed model's PSNR (linear in log-bpp between its points), relative to the fixed "
+              "model's; positive means variable rate needs more bits.", ""]
     L += ["## Kodak: rate and distortion", "", "![Kodak RD](results/kodak_psnr.png)", "",
           "| codec | setting | bpp | PSNR | MS-SSIM | s |", "|---|---:|---:|---:|---:|---:|"]
     for r in kodak:

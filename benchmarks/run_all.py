@@ -38,8 +38,8 @@ from tica.image import load_image
 from tica.registry import standard_qualities
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_page import (CLEAN, CODEC_LABELS, HYPER, TICA, TICA_NOFAM,  # noqa: E402
-                          curves, plot, render, state_claims)
+from results_page import (CLEAN, CODEC_LABELS, HYPER, TICA, TICA_FIXED,  # noqa: E402
+                          TICA_NOFAM, curves, plot, render, state_claims)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -165,6 +165,8 @@ def cifar_specs(classifier, runs: Path, images: int) -> list[Spec]:
     specs = [Spec(CLEAN, None, f"{CLEAN}|{cls_id}|{extra}", lambda: Uncompressed(classifier, CLEAN))]
     for q in standard_qualities("tica-cifar"):
         specs.append(learned_spec(TICA, q, shipped("tica-cifar", q), extra))
+    # scripts/train_cifar.sh: a fixed-rate model at standard point 6's weights, same budget
+    specs.append(learned_spec(TICA_FIXED, 6, from_run(_run_weights(runs, "tica-cifar-fixed-q6")), extra))
     for q in (1,):                       # scripts/train_baselines.sh nofam trains q1's recipe
         specs.append(learned_spec(TICA_NOFAM, q, from_run(_run_weights(runs, f"tica-cifar-nofam-q{q}")), extra))
     for q in (1, 2, 3, 4):
@@ -211,7 +213,7 @@ def accuracy_margins(results: list[dict]) -> list[dict]:
     quality_at = {r["bpp"]: r["quality"] for r in results if r["pipeline"] == TICA}
     rows = []
     for label, curve in acc.items():
-        if label in (TICA, TICA_NOFAM):
+        if label in (TICA, TICA_NOFAM, TICA_FIXED):
             continue
         front = rd.monotone_upper(curve)
         rates = sorted(set(tica_curve[0]) | {b for b in front[0] if low < b < high})
@@ -220,6 +222,26 @@ def accuracy_margins(results: list[dict]) -> list[dict]:
             base = rd.value_at(front, bpp, hold_above=True)
             rows.append({"quality": quality_at.get(bpp), "bpp": bpp, "tica_top1": mine,
                          "baseline": label, "baseline_top1": base, "margin": mine - base})
+    return rows
+
+
+def variable_rate_cost(results: list[dict]) -> list[dict]:
+    """What one variable-rate model costs against a fixed-rate model trained alone at one of
+    its standard points with the same budget: the variable-rate model's bpp at the fixed
+    model's PSNR (a BD-rate at one point) and its top-1 at the fixed model's bpp."""
+    rows = []
+    vr = [r for r in results if r["pipeline"] == TICA]
+    if len(vr) < 2:
+        return rows
+    psnr_curve = ([r["bpp"] for r in vr], [r["psnr"] for r in vr])
+    acc_curve = ([r["bpp"] for r in vr], [r["top1"] for r in vr])
+    for fixed in (r for r in results if r["pipeline"] == TICA_FIXED):
+        same_psnr = rd.rate_at(psnr_curve, fixed["psnr"])
+        rows.append({"quality": fixed["quality"], "fixed_bpp": fixed["bpp"],
+                     "fixed_psnr": fixed["psnr"], "fixed_top1": fixed["top1"],
+                     "variable_bpp_at_psnr": same_psnr,
+                     "rate_cost_percent": 100 * (same_psnr / fixed["bpp"] - 1),
+                     "variable_top1_at_bpp": rd.value_at(acc_curve, fixed["bpp"])})
     return rows
 
 
@@ -327,8 +349,10 @@ def main(argv: list[str] | None = None) -> int:
 
     margins = accuracy_margins(cifar.results)
     bds = bd_rates(kodak.results)
+    vr_cost = variable_rate_cost(cifar.results)
     (args.out / "comparisons.json").write_text(json.dumps(
-        {"accuracy_margins": margins, "bd_rates": bds}, indent=1, default=lambda v: None))
+        {"accuracy_margins": margins, "bd_rates": bds, "variable_rate_cost": vr_cost},
+        indent=1, default=lambda v: None))
     ceiling = next((r["top1"] for r in cifar.results if r["pipeline"] == CLEAN), None)
     plot(cifar.results, "top1", args.out / "cifar10_accuracy.png",
          "CIFAR-10 test split: rate vs accuracy", "top-1 accuracy", ceiling=ceiling)
@@ -345,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine(), "cifar_images": len(split),
             "evaluation_minutes": sum(r["seconds"] for r in cifar.results + kodak.results) / 60,
             "claims": state_claims(cifar.results, kodak.results, margins, bds, compute)}
+    meta["variable_rate_cost"] = vr_cost
     page = render(cifar.results, kodak.results, margins, bds, compute, cifar.notes + kodak.notes, meta)
     page_path = args.out.parent / "RESULTS.md"
     page_path.write_text(page)

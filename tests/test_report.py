@@ -73,3 +73,18 @@ def test_accuracy_margins_cover_the_shared_range_not_just_ticas_points():
     assert at[2.0]["baseline_top1"] == pytest.approx(0.48)   # 1 -> 4 bpp: halfway in log-bpp
     claims = run_all.state_claims([], [], margins, [], [])
     assert "does not hold" in claims.split("(b)")[0]
+
+
+def test_variable_rate_cost_reads_the_rate_at_the_fixed_models_psnr():
+    run_all = _run_all()
+    vr = [{"pipeline": "tica", "quality": q, "bpp": b, "psnr": p, "top1": a}
+          for q, b, p, a in ((1, 1.0, 20.0, 0.5), (2, 2.0, 24.0, 0.6), (3, 4.0, 28.0, 0.7))]
+    fixed = {"pipeline": "tica, fixed rate (same budget)", "quality": 2, "bpp": 1.8, "psnr": 24.0,
+             "top1": 0.62}
+    (row,) = run_all.variable_rate_cost(vr + [fixed])
+    assert row["variable_bpp_at_psnr"] == pytest.approx(2.0)
+    assert row["rate_cost_percent"] == pytest.approx(100 * (2.0 / 1.8 - 1))
+    # accuracy at 1.8 bpp: linear in log-bpp between (1, 0.5) and (2, 0.6)
+    import math
+    assert row["variable_top1_at_bpp"] == pytest.approx(0.5 + 0.1 * math.log(1.8) / math.log(2))
+    assert run_all.variable_rate_cost(vr) == []

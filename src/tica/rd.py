@@ -78,3 +78,14 @@ def monotone_upper(curve: tuple[Sequence[float], Sequence[float]]
             keep_v.append(float(value))
             best = value
     return keep_r, keep_v
+
+
+def rate_at(curve: tuple[Sequence[float], Sequence[float]], value: float) -> float:
+    """The rate at which a monotone rate-quality curve reaches `value` (log-rate linear
+    between its points); NaN outside its range."""
+    r, v = _curve(*curve, least=2)
+    order = np.argsort(v)
+    r, v = r[order], v[order]
+    if not v[0] <= value <= v[-1]:
+        return float("nan")
+    return float(np.exp(np.interp(value, v, np.log(r))))
