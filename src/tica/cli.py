@@ -193,10 +193,38 @@ def _parse_value(text: str):
         return text
 
 
+def cmd_train_plan(args: argparse.Namespace) -> int:
+    from .plan import run_plan
+
+    status = run_plan(args.plan, out=args.out, runs_dir=args.runs_dir, data_root=args.data_root,
+                      max_parallel=args.parallel, device=args.device, resume=not args.fresh,
+                      dry_run=args.dry_run)
+    if args.dry_run:
+        return 0
+    runs = status["runs"]
+    for name, run in runs.items():
+        print(f"{name:24s} {run['state']:8s} {run['steps'] or 0:>7} steps  "
+              f"{run['minutes'] or 0:6.2f} min  {', '.join(run['published'] or []) or '-'}")
+    failed = [name for name, run in runs.items() if run["state"] in ("failed", "skipped")]
+    if failed:
+        raise TicaError(f"plan {status['plan']}: {', '.join(failed)} failed or were skipped "
+                        f"(see {Path(args.out or '$OUT') / 'plan.json'})")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .train import train
 
+    if args.plan:
+        return cmd_train_plan(args)
+    if not args.run_dir:
+        raise TicaError("tica train needs --run-dir DIR (or --plan FILE)")
+    plan_only = [f"--{k.replace('_', '-')}" for k in ("out", "runs_dir", "data_root", "parallel")
+                 if getattr(args, k) is not None] + (["--fresh"] if args.fresh else []) + (
+                 ["--dry-run"] if args.dry_run else [])
+    if plan_only:
+        raise TicaError(f"{', '.join(plan_only)} only go with --plan")
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
     fields["model_overrides"] = dict(kv.split("=", 1) for kv in args.set or [])
     fields["model_overrides"] = {k: _parse_value(v) for k, v in fields["model_overrides"].items()}
@@ -322,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help="preset to build (ignored with --init)")
     p.add_argument("--step", type=int, choices=(1, 2), default=1)
     p.add_argument("--data", help="ImageFolder dir, .tar.gz archive, photo folder, or 'synthetic'")
-    p.add_argument("--run-dir", dest="run_dir", required=True)
+    p.add_argument("--run-dir", dest="run_dir", help="where state, metrics and the export go "
+                   "(required without --plan)")
     p.add_argument("--init", help="start from these weights (step 2: the step-1 export); "
                    "'step1' takes the step-1 network shipped for --model")
     p.add_argument("--alpha", type=float, help="CE weight (variable rate: of the lowest point)")
@@ -348,12 +377,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu (default) or cuda")
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
+    p.add_argument("--deadline-s", dest="deadline_s", type=float, metavar="S",
+                   help="stop after S seconds of wall time, then save and export")
+    p.add_argument("--export-every-s", dest="export_every_s", type=float, metavar="S",
+                   help="also export the weights every S seconds (coding-ready after step 2)")
+    p.add_argument("--export-dir", dest="export_dir", metavar="DIR",
+                   help="write a float16 copy of every export to DIR/model.safetensors")
     p.add_argument("--eval-images", dest="eval_images", type=int)
     p.add_argument("--train-limit", dest="train_limit", type=int)
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="model config override")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's checkpoint")
+    g = p.add_argument_group("plans (several runs, dependencies, one deadline; see tica.plan)")
+    g.add_argument("--plan", metavar="FILE", help="run a plan file (JSON) instead of one run; "
+                   "the run flags above are then ignored, except --device")
+    g.add_argument("--out", metavar="DIR", help="where the plan's exports and plan.json go "
+                   "(default $OUT)")
+    g.add_argument("--runs-dir", dest="runs_dir", metavar="DIR",
+                   help="the runs' folders (default $TICA_CACHE/runs/PLAN; a rerun resumes)")
+    g.add_argument("--data-root", dest="data_root", metavar="DIR",
+                   help="what {data} means in the plan (default $TICA_DATA or ../shared/data)")
+    g.add_argument("--parallel", type=int, metavar="N", help="at most N runs at once")
+    g.add_argument("--fresh", action="store_true", help="start every run over (default: resume)")
+    g.add_argument("--dry-run", dest="dry_run", action="store_true",
+                   help="check the plan and print its runs and export sizes; train nothing")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="top-1/top-5, bpp, PSNR, MS-SSIM over a split, from real bitstreams")

@@ -191,6 +191,18 @@ class TrainConfig:
     eval_images: int = 2000                   # test images scored at each epoch end (0: none)
     train_limit: int | None = None            # use a subset of the training split
     progress: bool = True
+    # wall clock, for one-shot runs on a borrowed machine (tica.plan sets these)
+    deadline_s: float | None = None           # stop after this many seconds (counted from
+                                              # clock_start, else from the run's start), then
+                                              # save and export what the run has
+    clock_start: float | None = None          # Unix time the deadline counts from (a plan's start)
+    schedule_by_deadline: bool = False        # the LR schedule ends at the deadline if that
+                                              # comes before the last step (not under torchrun)
+    export_every_s: float | None = None       # also export the weights (coding-ready after
+                                              # step 2) every this many seconds of wall time
+    export_dir: str | None = None             # float16 copies of every export go here, as
+                                              # model.safetensors
+    resumable: bool = True                    # write the training state; False: a one-shot run
 
     def __post_init__(self) -> None:
         if self.step not in (1, 2):

@@ -134,17 +134,21 @@ def synthetic_split(n: int = 64, size: int = 32, num_classes: int = 10, seed: in
 
 def augment(batch: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None
             ) -> torch.Tensor:
-    """Random crop with reflect padding and horizontal flip, a whole float batch at once."""
+    """Random crop with reflect padding and horizontal flip, a whole float batch at once.
+
+    Runs where `batch` is (with a generator of that device): on a GPU nothing waits for the
+    host, no index or mask is read back."""
     B, _, H, W = batch.shape
+    dev = batch.device
     padded = F.pad(batch, (pad, pad, pad, pad), mode="reflect")
-    dy = torch.randint(0, 2 * pad + 1, (B,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (B,), generator=generator)
-    rows = (dy[:, None] + torch.arange(H))[:, None, :, None]            # (B, 1, H, 1)
-    cols = (dx[:, None] + torch.arange(W))[:, None, None, :]            # (B, 1, 1, W)
-    out = padded[torch.arange(B)[:, None, None, None], torch.arange(3)[None, :, None, None], rows, cols]
-    flip = torch.rand(B, generator=generator) < 0.5
-    out[flip] = out[flip].flip(-1)
-    return out
+    dy = torch.randint(0, 2 * pad + 1, (B,), generator=generator, device=dev)
+    dx = torch.randint(0, 2 * pad + 1, (B,), generator=generator, device=dev)
+    rows = (dy[:, None] + torch.arange(H, device=dev))[:, None, :, None]      # (B, 1, H, 1)
+    cols = (dx[:, None] + torch.arange(W, device=dev))[:, None, None, :]      # (B, 1, 1, W)
+    out = padded[torch.arange(B, device=dev)[:, None, None, None],
+                 torch.arange(3, device=dev)[None, :, None, None], rows, cols]
+    flip = torch.rand(B, generator=generator, device=dev) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
 class RandomCrops:
@@ -173,6 +177,49 @@ class RandomCrops:
         flip = torch.rand(size, generator=generator) < 0.5
         batch[flip] = batch[flip].flip(-1)
         return batch.round().to(torch.uint8)
+
+
+class DeviceCrops:
+    """Random crops of photographs held on one device (a GPU): the photos sit in one
+    zero-padded uint8 tensor, and a batch of crops is drawn, gathered and flipped there,
+    with no host work and no read-back per batch. Photos smaller than the crop are resized
+    up once, here. The same distribution as `RandomCrops`, not the same draws."""
+
+    def __init__(self, images: list[torch.Tensor], crop: int, device: str | torch.device) -> None:
+        if not images:
+            raise TicaError("DeviceCrops needs at least one photo")
+        fitted = []
+        for img in images:
+            h, w = img.shape[1:]
+            if min(h, w) < crop:
+                s = crop / min(h, w)
+                size = (max(crop, round(h * s)), max(crop, round(w * s)))
+                img = F.interpolate(img[None].float(), size=size, mode="bilinear",
+                                    align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+            fitted.append(img)
+        H = max(img.shape[1] for img in fitted)
+        W = max(img.shape[2] for img in fitted)
+        packed = torch.zeros(len(fitted), 3, H, W, dtype=torch.uint8)
+        for i, img in enumerate(fitted):
+            packed[i, :, : img.shape[1], : img.shape[2]] = img
+        self.device = torch.device(device)
+        self.images = packed.to(self.device)
+        self.sizes = torch.tensor([img.shape[1:] for img in fitted]).to(self.device)   # (n, 2)
+        self.crop = crop
+
+    def batch(self, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(size, 3, crop, crop) uint8 crops on the device, flipped at random."""
+        dev, c = self.device, self.crop
+        idx = torch.randint(0, len(self.images), (size,), generator=generator, device=dev)
+        room = self.sizes[idx] - c + 1                                        # (size, 2)
+        corner = (torch.rand(size, 2, generator=generator, device=dev) * room).long()
+        ar = torch.arange(c, device=dev)
+        rows = (corner[:, 0, None] + ar)[:, None, :, None]
+        cols = (corner[:, 1, None] + ar)[:, None, None, :]
+        out = self.images[idx[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None],
+                          rows, cols]
+        flip = torch.rand(size, generator=generator, device=dev) < 0.5
+        return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
 # ---- WebDataset shards ---------------------------------------------------------------------

@@ -26,7 +26,11 @@ def _weighted(per_sample: torch.Tensor, weight: Weight) -> torch.Tensor:
 
 
 def _active(weight: Weight) -> bool:
-    return bool((weight != 0).any()) if torch.is_tensor(weight) else bool(weight)
+    """Whether a term's weight is not zero. A per-image weight on an accelerator counts as
+    active: reading it back would stall the device every step (pass 0 for "none")."""
+    if not torch.is_tensor(weight):
+        return bool(weight)
+    return bool((weight != 0).any()) if weight.device.type == "cpu" else True
 
 
 def rda_loss(out: dict, x: torch.Tensor, labels: torch.Tensor | None, alpha: Weight, beta: Weight,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -27,8 +28,8 @@ from torch import nn
 
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig
-from .data import RandomCrops, augment, load_split, read_shards, synthetic_split
-from .errors import CheckpointError, TicaError
+from .data import DeviceCrops, RandomCrops, augment, load_split, read_shards, synthetic_split
+from .errors import CheckpointError, ConfigError, TicaError
 from .losses import cosine_lr, rda_loss
 from .models import CompressionModel
 from .registry import build_model, find_weights, get_config
@@ -42,14 +43,19 @@ STATE_FORMAT = "tica-train-state"
 class _SplitData:
     """Labelled 32x32-style data held in memory, augmented a batch at a time. The order of an
     epoch is a permutation seeded by (seed, epoch); rank r takes every world-th image of
-    each global batch."""
+    each global batch. `to(device)` makes it resident on a GPU (uint8: CIFAR-10's 45,000
+    training images are 138 MB): batches are then gathered and augmented there."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, seed: int) -> None:
         self.images, self.labels, self.seed = images, labels, seed
+        self.device = images.device
         self._perm, self._perm_epoch = torch.empty(0, dtype=torch.long), -1
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def to(self, device: torch.device) -> "_SplitData":
+        return _SplitData(self.images.to(device), self.labels.to(device), self.seed)
 
     def batch(self, indices: torch.Tensor, generator: torch.Generator):
         x = augment(self.images[indices].float().div_(255), generator=generator)
@@ -60,7 +66,7 @@ class _SplitData:
         epoch = step // steps_per_epoch
         if epoch != self._perm_epoch:
             self._perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(
-                self.seed * 7919 + epoch))
+                self.seed * 7919 + epoch)).to(self.device)      # the same order on any device
             self._perm_epoch = epoch
         offset = (step % steps_per_epoch) * batch_size
         return self.batch(self._perm[offset:offset + batch_size][rank::world], generator)
@@ -80,6 +86,35 @@ class _CropData:
 
     def get(self, step, steps_per_epoch, batch_size, rank, world, generator):
         return self.batch(torch.arange(max(1, batch_size // world)), generator)
+
+    def to(self, device: torch.device) -> "_DeviceCropData":
+        return _DeviceCropData(DeviceCrops(self.crops.images, self.crops.crop, device), self.epoch_size)
+
+
+class _DeviceCropData:
+    """`_CropData` resident on a GPU: crops are drawn and gathered there (`DeviceCrops`)."""
+
+    def __init__(self, crops: DeviceCrops, epoch_size: int) -> None:
+        self.crops, self.epoch_size, self.device = crops, epoch_size, crops.device
+
+    def __len__(self) -> int:
+        return self.epoch_size
+
+    def get(self, step, steps_per_epoch, batch_size, rank, world, generator):
+        return self.crops.batch(max(1, batch_size // world), generator).float().div_(255), None
+
+
+def _on_device(data, device: torch.device):
+    """Training data resident on an accelerator where its kind allows (in-memory splits and
+    photographs); on the CPU, and for streamed shards, the data as it is."""
+    if device.type == "cpu" or not hasattr(data, "to"):
+        return data
+    return data.to(device)
+
+
+def _generator(data, seed: int) -> torch.Generator:
+    """The per-step generator of augmentation draws, on the device the data lives on."""
+    return torch.Generator(device=getattr(data, "device", "cpu")).manual_seed(seed)
 
 
 class _ShardData:
@@ -191,13 +226,18 @@ class Objective(nn.Module):
             alphas, betas = zip(*cfg.rate_points(levels))
             self.register_buffer("alphas", torch.tensor(alphas), persistent=False)
             self.register_buffer("betas", torch.tensor(betas), persistent=False)
+            # a weight that is 0 at every point is passed as 0: the loss then leaves its term
+            # out without asking the device whether a per-image weight is all zero
+            self.weighted = (any(alphas), any(betas))
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None, rate_weight: float = 1.0
                 ) -> dict[str, torch.Tensor]:
         alpha, beta, quality = self.cfg.alpha, self.cfg.beta, None
         if self.levels:
-            level = torch.randint(self.levels, (x.shape[0],)).to(x.device)
-            alpha, beta, quality = self.alphas[level], self.betas[level], level + 1
+            level = torch.randint(self.levels, (x.shape[0],), device=x.device)
+            alpha = self.alphas[level] if self.weighted[0] else 0.0
+            beta = self.betas[level] if self.weighted[1] else 0.0
+            quality = level + 1
         if self.codec:
             out = self.model(x, entropy=self.cfg.step == 2, quality=quality)
         else:
@@ -345,6 +385,128 @@ def calibrate_latent_scale(model: CompressionModel, x: torch.Tensor, target_std:
     return s
 
 
+# ---- the wall clock: deadline, time-based schedule, periodic exports --------------------------
+
+_STOP = threading.Event()
+
+
+def request_stop() -> None:
+    """Ask every `train()` of this process to stop after its current step, then save and
+    export what it has, as at a deadline (what a plan's SIGTERM handler calls). The request
+    holds for the rest of the process, so one made while a run is still starting counts."""
+    _STOP.set()
+
+
+class _Clock:
+    """The wall-clock side of a run: its deadline (`deadline_s` after `clock_start`, else
+    after the run's start), the share of a time-based schedule that has passed, and when
+    the next periodic export is due. Reads only the host clock: never waits for a GPU."""
+
+    def __init__(self, cfg: TrainConfig, world: int) -> None:
+        if cfg.schedule_by_deadline and (cfg.deadline_s is None or world > 1):
+            raise ConfigError("schedule_by_deadline needs deadline_s, and one process (the "
+                              "ranks of torchrun would read different clocks)")
+        if cfg.deadline_s is not None and cfg.deadline_s < 0:
+            raise ConfigError("deadline_s must not be negative")
+        if cfg.export_every_s is not None and cfg.export_every_s <= 0:
+            raise ConfigError("export_every_s must be positive")
+        self.start = time.time()
+        origin = cfg.clock_start if cfg.clock_start is not None else self.start
+        self.deadline = origin + cfg.deadline_s if cfg.deadline_s is not None else None
+        self.by_deadline = cfg.schedule_by_deadline
+        self.every = cfg.export_every_s
+        self.next_export = None
+
+    def begin(self) -> None:
+        """The first step is about to run: the schedule's time and the export interval
+        count from here (building the model and loading data are behind)."""
+        self.start = time.time()
+        self.next_export = self.start + self.every if self.every else None
+
+    def stop_reason(self) -> str | None:
+        """"signal" (request_stop), "deadline", or None to go on."""
+        if _STOP.is_set():
+            return "signal"
+        if self.deadline is not None and time.time() >= self.deadline:
+            return "deadline"
+        return None
+
+    def schedule_step(self, step: int, total_steps: int) -> float:
+        """The step the LR schedule is at: `step`, or further along when the schedule runs
+        to the deadline and that much of the time until it has passed."""
+        if not self.by_deadline:
+            return step
+        span = max(self.deadline - self.start, 1e-6)
+        return max(float(step), min(1.0, (time.time() - self.start) / span) * total_steps)
+
+    def export_due(self) -> bool:
+        if self.next_export is None or time.time() < self.next_export:
+            return False
+        self.next_export = time.time() + self.every
+        return True
+
+
+def _agree_to_stop(clock: _Clock, world: int, device: torch.device) -> str | None:
+    """Why to stop now, if at all. Under torchrun every rank must stop at the same step, so
+    with a deadline any rank's reason stops all (one tiny all-reduce a step)."""
+    reason = clock.stop_reason()
+    if world == 1 or clock.deadline is None:
+        return reason
+    flag = torch.tensor([1.0 if reason else 0.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return (reason or "deadline") if flag.item() else None
+
+
+def _tune_device(device: torch.device) -> None:
+    """CUDA: cuDNN picks its fastest kernels for the fixed shapes, TF32 for the float32
+    parts (the entropy models run outside autocast). Training only: coding tables are
+    built on the CPU from the exported weights."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+# ---- exports -------------------------------------------------------------------------------
+
+def export_weights(model: nn.Module, ema_state: dict[str, torch.Tensor] | None, cfg: TrainConfig,
+                   step: int, path: Path, half: bool = False, final: bool = True) -> None:
+    """Write the weights a run has now as a tica checkpoint: the EMA where there is one, in
+    eval mode, coding-ready (update()) after step 2. Built on the CPU, so a GPU run's copy
+    is the same file a CPU run writes; `half` stores float16."""
+    config = model.config
+    export = build_model(config)
+    state = model.state_dict()
+    export.load_state_dict({**state, **ema_state} if ema_state is not None else state)
+    export.eval()
+    if isinstance(export, CompressionModel) and cfg.step == 2:
+        export.update()
+    meta = {"quality": cfg.quality, "alpha": cfg.alpha, "beta": cfg.beta, "step": cfg.step,
+            "train_steps": step, "model": config.name}
+    if isinstance(export, CompressionModel) and config.rate_levels and cfg.step == 2:
+        meta["quality"] = None
+        meta["rate_points"] = cfg.rate_points(config.rate_levels)
+    if not final:
+        meta["interim"] = True
+    save_checkpoint(export, path, meta, half=half)
+
+
+def _export_all(model, ema_state, cfg: TrainConfig, step: int, final: bool) -> Path:
+    """The run's exports: run_dir/model.safetensors (float32) at the end or, mid-run, where
+    no export_dir is set; a float16 copy in export_dir each time. Logs how long it took."""
+    run_dir = Path(cfg.run_dir)
+    t0 = time.perf_counter()
+    out = run_dir / "model.safetensors"
+    if final or not cfg.export_dir:
+        export_weights(model, ema_state, cfg, step, out, final=final)
+    if cfg.export_dir:
+        export_weights(model, ema_state, cfg, step, Path(cfg.export_dir) / "model.safetensors",
+                       half=True, final=final)
+    _log(run_dir / "metrics.jsonl", {"step": step, "export": "final" if final else "interim",
+                                     "export_s": round(time.perf_counter() - t0, 3)})
+    return out
+
+
 # ---- the loop ------------------------------------------------------------------------------
 
 @dataclass
@@ -352,22 +514,28 @@ class TrainResult:
     weights: Path          # the exported model (coding-ready after step 2)
     model: nn.Module       # this process's trained model (identical on every rank)
     steps: int
+    stopped: str | None = None     # "deadline" or "signal" if the run ended before its last step
+    planned_steps: int = 0         # the step it would have ended at
+    wall_s: float = 0.0            # of the training loop, this session
+    first_step: int = 0            # where this session started (> 0 when resumed)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
-    """Run (or resume) one training run and export its weights."""
-    rank, world, device = _init_distributed(cfg)
+def _open_run_dir(cfg: TrainConfig) -> Path:
+    """Create the run folder, clear a killed write's leftovers, write the resolved config."""
     run_dir = Path(cfg.run_dir)
-    state_path = run_dir / STATE_FILE
-    main = rank == 0
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in run_dir.glob(".*.tmp"):      # left by a process killed mid-write
-            stale.unlink(missing_ok=True)
-        atomic_write(run_dir / "config.json",
-                     lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=2)))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    atomic_write(run_dir / "config.json",
+                 lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=2)))
+    return run_dir
 
-    start_step, ema_state = 0, None
+
+def _start_model(cfg: TrainConfig, resume: bool, device: torch.device, main: bool):
+    """(model on the device in train mode, saved state or None, first step): from the
+    run's checkpoint when resuming, else from `init` or the preset. Channels-last on CUDA."""
+    state_path = Path(cfg.run_dir) / STATE_FILE
+    start_step = 0
     if resume and state_path.exists():
         meta, saved = load_state(state_path)
         model = build_model(ModelConfig.from_dict(json.loads(meta["model_config"])), seed=cfg.seed)
@@ -375,19 +543,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         start_step = int(meta["step"])
     else:
         if resume and main:
-            print(f"tica train: no checkpoint in {run_dir}, starting from scratch", file=sys.stderr)
+            print(f"tica train: no checkpoint in {cfg.run_dir}, starting from scratch", file=sys.stderr)
         model, saved = build_initial_model(cfg), None
-    model.to(device).train()
-    config = model.config
-    data = _train_data(cfg, config.img_size)
-    if (saved is None and cfg.step == 2 and cfg.init and cfg.latent_std
-            and isinstance(model, CompressionModel)):
-        probe, _ = data.get(0, 1, min(len(data), 512), 0, 1, torch.Generator().manual_seed(cfg.seed))
-        scale = calibrate_latent_scale(model, probe.to(device), cfg.latent_std)
-        if main:
-            _log(run_dir / "metrics.jsonl", {"step": 0, "latent_scale": scale})
-    eval_split = _eval_data(cfg, config.img_size) if main else None
+    if device.type == "cuda":
+        model.to(device, memory_format=torch.channels_last).train()
+    else:
+        model.to(device).train()
+    return model, saved, start_step
 
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig, saved, device: torch.device, world: int):
+    """(objective, optimizer, the parameters whose norm is clipped, EMA state or None)."""
     objective: nn.Module = Objective(model, cfg)
     if world > 1:
         objective = nn.parallel.DistributedDataParallel(
@@ -398,95 +564,142 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     clipped = [p for g in optimizer.param_groups if not g.get("fixed") for p in g["params"]]
     if saved is not None:
         _restore_optimizer(optimizer, saved["optim"])
+    ema_state = None
     if cfg.ema > 0:
         ema_state = ({k: v.to(device) for k, v in saved["ema"].items()} if saved and saved["ema"]
                      else {k: v.detach().clone() for k, v in model.state_dict().items()
                            if v.dtype.is_floating_point})
+    return objective, optimizer, clipped, ema_state
+
+
+class _Window:
+    """The loss terms summed between two log steps. The sums stay tensors on the device
+    (float64, as Python floats were), read back only when a record is made."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.n, self.images, self.t = 0, 0, time.perf_counter()
+
+    def add(self, terms: dict[str, torch.Tensor], images: int) -> None:
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.detach().double()
+        self.n += 1
+        self.images += images
+
+    def record(self, step: int, steps_per_epoch: int, lr: float) -> dict:
+        elapsed = time.perf_counter() - self.t
+        return {"step": step, "epoch": round(step / steps_per_epoch, 3), "lr": lr,
+                "img_s": self.images / elapsed, **{k: float(v) / self.n for k, v in self.sums.items()}}
+
+
+def _step(objective, optimizer, clipped, model, ema_state, x, labels, cfg: TrainConfig,
+          rate_weight: float, autocast) -> dict[str, torch.Tensor]:
+    """One optimisation step; the loss terms (device tensors)."""
+    with autocast():
+        terms = objective(x, labels, rate_weight)
+    optimizer.zero_grad(set_to_none=True)
+    (terms["loss"] + terms["aux"] if "aux" in terms else terms["loss"]).backward()
+    if cfg.grad_clip:   # the quantiles' auxiliary gradients stay out of the norm
+        nn.utils.clip_grad_norm_(clipped, cfg.grad_clip)
+    optimizer.step()
+    if ema_state is not None:
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                if k in ema_state:
+                    ema_state[k].mul_(cfg.ema).add_(v.detach(), alpha=1 - cfg.ema)
+    return terms
+
+
+def _set_lr(optimizer, cfg: TrainConfig, sched_step: float, total_steps: int) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] if group.get("fixed") else cosine_lr(
+            sched_step, total_steps, cfg.warmup_steps, group["base_lr"], cfg.min_lr_ratio)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
+    """Run (or resume) one training run and export its weights.
+
+    On a GPU the training data (in-memory splits, photographs) is resident on the device,
+    augmented there, the weights are channels-last, and nothing is read back to the host
+    except at log, checkpoint and export steps. A deadline (`deadline_s`) or `request_stop`
+    ends the run early, saved and exported like a finished one."""
+    rank, world, device = _init_distributed(cfg)
+    _tune_device(device)
+    clock = _Clock(cfg, world)
+    main = rank == 0
+    run_dir = _open_run_dir(cfg) if main else Path(cfg.run_dir)
+    state_path, metrics = run_dir / STATE_FILE, run_dir / "metrics.jsonl"
+    model, saved, start_step = _start_model(cfg, resume, device, main)
+    data = _on_device(_train_data(cfg, model.config.img_size), device)
+    if (saved is None and cfg.step == 2 and cfg.init and cfg.latent_std
+            and isinstance(model, CompressionModel)):
+        probe, _ = data.get(0, 1, min(len(data), 512), 0, 1, _generator(data, cfg.seed))
+        scale = calibrate_latent_scale(model, probe.to(device), cfg.latent_std)
+        if main:
+            _log(metrics, {"step": 0, "latent_scale": scale})
+    eval_split = _eval_data(cfg, model.config.img_size) if main else None
+    objective, optimizer, clipped, ema_state = _make_optimizer(model, cfg, saved, device, world)
 
     steps_per_epoch = max(1, len(data) // cfg.batch_size)
     total_steps = max(1, int(cfg.epochs * steps_per_epoch))
     last_step = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
     use_bf16 = cfg.bf16 and device.type in ("cpu", "cuda")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
-
     progress = None
     if main and cfg.progress:
         from tqdm import tqdm
-        progress = tqdm(total=last_step, initial=start_step, desc=f"step {cfg.step} {config.name}",
+        progress = tqdm(total=last_step, initial=start_step, desc=f"step {cfg.step} {model.config.name}",
                         unit="it", mininterval=2.0, dynamic_ncols=True)
-    window: dict[str, float] = {}
-    window_n, window_t, window_imgs = 0, time.perf_counter(), 0
-    run_start = time.perf_counter()
-    step = start_step
+    window, run_start, step, stopped = _Window(), time.perf_counter(), start_step, None
+    clock.begin()
     try:
         while step < last_step:
+            stopped = _agree_to_stop(clock, world, device)
+            if stopped:
+                break
             torch.manual_seed(cfg.seed * 1_000_003 + step * 131 + rank)
-            g = torch.Generator().manual_seed(cfg.seed * 999_983 + step * 17 + rank)
+            g = _generator(data, cfg.seed * 999_983 + step * 17 + rank)
             x, labels = data.get(step, steps_per_epoch, cfg.batch_size, rank, world, g)
             x = x.to(device, non_blocking=True)
             labels = labels.to(device) if labels is not None else None
-            for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] if group.get("fixed") else cosine_lr(
-                    step, total_steps, cfg.warmup_steps, group["base_lr"], cfg.min_lr_ratio)
+            _set_lr(optimizer, cfg, clock.schedule_step(step, total_steps), total_steps)
             # Rate warm-up: Adam normalises each parameter's step, so the entropy models learn
             # at full speed while g_a feels the rate only gradually and keeps its information.
             rate_weight = min(1.0, (step + 1) / cfg.rate_warmup_steps) if cfg.rate_warmup_steps else 1.0
-            with autocast():
-                terms = objective(x, labels, rate_weight)
-            optimizer.zero_grad(set_to_none=True)
-            (terms["loss"] + terms["aux"] if "aux" in terms else terms["loss"]).backward()
-            if cfg.grad_clip:   # the quantiles' auxiliary gradients stay out of the norm
-                nn.utils.clip_grad_norm_(clipped, cfg.grad_clip)
-            optimizer.step()
-            if ema_state is not None:
-                with torch.no_grad():
-                    for k, v in model.state_dict().items():
-                        if k in ema_state:
-                            ema_state[k].mul_(cfg.ema).add_(v.detach(), alpha=1 - cfg.ema)
+            terms = _step(objective, optimizer, clipped, model, ema_state, x, labels, cfg,
+                          rate_weight, autocast)
             step += 1
-            for k, v in terms.items():
-                window[k] = window.get(k, 0.0) + float(v.detach())
-            window_n += 1
-            window_imgs += x.shape[0] * world
+            window.add(terms, x.shape[0] * world)
             if main and (step % cfg.log_every == 0 or step == last_step):
-                elapsed = time.perf_counter() - window_t
-                record = {"step": step, "epoch": round(step / steps_per_epoch, 3),
-                          "lr": optimizer.param_groups[0]["lr"], "img_s": window_imgs / elapsed,
-                          **{k: v / window_n for k, v in window.items()}}
-                _log(run_dir / "metrics.jsonl", record)
+                record = window.record(step, steps_per_epoch, optimizer.param_groups[0]["lr"])
+                _log(metrics, record)
                 if progress is not None:
                     progress.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "acc", "bpp", "psnr", "img_s") if k in record})
-                window, window_n, window_t, window_imgs = {}, 0, time.perf_counter(), 0
+                window = _Window()
             if progress is not None:
                 progress.update(1)
             epoch_end = step % steps_per_epoch == 0
-            if main and (step % cfg.checkpoint_every == 0 or epoch_end or step == last_step):
+            if main and cfg.resumable and (step % cfg.checkpoint_every == 0 or epoch_end or step == last_step):
                 save_state(state_path, model, optimizer, ema_state, step, cfg)
             if main and epoch_end and eval_split is not None:
-                _log(run_dir / "metrics.jsonl", {"step": step, "eval": evaluate_estimate(model, eval_split, cfg)})
+                _log(metrics, {"step": step, "eval": evaluate_estimate(model, eval_split, cfg)})
+            if main and clock.export_due():
+                _export_all(model, ema_state, cfg, step, final=False)
+        if main and stopped and cfg.resumable and step > start_step:
+            save_state(state_path, model, optimizer, ema_state, step, cfg)
     finally:
         if progress is not None:
             progress.close()
     if world > 1:
         dist.barrier()
-    out = run_dir / "model.safetensors"
+    wall = time.perf_counter() - run_start
     if main:
-        wall = time.perf_counter() - run_start
-        export = build_model(config)
-        export.load_state_dict(model.state_dict())
-        if ema_state is not None:
-            export.load_state_dict({**model.state_dict(), **ema_state})
-        export.eval()
-        if isinstance(export, CompressionModel) and cfg.step == 2:
-            export.update()
-        meta = {"quality": cfg.quality, "alpha": cfg.alpha, "beta": cfg.beta, "step": cfg.step,
-                "train_steps": step, "model": config.name}
-        if isinstance(export, CompressionModel) and config.rate_levels and cfg.step == 2:
-            meta["quality"] = None
-            meta["rate_points"] = cfg.rate_points(config.rate_levels)
-        save_checkpoint(export, out, meta)
-        _log(run_dir / "metrics.jsonl", {"step": step, "done": True, "wall_s": wall, "world": world})
-    return TrainResult(out, model, step)
+        _export_all(model, ema_state, cfg, step, final=True)
+        done = {"step": step, "done": True, "wall_s": wall, "world": world}
+        if stopped:
+            done.update(stopped=stopped, planned_steps=last_step)
+        _log(metrics, done)
+    return TrainResult(run_dir / "model.safetensors", model, step, stopped, last_step, wall, start_step)
 
 
 @torch.no_grad()

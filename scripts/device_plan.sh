@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Train every shipped model in ONE command on a borrowed H100/H200 (the device tool), with
+# scripts/plans/gpu.json: tica-cifar step 1 -> step 2 (variable rate, 8 points) and its
+# no-FAM ablation, vit-pixel-cifar, hyperprior-cifar (variable rate), tica-photo step 1 ->
+# step 2 (variable rate), side by side, every run done by 470 s.
+#
+#   1. HERE, before the device call:   bash scripts/device_plan.sh prepare
+#      Copies the data into .devdata/ (ignored through .git/info/exclude; ../shared does not
+#      travel): the CIFAR-10 archive as is (18 MB), the 40 photographs halved, lossless WebP
+#      (14 MiB). Downloads the one package the device image lacks, constriction, as a wheel
+#      into .whl/. Checks the plan (tica train --plan ... --dry-run: configs, dependencies,
+#      export sizes against the 8-file / 16 MiB / 64 MiB return limits) and that the working
+#      tree plus .devdata and .whl fit the tool's 64 MiB; exits non-zero if not (the
+#      data take ~32 MiB of it, so the tracked tree must stay under ~32 MiB).
+#
+#   2. THE DEVICE TOOL, one call, exactly:
+#        run(command="bash scripts/device_plan.sh run", carry=[".devdata", ".whl"], timeout_s=590)
+#      The plan's clock starts ~10 s in (wheel install, python start); runs stop, export and
+#      exit by 470 s of it, SIGTERM at 515 s, SIGKILL at 525 s; the command ends by ~540 s.
+#      Every 90 s and at the end each published run's weights are copied into $OUT: float16,
+#      coding-ready (update() done) safetensors, tica-photo split in two parts (16 MiB per
+#      file), plus plan.json (each run's state, steps, images/s, minutes, eval, sha256 of each
+#      file): 8 files, ~62 MiB. A command cut short still returns the last published copies.
+#      Call give_back when it returns: nothing else needs the machine.
+#
+#   3. HERE, after:  .venv/bin/python scripts/join_parts.py FILES_AT runs/gpu-plan
+#      (FILES_AT: the folder the tool names) rejoins the parts, checks each file against
+#      plan.json's sha256 and loads every model with tica.load.
+#
+#   bash scripts/device_plan.sh smoke [DIR]   the same plan's runs on this CPU, tiny (~1 min)
+#   bash scripts/device_plan.sh check         what a device call would send, against 64 MiB
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+DATA=${TICA_DATA:-../shared/data}
+
+exclude() {        # keep a folder out of git, so it travels only when carried
+    local file
+    file=$(git rev-parse --git-path info/exclude)
+    mkdir -p "$(dirname "$file")"
+    grep -qxF "$1" "$file" 2>/dev/null || echo "$1" >>"$file"
+}
+
+prepare() {
+    exclude /.devdata/
+    exclude /.whl/
+    mkdir -p .devdata .whl
+    cmp -s "$DATA/cifar10-jpeg.tar.gz" .devdata/cifar10-jpeg.tar.gz ||
+        cp -f "$DATA/cifar10-jpeg.tar.gz" .devdata/cifar10-jpeg.tar.gz
+    if [ ! -d .devdata/photos ]; then
+        "$PY" -m tica.plan pack-photos "$DATA/photos" .devdata/photos.tmp 2
+        mv .devdata/photos.tmp .devdata/photos
+    fi
+    local version
+    version=$("$PY" -c "import importlib.metadata as m; print(m.version('constriction'))")
+    if ! ls .whl/constriction-"$version"-*.whl >/dev/null 2>&1; then
+        rm -f .whl/constriction-*.whl
+        # the exact command of the device tool's README (the device has Python 3.12, x86-64)
+        "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+            --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+            --platform manylinux1_x86_64 -d .whl "constriction==$version"
+    fi
+    OMP_NUM_THREADS=1 "$PY" -m tica.cli train --plan scripts/plans/gpu.json --dry-run \
+        --data-root .devdata --runs-dir /tmp/tica-runs
+    check
+}
+
+check() {
+    "$PY" -m tica.plan travel-size .devdata .whl || {
+        echo "device_plan: what travels is over the device tool's 64 MiB: the call would be" \
+             "refused. Make the working tree smaller (the biggest folders are listed above)." >&2
+        return 3
+    }
+}
+
+run() {            # on the device machine
+    : "${OUT:?run this through the device tool: \$OUT is where the weights go}"
+    if [ ! -f .devdata/cifar10-jpeg.tar.gz ] || [ ! -d .devdata/photos ]; then
+        echo "device_plan: no .devdata here: run 'bash scripts/device_plan.sh prepare' first," \
+             "and carry .devdata" >&2
+        exit 1
+    fi
+    export PYTHONUNBUFFERED=1 TICA_CACHE=${TICA_CACHE:-/tmp/tica-cache}
+    if ls .whl/*.whl >/dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/site .whl/*.whl || exit 1
+        export PYTHONPATH=/tmp/site
+    fi
+    export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+    python3 -c "import torch, constriction, safetensors, PIL; print('torch', torch.__version__, \
+'cuda', torch.cuda.is_available(), 'cpus', __import__('os').cpu_count())"
+    exec python3 -m tica.cli train --plan "${1:-scripts/plans/gpu.json}" --out "$OUT" \
+        --data-root .devdata --runs-dir /tmp/tica-runs
+}
+
+smoke() {
+    local dir=${1:-runs/plan-smoke}
+    OMP_NUM_THREADS=1 "$PY" -m tica.cli train --plan scripts/plans/smoke.json --out "$dir/out" \
+        --runs-dir "$dir/runs" --fresh
+}
+
+case "${1:-}" in
+    prepare) prepare ;;
+    check) check ;;
+    run) shift; run "$@" ;;
+    smoke) shift; smoke "$@" ;;
+    *) sed -n '2,31p' "$0"; exit 2 ;;
+esac

@@ -1,0 +1,290 @@
+"""Training plans (tica.plan): the smoke plan runs gpu.json's runs end to end on the CPU,
+dependencies in order, exports published within the device tool's return limits; a deadline
+stops a run that still exports; the GPU-side data paths run on the CPU."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+import tica
+from tica.config import TrainConfig
+from tica.errors import CheckpointError, ConfigError
+from tica.plan import (STATUS_FILE, Limits, Publisher, check_limits, join_parts, load_plan,
+                       run_plan)
+
+REPO = Path(__file__).resolve().parents[1]
+PLANS = REPO / "scripts" / "plans"
+TINY = {"N": 16, "M": 16, "embed_dim": 32, "depth": 3, "num_heads": 2, "drop_path": 0.1}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The smoke plan, run once through the command line: (out, runs dir, status)."""
+    from tica.cli import main
+    root = tmp_path_factory.mktemp("smoke")
+    out, runs = root / "out", root / "runs"
+    rc = main(["train", "--plan", str(PLANS / "smoke.json"), "--out", str(out),
+               "--runs-dir", str(runs), "--fresh"])
+    assert rc == 0
+    return out, runs, json.loads((out / STATUS_FILE).read_text())
+
+
+def test_smoke_plan_exports_every_run_coding_ready(smoke, tmp_path):
+    out, runs, status = smoke
+    plan = load_plan(PLANS / "smoke.json", runs_dir=runs)
+    joined = {p.name: p for p in join_parts(out, tmp_path / "joined")}
+    published = [r for r in plan.runs if r.publish]
+    assert sorted(joined) == sorted(f"{r.name}.safetensors" for r in published)
+    for run in published:
+        path = joined[f"{run.name}.safetensors"]
+        with safe_open(str(path), framework="pt") as f:              # float16, as shipped
+            floats = [f.get_tensor(k).dtype for k in f.keys() if f.get_tensor(k).is_floating_point()]
+        assert floats and set(floats) == {torch.float16}
+        model = tica.load_checkpoint(path)                            # as written, no update()
+        if run.config.step == 2 and hasattr(model, "is_updated"):
+            assert model.is_updated, run.name
+        assert tica.load(weights=path).config.name == model.config.name
+        assert model.checkpoint_metadata["train_steps"] == status["runs"][run.name]["steps"]
+    tica_cifar = tica.load(weights=joined["tica-cifar.safetensors"])
+    assert tica_cifar.quality_range == (1.0, 8.0)
+    assert tica.load(weights=joined["tica-cifar-nofam.safetensors"]).fam is None
+
+
+def test_smoke_plan_keeps_dependency_order_and_reports_every_run(smoke):
+    out, runs, status = smoke
+    plan = load_plan(PLANS / "smoke.json", runs_dir=runs)
+    states = status["runs"]
+    assert status["finished"] and set(states) == {r.name for r in plan.runs}
+    for run in plan.runs:
+        st = states[run.name]
+        assert st["steps"] >= 1 and st["img_s_mean"] > 0 and st["minutes"] > 0, run.name
+        assert st["state"] == ("stopped" if run.name == "vit-pixel-cifar" else "done"), st
+        if run.after:                 # started from the dependency's export, once it ended
+            dep = states[run.after]
+            assert st["started_s"] >= dep["ended_s"]
+            init = json.loads((runs / run.name / "config.json").read_text())["init"]
+            assert Path(init) == runs / run.after / "model.safetensors"
+    assert states["tica-cifar"]["after"] == "tica-cifar-step1"
+
+
+def test_smoke_plan_deadline_stops_a_run_that_still_exports(smoke, tmp_path):
+    out, runs, status = smoke
+    vit = status["runs"]["vit-pixel-cifar"]
+    assert "deadline" in vit["reason"] and vit["steps"] < vit["planned_steps"]
+    assert vit["interim_exports"] >= 1                      # published while it trained
+    assert vit["last"]["lr"] < 0.05 * 1e-3                  # its schedule ran to the deadline
+    path = join_parts(out, tmp_path)[0].parent / "vit-pixel-cifar.safetensors"
+    assert tica.load(weights=path).checkpoint_metadata["train_steps"] == vit["steps"]
+
+
+def test_smoke_plan_output_fits_the_return_limits(smoke):
+    out, _, status = smoke
+    files = [p for p in out.rglob("*") if p.is_file()]
+    limits = Limits()
+    assert len(files) <= limits.max_files
+    assert all(p.stat().st_size <= limits.max_file_bytes for p in files)
+    assert sum(p.stat().st_size for p in files) <= limits.max_total_bytes
+    assert all(p.name.replace(".", "").replace("_", "").replace("-", "").isalnum() for p in files)
+    for name, info in status["files"].items():
+        data = b"".join((out / part).read_bytes() for part in info["parts"])
+        assert hashlib.sha256(data).hexdigest() == info["sha256"]
+
+
+def test_publisher_splits_files_keeps_limits_and_order(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    blobs = {"a": bytes(range(256)) * 10, "b": b"b" * 500, "c": b"c" * 300}     # a: 2560 bytes
+    for k, v in blobs.items():
+        (src / k).write_bytes(v)
+    pub = Publisher(out, Limits(max_files=5, max_file_bytes=1000, max_total_bytes=4000), ["a", "b", "c"])
+    assert pub.update({k: src / k for k in blobs}) == ["a", "b"]       # c: a 6th file
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a.safetensors.part0", "a.safetensors.part1", "a.safetensors.part2", "b.safetensors"]
+    assert "c" in pub.left_out and pub.update({k: src / k for k in blobs}) == []
+    (out / STATUS_FILE).write_text(json.dumps({"files": pub.manifest()}))
+    joined = {p.name: p.read_bytes() for p in join_parts(out, tmp_path / "j")}
+    assert joined == {"a.safetensors": blobs["a"], "b.safetensors": blobs["b"]}
+    (src / "a").write_bytes(b"a" * 900)                         # a shrinks: its parts go
+    assert pub.update({k: src / k for k in blobs}) == ["a", "c"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a.safetensors", "b.safetensors", "c.safetensors", STATUS_FILE]
+    (out / "a.safetensors").write_bytes(b"x" * 900)             # status still lists a's sha
+    (out / STATUS_FILE).write_text(json.dumps({"files": {"a.safetensors": {"sha256": "0" * 64}}}))
+    with pytest.raises(CheckpointError, match="sha256"):
+        join_parts(out, tmp_path / "k")
+
+
+def test_plans_share_gpu_json_runs_and_fit_the_limits():
+    gpu, cpu, smoke = (load_plan(PLANS / f"{n}.json", runs_dir="/tmp/r", data_root="DATA")
+                       for n in ("gpu", "cpu", "smoke"))
+    shape = lambda plan: [(r.name, r.after, r.config.model, r.config.step, r.publish,
+                           r.config.model_overrides.get("rate_levels"), r.config.model_overrides.get("fam"))
+                          for r in plan.runs]
+    assert shape(gpu) == shape(cpu) == shape(smoke)
+    sizes = check_limits(gpu)                                  # raises if they cannot come back
+    assert set(sizes) == {r.name for r in gpu.runs if r.publish}
+    for r in gpu.runs:
+        c = r.config
+        assert c.device == "cuda" and c.deadline_s <= gpu.deadline_s == 470 and c.schedule_by_deadline
+        assert not r.publish or c.export_every_s <= 120
+        assert c.data in ("DATA/cifar10-jpeg.tar.gz", "DATA/photos")
+    assert gpu.run("tica-cifar").config.rate_points(8)[-1] == pytest.approx((30, 0.03))
+    assert gpu.run("vit-pixel-cifar").config.epochs == (gpu.run("tica-cifar-step1").config.epochs
+                                                        + gpu.run("tica-cifar").config.epochs)
+    assert all(r.config.device == "cpu" and r.config.resumable and r.config.deadline_s == 9000
+               for r in cpu.runs)
+
+
+def _write(tmp_path, spec) -> Path:
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+@pytest.mark.parametrize("runs, match", [
+    ([{"name": "a", "init": "@b"}], "does not have"),
+    ([{"name": "a", "init": "@b"}, {"name": "b", "init": "@a"}], "cycle"),
+    ([{"name": "a", "epochz": 1}], "unknown train config"),
+    ([{"name": "a/b"}], "run name"),
+    ([{"name": "a", "run_dir": "x"}], "set by the plan"),
+    ([{"name": "a"}, {"name": "a"}], "repeat"),
+])
+def test_bad_plans_are_refused(tmp_path, runs, match):
+    with pytest.raises(ConfigError, match=match):
+        load_plan(_write(tmp_path, {"name": "t", "runs": runs}))
+
+
+def test_exports_that_cannot_come_back_are_refused_before_training(tmp_path):
+    spec = {"name": "t", "limits": {"max_files": 2},
+            "runs": [{"name": "a", "model": "vit-pixel-cifar"}, {"name": "b", "model": "vit-pixel-cifar"}]}
+    with pytest.raises(ConfigError, match="publish"):
+        run_plan(_write(tmp_path, spec), out=tmp_path / "out", runs_dir=tmp_path / "r")
+
+
+def _cfg(tmp_path, **kw) -> TrainConfig:
+    base = dict(model="tica-cifar", data="synthetic", run_dir=str(tmp_path / "run"), step=2,
+                epochs=100000, batch_size=8, train_limit=32, eval_images=0, log_every=1,
+                progress=False, model_overrides={**TINY, "rate_levels": 2}, alpha=0.5,
+                alpha_max=5, beta=1e-3, beta_max=1e-2, warmup_steps=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_train_stops_at_its_deadline_saved_and_exported(tmp_path):
+    import time
+    from tica.train import STATE_FILE, load_state, train
+    cfg = _cfg(tmp_path, clock_start=time.time(), deadline_s=3.0, export_every_s=0.5,
+               export_dir=str(tmp_path / "export"))
+    result = train(cfg)
+    assert result.stopped == "deadline" and 0 < result.steps < result.planned_steps
+    assert int(load_state(Path(cfg.run_dir) / STATE_FILE)[0]["step"]) == result.steps
+    records = [json.loads(l) for l in Path(cfg.run_dir, "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("export") == "interim" for r in records)
+    assert [r for r in records if r.get("done")][0]["stopped"] == "deadline"
+    half = tica.load_checkpoint(tmp_path / "export" / "model.safetensors")
+    assert half.is_updated and half.checkpoint_metadata["train_steps"] == result.steps
+    assert tica.load_checkpoint(result.weights).is_updated
+
+
+def test_request_stop_ends_a_run_like_a_deadline(tmp_path):
+    from tica import train as train_module
+    timer = threading.Timer(2.0, train_module.request_stop)
+    timer.start()
+    try:
+        result = train_module.train(_cfg(tmp_path, step=1, resumable=False))
+    finally:
+        timer.cancel()
+        train_module._STOP.clear()
+    assert result.stopped == "signal" and result.steps > 0
+    assert not (Path(tmp_path) / "run" / "checkpoint.safetensors").exists()
+    assert tica.load_checkpoint(result.weights).config.name == "tica-cifar"
+
+
+def test_augment_is_unchanged_on_the_cpu():
+    """The device-friendly flip (torch.where) draws and returns what the masked flip did."""
+    import torch.nn.functional as F
+    from tica.data import augment
+
+    def before(batch, pad, generator):
+        B, _, H, W = batch.shape
+        padded = F.pad(batch, (pad, pad, pad, pad), mode="reflect")
+        dy = torch.randint(0, 2 * pad + 1, (B,), generator=generator)
+        dx = torch.randint(0, 2 * pad + 1, (B,), generator=generator)
+        rows = (dy[:, None] + torch.arange(H))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(W))[:, None, None, :]
+        out = padded[torch.arange(B)[:, None, None, None], torch.arange(3)[None, :, None, None], rows, cols]
+        flip = torch.rand(B, generator=generator) < 0.5
+        out[flip] = out[flip].flip(-1)
+        return out
+
+    x = torch.rand(16, 3, 32, 32)
+    a = augment(x, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, before(x, 4, torch.Generator().manual_seed(5)))
+
+
+def test_device_crops_gather_whole_crops_of_the_photos():
+    from tica.data import DeviceCrops
+    photos = [torch.full((3, 40, 60), 10 * (i + 1), dtype=torch.uint8) for i in range(3)]
+    photos.append(torch.full((3, 20, 30), 99, dtype=torch.uint8))           # resized up
+    crops = DeviceCrops(photos, crop=24, device="cpu")
+    a = crops.batch(32, torch.Generator().manual_seed(0))
+    b = crops.batch(32, torch.Generator().manual_seed(0))
+    assert a.shape == (32, 3, 24, 24) and a.dtype == torch.uint8 and torch.equal(a, b)
+    for crop in a:                        # every crop lies inside one photo: no padding zeros
+        assert crop.unique().numel() == 1 and int(crop[0, 0, 0]) in (10, 20, 30, 99)
+    ramp = torch.arange(64, dtype=torch.uint8).repeat(3, 64, 1)             # columns 0..63
+    flips = DeviceCrops([ramp], crop=16, device="cpu").batch(64, torch.Generator().manual_seed(1))
+    rows = flips[:, 0, 0].int()
+    steps = rows[:, 1:] - rows[:, :-1]
+    assert {int(s) for s in steps.unique()} == {-1, 1}                      # both ways round
+
+
+def test_training_runs_on_device_resident_data(tmp_path, monkeypatch):
+    """The GPU path of the data (resident tensors, device-side draws) run through train()
+    on the CPU: photographs as DeviceCrops, an in-memory split with its permutation moved."""
+    from tica import train as train_module
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.fromarray((torch.rand(48, 64, 3) * 255).byte().numpy()).save(photos / f"{i}.png")
+    moved = []
+
+    def on_device(data, device):
+        moved.append(type(data).__name__)
+        return data.to(device)
+
+    monkeypatch.setattr(train_module, "_on_device", on_device)
+    result = train_module.train(_cfg(tmp_path, model="tica-photo", data=str(photos), step=1,
+                                     alpha=0, alpha_max=None, beta_max=None, epochs=1,
+                                     max_steps=2, batch_size=2,
+                                     model_overrides={**TINY, "img_size": 32}))
+    assert result.steps == 2
+    result = train_module.train(_cfg(tmp_path / "b", step=2, max_steps=2))
+    assert result.steps == 2 and moved == ["_CropData", "_SplitData"]
+
+
+def test_a_rerun_plan_keeps_finished_runs_and_resumes_the_stopped_one(smoke, tmp_path):
+    _, runs, first = smoke
+    again = run_plan(PLANS / "smoke.json", out=tmp_path / "out", runs_dir=runs, log=lambda _: None)
+    for name, st in again["runs"].items():
+        if name == "vit-pixel-cifar":            # stopped at its deadline: resumed, not redone
+            assert st["state"] == "stopped" and st["steps"] > first["runs"][name]["steps"]
+        else:
+            assert st["state"] == "done" and st["reason"] == "finished earlier" and st["rc"] is None
+    assert len(again["files"]) == len(first["files"])          # everything published again
+
+
+def test_train_needs_a_run_dir_or_a_plan(capsys):
+    from tica.cli import main
+    assert main(["train", "--data", "synthetic"]) == 1
+    assert "--run-dir" in capsys.readouterr().err
+    assert main(["train", "--run-dir", "x", "--out", "y"]) == 1
+    assert "only go with --plan" in capsys.readouterr().err
