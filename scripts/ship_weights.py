@@ -33,11 +33,11 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _entry(model, target: str, role: str, trained: dict) -> dict:
+def _entry(model, target: str, role: str, trained: dict, results: dict) -> dict:
     meta = model.checkpoint_metadata
     entry = {"name": Path(target).stem, "file": target, "preset": model.config.name, "role": role,
              "sha256": sha256(WEIGHTS / target), "trained": trained or meta.get("trained", {}),
-             "results": {}}
+             "results": results}
     if role == "codec":
         entry["model_id"] = f"{model.model_id:04x}"
         if model.config.rate_levels:
@@ -70,6 +70,8 @@ def main() -> None:
                         help="a model with no codec, e.g. a classifier baseline (repeatable)")
     parser.add_argument("--trained", type=json.loads, default={},
                         help="JSON provenance for these artifacts: where, minutes, steps, images")
+    parser.add_argument("--results", type=json.loads, default={},
+                        help="JSON headline numbers for these artifacts (e.g. from make report)")
     parser.add_argument("--check", metavar="DIR", help="compare float16 with float32 on these images")
     parser.add_argument("--rehash", action="store_true", help="refresh every entry's sha256 and id")
     args = parser.parse_args()
@@ -97,7 +99,7 @@ def main() -> None:
             meta["trained"] = args.trained
         save_checkpoint(model, WEIGHTS / target, meta, half=True)
         shipped = load_checkpoint(WEIGHTS / target)       # the id of what users will load
-        _put(entries, _entry(shipped, target, "codec", args.trained))
+        _put(entries, _entry(shipped, target, "codec", args.trained, args.results))
         print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB, id {shipped.model_id:04x}")
         if args.check:
             full, half = (evaluate(LearnedPipeline(m), images) for m in (model, shipped))
@@ -110,7 +112,8 @@ def main() -> None:
             target = f"{model.config.name}{'-step1' if role == 'step1' else ''}.safetensors"
             meta = {**model.checkpoint_metadata, **({"trained": args.trained} if args.trained else {})}
             save_checkpoint(model, WEIGHTS / target, meta, half=True)
-            _put(entries, _entry(load_checkpoint(WEIGHTS / target), target, role, args.trained))
+            _put(entries, _entry(load_checkpoint(WEIGHTS / target), target, role, args.trained,
+                               args.results))
             print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB")
     if args.rehash:
         for e in entries:

@@ -236,11 +236,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .data import load_split
+    from .data import held_out_split, load_split
     from .evaluate import evaluate_codec
     from .registry import standard_qualities
 
-    split = load_split(args.data, args.split, limit=args.limit)
+    split = load_split(args.data, args.split or held_out_split(args.data), limit=args.limit)
     model = api.load(args.model, weights=args.weights, untrained=args.untrained)
     if args.quality not in (None, "all"):
         try:
@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="top-1/top-5, bpp, PSNR, MS-SSIM over a split, from real bitstreams")
     p.add_argument("--data", required=True, metavar="DIR_OR_ARCHIVE")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", help="default: the held-out split, test or val")
     p.add_argument("--limit", type=int, help="evaluate a class-balanced subset")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--weights", metavar="FILE")

@@ -59,20 +59,44 @@ def extract_archive(archive: str | Path) -> Path:
     return target
 
 
-def resolve_split(data: str | Path, split: str) -> Path:
-    """The ImageFolder root of `split` ("train"/"test") under a folder or inside an archive.
-    Accepts the split folder itself, its parent, or the archive holding either."""
+HELD_OUT_SPLITS = ("test", "val")     # CIFAR-10 has a test split, Imagenette a val split
+
+
+def _data_folder(data: str | Path) -> Path:
     path = Path(data)
     if not path.exists():
         raise TicaError(f"data not found: {path}")
-    if path.is_file():
-        path = extract_archive(path)
+    return extract_archive(path) if path.is_file() else path
+
+
+def _named_split(path: Path, split: str) -> Path | None:
     for candidate in (path, path / split, *(p / split for p in sorted(path.iterdir()) if p.is_dir())):
         if candidate.name == split and candidate.is_dir():
             return candidate
-    if any(p.is_dir() for p in path.iterdir()) and not (path / split).exists():
+    return None
+
+
+def resolve_split(data: str | Path, split: str) -> Path:
+    """The ImageFolder root of `split` ("train"/"test"/"val") under a folder or inside an
+    archive. Accepts the split folder itself, its parent, or the archive holding either."""
+    path = _data_folder(data)
+    found = _named_split(path, split)
+    if found is not None:
+        return found
+    if any(p.is_dir() for p in path.iterdir()) and not any(
+            _named_split(path, name) for name in ("train", *HELD_OUT_SPLITS)):
         return path            # already a class-per-folder root
     raise TicaError(f"no '{split}' split under {data}")
+
+
+def held_out_split(data: str | Path) -> str:
+    """The name of the held-out split of `data`: "test" or "val", whichever it has ("test"
+    for a bare class-per-folder root)."""
+    path = _data_folder(data)
+    for name in HELD_OUT_SPLITS:
+        if _named_split(path, name) is not None:
+            return name
+    return HELD_OUT_SPLITS[0]
 
 
 @dataclass

@@ -232,8 +232,9 @@ class EdgeEncoder:
 
     def latent(self, image: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(3, H, W) in [0, 1] -> (z, y symbols, y_hat = symbols + mean, table index): what
-        the stream holds and what the decoder will rebuild."""
+        """(3, H, W) in [0, 1] -> (z, y symbols, symbols + mean, table index): what the
+        stream holds, and what the decoder rebuilds before a variable-rate model's inverse
+        gain (`CompressionModel.dequantize`)."""
         H, W = image.shape[1:]
         ph, pw = (-H) % self.stride, (-W) % self.stride
         x = np.pad(image, ((0, 0), (0, ph), (0, pw)), mode="edge")[None]

@@ -563,12 +563,12 @@ class PlanRunner:
     def _warm(self, run: PlanRun) -> None:
         """Decode an in-memory split once, here, before its runs start: they then read the
         cached array instead of each decoding 50,000 JPEGs at the same time."""
-        from .data import load_split
+        from .data import held_out_split, load_split
         t = time.time()
         cfg = run.config
         load_split(cfg.data, "train", limit=cfg.train_limit)
         if cfg.eval_images > 0:
-            load_split(cfg.data, "test", limit=cfg.eval_images)
+            load_split(cfg.data, held_out_split(cfg.data), limit=cfg.eval_images)
         self.warm.add(cfg.data)
         self.log(f"decoded {cfg.data} once ({time.time() - t:.1f} s)")
 

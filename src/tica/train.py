@@ -28,7 +28,7 @@ from torch import nn
 
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig
-from .data import DeviceCrops, RandomCrops, augment, load_split, read_shards, synthetic_split
+from .data import DeviceCrops, RandomCrops, augment, held_out_split, load_split, read_shards, synthetic_split
 from .errors import CheckpointError, ConfigError, TicaError
 from .losses import cosine_lr, rda_loss
 from .models import CompressionModel
@@ -202,7 +202,7 @@ def _eval_data(cfg: TrainConfig, img_size: int):
         return synthetic_split(n=64, size=img_size, seed=1)
     if kind != "split" or cfg.eval_images <= 0:
         return None
-    return load_split(cfg.data, "test", limit=cfg.eval_images)
+    return load_split(cfg.data, held_out_split(cfg.data), limit=cfg.eval_images)
 
 
 # ---- the objective -------------------------------------------------------------------------

@@ -51,6 +51,13 @@ def quality_from_code(code: int) -> float:
     return 1.0 + code / QUALITY_STEPS
 
 
+def default_quality(levels: int) -> float:
+    """A variable-rate model's default quality: the standard point three quarters of the way
+    up its range (6 of 8), where a learned codec's rate-accuracy and rate-distortion curves
+    have flattened, at a fraction of the highest point's rate."""
+    return float(1 + round(0.75 * (levels - 1)))
+
+
 def pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Replicate-pad the bottom and right of (B, C, H, W) to a multiple of `multiple`."""
     H, W = x.shape[-2:]
@@ -80,8 +87,8 @@ class CompressionModel(nn.Module):
             self.log_inv_gain = nn.Parameter(-spread.repeat(1, c.M))
         self._int_h_s: IntegerHyperSynthesis | None = None
         self._fingerprint: bytes | None = None
-        # the quality `compress` uses when none is passed: the highest standard point
-        self.quality: float | None = float(c.rate_levels) if c.rate_levels else None
+        # the quality `compress` uses when none is passed
+        self.quality: float | None = default_quality(c.rate_levels) if c.rate_levels else None
 
     # ---- shapes -------------------------------------------------------------------------
     def latent_grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
@@ -232,6 +239,7 @@ class CompressionModel(nn.Module):
         symbols = torch.round(y.float().cpu() - means)
         return z_int, indexes, means, symbols
 
+    @torch.no_grad()
     def dequantize(self, y_gained: torch.Tensor, quality: float | None = None) -> torch.Tensor:
         """symbols + means -> y_hat as the ViT and g_s see it (the inverse gain applied)."""
         _, inv_gain = self._gain_pair(self.check_quality(quality), y_gained.shape[0])
