@@ -39,6 +39,9 @@ CANDIDATES: dict[str, tuple[dict, dict, str]] = {
     "res1-vit128x4": ({"res_blocks": 1, "embed_dim": 128, "depth": 4, "num_heads": 2},
                       {}, "res1 with a narrower, shallower ViT (D 128, depth 4)"),
     "res1-lr2e-3": ({"res_blocks": 1}, {"lr": 2e-3}, "res1 at twice the learning rate"),
+    "res1-gdn-vit128x4": ({"res_blocks": 1, "act": "gdn", "embed_dim": 128, "depth": 4,
+                           "num_heads": 2}, {}, "the two best changes together: GDN and the "
+                          "narrower, shallower ViT"),
 }
 
 

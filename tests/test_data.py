@@ -89,3 +89,20 @@ def test_webdataset_shards_round_trip(archive, tmp_path):
         assert img.shape == (3, 32, 32)
         assert img[2 if label else 0].float().mean() == 255
     assert (tmp_path / "shards" / "classes.txt").read_text().split() == ["a", "b"]
+
+
+def test_the_held_out_split_is_test_or_val(tmp_path):
+    """CIFAR-10 holds out `test`, Imagenette `val`: evaluation finds whichever there is."""
+    from tica.data import held_out_split, load_split, resolve_split
+    for held_out in ("test", "val"):
+        root = tmp_path / f"with-{held_out}" / "imagenette"
+        for split in ("train", held_out):
+            for label in ("x", "y"):
+                (root / split / label).mkdir(parents=True)
+                Image.new("RGB", (8, 8), (9, 9, 9)).save(root / split / label / "0.png")
+        data = tmp_path / f"with-{held_out}"
+        assert held_out_split(data) == held_out
+        assert resolve_split(data, held_out) == root / held_out
+        assert load_split(data, held_out).classes == ("x", "y")
+    with pytest.raises(TicaError, match="no 'test' split"):
+        resolve_split(tmp_path / "with-val", "test")  # not the parent taken for a class folder

@@ -211,3 +211,16 @@ def test_an_ablation_starts_from_trained_weights_that_fit(tmp_path):
     with pytest.raises(TicaError, match="unknown config"):
         build_initial_model(_cfg(tmp_path, step=2, init=str(tmp_path / "step1.safetensors"),
                                  model_overrides={"famm": False}))
+
+
+def test_a_run_names_its_classes_after_the_training_split(archive, tmp_path):
+    """Trained on a labelled ImageFolder split, the model says its class names (sorted folder
+    names, the label order); a split whose class count the model cannot classify is refused."""
+    from tica.train import build_initial_model
+    cfg = _cfg(tmp_path, data=str(archive), model_overrides={**TINY, "num_classes": 2, "labels": ("p", "q")},
+               max_steps=1, batch_size=2, train_limit=None)
+    assert build_initial_model(cfg).config.labels == ("a", "b")
+    exported = tica.load(weights=train(cfg).weights)
+    assert exported.config.labels == ("a", "b")
+    with pytest.raises(TicaError, match="2 classes"):
+        build_initial_model(_cfg(tmp_path, data=str(archive)))

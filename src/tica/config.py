@@ -14,6 +14,11 @@ CIFAR10_LABELS = (
     "airplane", "automobile", "bird", "cat", "deer",
     "dog", "frog", "horse", "ship", "truck",
 )
+# Imagenette's ten ImageNet classes, in label order (sorted folder names)
+IMAGENETTE_LABELS = (
+    "cassette_player", "chain_saw", "church", "english_springer", "french_horn",
+    "garbage_truck", "gas_pump", "golf_ball", "parachute", "tench",
+)
 
 ARCHS = ("tica", "vit-pixel", "hyperprior")
 ACTIVATIONS = ("leaky_relu", "gdn", "gelu")

@@ -124,6 +124,11 @@ def _list_images(root: Path) -> tuple[list[Path], list[int], tuple[str, ...]]:
     return files, labels, classes
 
 
+def split_classes(data: str | Path, split: str = "train") -> tuple[str, ...]:
+    """The class names of a split (its folder names, sorted: the label order of load_split)."""
+    return _list_images(resolve_split(data, split))[2]
+
+
 def load_split(data: str | Path, split: str, limit: int | None = None) -> ImageFolderSplit:
     """Decode a split once and cache it as .npy beside the extracted data (same-size images)."""
     root = resolve_split(data, split)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from .config import IMAGENETTE_LABELS, ModelConfig
 from .errors import ConfigError
 from .models import HyperpriorCodec, PixelViT, TicaModel
 
@@ -41,10 +41,11 @@ register_preset(ModelConfig(
 register_preset(ModelConfig(
     name="tica-cifar", img_size=32, stages=2, N=128, M=96,
     embed_dim=192, depth=6, num_heads=3, drop_path=0.1))
-# Natural images (random crops of photos, Kodak evaluation): 16x downsampling, small ViT.
-# Trained on 128x128 crops (the CPU budget); any size codes, the position grid is resized.
+# Photographs, as in the paper: Imagenette's labelled 224x224 photographs -> 14x14 tokens
+# (16x downsampling), a small ViT; the codec is evaluated on Kodak too. Any size codes, the
+# position grid is resized.
 register_preset(ModelConfig(
-    name="tica-photo", img_size=128, stages=4, N=128, M=192,
+    name="tica-photo", img_size=224, stages=4, N=128, M=192, labels=IMAGENETTE_LABELS,
     embed_dim=192, depth=4, num_heads=3, drop_path=0.0))
 # Baselines of SPEC 5, the same family at CIFAR scale.
 register_preset(ModelConfig(
@@ -52,6 +53,10 @@ register_preset(ModelConfig(
     embed_dim=192, depth=6, num_heads=3, drop_path=0.1, fam=False))
 register_preset(ModelConfig(
     name="hyperprior-cifar", arch="hyperprior", img_size=32, stages=2, N=128, M=96, fam=False))
+# The clean-pixel classifier beside tica-photo: its ViT on 16x16 pixel patches of Imagenette.
+register_preset(ModelConfig(
+    name="vit-pixel-photo", arch="vit-pixel", img_size=224, patch_size=16, labels=IMAGENETTE_LABELS,
+    embed_dim=192, depth=4, num_heads=3, drop_path=0.0, fam=False))
 
 
 def list_models() -> list[str]:

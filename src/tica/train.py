@@ -28,7 +28,8 @@ from torch import nn
 
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig
-from .data import DeviceCrops, RandomCrops, augment, held_out_split, load_split, read_shards, synthetic_split
+from .data import (DeviceCrops, RandomCrops, augment, held_out_split, load_split, read_shards,
+                   split_classes, synthetic_split)
 from .errors import CheckpointError, ConfigError, TicaError
 from .losses import cosine_lr, rda_loss
 from .models import CompressionModel
@@ -269,12 +270,19 @@ def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     out = []
     for key, params in groups.items():
         if key == ("aux",):   # CompressAI's auxiliary optimizer: a constant rate of its own
-            out.append({"params": params, "weight_decay": 0.0, "base_lr": cfg.aux_lr, "fixed": True})
+            out.append({"params": params, "weight_decay": 0.0, "base_lr": cfg.aux_lr, "fixed": True,
+                        "name": "aux"})
         else:
             lr = cfg.hyper_lr if key[0] == "hyper" and cfg.hyper_lr else cfg.lr
             out.append({"params": params, "weight_decay": cfg.weight_decay if key[1] else 0.0,
-                        "base_lr": lr})
+                        "base_lr": lr, "name": key[0]})
     return out
+
+
+def _main_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The learning rate of the networks (not of the hyperprior's or the quantiles' groups)."""
+    groups = optimizer.param_groups
+    return next((g["lr"] for g in groups if g.get("name") == "main"), groups[0]["lr"])
 
 
 # ---- training state ------------------------------------------------------------------------
@@ -338,6 +346,20 @@ def _log(path: Path, record: dict) -> None:
 
 
 def build_initial_model(cfg: TrainConfig) -> nn.Module:
+    """The model a run starts from: `init`'s weights (with `model_overrides`) or the preset,
+    named with the training split's class names when it has labelled classes."""
+    model = _initial_weights(cfg)
+    if _data_kind(cfg.data) == "split" and model.config.num_classes:
+        classes = split_classes(cfg.data)
+        if len(classes) != model.config.num_classes:
+            raise TicaError(f"{cfg.data} has {len(classes)} classes; {model.config.name} "
+                            f"classifies {model.config.num_classes} (--set num_classes=...)")
+        if classes != model.config.labels:
+            model.config = model.config.replace(labels=classes)
+    return model
+
+
+def _initial_weights(cfg: TrainConfig) -> nn.Module:
     if cfg.init:
         init = cfg.init
         if init == "step1":           # the shipped step-1 network of the preset
@@ -671,7 +693,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             step += 1
             window.add(terms, x.shape[0] * world)
             if main and (step % cfg.log_every == 0 or step == last_step):
-                record = window.record(step, steps_per_epoch, optimizer.param_groups[0]["lr"])
+                record = window.record(step, steps_per_epoch, _main_lr(optimizer))
                 _log(metrics, record)
                 if progress is not None:
                     progress.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "acc", "bpp", "psnr", "img_s") if k in record})
