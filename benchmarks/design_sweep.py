@@ -8,7 +8,8 @@ few steps measures its CPU seconds per step (process CPU time, so runs that shar
 are charged only what they use); the trial then gets the steps that fill the budget, on a
 cosine schedule sized to them, and is scored on 2,000 held-out CIFAR-10 test images: top-1
 and PSNR of the step-1 network (no quantization: the paper's step 1, which sets what step 2
-can reach). Results are cached in docs/results/design_sweep.json by candidate and budget.
+can reach). Results are cached in docs/results/design_sweep.json by candidate and budget;
+the table is written into docs/design.md between its sweep markers.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs" / "results" / "design_sweep.json"
+PAGE = REPO / "docs" / "design.md"
+MARKERS = ("<!-- sweep table: benchmarks/design_sweep.py -->", "<!-- end of sweep table -->")
 DATA = os.environ.get("TICA_DATA", str(REPO.parent / "shared" / "data")) + "/cifar10-jpeg.tar.gz"
 RUNS = Path(os.environ.get("TICA_CACHE", Path.home() / ".cache" / "tica")) / "sweep"
 TRAIN_IMAGES = 45000
@@ -122,6 +125,18 @@ def main() -> None:
         print(f"{name}: {r['steps']} steps, {r['images']} images in {r['cpu_min']:.1f} CPU-min: "
               f"top-1 {100 * r['top1']:.1f}%, PSNR {r['psnr']:.2f} dB", flush=True)
     print(table(results, args.minutes))
+    write_page(table(results, args.minutes))
+
+
+def write_page(text: str) -> None:
+    """Replace the table between docs/design.md's markers (the page's prose is kept)."""
+    if not PAGE.exists():
+        return
+    page = PAGE.read_text()
+    start, end = page.find(MARKERS[0]), page.find(MARKERS[1])
+    if start < 0 or end < start:
+        return
+    PAGE.write_text(page[:start + len(MARKERS[0])] + "\n" + text + "\n" + page[end:])
 
 
 def table(results: list[dict], minutes: float) -> str:
