@@ -35,16 +35,18 @@ from tica.data import load_split
 from tica.evaluate import (ClassicalPipeline, LearnedPipeline, Pipeline, Uncompressed, evaluate,
                            split_batches, write_results)
 from tica.image import load_image
-from tica.registry import standard_qualities
+from tica.registry import find_weights, standard_qualities
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_page import (CLEAN, CODEC_LABELS, HYPER, TICA, TICA_FIXED,  # noqa: E402
-                          TICA_NOFAM, curves, plot, render, state_claims)
+from results_page import (CLEAN, CODEC_LABELS, HYPER, HYPER_FIXED, TICA,  # noqa: E402
+                          TICA_FIXED, TICA_NOFAM, curves, plot, render, state_claims)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "docs" / "results"
 CLASSIFIER = "vit-pixel-cifar"
+PHOTO_CLASSIFIER = "vit-pixel-photo"     # the clean-pixel ViT beside tica-photo (Imagenette)
+IMAGENETTE_CODECS = ("jpeg", "webp")
 
 
 def digest(module: torch.nn.Module) -> str:
@@ -169,16 +171,38 @@ def cifar_specs(classifier, runs: Path, images: int) -> list[Spec]:
     specs.append(learned_spec(TICA_FIXED, 6, from_run(_run_weights(runs, "tica-cifar-fixed-q6")), extra))
     for q in (1,):                       # scripts/train_baselines.sh nofam trains q1's recipe
         specs.append(learned_spec(TICA_NOFAM, q, from_run(_run_weights(runs, f"tica-cifar-nofam-q{q}")), extra))
-    for q in (1, 2, 3, 4):
+    for q in standard_qualities("hyperprior-cifar") or (1, 2, 3, 4):
         source = shipped("hyperprior-cifar", q) or from_run(_run_weights(runs, f"hyperprior-cifar-q{q}"))
         specs.append(learned_spec(HYPER, q, source, f"{extra}|cls={cls_id}", classifier))
-    for name, codec in CLASSICAL_CODECS.items():
+    # scripts/train_baselines.sh: the hyperprior at standard point 5's weights alone, same budget
+    specs.append(learned_spec(HYPER_FIXED, 5, from_run(_run_weights(runs, "hyperprior-cifar-fixed-q5")),
+                              f"{extra}|cls={cls_id}", classifier))
+    return specs + classical_specs(CLASSICAL_CODECS, classifier, extra)
+
+
+def classical_specs(codecs: dict, classifier, extra: str) -> list[Spec]:
+    """codec -> decode -> `classifier`, at each of the codec's qualities."""
+    cls_id = digest(classifier)
+    specs = []
+    for name, codec in codecs.items():
         label = f"{CODEC_LABELS[name]} -> decode -> ViT"
         for q in codec.qualities:
             key = f"{label}|{q}|{codec_version(name)}|cls={cls_id}|{extra}"
             specs.append(Spec(label, q, key, lambda c=codec, q=q, label=label:
                               ClassicalPipeline(c, q, classifier, label)))
     return specs
+
+
+def imagenette_specs(classifier, images: int) -> list[Spec]:
+    """The paper's use case: tica-photo classifies Imagenette photographs from their streams;
+    the same-size ViT on clean pixels, and on JPEG / WebP decodes."""
+    extra = f"imagenette|n={images}"
+    specs = [Spec(CLEAN, None, f"{CLEAN}|{digest(classifier)}|{extra}",
+                  lambda: Uncompressed(classifier, CLEAN))]
+    for q in standard_qualities("tica-photo"):
+        specs.append(learned_spec(TICA, q, shipped("tica-photo", q), extra))
+    codecs = {name: CLASSICAL_CODECS[name] for name in IMAGENETTE_CODECS}
+    return specs + classical_specs(codecs, classifier, extra)
 
 
 def kodak_specs(runs: Path) -> list[Spec]:
@@ -228,20 +252,22 @@ def accuracy_margins(results: list[dict]) -> list[dict]:
 def variable_rate_cost(results: list[dict]) -> list[dict]:
     """What one variable-rate model costs against a fixed-rate model trained alone at one of
     its standard points with the same budget: the variable-rate model's bpp at the fixed
-    model's PSNR (a BD-rate at one point) and its top-1 at the fixed model's bpp."""
+    model's PSNR (a BD-rate at one point) and its top-1 at the fixed model's bpp. For each
+    (variable-rate, fixed-rate) pair of pipelines that was measured."""
     rows = []
-    vr = [r for r in results if r["pipeline"] == TICA]
-    if len(vr) < 2:
-        return rows
-    psnr_curve = ([r["bpp"] for r in vr], [r["psnr"] for r in vr])
-    acc_curve = ([r["bpp"] for r in vr], [r["top1"] for r in vr])
-    for fixed in (r for r in results if r["pipeline"] == TICA_FIXED):
-        same_psnr = rd.rate_at(psnr_curve, fixed["psnr"])
-        rows.append({"quality": fixed["quality"], "fixed_bpp": fixed["bpp"],
-                     "fixed_psnr": fixed["psnr"], "fixed_top1": fixed["top1"],
-                     "variable_bpp_at_psnr": same_psnr,
-                     "rate_cost_percent": 100 * (same_psnr / fixed["bpp"] - 1),
-                     "variable_top1_at_bpp": rd.value_at(acc_curve, fixed["bpp"])})
+    for variable, fixed_label in ((TICA, TICA_FIXED), (HYPER, HYPER_FIXED)):
+        vr = [r for r in results if r["pipeline"] == variable]
+        if len(vr) < 2:
+            continue
+        psnr_curve = ([r["bpp"] for r in vr], [r["psnr"] for r in vr])
+        acc_curve = ([r["bpp"] for r in vr], [r["top1"] for r in vr])
+        for fixed in (r for r in results if r["pipeline"] == fixed_label):
+            same_psnr = rd.rate_at(psnr_curve, fixed["psnr"])
+            rows.append({"model": variable, "quality": fixed["quality"], "fixed_bpp": fixed["bpp"],
+                         "fixed_psnr": fixed["psnr"], "fixed_top1": fixed["top1"],
+                         "variable_bpp_at_psnr": same_psnr,
+                         "rate_cost_percent": 100 * (same_psnr / fixed["bpp"] - 1),
+                         "variable_top1_at_bpp": rd.value_at(acc_curve, fixed["bpp"])})
     return rows
 
 
@@ -301,7 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs", help="training run folders")
     parser.add_argument("--limit", type=int, help="CIFAR-10 test images (default: all 10,000)")
     parser.add_argument("--kodak", type=int, help="Kodak images (default: all 24)")
-    parser.add_argument("--sections", default="cifar,kodak,compute",
+    parser.add_argument("--imagenette", type=int, default=1000,
+                        help="Imagenette validation images, a class-balanced subset (default "
+                             "1,000 of 3,925)")
+    parser.add_argument("--sections", default="cifar,kodak,imagenette,compute",
                         help="sections to run; the others are read back from their result files")
     parser.add_argument("--only", metavar="REGEX",
                         help="measure only the pipelines whose name matches; the rest come from "
@@ -339,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         kodak.read_back()
 
+    imagenette = imagenette_section(args, sections)
+
     if "compute" in sections:
         print("Compute and latency")
         compute = compute_section(args.repeats, args.runs)
@@ -348,16 +379,22 @@ def main(argv: list[str] | None = None) -> int:
         compute = json.loads(path.read_text()) if path.exists() else []
 
     margins = accuracy_margins(cifar.results)
+    photo_margins = accuracy_margins(imagenette.results)
     bds = bd_rates(kodak.results)
     vr_cost = variable_rate_cost(cifar.results)
     (args.out / "comparisons.json").write_text(json.dumps(
-        {"accuracy_margins": margins, "bd_rates": bds, "variable_rate_cost": vr_cost},
+        {"accuracy_margins": margins, "imagenette_accuracy_margins": photo_margins,
+         "bd_rates": bds, "variable_rate_cost": vr_cost},
         indent=1, default=lambda v: None))
     ceiling = next((r["top1"] for r in cifar.results if r["pipeline"] == CLEAN), None)
     plot(cifar.results, "top1", args.out / "cifar10_accuracy.png",
          "CIFAR-10 test split: rate vs accuracy", "top-1 accuracy", ceiling=ceiling)
     plot(cifar.results, "psnr", args.out / "cifar10_psnr.png",
          "CIFAR-10 test split: rate vs PSNR", "PSNR (dB)")
+    if imagenette.results:
+        photo_ceiling = next((r["top1"] for r in imagenette.results if r["pipeline"] == CLEAN), None)
+        plot(imagenette.results, "top1", args.out / "imagenette_accuracy.png",
+             "Imagenette validation: rate vs accuracy", "top-1 accuracy", ceiling=photo_ceiling)
     published = {"CompressAI bmshj2018-hyperprior (published)":
                  tuple(map(list, zip(*rd.COMPRESSAI_HYPERPRIOR_KODAK)))}
     plot(kodak.results, "psnr_per_image", args.out / "kodak_psnr.png", "Kodak (24 images): rate vs PSNR",
@@ -365,16 +402,50 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
             "minutes": (time.perf_counter() - start) / 60,
-            "measured": cifar.measured + kodak.measured, "cached": cifar.reused + kodak.reused,
+            "measured": cifar.measured + kodak.measured + imagenette.measured,
+            "cached": cifar.reused + kodak.reused + imagenette.reused,
             "machine": machine(), "cifar_images": len(split),
-            "evaluation_minutes": sum(r["seconds"] for r in cifar.results + kodak.results) / 60,
-            "claims": state_claims(cifar.results, kodak.results, margins, bds, compute)}
+            "imagenette_images": len({r["images"] for r in imagenette.results}) == 1
+            and imagenette.results[0]["images"] or None,
+            "evaluation_minutes": sum(r["seconds"] for r in cifar.results + kodak.results
+                                      + imagenette.results) / 60,
+            "budgets": budgets(),
+            "imagenette": imagenette.results, "imagenette_margins": photo_margins}
+    meta["claims"] = state_claims(cifar.results, kodak.results, margins, bds, compute, meta)
     meta["variable_rate_cost"] = vr_cost
-    page = render(cifar.results, kodak.results, margins, bds, compute, cifar.notes + kodak.notes, meta)
+    page = render(cifar.results, kodak.results, margins, bds, compute,
+                  cifar.notes + kodak.notes + imagenette.notes, meta)
     page_path = args.out.parent / "RESULTS.md"
     page_path.write_text(page)
     print(f"wrote {page_path} in {meta['minutes']:.1f} min")
     return 0
+
+
+def imagenette_section(args, sections: set[str]) -> Cache:
+    """tica-photo against the clean-pixel ViT and codec -> decode -> ViT on Imagenette."""
+    cache = Cache(args.out / "imagenette", args.fresh)
+    archive = args.data / "imagenette-224.tar.gz"
+    if "imagenette" not in sections or not args.imagenette:
+        cache.read_back()
+        return cache
+    if find_weights(PHOTO_CLASSIFIER, "classifier") is None or not archive.exists():
+        cache.read_back()
+        cache.notes.append(f"imagenette: not measured here ({PHOTO_CLASSIFIER} weights or "
+                           f"{archive.name} missing)")
+        return cache
+    classifier = tica.load(PHOTO_CLASSIFIER)
+    split = load_split(archive, "val", limit=args.imagenette)
+    print(f"Imagenette validation split: {len(split)} images")
+    for spec in imagenette_specs(classifier, len(split)):
+        cache.run(spec, lambda: split_batches(split, 50), len(split), args.only)
+    cache.save()
+    return cache
+
+
+def budgets() -> dict[str, dict]:
+    """How each shipped model was trained (the manifest's provenance), by preset."""
+    from tica.registry import read_manifest
+    return {e.preset: e.trained for e in read_manifest() if e.trained and e.role != "step1"}
 
 
 def machine() -> str:

@@ -14,6 +14,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _held_out(e: dict, key: str, spec: str) -> str:
+    """One held-out measure: the value, or "lowest / highest point" for a variable-rate run."""
+    if key in e:
+        return format(e[key], spec)
+    points = sorted({k.split("/")[0] for k in e if "/" in k}, key=lambda q: int(q[1:]))
+    values = [format(e[f"{q}/{key}"], spec) for q in points if f"{q}/{key}" in e]
+    return " / ".join(values)
+
+
 def summarize(run: Path) -> list[str]:
     records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     cfg = json.loads((run / "config.json").read_text())
@@ -22,10 +31,15 @@ def summarize(run: Path) -> list[str]:
     evals = [r for r in records if "eval" in r]
     wall = f"{done[-1]['wall_s'] / 60:.0f} min" if done else "unfinished"
     img_s = sum(r["img_s"] for r in train) / max(1, len(train))
+    weights = (f"alpha {cfg['alpha']}-{cfg['alpha_max'] or cfg['alpha']}, beta {cfg['beta']}-"
+               f"{cfg['beta_max'] or cfg['beta']} over 8 rate points" if cfg.get("beta_max")
+               else f"alpha {cfg['alpha']}, beta {cfg['beta']}")
+    variable = any("/" in k for r in evals for k in r["eval"])
     lines = [f"## {run.name}", "",
              f"step {cfg['step']}, {cfg['epochs']} epochs, batch {cfg['batch_size']}, lr {cfg['lr']}, "
-             f"alpha {cfg['alpha']}, beta {cfg['beta']}: {wall}, mean {img_s:.0f} images/s.", "",
-             "| step | epoch | train loss | train acc | train PSNR | train bpp | held-out acc | held-out PSNR | held-out bpp (estimate) |",
+             f"{weights}, data {Path(cfg['data']).name}: {wall}, mean {img_s:.0f} images/s.", "",
+             "| step | epoch | train loss | train acc | train PSNR | train bpp | held-out acc | "
+             "held-out PSNR | held-out bpp (estimate) |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     every = max(1, len(train) // 8)
     by_step = {r["step"]: r["eval"] for r in evals}
@@ -33,11 +47,13 @@ def summarize(run: Path) -> list[str]:
         e = by_step.get(r["step"], {})
         fmt = lambda d, k, f: format(d[k], f) if k in d else ""
         lines.append(f"| {r['step']} | {r['epoch']:.2f} | {r['loss']:.3f} | {fmt(r, 'acc', '.3f')} | "
-                     f"{fmt(r, 'psnr', '.2f')} | {fmt(r, 'bpp', '.3f')} | {fmt(e, 'acc', '.3f')} | "
-                     f"{fmt(e, 'psnr', '.2f')} | {fmt(e, 'bpp', '.3f')} |")
+                     f"{fmt(r, 'psnr', '.2f')} | {fmt(r, 'bpp', '.3f')} | {_held_out(e, 'acc', '.3f')} | "
+                     f"{_held_out(e, 'psnr', '.2f')} | {_held_out(e, 'bpp', '.3f')} |")
     if evals:
-        lines += ["", "Held-out evaluations (2,000 test images, eval-mode forward): " + ", ".join(
-            f"step {r['step']}: {r['eval'].get('acc', float('nan')):.3f}" for r in evals)]
+        what = "top-1 at the lowest / highest rate point" if variable else "top-1"
+        lines += ["", f"Held-out evaluations ({cfg.get('eval_images', 2000):,} held-out images, "
+                  f"eval-mode forward, {what}): " + ", ".join(
+                      f"step {r['step']}: {_held_out(r['eval'], 'acc', '.3f') or '-'}" for r in evals)]
     return lines + [""]
 
 

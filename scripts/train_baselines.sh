@@ -4,7 +4,8 @@
 #                     the classifier behind every "codec, decode, classify" pipeline); tica-cifar's
 #                     budget: 5 epochs of its step-1 recipe, then 1.5 of its step-2 optimiser.
 #   hyperprior-cifar  the same codec with g_s on the latent (alpha = 0): a base run at a middle
-#                     rate (2 epochs), then four rate points fine-tuned from it (0.6 each).
+#                     rate (2 epochs), one rate point fine-tuned from it (0.6), then one
+#                     variable-rate model (6 epochs) and its fixed-rate comparison.
 #   tica-cifar, fam=false  the ablation: step 2 from the shipped step-1 network with g_s reading
 #                     y_hat (g_s starts fresh), q1's exact step-2 recipe.
 # Run a part with: scripts/train_baselines.sh vit|hyperprior|nofam (default: all).
@@ -30,12 +31,18 @@ if [ "$PART" = all ] || [ "$PART" = hyperprior ]; then
     $TICA train --model hyperprior-cifar "${COMMON[@]}" --set latent_proxy=noise \
         --run-dir "$RUNS/hyperprior-cifar-base" \
         --beta 0.01 --epochs 2.0 --lr 1e-3 --warmup-steps 100
-    for point in "1 0.003" "2 0.01" "3 0.03" "4 0.1"; do
-        set -- $point
-        $TICA train "${COMMON[@]}" --init "$RUNS/hyperprior-cifar-base/model.safetensors" \
-            --latent-std 0 --set latent_proxy=ste --run-dir "$RUNS/hyperprior-cifar-q$1" --quality "$1" --beta "$2" \
-            --epochs 0.6 --lr 3e-4 --warmup-steps 20
-    done
+    $TICA train "${COMMON[@]}" --init "$RUNS/hyperprior-cifar-base/model.safetensors" \
+        --latent-std 0 --set latent_proxy=ste --run-dir "$RUNS/hyperprior-cifar-q2" --quality 2 \
+        --beta 0.01 --epochs 0.6 --lr 3e-4 --warmup-steps 20
+    # one variable-rate model (8 points, beta 0.002-0.2) from it, and what variable rate
+    # costs: a fixed-rate model at standard point 5's beta, same recipe and steps
+    VR=(--init "$RUNS/hyperprior-cifar-q2/model.safetensors" --latent-std 0 --set latent_proxy=ste
+        --epochs 6 --lr 3e-4 --hyper-lr 1e-2 --warmup-steps 50 --checkpoint-every 100)
+    $TICA train "${COMMON[@]}" "${VR[@]}" --set rate_levels=8 --run-dir "$RUNS/hyperprior-cifar-vr" \
+        --beta 0.002 --beta-max 0.2
+    $TICA train "${COMMON[@]}" "${VR[@]}" --run-dir "$RUNS/hyperprior-cifar-fixed-q5" --quality 5 \
+        --beta 0.02778990988746275
+    .venv/bin/python scripts/ship_weights.py --codec "$RUNS/hyperprior-cifar-vr/model.safetensors"
 fi
 if [ "$PART" = all ] || [ "$PART" = nofam ]; then
     for point in "1 5 0.003"; do                 # q3 (30, 0.03) the same way, given time

@@ -25,7 +25,7 @@ def test_run_all_writes_tables_plots_and_claims(tmp_path, capsys):
     run_all = _run_all()
     out = tmp_path / "results"
     args = ["--data", str(DATA), "--runs", str(tmp_path / "no-runs"), "--out", str(out),
-            "--limit", "20", "--kodak", "1", "--repeats", "1"]
+            "--limit", "20", "--kodak", "1", "--imagenette", "20", "--repeats", "1"]
     assert run_all.main(args) == 0
     cifar = json.loads((out / "cifar10.json").read_text())
     labels = {r["pipeline"] for r in cifar}
@@ -37,6 +37,12 @@ def test_run_all_writes_tables_plots_and_claims(tmp_path, capsys):
     assert all(r["bpp_payload"] < r["bpp"] for r in jpeg)                 # tables dropped
     kodak = json.loads((out / "kodak.json").read_text())
     assert {r["pipeline"] for r in kodak} >= {"JPEG", "WebP", "AVIF", "JPEG XL"}
+    from tica.registry import find_weights
+    if find_weights("vit-pixel-photo", "classifier") and (DATA / "imagenette-224.tar.gz").exists():
+        photo = json.loads((out / "imagenette.json").read_text())
+        assert {"ViT on clean pixels", "tica", "JPEG -> decode -> ViT"} <= {r["pipeline"] for r in photo}
+        assert all(r["images"] == 20 and r["top1"] is not None for r in photo)
+        assert (out / "imagenette_accuracy.png").read_bytes()[:4] == b"\x89PNG"
     compute = json.loads((out / "compute.json").read_text())
     assert {c["path"] for c in compute} >= {"classify from bitstream"}
     for name in ("cifar10_accuracy.png", "cifar10_psnr.png", "kodak_psnr.png"):
