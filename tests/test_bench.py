@@ -30,7 +30,8 @@ def test_classify_from_bitstream_skips_the_decoder(tica_cifar, hyperprior_cifar)
                             "decode (hp) + pixel ViT"}
     own = by_path["classify from bitstream"].gmacs_per_image
     # decode-then-classify runs g_s (and the FAM's blocks) and a ViT of the same size on top
-    g_s = count_macs(lambda: tica_cifar.g_s(torch.zeros(1, 192, 8, 8))) / 1e9
+    D = tica_cifar.config.embed_dim                       # the FAM feeds g_s D channels
+    g_s = count_macs(lambda: tica_cifar.g_s(torch.zeros(1, D, 8, 8))) / 1e9
     assert by_path["decode (tica-cifar) + pixel ViT"].gmacs_per_image > own + g_s
     assert by_path["decode (hp) + pixel ViT"].gmacs_per_image > own
     assert all(r.ms_per_image > 0 for r in rows)

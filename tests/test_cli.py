@@ -168,5 +168,10 @@ def test_variable_rate_weights_any_quality_and_a_target_bpp(tmp_path, capsys):
     assert enc["bpp"] <= target and 1 <= enc["qualities"][0] < 4
     assert main(["encode", str(img), "-o", str(out), "--quality", "4.5", *w]) == 1
     assert "outside" in _one_line_error(capsys)
-    assert main(["encode", str(img), "-o", str(out), "--target-bpp", "1", "--model", "hyperprior-cifar"]) == 1
+    fixed = tica.create_model("tica-cifar", seed=5, N=16, M=16, embed_dim=32, depth=2,
+                              num_heads=2, fam_blocks=(1,)).eval()
+    fixed.update()
+    save_checkpoint(fixed, tmp_path / "fixed.safetensors", {"quality": 1})
+    assert main(["encode", str(img), "-o", str(out), "--target-bpp", "1",
+                 "--weights", str(tmp_path / "fixed.safetensors")]) == 1
     assert "fixed-rate" in _one_line_error(capsys)

@@ -1,6 +1,6 @@
-"""The demo page in headless Chromium: pick an image and a rate point, see the reconstruction,
-the bytes, the bpp and the classes. Skipped, with the reason, only where no browser can be had
-(.ci/run installs Debian's chromium and chromium-driver)."""
+"""The demo page in headless Chromium: pick an image and a model (or let the server pick one),
+see the reconstruction, the bytes, the bpp and the classes. Skipped, with the reason, only
+where no browser can be had (.ci/run installs Debian's chromium and chromium-driver)."""
 
 from __future__ import annotations
 
@@ -60,3 +60,34 @@ def test_demo_page_encodes_classifies_and_decodes(live_server, browser, tmp_path
     wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth", decoded) > 0)
     assert browser.execute_script("return arguments[0].naturalWidth", decoded) == 32
     assert "decoded from" in browser.find_element(By.ID, "decoded-caption").text
+
+
+def test_demo_page_picks_the_model_for_the_image(live_server, browser, tmp_path, kodak_path):
+    """The default entry lets the server pick (tica.api.choose_model): a photograph goes to
+    tica-photo; a codec-only model shows its reconstruction and says it has no classes."""
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    image = tmp_path / "photo.png"
+    with Image.open(kodak_path) as img:
+        img.crop((0, 0, 256, 192)).save(image)
+    browser.get(live_server + "/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: len(Select(d.find_element(By.ID, "quality")).options) >= 3)
+    chosen = Select(browser.find_element(By.ID, "quality")).first_selected_option.text
+    assert chosen.startswith("auto: tica-cifar up to 64 px a side, else tica-photo")
+    browser.find_element(By.ID, "file").send_keys(str(image))
+    browser.find_element(By.ID, "run").click()
+    wait.until(lambda d: d.find_element(By.ID, "stats").get_attribute("data-bytes")
+               or d.find_element(By.ID, "error").text)
+    assert browser.find_element(By.ID, "error").text == ""
+    expected = tica.compress(tica.load("tica-photo"), decode_image(image.read_bytes()))
+    assert int(browser.find_element(By.ID, "stats").get_attribute("data-bytes")) == len(expected)
+    label = tica.describe(tica.load("tica-photo"))
+    assert browser.find_element(By.ID, "stats").text.startswith(label + ":")
+    if not tica.api.can_classify(tica.load("tica-photo")):         # the shipped codec-only model
+        assert "no classes" in browser.find_element(By.ID, "classes").text
+    decoded = browser.find_element(By.ID, "decoded")
+    wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth", decoded) > 0)
+    assert browser.execute_script("return arguments[0].naturalWidth", decoded) == 256

@@ -6,20 +6,22 @@
     tica.reconstruct(model, data)             # pixels, for people
 """
 
-from .api import (Prediction, classify, classify_logits, compress, decompress, describe,
-                  inspect, load, reconstruct)
+from .api import (Prediction, choose_model, classify, classify_logits, compress, decompress,
+                  describe, inspect, load, reconstruct)
 from .bitstream import Limits
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig
-from .errors import (BitstreamError, CheckpointError, ConfigError, ImageError,
+from .cost import Budget
+from .errors import (BitstreamError, BudgetError, CheckpointError, ConfigError, ImageError,
                      ModelMismatchError, NotUpdatedError, TicaError)
 from .registry import create_model, list_models
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BitstreamError", "CheckpointError", "ConfigError", "ImageError", "Limits", "ModelConfig",
-    "ModelMismatchError", "NotUpdatedError", "Prediction", "TicaError", "classify",
-    "classify_logits", "compress", "create_model", "decompress", "describe", "inspect",
-    "list_models", "load", "load_checkpoint", "reconstruct", "save_checkpoint",
+    "BitstreamError", "Budget", "BudgetError", "CheckpointError", "ConfigError", "ImageError",
+    "Limits", "ModelConfig", "ModelMismatchError", "NotUpdatedError", "Prediction", "TicaError",
+    "choose_model", "classify", "classify_logits", "compress", "create_model", "decompress",
+    "describe", "inspect", "list_models", "load", "load_checkpoint", "reconstruct",
+    "save_checkpoint",
 ]

@@ -14,7 +14,9 @@ from torch import nn
 from . import bitstream
 from .bitstream import Limits, Stream
 from .checkpoint import load_checkpoint
+from .cost import Budget
 from .errors import BitstreamError, ConfigError, ModelMismatchError, TicaError
+from .image import encode_png
 from .models import CompressionModel
 from .models.codec import quality_code, quality_from_code
 from .registry import DEFAULT_MODEL, create_model, find_weights, get_config, weights_for_id
@@ -54,6 +56,37 @@ def load(name: str | None = None, *, quality: float | None = None,
         if quality is not None and model.quality_range is not None:
             model.quality = model.check_quality(quality)
     return model
+
+
+# With no model named, images up to this side get the CIFAR model and larger ones the photo
+# model (`choose_model`).
+SMALL_IMAGE_SIDE = 64
+SMALL_IMAGE_MODEL = "tica-cifar"
+PHOTO_MODEL = "tica-photo"
+AUTO_MODELS = (SMALL_IMAGE_MODEL, PHOTO_MODEL)
+AUTO = "auto"               # a server's model setting: serve AUTO_MODELS, pick one per image
+
+
+def choose_model(sizes: Sequence[tuple[int, int]]) -> str:
+    """The preset for images of these (H, W) when none is named; one stream has one model:
+    tica-cifar if no side of any image exceeds SMALL_IMAGE_SIDE (64), else tica-photo.
+
+    Why 64, measured on crops of 8 Kodak photos at each model's default quality: up to 64 px
+    tica-photo writes 2.7-4.8x the bits (4.6-8.2 bpp against 1.7; its 32-pixel hyper stride
+    pads small images and its side information does not pay off) at 3 dB less PSNR. Past
+    64 px tica-cifar's ViT runs on 4x its trained 8x8 grid and more, and its cost grows with
+    the square of the area (tica.cost): 13.5 GFLOP to classify 128x128 against tica-photo's
+    0.9, 3.0 TFLOP for a 768x512 photo (over the default budget) against 28 GFLOP. At 128 px
+    the two write the same bits (1.60 and 1.64 bpp)."""
+    if not sizes:
+        raise TicaError("no images to choose a model for")
+    side = max(max(h, w) for h, w in sizes)
+    return SMALL_IMAGE_MODEL if side <= SMALL_IMAGE_SIDE else PHOTO_MODEL
+
+
+def png_bytes(images: torch.Tensor | Sequence[torch.Tensor]) -> int:
+    """Bytes the images take as lossless PNGs (8 bits a channel): what a stream should beat."""
+    return sum(len(encode_png(img)) for img in _as_batch_list(images))
 
 
 def load_for_stream(data: bytes, device: str | torch.device = "cpu") -> nn.Module:
@@ -105,14 +138,25 @@ def _groups(keys: Sequence) -> dict:
     return groups
 
 
+def _check_encode(codec: CompressionModel, images: list[torch.Tensor],
+                  budget: Budget | None) -> None:
+    """Encoding, and every operation on the stream it writes, within `budget` (None: any)."""
+    if budget is not None:
+        budget.check(codec, [tuple(img.shape[-2:]) for img in images], codec.operations)
+
+
 @torch.no_grad()
 def compress(model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor],
-             quality: float | Sequence[float] | None = None, batch_size: int = 64) -> bytes:
+             quality: float | Sequence[float] | None = None, batch_size: int = 64,
+             budget: Budget | None = Budget()) -> bytes:
     """Images ((3, H, W), a list of them, or (B, 3, H, W)) -> one tica bitstream. A
     variable-rate model codes at `quality`: one for all images, or one per image (default:
-    the model's `quality`); the stream records it."""
+    the model's `quality`); the stream records it. BudgetError, before any work, if
+    encoding or any operation on the stream it writes is over `budget` (None: unbounded),
+    so no stream comes out that its own decoder would refuse."""
     codec = _codec(model)
     images = _as_batch_list(images)
+    _check_encode(codec, images, budget)
     if quality is None or isinstance(quality, (int, float)):
         quality = [quality] * len(images)
     if len(quality) != len(images):
@@ -133,10 +177,11 @@ def compress(model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor],
 
 @torch.no_grad()
 def qualities_for_bpp(model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor],
-                      target_bpp: float) -> list[float]:
+                      target_bpp: float, budget: Budget | None = Budget()) -> list[float]:
     """Per image, the highest quality (on the stream's 1/16 grid) whose single-image stream
     takes at most `target_bpp` bits per pixel, container included: a bisection over real
-    streams. An image that exceeds the target even at the lowest quality gets that one."""
+    streams. An image that exceeds the target even at the lowest quality gets that one.
+    BudgetError first if `compress` would refuse the images."""
     codec = _codec(model)
     rng = codec.quality_range
     if rng is None:
@@ -145,6 +190,7 @@ def qualities_for_bpp(model: nn.Module, images: torch.Tensor | Sequence[torch.Te
     if not target_bpp > 0:
         raise ConfigError(f"the target bpp must be positive, got {target_bpp}")
     images = _as_batch_list(images)
+    _check_encode(codec, images, budget)
     device = next(codec.parameters()).device
 
     def bpp(img: torch.Tensor, code: int) -> float:
@@ -196,13 +242,28 @@ def parse(model: nn.Module, data: bytes, limits: Limits = Limits()) -> Stream:
     return stream
 
 
-@torch.no_grad()
-def decompress(model: nn.Module, data: bytes | Stream, limits: Limits = Limits(),
-               batch_size: int = 64):
-    """Yield (image indexes, image size, y_hat (b, M, h, w)) per batch of images of one size
-    (and one quality) in the stream."""
+def parse_within(model: nn.Module, data: bytes | Stream, op: str, limits: Limits = Limits(),
+                 budget: Budget | None = Budget()) -> Stream:
+    """`parse`, then BudgetError if `op` on the whole stream is over `budget` (None:
+    unbounded): from the header's image sizes alone, before anything is decoded."""
     stream = data if isinstance(data, Stream) else parse(model, data, limits)
+    if budget is not None:
+        budget.check(model, stream.sizes, (op,))
+    return stream
+
+
+def decompress(model: nn.Module, data: bytes | Stream, limits: Limits = Limits(),
+               batch_size: int = 64, budget: Budget | None = Budget()):
+    """Yield (image indexes, image size, y_hat (b, M, h, w)) per batch of images of one size
+    (and one quality) in the stream. The budget is checked on the call, before anything is
+    decoded (not on the first next())."""
     codec = _codec(model)
+    stream = parse_within(model, data, "decompress", limits, budget)
+    return _decompress(codec, stream, batch_size)
+
+
+@torch.no_grad()
+def _decompress(codec: CompressionModel, stream: Stream, batch_size: int):
     keys = list(zip(stream.sizes, stream_qualities(stream)))
     for (size, quality), idx in _groups(keys).items():
         for start in range(0, len(idx), batch_size):
@@ -226,19 +287,19 @@ def can_classify(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def classify_logits(model: nn.Module, data: bytes | Stream, limits: Limits = Limits()
-                    ) -> torch.Tensor:
+def classify_logits(model: nn.Module, data: bytes | Stream, limits: Limits = Limits(),
+                    budget: Budget | None = Budget()) -> torch.Tensor:
     """(num_images, num_classes) logits straight from the bitstream: entropy decoding and the
-    ViT only; the pixel decoder g_s never runs."""
+    ViT only; the pixel decoder g_s never runs. BudgetError first if that is over `budget`."""
     if not hasattr(model, "classify_latent"):
         raise TicaError(f"model {model.config.name!r} has no classifier")
     if not can_classify(model):
         raise TicaError(f"{describe(model)} was trained as a codec only (alpha = 0): its "
                         f"classifier head never saw a label; decode it, or classify with a "
                         f"model trained with alpha > 0")
-    stream = data if isinstance(data, Stream) else parse(model, data, limits)
+    stream = parse_within(model, data, "classify", limits, budget)
     out = torch.empty(len(stream.payloads), model.config.num_classes)
-    for part, _, y_hat in decompress(model, stream):
+    for part, _, y_hat in decompress(model, stream, budget=None):
         out[part] = model.classify_latent(y_hat).float().cpu()
     return out
 
@@ -252,19 +313,20 @@ def top_k(model: nn.Module, logits: torch.Tensor, k: int = 5) -> list[list[Predi
             for vs, ix in zip(values, indexes)]
 
 
-def classify(model: nn.Module, data: bytes | Stream, k: int = 5, limits: Limits = Limits()
-             ) -> list[list[Prediction]]:
+def classify(model: nn.Module, data: bytes | Stream, k: int = 5, limits: Limits = Limits(),
+             budget: Budget | None = Budget()) -> list[list[Prediction]]:
     """Top-k classes of every image in the stream."""
-    return top_k(model, classify_logits(model, data, limits), k)
+    return top_k(model, classify_logits(model, data, limits, budget), k)
 
 
 @torch.no_grad()
-def reconstruct(model: nn.Module, data: bytes | Stream, limits: Limits = Limits()
-                ) -> list[torch.Tensor]:
-    """Decode every image of the stream to (3, H, W) in [0, 1]."""
-    stream = data if isinstance(data, Stream) else parse(model, data, limits)
+def reconstruct(model: nn.Module, data: bytes | Stream, limits: Limits = Limits(),
+                budget: Budget | None = Budget()) -> list[torch.Tensor]:
+    """Decode every image of the stream to (3, H, W) in [0, 1]; BudgetError first if that
+    is over `budget` (None: unbounded)."""
+    stream = parse_within(model, data, "reconstruct", limits, budget)
     out: list[torch.Tensor] = [torch.empty(0)] * len(stream.payloads)
-    for part, size, y_hat in decompress(model, stream):
+    for part, size, y_hat in decompress(model, stream, budget=None):
         for i, img in zip(part, model.reconstruct_latent(y_hat, size).float().cpu()):
             out[i] = img
     return out

@@ -4,28 +4,39 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from . import api
 from .checkpoint import atomic_write
-from .errors import TicaError
+from .cost import DEFAULT_MAX_GFLOP, Budget
+from .errors import BudgetError, TicaError
 from .image import load_image, save_image
 from .registry import DEFAULT_MODEL, list_models
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, encode: bool = False) -> None:
     g = p.add_argument_group("model (decoding needs the model that encoded)")
+    default = (f"default: picked for the images, {api.SMALL_IMAGE_MODEL} if no side exceeds "
+               f"{api.SMALL_IMAGE_SIDE} px, else {api.PHOTO_MODEL}" if encode else
+               f"default: the shipped model the stream names, else {DEFAULT_MODEL}")
     g.add_argument("--model", metavar="NAME",
-                   help=f"registered preset ({', '.join(list_models())}); default: the shipped "
-                        f"model the stream names, else {DEFAULT_MODEL}")
+                   help=f"registered preset ({', '.join(list_models())}); {default}")
     g.add_argument("--weights", metavar="FILE", help="a tica checkpoint (.safetensors) instead")
     g.add_argument("--quality", type=float, metavar="Q",
                    help="rate: a fixed-rate preset's rate point, or any number in a variable-rate "
                         "model's range (1 = lowest rate; the integers are its standard points)")
     g.add_argument("--untrained", action="store_true",
                    help="allow a preset with no shipped weights: its seeded random model")
+
+
+def _add_budget_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-gflop", dest="max_gflop", type=float, default=DEFAULT_MAX_GFLOP,
+                   metavar="X", help="refuse, before any work, what would cost more than X "
+                   f"GFLOP (estimated from the image sizes; default {DEFAULT_MAX_GFLOP:g}, which "
+                   "holds a 4-Mpixel photograph with tica-photo; see tica.cost)")
 
 
 def _load_model(args: argparse.Namespace, stream: bytes | None = None):
@@ -47,20 +58,40 @@ def _bpp(nbytes: int, size: Sequence[int]) -> float:
     return 8 * nbytes / (size[0] * size[1])
 
 
+def _pick_model(args: argparse.Namespace, sizes: list[tuple[int, int]]) -> str | None:
+    """With no --model or --weights, set the preset that suits the images; the line that
+    says so (printed once the stream is written, so an error stays one line)."""
+    if args.model or args.weights:
+        return None
+    args.model = api.choose_model(sizes)
+    side = max(max(s) for s in sizes)
+    return (f"tica: no --model: picked {args.model} (largest side {side} px; up to "
+            f"{api.SMALL_IMAGE_SIDE} px: {api.SMALL_IMAGE_MODEL}, larger: {api.PHOTO_MODEL})")
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
     images = [load_image(p) for p in args.images]
+    picked = _pick_model(args, [tuple(img.shape[-2:]) for img in images])
     model = _load_model(args)
+    budget = Budget(args.max_gflop)
     qualities = None
     if args.target_bpp is not None:
-        qualities = api.qualities_for_bpp(model, images, args.target_bpp)
-    data = api.compress(model, images, quality=qualities)
+        qualities = api.qualities_for_bpp(model, images, args.target_bpp, budget)
+    data = api.compress(model, images, quality=qualities, budget=budget)
     atomic_write(args.output, lambda tmp: Path(tmp).write_bytes(data))
+    if picked:
+        print(picked, file=sys.stderr)
+    png = api.png_bytes(images)
+    if len(data) > png:
+        print(f"tica: warning: {args.output} ({len(data)} bytes) is larger than the same "
+              f"image(s) as lossless PNG ({png} bytes): the PNG is the smaller file",
+              file=sys.stderr)
     pixels = sum(img.shape[1] * img.shape[2] for img in images)
     label = api.describe(model, qualities[0] if qualities and len(set(qualities)) == 1 else None)
     if qualities and len(set(qualities)) > 1:
         label = f"{model.config.name} q{min(qualities):g}..{max(qualities):g}"
     report = {"output": args.output, "model": label, "images": len(images),
-              "bytes": len(data), "bpp": 8 * len(data) / pixels}
+              "bytes": len(data), "bpp": 8 * len(data) / pixels, "png_bytes": png}
     if qualities:
         report["qualities"] = qualities
     if args.json:
@@ -84,7 +115,7 @@ def _outputs(output: str, count: int) -> list[Path]:
 def cmd_decode(args: argparse.Namespace) -> int:
     data = _read_stream(args.stream)
     model = _load_model(args, data)
-    images = api.reconstruct(model, data)
+    images = api.reconstruct(model, data, budget=Budget(args.max_gflop))
     for img, path in zip(images, _outputs(args.output, len(images))):
         save_image(img, path)
         print(f"{path}: {img.shape[2]}x{img.shape[1]}")
@@ -101,7 +132,8 @@ def cmd_classify_remote(args: argparse.Namespace) -> int:
     if raw[:len(bitstream.MAGIC)] == bitstream.MAGIC:
         data, replaced = raw, None
     else:
-        data, replaced = api.compress(_load_model(args), decode_image(raw)), len(raw)
+        data = api.compress(_load_model(args), decode_image(raw), budget=Budget(args.max_gflop))
+        replaced = len(raw)
     answer = classify_remote(args.server, data, args.top_k)
     answer["sent_bytes"] = len(data)
     if replaced is not None:
@@ -127,7 +159,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     data = _read_stream(args.stream)
     model = _load_model(args, data)
     stream = api.parse(model, data)
-    results = api.classify(model, stream, k=args.top_k)
+    results = api.classify(model, stream, k=args.top_k, budget=Budget(args.max_gflop))
     qualities = api.stream_qualities(stream)
     entries = [{"size": list(size), "bytes": len(payload),
                 "top": [{"label": p.label, "index": p.index, "prob": round(p.prob, 6)} for p in preds]}
@@ -154,7 +186,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .serve.run import serve
 
     fields = ("model", "weights", "batching", "batch_window_ms", "max_batch_images", "max_body_bytes",
-              "max_upload_bytes", "max_side", "max_pixels", "max_images", "threads")
+              "max_upload_bytes", "max_side", "max_pixels", "max_images", "max_gflop", "threads")
     serve({k: getattr(args, k) for k in fields}, args.host, args.port, args.workers)
     return 0
 
@@ -296,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-bpp", dest="target_bpp", type=float, metavar="X",
                    help="variable-rate models: per image, the highest quality whose stream takes "
                         "at most X bits per pixel (found by bisection over real streams)")
-    _add_model_args(p)
+    _add_model_args(p, encode=True)
+    _add_budget_arg(p)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="tica bitstream -> image(s)")
@@ -304,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT.png",
                    help="output image; a batch writes OUT_0000.png, OUT_0001.png, ...")
     _add_model_args(p)
+    _add_budget_arg(p)
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("classify", help="classes straight from a tica bitstream (no pixels)")
@@ -314,12 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "http://127.0.0.1:8000) instead of decoding here")
     p.add_argument("--json", action="store_true", help="print JSON: {top: [{label, prob}], bytes, ...}")
     _add_model_args(p)
+    _add_budget_arg(p)
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("serve", help="HTTP service: classify, reconstruct and encode bitstreams")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model", default=DEFAULT_MODEL, help="preset whose shipped rate points to serve")
+    p.add_argument("--model", default=api.AUTO, help=f"preset whose shipped rate points to serve, "
+                   f"or {api.AUTO!r} (default): {' and '.join(api.AUTO_MODELS)}, and /v1/encode picks "
+                   f"by image size as `tica encode` does")
     p.add_argument("--weights", metavar="FILE", help="serve this checkpoint instead")
     p.add_argument("--workers", type=int, default=1, help="worker processes (each loads the models)")
     p.add_argument("--threads", type=int, help="torch threads per worker")
@@ -334,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-side", dest="max_side", type=int, default=4096)
     p.add_argument("--max-pixels", dest="max_pixels", type=int, default=1 << 22)
     p.add_argument("--max-images", dest="max_images", type=int, default=64, help="per stream")
+    _add_budget_arg(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", help="write the encoder side as ONNX for edge devices")
@@ -432,6 +470,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--top-k must be at least 1")
     try:
         return args.func(args)
+    except BudgetError as exc:
+        print(f"tica: error: {exc.summary}: pass --max-gflop {math.ceil(exc.cost)} to allow it",
+              file=sys.stderr)
+        return 1
     except TicaError as exc:
         print(f"tica: error: {exc}", file=sys.stderr)
         return 1

@@ -27,3 +27,26 @@ class NotUpdatedError(TicaError, RuntimeError):
 
 class ImageError(TicaError, ValueError):
     """An input image cannot be read or is outside the accepted limits."""
+
+
+class BudgetError(TicaError, ValueError):
+    """A stream or image would cost more work than the budget allows (see tica.cost); raised
+    before any of that work starts. `summary` says what and how much, for callers that name
+    their own fix (the CLI its flag, the server its limit)."""
+
+    def __init__(self, what: str, cost: float, limit: float) -> None:
+        self.what, self.cost, self.limit = what, cost, limit
+        super().__init__(f"{self.summary}: send fewer or smaller images, or raise the budget "
+                         f"(tica.Budget(max_gflop=...))")
+
+    @property
+    def summary(self) -> str:
+        return (f"{self.what} would cost about {_gflop(self.cost)} GFLOP, over the budget of "
+                f"{_gflop(self.limit)} GFLOP")
+
+    def __reduce__(self):
+        return type(self), (self.what, self.cost, self.limit)
+
+
+def _gflop(value: float) -> str:
+    return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"

@@ -115,16 +115,17 @@ class LearnedPipeline(Pipeline):
 
     def run(self, x: torch.Tensor) -> Coded:
         q = self.quality if getattr(self.model, "quality_range", None) is not None else None
-        stream = bitstream.unpack(api.compress(self.model, x, quality=q))
+        # a batch of the evaluation's own images: no per-request budget (tica.cost) applies
+        stream = bitstream.unpack(api.compress(self.model, x, quality=q, budget=None))
         nbytes = [len(bitstream.pack(stream.model_id, [size], [payload],
                                      None if code is None else [code]))
                   for size, payload, code in zip(stream.sizes, stream.payloads,
                                                  stream.quality_codes or [None] * len(x))]
-        x_hat = quantize_8bit(torch.stack(api.reconstruct(self.model, stream)))
+        x_hat = quantize_8bit(torch.stack(api.reconstruct(self.model, stream, budget=None)))
         if self.classifier is not None:
             logits = classify_pixels(self.classifier, x_hat)
         elif api.can_classify(self.model):
-            logits = api.classify_logits(self.model, stream)
+            logits = api.classify_logits(self.model, stream, budget=None)
         else:
             logits = None
         return Coded(nbytes, [len(p) for p in stream.payloads], x_hat, logits,

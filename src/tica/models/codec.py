@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import cost
 from ..config import ModelConfig
 from ..entropy import EntropyBottleneck, GaussianConditional, SymbolDecoder, SymbolEncoder
 from ..entropy._ops import quantize
@@ -95,6 +96,27 @@ class CompressionModel(nn.Module):
         """(h, w) of y for an image of (H, W): padded to the hyper stride, / 2^stages."""
         s, f = self.config.stride, 2 ** self.config.stages
         return (-(-image_size[0] // s) * s // f, -(-image_size[1] // s) * s // f)
+
+    # ---- cost (tica.cost): estimated from the config and the latent grid, before any work ----
+    operations: tuple[str, ...] = ("encode", "decompress", "reconstruct")
+
+    def cost(self, image_size: tuple[int, int], op: str) -> float:
+        """Estimated GFLOP of `op` (one of `operations`) on one image of (H, W)."""
+        if op not in self.operations:
+            raise ConfigError(f"{self.config.name} cannot {op}; it can "
+                              f"{', '.join(self.operations)}")
+        grid = self.latent_grid(image_size)
+        h_a, h_s = cost.hyper_flops(self.config, grid)
+        flops = h_s + cost.coding_flops(self.config, grid)
+        if op == "encode":
+            flops += cost.analysis_flops(self.config, grid) + h_a
+        elif op != "decompress":
+            flops += self._latent_flops(op, grid)
+        return flops / 1e9
+
+    def _latent_flops(self, op: str, grid: tuple[int, int]) -> float:
+        """FLOPs of what `op` runs on y_hat (h, w); subclasses that consume y_hat say."""
+        raise NotImplementedError
 
     # ---- variable rate ----------------------------------------------------------------------
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import cost
 from ..config import ModelConfig
 from ..nn.conv import nhwc, synthesis
 from .codec import CompressionModel
@@ -26,3 +27,6 @@ class HyperpriorCodec(CompressionModel):
 
     def reconstruct_latent(self, y_hat: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         return self._synthesize(y_hat, image_size).clamp(0, 1)
+
+    def _latent_flops(self, op: str, grid: tuple[int, int]) -> float:
+        return cost.synthesis_flops(self.config, self.config.M, grid)      # reconstruct: g_s

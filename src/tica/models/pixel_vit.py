@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import cost
 from ..config import ModelConfig
+from ..errors import ConfigError
 from .codec import pad_to
 from .vit import PatchTokens, VisionTransformer
 
@@ -24,3 +26,14 @@ class PixelViT(nn.Module):
     def classify_pixels(self, x: torch.Tensor) -> torch.Tensor:
         tokens, grid = self.tokens(pad_to(x, self.config.patch_size))
         return self.vit.forward_head(self.vit.forward_features(tokens, grid))
+
+    operations = ("classify",)
+
+    def cost(self, image_size: tuple[int, int], op: str) -> float:
+        """Estimated GFLOP of classifying one image of (H, W) from its pixels (tica.cost)."""
+        if op not in self.operations:
+            raise ConfigError(f"{self.config.name} works on pixels: it can only classify")
+        c, p = self.config, self.config.patch_size
+        tokens = -(-image_size[0] // p) * -(-image_size[1] // p)
+        flops = cost.conv_flops(tokens, 3, c.embed_dim, p) + cost.vit_flops(1 + tokens, c, c.depth)
+        return (flops + 2.0 * c.embed_dim * c.num_classes) / 1e9

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import cost
 from ..config import ModelConfig
 from ..nn.conv import nhwc, synthesis
 from ..nn.fam import FeatureAggregation
@@ -29,6 +30,23 @@ class TicaModel(CompressionModel):
                                      c.drop_path, c.num_classes, c.latent_grid)
         self.fam = FeatureAggregation(c.embed_dim, 1 + len(c.fam_blocks)) if c.fam else None
         self.g_s = synthesis(c.stages, c.embed_dim if c.fam else c.M, c.N, 3, c.act, c.res_blocks)
+
+    operations = ("encode", "decompress", "classify", "reconstruct")
+
+    def _latent_flops(self, op: str, grid: tuple[int, int]) -> float:
+        """classify: tokens, every block, the head; reconstruct: tokens, the blocks the FAM
+        reads, the FAM (one Linear per source, then the mix) and g_s."""
+        c, tokens = self.config, grid[0] * grid[1]
+        flops = 2.0 * tokens * c.M * c.embed_dim                          # LatentTokens.proj
+        if op == "classify":
+            return flops + cost.vit_flops(1 + tokens, c, c.depth) + 2.0 * c.embed_dim * c.num_classes
+        blocks = max(self._fam_blocks) if self._fam_blocks else c.depth   # as forward_intermediates
+        if self.fam is not None:
+            sources = 1 + len(c.fam_blocks)
+            part = max(c.embed_dim // sources, 1)
+            flops += 2.0 * tokens * (sources * c.embed_dim * part + sources * part * c.embed_dim)
+        width = c.embed_dim if c.fam else c.M
+        return flops + cost.vit_flops(1 + tokens, c, blocks) + cost.synthesis_flops(c, width, grid)
 
     @property
     def _fam_blocks(self) -> tuple[int, ...]:

@@ -3,7 +3,8 @@ uploads, with bounded inputs, typed 4xx errors, micro-batching and Prometheus me
 
     POST /v1/classify?top_k=5     tica bitstream -> JSON top-k classes of every image
     POST /v1/reconstruct?index=0  tica bitstream -> PNG of one image
-    POST /v1/encode?quality=Q     image file -> tica bitstream
+    POST /v1/encode?model=M&quality=Q  image file -> tica bitstream (no model: picked for
+                                  the image by tica.api.choose_model, when serving "auto")
     GET  /v1/models  /healthz  /metrics  /  (demo page)  /docs  /openapi.json
 """
 
@@ -23,9 +24,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import api, bitstream
 from ..bitstream import Limits, Stream
-from ..errors import BitstreamError, ConfigError, ImageError, ModelMismatchError, TicaError
+from ..cost import DEFAULT_MAX_GFLOP, Budget
+from ..errors import (BitstreamError, BudgetError, ConfigError, ImageError, ModelMismatchError,
+                      TicaError)
 from ..image import decode_image, encode_png
-from ..registry import DEFAULT_MODEL, read_manifest
+from ..registry import read_manifest
 from .batcher import MicroBatcher
 from .metrics import Metrics
 
@@ -40,9 +43,10 @@ _IMAGE = {"content": {"application/octet-stream": {"schema": {"type": "string", 
 @dataclass(frozen=True)
 class ServeConfig:
     """What the server loads and what it accepts. The limits bound memory and time per
-    request: a stream is refused before anything is decoded or allocated from it."""
+    request: a stream is refused before anything is decoded or allocated from it, and one
+    whose work (tica.cost) is over `max_gflop` before any of that work starts."""
 
-    model: str = DEFAULT_MODEL
+    model: str = api.AUTO                 # a preset, or "auto": api.AUTO_MODELS, picked per image
     weights: str | None = None
     batching: bool = True                 # False: every request runs alone
     batch_window_ms: float = 2.0          # wait this long for more requests (0: only merge
@@ -53,12 +57,17 @@ class ServeConfig:
     max_side: int = 4096
     max_pixels: int = 1 << 22             # per image (4 Mpixel)
     max_images: int = 64                  # per stream
+    max_gflop: float = DEFAULT_MAX_GFLOP  # per request; the default holds a max_pixels photo
     threads: int | None = None
 
     @property
     def limits(self) -> Limits:
         return Limits(max_side=self.max_side, max_pixels=self.max_pixels,
                       max_images=self.max_images, max_total_pixels=self.max_pixels * self.max_images)
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(self.max_gflop)
 
 
 class HTTPError(Exception):
@@ -74,17 +83,25 @@ class Served:
     quality: int | None                   # a fixed-rate model's rate point
 
 
+def _shipped(preset: str) -> list[torch.nn.Module]:
+    """Every shipped codec of a preset (its rate points), else its one default model."""
+    entries = [e for e in read_manifest() if e.preset == preset and e.role == "codec"]
+    return [api.load(weights=e.file) for e in entries] if entries else [api.load(preset)]
+
+
 class ModelSet:
-    """Every shipped codec of the served preset (or the one --weights file), by stream id:
-    a variable-rate model codes every quality in its range, fixed-rate ones one each."""
+    """Every shipped codec of the served preset(s) (or the one --weights file), by stream id:
+    a variable-rate model codes every quality in its range, fixed-rate ones one each. With
+    model "auto", the presets `api.choose_model` picks between, and encoding picks per image."""
 
     def __init__(self, config: ServeConfig) -> None:
+        self.auto = not config.weights and config.model == api.AUTO
         if config.weights:
             models = [api.load(weights=config.weights)]
         else:
-            entries = [e for e in read_manifest() if e.preset == config.model and e.role == "codec"]
-            models = ([api.load(weights=e.file) for e in entries] if entries
-                      else [api.load(config.model)])
+            presets = api.AUTO_MODELS if self.auto else (config.model,)
+            models = [m for preset in presets for m in _shipped(preset)]
+        self.presets = list(dict.fromkeys(m.config.name for m in models))
         self.by_id: dict[int, Served] = {}
         for m in models:
             if m.model_id in self.by_id:
@@ -94,8 +111,6 @@ class ModelSet:
             q = (getattr(m, "checkpoint_metadata", {}) or {}).get("quality")
             self.by_id[m.model_id] = Served(m, api.describe(m) if q is not None
                                             else m.config.name, q)
-        self.default = max(models, key=lambda m: (getattr(m, "checkpoint_metadata", {}) or {})
-                           .get("quality") or 0)
 
     def for_stream(self, stream: Stream) -> Served:
         served = self.by_id.get(stream.model_id)
@@ -105,22 +120,22 @@ class ModelSet:
                                      f"which this server does not serve; it serves {known}")
         return served
 
-    def for_quality(self, quality: float | None) -> tuple[Served, float | None]:
-        """The model that codes at `quality` and the quality it will use."""
-        for served in self.by_id.values():
-            rng = getattr(served.model, "quality_range", None)
-            if rng is not None:
-                if quality is not None and not rng[0] <= quality <= rng[1]:
-                    raise HTTPError(422, "UnknownQuality", f"quality {quality:g} is outside "
-                                    f"{rng[0]:g}..{rng[1]:g} (1 = lowest rate)")
-                return served, served.model.check_quality(quality)
-        if quality is None:
-            return self.by_id[self.default.model_id], None
-        for served in self.by_id.values():
-            if served.quality == quality:
-                return served, None
-        raise HTTPError(422, "UnknownQuality", f"no rate point {quality:g}; served: "
-                        f"{sorted(s.quality for s in self.by_id.values() if s.quality is not None)}")
+    def for_quality(self, quality: float | None, preset: str | None = None
+                    ) -> tuple[Served, float | None]:
+        """The model of `preset` (None: any served one) that codes at `quality`, and the
+        quality it will use; with no quality, the preset's default (its highest rate point)."""
+        if preset is not None and preset not in self.presets:
+            raise HTTPError(422, "UnknownModel", f"model {preset!r} is not served here; served: "
+                            f"{', '.join(self.presets)}")
+        for name in [preset] if preset is not None else self.presets:
+            candidates = [s for s in self.by_id.values() if s.model.config.name == name]
+            found = _at_quality(candidates, quality)
+            if found is not None:
+                return found
+        points = ", ".join(f"{name} {_qualities_text(self, name)}"
+                           for name in ([preset] if preset is not None else self.presets))
+        raise HTTPError(422, "UnknownQuality", f"no model here codes at quality {quality:g}; "
+                        f"served: {points} (1 = lowest rate)")
 
     def describe(self) -> list[dict]:
         out = []
@@ -134,6 +149,29 @@ class ModelSet:
                         "untrained": bool((getattr(s.model, "checkpoint_metadata", {}) or {})
                                           .get("untrained"))})
         return out
+
+
+def _at_quality(candidates: list[Served], quality: float | None
+                ) -> tuple[Served, float | None] | None:
+    """The served model among `candidates` (one preset) that codes at `quality`, if any."""
+    for served in candidates:
+        rng = getattr(served.model, "quality_range", None)
+        if rng is not None and (quality is None or rng[0] <= quality <= rng[1]):
+            return served, served.model.check_quality(quality)
+    fixed = [s for s in candidates if getattr(s.model, "quality_range", None) is None]
+    if quality is None and fixed:
+        return max(fixed, key=lambda s: s.quality or 0), None
+    return next(((s, None) for s in fixed if s.quality == quality), None)
+
+
+def _qualities_text(models: ModelSet, preset: str) -> str:
+    """A preset's served qualities, as a client would pass them."""
+    ranges = [s.model.quality_range for s in models.by_id.values()
+              if s.model.config.name == preset and s.model.quality_range is not None]
+    if ranges:
+        return f"{ranges[0][0]:g}..{ranges[0][1]:g}"
+    return str(sorted(s.quality for s in models.by_id.values()
+                      if s.model.config.name == preset and s.quality is not None))
 
 
 _STATUS = [(ModelMismatchError, 422), (BitstreamError, 400), (ImageError, 400), (TicaError, 422)]
@@ -165,18 +203,20 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def _execute(models: ModelSet):
+    # each request was held to the budget on arrival; a merged batch is the batcher's to size
     def execute(key: tuple, stream: Stream) -> list:
         op, model_id = key
         served = models.by_id[model_id]
         if op == "classify":
-            return list(api.classify_logits(served.model, stream))
-        return api.reconstruct(served.model, stream)
+            return list(api.classify_logits(served.model, stream, budget=None))
+        return api.reconstruct(served.model, stream, budget=None)
     return execute
 
 
 def create_app(config: ServeConfig = ServeConfig()) -> FastAPI:
     if config.threads:
         torch.set_num_threads(config.threads)
+    budget = config.budget                  # a bad --max-gflop fails here, at startup
     models = ModelSet(config)
     batcher = MicroBatcher(_execute(models), config.batch_window_ms, config.max_batch_images,
                            config.batching)
@@ -202,6 +242,9 @@ def create_app(config: ServeConfig = ServeConfig()) -> FastAPI:
 
     @app.exception_handler(TicaError)
     async def _tica_error(request: Request, exc: TicaError):
+        if isinstance(exc, BudgetError):
+            return error(413, "BudgetError", f"{exc.summary} this server allows a request: "
+                         f"send fewer or smaller images")
         return error(_status_of(exc), type(exc).__name__, str(exc))
 
     @app.exception_handler(RequestValidationError)
@@ -237,6 +280,7 @@ def create_app(config: ServeConfig = ServeConfig()) -> FastAPI:
         data, stream, served = await parsed(request)
         if not api.can_classify(served.model):
             raise HTTPError(422, "NoClassifier", f"{served.label} has no trained classifier")
+        budget.check(served.model, stream.sizes, ("classify",))
         logits = await batcher.run(("classify", served.model.model_id), stream)
         predictions = api.top_k(served.model, torch.stack(logits), top_k)
         qualities = api.stream_qualities(stream)
@@ -256,6 +300,7 @@ def create_app(config: ServeConfig = ServeConfig()) -> FastAPI:
         if index >= len(stream.payloads):
             raise HTTPError(422, "BadIndex", f"index {index}: the stream holds {len(stream.payloads)} image(s)")
         one = stream.subset([index])
+        budget.check(served.model, one.sizes, ("reconstruct",))
         image = (await batcher.run(("reconstruct", served.model.model_id), one))[0]
         return Response(encode_png(image), media_type="image/png",
                         headers={"X-Tica-Model": api.describe(
@@ -264,13 +309,18 @@ def create_app(config: ServeConfig = ServeConfig()) -> FastAPI:
     @app.post("/v1/encode", openapi_extra={"requestBody": _IMAGE}, response_class=Response,
               responses={200: {"content": {"application/octet-stream": {}}}},
               summary="Encode an image file (PNG, JPEG, WebP, ...) into a tica bitstream")
-    async def encode(request: Request, quality: float | None = Query(None, ge=0, le=1000)) -> Response:
-        served, q = models.for_quality(quality)
+    async def encode(request: Request, quality: float | None = Query(None, ge=0, le=1000),
+                     model: str | None = Query(None, description=(
+                         "a served preset; none: the one that suits the image "
+                         "(tica.api.choose_model) when the server serves 'auto'"))) -> Response:
+        served, q = models.for_quality(quality, model)        # a bad name or quality: before reading
         body = await read_body(request, config.max_upload_bytes)
         image = decode_image(body, max_pixels=config.max_pixels)
         if max(image.shape[1:]) > config.max_side:
             raise ImageError(f"image side {max(image.shape[1:])} exceeds {config.max_side}")
-        stream = await asyncio.to_thread(api.compress, served.model, image, q)
+        if model is None and models.auto:
+            served, q = models.for_quality(quality, api.choose_model([tuple(image.shape[1:])]))
+        stream = await asyncio.to_thread(api.compress, served.model, image, q, budget=budget)
         pixels = image.shape[1] * image.shape[2]
         return Response(stream, media_type="application/octet-stream", headers={
             "X-Tica-Model": api.describe(served.model, q), "X-Tica-Bytes": str(len(stream)),
@@ -282,7 +332,9 @@ def create_app(config: ServeConfig = ServeConfig()) -> FastAPI:
         return {"models": models.describe(), "limits": {
             "max_body_bytes": config.max_body_bytes, "max_upload_bytes": config.max_upload_bytes,
             "max_side": config.max_side, "max_pixels": config.max_pixels,
-            "max_images": config.max_images},
+            "max_images": config.max_images, "max_gflop": config.max_gflop},
+            "auto": {"on": models.auto, "small_side": api.SMALL_IMAGE_SIDE,
+                     "small": api.SMALL_IMAGE_MODEL, "large": api.PHOTO_MODEL},
             "batching": {"on": config.batching, "window_ms": config.batch_window_ms,
                          "max_images": config.max_batch_images}}
 

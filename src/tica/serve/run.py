@@ -27,7 +27,7 @@ def app_from_env() -> FastAPI:
 def serve(config: dict, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
     import uvicorn
 
-    ServeConfig(**config)                      # fail here, not in every worker
+    ServeConfig(**config).budget               # fail here, not in every worker
     if workers < 1:
         raise ConfigError("--workers must be at least 1")
     os.environ[_ENV] = json.dumps(config)

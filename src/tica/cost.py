@@ -1,0 +1,164 @@
+"""What an image costs a model, known before any work, and the budget a request is held to.
+
+Every model says what one image of (H, W) costs each of its operations (`model.cost(size,
+op)`), in GFLOP estimated from its config and latent grid alone: no forward pass, no
+allocation, microseconds. The library, the CLI and the server add that up over a stream's
+images (the sizes are in its header) and refuse a stream whose total is over the `Budget`
+before decoding anything.
+
+Operations::
+
+    encode       g_a, h_a, the integer h_s, entropy coding of z and y
+    decompress   entropy decoding and the integer h_s: y_hat
+    classify     decompress, then the latent tokens through every ViT block and the head
+    reconstruct  decompress, then the ViT blocks the FAM reads, the FAM and g_s
+
+How it counts: a convolution is 2 * pixels * C_in * C_out * k^2 FLOPs (output pixels; a
+transposed convolution's input pixels, or its polyphase equivalent where it runs as one); a Transformer block on n tokens of width D is
+2n(4 + 2r)D^2 for its linear layers plus 4n^2 D for attention (QK^T and AV), the term that
+grows with the square of the image's area and makes a large grid of tokens the costly case;
+the exact integer h_s (float64) counts `FLOAT64_WEIGHT` times its FLOPs and one entropy-coded
+symbol `SYMBOL_FLOPS`, the float32 work that takes as long. GDN and residual blocks are counted;
+normalisations, activations and the softmax are not (a few percent). Against
+`torch.utils.flop_counter` the estimate is exact for the convolutions and linear layers
+(tests/test_budget.py), and its ratio to measured time stays within 2x across models, image
+sizes and operations (the numbers by DEFAULT_MAX_GFLOP).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterable
+
+from .config import ModelConfig
+from .errors import BudgetError, ConfigError
+from .nn.conv import ConvTranspose2d
+
+_VERBS = {"encode": "encoding", "decompress": "entropy-decoding", "classify": "classifying",
+          "reconstruct": "reconstructing"}
+
+# Work that is not float32 convolution, in float32-convolution FLOPs that take as long on a
+# CPU. Measured with one thread: 5x5 convolutions run at 100-230 GFLOP/s, the integer h_s
+# (exact float64 convolutions) at 25-50, and constriction's ANS codes a symbol in ~50 ns.
+FLOAT64_WEIGHT = 3.0
+SYMBOL_FLOPS = 5000.0
+
+# The default budget, in GFLOP per stream (or per encode call: encoding and every operation
+# on the stream it writes), and why. Estimates, and seconds measured with one thread on the
+# 2-core machine while two training jobs shared it (80-150 GFLOP/s for every model, size and
+# operation):
+#   tica-cifar, a 32x32 image: encode 0.28, classify 0.57, reconstruct 0.48 (8-9 ms);
+#     64 of them (the server's image limit): classify 36 (0.54 s); 64 at 64x64: 158.
+#   tica-photo, a 768x512 Kodak photo: encode 46, classify 28, reconstruct 55 (0.38 s);
+#     2048x1536: reconstruct 745 (6.9 s); a 4-Mpixel photo (the server's max_pixels, e.g.
+#     2048x2048 or 4096x1024): classify 1,049, reconstruct 1,148.
+#   tica-cifar, 512x512 (4,096 tokens): classify 1,376 (15.8 s); 1024x1024 (65,536 tokens):
+#     classify 20,346, reconstruct 10,374 (the issue's stream: 103 s to classify).
+# 2,000 holds the largest photograph the server takes with tica-photo (1.7x room, for a
+# wider model) and every CIFAR batch, and refuses the 1024x1024 CIFAR-model stream 10x over;
+# what it admits is at most 15-25 s of one core.
+DEFAULT_MAX_GFLOP = 2000.0
+
+
+def conv_flops(pixels: int, cin: int, cout: int, kernel: int) -> float:
+    """A k x k convolution evaluated at `pixels` positions."""
+    return 2.0 * pixels * cin * cout * kernel * kernel
+
+
+def _stage_extras(config: ModelConfig, pixels: int, channels: int) -> float:
+    """What follows an inner resampling layer of g_a / g_s: GDN (a 1x1 convolution of the
+    squares) and the residual blocks (two 3x3 convolutions each)."""
+    gdn = conv_flops(pixels, channels, channels, 1) if config.act == "gdn" else 0.0
+    return gdn + config.res_blocks * 2 * conv_flops(pixels, channels, channels, 3)
+
+
+def analysis_flops(config: ModelConfig, grid: tuple[int, int]) -> float:
+    """g_a: `stages` stride-2 5x5 convolutions, 3 -> N ... N -> M, ending on the latent grid."""
+    c, (h, w) = config, grid
+    widths = [3] + [c.N] * (c.stages - 1) + [c.M]
+    total = 0.0
+    for i in range(c.stages):
+        scale = 2 ** (c.stages - 1 - i)                   # output of layer i, in latent cells
+        pixels = h * w * scale * scale
+        total += conv_flops(pixels, widths[i], widths[i + 1], 5)
+        if i < c.stages - 1:
+            total += _stage_extras(c, pixels, widths[i + 1])
+    return total
+
+
+def synthesis_flops(config: ModelConfig, cin: int, grid: tuple[int, int]) -> float:
+    """g_s: `stages` stride-2 5x5 transposed convolutions from the latent grid, cin -> N ... -> 3;
+    a layer to few channels runs as its polyphase 3x3 equivalent (tica.nn.conv.ConvTranspose2d)."""
+    c, (h, w) = config, grid
+    widths = [cin] + [c.N] * (c.stages - 1) + [3]
+    total = 0.0
+    for i in range(c.stages):
+        pixels = h * w * 4 ** i                           # input of layer i
+        if widths[i + 1] <= ConvTranspose2d.POLYPHASE_MAX_OUT:
+            total += conv_flops(pixels, widths[i], 4 * widths[i + 1], 3)
+        else:
+            total += conv_flops(pixels, widths[i], widths[i + 1], 5)
+        if i < c.stages - 1:
+            total += _stage_extras(c, 4 * pixels, widths[i + 1])
+    return total
+
+
+def hyper_flops(config: ModelConfig, grid: tuple[int, int]) -> tuple[float, float]:
+    """(h_a, h_s) on a latent grid (h, w) and the hyper-latent grid (h/2, w/2); h_s as the
+    decoder runs it, in float64 (FLOAT64_WEIGHT)."""
+    c, (h, w) = config, grid
+    latent, hyper, mid = h * w, (h // 2) * (w // 2), c.M * 3 // 2
+    h_a = (conv_flops(latent, c.M, c.N, 3) + conv_flops(hyper, c.N, c.N, 5)
+           + conv_flops(hyper, c.N, c.N, 5))
+    h_s = (conv_flops(hyper, c.N, c.M, 5) + conv_flops(hyper, c.M, mid, 5)
+           + conv_flops(latent, mid, 2 * c.M, 3))
+    return h_a, FLOAT64_WEIGHT * h_s
+
+
+def coding_flops(config: ModelConfig, grid: tuple[int, int]) -> float:
+    """Entropy coding (either way) of y (M x h x w symbols) and z (N x h/2 x w/2)."""
+    c, (h, w) = config, grid
+    return SYMBOL_FLOPS * (c.M * h * w + c.N * (h // 2) * (w // 2))
+
+
+def vit_flops(tokens: int, config: ModelConfig, blocks: int) -> float:
+    """`blocks` Transformer blocks on `tokens` tokens (class token included) of width D."""
+    D, r = config.embed_dim, config.mlp_ratio
+    linear = 2.0 * tokens * (4 + 2 * r) * D * D
+    attention = 4.0 * tokens * tokens * D
+    return blocks * (linear + attention)
+
+
+def stream_cost(model, sizes: Iterable[tuple[int, int]], op: str) -> float:
+    """GFLOP of `op` over every image of a stream (its sizes) for any model with `cost(size,
+    op)`; each distinct size is costed once."""
+    return sum(n * model.cost(size, op) for size, n in Counter(map(tuple, sizes)).items())
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The most estimated work one stream (or one encode call) may ask for, in GFLOP summed
+    over its images. `DEFAULT_MAX_GFLOP` says what the default holds and what it refuses."""
+
+    max_gflop: float = DEFAULT_MAX_GFLOP
+
+    def __post_init__(self) -> None:
+        if not self.max_gflop > 0:
+            raise ConfigError(f"the budget must be a positive number of GFLOP (inf: unbounded), "
+                              f"got {self.max_gflop}")
+
+    def check(self, model, sizes: Iterable[tuple[int, int]], ops: Iterable[str]) -> float:
+        """The largest total cost among `ops`; BudgetError if it is over the budget."""
+        sizes = [tuple(s) for s in sizes]
+        worst, worst_op = 0.0, None
+        for op in ops:
+            total = stream_cost(model, sizes, op)
+            if worst_op is None or total > worst:
+                worst, worst_op = total, op
+        if worst_op is not None and worst > self.max_gflop:
+            largest = max(sizes, key=lambda s: s[0] * s[1])
+            what = (f"{_VERBS[worst_op]} {len(sizes)} image(s) of up to {largest[1]}x{largest[0]} "
+                    f"with {model.config.name}")
+            raise BudgetError(what, worst, self.max_gflop)
+        return worst
