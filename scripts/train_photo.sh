@@ -29,7 +29,7 @@ $TICA train "${COMMON[@]}" --step 2 --init "$RUNS/$TAG-step1/model.safetensors" 
 
 $TICA train --step 2 --init "$RUNS/photo-q2/model.safetensors" --set rate_levels=8 \
     --set img_size=224 --latent-std 0 --data "$DATA/imagenette-224.tar.gz" \
-    --run-dir "$RUNS/tica-photo-in" --alpha 1 --beta 0.0018 --beta-max 0.0483 --epochs 4.5 \
+    --run-dir "$RUNS/tica-photo-in" --alpha 1 --beta 0.0018 --beta-max 0.0483 --epochs 4 \
     --batch-size 16 --optimizer adam --lr 5e-4 --hyper-lr 1e-2 --rate-warmup-steps 200 \
     --weight-decay 0 --warmup-steps 200 --eval-images 500 --no-progress --checkpoint-every 100 \
     --resume
