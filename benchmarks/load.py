@@ -9,7 +9,15 @@
    against the library's own classification of the same stream (0 lost or mismatched
    answers), every corrupt stream must get a 4xx, no 5xx at all; p50/p99 latency,
    throughput, and the server's resident memory before and after.
-Writes docs/benchmarks/load.{md,json}.
+3. The mixed run (fair service): a few maximum-cost streams (default: a 512x512 image for
+   tica-cifar, ~1,400 GFLOP to classify, inside the default budget) in flight while many
+   32x32 CIFAR requests arrive at concurrency 20: the small requests' p50/p99 alone and with
+   the heavy ones, the heavy ones' latency, deadline answers (504) and every other 5xx (must
+   be 0); and, as the control, the same against one lane with no batch cost cap
+   (--max-batch-gflop inf), the scheduling before issue 11.
+Writes docs/benchmarks/load.{md,json} (1 and 2) and load_mixed.{md,json} (3).
+
+    python benchmarks/load.py --mixed-only --mixed-requests 200     # only the mixed run
 """
 
 from __future__ import annotations
@@ -25,17 +33,22 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
+import torch
+from PIL import Image
 
 import tica
+from tica.cost import DEFAULT_MAX_GFLOP
 from tica.data import load_split
+from tica.serve import ServeConfig
 from tica.serve.run import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
 
-def start_server(batching: bool, threads: int) -> ServerProcess:
-    return ServerProcess("--threads", str(threads), *([] if batching else ["--no-batching"]))
+def start_server(batching: bool, threads: int, *extra: str) -> ServerProcess:
+    return ServerProcess("--threads", str(threads), *([] if batching else ["--no-batching"]), *extra)
 
 
 def corrupt(data: bytes, rng: random.Random) -> bytes:
@@ -52,6 +65,17 @@ def corrupt(data: bytes, rng: random.Random) -> bytes:
     return bytes(out)
 
 
+async def post(client: httpx.AsyncClient, url: str, body: bytes) -> tuple[int, dict | None, float]:
+    """POST one stream to /v1/classify: (status, json, seconds); status -1 if no answer."""
+    start = time.perf_counter()
+    try:
+        r = await client.post(url + "/v1/classify?top_k=1", content=body,
+                              headers={"Content-Type": "application/octet-stream"})
+        return r.status_code, r.json(), time.perf_counter() - start
+    except (httpx.HTTPError, ValueError) as exc:
+        return -1, {"error": repr(exc)}, time.perf_counter() - start
+
+
 async def fire(url: str, bodies: list[bytes], concurrency: int, timeout: float
                ) -> tuple[list[tuple[int, dict | None, float]], float]:
     """POST every body to /v1/classify with `concurrency` in flight; (status, json, s) each."""
@@ -64,13 +88,7 @@ async def fire(url: str, bodies: list[bytes], concurrency: int, timeout: float
         async def worker():
             while not queue.empty():
                 i = queue.get_nowait()
-                start = time.perf_counter()
-                try:
-                    r = await client.post(url + "/v1/classify?top_k=1", content=bodies[i],
-                                          headers={"Content-Type": "application/octet-stream"})
-                    results[i] = (r.status_code, r.json(), time.perf_counter() - start)
-                except (httpx.HTTPError, ValueError) as exc:
-                    results[i] = (-1, {"error": repr(exc)}, time.perf_counter() - start)
+                results[i] = await post(client, url, bodies[i])
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return results, time.perf_counter() - start
@@ -91,15 +109,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="concurrency 1 and 8 only")
     parser.add_argument("--rss-samples", type=int, default=10,
                         help="soak chunks, the server's memory read after each")
+    parser.add_argument("--mixed-only", action="store_true", help="only the mixed run")
+    parser.add_argument("--no-mixed", action="store_true", help="skip the mixed run")
+    parser.add_argument("--mixed-requests", type=int, default=400, help="small requests per mixed run")
+    parser.add_argument("--mixed-concurrency", type=int, default=20)
+    parser.add_argument("--heavy-streams", type=int, default=2, help="heavy requests in flight")
+    parser.add_argument("--heavy-side", type=int, default=512,
+                        help="side of the heavy streams' one image (for tica-cifar)")
+    parser.add_argument("--deadline-s", type=float, help="the server's (default: its own)")
+    parser.add_argument("--max-gflop", type=float, default=DEFAULT_MAX_GFLOP,
+                        help="the server's budget, and the heavy stream's")
+    parser.add_argument("--no-control", action="store_true",
+                        help="skip the one-lane control of the mixed run")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args(argv)
-    rng = random.Random(0)
 
     model = tica.load("tica-cifar")
     split = load_split(DATA / "cifar10-jpeg.tar.gz", "test", limit=500)
     streams = [tica.compress(model, split.images[i].float() / 255) for i in range(len(split))]
     expected = [int(tica.classify_logits(model, s).argmax()) for s in streams]
+    args.out.mkdir(parents=True, exist_ok=True)
+    ok = True
+    if not args.mixed_only:
+        ok &= throughput_and_soak(args, model, streams, expected)
+    if not args.no_mixed:
+        ok &= mixed(args, model, streams, expected)
+    return 0 if ok else 1
 
+
+def metric(url: str, name: str) -> int:
+    """A counter from the server's /metrics."""
+    text = httpx.get(url + "/metrics").text
+    return next((int(float(l.split()[-1])) for l in text.splitlines() if l.startswith(name + " ")), 0)
+
+
+def throughput(args, streams: list[bytes]) -> list[dict]:
     rows = []
     for batching in (True, False):
         server = start_server(batching, args.threads)
@@ -116,7 +160,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(rows[-1])
         finally:
             server.stop()
+    return rows
 
+
+def throughput_and_soak(args, model, streams: list[bytes], expected: list[int]) -> bool:
+    rows = throughput(args, streams)
+    rng = random.Random(0)
     server = start_server(True, args.threads)
     try:
         rss_before = server.rss_mb()
@@ -138,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             wall += seconds
             rss_series.append([start + len(part), server.rss_mb()])
         rss_after = rss_series[-1][1]
-        metrics = httpx.get(server.url + "/metrics").text
+        batches = metric(server.url, "tica_batches_total")
     finally:
         server.stop()
     server_errors = sum(1 for s, _, _ in results if s >= 500 or s < 0)
@@ -147,8 +196,6 @@ def main(argv: list[str] | None = None) -> int:
                      if t is not None and (s != 200 or body["images"][0]["top"][0]["index"] != t))
     corrupt_ok = sum(1 for (s, _, _), t in zip(results, truth) if t is None and s in (400, 413, 422))
     n_corrupt = sum(1 for t in truth if t is None)
-    batches = next((int(float(l.split()[-1])) for l in metrics.splitlines()
-                    if l.startswith("tica_batches_total")), 0)
     soak = {"requests": args.requests, "concurrency": 32, "corrupt": n_corrupt,
             "corrupt_refused_4xx": corrupt_ok, "server_errors": server_errors, "lost": lost,
             "mismatched": mismatched, "req_s": args.requests / wall,
@@ -159,10 +206,97 @@ def main(argv: list[str] | None = None) -> int:
     print(soak)
     report = render(rows, soak, args)
     print(report)
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "load.md").write_text(report)
     (args.out / "load.json").write_text(json.dumps({"throughput": rows, "soak": soak}, indent=1))
-    return 0 if server_errors == lost == mismatched == 0 and corrupt_ok == n_corrupt else 1
+    return server_errors == lost == mismatched == 0 and corrupt_ok == n_corrupt
+
+
+# ---- the mixed run ----------------------------------------------------------------------------
+def heavy_stream(model, side: int, max_gflop: float) -> bytes:
+    """A maximum-cost stream: one side x side photograph for `model` (the first Kodak image,
+    resized; noise without the data)."""
+    photos = sorted((DATA / "kodak").glob("*.png"))
+    if photos:
+        with Image.open(photos[0]) as img:
+            pixels = np.asarray(img.convert("RGB").resize((side, side), Image.LANCZOS))
+        image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255
+    else:
+        image = torch.rand(3, side, side, generator=torch.Generator().manual_seed(0))
+    return tica.compress(model, image, budget=tica.Budget(max_gflop))
+
+
+async def mixed_load(url: str, smalls: list[bytes], heavy: bytes, heavy_streams: int,
+                     concurrency: int, timeout: float, settle_s: float = 1.0):
+    """`heavy_streams` heavy requests at once, then (`settle_s` later, once the server holds
+    them) the small ones at `concurrency`: (small results, heavy results, whether a heavy
+    one was still unanswered when the last small one answered)."""
+    async with httpx.AsyncClient(timeout=timeout) as client:
+        start = time.perf_counter()
+        heavy_tasks = [asyncio.create_task(post(client, url, heavy)) for _ in range(heavy_streams)]
+        if heavy_tasks:
+            await asyncio.sleep(settle_s)
+        small_results, _ = await fire(url, smalls, concurrency, timeout)
+        smalls_done = time.perf_counter() - start
+        heavy_results = list(await asyncio.gather(*heavy_tasks))
+    return small_results, heavy_results, any(t > smalls_done for *_, t in heavy_results)
+
+
+def is_deadline(status: int, body: dict | None) -> bool:
+    return status == 504 and (body or {}).get("error") == "DeadlineError"
+
+
+def summarize(scheduling: str, small: list, heavy: list, in_flight: bool, truth: list[int]) -> dict:
+    seconds = [t for *_, t in small]
+    answers = small + heavy
+    return {"scheduling": scheduling, "heavy_requests": len(heavy), "small_requests": len(small),
+            "small_ok": sum(1 for s, *_ in small if s == 200),
+            "small_mismatched": sum(1 for (s, body, _), t in zip(small, truth)
+                                    if s == 200 and body["images"][0]["top"][0]["index"] != t),
+            "small_p50_ms": 1e3 * pct(seconds, 0.5), "small_p99_ms": 1e3 * pct(seconds, 0.99),
+            "small_max_ms": 1e3 * max(seconds),
+            "small_within_5s": sum(1 for s, _, t in small if s == 200 and t <= 5.0),
+            "heavy_status": [s for s, *_ in heavy], "heavy_s": [t for *_, t in heavy],
+            "heavy_in_flight_throughout": in_flight,
+            "deadline_answers": sum(1 for s, body, _ in answers if is_deadline(s, body)),
+            "other_5xx": sum(1 for s, body, _ in answers
+                             if (s >= 500 or s < 0) and not is_deadline(s, body))}
+
+
+def mixed(args, model, streams: list[bytes], expected: list[int]) -> bool:
+    smalls = [streams[i % len(streams)] for i in range(args.mixed_requests)]
+    truth = [expected[i % len(streams)] for i in range(args.mixed_requests)]
+    heavy = heavy_stream(model, args.heavy_side, args.max_gflop)
+    common = ["--max-gflop", str(args.max_gflop)] + (
+        ["--deadline-s", str(args.deadline_s)] if args.deadline_s else [])
+    setups = [("cost-capped lanes (default)", [])]
+    if not args.no_control:
+        setups.append(("one lane, no cost cap (--max-batch-gflop inf)", ["--max-batch-gflop", "inf"]))
+    runs = []
+    for scheduling, flags in setups:
+        server = start_server(True, args.threads, *common, *flags)
+        try:
+            asyncio.run(fire(server.url, smalls[:40], args.mixed_concurrency, args.timeout))  # warm
+            if not flags:
+                alone, _ = asyncio.run(fire(server.url, smalls, args.mixed_concurrency, args.timeout))
+                runs.append(summarize(scheduling, alone, [], False, truth))
+                print(runs[-1])
+            small, heavy_results, in_flight = asyncio.run(mixed_load(
+                server.url, smalls, heavy, args.heavy_streams, args.mixed_concurrency, args.timeout))
+            runs.append({**summarize(scheduling, small, heavy_results, in_flight, truth),
+                         "expired": metric(server.url, "tica_expired_requests_total"),
+                         "heavy_pieces": metric(server.url, "tica_heavy_pieces_total")})
+            print(runs[-1])
+        finally:
+            server.stop()
+    heavy_info = {"side": args.heavy_side, "bytes": len(heavy), "model": tica.describe(model),
+                  "gflop": model.cost((args.heavy_side, args.heavy_side), "classify")}
+    report = render_mixed(runs, heavy_info, args)
+    print(report)
+    (args.out / "load_mixed.md").write_text(report)
+    (args.out / "load_mixed.json").write_text(json.dumps({"heavy": heavy_info, "runs": runs}, indent=1))
+    fair = runs[:2]
+    return (all(r["other_5xx"] == 0 and r["small_mismatched"] == 0 for r in runs)
+            and all(r["small_within_5s"] == r["small_requests"] for r in fair))
 
 
 def render(rows: list[dict], soak: dict, args) -> str:
@@ -193,6 +327,42 @@ def render(rows: list[dict], soak: dict, args) -> str:
     L += [f"| {n} | {mb:.0f} |" for n, mb in s["rss_mb_after_requests"]]
     L += [""]
     return "\n".join(L)
+
+
+def render_mixed(runs: list[dict], heavy: dict, args) -> str:
+    alone = runs[0]["small_p99_ms"]
+    deadline = args.deadline_s or ServeConfig.deadline_s
+    L = ["# Fair service under mixed load", "",
+         f"Generated by `python benchmarks/load.py --mixed-only --mixed-requests "
+         f"{args.mixed_requests} --heavy-streams {args.heavy_streams} --heavy-side {heavy['side']}` "
+         f"on {platform.processor() or platform.machine()}, {os.cpu_count()} cores; server and "
+         f"client share them (loopback), server torch threads {args.threads}. Small requests: "
+         f"{runs[0]['small_requests']} one-image {heavy['model']} streams of CIFAR-10 test images "
+         f"(32x32, about 1.2 kB) to /v1/classify at concurrency {args.mixed_concurrency}. Heavy "
+         f"requests: {args.heavy_streams} at once, sent 1 s before the small ones, each one "
+         f"{heavy['side']}x{heavy['side']} image for the same model ({heavy['bytes']:,} bytes, "
+         f"about {heavy['gflop']:,.0f} GFLOP to classify, inside the budget of "
+         f"{args.max_gflop:,.0f}). Server deadline {deadline:g} s.", "",
+         "| scheduling | heavy requests | small ok | small p50 ms | small p99 ms | small max ms "
+         "| p99 vs alone | heavy answers: status in s | deadline answers (504) | other 5xx |",
+         "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    for r in runs:
+        answers = ", ".join(f"{s} in {t:.1f}" for s, t in zip(r["heavy_status"], r["heavy_s"]))
+        L.append(f"| {r['scheduling']} | {r['heavy_requests']} | {r['small_ok']}/{r['small_requests']} "
+                 f"| {r['small_p50_ms']:.0f} | {r['small_p99_ms']:.0f} | {r['small_max_ms']:.0f} "
+                 f"| {r['small_p99_ms'] / alone:.1f}x | {answers or '-'} | {r['deadline_answers']} "
+                 f"| {r['other_5xx']} |")
+    if len(runs) > 1:
+        f = runs[1]
+        met = f["small_within_5s"] == f["small_requests"] and f["other_5xx"] == 0
+        L += ["", f"Target (issue 11: with heavy requests present, every small request answers "
+              f"within 5 s; no 5xx other than deadline answers): **{'met' if met else 'not met'}**: "
+              f"{f['small_within_5s']}/{f['small_requests']} within 5 s (the slowest in "
+              f"{f['small_max_ms'] / 1e3:.2f} s), {f['other_5xx']} other 5xx; a heavy request was "
+              f"{'still' if f['heavy_in_flight_throughout'] else 'no longer'} in flight when the "
+              f"last small one answered. {f['expired']} request(s) dropped at their deadline "
+              f"without running, {f['heavy_pieces']} heavy piece(s) run."]
+    return "\n".join(L + [""])
 
 
 if __name__ == "__main__":

@@ -59,7 +59,8 @@ def _rate_accuracy_claim(tag: str, dataset: str, results: list[dict], margins: l
             failed.append(f"{label} (at {worst['bpp']:.2f} bpp: tica {_pct(worst['tica_top1'])}, "
                           f"it {_pct(worst['baseline_top1'])})")
     ceiling = next((r["top1"] for r in results if r["pipeline"] == CLEAN), None)
-    best = max((r for r in results if r["pipeline"] == TICA), key=lambda r: r["top1"], default=None)
+    best = max((r for r in results if r["pipeline"] == TICA and r.get("top1") is not None),
+               key=lambda r: r["top1"], default=None)
     points = [r["bpp"] for r in results if r["pipeline"] == TICA]
     verdict = "**holds**" if held and not failed else "**does not hold**" if failed else "**untested**"
     return (f"**{tag} {dataset}: at equal bpp, tica's accuracy beats every codec -> decode -> ViT "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -15,6 +16,7 @@ from .cost import DEFAULT_MAX_GFLOP, Budget
 from .errors import BudgetError, TicaError
 from .image import load_image, save_image
 from .registry import DEFAULT_MODEL, list_models
+from .serve.config import ServeConfig
 
 
 def _add_model_args(p: argparse.ArgumentParser, encode: bool = False) -> None:
@@ -37,6 +39,16 @@ def _add_budget_arg(p: argparse.ArgumentParser) -> None:
                    metavar="X", help="refuse, before any work, what would cost more than X "
                    f"GFLOP (estimated from the image sizes; default {DEFAULT_MAX_GFLOP:g}, which "
                    "holds a 4-Mpixel photograph with tica-photo; see tica.cost)")
+
+
+def _add_serve_config_args(p: argparse.ArgumentParser) -> None:
+    """`tica serve`'s options for the ServeConfig fields that carry help: name, type, default
+    and help come from the field."""
+    for f in dataclasses.fields(ServeConfig):
+        if "help" in f.metadata:
+            p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default),
+                           default=f.default, metavar="N" if type(f.default) is int else "X",
+                           help=f"{f.metadata['help']}; default %(default)s")
 
 
 def _load_model(args: argparse.Namespace, stream: bytes | None = None):
@@ -185,9 +197,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve.run import serve
 
-    fields = ("model", "weights", "batching", "batch_window_ms", "max_batch_images", "max_body_bytes",
-              "max_upload_bytes", "max_side", "max_pixels", "max_images", "max_gflop", "threads")
-    serve({k: getattr(args, k) for k in fields}, args.host, args.port, args.workers)
+    serve({f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)},
+          args.host, args.port, args.workers)
     return 0
 
 
@@ -354,23 +365,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="HTTP service: classify, reconstruct and encode bitstreams")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model", default=api.AUTO, help=f"preset whose shipped rate points to serve, "
-                   f"or {api.AUTO!r} (default): {' and '.join(api.AUTO_MODELS)}, and /v1/encode picks "
-                   f"by image size as `tica encode` does")
+    p.add_argument("--model", default=ServeConfig.model,
+                   help=f"preset whose shipped rate points to serve, or {api.AUTO!r} (default): "
+                   f"{' and '.join(api.AUTO_MODELS)}, and /v1/encode picks by image size as "
+                   f"`tica encode` does")
     p.add_argument("--weights", metavar="FILE", help="serve this checkpoint instead")
     p.add_argument("--workers", type=int, default=1, help="worker processes (each loads the models)")
     p.add_argument("--threads", type=int, help="torch threads per worker")
-    p.add_argument("--batch-window-ms", dest="batch_window_ms", type=float, default=2.0,
-                   help="wait this long for more requests to batch (0: batch only what queued "
-                        "up while the last batch ran)")
     p.add_argument("--no-batching", dest="batching", action="store_false",
                    help="run every request alone")
-    p.add_argument("--max-batch-images", dest="max_batch_images", type=int, default=64)
-    p.add_argument("--max-body-bytes", dest="max_body_bytes", type=int, default=1 << 20)
-    p.add_argument("--max-upload-bytes", dest="max_upload_bytes", type=int, default=8 << 20)
-    p.add_argument("--max-side", dest="max_side", type=int, default=4096)
-    p.add_argument("--max-pixels", dest="max_pixels", type=int, default=1 << 22)
-    p.add_argument("--max-images", dest="max_images", type=int, default=64, help="per stream")
+    _add_serve_config_args(p)
     _add_budget_arg(p)
     p.set_defaults(func=cmd_serve)
 

@@ -50,3 +50,17 @@ class BudgetError(TicaError, ValueError):
 
 def _gflop(value: float) -> str:
     return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
+
+
+class DeadlineError(TicaError, TimeoutError):
+    """Work was not finished by its deadline: it was dropped before it started, or its answer
+    was abandoned. Raised by the server's scheduler (tica.serve.batcher)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(f"the work was not finished within the deadline of {seconds:g} s: the "
+                         f"server is busy or the request is large; retry later, or send fewer "
+                         f"or smaller images")
+
+    def __reduce__(self):
+        return type(self), (self.seconds,)

@@ -23,13 +23,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import api, bitstream
-from ..bitstream import Limits, Stream
-from ..cost import DEFAULT_MAX_GFLOP, Budget
-from ..errors import (BitstreamError, BudgetError, ConfigError, ImageError, ModelMismatchError,
-                      TicaError)
+from ..bitstream import Stream
+from ..errors import (BitstreamError, BudgetError, ConfigError, DeadlineError, ImageError,
+                      ModelMismatchError, TicaError)
 from ..image import decode_image, encode_png
 from ..registry import read_manifest
-from .batcher import MicroBatcher
+from .batcher import MicroBatcher, within
+from .config import ServeConfig
 from .metrics import Metrics
 
 _BINARY = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
@@ -38,36 +38,6 @@ _IMAGE = {"content": {"application/octet-stream": {"schema": {"type": "string", 
                       "image/png": {"schema": {"type": "string", "format": "binary"}},
                       "image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
           "required": True}
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """What the server loads and what it accepts. The limits bound memory and time per
-    request: a stream is refused before anything is decoded or allocated from it, and one
-    whose work (tica.cost) is over `max_gflop` before any of that work starts."""
-
-    model: str = api.AUTO                 # a preset, or "auto": api.AUTO_MODELS, picked per image
-    weights: str | None = None
-    batching: bool = True                 # False: every request runs alone
-    batch_window_ms: float = 2.0          # wait this long for more requests (0: only merge
-                                          # what queued up while the last batch ran)
-    max_batch_images: int = 64
-    max_body_bytes: int = 1 << 20         # a bitstream; 1 MiB holds ~2,000 CIFAR streams
-    max_upload_bytes: int = 8 << 20       # an image to encode
-    max_side: int = 4096
-    max_pixels: int = 1 << 22             # per image (4 Mpixel)
-    max_images: int = 64                  # per stream
-    max_gflop: float = DEFAULT_MAX_GFLOP  # per request; the default holds a max_pixels photo
-    threads: int | None = None
-
-    @property
-    def limits(self) -> Limits:
-        return Limits(max_side=self.max_side, max_pixels=self.max_pixels,
-                      max_images=self.max_images, max_total_pixels=self.max_pixels * self.max_images)
-
-    @property
-    def budget(self) -> Budget:
-        return Budget(self.max_gflop)
 
 
 class HTTPError(Exception):
@@ -174,7 +144,8 @@ def _qualities_text(models: ModelSet, preset: str) -> str:
                       if s.model.config.name == preset and s.quality is not None))
 
 
-_STATUS = [(ModelMismatchError, 422), (BitstreamError, 400), (ImageError, 400), (TicaError, 422)]
+_STATUS = [(ModelMismatchError, 422), (BitstreamError, 400), (ImageError, 400), (DeadlineError, 504),
+           (TicaError, 422)]
 
 
 def _status_of(exc: TicaError) -> int:
@@ -202,6 +173,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
+def _image_cost(models: ModelSet):
+    # the batcher's estimate of one image's work, for its lanes and its batches' cost cap
+    def image_cost(key: tuple, size: tuple[int, int]) -> float:
+        op, model_id = key
+        return models.by_id[model_id].model.cost(size, op)
+    return image_cost
+
+
 def _execute(models: ModelSet):
     # each request was held to the budget on arrival; a merged batch is the batcher's to size
     def execute(key: tuple, stream: Stream) -> list:
@@ -219,7 +198,8 @@ def create_app(config: ServeConfig = ServeConfig()) -> FastAPI:
     budget = config.budget                  # a bad --max-gflop fails here, at startup
     models = ModelSet(config)
     batcher = MicroBatcher(_execute(models), config.batch_window_ms, config.max_batch_images,
-                           config.batching)
+                           config.batching, image_cost=_image_cost(models),
+                           max_gflop=config.max_batch_gflop, deadline_s=config.deadline_s)
     metrics = Metrics()
 
     @asynccontextmanager
@@ -320,7 +300,8 @@ def create_app(config: ServeConfig = ServeConfig()) -> FastAPI:
             raise ImageError(f"image side {max(image.shape[1:])} exceeds {config.max_side}")
         if model is None and models.auto:
             served, q = models.for_quality(quality, api.choose_model([tuple(image.shape[1:])]))
-        stream = await asyncio.to_thread(api.compress, served.model, image, q, budget=budget)
+        stream = await within(config.deadline_s, asyncio.to_thread(
+            api.compress, served.model, image, q, budget=budget))
         pixels = image.shape[1] * image.shape[2]
         return Response(stream, media_type="application/octet-stream", headers={
             "X-Tica-Model": api.describe(served.model, q), "X-Tica-Bytes": str(len(stream)),
@@ -336,7 +317,9 @@ def create_app(config: ServeConfig = ServeConfig()) -> FastAPI:
             "auto": {"on": models.auto, "small_side": api.SMALL_IMAGE_SIDE,
                      "small": api.SMALL_IMAGE_MODEL, "large": api.PHOTO_MODEL},
             "batching": {"on": config.batching, "window_ms": config.batch_window_ms,
-                         "max_images": config.max_batch_images}}
+                         "max_images": config.max_batch_images,
+                         "max_gflop": config.max_batch_gflop},
+            "deadline_s": config.deadline_s}
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict:

@@ -52,6 +52,10 @@ class Metrics:
               "# TYPE tica_batches_total counter", f"tica_batches_total {batches.batches}",
               "# HELP tica_batched_requests_total Requests served by batched passes.",
               "# TYPE tica_batched_requests_total counter", f"tica_batched_requests_total {batches.requests}",
+              "# HELP tica_heavy_pieces_total Passes that ran a piece of a request over the batch cost cap.",
+              "# TYPE tica_heavy_pieces_total counter", f"tica_heavy_pieces_total {batches.heavy_pieces}",
+              "# HELP tica_expired_requests_total Requests dropped at their deadline or when the caller left.",
+              "# TYPE tica_expired_requests_total counter", f"tica_expired_requests_total {batches.expired}",
               "# HELP tica_max_rss_bytes Peak resident memory of the server process.",
               "# TYPE tica_max_rss_bytes gauge",
               f"tica_max_rss_bytes {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}"]

@@ -1,0 +1,59 @@
+"""What `tica serve` loads, what it accepts and how it schedules work: one dataclass, whose
+fields are also the command's options (tica.cli reads their defaults and help from here).
+Nothing here imports the web framework, so the CLI can build its parser without it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .. import api
+from ..bitstream import Limits
+from ..cost import DEFAULT_MAX_GFLOP, Budget
+from ..errors import ConfigError
+
+
+def _option(default, help: str):
+    """A field `tica serve` offers as --NAME-WITH-DASHES, of the default's type."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What the server loads and what it accepts. The limits bound memory and time per
+    request: a stream is refused before anything is decoded or allocated from it, and one
+    whose work (tica.cost) is over `max_gflop` before any of that work starts. `deadline_s`
+    and `max_batch_gflop` keep the service fair under mixed load (tica.serve.batcher)."""
+
+    model: str = api.AUTO                 # a preset, or "auto": api.AUTO_MODELS, picked per image
+    weights: str | None = None
+    batching: bool = True                 # False: every request runs alone
+    batch_window_ms: float = _option(2.0, "wait this long for more requests to batch (0: batch "
+                                     "only what queued up while the last batch ran)")
+    max_batch_images: int = _option(64, "images in one micro-batch")
+    max_batch_gflop: float = _option(50.0, "estimated GFLOP of one micro-batch; a request over "
+                                     "it runs apart from the small ones, in pieces of at most "
+                                     "this (one image if an image costs more)")
+    deadline_s: float = _option(30.0, "seconds a request's work may take, queueing included; "
+                                "later it gets a 504 and work not yet started is dropped")
+    max_body_bytes: int = _option(1 << 20, "bytes of a bitstream (1 MiB holds ~2,000 CIFAR streams)")
+    max_upload_bytes: int = _option(8 << 20, "bytes of an image file to encode")
+    max_side: int = _option(4096, "pixels of an image's longer side")
+    max_pixels: int = _option(1 << 22, "pixels of one image (4 Mpixel)")
+    max_images: int = _option(64, "images in one stream")
+    max_gflop: float = DEFAULT_MAX_GFLOP  # per request; the default holds a max_pixels photo
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("deadline_s", "max_batch_gflop"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} (tica serve --{name.replace('_', '-')}) must be a "
+                                  f"positive number (inf: unbounded), got {getattr(self, name)}")
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_side=self.max_side, max_pixels=self.max_pixels,
+                      max_images=self.max_images, max_total_pixels=self.max_pixels * self.max_images)
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(self.max_gflop)
