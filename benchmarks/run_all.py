@@ -405,8 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             "measured": cifar.measured + kodak.measured + imagenette.measured,
             "cached": cifar.reused + kodak.reused + imagenette.reused,
             "machine": machine(), "cifar_images": len(split),
-            "imagenette_images": len({r["images"] for r in imagenette.results}) == 1
-            and imagenette.results[0]["images"] or None,
+            "imagenette_images": max((r["images"] for r in imagenette.results), default=None),
             "evaluation_minutes": sum(r["seconds"] for r in cifar.results + kodak.results
                                       + imagenette.results) / 60,
             "budgets": budgets(),
