@@ -34,12 +34,18 @@ def photo():
     return tica.load("tica-photo")
 
 
-def crafted(model, side: int) -> bytes:
-    """A well-formed container for one side x side image of `model`: its header holds the
-    size, its payload is 64 arbitrary bytes. Building it costs nothing, decoding it all the
-    work of a real stream of that size."""
-    codes = None if model.quality_range is None else [quality_code(model.quality)]
-    return bitstream.pack(model.model_id, [(side, side)], [bytes(range(1, 65))], codes)
+def crafted(model, side: int, count: int = 1) -> bytes:
+    """A well-formed container for `count` side x side images of `model`: its header holds
+    the sizes, each payload is 64 arbitrary bytes. Building it costs nothing, decoding it all
+    the work of a real stream of that size."""
+    codes = None if model.quality_range is None else [quality_code(model.quality)] * count
+    return bitstream.pack(model.model_id, [(side, side)] * count, [bytes(range(1, 65))] * count,
+                          codes)
+
+
+# Over the default budget whatever the attention mode: four 2048x2048 images through the
+# CIFAR model (a 1024x1024 one, the issue's stream, fits now: attention runs in windows).
+RUNAWAY = (2048, 4)
 
 
 def _png(image: Image.Image) -> bytes:
@@ -64,6 +70,7 @@ def _counted_gflop(fn) -> float:
     ("tica-cifar", {}, (32, 32)), ("tica-cifar", {}, (40, 72)),
     ("tica-cifar", {"act": "gdn", "res_blocks": 1}, (32, 48)), ("tica-cifar", {"fam": False}, (32, 32)),
     ("hyperprior-cifar", {}, (32, 32)), ("tica-photo", {}, (96, 160)),
+    ("tica-cifar", {}, (96, 160)),                     # 24x40 tokens: attention in 8x8 windows
 ])
 def test_estimate_matches_counted_flops(name, overrides, size, monkeypatch):
     """With the float64 and symbol weights at 1 and 0, the estimate is exactly the
@@ -82,7 +89,8 @@ def test_estimate_matches_counted_flops(name, overrides, size, monkeypatch):
         counted["classify"] = _counted_gflop(lambda: model.classify_latent(y_hat))
     for op, flops in counted.items():
         blocks = (c.depth if op == "classify" or not c.fam else max(c.fam_blocks)) if hasattr(model, "vit") else 0
-        attention = blocks * 4 * n * n * c.embed_dim / 1e9
+        count, n = model.vit.sequences(model.latent_grid(size), op == "classify") if blocks else (1, n)
+        attention = count * blocks * 4 * n * n * c.embed_dim / 1e9
         assert model.cost(size, op) - h_s - attention == pytest.approx(flops, rel=1e-6), op
 
 
@@ -96,12 +104,17 @@ def test_pixel_vit_cost_matches_counted_flops():
         model.cost((32, 32), "reconstruct")
 
 
-def test_attention_makes_a_large_grid_of_tokens_the_costly_case(cifar, photo):
-    # entropy decoding grows with the area; classification with its square, through attention
+def test_global_attention_makes_a_large_grid_of_tokens_the_costly_case(cifar, photo):
+    # entropy decoding grows with the area; classification with its square, through global
+    # attention (tests/test_large_grids.py: the windows that make it linear again)
     assert cifar.cost((1024, 1024), "decompress") == pytest.approx(16 * cifar.cost((256, 256), "decompress"))
-    assert cifar.cost((1024, 1024), "classify") > 150 * cifar.cost((256, 256), "classify")
-    # the same 1024x1024 image costs the photo model (16x downsampling) ~1/100 of that
-    assert photo.cost((1024, 1024), "classify") < cifar.cost((1024, 1024), "classify") / 100
+    cifar.vit.attention = photo.vit.attention = "global"
+    try:
+        assert cifar.cost((1024, 1024), "classify") > 150 * cifar.cost((256, 256), "classify")
+        # the same 1024x1024 image costs the photo model (16x downsampling) ~1/100 of that
+        assert photo.cost((1024, 1024), "classify") < cifar.cost((1024, 1024), "classify") / 100
+    finally:
+        cifar.vit.attention = photo.vit.attention = "auto"
     t0 = time.perf_counter()
     for side in range(32, 4096, 32):
         cifar.cost((side, side), "classify")
@@ -118,18 +131,21 @@ def test_the_default_budget_holds_every_legitimate_use_and_refuses_the_runaway(c
     # CIFAR-size images with the CIFAR model, up to the server's 64 images a stream
     assert budget.check(cifar, [(32, 32)] * 64, cifar.operations) < 40
     assert budget.check(cifar, [(64, 64)] * 64, cifar.operations) < 200
-    # the issue's stream: a 1024x1024 image through tica-cifar, 65,536 tokens
+    # the issue's stream, a 1024x1024 image through tica-cifar (65,536 tokens), fits with
+    # windowed attention; four 2048x2048 ones do not
+    assert budget.check(cifar, [(1024, 1024)], cifar.operations) < budget.max_gflop / 2
+    side, count = RUNAWAY
     with pytest.raises(tica.BudgetError) as exc:
-        budget.check(cifar, [(1024, 1024)], cifar.operations)
-    assert exc.value.cost > 10 * budget.max_gflop and exc.value.limit == 2000
-    assert "classifying 1 image(s) of up to 1024x1024 with tica-cifar" in str(exc.value)
+        budget.check(cifar, [(side, side)] * count, cifar.operations)
+    assert exc.value.cost > 2 * budget.max_gflop and exc.value.limit == 2000
+    assert "4 image(s) of up to 2048x2048 with tica-cifar" in str(exc.value)
     with pytest.raises(tica.ConfigError, match="positive"):
         tica.Budget(max_gflop=0)
 
 
 # ---- the library -----------------------------------------------------------------------------
 def test_library_refuses_before_any_decoding(cifar, monkeypatch):
-    data = crafted(cifar, 1024)
+    data = crafted(cifar, *RUNAWAY)
 
     def never(*args, **kwargs):
         raise AssertionError("decoding started")
@@ -151,8 +167,8 @@ def test_library_refuses_before_any_decoding(cifar, monkeypatch):
 
 def test_compress_refuses_a_stream_its_decoder_would_refuse(cifar, monkeypatch):
     monkeypatch.setattr(cifar, "analyze", lambda *a, **k: pytest.fail("encoding started"))
-    with pytest.raises(tica.BudgetError, match="1024x1024 with tica-cifar"):
-        tica.compress(cifar, torch.zeros(3, 1024, 1024))
+    with pytest.raises(tica.BudgetError, match="2048x2048 with tica-cifar"):
+        tica.compress(cifar, torch.zeros(1, 3, 2048, 2048).expand(4, -1, -1, -1))
     with pytest.raises(tica.BudgetError, match="64 image"):       # the total of a batch counts
         tica.compress(cifar, torch.zeros(64, 3, 32, 32), budget=tica.Budget(max_gflop=30))
 
@@ -212,14 +228,14 @@ def test_a_stream_larger_than_png_is_said(tmp_path, capsys):
 @pytest.mark.parametrize("command", ["decode", "classify"])
 def test_cli_refuses_quickly_naming_the_flag(command, tmp_path, cifar, capsys):
     stream = tmp_path / "big.tica"
-    stream.write_bytes(crafted(cifar, 1024))
+    stream.write_bytes(crafted(cifar, *RUNAWAY))
     args = [command, str(stream)] + (["-o", str(tmp_path / "out.png")] if command == "decode" else [])
     t0 = time.perf_counter()
     assert main(args) == 1
     assert time.perf_counter() - t0 < 5.0                        # model load included
     err = capsys.readouterr().err.strip()
     assert err.startswith("tica: error: ") and "\n" not in err
-    assert "1024x1024 with tica-cifar" in err and "over the budget of 2,000 GFLOP" in err
+    assert "2048x2048 with tica-cifar" in err and "over the budget of 2,000 GFLOP" in err
     assert "pass --max-gflop" in err
     assert not (tmp_path / "out.png").exists()
     # the flag moves the line: a 128x128 stream is refused under 5 GFLOP, decoded under the default
@@ -230,13 +246,16 @@ def test_cli_refuses_quickly_naming_the_flag(command, tmp_path, cifar, capsys):
     assert main(args + ["--max-gflop", str(need)]) == 0
 
 
-def test_cli_encode_refuses_before_writing(tmp_path, capsys):
+def test_cli_encode_refuses_before_writing(tmp_path, cifar, capsys):
     image = tmp_path / "big.png"
-    Image.new("RGB", (1024, 1024), (128, 128, 128)).save(image)
+    Image.new("RGB", (4096, 2048), (128, 128, 128)).save(image)
     out = tmp_path / "big.tica"
+    worst = max(cost.stream_cost(cifar, [(2048, 4096)], op) for op in cifar.operations)
+    assert worst > 2000
     assert main(["encode", str(image), "-o", str(out), "--model", "tica-cifar"]) == 1
     err = capsys.readouterr().err
-    assert "with tica-cifar would cost about 20,346 GFLOP" in err and "--max-gflop 20347" in err
+    assert f"with tica-cifar would cost about {worst:,.0f} GFLOP" in err
+    assert f"--max-gflop {math.ceil(worst)}" in err
     assert not out.exists()
 
 
@@ -251,15 +270,23 @@ def client():
 
 
 def test_server_answers_413_before_decoding(client, cifar, cifar_images):
-    data = crafted(cifar, 1024)
-    for path in ("/v1/classify", "/v1/reconstruct"):
-        t0 = time.perf_counter()
-        r = client.post(path, content=data, headers=OCTET)
-        assert time.perf_counter() - t0 < 1.0
-        assert r.status_code == 413 and r.json()["error"] == "BudgetError"
-        assert "1024x1024 with tica-cifar" in r.json()["detail"]
-        assert "this server allows a request" in r.json()["detail"]
-    assert client.app.state.batcher.stats.requests == 0           # nothing reached a worker
+    from fastapi.testclient import TestClient
+    from tica.serve import ServeConfig, create_app
+    # /v1/classify reads every image of the stream; /v1/reconstruct one, and the largest the
+    # server takes (4 Mpixel) fits the default budget with windowed attention: a server with
+    # a lower budget refuses it
+    with TestClient(create_app(ServeConfig(batch_window_ms=1, max_gflop=500)),
+                    raise_server_exceptions=False) as strict:
+        for server, path, data, size in [
+                (client, "/v1/classify", crafted(cifar, *RUNAWAY), 2048),
+                (strict, "/v1/reconstruct", crafted(cifar, 1024), 1024)]:
+            t0 = time.perf_counter()
+            r = server.post(path, content=data, headers=OCTET)
+            assert time.perf_counter() - t0 < 1.0
+            assert r.status_code == 413 and r.json()["error"] == "BudgetError"
+            assert f"{size}x{size} with tica-cifar" in r.json()["detail"]
+            assert "this server allows a request" in r.json()["detail"]
+            assert server.app.state.batcher.stats.requests == 0   # nothing reached a worker
     # a full CIFAR batch is well inside it
     many = tica.compress(cifar, cifar_images[:1].repeat(64, 1, 1, 1))
     r = client.post("/v1/classify", content=many, headers=OCTET)
@@ -285,7 +312,8 @@ def test_server_encode_picks_the_model_for_the_image(client, cifar, photo, kodak
     r = client.post("/v1/encode?model=nope", content=small, headers=OCTET)
     assert r.status_code == 422 and r.json()["error"] == "UnknownModel"
     # a named model that would write a stream over the budget: refused before encoding
-    big = _png(Image.new("RGB", (1024, 1024), (128, 128, 128)))
+    big = _png(Image.new("RGB", (4096, 1024), (128, 128, 128)))
+    assert max(cost.stream_cost(cifar, [(1024, 4096)], op) for op in cifar.operations) > 2000
     t0 = time.perf_counter()
     r = client.post("/v1/encode?model=tica-cifar", content=big, headers=OCTET)
     assert r.status_code == 413 and r.json()["error"] == "BudgetError"

@@ -16,7 +16,8 @@ Operations::
 How it counts: a convolution is 2 * pixels * C_in * C_out * k^2 FLOPs (output pixels; a
 transposed convolution's input pixels, or its polyphase equivalent where it runs as one); a Transformer block on n tokens of width D is
 2n(4 + 2r)D^2 for its linear layers plus 4n^2 D for attention (QK^T and AV), the term that
-grows with the square of the image's area and makes a large grid of tokens the costly case;
+grows with the square of the image's area and would make a large grid of tokens the costly
+case, were it not for windowed attention past a few times the trained grid (linear again);
 the exact integer h_s (float64) counts `FLOAT64_WEIGHT` times its FLOPs and one entropy-coded
 symbol `SYMBOL_FLOPS`, the float32 work that takes as long. GDN and residual blocks are counted;
 normalisations, activations and the softmax are not (a few percent). Against
@@ -128,6 +129,15 @@ def vit_flops(tokens: int, config: ModelConfig, blocks: int) -> float:
     linear = 2.0 * tokens * (4 + 2 * r) * D * D
     attention = 4.0 * tokens * tokens * D
     return blocks * (linear + attention)
+
+
+def windowed_vit_flops(vit, grid: tuple[int, int], config: ModelConfig, blocks: int,
+                       classify: bool = False) -> float:
+    """`blocks` blocks of `vit` (a tica.models.vit.VisionTransformer) on one image's token
+    grid, as it runs them: one sequence, one per attention window on a large grid, or (to
+    classify) one on the grid pooled to the trained one."""
+    count, length = vit.sequences(grid, classify)
+    return count * vit_flops(length, config, blocks)
 
 
 def stream_cost(model, sizes: Iterable[tuple[int, int]], op: str) -> float:

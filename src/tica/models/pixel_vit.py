@@ -34,6 +34,7 @@ class PixelViT(nn.Module):
         if op not in self.operations:
             raise ConfigError(f"{self.config.name} works on pixels: it can only classify")
         c, p = self.config, self.config.patch_size
-        tokens = -(-image_size[0] // p) * -(-image_size[1] // p)
-        flops = cost.conv_flops(tokens, 3, c.embed_dim, p) + cost.vit_flops(1 + tokens, c, c.depth)
+        grid = (-(-image_size[0] // p), -(-image_size[1] // p))
+        flops = (cost.conv_flops(grid[0] * grid[1], 3, c.embed_dim, p)
+                 + cost.windowed_vit_flops(self.vit, grid, c, c.depth, classify=True))
         return (flops + 2.0 * c.embed_dim * c.num_classes) / 1e9

@@ -39,14 +39,16 @@ class TicaModel(CompressionModel):
         c, tokens = self.config, grid[0] * grid[1]
         flops = 2.0 * tokens * c.M * c.embed_dim                          # LatentTokens.proj
         if op == "classify":
-            return flops + cost.vit_flops(1 + tokens, c, c.depth) + 2.0 * c.embed_dim * c.num_classes
+            blocks = cost.windowed_vit_flops(self.vit, grid, c, c.depth, classify=True)
+            return flops + blocks + 2.0 * c.embed_dim * c.num_classes
         blocks = max(self._fam_blocks) if self._fam_blocks else c.depth   # as forward_intermediates
         if self.fam is not None:
             sources = 1 + len(c.fam_blocks)
             part = max(c.embed_dim // sources, 1)
             flops += 2.0 * tokens * (sources * c.embed_dim * part + sources * part * c.embed_dim)
         width = c.embed_dim if c.fam else c.M
-        return flops + cost.vit_flops(1 + tokens, c, blocks) + cost.synthesis_flops(c, width, grid)
+        return (flops + cost.windowed_vit_flops(self.vit, grid, c, blocks)
+                + cost.synthesis_flops(c, width, grid))
 
     @property
     def _fam_blocks(self) -> tuple[int, ...]:

@@ -1,6 +1,14 @@
 """The Vision Transformer shared by tica and the pixel baseline, split timm-style into
 `forward_features` -> `forward_head`, with `forward_intermediates` for the FAM. Tokens come
 from a stem outside this class: `LatentTokens` (compressed latent) or `PatchTokens` (pixels).
+
+Grids larger than the trained one. Global attention costs the square of the token count: a
+1024x1024 image is 65,536 tokens for tica-cifar. Past `WINDOW_ABOVE` times the trained
+grid's tokens, attention runs in windows of the trained grid (`window_origins`): each window
+is a sequence of its own, with its own class token and the trained position embedding, the
+input the model was trained on; the windows' class tokens are averaged for the head, and
+each patch token comes from one window (the last that holds it). The work is then linear in
+the area. docs/design.md has the measurement that set the threshold.
 """
 
 from __future__ import annotations
@@ -10,6 +18,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.transformer import Block
+
+# Attention runs in windows of the trained grid once a grid holds more than this many times
+# the trained grid's tokens (docs/design.md, "Large token grids").
+WINDOW_ABOVE = 4.0
+ATTENTION_MODES = ("auto", "global", "window", "pool")
+# How "auto" classifies a grid past the threshold: "window" (the windows' class tokens
+# averaged) or "pool" (the tokens average-pooled to the trained grid; reconstruction, which
+# needs every token, always uses windows).
+CLASSIFY_LARGE = "window"
+
+
+def window_origins(n: int, size: int) -> list[int]:
+    """Start of each window of `size` along an axis of `n` tokens: every token is covered, the
+    last window is moved back to end on the border (so it may overlap its neighbour)."""
+    count = -(-n // size)
+    return [min(i * size, n - size) for i in range(count)]
 
 
 class LatentTokens(nn.Module):
@@ -41,6 +65,7 @@ class VisionTransformer(nn.Module):
                  drop_path: float, num_classes: int, grid: tuple[int, int]) -> None:
         super().__init__()
         self.grid = grid
+        self.attention = "auto"                      # one of ATTENTION_MODES; not a weight
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid[0] * grid[1], dim))
         rates = torch.linspace(0, drop_path, depth).tolist()
@@ -65,11 +90,44 @@ class VisionTransformer(nn.Module):
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
         return torch.cat([cls, tokens], dim=1) + self._pos(grid)    # (B, 1+N, D)
 
+    def window(self, grid: tuple[int, int]) -> tuple[int, int] | None:
+        """The window attention runs in on `grid`, or None for global attention."""
+        if self.attention == "global":
+            return None
+        window = (min(grid[0], self.grid[0]), min(grid[1], self.grid[1]))
+        if window == tuple(grid):
+            return None
+        trained = self.grid[0] * self.grid[1]
+        if self.attention == "auto" and grid[0] * grid[1] <= WINDOW_ABOVE * trained:
+            return None
+        return window
+
+    def sequences(self, grid: tuple[int, int], classify: bool = False) -> tuple[int, int]:
+        """(how many sequences, tokens in each, class token included) for one image's grid:
+        what the blocks cost (tica.cost.vit_flops per sequence)."""
+        window = self.window(grid)
+        if classify and self.pooled(grid):
+            return 1, 1 + window[0] * window[1]
+        if window is None:
+            return 1, 1 + grid[0] * grid[1]
+        count = len(window_origins(grid[0], window[0])) * len(window_origins(grid[1], window[1]))
+        return count, 1 + window[0] * window[1]
+
+    def pooled(self, grid: tuple[int, int]) -> bool:
+        """Whether classification pools `grid` down to the trained grid ("pool" mode, or "auto"
+        past the windowing threshold)."""
+        if self.attention not in ("pool", "auto") or self.window(grid) is None:
+            return False
+        return CLASSIFY_LARGE == "pool" or self.attention == "pool"
+
     def forward_features(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        x = self._prepare(tokens, grid)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
+        if self.pooled(grid):
+            B, _, D = tokens.shape
+            x = tokens.transpose(1, 2).reshape(B, D, *grid)
+            size = (min(grid[0], self.grid[0]), min(grid[1], self.grid[1]))
+            tokens, grid = F.adaptive_avg_pool2d(x, size).flatten(2).transpose(1, 2), size
+        feats, _ = self.forward_intermediates(tokens, grid, ())
+        return feats
 
     def forward_intermediates(self, tokens: torch.Tensor, grid: tuple[int, int],
                               indices: tuple[int, ...], stop_early: bool = False
@@ -77,6 +135,17 @@ class VisionTransformer(nn.Module):
         """Final normed features and the outputs (class token dropped, (B, N, D)) of the
         blocks in `indices` (1-based). With stop_early, stops after the last needed block
         and returns None for the features."""
+        window = self.window(grid)
+        if window is None:
+            return self._run(tokens, grid, indices, stop_early)
+        windows = _Windows(grid, window)
+        feats, taken = self._run(windows.split(tokens), window, indices, stop_early)
+        if feats is not None:
+            feats = windows.merge(feats, with_class=True)
+        return feats, [windows.merge(t) for t in taken]
+
+    def _run(self, tokens: torch.Tensor, grid: tuple[int, int], indices: tuple[int, ...],
+             stop_early: bool) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
         x = self._prepare(tokens, grid)
         wanted, taken = set(indices), []
         last = max(indices) if (stop_early and indices) else len(self.blocks)
@@ -89,6 +158,35 @@ class VisionTransformer(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x[:, 0]                                                 # class token
         return x if pre_logits else self.head(x)
+
+
+class _Windows:
+    """Cuts a batch of token grids into windows (one sequence each) and lays them back."""
+
+    def __init__(self, grid: tuple[int, int], window: tuple[int, int]) -> None:
+        self.grid, self.window = grid, window
+        self.origins = [(y, x) for y in window_origins(grid[0], window[0])
+                        for x in window_origins(grid[1], window[1])]
+
+    def split(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, h*w, D) -> (B * windows, wh*ww, D), window-major within each image."""
+        B, _, D = tokens.shape
+        (wh, ww), x = self.window, tokens.reshape(B, *self.grid, D)
+        parts = [x[:, y:y + wh, c:c + ww] for y, c in self.origins]
+        return torch.stack(parts, dim=1).reshape(B * len(parts), wh * ww, D)
+
+    def merge(self, x: torch.Tensor, with_class: bool = False) -> torch.Tensor:
+        """(B * windows, [1 +] wh*ww, D) -> (B, [1 +] h*w, D): later windows overwrite the
+        tokens they share with earlier ones; the class token is the windows' mean."""
+        n, (wh, ww) = len(self.origins), self.window
+        x = x.reshape(-1, n, *x.shape[1:])                          # (B, n, [1+]L, D)
+        cls, x = (x[:, :, 0], x[:, :, 1:]) if with_class else (None, x)
+        B, D = x.shape[0], x.shape[-1]
+        out = x.new_empty(B, *self.grid, D)
+        for i, (y, c) in enumerate(self.origins):
+            out[:, y:y + wh, c:c + ww] = x[:, i].reshape(B, wh, ww, D)
+        out = out.reshape(B, -1, D)
+        return out if cls is None else torch.cat([cls.mean(dim=1, keepdim=True), out], dim=1)
 
 
 def _init_weights(m: nn.Module) -> None:
