@@ -2,31 +2,28 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
+import math
 
 import pytest
 
-from conftest import DATA, REPO
+from conftest import DATA
+from tica.report import (TICA, TICA_FIXED, ReportOptions, accuracy_margins, run_report,
+                         state_claims, variable_rate_cost)
 
 
-def _run_all():
-    spec = importlib.util.spec_from_file_location("run_all", REPO / "benchmarks" / "run_all.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["run_all"] = module          # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_run_all_writes_tables_plots_and_claims(tmp_path, capsys):
+def test_run_all_writes_tables_plots_and_claims(tmp_path):
     if not (DATA / "cifar10-jpeg.tar.gz").exists() or not (DATA / "kodak").exists():
         pytest.skip("shared data not found")
-    run_all = _run_all()
     out = tmp_path / "results"
-    args = ["--data", str(DATA), "--runs", str(tmp_path / "no-runs"), "--out", str(out),
-            "--limit", "20", "--kodak", "1", "--imagenette", "20", "--repeats", "1"]
-    assert run_all.main(args) == 0
+    printed: list[str] = []
+
+    def options(**changes) -> ReportOptions:
+        base = dict(data=DATA, runs=tmp_path / "no-runs", out=out, limit=20, kodak=1,
+                    imagenette=20, repeats=1, log=printed.append)
+        return ReportOptions(**{**base, **changes})
+
+    assert run_report(options()) == tmp_path / "RESULTS.md"
     cifar = json.loads((out / "cifar10.json").read_text())
     labels = {r["pipeline"] for r in cifar}
     assert {"ViT on clean pixels", "JPEG -> decode -> ViT", "WebP -> decode -> ViT",
@@ -51,25 +48,24 @@ def test_run_all_writes_tables_plots_and_claims(tmp_path, capsys):
     for claim in ("**(a)", "**(b)", "**(c)"):
         assert claim in page
     assert "(20 images)" in page or "20 images" in page
-    capsys.readouterr()
+    printed.clear()
     # a second run measures nothing again: every rate point comes from the cache
-    assert run_all.main(args + ["--sections", "cifar,kodak"] + ["--repeats", "1"]) == 0
-    printed = capsys.readouterr().out
-    assert "measured" not in printed
-    assert printed.count("cached") == len(cifar) + len(kodak)
+    run_report(options(sections={"cifar", "kodak"}))
+    text = "\n".join(printed)
+    assert "measured" not in text
+    assert text.count("cached") == len(cifar) + len(kodak)
     # measuring one pipeline again keeps every other result in the files
-    assert run_all.main(args + ["--sections", "cifar", "--only", "^ViT", "--fresh"]) == 0
+    run_report(options(sections={"cifar"}, only="^ViT", fresh=True))
     assert len(json.loads((out / "cifar10.json").read_text())) == len(cifar)
 
 
 def test_accuracy_margins_cover_the_shared_range_not_just_ticas_points():
     """A baseline that dips above tica between tica's rate points fails the claim there."""
-    run_all = _run_all()
-    rows = [{"pipeline": run_all.TICA, "quality": q, "bpp": b, "top1": a}
+    rows = [{"pipeline": TICA, "quality": q, "bpp": b, "top1": a}
             for q, b, a in ((1, 2.0, 0.50), (2, 8.0, 0.60))]
     rows += [{"pipeline": "WebP -> decode -> ViT", "quality": q, "bpp": b, "top1": a}
              for q, b, a in ((10, 1.0, 0.40), (50, 4.0, 0.56), (90, 6.0, 0.57), (95, 7.0, 0.56))]
-    margins = run_all.accuracy_margins(rows)
+    margins = accuracy_margins(rows)
     at = {round(m["bpp"], 3): m for m in margins}
     assert sorted(at) == [2.0, 4.0, 6.0, 8.0]          # tica's points + the front's inside them
     assert at[2.0]["quality"] == 1 and at[4.0]["quality"] is None
@@ -77,20 +73,17 @@ def test_accuracy_margins_cover_the_shared_range_not_just_ticas_points():
     assert at[4.0]["margin"] == pytest.approx(-0.01)    # the baseline wins between tica's points
     assert at[8.0]["baseline_top1"] == pytest.approx(0.57)   # held above its last Pareto point
     assert at[2.0]["baseline_top1"] == pytest.approx(0.48)   # 1 -> 4 bpp: halfway in log-bpp
-    claims = run_all.state_claims([], [], margins, [], [])
+    claims = state_claims([], [], margins, [], [])
     assert "does not hold" in claims.split("(b)")[0]
 
 
 def test_variable_rate_cost_reads_the_rate_at_the_fixed_models_psnr():
-    run_all = _run_all()
     vr = [{"pipeline": "tica", "quality": q, "bpp": b, "psnr": p, "top1": a}
           for q, b, p, a in ((1, 1.0, 20.0, 0.5), (2, 2.0, 24.0, 0.6), (3, 4.0, 28.0, 0.7))]
-    fixed = {"pipeline": "tica, fixed rate (same budget)", "quality": 2, "bpp": 1.8, "psnr": 24.0,
-             "top1": 0.62}
-    (row,) = run_all.variable_rate_cost(vr + [fixed])
+    fixed = {"pipeline": TICA_FIXED, "quality": 2, "bpp": 1.8, "psnr": 24.0, "top1": 0.62}
+    (row,) = variable_rate_cost(vr + [fixed])
     assert row["variable_bpp_at_psnr"] == pytest.approx(2.0)
     assert row["rate_cost_percent"] == pytest.approx(100 * (2.0 / 1.8 - 1))
     # accuracy at 1.8 bpp: linear in log-bpp between (1, 0.5) and (2, 0.6)
-    import math
     assert row["variable_top1_at_bpp"] == pytest.approx(0.5 + 0.1 * math.log(1.8) / math.log(2))
-    assert run_all.variable_rate_cost(vr) == []
+    assert variable_rate_cost(vr) == []
