@@ -99,7 +99,7 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000, help="soak requests")
     parser.add_argument("--throughput-requests", type=int, default=300)
@@ -122,8 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-control", action="store_true",
                         help="skip the one-lane control of the mixed run")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     model = tica.load("tica-cifar")
     split = load_split(DATA / "cifar10-jpeg.tar.gz", "test", limit=500)
     streams = [tica.compress(model, split.images[i].float() / 255) for i in range(len(split))]

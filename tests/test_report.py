@@ -2,31 +2,36 @@
 
 from __future__ import annotations
 
-import importlib.util
+import itertools
 import json
+import math
+import os
+import re
+import shutil
+import subprocess
 import sys
 
 import pytest
 
 from conftest import DATA, REPO
+from tica.report import (HYPER, PHOTO, PHOTO_NOFAM, RUNS, TICA, TICA_FIXED, ReportOptions,
+                         accuracy_margins, bd_rates, run_report, run_weights, state_claims,
+                         variable_rate_cost)
+from tica.report.claims import compute_claim
 
 
-def _run_all():
-    spec = importlib.util.spec_from_file_location("run_all", REPO / "benchmarks" / "run_all.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["run_all"] = module          # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_run_all_writes_tables_plots_and_claims(tmp_path, capsys):
+def test_run_all_writes_tables_plots_and_claims(tmp_path):
     if not (DATA / "cifar10-jpeg.tar.gz").exists() or not (DATA / "kodak").exists():
         pytest.skip("shared data not found")
-    run_all = _run_all()
     out = tmp_path / "results"
-    args = ["--data", str(DATA), "--runs", str(tmp_path / "no-runs"), "--out", str(out),
-            "--limit", "20", "--kodak", "1", "--imagenette", "20", "--repeats", "1"]
-    assert run_all.main(args) == 0
+    printed: list[str] = []
+
+    def options(**changes) -> ReportOptions:
+        base = dict(data=DATA, runs=tmp_path / "no-runs", out=out, limit=20, kodak=1,
+                    imagenette=20, repeats=1, log=printed.append)
+        return ReportOptions(**{**base, **changes})
+
+    assert run_report(options()) == tmp_path / "RESULTS.md"
     cifar = json.loads((out / "cifar10.json").read_text())
     labels = {r["pipeline"] for r in cifar}
     assert {"ViT on clean pixels", "JPEG -> decode -> ViT", "WebP -> decode -> ViT",
@@ -51,25 +56,48 @@ def test_run_all_writes_tables_plots_and_claims(tmp_path, capsys):
     for claim in ("**(a)", "**(b)", "**(c)"):
         assert claim in page
     assert "(20 images)" in page or "20 images" in page
-    capsys.readouterr()
+    printed.clear()
     # a second run measures nothing again: every rate point comes from the cache
-    assert run_all.main(args + ["--sections", "cifar,kodak"] + ["--repeats", "1"]) == 0
-    printed = capsys.readouterr().out
-    assert "measured" not in printed
-    assert printed.count("cached") == len(cifar) + len(kodak)
+    run_report(options(sections={"cifar", "kodak"}))
+    text = "\n".join(printed)
+    assert "measured" not in text
+    assert text.count("cached") == len(cifar) + len(kodak)
     # measuring one pipeline again keeps every other result in the files
-    assert run_all.main(args + ["--sections", "cifar", "--only", "^ViT", "--fresh"]) == 0
+    run_report(options(sections={"cifar"}, only="^ViT", fresh=True))
     assert len(json.loads((out / "cifar10.json").read_text())) == len(cifar)
+
+
+def test_the_page_comes_back_from_the_cache_unchanged(tmp_path):
+    """benchmarks/run_all.py with no section run rewrites docs/RESULTS.md from docs/results:
+    every table and claim the same, only the run's own facts (header, notes) differ."""
+    if not (DATA / "cifar10-jpeg.tar.gz").exists():
+        pytest.skip("shared data not found")
+    out = tmp_path / "results"
+    out.mkdir()
+    for path in (REPO / "docs" / "results").glob("*.json"):
+        shutil.copy(path, out)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "run_all.py"), "--sections", "",
+                    "--data", str(DATA), "--runs", str(tmp_path / "no-runs"), "--out", str(out),
+                    "--limit", "20"], check=True, env=env, capture_output=True)
+
+    def body(text: str) -> list[str]:
+        lines = text.split("## Reused or missing results")[0].splitlines()
+        return lines[:2] + lines[3:]                 # line 3: date, minutes, counts, machine
+
+    assert body((tmp_path / "RESULTS.md").read_text()) == body((REPO / "docs" / "RESULTS.md").read_text())
+    assert (out / "comparisons.json").read_text() == \
+        (REPO / "docs" / "results" / "comparisons.json").read_text()
 
 
 def test_accuracy_margins_cover_the_shared_range_not_just_ticas_points():
     """A baseline that dips above tica between tica's rate points fails the claim there."""
-    run_all = _run_all()
-    rows = [{"pipeline": run_all.TICA, "quality": q, "bpp": b, "top1": a}
+    rows = [{"pipeline": TICA, "quality": q, "bpp": b, "top1": a}
             for q, b, a in ((1, 2.0, 0.50), (2, 8.0, 0.60))]
     rows += [{"pipeline": "WebP -> decode -> ViT", "quality": q, "bpp": b, "top1": a}
              for q, b, a in ((10, 1.0, 0.40), (50, 4.0, 0.56), (90, 6.0, 0.57), (95, 7.0, 0.56))]
-    margins = run_all.accuracy_margins(rows)
+    margins = accuracy_margins(rows)
     at = {round(m["bpp"], 3): m for m in margins}
     assert sorted(at) == [2.0, 4.0, 6.0, 8.0]          # tica's points + the front's inside them
     assert at[2.0]["quality"] == 1 and at[4.0]["quality"] is None
@@ -77,20 +105,124 @@ def test_accuracy_margins_cover_the_shared_range_not_just_ticas_points():
     assert at[4.0]["margin"] == pytest.approx(-0.01)    # the baseline wins between tica's points
     assert at[8.0]["baseline_top1"] == pytest.approx(0.57)   # held above its last Pareto point
     assert at[2.0]["baseline_top1"] == pytest.approx(0.48)   # 1 -> 4 bpp: halfway in log-bpp
-    claims = run_all.state_claims([], [], margins, [], [])
+    claims = state_claims([], [], margins, [], [])
     assert "does not hold" in claims.split("(b)")[0]
 
 
+def test_a_claim_holds_only_where_every_baseline_is_beaten_over_a_shared_range():
+    rows = [{"pipeline": TICA, "quality": q, "bpp": b, "top1": a}
+            for q, b, a in ((1, 1.0, 0.60), (2, 4.0, 0.80))]
+    rows += [{"pipeline": "JPEG -> decode -> ViT", "quality": q, "bpp": b, "top1": a}
+             for q, b, a in ((10, 0.5, 0.40), (90, 8.0, 0.70))]
+    # a codec whose cheapest point costs more than tica's dearest: no shared range
+    rows += [{"pipeline": "AVIF -> decode -> ViT", "quality": 10, "bpp": 16.0, "top1": 0.9}]
+    rows += [{"pipeline": "ViT on clean pixels", "quality": None, "bpp": 24.0, "top1": 0.9}]
+    margins = accuracy_margins(rows)
+    jpeg = [m for m in margins if m["baseline"].startswith("JPEG")]
+    # JPEG: 0.5 -> 8 bpp is 4 octaves, +0.075 top-1 per octave: 0.475 at 1 bpp, 0.625 at 4
+    assert [m["margin"] for m in jpeg] == pytest.approx([0.125, 0.175])
+    assert all(math.isnan(m["margin"]) for m in margins if m["baseline"].startswith("AVIF"))
+    claim = state_claims(rows, [], margins, [], []).split("\n\n")[0]
+    assert "**holds**" in claim
+    assert "Above: JPEG -> decode -> ViT (by +12.5 to +17.5 points)." in claim
+    assert "No shared bpp range with: AVIF -> decode -> ViT." in claim
+    assert "is 90.0%; tica (tica-cifar, an unrecorded budget) reaches 80.0% at its best point, " \
+           "4.00 bpp." in claim
+    assert "tica's 2 rate points span 1.00-4.00 bpp." in claim
+    assert "**untested**" in state_claims([], [], [], [], []).split("\n\n")[0]
+
+
+def test_bd_rate_of_a_curve_that_needs_a_fifth_fewer_bits_is_minus_20_percent():
+    pytest.importorskip("bjontegaard")
+    jpeg = [(0.25, 26.0), (0.5, 29.0), (1.0, 32.0), (2.0, 35.0), (4.0, 38.0)]
+    results = [{"pipeline": "JPEG", "quality": i, "bpp": b, "psnr_per_image": p}
+               for i, (b, p) in enumerate(jpeg)]
+    results += [{"pipeline": PHOTO, "quality": i, "bpp": 0.8 * b, "psnr_per_image": p}
+                for i, (b, p) in enumerate(jpeg)]
+    results += [{"pipeline": PHOTO_NOFAM, "quality": i, "bpp": 1.25 * 0.8 * b, "psnr_per_image": p}
+                for i, (b, p) in enumerate(jpeg)]
+    rows = {r["anchor"]: r for r in bd_rates(results)}
+    assert set(rows) == {"JPEG", PHOTO_NOFAM, "CompressAI bmshj2018-hyperprior (published)"}
+    assert rows["JPEG"]["bd_rate_percent"] == pytest.approx(-20.0, abs=1e-6)
+    assert rows["JPEG"]["psnr_range"] == [26.0, 38.0] and rows["JPEG"]["note"] == ""
+    fam = state_claims([], [], [], list(rows.values()), []).split("\n\n")[1]
+    assert fam.startswith("**(b) FAM improves PSNR at equal bpp: **holds**.** on Kodak, "
+                          "tica-photo with FAM needs -20.0% bits for the same PSNR as without "
+                          "(BD-rate over 26.0-38.0 dB).")
+
+
+def test_the_compute_claim_judges_every_path_against_the_bitstream():
+    def row(path, gmacs, ms):
+        return {"setting": "s", "path": path, "gmacs_per_image": gmacs, "ms_per_image": ms}
+
+    fast = [row("classify from bitstream", 1.0, 2.0), row("decode, then classify", 3.0, 5.0)]
+    claim = compute_claim(fast)
+    assert "**holds**; the target of at most half the latency is met everywhere" in claim
+    assert "s, against decode, then classify: 1.000 vs 3.000 GMACs, 0.40x the time" in claim
+    slow = fast + [row("other decoder", 0.5, 3.0)]
+    assert "**does not hold everywhere**; the target of at most half the latency is not met" \
+        in compute_claim(slow)
+    assert "**untested**" in compute_claim([])
+
+
 def test_variable_rate_cost_reads_the_rate_at_the_fixed_models_psnr():
-    run_all = _run_all()
     vr = [{"pipeline": "tica", "quality": q, "bpp": b, "psnr": p, "top1": a}
           for q, b, p, a in ((1, 1.0, 20.0, 0.5), (2, 2.0, 24.0, 0.6), (3, 4.0, 28.0, 0.7))]
-    fixed = {"pipeline": "tica, fixed rate (same budget)", "quality": 2, "bpp": 1.8, "psnr": 24.0,
-             "top1": 0.62}
-    (row,) = run_all.variable_rate_cost(vr + [fixed])
+    fixed = {"pipeline": TICA_FIXED, "quality": 2, "bpp": 1.8, "psnr": 24.0, "top1": 0.62}
+    (row,) = variable_rate_cost(vr + [fixed])
     assert row["variable_bpp_at_psnr"] == pytest.approx(2.0)
     assert row["rate_cost_percent"] == pytest.approx(100 * (2.0 / 1.8 - 1))
     # accuracy at 1.8 bpp: linear in log-bpp between (1, 0.5) and (2, 0.6)
-    import math
     assert row["variable_top1_at_bpp"] == pytest.approx(0.5 + 0.1 * math.log(1.8) / math.log(2))
-    assert run_all.variable_rate_cost(vr) == []
+    assert variable_rate_cost(vr) == []
+
+
+def _script_run_dirs() -> set[str]:
+    """Every `--run-dir "$RUNS/<name>"` of scripts/train_*.sh, its shell variables expanded:
+    a named one from its assignments (TAG=photo), $1 from the `for ... in "1 ..."; do set --`
+    loop that sets it."""
+    names = set()
+    for script in sorted((REPO / "scripts").glob("train_*.sh")):
+        text = script.read_text()
+        loops = re.findall(r'for \w+ in ((?:"[^"]*"\s*)+); do(?:\s*#.*)?\s+set --', text)
+        for name in re.findall(r'--run-dir "\$RUNS/([^"]+)"', text):
+            variables = sorted(set(re.findall(r"\$(\w+)", name)))
+            choices = []
+            for var in variables:
+                if var.isdigit():
+                    values = [q.split()[int(var) - 1] for loop in loops
+                              for q in re.findall(r'"([^"]*)"', loop)]
+                else:
+                    values = re.findall(rf"(?<![\w$]){var}=([\w.-]+)", text)
+                assert values, f"{script.name}: cannot expand ${var} in {name}"
+                choices.append(values)
+            for combo in itertools.product(*choices):
+                expanded = name
+                for var, value in zip(variables, combo):
+                    expanded = expanded.replace(f"${var}", value)
+                names.add(expanded)
+    return names
+
+
+def test_every_run_folder_the_report_reads_is_one_a_training_script_creates():
+    created = _script_run_dirs()
+    assert {"tica-cifar-vr", "photo-nofam-step1", "tica-cifar-nofam-q1"} <= created   # the parser
+    assert set(RUNS.values()) <= created, set(RUNS.values()) - created
+
+
+def test_run_weights_reads_only_the_run_folders_named_once(tmp_path):
+    for folder in ("hyperprior-cifar-q2", "hyperprior-cifar-q3"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "model.safetensors").write_bytes(b"")
+    assert run_weights(tmp_path, HYPER, 2) == tmp_path / "hyperprior-cifar-q2" / "model.safetensors"
+    assert run_weights(tmp_path, HYPER, 3) is None            # no script trains it
+    assert run_weights(tmp_path, TICA_FIXED, 6) is None       # named, not trained here
+
+
+def test_import_tica_needs_neither_the_report_nor_its_optional_packages():
+    code = ("import sys, tica; assert 'tica.report' not in sys.modules; import tica.report; "
+            "print(sorted(m for m in ('matplotlib', 'bjontegaard', 'imagecodecs') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "[]"
