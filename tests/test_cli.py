@@ -176,3 +176,94 @@ def test_variable_rate_weights_any_quality_and_a_target_bpp(tmp_path, capsys):
     assert main(["encode", str(img), "-o", str(out), "--target-bpp", "1",
                  "--weights", str(tmp_path / "fixed.safetensors")]) == 1
     assert "fixed-rate" in _one_line_error(capsys)
+
+
+# ---- tica train: options derived from TrainConfig ------------------------------------------
+
+def _train_config_of(monkeypatch, argv: list[str]):
+    """The TrainConfig `tica train ARGV` would train with (train() itself replaced)."""
+    import tica.train
+    seen = []
+
+    class Done:
+        weights, steps = "w.safetensors", 0
+
+    monkeypatch.setattr(tica.train, "train", lambda cfg, resume=False: seen.append(cfg) or Done())
+    assert main(["train", *argv]) == 0
+    return seen[0]
+
+
+def test_train_options_are_the_train_config_fields():
+    """Each option with help is a TrainConfig field: its default is the field's (device
+    aside: unset means, with --plan, each run's own), its choices the config's."""
+    import dataclasses
+    from tica.cli import build_parser
+    from tica.config import OPTIMIZERS, TrainConfig
+    args = build_parser().parse_args(["train"])
+    offered = [f for f in dataclasses.fields(TrainConfig) if "help" in f.metadata]
+    assert len(offered) >= 28
+    for f in offered:
+        assert getattr(args, f.name) == (None if f.name == "device" else f.default), f.name
+    assert (args.lr, args.batch_size, args.optimizer, args.bf16) == (1e-3, 128, "adamw", True)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--optimizer", "sgd"])
+    assert build_parser().parse_args(["train", "--optimizer", OPTIMIZERS[1]]).optimizer == "adam"
+
+
+def test_a_default_changed_in_train_config_shows_in_the_cli(monkeypatch, capsys):
+    from tica.cli import build_parser
+    from tica.config import TrainConfig
+    monkeypatch.setattr(TrainConfig.__dataclass_fields__["batch_size"], "default", 77)
+    monkeypatch.setattr(TrainConfig.__dataclass_fields__["epoch_size"], "default", 1234)
+    args = build_parser().parse_args(["train"])
+    assert (args.batch_size, args.epoch_size) == (77, 1234)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "global batch size, split across processes; default 77" in help_text
+    assert "random crops per epoch; default 1234" in help_text
+
+
+def test_every_train_flag_keeps_its_name_and_meaning(monkeypatch, tmp_path):
+    cfg = _train_config_of(monkeypatch, [
+        "--data", "synthetic", "--run-dir", str(tmp_path), "--model", "vit-pixel-cifar",
+        "--step", "2", "--init", "w.safetensors", "--alpha", "0.5", "--beta", "0.01",
+        "--alpha-max", "5", "--beta-max", "0.1", "--quality", "3", "--epochs", "2.5",
+        "--max-steps", "7", "--batch-size", "16", "--lr", "0.002", "--hyper-lr", "0.004",
+        "--latent-std", "1.5", "--rate-warmup-steps", "9", "--weight-decay", "0.01",
+        "--warmup-steps", "11", "--optimizer", "adam", "--ema", "0.9", "--seed", "5",
+        "--device", "cpu", "--checkpoint-every", "13", "--deadline-s", "60",
+        "--export-every-s", "30", "--export-dir", str(tmp_path / "x"), "--eval-images", "17",
+        "--train-limit", "19", "--set", "depth=2", "--set", "fam=false", "--no-bf16",
+        "--no-progress", "--epoch-size", "23"])
+    assert (cfg.model, cfg.step, cfg.init, cfg.quality) == ("vit-pixel-cifar", 2, "w.safetensors", 3)
+    assert (cfg.alpha, cfg.beta, cfg.alpha_max, cfg.beta_max) == (0.5, 0.01, 5.0, 0.1)
+    assert (cfg.epochs, cfg.max_steps, cfg.batch_size, cfg.lr, cfg.hyper_lr) == (2.5, 7, 16, 0.002, 0.004)
+    assert (cfg.latent_std, cfg.rate_warmup_steps, cfg.weight_decay, cfg.warmup_steps) == (1.5, 9, 0.01, 11)
+    assert (cfg.optimizer, cfg.ema, cfg.seed, cfg.device, cfg.checkpoint_every) == ("adam", 0.9, 5, "cpu", 13)
+    assert (cfg.deadline_s, cfg.export_every_s, cfg.export_dir) == (60.0, 30.0, str(tmp_path / "x"))
+    assert (cfg.eval_images, cfg.train_limit, cfg.epoch_size) == (17, 19, 23)
+    assert cfg.model_overrides == {"depth": 2, "fam": False}
+    assert (cfg.bf16, cfg.progress, cfg.data, cfg.run_dir) == (False, False, "synthetic", str(tmp_path))
+    plain = _train_config_of(monkeypatch, ["--data", "synthetic", "--run-dir", str(tmp_path)])
+    from tica.config import TrainConfig
+    assert plain == TrainConfig(data="synthetic", run_dir=str(tmp_path))
+
+
+def test_train_data_defaults_to_the_folder_tica_data_names(monkeypatch, tmp_path, capsys):
+    (tmp_path / "cifar10-jpeg.tar.gz").write_bytes(b"")
+    monkeypatch.setenv("TICA_DATA", str(tmp_path))
+    cfg = _train_config_of(monkeypatch, ["--run-dir", str(tmp_path / "run")])
+    assert cfg.data == str(tmp_path / "cifar10-jpeg.tar.gz")
+    monkeypatch.setenv("TICA_DATA", str(tmp_path / "empty"))
+    assert main(["train", "--run-dir", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "TICA_DATA" in err and "--data" in err
+
+
+def test_one_list_of_architectures_and_one_default_model():
+    from tica.config import ARCHS, TrainConfig
+    from tica.registry import ARCHITECTURES, DEFAULT_MODEL, get_config
+    assert tuple(ARCHITECTURES) == ARCHS
+    assert TrainConfig().model == DEFAULT_MODEL and get_config(DEFAULT_MODEL).name == DEFAULT_MODEL
+    assert TrainConfig().data is None          # no repository layout in the library

@@ -74,9 +74,19 @@ def test_random_crops_of_photos(tmp_path):
     assert small.shape == (2, 3, 64, 64)             # smaller photos are resized up
 
 
-def test_synthetic_split_is_learnable_shape():
-    split = synthetic_split(n=20, size=16, num_classes=4)
-    assert split.images.shape == (20, 3, 16, 16) and set(split.labels.tolist()) == {0, 1, 2, 3}
+def test_synthetic_split_is_learnable():
+    """Each class is told apart by its mean colour: class centroids taken from some images
+    classify every other image (nearest centroid) without a mistake."""
+    split = synthetic_split(n=80, size=16, num_classes=4)
+    assert split.images.shape == (80, 3, 16, 16) and set(split.labels.tolist()) == {0, 1, 2, 3}
+    colour = split.images.float().mean(dim=(2, 3))                       # (N, 3)
+    fit, held = torch.arange(80) < 40, torch.arange(80) >= 40
+    centroids = torch.stack([colour[fit & (split.labels == c)].mean(0) for c in range(4)])
+    predicted = torch.cdist(colour[held], centroids).argmin(1)
+    assert torch.equal(predicted, split.labels[held])
+    gaps = torch.cdist(centroids, centroids) + torch.eye(4) * 1e9
+    spread = (colour - centroids[split.labels]).norm(dim=1).max()
+    assert gaps.min() > 2 * spread                                        # classes lie apart
 
 
 def test_webdataset_shards_round_trip(archive, tmp_path):
@@ -106,3 +116,52 @@ def test_the_held_out_split_is_test_or_val(tmp_path):
         assert load_split(data, held_out).classes == ("x", "y")
     with pytest.raises(TicaError, match="no 'test' split"):
         resolve_split(tmp_path / "with-val", "test")  # not the parent taken for a class folder
+
+
+# ---- training data: one protocol, one factory --------------------------------------------
+
+def _photos(folder: Path, n: int = 2) -> Path:
+    folder.mkdir()
+    for i in range(n):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(
+            folder / f"{i}.png")
+    return folder
+
+
+def test_the_factory_makes_each_kind_of_training_data(archive, tmp_path):
+    from tica.config import TrainConfig
+    from tica.data import (CropData, ShardData, SplitData, TrainingData, data_kind,
+                           training_data)
+    from tica.errors import ConfigError
+    write_shards(archive, "train", tmp_path / "shards", per_shard=4)
+    photos = str(_photos(tmp_path / "photos"))
+    cases = {"synthetic": (SplitData, 8), str(archive): (SplitData, 6),
+             str(tmp_path / "shards"): (ShardData, 6), photos: (CropData, 37)}
+    for data, (cls, length) in cases.items():
+        cfg = TrainConfig(data=data, train_limit=8, epoch_size=37, seed=1)
+        made = training_data(cfg, img_size=32)
+        assert type(made) is cls and isinstance(made, TrainingData), data
+        assert len(made) == length, data
+        x, labels = made.get(0, 1, 4, 0, 1, torch.Generator().manual_seed(0))
+        assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
+        assert 0 <= float(x.min()) and float(x.max()) <= 1
+        assert (labels is None) == (cls is CropData)
+        again, _ = training_data(cfg, 32).get(0, 1, 4, 0, 1, torch.Generator().manual_seed(0))
+        assert torch.equal(x, again)                                      # a function of the step
+    assert [data_kind(d) for d in cases] == ["synthetic", "split", "shards", "photos"]
+    with pytest.raises(ConfigError, match="TICA_DATA"):
+        training_data(TrainConfig(), 32)                                  # no data named
+
+
+def test_ranks_share_out_each_global_batch():
+    from tica.config import TrainConfig
+    from tica.data import training_data
+    data = training_data(TrainConfig(data="synthetic", train_limit=64), 32)
+    g = torch.Generator().manual_seed(0)
+    _, whole = data.get(3, 4, 16, 0, 1, g)
+    _, first = data.get(3, 4, 16, 0, 2, g)
+    _, second = data.get(3, 4, 16, 1, 2, g)
+    assert len(first) == len(second) == 8
+    assert sorted(torch.cat([first, second]).tolist()) == sorted(whole.tolist())
+    # each epoch has its own order
+    assert not torch.equal(data.get(4, 4, 16, 0, 1, g)[1], data.get(0, 4, 16, 0, 1, g)[1])

@@ -261,14 +261,14 @@ def test_training_runs_on_device_resident_data(tmp_path, monkeypatch):
         moved.append(type(data).__name__)
         return data.to(device)
 
-    monkeypatch.setattr(train_module, "_on_device", on_device)
+    monkeypatch.setattr(train_module, "on_device", on_device)
     result = train_module.train(_cfg(tmp_path, model="tica-photo", data=str(photos), step=1,
                                      alpha=0, alpha_max=None, beta_max=None, epochs=1,
                                      max_steps=2, batch_size=2,
                                      model_overrides={**TINY, "img_size": 32}))
     assert result.steps == 2
     result = train_module.train(_cfg(tmp_path / "b", step=2, max_steps=2))
-    assert result.steps == 2 and moved == ["_CropData", "_SplitData"]
+    assert result.steps == 2 and moved == ["CropData", "SplitData"]
 
 
 def test_a_rerun_plan_keeps_finished_runs_and_resumes_the_stopped_one(smoke, tmp_path):

@@ -190,7 +190,21 @@ def test_new_rate_points_start_from_the_shipped_step1_network(tmp_path):
     if find_weights("tica-cifar", "step1") is None:
         pytest.skip("no shipped step-1 weights")
     cfg = _cfg(tmp_path, step=2, init="step1", model_overrides={}, max_steps=1, batch_size=4)
-    assert train(cfg).steps == 1
+    result = train(cfg)
+    assert result.steps == 1
+    from tica.registry import build_model
+    step1 = tica.load_checkpoint(find_weights("tica-cifar", "step1").file)
+    shipped = step1.state_dict()
+    fresh = build_model(step1.config, seed=cfg.seed).state_dict()     # its design, untrained
+    trained = result.model.state_dict()
+    # one Adam step moves a weight by about lr: the run's weights are the shipped network's,
+    # a step away, not a fresh initialisation's (the ViT and g_a's first layer, which the
+    # latent calibration leaves alone)
+    for key in ("g_a.0.weight", "vit.blocks.0.attn.qkv.weight"):
+        assert key in shipped, key
+        assert float((trained[key] - shipped[key]).abs().max()) <= 1.5 * cfg.lr, key
+        assert float((fresh[key] - shipped[key]).abs().max()) > 10 * cfg.lr, key
+    assert [r for r in _metrics(cfg.run_dir) if "latent_scale" in r]    # step 2 calibrated it
 
 
 def test_an_ablation_starts_from_trained_weights_that_fit(tmp_path):

@@ -6,12 +6,14 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, get_args, get_type_hints
 
 from . import api
 from .checkpoint import atomic_write
+from .config import TrainConfig
 from .cost import DEFAULT_MAX_GFLOP, Budget
 from .errors import BudgetError, TicaError
 from .image import load_image, save_image
@@ -41,14 +43,39 @@ def _add_budget_arg(p: argparse.ArgumentParser) -> None:
                    "holds a 4-Mpixel photograph with tica-photo; see tica.cost)")
 
 
-def _add_serve_config_args(p: argparse.ArgumentParser) -> None:
-    """`tica serve`'s options for the ServeConfig fields that carry help: name, type, default
-    and help come from the field."""
-    for f in dataclasses.fields(ServeConfig):
-        if "help" in f.metadata:
-            p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default),
-                           default=f.default, metavar="N" if type(f.default) is int else "X",
-                           help=f"{f.metadata['help']}; default %(default)s")
+def _option_type(hint) -> type:
+    """The type an option parses to: a field's annotation, Optional unwrapped."""
+    args = [a for a in get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def _add_config_args(p: argparse.ArgumentParser, config: type, unset: tuple[str, ...] = (),
+                     notes: dict[str, str] | None = None) -> None:
+    """One option per field of the dataclass `config` that carries help: --NAME-WITH-DASHES,
+    with the field's type, default, help and any further argparse settings (choices,
+    metavar) from the field, so each default is written once. A bool field that defaults to
+    True is turned off by --no-NAME. The options in `unset` parse to None when not given
+    (the caller tells "not given" apart), their help naming the field's default; `notes`
+    adds to an option's help."""
+    hints = get_type_hints(config)
+    for f in dataclasses.fields(config):
+        if "help" not in f.metadata:
+            continue
+        flag, typ = f.name.replace("_", "-"), _option_type(hints[f.name])
+        extra = {k: v for k, v in f.metadata.items() if k != "help"}
+        note = (notes or {}).get(f.name, "")
+        if typ is bool:
+            p.add_argument(f"--no-{flag}" if f.default else f"--{flag}", dest=f.name,
+                           action="store_false" if f.default else "store_true",
+                           help=("do not " if f.default else "") + f.metadata["help"] + note)
+            continue
+        if "choices" not in extra:
+            extra.setdefault("metavar", {int: "N", float: "X"}.get(typ))
+        default = None if f.name in unset else f.default
+        shown = ("; default %(default)s" if default is not None else
+                 f"; default {f.default}" if f.default is not None else "")
+        p.add_argument("--" + flag, dest=f.name, type=typ, default=default,
+                       help=f"{f.metadata['help']}{note}{shown}", **extra)
 
 
 def _load_model(args: argparse.Namespace, stream: bytes | None = None):
@@ -236,10 +263,29 @@ def _parse_value(text: str):
         return text
 
 
+# this repository's layout: the CLI's fallback when TICA_DATA is unset, never a library default
+DATA_ENV, DATA_FALLBACK, TRAIN_DATA = "TICA_DATA", "../shared/data", "cifar10-jpeg.tar.gz"
+
+
+def data_root() -> str:
+    """The data folder: $TICA_DATA, else ../shared/data."""
+    return os.environ.get(DATA_ENV) or DATA_FALLBACK
+
+
+def default_train_data() -> str:
+    """What `tica train` trains on without --data: CIFAR-10 in the data folder."""
+    path = Path(data_root()) / TRAIN_DATA
+    if not path.exists():
+        raise TicaError(f"no --data given and no {path}: pass --data, or set {DATA_ENV} to the "
+                        f"folder that holds {TRAIN_DATA}")
+    return str(path)
+
+
 def cmd_train_plan(args: argparse.Namespace) -> int:
     from .plan import run_plan
 
-    status = run_plan(args.plan, out=args.out, runs_dir=args.runs_dir, data_root=args.data_root,
+    status = run_plan(args.plan, out=args.out, runs_dir=args.runs_dir,
+                      data_root=args.data_root or data_root(),
                       max_parallel=args.parallel, device=args.device, resume=not args.fresh,
                       dry_run=args.dry_run)
     if args.dry_run:
@@ -256,7 +302,6 @@ def cmd_train_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import TrainConfig
     from .train import train
 
     if args.plan:
@@ -271,8 +316,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
     fields["model_overrides"] = dict(kv.split("=", 1) for kv in args.set or [])
     fields["model_overrides"] = {k: _parse_value(v) for k, v in fields["model_overrides"].items()}
-    fields["bf16"] = not args.no_bf16
-    fields["progress"] = not args.no_progress
+    if "data" not in fields:
+        fields["data"] = default_train_data()
     result = train(TrainConfig(**fields), resume=args.resume)
     print(f"weights: {result.weights} ({result.steps} steps)")
     return 0
@@ -326,11 +371,7 @@ def cmd_shards(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tica", description=(
-        "Compress images into a real bitstream, classify straight from it, decode it."))
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _encode_parser(sub) -> None:
     p = sub.add_parser("encode", help="image(s) -> tica bitstream")
     p.add_argument("images", nargs="+", metavar="IMG", help="PNG/JPEG/WebP/... image(s); "
                    "several make one batch stream")
@@ -343,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_budget_arg(p)
     p.set_defaults(func=cmd_encode)
 
+
+def _decode_parser(sub) -> None:
     p = sub.add_parser("decode", help="tica bitstream -> image(s)")
     p.add_argument("stream", metavar="IN.tica")
     p.add_argument("-o", "--output", required=True, metavar="OUT.png",
@@ -351,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_budget_arg(p)
     p.set_defaults(func=cmd_decode)
 
+
+def _classify_parser(sub) -> None:
     p = sub.add_parser("classify", help="classes straight from a tica bitstream (no pixels)")
     p.add_argument("stream", metavar="IN.tica", help="a bitstream; with --server also an image, "
                    "encoded here and sent as a bitstream")
@@ -362,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_budget_arg(p)
     p.set_defaults(func=cmd_classify)
 
+
+def _serve_parser(sub) -> None:
     p = sub.add_parser("serve", help="HTTP service: classify, reconstruct and encode bitstreams")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -374,62 +421,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch threads per worker")
     p.add_argument("--no-batching", dest="batching", action="store_false",
                    help="run every request alone")
-    _add_serve_config_args(p)
+    _add_config_args(p, ServeConfig)
     _add_budget_arg(p)
     p.set_defaults(func=cmd_serve)
 
+
+def _export_parser(sub) -> None:
     p = sub.add_parser("export", help="write the encoder side as ONNX for edge devices")
     p.add_argument("--onnx", required=True, metavar="DIR")
     _add_model_args(p)
     p.set_defaults(func=cmd_export)
 
+
+def _info_parser(sub) -> None:
     p = sub.add_parser("info", help="what a bitstream holds (no model needed)")
     p.add_argument("stream", metavar="IN.tica")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
 
+
+def _train_parser(sub) -> None:
+    """`tica train`: one option per TrainConfig field with help (tica.config), plus the
+    run folder, model overrides, resume, and the plan options."""
     p = sub.add_parser("train", help="train a model (step 1 or 2 of the paper's recipe)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="preset to build (ignored with --init)")
-    p.add_argument("--step", type=int, choices=(1, 2), default=1)
-    p.add_argument("--data", help="ImageFolder dir, .tar.gz archive, photo folder, or 'synthetic'")
     p.add_argument("--run-dir", dest="run_dir", help="where state, metrics and the export go "
                    "(required without --plan)")
-    p.add_argument("--init", help="start from these weights (step 2: the step-1 export); "
-                   "'step1' takes the step-1 network shipped for --model")
-    p.add_argument("--alpha", type=float, help="CE weight (variable rate: of the lowest point)")
-    p.add_argument("--beta", type=float, help="MSE weight (variable rate: of the lowest point)")
-    p.add_argument("--alpha-max", dest="alpha_max", type=float,
-                   help="variable rate (--set rate_levels=L): CE weight of the highest point")
-    p.add_argument("--beta-max", dest="beta_max", type=float,
-                   help="variable rate: MSE weight of the highest point")
-    p.add_argument("--quality", type=int, help="rate-point label stored with the weights")
-    p.add_argument("--epochs", type=float)
-    p.add_argument("--max-steps", dest="max_steps", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int, help="global batch size")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--hyper-lr", dest="hyper_lr", type=float, help="lr of h_a, h_s, densities")
-    p.add_argument("--latent-std", dest="latent_std", type=float,
-                   help="step 2: rescale the step-1 latent to this std first (default 2)")
-    p.add_argument("--rate-warmup-steps", dest="rate_warmup_steps", type=int,
-                   help="step 2: ramp the rate term's weight from 0 to 1 over these steps")
-    p.add_argument("--weight-decay", dest="weight_decay", type=float)
-    p.add_argument("--warmup-steps", dest="warmup_steps", type=int)
-    p.add_argument("--optimizer", choices=("adamw", "adam"))
-    p.add_argument("--ema", type=float, help="EMA decay per step (0: off)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="cpu (default) or cuda")
-    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
-    p.add_argument("--deadline-s", dest="deadline_s", type=float, metavar="S",
-                   help="stop after S seconds of wall time, then save and export")
-    p.add_argument("--export-every-s", dest="export_every_s", type=float, metavar="S",
-                   help="also export the weights every S seconds (coding-ready after step 2)")
-    p.add_argument("--export-dir", dest="export_dir", metavar="DIR",
-                   help="write a float16 copy of every export to DIR/model.safetensors")
-    p.add_argument("--eval-images", dest="eval_images", type=int)
-    p.add_argument("--train-limit", dest="train_limit", type=int)
+    # --device unset means, with --plan, each run's own device
+    _add_config_args(p, TrainConfig, unset=("device",), notes={
+        "data": f"; default ${DATA_ENV}/{TRAIN_DATA} (${DATA_ENV} unset: {DATA_FALLBACK})"})
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="model config override")
-    p.add_argument("--no-bf16", action="store_true", help="train in fp32")
-    p.add_argument("--no-progress", action="store_true")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's checkpoint")
     g = p.add_argument_group("plans (several runs, dependencies, one deadline; see tica.plan)")
     g.add_argument("--plan", metavar="FILE", help="run a plan file (JSON) instead of one run; "
@@ -439,13 +459,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--runs-dir", dest="runs_dir", metavar="DIR",
                    help="the runs' folders (default $TICA_CACHE/runs/PLAN; a rerun resumes)")
     g.add_argument("--data-root", dest="data_root", metavar="DIR",
-                   help="what {data} means in the plan (default $TICA_DATA or ../shared/data)")
+                   help=f"what {{data}} means in the plan (default ${DATA_ENV} or {DATA_FALLBACK})")
     g.add_argument("--parallel", type=int, metavar="N", help="at most N runs at once")
     g.add_argument("--fresh", action="store_true", help="start every run over (default: resume)")
     g.add_argument("--dry-run", dest="dry_run", action="store_true",
                    help="check the plan and print its runs and export sizes; train nothing")
     p.set_defaults(func=cmd_train)
 
+
+def _eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="top-1/top-5, bpp, PSNR, MS-SSIM over a split, from real bitstreams")
     p.add_argument("--data", required=True, metavar="DIR_OR_ARCHIVE")
     p.add_argument("--split", help="default: the held-out split, test or val")
@@ -458,12 +480,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
+
+def _shards_parser(sub) -> None:
     p = sub.add_parser("shards", help="write an ImageFolder split as WebDataset tar shards")
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="train")
     p.add_argument("--out", required=True)
     p.add_argument("--per-shard", dest="per_shard", type=int, default=10000)
     p.set_defaults(func=cmd_shards)
+
+
+SUBCOMMANDS = (_encode_parser, _decode_parser, _classify_parser, _serve_parser, _export_parser,
+               _info_parser, _train_parser, _eval_parser, _shards_parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tica", description=(
+        "Compress images into a real bitstream, classify straight from it, decode it."))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
     return parser
 
 

@@ -20,7 +20,13 @@ IMAGENETTE_LABELS = (
     "garbage_truck", "gas_pump", "golf_ball", "parachute", "tench",
 )
 
+# the architectures' names, here so that ModelConfig checks them without importing the
+# models: tica.registry maps each to its class
 ARCHS = ("tica", "vit-pixel", "hyperprior")
+DEFAULT_MODEL = "tica-cifar"        # the preset `tica` and TrainConfig use when none is named
+STEPS = (1, 2)                      # the paper's two training steps
+OPTIMIZERS = ("adamw", "adam")
+DEFAULT_EPOCH_SIZE = 10000          # photo folders: random crops per training epoch
 ACTIVATIONS = ("leaky_relu", "gdn", "gelu")
 LATENT_PROXIES = ("noise", "ste")
 MAX_RATE_LEVELS = 16
@@ -148,6 +154,12 @@ class ModelConfig:
             raise ConfigError(f"bad model config: {exc}") from None
 
 
+def _option(default: Any = None, help: str = "", **cli: Any):
+    """A TrainConfig field that `tica train` offers as --NAME-WITH-DASHES (tica.cli reads
+    type, default and help from it); `cli` holds extra argparse settings (choices, metavar)."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run; written, resolved, to `run_dir/config.json`.
@@ -155,64 +167,71 @@ class TrainConfig:
     step 1: the network without entropy model or quantization, loss alpha*CE + beta*MSE.
     step 2: from `init` (step-1 weights), everything jointly on alpha*CE + beta*MSE + R,
     plus the factorized density's auxiliary loss (SPEC 2). MSE is on the 0-255 scale, R in
-    bits per pixel.
+    bits per pixel. The fields with help are `tica train`'s options.
     """
 
-    model: str = "tica-cifar"
-    step: int = 1
-    data: str = "../shared/data/cifar10-jpeg.tar.gz"
+    model: str = _option(DEFAULT_MODEL, "preset to build (ignored with --init)")
+    step: int = _option(1, "the paper's training step", choices=STEPS)
+    data: str | None = _option(None, "ImageFolder dir, .tar.gz archive, photo folder, or "
+                               "'synthetic'")     # no default: the CLI resolves $TICA_DATA
     run_dir: str = "runs/train"
-    init: str | None = None                   # checkpoint to start from (step 2: step-1 weights)
+    init: str | None = _option(None, "start from these weights (step 2: the step-1 export); "
+                               "'step1' takes the step-1 network shipped for --model")
     model_overrides: dict = field(default_factory=dict)
-    quality: int | None = None                # rate-point label stored with exported weights
-    epochs: float = 6.0
-    max_steps: int | None = None              # stop early (tests, smoke runs)
-    batch_size: int = 128                     # global, split across processes
-    lr: float = 1e-3
+    quality: int | None = _option(None, "rate-point label stored with the weights")
+    epochs: float = _option(6.0, "passes over the training data")
+    max_steps: int | None = _option(None, "stop early (tests, smoke runs)")
+    batch_size: int = _option(128, "global batch size, split across processes")
+    lr: float = _option(1e-3, "peak learning rate (cosine schedule)")
     min_lr_ratio: float = 0.01
-    warmup_steps: int = 300
-    weight_decay: float = 0.05
+    warmup_steps: int = _option(300, "linear warm-up of the learning rate")
+    weight_decay: float = _option(0.05, "AdamW weight decay of the weights")
     aux_lr: float = 1e-3
-    hyper_lr: float | None = None             # h_a, h_s and the densities (None: lr); step 2
-                                              # starts them from scratch, so they may want more
+    hyper_lr: float | None = _option(None, "lr of h_a, h_s, densities (unset: --lr); step 2 "
+                                     "starts them from scratch, so they may want more")
     grad_clip: float = 1.0
-    alpha: float = 1.0
-    beta: float = 1e-3
+    alpha: float = _option(1.0, "CE weight (variable rate: of the lowest point)")
+    beta: float = _option(1e-3, "MSE weight (variable rate: of the lowest point)")
     # variable-rate models (rate_levels L > 0), step 2: alpha and beta are the weights of the
     # lowest rate point, these of the highest; the L points between are geometric, and each
     # training image draws its point at random
-    alpha_max: float | None = None
-    beta_max: float | None = None
+    alpha_max: float | None = _option(None, "variable rate (--set rate_levels=L): CE weight of "
+                                      "the highest point")
+    beta_max: float | None = _option(None, "variable rate: MSE weight of the highest point")
     label_smoothing: float = 0.1
-    ema: float = 0.0                          # 0 disables; else decay per step
-    latent_std: float | None = 2.0            # step 2: rescale y to this std before training
-    rate_warmup_steps: int = 0                # step 2: ramp the rate's weight from 0 to 1
-    optimizer: str = "adamw"                  # "adamw" (step 1, DeiT) or "adam" (step 2, paper)
-    seed: int = 0
-    device: str = "cpu"
-    bf16: bool = True                         # autocast where the device supports it
-    checkpoint_every: int = 200               # steps; also at every epoch end
+    ema: float = _option(0.0, "EMA decay per step (0: off)")
+    latent_std: float | None = _option(2.0, "step 2: rescale the step-1 latent to this std first")
+    rate_warmup_steps: int = _option(0, "step 2: ramp the rate term's weight from 0 to 1 over "
+                                     "these steps")
+    optimizer: str = _option("adamw", "adamw (step 1, DeiT) or adam (step 2, paper)",
+                             choices=OPTIMIZERS)
+    seed: int = _option(0, "seeds the initial weights, the data order and every draw")
+    device: str = _option("cpu", "cpu or cuda")
+    bf16: bool = _option(True, "autocast to bfloat16 where the device supports it")
+    checkpoint_every: int = _option(200, "save the training state every this many steps (and "
+                                    "at every epoch end)")
     log_every: int = 20
-    eval_images: int = 2000                   # test images scored at each epoch end (0: none)
-    train_limit: int | None = None            # use a subset of the training split
-    progress: bool = True
+    eval_images: int = _option(2000, "test images scored at each epoch end (0: none)")
+    train_limit: int | None = _option(None, "use a class-balanced subset of the training split")
+    epoch_size: int = _option(DEFAULT_EPOCH_SIZE, "photo folders: random crops per epoch")
+    progress: bool = _option(True, "show a progress bar")
     # wall clock, for one-shot runs on a borrowed machine (tica.plan sets these)
-    deadline_s: float | None = None           # stop after this many seconds (counted from
-                                              # clock_start, else from the run's start), then
-                                              # save and export what the run has
+    deadline_s: float | None = _option(None, "stop after S seconds of wall time, then save and "
+                                       "export", metavar="S")   # counted from clock_start, else
+                                                                # from the run's start
     clock_start: float | None = None          # Unix time the deadline counts from (a plan's start)
     schedule_by_deadline: bool = False        # the LR schedule ends at the deadline if that
                                               # comes before the last step (not under torchrun)
-    export_every_s: float | None = None       # also export the weights (coding-ready after
-                                              # step 2) every this many seconds of wall time
-    export_dir: str | None = None             # float16 copies of every export go here, as
-                                              # model.safetensors
+    export_every_s: float | None = _option(None, "also export the weights every S seconds "
+                                           "(coding-ready after step 2)", metavar="S")
+    export_dir: str | None = _option(None, "write a float16 copy of every export to "
+                                     "DIR/model.safetensors", metavar="DIR")
     resumable: bool = True                    # write the training state; False: a one-shot run
 
     def __post_init__(self) -> None:
-        if self.step not in (1, 2):
+        if self.step not in STEPS:
             raise ConfigError("step must be 1 or 2")
-        if self.optimizer not in ("adamw", "adam"):
+        if self.optimizer not in OPTIMIZERS:
             raise ConfigError("optimizer must be adamw or adam")
         if self.batch_size < 1 or self.epochs <= 0:
             raise ConfigError("batch_size and epochs must be positive")

@@ -1,6 +1,7 @@
 """Datasets: ImageFolder splits (from a folder or straight from a .tar.gz, extracted once to a
 cache), random crops of photographs, a generated dataset for tests, and WebDataset shards as
-the path to ImageNet-scale data.
+the path to ImageNet-scale data; and the training data of each kind behind one protocol
+(`TrainingData`), made by one factory (`training_data`).
 
 CIFAR-sized data is decoded once into one uint8 tensor held in memory (45,000 images are
 138 MB) and augmented a whole batch at a time: with 2 CPU cores, per-image loader workers
@@ -18,13 +19,15 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .errors import TicaError
+from .config import DEFAULT_EPOCH_SIZE, TrainConfig
+from .errors import ConfigError, TicaError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff"}
 
@@ -282,3 +285,200 @@ def read_shards(paths: list[str | Path]):
         key = next(k for k in sample if k.lstrip(".") in {s.lstrip(".") for s in IMAGE_SUFFIXES})
         img = Image.open(io.BytesIO(sample[key])).convert("RGB")
         yield torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1), int(sample["cls"])
+
+
+# ---- training data: one protocol, one factory ------------------------------------------------
+
+@runtime_checkable
+class TrainingData(Protocol):
+    """What the training loop draws its batches from. A batch is a function of the step,
+    the rank and the generator alone, so a resumed run draws the batches it would have."""
+
+    device: torch.device
+
+    def __len__(self) -> int:
+        """Images per epoch (sets the steps of an epoch)."""
+
+    def get(self, step: int, steps_per_epoch: int, batch_size: int, rank: int, world: int,
+            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This rank's share of global batch `step`: float images in [0, 1] (B, 3, H, W)
+        and their labels (None for unlabelled photographs)."""
+
+    def to(self, device: torch.device) -> "TrainingData":
+        """The data resident on `device` where its kind allows, else itself."""
+
+
+class SplitData:
+    """Labelled 32x32-style data held in memory, augmented a batch at a time. The order of an
+    epoch is a permutation seeded by (seed, epoch); rank r takes every world-th image of
+    each global batch. `to(device)` makes it resident on a GPU (uint8: CIFAR-10's 45,000
+    training images are 138 MB): batches are then gathered and augmented there."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, seed: int) -> None:
+        self.images, self.labels, self.seed = images, labels, seed
+        self.device = images.device
+        self._perm, self._perm_epoch = torch.empty(0, dtype=torch.long), -1
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: torch.device) -> "SplitData":
+        return SplitData(self.images.to(device), self.labels.to(device), self.seed)
+
+    def batch(self, indices: torch.Tensor, generator: torch.Generator):
+        x = augment(self.images[indices].float().div_(255), generator=generator)
+        return x, self.labels[indices]
+
+    def get(self, step: int, steps_per_epoch: int, batch_size: int, rank: int, world: int,
+            generator: torch.Generator):
+        epoch = step // steps_per_epoch
+        if epoch != self._perm_epoch:
+            self._perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(
+                self.seed * 7919 + epoch)).to(self.device)      # the same order on any device
+            self._perm_epoch = epoch
+        offset = (step % steps_per_epoch) * batch_size
+        return self.batch(self._perm[offset:offset + batch_size][rank::world], generator)
+
+
+class CropData:
+    """Unlabelled photographs: random crops (codec training, alpha = 0); an epoch is
+    `epoch_size` crops."""
+
+    def __init__(self, folder: str, crop: int, epoch_size: int = DEFAULT_EPOCH_SIZE) -> None:
+        self.crops, self.epoch_size = RandomCrops(folder, crop), epoch_size
+        self.device = torch.device("cpu")
+
+    def __len__(self) -> int:
+        return self.epoch_size
+
+    def batch(self, indices: torch.Tensor, generator: torch.Generator):
+        return self.crops.batch(len(indices), generator).float().div_(255), None
+
+    def get(self, step, steps_per_epoch, batch_size, rank, world, generator):
+        return self.batch(torch.arange(max(1, batch_size // world)), generator)
+
+    def to(self, device: torch.device) -> "DeviceCropData":
+        return DeviceCropData(DeviceCrops(self.crops.images, self.crops.crop, device), self.epoch_size)
+
+
+class DeviceCropData:
+    """`CropData` resident on a GPU: crops are drawn and gathered there (`DeviceCrops`)."""
+
+    def __init__(self, crops: DeviceCrops, epoch_size: int) -> None:
+        self.crops, self.epoch_size, self.device = crops, epoch_size, crops.device
+
+    def __len__(self) -> int:
+        return self.epoch_size
+
+    def get(self, step, steps_per_epoch, batch_size, rank, world, generator):
+        return self.crops.batch(max(1, batch_size // world), generator).float().div_(255), None
+
+    def to(self, device: torch.device) -> "DeviceCropData":
+        return self                                   # made resident once, by CropData.to
+
+
+class ShardData:
+    """WebDataset shards, streamed: each epoch shuffles the shard list with (seed, epoch),
+    rank r reads shards r, r + world, ...; a buffer seeded by (seed, epoch, rank) shuffles
+    samples. Position is a function of the step, so resume replays the same batches."""
+
+    def __init__(self, shards: list[str], count: int, size: int, seed: int,
+                 buffer: int = 2000) -> None:
+        self.shards, self.count, self.size, self.seed = shards, count, size, seed
+        self.buffer = max(1, min(buffer, count))
+        self.device = torch.device("cpu")
+        self._stream, self._position = None, (-1, -1)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def to(self, device: torch.device) -> "ShardData":
+        return self                                   # streamed: batches move in the loop
+
+    def _samples(self, epoch: int, rank: int, world: int):
+        order = torch.randperm(len(self.shards), generator=torch.Generator().manual_seed(
+            self.seed * 7919 + epoch)).tolist()
+        mine = [self.shards[i] for i in order][rank::world] or self.shards[rank % len(self.shards):][:1]
+        rng = torch.Generator().manual_seed(self.seed * 104729 + epoch * 31 + rank)
+        pool: list = []
+        while True:                                  # cycle: every rank yields enough
+            for sample in read_shards(mine):
+                pool.append(sample)
+                if len(pool) >= self.buffer:
+                    yield pool.pop(int(torch.randint(len(pool), (1,), generator=rng)))
+
+    def _fit(self, img: torch.Tensor) -> torch.Tensor:
+        """Resize the shorter side to `size` and centre-crop (augment adds crops and flips)."""
+        img = img.float()[None]
+        h, w = img.shape[-2:]
+        scale = self.size / min(h, w)
+        if scale != 1:
+            img = F.interpolate(img, size=(max(self.size, round(h * scale)), max(self.size, round(w * scale))),
+                                mode="bilinear", antialias=True, align_corners=False)
+        h, w = img.shape[-2:]
+        top, left = (h - self.size) // 2, (w - self.size) // 2
+        return img[0, :, top:top + self.size, left:left + self.size]
+
+    def get(self, step, steps_per_epoch, batch_size, rank, world, generator):
+        epoch, batch_index = step // steps_per_epoch, step % steps_per_epoch
+        if self._position != (epoch, batch_index):
+            self._stream = self._samples(epoch, rank, world)
+            for _ in range(batch_index * max(1, batch_size // world)):    # replay to the step
+                next(self._stream)
+        samples = [next(self._stream) for _ in range(max(1, batch_size // world))]
+        self._position = (epoch, batch_index + 1)
+        x = torch.stack([self._fit(img) for img, _ in samples]).clamp(0, 255).div_(255)
+        return augment(x, generator=generator), torch.tensor([label for _, label in samples])
+
+
+def data_kind(data: str | None) -> str:
+    """"synthetic", "shards" (a folder of train-*.tar), "photos" (a folder of images) or
+    "split" (an ImageFolder folder or archive)."""
+    if data is None:
+        raise ConfigError("no training data: set TrainConfig.data (tica train --data, or the "
+                          "TICA_DATA environment variable)")
+    if data == "synthetic":
+        return "synthetic"
+    path = Path(data)
+    if path.is_dir() and any(path.glob("train-*.tar")):
+        return "shards"
+    if path.is_dir() and not any(p.is_dir() for p in path.iterdir()):
+        return "photos"
+    return "split"
+
+
+def training_data(cfg: TrainConfig, img_size: int) -> TrainingData:
+    """The training data `cfg.data` names, as the loop draws it, on the CPU."""
+    kind = data_kind(cfg.data)
+    if kind == "synthetic":
+        split = synthetic_split(n=cfg.train_limit or 256, size=img_size)
+        return SplitData(split.images, split.labels, cfg.seed)
+    if kind == "shards":
+        path = Path(cfg.data)
+        count = json.loads((path / "train.json").read_text())["count"]
+        return ShardData([str(s) for s in sorted(path.glob("train-*.tar"))], count, img_size, cfg.seed)
+    if kind == "photos":
+        return CropData(cfg.data, img_size, cfg.epoch_size)
+    split = load_split(cfg.data, "train", limit=cfg.train_limit)
+    return SplitData(split.images, split.labels, cfg.seed)
+
+
+def held_out_data(cfg: TrainConfig, img_size: int) -> ImageFolderSplit | None:
+    """Held-out images for the epoch-end score: the test split where there is one."""
+    kind = data_kind(cfg.data)
+    if kind == "synthetic":
+        return synthetic_split(n=64, size=img_size, seed=1)
+    if kind != "split" or cfg.eval_images <= 0:
+        return None
+    return load_split(cfg.data, held_out_split(cfg.data), limit=cfg.eval_images)
+
+
+def on_device(data: TrainingData, device: torch.device) -> TrainingData:
+    """Training data resident on an accelerator where its kind allows (in-memory splits and
+    photographs); on the CPU the data as it is."""
+    return data if device.type == "cpu" else data.to(device)
+
+
+def batch_generator(data: TrainingData, seed: int) -> torch.Generator:
+    """A generator of augmentation draws on the device the data lives on."""
+    return torch.Generator(device=data.device).manual_seed(seed)

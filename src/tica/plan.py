@@ -19,9 +19,10 @@ for start side by side, each in its own process (`python -m tica.plan child SPEC
 
 Run keys beyond TrainConfig: `publish` (false: not copied to the output folder), `limit_s`
 (seconds from the run's own start), `threads`. A run's `deadline_s` counts from the plan's
-start. "{data}" in a value is the data root. Keys starting with "_" are comments. A plan may
-extend another: `"base": "gpu.json"`, with `set` (fields forced on every run), `set_model`
-(model overrides merged into every run's), `patch` ({run name: fields}) and any top-level key.
+start. "{data}" in a value is the data root (`data_root`, else $TICA_DATA). Keys starting
+with "_" are comments. A plan may extend another: `"base": "gpu.json"`, with `set` (fields
+forced on every run), `set_model` (model overrides merged into every run's), `patch` ({run
+name: fields}) and any top-level key.
 
 The output folder gets each published run's latest export, float16 and coding-ready, as
 NAME.safetensors, or NAME.safetensors.part0, .part1, ... where larger than max_file_bytes
@@ -147,8 +148,13 @@ def read_plan_file(path: str | Path, _seen: tuple = ()) -> dict:
     return merged
 
 
-def _fill_data(value, data_root: str):
-    return value.replace("{data}", data_root) if isinstance(value, str) else value
+def _fill_data(value, data_root: str | None):
+    if not isinstance(value, str) or "{data}" not in value:
+        return value
+    if data_root is None:
+        raise ConfigError(f"{value!r} names the data root: pass data_root (tica train "
+                          "--data-root) or set the TICA_DATA environment variable")
+    return value.replace("{data}", data_root)
 
 
 def _run_fields(raw: dict, spec: dict) -> dict:
@@ -164,7 +170,7 @@ def _run_fields(raw: dict, spec: dict) -> dict:
     return fields
 
 
-def _resolve_run(fields: dict, spec: dict, runs_dir: Path, data_root: str) -> PlanRun:
+def _resolve_run(fields: dict, spec: dict, runs_dir: Path, data_root: str | None) -> PlanRun:
     name = fields.pop("name", None)
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(f"run name {name!r}: use letters, digits, '.', '_' and '-' "
@@ -222,7 +228,7 @@ def load_plan(path: str | Path, runs_dir: str | Path | None = None, data_root: s
         raise ConfigError(f"plan name {name!r}: letters, digits, '.', '_', '-'")
     from .data import cache_dir
     runs_dir = Path(runs_dir) if runs_dir else cache_dir() / "runs" / name
-    data_root = data_root or os.environ.get("TICA_DATA", "../shared/data")
+    data_root = data_root or os.environ.get("TICA_DATA")
     if device:
         spec["set"] = {**spec.get("set", {}), "device": device}
     if not spec.get("runs"):
@@ -535,8 +541,9 @@ class PlanRunner:
         return None if self.plan.deadline_s is None else self.plan.deadline_s - self.elapsed()
 
     def _needs_warm(self, run: PlanRun) -> bool:
-        from .train import _data_kind
-        return _data_kind(run.config.data) == "split" and run.config.data not in self.warm
+        from .data import data_kind
+        data = run.config.data
+        return data is not None and data_kind(data) == "split" and data not in self.warm
 
     def _start_ready(self) -> None:
         """Start the runs whose dependency has finished, those with data to decode last (so

@@ -11,15 +11,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import IMAGENETTE_LABELS, ModelConfig
+from .config import ARCHS, DEFAULT_MODEL, IMAGENETTE_LABELS, ModelConfig  # noqa: F401 (DEFAULT_MODEL: re-exported)
 from .errors import ConfigError
 from .models import HyperpriorCodec, PixelViT, TicaModel
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {
-    "tica": TicaModel,
-    "vit-pixel": PixelViT,
-    "hyperprior": HyperpriorCodec,
-}
+# config.ARCHS names the architectures (ModelConfig checks against it); their classes, in
+# that order
+ARCHITECTURES: dict[str, type[nn.Module]] = dict(
+    zip(ARCHS, (TicaModel, PixelViT, HyperpriorCodec), strict=True))
 
 _PRESETS: dict[str, ModelConfig] = {}
 
@@ -172,5 +171,3 @@ def standard_qualities(preset: str) -> list[int]:
     return sorted(q for e in read_manifest() if e.preset == preset and e.role == "codec"
                   for q in e.standard_qualities)
 
-
-DEFAULT_MODEL = "tica-cifar"

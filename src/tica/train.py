@@ -23,13 +23,12 @@ import torch
 import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
-import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig
-from .data import (DeviceCrops, RandomCrops, augment, held_out_split, load_split, read_shards,
-                   split_classes, synthetic_split)
+from .data import (TrainingData, batch_generator, data_kind, held_out_data, on_device,
+                   split_classes, training_data)
 from .errors import CheckpointError, ConfigError, TicaError
 from .losses import cosine_lr, rda_loss
 from .models import CompressionModel
@@ -37,173 +36,6 @@ from .registry import build_model, find_weights, get_config
 
 STATE_FILE = "checkpoint.safetensors"
 STATE_FORMAT = "tica-train-state"
-
-
-# ---- data ---------------------------------------------------------------------------------
-
-class _SplitData:
-    """Labelled 32x32-style data held in memory, augmented a batch at a time. The order of an
-    epoch is a permutation seeded by (seed, epoch); rank r takes every world-th image of
-    each global batch. `to(device)` makes it resident on a GPU (uint8: CIFAR-10's 45,000
-    training images are 138 MB): batches are then gathered and augmented there."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, seed: int) -> None:
-        self.images, self.labels, self.seed = images, labels, seed
-        self.device = images.device
-        self._perm, self._perm_epoch = torch.empty(0, dtype=torch.long), -1
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def to(self, device: torch.device) -> "_SplitData":
-        return _SplitData(self.images.to(device), self.labels.to(device), self.seed)
-
-    def batch(self, indices: torch.Tensor, generator: torch.Generator):
-        x = augment(self.images[indices].float().div_(255), generator=generator)
-        return x, self.labels[indices]
-
-    def get(self, step: int, steps_per_epoch: int, batch_size: int, rank: int, world: int,
-            generator: torch.Generator):
-        epoch = step // steps_per_epoch
-        if epoch != self._perm_epoch:
-            self._perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(
-                self.seed * 7919 + epoch)).to(self.device)      # the same order on any device
-            self._perm_epoch = epoch
-        offset = (step % steps_per_epoch) * batch_size
-        return self.batch(self._perm[offset:offset + batch_size][rank::world], generator)
-
-
-class _CropData:
-    """Unlabelled photographs: random crops (codec training, alpha = 0)."""
-
-    def __init__(self, folder: str, crop: int, epoch_size: int = 10000) -> None:
-        self.crops, self.epoch_size = RandomCrops(folder, crop), epoch_size
-
-    def __len__(self) -> int:
-        return self.epoch_size
-
-    def batch(self, indices: torch.Tensor, generator: torch.Generator):
-        return self.crops.batch(len(indices), generator).float().div_(255), None
-
-    def get(self, step, steps_per_epoch, batch_size, rank, world, generator):
-        return self.batch(torch.arange(max(1, batch_size // world)), generator)
-
-    def to(self, device: torch.device) -> "_DeviceCropData":
-        return _DeviceCropData(DeviceCrops(self.crops.images, self.crops.crop, device), self.epoch_size)
-
-
-class _DeviceCropData:
-    """`_CropData` resident on a GPU: crops are drawn and gathered there (`DeviceCrops`)."""
-
-    def __init__(self, crops: DeviceCrops, epoch_size: int) -> None:
-        self.crops, self.epoch_size, self.device = crops, epoch_size, crops.device
-
-    def __len__(self) -> int:
-        return self.epoch_size
-
-    def get(self, step, steps_per_epoch, batch_size, rank, world, generator):
-        return self.crops.batch(max(1, batch_size // world), generator).float().div_(255), None
-
-
-def _on_device(data, device: torch.device):
-    """Training data resident on an accelerator where its kind allows (in-memory splits and
-    photographs); on the CPU, and for streamed shards, the data as it is."""
-    if device.type == "cpu" or not hasattr(data, "to"):
-        return data
-    return data.to(device)
-
-
-def _generator(data, seed: int) -> torch.Generator:
-    """The per-step generator of augmentation draws, on the device the data lives on."""
-    return torch.Generator(device=getattr(data, "device", "cpu")).manual_seed(seed)
-
-
-class _ShardData:
-    """WebDataset shards, streamed: each epoch shuffles the shard list with (seed, epoch),
-    rank r reads shards r, r + world, ...; a buffer seeded by (seed, epoch, rank) shuffles
-    samples. Position is a function of the step, so resume replays the same batches."""
-
-    def __init__(self, shards: list[str], count: int, size: int, seed: int,
-                 buffer: int = 2000) -> None:
-        self.shards, self.count, self.size, self.seed = shards, count, size, seed
-        self.buffer = max(1, min(buffer, count))
-        self._stream, self._position = None, (-1, -1)
-
-    def __len__(self) -> int:
-        return self.count
-
-    def _samples(self, epoch: int, rank: int, world: int):
-        order = torch.randperm(len(self.shards), generator=torch.Generator().manual_seed(
-            self.seed * 7919 + epoch)).tolist()
-        mine = [self.shards[i] for i in order][rank::world] or self.shards[rank % len(self.shards):][:1]
-        rng = torch.Generator().manual_seed(self.seed * 104729 + epoch * 31 + rank)
-        pool: list = []
-        while True:                                  # cycle: every rank yields enough
-            for sample in read_shards(mine):
-                pool.append(sample)
-                if len(pool) >= self.buffer:
-                    yield pool.pop(int(torch.randint(len(pool), (1,), generator=rng)))
-
-    def _fit(self, img: torch.Tensor) -> torch.Tensor:
-        """Resize the shorter side to `size` and centre-crop (augment adds crops and flips)."""
-        img = img.float()[None]
-        h, w = img.shape[-2:]
-        scale = self.size / min(h, w)
-        if scale != 1:
-            img = F.interpolate(img, size=(max(self.size, round(h * scale)), max(self.size, round(w * scale))),
-                                mode="bilinear", antialias=True, align_corners=False)
-        h, w = img.shape[-2:]
-        top, left = (h - self.size) // 2, (w - self.size) // 2
-        return img[0, :, top:top + self.size, left:left + self.size]
-
-    def get(self, step, steps_per_epoch, batch_size, rank, world, generator):
-        epoch, batch_index = step // steps_per_epoch, step % steps_per_epoch
-        if self._position != (epoch, batch_index):
-            self._stream = self._samples(epoch, rank, world)
-            for _ in range(batch_index * max(1, batch_size // world)):    # replay to the step
-                next(self._stream)
-        samples = [next(self._stream) for _ in range(max(1, batch_size // world))]
-        self._position = (epoch, batch_index + 1)
-        x = torch.stack([self._fit(img) for img, _ in samples]).clamp(0, 255).div_(255)
-        return augment(x, generator=generator), torch.tensor([label for _, label in samples])
-
-
-def _data_kind(data: str) -> str:
-    """"synthetic", "shards" (a folder of train-*.tar), "photos" (a folder of images) or
-    "split" (an ImageFolder folder or archive)."""
-    if data == "synthetic":
-        return "synthetic"
-    path = Path(data)
-    if path.is_dir() and any(path.glob("train-*.tar")):
-        return "shards"
-    if path.is_dir() and not any(p.is_dir() for p in path.iterdir()):
-        return "photos"
-    return "split"
-
-
-def _train_data(cfg: TrainConfig, img_size: int):
-    kind = _data_kind(cfg.data)
-    if kind == "synthetic":
-        split = synthetic_split(n=cfg.train_limit or 256, size=img_size)
-        return _SplitData(split.images, split.labels, cfg.seed)
-    if kind == "shards":
-        path = Path(cfg.data)
-        count = json.loads((path / "train.json").read_text())["count"]
-        return _ShardData([str(s) for s in sorted(path.glob("train-*.tar"))], count, img_size, cfg.seed)
-    if kind == "photos":
-        return _CropData(cfg.data, img_size)
-    split = load_split(cfg.data, "train", limit=cfg.train_limit)
-    return _SplitData(split.images, split.labels, cfg.seed)
-
-
-def _eval_data(cfg: TrainConfig, img_size: int):
-    """Held-out images for the epoch-end score: the test split where there is one."""
-    kind = _data_kind(cfg.data)
-    if kind == "synthetic":
-        return synthetic_split(n=64, size=img_size, seed=1)
-    if kind != "split" or cfg.eval_images <= 0:
-        return None
-    return load_split(cfg.data, held_out_split(cfg.data), limit=cfg.eval_images)
 
 
 # ---- the objective -------------------------------------------------------------------------
@@ -349,7 +181,7 @@ def build_initial_model(cfg: TrainConfig) -> nn.Module:
     """The model a run starts from: `init`'s weights (with `model_overrides`) or the preset,
     named with the training split's class names when it has labelled classes."""
     model = _initial_weights(cfg)
-    if _data_kind(cfg.data) == "split" and model.config.num_classes:
+    if data_kind(cfg.data) == "split" and model.config.num_classes:
         classes = split_classes(cfg.data)
         if len(classes) != model.config.num_classes:
             raise TicaError(f"{cfg.data} has {len(classes)} classes; {model.config.name} "
@@ -638,6 +470,147 @@ def _set_lr(optimizer, cfg: TrainConfig, sched_step: float, total_steps: int) ->
             sched_step, total_steps, cfg.warmup_steps, group["base_lr"], cfg.min_lr_ratio)
 
 
+@dataclass
+class _Run:
+    """One session of a run, as `_build_run` sets it up: who this process is, the model,
+    its data, optimizer and schedule. The loop's pieces (`_train_step`, `_log_step`,
+    `_after_step`, `_finish`) read it."""
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    clock: _Clock
+    run_dir: Path
+    model: nn.Module
+    data: TrainingData
+    eval_split: object               # held-out images (rank 0), or None
+    objective: nn.Module
+    optimizer: torch.optim.Optimizer
+    clipped: list                    # the parameters whose gradient norm is clipped
+    ema_state: dict[str, torch.Tensor] | None
+    start_step: int
+    steps_per_epoch: int
+    total_steps: int                 # the schedule's length
+    last_step: int                   # where this run ends (max_steps may cut it short)
+    autocast: object                 # a context manager factory: bf16 autocast or nothing
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def metrics(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    @property
+    def state_path(self) -> Path:
+        return self.run_dir / STATE_FILE
+
+
+def _calibrate(cfg: TrainConfig, model: nn.Module, data: TrainingData, saved, device: torch.device,
+               metrics: Path, main: bool) -> None:
+    """Step 2 from step-1 weights: rescale the latent to `latent_std` on a probe batch."""
+    if (saved is None and cfg.step == 2 and cfg.init and cfg.latent_std
+            and isinstance(model, CompressionModel)):
+        probe, _ = data.get(0, 1, min(len(data), 512), 0, 1, batch_generator(data, cfg.seed))
+        scale = calibrate_latent_scale(model, probe.to(device), cfg.latent_std)
+        if main:
+            _log(metrics, {"step": 0, "latent_scale": scale})
+
+
+def _build_run(cfg: TrainConfig, resume: bool) -> _Run:
+    """Join the process group, then build or restore the model, its data and optimizer."""
+    rank, world, device = _init_distributed(cfg)
+    _tune_device(device)
+    clock = _Clock(cfg, world)
+    main = rank == 0
+    run_dir = _open_run_dir(cfg) if main else Path(cfg.run_dir)
+    model, saved, start_step = _start_model(cfg, resume, device, main)
+    data = on_device(training_data(cfg, model.config.img_size), device)
+    _calibrate(cfg, model, data, saved, device, run_dir / "metrics.jsonl", main)
+    eval_split = held_out_data(cfg, model.config.img_size) if main else None
+    objective, optimizer, clipped, ema_state = _make_optimizer(model, cfg, saved, device, world)
+    steps_per_epoch = max(1, len(data) // cfg.batch_size)
+    total_steps = max(1, int(cfg.epochs * steps_per_epoch))
+    last_step = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
+    use_bf16 = cfg.bf16 and device.type in ("cpu", "cuda")
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+    return _Run(cfg, rank, world, device, clock, run_dir, model, data, eval_split, objective,
+                optimizer, clipped, ema_state, start_step, steps_per_epoch, total_steps,
+                last_step, autocast)
+
+
+def _progress_bar(run: _Run):
+    """A tqdm bar on rank 0 when `progress` is on, else None."""
+    if not (run.main and run.cfg.progress):
+        return None
+    from tqdm import tqdm
+    return tqdm(total=run.last_step, initial=run.start_step,
+                desc=f"step {run.cfg.step} {run.model.config.name}", unit="it", mininterval=2.0,
+                dynamic_ncols=True)
+
+
+def _train_step(run: _Run, step: int) -> tuple[dict[str, torch.Tensor], int]:
+    """Draw batch `step` (every draw seeded by (seed, step, rank)) and take one step; the
+    loss terms and how many images the step saw across all ranks."""
+    cfg = run.cfg
+    torch.manual_seed(cfg.seed * 1_000_003 + step * 131 + run.rank)
+    g = batch_generator(run.data, cfg.seed * 999_983 + step * 17 + run.rank)
+    x, labels = run.data.get(step, run.steps_per_epoch, cfg.batch_size, run.rank, run.world, g)
+    x = x.to(run.device, non_blocking=True)
+    labels = labels.to(run.device) if labels is not None else None
+    _set_lr(run.optimizer, cfg, run.clock.schedule_step(step, run.total_steps), run.total_steps)
+    # Rate warm-up: Adam normalises each parameter's step, so the entropy models learn
+    # at full speed while g_a feels the rate only gradually and keeps its information.
+    rate_weight = min(1.0, (step + 1) / cfg.rate_warmup_steps) if cfg.rate_warmup_steps else 1.0
+    terms = _step(run.objective, run.optimizer, run.clipped, run.model, run.ema_state, x, labels,
+                  cfg, rate_weight, run.autocast)
+    return terms, x.shape[0] * run.world
+
+
+def _log_step(run: _Run, window: _Window, step: int, progress) -> _Window:
+    """At log steps (rank 0), write the window's averages and start a new window."""
+    if not (run.main and (step % run.cfg.log_every == 0 or step == run.last_step)):
+        return window
+    record = window.record(step, run.steps_per_epoch, _main_lr(run.optimizer))
+    _log(run.metrics, record)
+    if progress is not None:
+        progress.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "acc", "bpp", "psnr", "img_s")
+                              if k in record})
+    return _Window()
+
+
+def _after_step(run: _Run, step: int) -> None:
+    """Rank 0's work once step `step` is done: the training state every `checkpoint_every`
+    steps and at epoch ends, the held-out score at epoch ends, a periodic export when due."""
+    if not run.main:
+        return
+    cfg = run.cfg
+    epoch_end = step % run.steps_per_epoch == 0
+    if cfg.resumable and (step % cfg.checkpoint_every == 0 or epoch_end or step == run.last_step):
+        save_state(run.state_path, run.model, run.optimizer, run.ema_state, step, cfg)
+    if epoch_end and run.eval_split is not None:
+        _log(run.metrics, {"step": step, "eval": evaluate_estimate(run.model, run.eval_split, cfg)})
+    if run.clock.export_due():
+        _export_all(run.model, run.ema_state, cfg, step, final=False)
+
+
+def _finish(run: _Run, step: int, stopped: str | None, run_start: float) -> TrainResult:
+    """Every rank at the same point, then rank 0 exports the weights and logs the end."""
+    if run.world > 1:
+        dist.barrier()
+    wall = time.perf_counter() - run_start
+    if run.main:
+        _export_all(run.model, run.ema_state, run.cfg, step, final=True)
+        done = {"step": step, "done": True, "wall_s": wall, "world": run.world}
+        if stopped:
+            done.update(stopped=stopped, planned_steps=run.last_step)
+        _log(run.metrics, done)
+    return TrainResult(run.run_dir / "model.safetensors", run.model, step, stopped, run.last_step,
+                       wall, run.start_step)
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     """Run (or resume) one training run and export its weights.
 
@@ -645,83 +618,28 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     augmented there, the weights are channels-last, and nothing is read back to the host
     except at log, checkpoint and export steps. A deadline (`deadline_s`) or `request_stop`
     ends the run early, saved and exported like a finished one."""
-    rank, world, device = _init_distributed(cfg)
-    _tune_device(device)
-    clock = _Clock(cfg, world)
-    main = rank == 0
-    run_dir = _open_run_dir(cfg) if main else Path(cfg.run_dir)
-    state_path, metrics = run_dir / STATE_FILE, run_dir / "metrics.jsonl"
-    model, saved, start_step = _start_model(cfg, resume, device, main)
-    data = _on_device(_train_data(cfg, model.config.img_size), device)
-    if (saved is None and cfg.step == 2 and cfg.init and cfg.latent_std
-            and isinstance(model, CompressionModel)):
-        probe, _ = data.get(0, 1, min(len(data), 512), 0, 1, _generator(data, cfg.seed))
-        scale = calibrate_latent_scale(model, probe.to(device), cfg.latent_std)
-        if main:
-            _log(metrics, {"step": 0, "latent_scale": scale})
-    eval_split = _eval_data(cfg, model.config.img_size) if main else None
-    objective, optimizer, clipped, ema_state = _make_optimizer(model, cfg, saved, device, world)
-
-    steps_per_epoch = max(1, len(data) // cfg.batch_size)
-    total_steps = max(1, int(cfg.epochs * steps_per_epoch))
-    last_step = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
-    use_bf16 = cfg.bf16 and device.type in ("cpu", "cuda")
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
-    progress = None
-    if main and cfg.progress:
-        from tqdm import tqdm
-        progress = tqdm(total=last_step, initial=start_step, desc=f"step {cfg.step} {model.config.name}",
-                        unit="it", mininterval=2.0, dynamic_ncols=True)
-    window, run_start, step, stopped = _Window(), time.perf_counter(), start_step, None
-    clock.begin()
+    run = _build_run(cfg, resume)
+    progress = _progress_bar(run)
+    window, run_start, step, stopped = _Window(), time.perf_counter(), run.start_step, None
+    run.clock.begin()
     try:
-        while step < last_step:
-            stopped = _agree_to_stop(clock, world, device)
+        while step < run.last_step:
+            stopped = _agree_to_stop(run.clock, run.world, run.device)
             if stopped:
                 break
-            torch.manual_seed(cfg.seed * 1_000_003 + step * 131 + rank)
-            g = _generator(data, cfg.seed * 999_983 + step * 17 + rank)
-            x, labels = data.get(step, steps_per_epoch, cfg.batch_size, rank, world, g)
-            x = x.to(device, non_blocking=True)
-            labels = labels.to(device) if labels is not None else None
-            _set_lr(optimizer, cfg, clock.schedule_step(step, total_steps), total_steps)
-            # Rate warm-up: Adam normalises each parameter's step, so the entropy models learn
-            # at full speed while g_a feels the rate only gradually and keeps its information.
-            rate_weight = min(1.0, (step + 1) / cfg.rate_warmup_steps) if cfg.rate_warmup_steps else 1.0
-            terms = _step(objective, optimizer, clipped, model, ema_state, x, labels, cfg,
-                          rate_weight, autocast)
+            terms, images = _train_step(run, step)
             step += 1
-            window.add(terms, x.shape[0] * world)
-            if main and (step % cfg.log_every == 0 or step == last_step):
-                record = window.record(step, steps_per_epoch, _main_lr(optimizer))
-                _log(metrics, record)
-                if progress is not None:
-                    progress.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "acc", "bpp", "psnr", "img_s") if k in record})
-                window = _Window()
+            window.add(terms, images)
+            window = _log_step(run, window, step, progress)
             if progress is not None:
                 progress.update(1)
-            epoch_end = step % steps_per_epoch == 0
-            if main and cfg.resumable and (step % cfg.checkpoint_every == 0 or epoch_end or step == last_step):
-                save_state(state_path, model, optimizer, ema_state, step, cfg)
-            if main and epoch_end and eval_split is not None:
-                _log(metrics, {"step": step, "eval": evaluate_estimate(model, eval_split, cfg)})
-            if main and clock.export_due():
-                _export_all(model, ema_state, cfg, step, final=False)
-        if main and stopped and cfg.resumable and step > start_step:
-            save_state(state_path, model, optimizer, ema_state, step, cfg)
+            _after_step(run, step)
+        if run.main and stopped and cfg.resumable and step > run.start_step:
+            save_state(run.state_path, run.model, run.optimizer, run.ema_state, step, cfg)
     finally:
         if progress is not None:
             progress.close()
-    if world > 1:
-        dist.barrier()
-    wall = time.perf_counter() - run_start
-    if main:
-        _export_all(model, ema_state, cfg, step, final=True)
-        done = {"step": step, "done": True, "wall_s": wall, "world": world}
-        if stopped:
-            done.update(stopped=stopped, planned_steps=last_step)
-        _log(metrics, done)
-    return TrainResult(run_dir / "model.safetensors", model, step, stopped, last_step, wall, start_step)
+    return _finish(run, step, stopped, run_start)
 
 
 @torch.no_grad()
