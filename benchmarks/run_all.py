@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     classifier = tica.load(CLASSIFIER)
-    if (getattr(classifier, "checkpoint_metadata", {}) or {}).get("untrained"):
+    if classifier.weights_info.untrained:
         print(f"warning: {CLASSIFIER} has no trained weights here: its numbers mean nothing",
               file=sys.stderr)
     sections = set(args.sections.split(","))

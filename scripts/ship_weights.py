@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from tica.checkpoint import atomic_write, load_checkpoint, save_checkpoint
@@ -34,16 +35,16 @@ def sha256(path: Path) -> str:
 
 
 def _entry(model, target: str, role: str, trained: dict, results: dict) -> dict:
-    meta = model.checkpoint_metadata
+    info = model.weights_info
     entry = {"name": Path(target).stem, "file": target, "preset": model.config.name, "role": role,
-             "sha256": sha256(WEIGHTS / target), "trained": trained or meta.get("trained", {}),
+             "sha256": sha256(WEIGHTS / target), "trained": trained or info.trained,
              "results": results}
     if role == "codec":
         entry["model_id"] = f"{model.model_id:04x}"
         if model.config.rate_levels:
             entry["rate_levels"] = model.config.rate_levels
         else:
-            entry["quality"] = meta.get("quality")
+            entry["quality"] = info.quality
     return entry
 
 
@@ -86,18 +87,18 @@ def main() -> None:
         if label and not label.isdigit():
             raise SystemExit(f"{spec}: the rate-point label after '=' must be an integer")
         model = load_checkpoint(src)
-        meta = dict(model.checkpoint_metadata)
+        info = model.weights_info
         if label:
-            meta["quality"] = int(label)
+            info = replace(info, quality=int(label))
         variable = bool(model.config.rate_levels)
-        if not model.is_updated or (not variable and meta.get("quality") is None):
+        if not model.is_updated or (not variable and info.quality is None):
             raise SystemExit(f"{src}: needs coding tables (a step-2 export) and, at a fixed "
                              f"rate, a quality label")
-        name = model.config.name if variable else f"{model.config.name}-q{meta['quality']}"
+        name = model.config.name if variable else f"{model.config.name}-q{info.quality}"
         target = f"{name}.safetensors"
         if args.trained:
-            meta["trained"] = args.trained
-        save_checkpoint(model, WEIGHTS / target, meta, half=True)
+            info = replace(info, trained=args.trained)
+        save_checkpoint(model, WEIGHTS / target, info, half=True)
         shipped = load_checkpoint(WEIGHTS / target)       # the id of what users will load
         _put(entries, _entry(shipped, target, "codec", args.trained, args.results))
         print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB, id {shipped.model_id:04x}")
@@ -110,8 +111,8 @@ def main() -> None:
         for src in sources:
             model = load_checkpoint(src)
             target = f"{model.config.name}{'-step1' if role == 'step1' else ''}.safetensors"
-            meta = {**model.checkpoint_metadata, **({"trained": args.trained} if args.trained else {})}
-            save_checkpoint(model, WEIGHTS / target, meta, half=True)
+            info = replace(model.weights_info, **({"trained": args.trained} if args.trained else {}))
+            save_checkpoint(model, WEIGHTS / target, info, half=True)
             _put(entries, _entry(load_checkpoint(WEIGHTS / target), target, role, args.trained,
                                args.results))
             print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB")

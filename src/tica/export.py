@@ -162,7 +162,7 @@ def export_onnx(model: CompressionModel, out_dir: str | Path, check: bool = True
     variable = model.quality_range is not None
     meta = {"format": "tica-edge", "version": 1, "model": model.config.name,
             "quality": model.quality if variable else
-            (getattr(model, "checkpoint_metadata", {}) or {}).get("quality"),
+            model.weights_info.quality,
             "quality_code": quality_code(model.quality) if variable else None,
             "model_id": f"{model.model_id:04x}", "stride": s, "N": model.config.N,
             "M": model.config.M, "files": {f: _sha256(out / f) for f in

@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .checkpoint import WeightsInfo, atomic_write, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .data import (DeviceCrops, RandomCrops, augment, held_out_split, load_split, read_shards,
                    split_classes, synthetic_split)
@@ -503,14 +503,11 @@ def export_weights(model: nn.Module, ema_state: dict[str, torch.Tensor] | None, 
     export.eval()
     if isinstance(export, CompressionModel) and cfg.step == 2:
         export.update()
-    meta = {"quality": cfg.quality, "alpha": cfg.alpha, "beta": cfg.beta, "step": cfg.step,
-            "train_steps": step, "model": config.name}
-    if isinstance(export, CompressionModel) and config.rate_levels and cfg.step == 2:
-        meta["quality"] = None
-        meta["rate_points"] = cfg.rate_points(config.rate_levels)
-    if not final:
-        meta["interim"] = True
-    save_checkpoint(export, path, meta, half=half)
+    variable = isinstance(export, CompressionModel) and bool(config.rate_levels) and cfg.step == 2
+    info = WeightsInfo(quality=None if variable else cfg.quality, alpha=cfg.alpha, beta=cfg.beta,
+                       step=cfg.step, train_steps=step, model=config.name, interim=not final,
+                       rate_points=cfg.rate_points(config.rate_levels) if variable else None)
+    save_checkpoint(export, path, info, half=half)
 
 
 def _export_all(model, ema_state, cfg: TrainConfig, step: int, final: bool) -> Path:

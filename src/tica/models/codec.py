@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import cost
+from ..checkpoint import WeightsInfo
 from ..config import ModelConfig
 from ..entropy import EntropyBottleneck, GaussianConditional
 from ..entropy._ops import quantize
@@ -91,6 +92,7 @@ class CompressionModel(nn.Module):
         self._fingerprint: bytes | None = None
         # the quality `compress` uses when none is passed
         self.quality: float | None = default_quality(c.rate_levels) if c.rate_levels else None
+        self.weights_info = WeightsInfo()       # what its checkpoint says (tica.checkpoint)
 
     # ---- shapes -------------------------------------------------------------------------
     def latent_grid(self, image_size: tuple[int, int]) -> tuple[int, int]:

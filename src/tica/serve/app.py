@@ -78,7 +78,7 @@ class ModelSet:
                 raise ConfigError(f"two served models share the stream id {m.model_id:04x} "
                                   f"({self.by_id[m.model_id].label} and {api.describe(m)}): "
                                   f"streams could not say which decodes them")
-            q = (getattr(m, "checkpoint_metadata", {}) or {}).get("quality")
+            q = m.weights_info.quality
             self.by_id[m.model_id] = Served(m, api.describe(m) if q is not None
                                             else m.config.name, q)
 
@@ -116,8 +116,7 @@ class ModelSet:
                         "qualities": (list(range(1, s.model.config.rate_levels + 1)) if rng
                                       else [s.quality]),
                         "classifies": api.can_classify(s.model),
-                        "untrained": bool((getattr(s.model, "checkpoint_metadata", {}) or {})
-                                          .get("untrained"))})
+                        "untrained": s.model.weights_info.untrained})
         return out
 
 
