@@ -75,7 +75,7 @@ def kodak_section(images: list[torch.Tensor], repeats: int) -> dict:
             rows["g_a"].append(timed(lambda: model.g_a(nhwc(pad_to(x, model.config.stride))),
                                      repeats)[0])
             z = torch.round(model.h_a(model.g_a(x)))
-            rows["int_h_s"].append(timed(lambda: model._int_h_s(z), repeats)[0])
+            rows["int_h_s"].append(timed(lambda: model.integer_h_s(z), repeats)[0])
             stream = tica.bitstream.unpack(data)
             rows["entropy_decode"].append(
                 timed(lambda: model.decompress(list(stream.payloads), size), repeats)[0]

@@ -30,11 +30,11 @@ def main() -> int:
             shutil.copyfile(Path(args.folder) / STATUS_FILE, Path(args.dest) / STATUS_FILE)
         for path in files:
             model = tica.load_checkpoint(path)            # as saved: no update() here
-            meta = getattr(model, "checkpoint_metadata", {}) or {}
+            info = model.weights_info
             coding = ", coding-ready" if getattr(model, "is_updated", False) else ""
             rng = getattr(model, "quality_range", None)
-            print(f"{path}: {model.config.name} step {meta.get('step')}, "
-                  f"{meta.get('train_steps')} steps{coding}" + (f", quality {rng[0]:g}-{rng[1]:g}" if rng else ""))
+            print(f"{path}: {model.config.name} step {info.step}, "
+                  f"{info.train_steps} steps{coding}" + (f", quality {rng[0]:g}-{rng[1]:g}" if rng else ""))
     except TicaError as exc:
         print(f"join_parts: error: {exc}", file=sys.stderr)
         return 1

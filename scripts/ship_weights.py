@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from tica.checkpoint import atomic_write, load_checkpoint, save_checkpoint
@@ -34,16 +35,16 @@ def sha256(path: Path) -> str:
 
 
 def _entry(model, target: str, role: str, trained: dict, results: dict) -> dict:
-    meta = model.checkpoint_metadata
+    info = model.weights_info
     entry = {"name": Path(target).stem, "file": target, "preset": model.config.name, "role": role,
-             "sha256": sha256(WEIGHTS / target), "trained": trained or meta.get("trained", {}),
+             "sha256": sha256(WEIGHTS / target), "trained": trained or info.trained,
              "results": results}
     if role == "codec":
         entry["model_id"] = f"{model.model_id:04x}"
         if model.config.rate_levels:
             entry["rate_levels"] = model.config.rate_levels
         else:
-            entry["quality"] = meta.get("quality")
+            entry["quality"] = info.quality
     return entry
 
 
@@ -59,6 +60,34 @@ def _put(entries: list[dict], entry: dict) -> None:
                 (WEIGHTS / old["file"]).unlink(missing_ok=True)
                 print(f"removed {old['file']} (superseded by {entry['file']})")
     entries.append(entry)
+
+
+def _ship_codec(spec: str, args: argparse.Namespace, entries: list[dict], images: list) -> None:
+    """Ship one --codec PATH[=Q]: float16 into the package, its entry into `entries`."""
+    src, _, label = spec.partition("=")
+    if label and not label.isdigit():
+        raise SystemExit(f"{spec}: the rate-point label after '=' must be an integer")
+    model = load_checkpoint(src)
+    info = model.weights_info
+    if label:
+        info = replace(info, quality=int(label))
+    variable = bool(model.config.rate_levels)
+    if not model.is_updated or (not variable and info.quality is None):
+        raise SystemExit(f"{src}: needs coding tables (a step-2 export) and, at a fixed "
+                         f"rate, a quality label")
+    name = model.config.name if variable else f"{model.config.name}-q{info.quality}"
+    target = f"{name}.safetensors"
+    if args.trained:
+        info = replace(info, trained=args.trained)
+    save_checkpoint(model, WEIGHTS / target, info, half=True)
+    shipped = load_checkpoint(WEIGHTS / target)       # the id of what users will load
+    _put(entries, _entry(shipped, target, "codec", args.trained, args.results))
+    print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB, id {shipped.model_id:04x}")
+    if args.check:
+        full, half = (evaluate(LearnedPipeline(m), images) for m in (model, shipped))
+        print(f"  float32: {full.bpp:.4f} bpp, {full.psnr_per_image:.3f} dB; float16: "
+              f"{half.bpp:.4f} bpp ({100 * (half.bpp / full.bpp - 1):+.2f}%), "
+              f"{half.psnr_per_image:.3f} dB ({half.psnr_per_image - full.psnr_per_image:+.3f})")
 
 
 def main() -> None:
@@ -82,36 +111,13 @@ def main() -> None:
     images = ([(load_image(f)[None], None) for f in sorted(Path(args.check).glob("*.png"))]
               if args.check else [])
     for spec in args.codec:
-        src, _, label = spec.partition("=")
-        if label and not label.isdigit():
-            raise SystemExit(f"{spec}: the rate-point label after '=' must be an integer")
-        model = load_checkpoint(src)
-        meta = dict(model.checkpoint_metadata)
-        if label:
-            meta["quality"] = int(label)
-        variable = bool(model.config.rate_levels)
-        if not model.is_updated or (not variable and meta.get("quality") is None):
-            raise SystemExit(f"{src}: needs coding tables (a step-2 export) and, at a fixed "
-                             f"rate, a quality label")
-        name = model.config.name if variable else f"{model.config.name}-q{meta['quality']}"
-        target = f"{name}.safetensors"
-        if args.trained:
-            meta["trained"] = args.trained
-        save_checkpoint(model, WEIGHTS / target, meta, half=True)
-        shipped = load_checkpoint(WEIGHTS / target)       # the id of what users will load
-        _put(entries, _entry(shipped, target, "codec", args.trained, args.results))
-        print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB, id {shipped.model_id:04x}")
-        if args.check:
-            full, half = (evaluate(LearnedPipeline(m), images) for m in (model, shipped))
-            print(f"  float32: {full.bpp:.4f} bpp, {full.psnr_per_image:.3f} dB; float16: "
-                  f"{half.bpp:.4f} bpp ({100 * (half.bpp / full.bpp - 1):+.2f}%), "
-                  f"{half.psnr_per_image:.3f} dB ({half.psnr_per_image - full.psnr_per_image:+.3f})")
+        _ship_codec(spec, args, entries, images)
     for role, sources in (("classifier", args.model), ("step1", [args.step1] if args.step1 else [])):
         for src in sources:
             model = load_checkpoint(src)
             target = f"{model.config.name}{'-step1' if role == 'step1' else ''}.safetensors"
-            meta = {**model.checkpoint_metadata, **({"trained": args.trained} if args.trained else {})}
-            save_checkpoint(model, WEIGHTS / target, meta, half=True)
+            info = replace(model.weights_info, **({"trained": args.trained} if args.trained else {}))
+            save_checkpoint(model, WEIGHTS / target, info, half=True)
             _put(entries, _entry(load_checkpoint(WEIGHTS / target), target, role, args.trained,
                                args.results))
             print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB")

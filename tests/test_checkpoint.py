@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 import tica
 from tica import checkpoint
+from tica.checkpoint import WeightsInfo
 from tica.errors import CheckpointError
 
 
@@ -19,7 +20,8 @@ def test_round_trip_keeps_identity_and_coding(tmp_path, tica_cifar, cifar_images
     tica.save_checkpoint(tica_cifar, path, {"quality": 3})
     loaded = tica.load(weights=path)
     assert loaded.fingerprint == tica_cifar.fingerprint
-    assert loaded.checkpoint_metadata == {"quality": 3}
+    assert loaded.weights_info == WeightsInfo(quality=3)
+    assert loaded.weights_info.to_metadata() == {"quality": 3}
     assert not loaded.training
     data = tica.compress(tica_cifar, cifar_images[:4])
     assert torch.equal(tica.classify_logits(loaded, data), tica.classify_logits(tica_cifar, data))
@@ -96,3 +98,56 @@ def test_wrong_shapes_are_refused(tmp_path, tica_cifar):
                                              "config": tica_cifar.config.to_json()})
     with pytest.raises(CheckpointError, match="does not fit"):
         tica.load_checkpoint(path)
+
+
+def _header_metadata(path) -> str:
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()["metadata"]
+
+
+def test_weights_info_round_trips_through_save_and_load(tmp_path, tica_cifar):
+    info = WeightsInfo(quality=None, rate_points=[[0.3, 1e-4], [30.0, 0.03]], alpha=0.3,
+                       beta=1e-4, step=2, train_steps=3510, model="tica-cifar",
+                       trained={"where": "cpu", "minutes": 134}, interim=True,
+                       extra={"note": "kept", "nested": {"a": [1, 2]}})
+    path = tmp_path / "m.safetensors"
+    tica.save_checkpoint(tica_cifar, path, info)
+    loaded = tica.load_checkpoint(path).weights_info
+    assert loaded == info and loaded.classifier_trained is True
+    # stored as the flat object it always was: a training record keeps its null quality
+    assert json.loads(_header_metadata(path)) == {
+        "quality": None, "rate_points": [[0.3, 1e-4], [30.0, 0.03]], "alpha": 0.3, "beta": 1e-4,
+        "step": 2, "train_steps": 3510, "model": "tica-cifar", "interim": True,
+        "trained": {"where": "cpu", "minutes": 134}, "note": "kept", "nested": {"a": [1, 2]}}
+    assert WeightsInfo.from_metadata(info.to_metadata()) == info
+    assert tica.create_model("tica-cifar").weights_info == WeightsInfo()      # nothing known
+    assert WeightsInfo().to_metadata() == {}
+
+
+def test_shipped_files_read_and_write_their_metadata_unchanged(tmp_path):
+    from tica.registry import read_manifest
+    entries = read_manifest()
+    assert len(entries) >= 5
+    for entry in entries:
+        stored = _header_metadata(entry.file)
+        model = tica.load_checkpoint(entry.file)
+        assert json.dumps(model.weights_info.to_metadata(), sort_keys=True) == stored
+        tica.save_checkpoint(model, tmp_path / "again.safetensors", model.weights_info, half=True)
+        assert _header_metadata(tmp_path / "again.safetensors") == stored
+        assert model.weights_info.classifier_trained == (json.loads(stored).get("alpha") != 0)
+
+
+def test_old_metadata_with_alpha_zero_reads_as_a_codec_only_model(tmp_path, tica_cifar):
+    path = tmp_path / "codec-only.safetensors"
+    tica.save_checkpoint(tica_cifar, path, {"alpha": 0.0, "step": 2, "quality": 2})
+    loaded = tica.load(weights=path)
+    assert loaded.weights_info.classifier_trained is False and loaded.weights_info.quality == 2
+    assert not tica.api.can_classify(loaded)
+    assert "classifier_trained" not in json.loads(_header_metadata(path))   # alpha says it
+    # the explicit field wins over alpha, and is stored because alpha does not say it
+    told = WeightsInfo(alpha=1.0, classifier_trained=False)
+    tica.save_checkpoint(tica_cifar, path, told)
+    assert json.loads(_header_metadata(path)) == {"alpha": 1.0, "classifier_trained": False}
+    assert not tica.api.can_classify(tica.load(weights=path))
+    assert tica.api.can_classify(tica_cifar)

@@ -161,3 +161,12 @@ def test_paper_preset_compresses_and_classifies_on_cpu():
     assert size == (224, 224) and y_hat.shape == (1, 192, 14, 14)
     assert torch.equal(y_hat, model.latent(x))
     assert tica.classify_logits(model, data).shape == (1, 1000)
+
+
+def test_the_integer_h_s_is_public_and_is_what_coding_runs(tica_cifar, cifar_images):
+    with pytest.raises(tica.NotUpdatedError, match=r"update\(\)"):
+        tica.create_model("tica-cifar").integer_h_s
+    z_int, indexes, means, _ = tica_cifar.analyze(cifar_images[:2])
+    scales, h_means = tica_cifar.integer_h_s(z_int).chunk(2, dim=1)
+    assert torch.equal(h_means.float(), means)
+    assert np.array_equal(tica_cifar.gaussian_conditional.indexes(scales).numpy(), indexes)

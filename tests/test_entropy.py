@@ -10,6 +10,8 @@ import torch
 
 from tica.entropy import EntropyBottleneck, GaussianConditional, SymbolDecoder, SymbolEncoder
 from tica.entropy.coder import PRECISION, CodingTables, quantize_pmf
+from tica.entropy.payload import (Z_LIMIT, PayloadDecoder, clamp_z, decode_payload, encode_payload,
+                                  encode_z)
 from tica.errors import BitstreamError, NotUpdatedError
 
 
@@ -171,3 +173,54 @@ def test_update_refits_the_quantiles_so_the_tables_hold_all_but_the_tail_mass():
         in_table = tables.freqs[c, :n].sum() / (1 << PRECISION)
         assert in_table > 1 - 1e-3 - 1e-4
         assert tables.offsets[c] == math.floor(q[c, 0]) and tables.offsets[c] + n - 1 == math.ceil(q[c, 2])
+
+
+def _payload_case(seed: int, z_shape=(4, 3, 5), y_shape=(6, 6, 10)):
+    """Tables, and one image's z, y symbols and y table indexes (with escapes in both)."""
+    eb = EntropyBottleneck(z_shape[0])
+    eb.eval().update()
+    gc = _gaussian()
+    rng = np.random.default_rng(seed)
+    z = rng.integers(-6, 7, z_shape)
+    z[0, 0, 0] = Z_LIMIT                                          # far outside z's tables
+    y_index = rng.integers(0, len(gc.tables), y_shape)
+    symbols = np.round(rng.normal(0, 1, y_shape) * gc.scale_table.numpy()[y_index]).astype(np.int64)
+    symbols[0, 0, :3] = [5000, -5000, 2 ** 20]
+    return eb.tables, gc.tables, z, symbols, y_index
+
+
+def test_payload_round_trips_and_is_z_by_channel_then_y():
+    z_tables, y_tables, z, symbols, y_index = _payload_case(0)
+    data = encode_payload(z, symbols, y_index, z_tables, y_tables)
+    # the layout, spelled out: z with its channel's table, then y with its own indexes
+    enc = SymbolEncoder()
+    enc.encode(z, np.broadcast_to(np.arange(z.shape[0])[:, None, None], z.shape), z_tables)
+    enc.encode(symbols, y_index, y_tables)
+    assert data == enc.finish()
+    z_only = encode_z(z, z_tables)                   # the side information on its own
+    assert len(z_only) < len(data)
+    assert np.array_equal(PayloadDecoder([z_only]).decode_z(z.shape, z_tables)[0], z)
+    seen = []
+    z_out, y_out = decode_payload(data, z.shape, z_tables, y_tables,
+                                  lambda z_batch: seen.append(z_batch) or y_index[None])
+    assert np.array_equal(z_out, z) and np.array_equal(y_out, symbols)
+    assert len(seen) == 1 and np.array_equal(seen[0], z[None])   # y's tables come from z
+
+
+def test_payload_decoder_reads_a_batch_and_refuses_a_truncated_payload():
+    cases = [_payload_case(seed) for seed in (1, 2)]
+    z_tables, y_tables = cases[0][:2]
+    payloads = [encode_payload(z, s, i, z_tables, y_tables) for _, _, z, s, i in cases]
+    reader = PayloadDecoder(payloads)
+    z = reader.decode_z(cases[0][2].shape, z_tables)
+    assert np.array_equal(z, np.stack([c[2] for c in cases]))
+    symbols = reader.decode_y(np.stack([c[4] for c in cases]), y_tables)
+    assert np.array_equal(symbols, np.stack([c[3] for c in cases]))
+    with pytest.raises(BitstreamError):
+        decode_payload(payloads[0][:-4], z.shape[1:], z_tables, y_tables, lambda _: cases[0][4][None])
+
+
+def test_clamp_z_rounds_into_the_integer_h_s_range():
+    z = torch.tensor([-1e6, -2.5, -0.4, 0.5, 1.5, Z_LIMIT + 0.4, 1e6])
+    assert clamp_z(z).tolist() == [-Z_LIMIT, -2, 0, 0, 2, Z_LIMIT, Z_LIMIT]
+    assert Z_LIMIT == 2 ** 12 - 1

@@ -9,6 +9,7 @@ import torch
 
 import tica
 from tica import bitstream
+from tica.checkpoint import WeightsInfo
 from tica.data import ImageFolderSplit
 from tica.codecs import get_codec
 from tica.evaluate import (ClassicalPipeline, LearnedPipeline, Uncompressed, evaluate,
@@ -119,7 +120,8 @@ def test_results_files_round_trip(tmp_path, cifar_images, classifier):
 def test_a_codec_only_model_refuses_to_classify(cifar_images):
     model = tica.create_model("tica-cifar").eval()
     model.update()
-    model.checkpoint_metadata = {"alpha": 0.0}          # as a codec-only (alpha = 0) run exports
+    model.weights_info = WeightsInfo(alpha=0.0)         # as a codec-only (alpha = 0) run exports
+    assert model.weights_info.classifier_trained is False
     data = tica.compress(model, cifar_images[:2])
     with pytest.raises(tica.TicaError, match="alpha = 0"):
         tica.classify(model, data)

@@ -91,3 +91,27 @@ def test_a_variable_rate_model_exports_at_one_quality_and_its_streams_say_so(tmp
     _, _, y_hat, _ = encoder.latent(image.numpy())
     expected = model.dequantize(torch.from_numpy(y_hat)[None], 2.5)
     assert torch.equal(_decoded(model, data), expected)          # decoded with no flags
+
+
+def test_the_edge_and_the_model_write_the_same_payload_bytes(cifar_export, cifar_images):
+    """One coding path: where ONNX's g_a gives the same symbols as PyTorch's, the edge's
+    payload is byte for byte the model's, and both are `encode_payload` of those symbols."""
+    from tica.entropy.payload import encode_payload
+    model = tica.load("tica-cifar", quality=1)
+    encoder = EdgeEncoder(cifar_export)
+    same = 0
+    for image in cifar_images[:6]:
+        edge = tica.bitstream.unpack(encoder.compress(image.numpy())).payloads[0]
+        z, symbols, _, index = encoder.latent(image.numpy())
+        assert edge == encode_payload(z.astype(np.int64), symbols.astype(np.int64), index,
+                                      model.entropy_bottleneck.tables,
+                                      model.gaussian_conditional.tables)
+        z_int, indexes, _, reference = model.analyze(image[None])
+        served = model.compress(image[None])[0]
+        assert served == encode_payload(z_int[0].long().numpy(), reference[0].long().numpy(),
+                                        indexes[0], model.entropy_bottleneck.tables,
+                                        model.gaussian_conditional.tables)
+        if np.array_equal(z, z_int[0].numpy()) and np.array_equal(symbols, reference[0].numpy()):
+            assert edge == served
+            same += 1
+    assert same >= 3

@@ -52,7 +52,7 @@ def test_smoke_plan_exports_every_run_coding_ready(smoke, tmp_path):
         if run.config.step == 2 and hasattr(model, "is_updated"):
             assert model.is_updated, run.name
         assert tica.load(weights=path).config.name == model.config.name
-        assert model.checkpoint_metadata["train_steps"] == status["runs"][run.name]["steps"]
+        assert model.weights_info.train_steps == status["runs"][run.name]["steps"]
     tica_cifar = tica.load(weights=joined["tica-cifar.safetensors"])
     assert tica_cifar.quality_range == (1.0, 8.0)
     assert tica.load(weights=joined["tica-cifar-nofam.safetensors"]).fam is None
@@ -82,7 +82,7 @@ def test_smoke_plan_deadline_stops_a_run_that_still_exports(smoke, tmp_path):
     assert vit["interim_exports"] >= 1                      # published while it trained
     assert vit["last"]["lr"] < 0.05 * 1e-3                  # its schedule ran to the deadline
     path = join_parts(out, tmp_path)[0].parent / "vit-pixel-cifar.safetensors"
-    assert tica.load(weights=path).checkpoint_metadata["train_steps"] == vit["steps"]
+    assert tica.load(weights=path).weights_info.train_steps == vit["steps"]
 
 
 def test_smoke_plan_output_fits_the_return_limits(smoke):
@@ -190,7 +190,7 @@ def test_train_stops_at_its_deadline_saved_and_exported(tmp_path):
     assert any(r.get("export") == "interim" for r in records)
     assert [r for r in records if r.get("done")][0]["stopped"] == "deadline"
     half = tica.load_checkpoint(tmp_path / "export" / "model.safetensors")
-    assert half.is_updated and half.checkpoint_metadata["train_steps"] == result.steps
+    assert half.is_updated and half.weights_info.train_steps == result.steps
     assert tica.load_checkpoint(result.weights).is_updated
 
 

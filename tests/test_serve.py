@@ -273,3 +273,23 @@ def test_a_variable_rate_model_serves_every_quality_with_one_id(tmp_path, cifar_
         served = torch.from_numpy(np.array(Image.open(io.BytesIO(r.content)))).permute(2, 0, 1)
         expected = (tica.reconstruct(vr, mixed)[1] * 255).round().byte()
         assert torch.equal(served, expected)
+
+
+def test_two_apps_in_one_process_each_answer_with_their_own_state():
+    """The routes are module-level (tica.serve.routes) and read `request.app.state`: two apps
+    built with different settings never see each other's."""
+    from tica.serve import routes
+    configs = [ServeConfig(model="tica-cifar", max_body_bytes=size) for size in (1000, 2000)]
+    apps = [create_app(c) for c in configs]
+    paths = {r.path for r in routes.router.routes}
+    assert paths == {"/v1/classify", "/v1/reconstruct", "/v1/encode", "/v1/models", "/healthz",
+                     "/metrics", "/"}
+    for app, config in zip(apps, configs):
+        assert app.state.config is config and set(app.openapi()["paths"]) == paths - {"/"}
+        with TestClient(app, raise_server_exceptions=False) as c:
+            assert c.get("/v1/models").json()["limits"]["max_body_bytes"] == config.max_body_bytes
+            status = 413 if config.max_body_bytes < 1500 else 400     # too big, or not a stream
+            assert c.post("/v1/classify", content=b"x" * 1500, headers=OCTET).status_code == status
+            counted = [l for l in c.get("/metrics").text.splitlines()
+                       if l.startswith('tica_requests_total{path="/v1/classify"')]
+            assert counted == [f'tica_requests_total{{path="/v1/classify",status="{status}"}} 1']

@@ -150,8 +150,9 @@ def test_a_variable_rate_run_exports_one_model_for_every_rate(tmp_path):
                       model_overrides={**TINY, "rate_levels": 2})
     result = train(cfg)
     shipped = tica.load(weights=result.weights)
-    assert shipped.quality_range == (1.0, 2.0) and shipped.checkpoint_metadata["quality"] is None
-    assert shipped.checkpoint_metadata["rate_points"] == [[0.5, 1e-3], [5.0, pytest.approx(1e-2)]]
+    assert shipped.quality_range == (1.0, 2.0) and shipped.weights_info.quality is None
+    assert shipped.weights_info.rate_points == [[0.5, 1e-3], [5.0, pytest.approx(1e-2)]]
+    assert shipped.weights_info.classifier_trained      # alpha 0.5 and 5.0: the head was trained
     records = [json.loads(l) for l in Path(cfg.run_dir, "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in records if "loss" in r]
     # the objective lies between its lowest and highest rate point's weighting; the

@@ -13,7 +13,7 @@ from torch import nn
 
 from . import bitstream
 from .bitstream import Limits, Stream
-from .checkpoint import load_checkpoint
+from .checkpoint import WeightsInfo, load_checkpoint
 from .cost import Budget
 from .errors import BitstreamError, ConfigError, ModelMismatchError, TicaError
 from .image import encode_png
@@ -45,7 +45,7 @@ def load(name: str | None = None, *, quality: float | None = None,
             model = load_checkpoint(entry.file, device)
         elif untrained:
             model = create_model(name).to(device).eval()
-            model.checkpoint_metadata = {"untrained": True, "seed": 0}
+            model.weights_info = WeightsInfo(untrained=True, seed=0)
         else:
             raise ConfigError(f"no trained weights are shipped for {name}"
                               + (f" at quality {quality:g}" if quality is not None else "")
@@ -100,15 +100,15 @@ def load_for_stream(data: bytes, device: str | torch.device = "cpu") -> nn.Modul
 
 def describe(model: nn.Module, quality: float | None = None) -> str:
     """"preset qQ": the model and the quality it codes at (or a stream was coded at)."""
-    meta = getattr(model, "checkpoint_metadata", {}) or {}
+    info = model.weights_info
     label = model.config.name
     if quality is None:
         quality = getattr(model, "quality", None)
     if quality is None:
-        quality = meta.get("quality")
+        quality = info.quality
     if quality is not None:
         label += f" q{quality:g}"
-    return label + (" (UNTRAINED: random weights, seed 0)" if meta.get("untrained") else "")
+    return label + (" (UNTRAINED: random weights, seed 0)" if info.untrained else "")
 
 
 def _as_batch_list(images: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -280,10 +280,10 @@ class Prediction:
 
 
 def can_classify(model: nn.Module) -> bool:
-    """Whether a model has a trained classifier: a ViT head, and not trained with alpha = 0
-    (a codec-only run such as tica-photo's, whose head never saw a label)."""
-    meta = getattr(model, "checkpoint_metadata", {}) or {}
-    return hasattr(model, "classify_latent") and meta.get("alpha", 1.0) != 0
+    """Whether a model has a trained classifier: a ViT head that its weights say was trained
+    (`WeightsInfo.classifier_trained`: not for a codec-only run, alpha = 0, whose head never
+    saw a label)."""
+    return hasattr(model, "classify_latent") and model.weights_info.classifier_trained
 
 
 @torch.no_grad()

@@ -349,7 +349,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         elif not args.weights and q is not None:
             model = api.load(args.model, quality=q)
         q = model.quality if variable else (
-            (getattr(model, "checkpoint_metadata", {}) or {}).get("quality", q))
+            model.weights_info.quality or q)        # a rate point is >= 1, never 0
         results.append(evaluate_codec(model, split, quality=q).to_dict())
         if not args.json:
             r = results[-1]

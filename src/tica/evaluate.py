@@ -108,10 +108,9 @@ class LearnedPipeline(Pipeline):
 
     def __init__(self, model, name: str | None = None, quality: float | None = None,
                  classifier=None) -> None:
-        meta = getattr(model, "checkpoint_metadata", {}) or {}
         self.model, self.classifier = model, classifier
         self.name = name or model.config.name
-        self.quality = quality if quality is not None else meta.get("quality")
+        self.quality = quality if quality is not None else model.weights_info.quality
 
     def run(self, x: torch.Tensor) -> Coded:
         q = self.quality if getattr(self.model, "quality_range", None) is not None else None

@@ -34,18 +34,19 @@ from torch import nn
 
 from . import bitstream
 from .checkpoint import atomic_write
-from .entropy.coder import CodingTables, SymbolEncoder
+from .entropy.coder import CodingTables
+from .entropy.payload import clamp_z, encode_payload
 from .errors import CheckpointError, TicaError
 from .models import CompressionModel
 from .models.codec import quality_code
-from .nn.integer import ACT_BITS, ACT_FRAC_BITS, INPUT_BITS, IntegerHyperSynthesis
+from .nn.integer import ACT_BITS, ACT_FRAC_BITS, IntegerHyperSynthesis
 
 OPSET = 17
 
 
 def _gain(model: CompressionModel) -> torch.Tensor | None:
     """A variable-rate model's gain at its current quality, (1, M, 1, 1); None at a fixed rate."""
-    gain, _ = model._gain_pair(model.quality, 1)
+    gain, _ = model.gain_pair(model.quality, 1)
     return None if gain is None else gain.detach().float()
 
 
@@ -61,8 +62,7 @@ class _Analysis(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y = self.g_a(x) * self.gain
-        limit = 2 ** INPUT_BITS - 1
-        return y, torch.round(self.h_a(y)).clamp(-limit, limit)
+        return y, clamp_z(self.h_a(y))
 
 
 def _zero_upsample(x: torch.Tensor) -> torch.Tensor:
@@ -90,7 +90,7 @@ class _HyperIndexes(nn.Module):
 
     def __init__(self, model: CompressionModel) -> None:
         super().__init__()
-        int_h_s: IntegerHyperSynthesis = model._require_update()
+        int_h_s: IntegerHyperSynthesis = model.integer_h_s
         self.specs = []
         for i, layer in enumerate(int_h_s.layers):
             if layer.transposed:      # conv_transpose == conv of the zero-upsampled input
@@ -162,7 +162,7 @@ def export_onnx(model: CompressionModel, out_dir: str | Path, check: bool = True
     variable = model.quality_range is not None
     meta = {"format": "tica-edge", "version": 1, "model": model.config.name,
             "quality": model.quality if variable else
-            (getattr(model, "checkpoint_metadata", {}) or {}).get("quality"),
+            model.weights_info.quality,
             "quality_code": quality_code(model.quality) if variable else None,
             "model_id": f"{model.model_id:04x}", "stride": s, "N": model.config.N,
             "M": model.config.M, "files": {f: _sha256(out / f) for f in
@@ -248,12 +248,10 @@ class EdgeEncoder:
         if image.ndim != 3 or image.shape[0] != 3:
             raise TicaError(f"expected a (3, H, W) image, got {image.shape}")
         z, symbols, _, index = self.latent(image)
-        enc = SymbolEncoder()
-        z_int = z.astype(np.int64)
-        enc.encode(z_int, np.broadcast_to(np.arange(z.shape[0])[:, None, None], z.shape), self.z_tables)
-        enc.encode(symbols.astype(np.int64), index, self.y_tables)
+        payload = encode_payload(z.astype(np.int64), symbols.astype(np.int64), index,
+                                 self.z_tables, self.y_tables)
         codes = None if self.quality_code is None else [self.quality_code]
-        return bitstream.pack(self.model_id, [tuple(image.shape[1:])], [enc.finish()], codes)
+        return bitstream.pack(self.model_id, [tuple(image.shape[1:])], [payload], codes)
 
 
 def _tables(freqs, lengths, offsets) -> CodingTables:

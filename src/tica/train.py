@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .checkpoint import WeightsInfo, atomic_write, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .data import (TrainingData, batch_generator, data_kind, held_out_data, on_device,
                    split_classes, training_data)
@@ -335,14 +335,11 @@ def export_weights(model: nn.Module, ema_state: dict[str, torch.Tensor] | None, 
     export.eval()
     if isinstance(export, CompressionModel) and cfg.step == 2:
         export.update()
-    meta = {"quality": cfg.quality, "alpha": cfg.alpha, "beta": cfg.beta, "step": cfg.step,
-            "train_steps": step, "model": config.name}
-    if isinstance(export, CompressionModel) and config.rate_levels and cfg.step == 2:
-        meta["quality"] = None
-        meta["rate_points"] = cfg.rate_points(config.rate_levels)
-    if not final:
-        meta["interim"] = True
-    save_checkpoint(export, path, meta, half=half)
+    variable = isinstance(export, CompressionModel) and bool(config.rate_levels) and cfg.step == 2
+    info = WeightsInfo(quality=None if variable else cfg.quality, alpha=cfg.alpha, beta=cfg.beta,
+                       step=cfg.step, train_steps=step, model=config.name, interim=not final,
+                       rate_points=cfg.rate_points(config.rate_levels) if variable else None)
+    save_checkpoint(export, path, info, half=half)
 
 
 def _export_all(model, ema_state, cfg: TrainConfig, step: int, final: bool) -> Path:

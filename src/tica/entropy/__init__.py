@@ -1,8 +1,11 @@
-"""Entropy models (factorized density, Gaussian conditional) and the ANS coder wrapper."""
+"""Entropy models (factorized density, Gaussian conditional), the ANS coder wrapper and the
+layout of one image's payload (z, then y)."""
 
 from .coder import CodingTables, SymbolDecoder, SymbolEncoder
 from .factorized import EntropyBottleneck
 from .gaussian import GaussianConditional
+from .payload import PayloadDecoder, clamp_z, decode_payload, encode_payload, encode_z
 
-__all__ = ["CodingTables", "EntropyBottleneck", "GaussianConditional", "SymbolDecoder",
-           "SymbolEncoder"]
+__all__ = ["CodingTables", "EntropyBottleneck", "GaussianConditional", "PayloadDecoder",
+           "SymbolDecoder", "SymbolEncoder", "clamp_z", "decode_payload", "encode_payload",
+           "encode_z"]

@@ -32,12 +32,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import cost
+from ..checkpoint import WeightsInfo
 from ..config import ModelConfig
-from ..entropy import EntropyBottleneck, GaussianConditional, SymbolDecoder, SymbolEncoder
+from ..entropy import EntropyBottleneck, GaussianConditional
 from ..entropy._ops import quantize
+from ..entropy.payload import PayloadDecoder, clamp_z, encode_payload, encode_z
 from ..errors import ConfigError, NotUpdatedError
 from ..nn.conv import analysis, hyper_analysis, hyper_synthesis, nhwc
-from ..nn.integer import INPUT_BITS, IntegerHyperSynthesis
+from ..nn.integer import IntegerHyperSynthesis
 
 Likelihoods = dict[str, torch.Tensor]
 QUALITY_STEPS = 16          # a stream records quality to 1/16: code = round((q - 1) * 16)
@@ -90,6 +92,7 @@ class CompressionModel(nn.Module):
         self._fingerprint: bytes | None = None
         # the quality `compress` uses when none is passed
         self.quality: float | None = default_quality(c.rate_levels) if c.rate_levels else None
+        self.weights_info = WeightsInfo()       # what its checkpoint says (tica.checkpoint)
 
     # ---- shapes -------------------------------------------------------------------------
     def latent_grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
@@ -152,8 +155,10 @@ class CompressionModel(nn.Module):
 
         return interpolate(self.log_gain), interpolate(self.log_inv_gain)
 
-    def _gain_pair(self, quality: float | torch.Tensor | None, batch: int):
-        """(gain, inverse gain) for a batch, or (None, None) for a fixed-rate model."""
+    def gain_pair(self, quality: float | torch.Tensor | None, batch: int
+                  ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(gain, inverse gain) for a batch at `quality` (a number, (B,) per image, or None for
+        the model's default), each (B, M, 1, 1); (None, None) for a fixed-rate model."""
         if not self.config.rate_levels:
             return None, None
         if quality is None:
@@ -178,7 +183,7 @@ class CompressionModel(nn.Module):
         y = self.g_a(nhwc(pad_to(x, self.config.stride))).float()
         if not entropy:
             return y, None
-        gain, inv_gain = self._gain_pair(quality, x.shape[0])
+        gain, inv_gain = self.gain_pair(quality, x.shape[0])
         if gain is not None:
             y = y * gain
         z_hat, z_lik = self.entropy_bottleneck(self.h_a(y), "noise" if self.training else "round")
@@ -222,6 +227,12 @@ class CompressionModel(nn.Module):
         return self._int_h_s
 
     @property
+    def integer_h_s(self) -> IntegerHyperSynthesis:
+        """The exact integer copy of h_s that coding runs (built by `update()`); integer z_hat
+        (B, N, zh, zw) -> (scales, means) (B, 2M, h, w). NotUpdatedError before update()."""
+        return self._require_update()
+
+    @property
     def fingerprint(self) -> bytes:
         """SHA-256 of the config and every tensor: the identity a bitstream is tied to."""
         self._require_update()
@@ -252,11 +263,10 @@ class CompressionModel(nn.Module):
         `dequantize(symbols + means)` is exactly what `decompress` returns."""
         self._require_update()
         y = self.g_a(nhwc(pad_to(x, self.config.stride)))
-        gain, _ = self._gain_pair(self.check_quality(quality), x.shape[0])
+        gain, _ = self.gain_pair(self.check_quality(quality), x.shape[0])
         if gain is not None:
             y = y.float() * gain
-        limit = 2 ** INPUT_BITS - 1
-        z_int = torch.round(self.h_a(y)).clamp(-limit, limit).cpu()
+        z_int = clamp_z(self.h_a(y)).cpu()
         indexes, means = self._hyper_decode(z_int)
         symbols = torch.round(y.float().cpu() - means)
         return z_int, indexes, means, symbols
@@ -264,7 +274,7 @@ class CompressionModel(nn.Module):
     @torch.no_grad()
     def dequantize(self, y_gained: torch.Tensor, quality: float | None = None) -> torch.Tensor:
         """symbols + means -> y_hat as the ViT and g_s see it (the inverse gain applied)."""
-        _, inv_gain = self._gain_pair(self.check_quality(quality), y_gained.shape[0])
+        _, inv_gain = self.gain_pair(self.check_quality(quality), y_gained.shape[0])
         return y_gained if inv_gain is None else y_gained * inv_gain.to(y_gained.device)
 
     @torch.no_grad()
@@ -273,37 +283,20 @@ class CompressionModel(nn.Module):
         _, _, means, symbols = self.analyze(x, quality)
         return self.dequantize(symbols + means, quality)
 
-    def _z_index(self, shape: tuple[int, ...]) -> np.ndarray:
-        """Table index of each z element: its channel."""
-        return np.broadcast_to(np.arange(shape[0])[:, None, None], shape)
-
-    def _encode_z(self, enc: SymbolEncoder, z: np.ndarray) -> None:
-        enc.encode(z, self._z_index(z.shape), self.entropy_bottleneck.tables)
-
     @torch.no_grad()
     def compress(self, x: torch.Tensor, quality: float | None = None) -> list[bytes]:
-        """x (B, 3, H, W) in [0, 1] -> one entropy-coded payload per image (z then y)."""
+        """x (B, 3, H, W) in [0, 1] -> one entropy-coded payload per image (tica.entropy.payload)."""
         z_int, indexes, _, symbols = self.analyze(x, quality)
         z_np, y_np = z_int.long().numpy(), symbols.long().numpy()
-        payloads = []
-        for b in range(x.shape[0]):
-            enc = SymbolEncoder()
-            self._encode_z(enc, z_np[b])
-            enc.encode(y_np[b], indexes[b], self.gaussian_conditional.tables)
-            payloads.append(enc.finish())
-        return payloads
+        return [encode_payload(z_np[b], y_np[b], indexes[b], self.entropy_bottleneck.tables,
+                               self.gaussian_conditional.tables) for b in range(x.shape[0])]
 
     @torch.no_grad()
     def z_bytes(self, x: torch.Tensor, quality: float | None = None) -> list[int]:
         """Bytes the hyper-latent z alone takes in each image's payload (what the side
         information costs)."""
         z_np = self.analyze(x, quality)[0].long().numpy()
-        sizes = []
-        for z in z_np:
-            enc = SymbolEncoder()
-            self._encode_z(enc, z)
-            sizes.append(len(enc.finish()))
-        return sizes
+        return [len(encode_z(z, self.entropy_bottleneck.tables)) for z in z_np]
 
     @torch.no_grad()
     def decompress(self, payloads: list[bytes], image_size: tuple[int, int],
@@ -312,17 +305,11 @@ class CompressionModel(nn.Module):
         CPU, bit-exactly the encoder's. Raises BitstreamError on corrupt payloads."""
         self._require_update()
         h, w = self.latent_grid(image_size)
-        z_shape = (self.config.N, h // 2, w // 2)
-        z_index = self._z_index(z_shape)
-        decoders = [SymbolDecoder(p) for p in payloads]
-        z = [d.decode(z_index, self.entropy_bottleneck.tables).reshape(z_shape) for d in decoders]
-        z_int = torch.from_numpy(np.stack(z)).double()
-        indexes, means = self._hyper_decode(z_int)
-        symbols = []
-        for d, idx in zip(decoders, indexes):
-            symbols.append(d.decode(idx, self.gaussian_conditional.tables).reshape(idx.shape))
-            d.finish()
-        return self.dequantize(torch.from_numpy(np.stack(symbols)).float() + means, quality)
+        reader = PayloadDecoder(payloads)
+        z = reader.decode_z((self.config.N, h // 2, w // 2), self.entropy_bottleneck.tables)
+        indexes, means = self._hyper_decode(torch.from_numpy(z).double())
+        symbols = reader.decode_y(indexes, self.gaussian_conditional.tables)
+        return self.dequantize(torch.from_numpy(symbols).float() + means, quality)
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)

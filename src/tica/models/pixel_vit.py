@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .. import cost
+from ..checkpoint import WeightsInfo
 from ..config import ModelConfig
 from ..errors import ConfigError
 from .codec import pad_to
@@ -19,6 +20,7 @@ class PixelViT(nn.Module):
         self.tokens = PatchTokens(c.patch_size, c.embed_dim)
         self.vit = VisionTransformer(c.embed_dim, c.depth, c.num_heads, c.mlp_ratio,
                                      c.drop_path, c.num_classes, c.latent_grid)
+        self.weights_info = WeightsInfo()       # what its checkpoint says (tica.checkpoint)
 
     def forward(self, x: torch.Tensor) -> dict:
         return {"logits": self.classify_pixels(x)}

@@ -84,7 +84,7 @@ def run_report(options: ReportOptions) -> Path:
 def load_classifier() -> torch.nn.Module:
     """The CIFAR-10 pixel ViT behind every codec -> decode -> ViT pipeline."""
     classifier = api.load(CLASSIFIER)
-    if (getattr(classifier, "checkpoint_metadata", {}) or {}).get("untrained"):
+    if classifier.weights_info.untrained:
         print(f"warning: {CLASSIFIER} has no trained weights here: its numbers mean nothing",
               file=sys.stderr)
     return classifier

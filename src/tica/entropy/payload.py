@@ -1,0 +1,87 @@
+"""The layout of one image's entropy-coded payload: written here once, for the model's
+`compress` / `decompress` and for the edge encoder (tica.export) alike.
+
+    z  (N, zh, zw)  the hyper-latent, rounded and clamped to +-Z_LIMIT (the integer h_s's
+                    input range), each element coded with the factorized table of its channel
+    y  (M, h, w)    the symbols round(y - mean), each coded with the Gaussian table that the
+                    integer h_s picks for it from z
+
+z comes first: the decoder reads z, runs the exact integer h_s on it to learn y's tables and
+means, then reads y (`PayloadDecoder` keeps those two steps apart so the h_s runs once for a
+whole batch).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..nn.integer import INPUT_BITS
+from .coder import CodingTables, SymbolDecoder, SymbolEncoder
+
+Z_LIMIT = 2 ** INPUT_BITS - 1       # |z| the integer h_s accepts
+
+
+def clamp_z(z: torch.Tensor) -> torch.Tensor:
+    """h_a's output -> the integer z a payload codes (a float tensor of integers)."""
+    return torch.round(z).clamp(-Z_LIMIT, Z_LIMIT)
+
+
+def z_index(shape: tuple[int, ...]) -> np.ndarray:
+    """Table index of each element of one image's z (N, zh, zw): its channel."""
+    return np.broadcast_to(np.arange(shape[0])[:, None, None], shape)
+
+
+def _write_z(enc: SymbolEncoder, z: np.ndarray, z_tables: CodingTables) -> None:
+    enc.encode(np.asarray(z, np.int64), z_index(z.shape), z_tables)
+
+
+def encode_payload(z: np.ndarray, symbols: np.ndarray, y_index: np.ndarray,
+                   z_tables: CodingTables, y_tables: CodingTables) -> bytes:
+    """One image's payload: z (N, zh, zw) integers, then y's symbols (M, h, w) with their
+    table indexes (M, h, w)."""
+    enc = SymbolEncoder()
+    _write_z(enc, z, z_tables)
+    enc.encode(np.asarray(symbols, np.int64), y_index, y_tables)
+    return enc.finish()
+
+
+def encode_z(z: np.ndarray, z_tables: CodingTables) -> bytes:
+    """z (N, zh, zw) coded alone, as it opens a payload: what the side information costs."""
+    enc = SymbolEncoder()
+    _write_z(enc, z, z_tables)
+    return enc.finish()
+
+
+class PayloadDecoder:
+    """Reads the payloads of a batch of images of one size in the two steps the layout needs:
+    `decode_z`, then (once the integer h_s has turned z into y's table indexes) `decode_y`.
+    Raises BitstreamError on a corrupt payload."""
+
+    def __init__(self, payloads: Sequence[bytes]) -> None:
+        self._decoders = [SymbolDecoder(p) for p in payloads]
+
+    def decode_z(self, shape: tuple[int, int, int], z_tables: CodingTables) -> np.ndarray:
+        """z of every image, (B, N, zh, zw) int64, for z of `shape` (N, zh, zw)."""
+        index = z_index(shape)
+        return np.stack([d.decode(index, z_tables).reshape(shape) for d in self._decoders])
+
+    def decode_y(self, y_index: np.ndarray, y_tables: CodingTables) -> np.ndarray:
+        """y's symbols of every image, (B, M, h, w) int64, given their table indexes of the
+        same shape; checks that each payload ends there."""
+        symbols = []
+        for d, idx in zip(self._decoders, y_index):
+            symbols.append(d.decode(idx, y_tables).reshape(idx.shape))
+            d.finish()
+        return np.stack(symbols)
+
+
+def decode_payload(payload: bytes, z_shape: tuple[int, int, int], z_tables: CodingTables,
+                   y_tables: CodingTables, y_index_of) -> tuple[np.ndarray, np.ndarray]:
+    """One payload -> (z (N, zh, zw), symbols (M, h, w)); `y_index_of` maps z (1, N, zh, zw)
+    to y's table indexes (1, M, h, w), as the integer h_s does."""
+    reader = PayloadDecoder([payload])
+    z = reader.decode_z(z_shape, z_tables)
+    return z[0], reader.decode_y(y_index_of(z), y_tables)[0]

@@ -1,0 +1,128 @@
+"""The service's routes. Each reads what the app was built with from `request.app.state`:
+config (ServeConfig), budget, models (ModelSet), batcher (MicroBatcher), metrics (Metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import torch
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+
+from .. import api, bitstream
+from ..bitstream import Stream
+from ..errors import ImageError
+from ..image import decode_image, encode_png
+from .batcher import within
+from .http import HTTPError, read_body
+
+router = APIRouter()
+
+_BINARY = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+           "required": True}
+_IMAGE = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                      "image/png": {"schema": {"type": "string", "format": "binary"}},
+                      "image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+          "required": True}
+
+
+async def _parsed(request: Request):
+    """The bitstream of a request, checked against the limits, and the served model it names:
+    (body bytes, Stream, Served)."""
+    state = request.app.state
+    data = await read_body(request, state.config.max_body_bytes)
+    stream = bitstream.unpack(data, state.config.limits)
+    served = state.models.for_stream(stream)
+    state.metrics.received(len(data), len(stream.payloads))
+    return data, stream, served
+
+
+@router.post("/v1/classify", openapi_extra={"requestBody": _BINARY},
+             summary="Top-k classes of every image of a tica bitstream, without decoding pixels")
+async def classify(request: Request, top_k: int = Query(5, ge=1, le=1000)) -> dict:
+    data, stream, served = await _parsed(request)
+    if not api.can_classify(served.model):
+        raise HTTPError(422, "NoClassifier", f"{served.label} has no trained classifier")
+    request.app.state.budget.check(served.model, stream.sizes, ("classify",))
+    logits = await request.app.state.batcher.run(("classify", served.model.model_id), stream)
+    predictions = api.top_k(served.model, torch.stack(logits), top_k)
+    qualities = api.stream_qualities(stream)
+    return {"model": api.describe(served.model, qualities[0]),
+            "model_id": f"{stream.model_id:04x}", "bytes": len(data),
+            "images": [{"size": list(size), "bytes": len(payload),
+                        "bpp": 8 * len(payload) / (size[0] * size[1]),
+                        "top": [{"label": p.label, "index": p.index, "prob": round(p.prob, 6)}
+                                for p in preds]}
+                       for size, payload, preds in zip(stream.sizes, stream.payloads, predictions)]}
+
+
+@router.post("/v1/reconstruct", openapi_extra={"requestBody": _BINARY},
+             response_class=Response, responses={200: {"content": {"image/png": {}}}},
+             summary="Decode one image of a tica bitstream to PNG")
+async def reconstruct(request: Request, index: int = Query(0, ge=0)) -> Response:
+    data, stream, served = await _parsed(request)
+    if index >= len(stream.payloads):
+        raise HTTPError(422, "BadIndex", f"index {index}: the stream holds {len(stream.payloads)} image(s)")
+    one = stream.subset([index])
+    request.app.state.budget.check(served.model, one.sizes, ("reconstruct",))
+    image = (await request.app.state.batcher.run(("reconstruct", served.model.model_id), one))[0]
+    return Response(encode_png(image), media_type="image/png",
+                    headers={"X-Tica-Model": api.describe(
+                        served.model, api.stream_qualities(one)[0])})
+
+
+@router.post("/v1/encode", openapi_extra={"requestBody": _IMAGE}, response_class=Response,
+             responses={200: {"content": {"application/octet-stream": {}}}},
+             summary="Encode an image file (PNG, JPEG, WebP, ...) into a tica bitstream")
+async def encode(request: Request, quality: float | None = Query(None, ge=0, le=1000),
+                 model: str | None = Query(None, description=(
+                     "a served preset; none: the one that suits the image "
+                     "(tica.api.choose_model) when the server serves 'auto'"))) -> Response:
+    config, models = request.app.state.config, request.app.state.models
+    served, q = models.for_quality(quality, model)        # a bad name or quality: before reading
+    body = await read_body(request, config.max_upload_bytes)
+    image = decode_image(body, max_pixels=config.max_pixels)
+    if max(image.shape[1:]) > config.max_side:
+        raise ImageError(f"image side {max(image.shape[1:])} exceeds {config.max_side}")
+    if model is None and models.auto:
+        served, q = models.for_quality(quality, api.choose_model([tuple(image.shape[1:])]))
+    stream = await within(config.deadline_s, asyncio.to_thread(
+        api.compress, served.model, image, q, budget=request.app.state.budget))
+    pixels = image.shape[1] * image.shape[2]
+    return Response(stream, media_type="application/octet-stream", headers={
+        "X-Tica-Model": api.describe(served.model, q), "X-Tica-Bytes": str(len(stream)),
+        "X-Tica-Bpp": f"{8 * len(stream) / pixels:.4f}", "X-Tica-Input-Bytes": str(len(body)),
+        "Access-Control-Expose-Headers": "X-Tica-Model, X-Tica-Bytes, X-Tica-Bpp, X-Tica-Input-Bytes"})
+
+
+@router.get("/v1/models", summary="The models this server decodes")
+async def list_models(request: Request) -> dict:
+    config, models = request.app.state.config, request.app.state.models
+    return {"models": models.describe(), "limits": {
+        "max_body_bytes": config.max_body_bytes, "max_upload_bytes": config.max_upload_bytes,
+        "max_side": config.max_side, "max_pixels": config.max_pixels,
+        "max_images": config.max_images, "max_gflop": config.max_gflop},
+        "auto": {"on": models.auto, "small_side": api.SMALL_IMAGE_SIDE,
+                 "small": api.SMALL_IMAGE_MODEL, "large": api.PHOTO_MODEL},
+        "batching": {"on": config.batching, "window_ms": config.batch_window_ms,
+                     "max_images": config.max_batch_images,
+                     "max_gflop": config.max_batch_gflop},
+        "deadline_s": config.deadline_s}
+
+
+@router.get("/healthz", summary="Liveness")
+async def healthz(request: Request) -> dict:
+    return {"status": "ok", "models": len(request.app.state.models.by_id)}
+
+
+@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+async def prometheus(request: Request) -> PlainTextResponse:
+    state = request.app.state
+    return PlainTextResponse(state.metrics.render(state.batcher.stats),
+                             media_type="text/plain; version=0.0.4")
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def demo() -> HTMLResponse:
+    return HTMLResponse((Path(__file__).parent / "demo.html").read_text())
