@@ -70,7 +70,7 @@ def _counted_gflop(fn) -> float:
     ("tica-cifar", {}, (32, 32)), ("tica-cifar", {}, (40, 72)),
     ("tica-cifar", {"act": "gdn", "res_blocks": 1}, (32, 48)), ("tica-cifar", {"fam": False}, (32, 32)),
     ("hyperprior-cifar", {}, (32, 32)), ("tica-photo", {}, (96, 160)),
-    ("tica-cifar", {}, (96, 160)),                     # 24x40 tokens: attention in 8x8 windows
+    ("tica-cifar", {}, (256, 320)),                    # 64x80 tokens: attention in 8x8 windows
 ])
 def test_estimate_matches_counted_flops(name, overrides, size, monkeypatch):
     """With the float64 and symbol weights at 1 and 0, the estimate is exactly the
@@ -275,7 +275,7 @@ def test_server_answers_413_before_decoding(client, cifar, cifar_images):
     # /v1/classify reads every image of the stream; /v1/reconstruct one, and the largest the
     # server takes (4 Mpixel) fits the default budget with windowed attention: a server with
     # a lower budget refuses it
-    with TestClient(create_app(ServeConfig(batch_window_ms=1, max_gflop=500)),
+    with TestClient(create_app(ServeConfig(batch_window_ms=1, max_gflop=100)),
                     raise_server_exceptions=False) as strict:
         for server, path, data, size in [
                 (client, "/v1/classify", crafted(cifar, *RUNAWAY), 2048),

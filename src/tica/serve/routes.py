@@ -11,7 +11,6 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from .. import api, bitstream
-from ..bitstream import Stream
 from ..errors import ImageError
 from ..image import decode_image, encode_png
 from .batcher import within
