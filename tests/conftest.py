@@ -15,6 +15,8 @@ from PIL import Image
 
 from tica.image import decode_image
 
+from _server import ServerProcess
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("TICA_DATA", REPO.parent / "shared" / "data"))
 
@@ -100,7 +102,6 @@ def archive(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def live_server():
     """`tica serve` in its own process on a free loopback port: its URL."""
-    from tica.serve.run import ServerProcess
     server = ServerProcess()
     yield server.url
     server.stop()
