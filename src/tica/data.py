@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import TicaError
+from .extras import require
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff"}
 
@@ -256,7 +257,7 @@ class DeviceCrops:
 def write_shards(data: str | Path, split: str, out_dir: str | Path, per_shard: int = 10000) -> list[Path]:
     """Write an ImageFolder split as WebDataset tar shards (`{key}.jpg|png`, `{key}.cls`),
     the layout to put ImageNet-scale data on shared or object storage."""
-    import webdataset as wds
+    wds = require("webdataset", "train", "writing WebDataset shards")
 
     root = resolve_split(data, split)
     files, labels, classes = _list_images(root)
@@ -276,7 +277,7 @@ def write_shards(data: str | Path, split: str, out_dir: str | Path, per_shard: i
 
 def read_shards(paths: list[str | Path]):
     """Iterate (uint8 image (3, H, W), label) over WebDataset shards."""
-    import webdataset as wds
+    wds = require("webdataset", "train", "reading WebDataset shards")
 
     for sample in wds.WebDataset([str(p) for p in paths], shardshuffle=False):
         key = next(k for k in sample if k.lstrip(".") in {s.lstrip(".") for s in IMAGE_SUFFIXES})

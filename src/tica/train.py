@@ -31,6 +31,7 @@ from .config import ModelConfig, TrainConfig
 from .data import (DeviceCrops, RandomCrops, augment, held_out_split, load_split, read_shards,
                    split_classes, synthetic_split)
 from .errors import CheckpointError, ConfigError, TicaError
+from .extras import require
 from .losses import cosine_lr, rda_loss
 from .models import CompressionModel
 from .registry import build_model, find_weights, get_config
@@ -669,7 +670,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
     progress = None
     if main and cfg.progress:
-        from tqdm import tqdm
+        tqdm = require("tqdm", "train", "the progress bar (TrainConfig.progress)").tqdm
         progress = tqdm(total=last_step, initial=start_step, desc=f"step {cfg.step} {model.config.name}",
                         unit="it", mininterval=2.0, dynamic_ncols=True)
     window, run_start, step, stopped = _Window(), time.perf_counter(), start_step, None

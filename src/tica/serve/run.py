@@ -1,26 +1,32 @@
-"""Start the server with uvicorn; several workers each build the app from the same config."""
+"""Start the server with uvicorn; several workers each build the app from the same config.
+The web framework comes with the `serve` extra and is imported only here, on first use."""
 
 from __future__ import annotations
 
 import json
 import os
-
-from fastapi import FastAPI
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
-from .app import ServeConfig, create_app
+from ..extras import require
+from .config import ServeConfig
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 _ENV = "TICA_SERVE_CONFIG"
 
 
 def app_from_env() -> FastAPI:
     """The app factory uvicorn's workers call: the config travels as JSON in the environment."""
+    from .app import create_app
+
     return create_app(ServeConfig(**json.loads(os.environ.get(_ENV, "{}"))))
 
 
 def serve(config: dict, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
-    import uvicorn
-
+    require("fastapi", "serve", "tica serve")
+    uvicorn = require("uvicorn", "serve", "tica serve")
     ServeConfig(**config).budget               # fail here, not in every worker
     if workers < 1:
         raise ConfigError("--workers must be at least 1")
