@@ -1,4 +1,5 @@
-"""The `tica` command, end to end and in-process, on real Kodak and CIFAR-10 images."""
+"""The `tica` command, end to end and in-process, on photograph-sized and CIFAR-sized images
+the tests make (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ def _json(capsys) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_encode_classify_decode_kodak(tmp_path, kodak_path, capsys):
+def test_encode_classify_decode_a_photo(tmp_path, photo_path, capsys):
     stream, out = tmp_path / "k.tica", tmp_path / "k.png"
-    assert main(["encode", str(kodak_path), "-o", str(stream), "--model", "tica-photo", "--json"]) == 0
+    assert main(["encode", str(photo_path), "-o", str(stream), "--model", "tica-photo", "--json"]) == 0
     enc = _json(capsys)
     assert enc["bytes"] == stream.stat().st_size and enc["images"] == 1
     assert enc["bpp"] == pytest.approx(8 * enc["bytes"] / (768 * 512))
@@ -75,7 +76,7 @@ def _one_line_error(capsys) -> str:
     return err
 
 
-def test_bad_inputs_exit_non_zero_with_one_line(tmp_path, kodak_path, capsys):
+def test_bad_inputs_exit_non_zero_with_one_line(tmp_path, photo_path, capsys):
     not_image = tmp_path / "notes.png"
     not_image.write_text("hello")
     assert main(["encode", str(not_image), "-o", str(tmp_path / "x.tica")]) == 1
@@ -83,7 +84,7 @@ def test_bad_inputs_exit_non_zero_with_one_line(tmp_path, kodak_path, capsys):
     assert not (tmp_path / "x.tica").exists()
     assert main(["encode", str(tmp_path / "missing.png"), "-o", str(tmp_path / "x.tica")]) == 1
     assert "cannot read" in _one_line_error(capsys)
-    assert main(["info", str(kodak_path)]) == 1
+    assert main(["info", str(photo_path)]) == 1
     assert "bad magic" in _one_line_error(capsys)
     assert main(["classify", str(tmp_path / "missing.tica")]) == 1
     _one_line_error(capsys)
