@@ -62,12 +62,36 @@ def test_cifar_batch_through_the_cli(tmp_path, cifar_samples, capsys):
     assert info["container_bytes"] == 12 and info["qualities"] == [6.0]    # the default point
 
 
-@pytest.mark.parametrize("command", ["encode", "decode", "classify", "info"])
-def test_every_subcommand_has_help(command, capsys):
+def _help(argv: list[str], capsys) -> str:
     with pytest.raises(SystemExit) as exc:
-        main([command, "--help"])
+        main([*argv, "--help"])
     assert exc.value.code == 0
-    assert "usage: tica " + command in capsys.readouterr().out
+    return capsys.readouterr().out
+
+
+def test_help_lists_every_subcommand(capsys):
+    out = _help([], capsys)
+    assert out.startswith("usage: tica ")
+    listed = re.findall(r"^    (\w+)\s{2,}\S", out, re.MULTILINE)
+    assert listed == ["encode", "decode", "classify", "serve", "export", "info", "train", "eval",
+                      "shards"]
+
+
+MODEL_FLAGS = ["--model", "--weights", "--quality", "--untrained", "--max-gflop"]
+
+
+@pytest.mark.parametrize("command, flags", [
+    ("encode", ["IMG", "-o OUT.tica", "--output", "--json", "--target-bpp X", *MODEL_FLAGS]),
+    ("decode", ["IN.tica", "-o OUT.png", "--output", *MODEL_FLAGS]),
+    ("classify", ["IN.tica", "--top-k K", "--server URL", "--json", *MODEL_FLAGS]),
+    ("info", ["IN.tica", "--json"]),
+    ("serve", ["--host", "--port", "--model", "--weights", "--workers", "--threads",
+               "--no-batching", "--max-gflop", "--max-body-bytes", "--max-images"]),
+])
+def test_every_subcommand_has_help(command, flags, capsys):
+    out = _help([command], capsys)
+    assert out.startswith("usage: tica " + command)
+    assert [f for f in flags if f not in out] == []
 
 
 def _one_line_error(capsys) -> str:
