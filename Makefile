@@ -3,14 +3,13 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test test-all bench report clean
+.PHONY: setup run test test-all wheel bench report clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	# torch first and pinned: an unpinned resolve would pull a CUDA build of several GB.
-	$(VENV)/bin/pip install --quiet torch==2.13.0
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	# constraints.txt pins torch: an unpinned resolve would pull a CUDA build of several GB.
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -24,6 +23,13 @@ test: setup
 test-all: setup
 	$(VENV)/bin/python -m pytest -q -m ''
 
+# the wheel a user installs, checked: its size, the weights the manifest lists, the demo page,
+# and nothing from tests/, benchmarks/ or the venv
+wheel: setup
+	rm -rf build
+	$(VENV)/bin/pip wheel --quiet --no-deps . -w build/wheel
+	$(VENV)/bin/python scripts/check_wheel.py build/wheel/tica-*.whl
+
 bench: setup
 	$(VENV)/bin/python benchmarks/codec_speed.py
 
@@ -32,4 +38,4 @@ report: setup
 	$(VENV)/bin/python benchmarks/run_all.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache build

@@ -41,7 +41,8 @@ import tica
 from tica.cost import DEFAULT_MAX_GFLOP
 from tica.data import load_split
 from tica.serve import ServeConfig
-from tica.serve.run import ServerProcess
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _server import ServerProcess  # noqa: E402  (the tests' server launcher, one copy)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

@@ -7,6 +7,7 @@ import torch
 
 import tica
 from tica.bench import classify_paths, count_macs, interleaved_median_ms
+from tica.evaluate import classify_pixels, quantize_8bit
 
 
 def test_macs_are_counted_exactly():
@@ -16,14 +17,29 @@ def test_macs_are_counted_exactly():
     assert count_macs(lambda: conv(torch.zeros(1, 3, 10, 10))) == 10 * 10 * 8 * 3 * 9
 
 
-def test_interleaved_timing_returns_every_path():
-    ms = interleaved_median_ms({"a": lambda: sum(range(1000)), "b": lambda: None}, repeats=3)
-    assert set(ms) == {"a", "b"} and ms["a"] > ms["b"] >= 0
+def test_interleaved_timing_takes_the_median_of_interleaved_runs(monkeypatch):
+    """On a fake clock each call advances by a known amount: the result is exactly the median
+    of the timed runs (the warm-up not among them), and the paths take turns."""
+    import tica.bench
+    clock, calls = [0.0], []
+    costs = {"a": iter([9.0, 3.0, 5.0, 4.0]), "b": iter([9.0, 1.0, 1.0, 7.0])}   # s; first: warm-up
+
+    def path(key):
+        def run():
+            calls.append(key)
+            clock[0] += next(costs[key])
+        return run
+
+    monkeypatch.setattr(tica.bench.time, "perf_counter", lambda: clock[0])
+    ms = interleaved_median_ms({"a": path("a"), "b": path("b")}, repeats=3)
+    assert ms == {"a": 4000.0, "b": 1000.0}
+    assert calls == ["a", "b"] + ["a", "b"] * 3
 
 
 def test_classify_from_bitstream_skips_the_decoder(tica_cifar, hyperprior_cifar):
     classifier = tica.create_model("vit-pixel-cifar").eval()
-    rows = classify_paths(tica_cifar, torch.rand(2, 3, 32, 32), classifier, "test", repeats=1,
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    rows = classify_paths(tica_cifar, images, classifier, "test", repeats=1,
                           decoders={"hp": hyperprior_cifar})
     by_path = {r.path: r for r in rows}
     assert set(by_path) == {"classify from bitstream", "decode (tica-cifar) + pixel ViT",
@@ -34,4 +50,12 @@ def test_classify_from_bitstream_skips_the_decoder(tica_cifar, hyperprior_cifar)
     g_s = count_macs(lambda: tica_cifar.g_s(torch.zeros(1, D, 8, 8))) / 1e9
     assert by_path["decode (tica-cifar) + pixel ViT"].gmacs_per_image > own + g_s
     assert by_path["decode (hp) + pixel ViT"].gmacs_per_image > own
-    assert all(r.ms_per_image > 0 for r in rows)
+    # the counts are exact: the stream's classification, and decoding plus the pixel ViT
+    stream = tica.compress(tica_cifar, images)
+    n = len(images)
+    assert own == count_macs(lambda: tica.classify_logits(tica_cifar, stream)) / n / 1e9
+    x_hat = quantize_8bit(torch.stack(tica.reconstruct(tica_cifar, stream)))
+    decode = count_macs(lambda: tica.reconstruct(tica_cifar, stream)) + \
+        count_macs(lambda: classify_pixels(classifier, x_hat))
+    assert by_path["decode (tica-cifar) + pixel ViT"].gmacs_per_image == pytest.approx(decode / n / 1e9)
+    assert all(r.setting == "test" and r.ms_per_image > 0 for r in rows)

@@ -182,10 +182,10 @@ def test_choose_model_by_image_size():
     assert tica.choose_model([(32, 32), (32, 100)]) == "tica-photo"   # one stream, one model
 
 
-def test_encode_with_no_model_picks_and_says_so(tmp_path, kodak_path, capsys):
+def test_encode_with_no_model_picks_and_says_so(tmp_path, photo_path, capsys):
     small, large = tmp_path / "small.png", tmp_path / "large.png"
     Image.new("RGB", (32, 32), (120, 130, 140)).save(small)
-    with Image.open(kodak_path) as img:
+    with Image.open(photo_path) as img:
         img.crop((0, 0, 512, 384)).save(large)
     assert main(["encode", str(small), "-o", str(tmp_path / "s.tica"), "--json"]) == 0
     out, err = capsys.readouterr()
@@ -294,11 +294,11 @@ def test_server_answers_413_before_decoding(client, cifar, cifar_images):
     assert client.get("/v1/models").json()["limits"]["max_gflop"] == 2000
 
 
-def test_server_encode_picks_the_model_for_the_image(client, cifar, photo, kodak_path):
+def test_server_encode_picks_the_model_for_the_image(client, cifar, photo, photo_path):
     small = _png(Image.new("RGB", (32, 32), (200, 10, 10)))
     r = client.post("/v1/encode", content=small, headers=OCTET)
     assert r.status_code == 200 and r.headers["X-Tica-Model"] == api.describe(cifar)
-    with Image.open(kodak_path) as img:
+    with Image.open(photo_path) as img:
         large = _png(img.crop((0, 0, 512, 384)))
     r = client.post("/v1/encode", content=large, headers=OCTET)
     assert r.status_code == 200 and r.headers["X-Tica-Model"] == api.describe(photo)

@@ -1,4 +1,5 @@
-"""The `tica` command, end to end and in-process, on real Kodak and CIFAR-10 images."""
+"""The `tica` command, end to end and in-process, on photograph-sized and CIFAR-sized images
+the tests make (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ def _json(capsys) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_encode_classify_decode_kodak(tmp_path, kodak_path, capsys):
+def test_encode_classify_decode_a_photo(tmp_path, photo_path, capsys):
     stream, out = tmp_path / "k.tica", tmp_path / "k.png"
-    assert main(["encode", str(kodak_path), "-o", str(stream), "--model", "tica-photo", "--json"]) == 0
+    assert main(["encode", str(photo_path), "-o", str(stream), "--model", "tica-photo", "--json"]) == 0
     enc = _json(capsys)
     assert enc["bytes"] == stream.stat().st_size and enc["images"] == 1
     assert enc["bpp"] == pytest.approx(8 * enc["bytes"] / (768 * 512))
@@ -61,12 +62,36 @@ def test_cifar_batch_through_the_cli(tmp_path, cifar_samples, capsys):
     assert info["container_bytes"] == 12 and info["qualities"] == [6.0]    # the default point
 
 
-@pytest.mark.parametrize("command", ["encode", "decode", "classify", "info"])
-def test_every_subcommand_has_help(command, capsys):
+def _help(argv: list[str], capsys) -> str:
     with pytest.raises(SystemExit) as exc:
-        main([command, "--help"])
+        main([*argv, "--help"])
     assert exc.value.code == 0
-    assert "usage: tica " + command in capsys.readouterr().out
+    return capsys.readouterr().out
+
+
+def test_help_lists_every_subcommand(capsys):
+    out = _help([], capsys)
+    assert out.startswith("usage: tica ")
+    listed = re.findall(r"^    (\w+)\s{2,}\S", out, re.MULTILINE)
+    assert listed == ["encode", "decode", "classify", "serve", "export", "info", "train", "eval",
+                      "shards"]
+
+
+MODEL_FLAGS = ["--model", "--weights", "--quality", "--untrained", "--max-gflop"]
+
+
+@pytest.mark.parametrize("command, flags", [
+    ("encode", ["IMG", "-o OUT.tica", "--output", "--json", "--target-bpp X", *MODEL_FLAGS]),
+    ("decode", ["IN.tica", "-o OUT.png", "--output", *MODEL_FLAGS]),
+    ("classify", ["IN.tica", "--top-k K", "--server URL", "--json", *MODEL_FLAGS]),
+    ("info", ["IN.tica", "--json"]),
+    ("serve", ["--host", "--port", "--model", "--weights", "--workers", "--threads",
+               "--no-batching", "--max-gflop", "--max-body-bytes", "--max-images"]),
+])
+def test_every_subcommand_has_help(command, flags, capsys):
+    out = _help([command], capsys)
+    assert out.startswith("usage: tica " + command)
+    assert [f for f in flags if f not in out] == []
 
 
 def _one_line_error(capsys) -> str:
@@ -75,7 +100,7 @@ def _one_line_error(capsys) -> str:
     return err
 
 
-def test_bad_inputs_exit_non_zero_with_one_line(tmp_path, kodak_path, capsys):
+def test_bad_inputs_exit_non_zero_with_one_line(tmp_path, photo_path, capsys):
     not_image = tmp_path / "notes.png"
     not_image.write_text("hello")
     assert main(["encode", str(not_image), "-o", str(tmp_path / "x.tica")]) == 1
@@ -83,7 +108,7 @@ def test_bad_inputs_exit_non_zero_with_one_line(tmp_path, kodak_path, capsys):
     assert not (tmp_path / "x.tica").exists()
     assert main(["encode", str(tmp_path / "missing.png"), "-o", str(tmp_path / "x.tica")]) == 1
     assert "cannot read" in _one_line_error(capsys)
-    assert main(["info", str(kodak_path)]) == 1
+    assert main(["info", str(photo_path)]) == 1
     assert "bad magic" in _one_line_error(capsys)
     assert main(["classify", str(tmp_path / "missing.tica")]) == 1
     _one_line_error(capsys)
@@ -110,7 +135,6 @@ def test_bad_inputs_exit_non_zero_with_one_line(tmp_path, kodak_path, capsys):
 
 
 def test_shipped_rate_points_are_found_from_the_stream(tmp_path, cifar_samples, capsys):
-    from tica.registry import standard_qualities
     qualities = standard_qualities("tica-cifar")
     if len(qualities) < 2:
         pytest.skip("needs at least two shipped tica-cifar rate points")

@@ -26,7 +26,7 @@ def test_latent_round_trip_is_bit_exact(request, fixture, cifar_images):
     assert bitstream.pack(stream.model_id, list(stream.sizes), list(stream.payloads)) == data
 
 
-def test_mixed_sizes_in_one_stream(tica_cifar, kodak_path):
+def test_mixed_sizes_in_one_stream(tica_cifar):
     images = [torch.rand(3, 37, 45), torch.rand(3, 1, 1), torch.rand(3, 32, 32), torch.rand(3, 37, 45)]
     data = tica.compress(tica_cifar, images)
     assert tica.inspect(data)["sizes"] == [[37, 45], [1, 1], [32, 32], [37, 45]]
@@ -121,9 +121,9 @@ def test_stream_from_one_process_decodes_bit_exactly_in_another(
     assert not np.array_equal(symbols, np.zeros_like(symbols)) and means.shape == symbols.shape
 
 
-def test_kodak_image_round_trip_with_the_photo_preset(tica_photo, kodak_path):
+def test_photo_round_trip_with_the_photo_preset(tica_photo, photo_path):
     from tica.image import load_image
-    img = load_image(kodak_path)
+    img = load_image(photo_path)
     data = tica.compress(tica_photo, img)
     info = tica.inspect(data)
     assert info["sizes"] == [[512, 768]] and info["container_bytes"] == 13
@@ -132,6 +132,7 @@ def test_kodak_image_round_trip_with_the_photo_preset(tica_photo, kodak_path):
     assert torch.equal(y, tica_photo.latent(img[None]))
 
 
+@pytest.mark.real_data("kodak/kodim23.png")
 def test_trained_payload_is_within_one_percent_of_the_models_estimate(kodak_path):
     """The shipped weights on a realistic input: real bytes vs the model's -sum(log2 p)."""
     from tica.image import load_image

@@ -14,8 +14,8 @@ from tica.errors import TicaError
 
 
 @pytest.fixture(scope="module")
-def crop(kodak_path) -> np.ndarray:
-    return np.asarray(Image.open(kodak_path).convert("RGB"))[200:264, 300:364].copy()
+def crop(photo_path) -> np.ndarray:
+    return np.asarray(Image.open(photo_path).convert("RGB"))[200:264, 300:364].copy()
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -36,7 +36,7 @@ def test_demo_page_encodes_classifies_and_decodes(live_server, browser, tmp_path
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    data, label = cifar_samples[16]                      # a ship
+    data, label = cifar_samples[16]                      # a made-up "ship"
     image = tmp_path / "ship.jpg"
     image.write_bytes(data)
     browser.get(live_server + "/")
@@ -62,7 +62,7 @@ def test_demo_page_encodes_classifies_and_decodes(live_server, browser, tmp_path
     assert "decoded from" in browser.find_element(By.ID, "decoded-caption").text
 
 
-def test_demo_page_picks_the_model_for_the_image(live_server, browser, tmp_path, kodak_path):
+def test_demo_page_picks_the_model_for_the_image(live_server, browser, tmp_path, photo_path):
     """The default entry lets the server pick (tica.api.choose_model): a photograph goes to
     tica-photo; a codec-only model shows its reconstruction and says it has no classes."""
     from PIL import Image
@@ -70,7 +70,7 @@ def test_demo_page_picks_the_model_for_the_image(live_server, browser, tmp_path,
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     image = tmp_path / "photo.png"
-    with Image.open(kodak_path) as img:
+    with Image.open(photo_path) as img:
         img.crop((0, 0, 256, 192)).save(image)
     browser.get(live_server + "/")
     wait = WebDriverWait(browser, 60)

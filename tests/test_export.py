@@ -46,12 +46,12 @@ def test_edge_streams_decode_bit_exactly_on_the_server(cifar_export, cifar_image
     assert differing <= 6          # float32 g_a may move a rare value across a rounding edge
 
 
-def test_hyper_network_is_exact_at_photo_size(tmp_path, tica_photo, kodak_path):
+def test_hyper_network_is_exact_at_photo_size(tmp_path, tica_photo, photo_path):
     from tica.image import load_image
     meta = export_onnx(tica_photo, tmp_path)
     assert meta["check"]["index_equal"] and meta["check"]["mean_equal"]
     encoder = EdgeEncoder(tmp_path)
-    image = load_image(kodak_path)[:, :200, :330]                 # not a multiple of the stride
+    image = load_image(photo_path)[:, :200, :330]                 # not a multiple of the stride
     z, _, y_hat, index = encoder.latent(image.numpy())
     z_int, indexes, means, _ = tica_photo.analyze(image[None])
     # given the same z, the ONNX indexes and means equal the exact integer h_s's

@@ -28,6 +28,7 @@ from PIL import Image
 
 from .config import DEFAULT_EPOCH_SIZE, TrainConfig
 from .errors import ConfigError, TicaError
+from .extras import require
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff"}
 
@@ -259,7 +260,7 @@ class DeviceCrops:
 def write_shards(data: str | Path, split: str, out_dir: str | Path, per_shard: int = 10000) -> list[Path]:
     """Write an ImageFolder split as WebDataset tar shards (`{key}.jpg|png`, `{key}.cls`),
     the layout to put ImageNet-scale data on shared or object storage."""
-    import webdataset as wds
+    wds = require("webdataset", "train", "writing WebDataset shards")
 
     root = resolve_split(data, split)
     files, labels, classes = _list_images(root)
@@ -279,7 +280,7 @@ def write_shards(data: str | Path, split: str, out_dir: str | Path, per_shard: i
 
 def read_shards(paths: list[str | Path]):
     """Iterate (uint8 image (3, H, W), label) over WebDataset shards."""
-    import webdataset as wds
+    wds = require("webdataset", "train", "reading WebDataset shards")
 
     for sample in wds.WebDataset([str(p) for p in paths], shardshuffle=False):
         key = next(k for k in sample if k.lstrip(".") in {s.lstrip(".") for s in IMAGE_SUFFIXES})

@@ -64,3 +64,7 @@ class DeadlineError(TicaError, TimeoutError):
 
     def __reduce__(self):
         return type(self), (self.seconds,)
+
+
+class MissingExtraError(TicaError, ImportError):
+    """An optional dependency is not installed: the message names the extra that brings it."""

@@ -19,13 +19,12 @@ from typing import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
-from pytorch_msssim import ms_ssim
-from pytorch_msssim.ssim import _fspecial_gauss_1d, _ssim
 
 from . import api, bitstream
 from .checkpoint import atomic_write
 from .codecs import ClassicalCodec
 from .data import ImageFolderSplit
+from .extras import require
 from .losses import psnr
 
 MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -35,17 +34,18 @@ def ms_ssim_any_size(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """MS-SSIM per image, on [0, 1] inputs. Standard (5 levels, 11-tap window) where the image
     allows it (sides > 160 px); on smaller images, 3-tap windows and as many levels as fit
     (3 at 32x32), the standard weights of those levels renormalised."""
+    ssim = require("pytorch_msssim.ssim", "eval", "MS-SSIM")
     if min(x.shape[-2:]) > 160:
-        return ms_ssim(x, y, data_range=1.0, size_average=False)
+        return ssim.ms_ssim(x, y, data_range=1.0, size_average=False)
     levels = 1
     while levels < 5 and min(x.shape[-2:]) // 2 ** levels >= 4:
         levels += 1
     weights = x.new_tensor(MSSSIM_WEIGHTS[:levels])
     weights = weights / weights.sum()
-    win = _fspecial_gauss_1d(3, 1.5).repeat([x.shape[1], 1, 1, 1])
+    win = ssim._fspecial_gauss_1d(3, 1.5).repeat([x.shape[1], 1, 1, 1])
     values = []
     for i in range(levels):
-        ssim_c, cs = _ssim(x, y, win=win, data_range=1.0, size_average=False, K=(0.01, 0.03))
+        ssim_c, cs = ssim._ssim(x, y, win=win, data_range=1.0, size_average=False, K=(0.01, 0.03))
         if i < levels - 1:
             values.append(torch.relu(cs))
             x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)

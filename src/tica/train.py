@@ -30,6 +30,7 @@ from .config import ModelConfig, TrainConfig
 from .data import (TrainingData, batch_generator, data_kind, held_out_data, on_device,
                    split_classes, training_data)
 from .errors import CheckpointError, ConfigError, TicaError
+from .extras import require
 from .losses import cosine_lr, rda_loss
 from .models import CompressionModel
 from .registry import build_model, find_weights, get_config
@@ -542,7 +543,7 @@ def _progress_bar(run: _Run):
     """A tqdm bar on rank 0 when `progress` is on, else None."""
     if not (run.main and run.cfg.progress):
         return None
-    from tqdm import tqdm
+    tqdm = require("tqdm", "train", "the progress bar (TrainConfig.progress)").tqdm
     return tqdm(total=run.last_step, initial=run.start_step,
                 desc=f"step {run.cfg.step} {run.model.config.name}", unit="it", mininterval=2.0,
                 dynamic_ncols=True)

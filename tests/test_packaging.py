@@ -1,0 +1,173 @@
+"""What a user installs: the core dependencies are what encode / decode / classify / info
+import, every other import is behind an extra that names itself when missing, and the wheel
+check catches what does not belong."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tica.errors import MissingExtraError, TicaError
+from tica.extras import require
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src" / "tica"
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+# import name -> the distribution that provides it (where the two differ)
+DISTRIBUTION = {"PIL": "pillow", "starlette": "fastapi", "pytorch_msssim": "pytorch-msssim"}
+# the web layer itself, which tica.serve and `tica serve` import on first use
+LAZY_MODULES = {"serve/app.py"}
+EXTRA_MODULES = ("fastapi", "starlette", "uvicorn", "webdataset", "tqdm", "pytorch_msssim",
+                 "imagecodecs", "bjontegaard", "matplotlib", "scipy", "onnx", "onnxruntime")
+
+
+def _name(requirement: str) -> str:
+    return re.match(r"[A-Za-z0-9._-]+", requirement).group(0).lower()
+
+
+def _third_party_imports(module_level_only: bool) -> dict[str, set[str]]:
+    """{import name: files} for every import of a non-stdlib, non-tica module in src/tica."""
+    found: dict[str, set[str]] = {}
+    for path in SRC.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        nodes = tree.body if module_level_only else ast.walk(tree)
+        for node in nodes:
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in ("tica", "__future__"):
+                    found.setdefault(top, set()).add(str(path.relative_to(SRC)))
+    return found
+
+
+def test_module_level_imports_are_all_core_dependencies():
+    core = {_name(r) for r in PROJECT["dependencies"]}
+    assert core == {"torch", "numpy", "constriction", "safetensors", "pillow"}
+    outside = {m: files - LAZY_MODULES
+               for m, files in _third_party_imports(module_level_only=True).items()
+               if DISTRIBUTION.get(m, m).lower() not in core and files - LAZY_MODULES}
+    assert outside == {}, "import these on first use (tica.extras.require), not at module level"
+
+
+def test_every_optional_import_is_in_an_extra():
+    extras = {e: {_name(r) for r in reqs} for e, reqs in PROJECT["optional-dependencies"].items()}
+    provided = set().union(*extras.values()) | {_name(r) for r in PROJECT["dependencies"]}
+    missing = {m for m in _third_party_imports(module_level_only=False)
+               if DISTRIBUTION.get(m, m).lower() not in provided}
+    assert missing == set()
+    # require("module", "extra", ...) names an extra that does bring the module
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "require":
+                module, extra = (a.value for a in node.args[:2])
+                top = module.split(".")[0]
+                assert DISTRIBUTION.get(top, top).lower() in extras[extra], (path.name, module, extra)
+    # the test extra brings every other one, and the repository pins torch outside the package
+    assert PROJECT["optional-dependencies"]["test"][0] == "tica[serve,train,eval,edge]"
+    assert not any(r.replace(" ", "").startswith("torch==") for r in PROJECT["dependencies"])
+    assert "torch==2.13.0" in (REPO / "constraints.txt").read_text().splitlines()
+    assert "pip install --quiet -c constraints.txt -e '.[test]'" in (REPO / "Makefile").read_text()
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert ci.index("make test") < ci.index("make wheel")       # the README's test command, then
+
+
+def test_require_names_the_extra():
+    assert require("json", "eval", "anything") is json
+    with pytest.raises(MissingExtraError, match=r"^MS-SSIM needs the 'no_such_module' package: "
+                                                r"pip install 'tica\[eval\]'$") as exc:
+        require("no_such_module", "eval", "MS-SSIM")
+    assert isinstance(exc.value, TicaError) and isinstance(exc.value, ImportError)
+
+
+_WITHOUT_EXTRAS = """
+import sys
+for name in {blocked!r}:
+    sys.modules[name] = None                  # `import name` now raises ImportError
+from PIL import Image
+from tica.cli import main
+import tica, tica.api
+Image.new("RGB", (32, 32), (200, 30, 40)).save(sys.argv[1] + "/a.png")
+d = sys.argv[1]
+assert main(["encode", d + "/a.png", "-o", d + "/a.tica"]) == 0
+assert main(["info", d + "/a.tica", "--json"]) == 0
+assert main(["classify", d + "/a.tica", "--json"]) == 0
+assert main(["decode", d + "/a.tica", "-o", d + "/b.png"]) == 0
+assert main(["serve", "--port", "9"]) == 1
+"""
+
+
+def test_encode_decode_classify_info_need_no_extra(tmp_path):
+    """In a process where none of the extras' modules can be imported, the four commands work
+    and `tica serve` fails with one line naming the extra."""
+    code = _WITHOUT_EXTRAS.format(blocked=EXTRA_MODULES)
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines()[-1] == (
+        "tica: error: tica serve needs the 'fastapi' package: pip install 'tica[serve]'")
+    assert (tmp_path / "b.png").stat().st_size > 0
+
+
+def _check_wheel():
+    spec = importlib.util.spec_from_file_location("check_wheel", REPO / "scripts" / "check_wheel.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_wheel(path: Path, extra_files: dict[str, bytes] | None = None, drop: str = "") -> Path:
+    """A wheel-shaped zip with this checkout's manifest and small stand-ins for the weights
+    (their checksums rewritten to match)."""
+    import hashlib
+    manifest = json.loads((SRC / "weights" / "manifest.json").read_text())
+    files = {}
+    for i, entry in enumerate(manifest["weights"]):
+        data = f"weights {i}".encode()
+        entry["sha256"] = hashlib.sha256(data).hexdigest()
+        files[f"tica/weights/{entry['file']}"] = data
+    files["tica/weights/manifest.json"] = json.dumps(manifest).encode()
+    files["tica/serve/demo.html"] = b"<html></html>"
+    files["tica/__init__.py"] = b""
+    meta = ["Metadata-Version: 2.4", "Name: tica", "Version: 0.1.0"]
+    meta += [f"Requires-Dist: {r}" for r in PROJECT["dependencies"]]
+    for extra, reqs in PROJECT["optional-dependencies"].items():
+        meta += [f"Provides-Extra: {extra}"] + [f'Requires-Dist: {r}; extra == "{extra}"' for r in reqs]
+    files["tica-0.1.0.dist-info/METADATA"] = ("\n".join(meta) + "\n").encode()
+    files["tica-0.1.0.dist-info/entry_points.txt"] = b"[console_scripts]\ntica = tica.cli:main\n"
+    files.update(extra_files or {})
+    files.pop(drop, None)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_wheel_check_passes_a_good_wheel_and_names_each_problem(tmp_path):
+    check = _check_wheel()
+    good = _fake_wheel(tmp_path / "good.whl")
+    bad, notes = check.problems(good, max_mb=80)
+    assert bad == [] and any("all present and matching" in n for n in notes)
+    assert check.main([str(good)]) == 0
+    assert check.problems(good, max_mb=1e-6)[0] == [
+        f"the wheel is {good.stat().st_size / 1e6:.1f} MB, over the 1e-06 MB limit"]
+    broken = _fake_wheel(tmp_path / "bad.whl", {"tests/test_x.py": b"",
+                                                "tica/weights/tica-photo.safetensors": b"x"},
+                         drop="tica/serve/demo.html")
+    bad, _ = check.problems(broken, max_mb=80)
+    assert bad == ["tests/test_x.py does not belong in the wheel",
+                   "tica/weights/tica-photo.safetensors does not match the manifest's sha256",
+                   "tica/serve/demo.html is missing"]
