@@ -52,13 +52,14 @@ SYMBOL_FLOPS = 5000.0
 #   tica-cifar, a 32x32 image: encode 0.28, classify 0.57, reconstruct 0.48 (8-9 ms);
 #     64 of them (the server's image limit): classify 36 (0.54 s); 64 at 64x64: 158.
 #   tica-photo, a 768x512 Kodak photo: encode 46, classify 28, reconstruct 55 (0.38 s);
-#     2048x1536: reconstruct 745 (6.9 s); a 4-Mpixel photo (the server's max_pixels, e.g.
-#     2048x2048 or 4096x1024): classify 1,049, reconstruct 1,148.
-#   tica-cifar, 512x512 (4,096 tokens): classify 1,376 (15.8 s); 1024x1024 (65,536 tokens):
-#     classify 20,346, reconstruct 10,374 (the stream: 103 s to classify).
-# 2,000 holds the largest photograph the server takes with tica-photo (1.7x room, for a
-# wider model) and every CIFAR batch, and refuses the 1024x1024 CIFAR-model stream 10x over;
-# what it admits is at most 15-25 s of one core.
+#     2048x1536: reconstruct 745 (6.9 s) with global attention; a 4-Mpixel photo (the
+#     server's max_pixels, e.g. 2048x2048) in attention windows: classify 248, reconstruct 548
+#     (1,049 and 1,148 with global attention).
+#   tica-cifar, 1024x1024 (65,536 tokens): with global attention classify 20,346 (103 s),
+#     in windows 580; a 4-Mpixel image in windows: classify 2,319, reconstruct 1,962.
+# 2,000 holds every photograph the server takes with tica-photo (3.6x room) and every CIFAR
+# batch, admits a 1024x1024 CIFAR-model stream, and refuses several 4-Mpixel images through
+# tica-cifar; what it admits is at most 15-25 s of one core.
 DEFAULT_MAX_GFLOP = 2000.0
 
 

@@ -1,0 +1,57 @@
+"""The house rules that keep the code readable (issue 12): small functions, and model code
+that knows nothing of training, serving, reporting or the command line."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "tica"
+MAX_FUNCTION_LINES = 60
+
+
+def _modules() -> list[Path]:
+    return sorted(SRC.rglob("*.py"))
+
+
+def test_no_function_in_the_library_is_over_sixty_lines():
+    long = []
+    for path in _modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, "split these functions:\n" + "\n".join(long)
+
+
+def _imports(source: str, package: tuple[str, ...]) -> set[str]:
+    """The tica modules a module of subpackage `package` imports, as dotted names relative
+    to tica."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[: len(package) - (node.level - 1)]
+            found.add(".".join(base + tuple(filter(None, [node.module]))))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tica"):
+            found.add(node.module.removeprefix("tica").lstrip("."))
+        elif isinstance(node, ast.Import):
+            found.update(a.name.removeprefix("tica").lstrip(".") for a in node.names
+                         if a.name.startswith("tica"))
+    return found
+
+
+@pytest.mark.parametrize("layer", ["models", "nn", "entropy"])
+def test_model_code_knows_nothing_of_training_serving_reporting_or_the_cli(layer):
+    outside = ("train", "plan", "serve", "report", "cli", "evaluate", "api")
+    for path in sorted((SRC / layer).rglob("*.py")):
+        package = path.relative_to(SRC).parent.parts
+        bad = {m for m in _imports(path.read_text(), package) if m.split(".")[0] in outside}
+        assert not bad, f"{path.relative_to(SRC)} imports {sorted(bad)}"
+
+
+def test_the_import_rule_sees_every_form_of_import():
+    source = "from ..train import x\nfrom . import cost\nimport tica.serve.app\nfrom tica.cli import main\n"
+    assert _imports(source, ("models",)) == {"train", "models", "serve.app", "cli"}
