@@ -24,8 +24,9 @@ SRC = REPO / "src" / "tica"
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 # import name -> the distribution that provides it (where the two differ)
 DISTRIBUTION = {"PIL": "pillow", "starlette": "fastapi", "pytorch_msssim": "pytorch-msssim"}
-# the web layer itself, which tica.serve and `tica serve` import on first use
-LAZY_MODULES = {"serve/app.py"}
+# the web layer itself, which tica.serve and `tica serve` import on first use (app.py, and
+# the modules only app.py imports)
+LAZY_MODULES = {"serve/app.py", "serve/http.py", "serve/routes.py"}
 EXTRA_MODULES = ("fastapi", "starlette", "uvicorn", "webdataset", "tqdm", "pytorch_msssim",
                  "imagecodecs", "bjontegaard", "matplotlib", "scipy", "onnx", "onnxruntime")
 
@@ -171,3 +172,19 @@ def test_wheel_check_passes_a_good_wheel_and_names_each_problem(tmp_path):
     assert bad == ["tests/test_x.py does not belong in the wheel",
                    "tica/weights/tica-photo.safetensors does not match the manifest's sha256",
                    "tica/serve/demo.html is missing"]
+
+
+def test_the_lazy_web_modules_are_imported_only_by_each_other():
+    """LAZY_MODULES may import fastapi at module level only because nothing outside them
+    imports them at module level (tica.serve reaches app.py on first use)."""
+    lazy = {p.removesuffix(".py").replace("/", ".") for p in LAZY_MODULES}
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC).as_posix()
+        if rel in LAZY_MODULES:
+            continue
+        package = path.relative_to(SRC).parent.parts
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package[: len(package) - (node.level - 1)]
+                target = ".".join(base + tuple(filter(None, [node.module])))
+                assert target not in lazy, f"{rel} imports {target} at module level"
