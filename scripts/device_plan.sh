@@ -9,9 +9,11 @@
 #      travel): the CIFAR-10 archive as is (18 MB), the 40 photographs halved, lossless WebP
 #      (14 MiB). Downloads the one package the device image lacks, constriction, as a wheel
 #      into .whl/. Checks the plan (tica train --plan ... --dry-run: configs, dependencies,
-#      export sizes against the 8-file / 16 MiB / 64 MiB return limits) and that the working
-#      tree plus .devdata and .whl fit the tool's 64 MiB; exits non-zero if not (the
-#      data take ~32 MiB of it, so the tracked tree must stay under ~32 MiB).
+#      export sizes against the 8-file / 16 MiB / 64 MiB return limits), takes the shipped
+#      weights (57 MB, which the plan never reads: it trains from scratch) out of git's index
+#      and into .git/info/exclude so that they stay here, and checks that the working tree
+#      plus .devdata and .whl fit the tool's 64 MiB (~34 MiB); exits non-zero if not.
+#      Until step 3's restore, `git status` shows the weights as deleted: commit nothing.
 #
 #   2. THE DEVICE TOOL, one call, exactly:
 #        run(command="bash scripts/device_plan.sh run", carry=[".devdata", ".whl"], timeout_s=590)
@@ -23,12 +25,14 @@
 #      file): 8 files, ~62 MiB. A command cut short still returns the last published copies.
 #      Call give_back when it returns: nothing else needs the machine.
 #
-#   3. HERE, after:  .venv/bin/python scripts/join_parts.py FILES_AT runs/gpu-plan
+#   3. HERE, after:  bash scripts/device_plan.sh restore   (the weights back in git's index)
+#      then  .venv/bin/python scripts/join_parts.py FILES_AT runs/gpu-plan
 #      (FILES_AT: the folder the tool names) rejoins the parts, checks each file against
 #      plan.json's sha256 and loads every model with tica.load.
 #
 #   bash scripts/device_plan.sh smoke [DIR]   the same plan's runs on this CPU, tiny (~1 min)
 #   bash scripts/device_plan.sh check         what a device call would send, against 64 MiB
+#   bash scripts/device_plan.sh light|restore  the shipped weights out of / back into the index
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -39,6 +43,26 @@ exclude() {        # keep a folder out of git, so it travels only when carried
     file=$(git rev-parse --git-path info/exclude)
     mkdir -p "$(dirname "$file")"
     grep -qxF "$1" "$file" 2>/dev/null || echo "$1" >>"$file"
+}
+
+WEIGHTS=src/tica/weights
+
+light() {          # the shipped weights stay here: untracked and ignored, they do not travel
+    exclude "/$WEIGHTS/*.safetensors"
+    git rm -q --cached --ignore-unmatch -- "$WEIGHTS"/*.safetensors
+    echo "device_plan: the shipped weights are out of git's index until" \
+         "'bash scripts/device_plan.sh restore': commit nothing before it" >&2
+}
+
+restore() {        # after the device call: the weights back in the index, nothing else touched
+    local file
+    file=$(git rev-parse --git-path info/exclude)
+    git reset -q HEAD -- "$WEIGHTS"
+    if [ -f "$file" ]; then
+        grep -vxF "/$WEIGHTS/*.safetensors" "$file" >"$file.tmp" || true
+        mv "$file.tmp" "$file"
+    fi
+    git status --short -- "$WEIGHTS"
 }
 
 prepare() {
@@ -63,6 +87,7 @@ prepare() {
     fi
     OMP_NUM_THREADS=1 "$PY" -m tica.cli train --plan scripts/plans/gpu.json --dry-run \
         --data-root .devdata --runs-dir /tmp/tica-runs
+    light
     check
 }
 
@@ -104,7 +129,9 @@ smoke() {
 case "${1:-}" in
     prepare) prepare ;;
     check) check ;;
+    light) light ;;
+    restore) restore ;;
     run) shift; run "$@" ;;
     smoke) shift; smoke "$@" ;;
-    *) sed -n '2,31p' "$0"; exit 2 ;;
+    *) sed -n '2,35p' "$0"; exit 2 ;;
 esac

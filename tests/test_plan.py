@@ -288,3 +288,25 @@ def test_train_needs_a_run_dir_or_a_plan(capsys):
     assert "--run-dir" in capsys.readouterr().err
     assert main(["train", "--run-dir", "x", "--out", "y"]) == 1
     assert "only go with --plan" in capsys.readouterr().err
+
+
+def test_the_device_call_travels_light_and_the_weights_come_back(tmp_path):
+    """device_plan.sh light takes the shipped weights (which the plan never reads) out of
+    what a device call sends, so the data fit the tool's 64 MiB; restore puts them back in
+    git's index with nothing else changed."""
+    import subprocess
+    from tica.plan import travel_bytes
+    repo = Path(__file__).resolve().parents[1]
+    clone = tmp_path / "repo"
+    subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(repo), str(clone)], check=True)
+    weights = sum(p.stat().st_size for p in (clone / "src/tica/weights").glob("*.safetensors"))
+    before = sum(travel_bytes(clone, []).values())
+    script = ["bash", str(clone / "scripts/device_plan.sh")]
+    subprocess.run(script + ["light"], check=True, capture_output=True)
+    after = travel_bytes(clone, [])
+    assert sum(after.values()) == pytest.approx(before - weights, abs=1)
+    assert sum(after.values()) < 8 << 20 and all((clone / "src/tica/weights").glob("*.safetensors"))
+    subprocess.run(script + ["restore"], check=True, capture_output=True)
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, check=True,
+                            capture_output=True, text=True).stdout
+    assert status == "" and sum(travel_bytes(clone, []).values()) == before
