@@ -25,11 +25,9 @@ from ..nn.transformer import Block
 # on n tokens of width D with MLP ratio r, attention is 4 n^2 D FLOPs and the linear layers
 # 2 n (4 + 2r) D^2, so up to n = ATTENTION_SHARE (2 + r) D tokens (4,608 for D 192, r 4).
 ATTENTION_SHARE = 4.0
+# "pool": classification average-pools a larger grid to the trained one (reconstruction, which
+# needs every token, uses windows); "auto" never pools (it lost most on Imagenette).
 ATTENTION_MODES = ("auto", "global", "window", "pool")
-# How "auto" classifies a grid past the threshold: "window" (the windows' class tokens
-# averaged) or "pool" (the tokens average-pooled to the trained grid; reconstruction, which
-# needs every token, always uses windows).
-CLASSIFY_LARGE = "window"
 
 
 def window_origins(n: int, size: int) -> list[int]:
@@ -117,17 +115,14 @@ class VisionTransformer(nn.Module):
         return count, 1 + window[0] * window[1]
 
     def pooled(self, grid: tuple[int, int]) -> bool:
-        """Whether classification pools `grid` down to the trained grid ("pool" mode, or "auto"
-        past the windowing threshold)."""
-        if self.attention not in ("pool", "auto") or self.window(grid) is None:
-            return False
-        return CLASSIFY_LARGE == "pool" or self.attention == "pool"
+        """Whether classification pools `grid` down to the trained grid ("pool" mode only)."""
+        return self.attention == "pool" and self.window(grid) is not None
 
     def forward_features(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         if self.pooled(grid):
             B, _, D = tokens.shape
             x = tokens.transpose(1, 2).reshape(B, D, *grid)
-            size = (min(grid[0], self.grid[0]), min(grid[1], self.grid[1]))
+            size = self.window(grid)
             tokens, grid = F.adaptive_avg_pool2d(x, size).flatten(2).transpose(1, 2), size
         feats, _ = self.forward_intermediates(tokens, grid, ())
         return feats
