@@ -19,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from tica.data import cache_dir
 from tica.report import SECTIONS, ReportOptions, run_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +30,9 @@ OUT = ROOT / "docs" / "results"
 def parse_args(argv: list[str] | None = None) -> ReportOptions:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--runs", type=Path, default=ROOT / "runs", help="training run folders")
+    parser.add_argument("--runs", type=Path, default=cache_dir() / "runs",
+                        help="training run folders (default $TICA_CACHE/runs, where "
+                             "scripts/train_*.sh put them)")
     parser.add_argument("--limit", type=int, help="CIFAR-10 test images (default: all 10,000)")
     parser.add_argument("--kodak", type=int, help="Kodak images (default: all 24)")
     parser.add_argument("--imagenette", type=int, default=1000,

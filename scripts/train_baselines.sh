@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${TICA_DATA:-../shared/data}/cifar10-jpeg.tar.gz
 TICA=${TICA:-.venv/bin/tica}
-RUNS=${RUNS:-runs}
+RUNS=${RUNS:-${TICA_CACHE:-$HOME/.cache/tica}/runs}
 PART=${1:-all}
 
 if [ "$PART" = all ] || [ "$PART" = vit ]; then

@@ -28,7 +28,8 @@ def _loss(out: dict, model) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", tica.list_models())
 def test_forward_shapes_finite_and_all_parameters_train(name):
-    model = tica.create_model(name).train()
+    # no stochastic depth: with 2 images, both may skip a block and leave it without gradient
+    model = tica.create_model(name, drop_path=0.0).train()
     cfg = model.config
     x = _inputs(name)
     out = model(x)
@@ -117,7 +118,7 @@ def test_design_options_train_every_parameter(overrides):
     """The options of the design sweep (docs/design.md) and variable rate: shapes hold and
     every parameter gets a gradient (the gains through per-image qualities)."""
     model = tica.create_model("tica-cifar", embed_dim=64, depth=3, num_heads=2, N=32, M=32,
-                              **overrides).train()
+                              drop_path=0.0, **overrides).train()
     x = _inputs("tica-cifar")
     quality = torch.tensor([1.0, 2.0]) if overrides.get("rate_levels") else None
     out = model(x, quality=quality)
@@ -128,3 +129,24 @@ def test_design_options_train_every_parameter(overrides):
     _loss(out, model).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, f"parameters without gradient: {missing[:8]}"
+
+
+def test_hyper_proxy_ste_feeds_h_s_the_rounded_z_it_decodes_from():
+    """hyper_proxy="ste": in training h_s sees round(z) (what decoding gives it) with an
+    identity gradient into h_a; "noise" (the default, which leaves model ids as they were)
+    sees z + noise. The rate of z uses the noise proxy either way."""
+    seen = {}
+    for proxy in ("noise", "ste"):
+        model = tica.create_model("tica-cifar", embed_dim=64, depth=3, num_heads=2, N=32, M=32,
+                                  hyper_proxy=proxy).train()
+        model.h_s.register_forward_hook(lambda m, args, out, p=proxy: seen.__setitem__(p, args[0]))
+        out = model(_inputs("tica-cifar"))
+        _loss(out, model).backward()
+        assert model.h_a.parameters().__next__().grad.abs().sum() > 0
+    assert torch.equal(seen["ste"], seen["ste"].round())
+    assert not torch.equal(seen["noise"], seen["noise"].round())
+    base = get_config("tica-cifar")
+    assert base.hyper_proxy == "noise" and "hyper_proxy" not in base.identity_json()
+    assert "hyper_proxy" in base.replace(hyper_proxy="ste").identity_json()
+    with pytest.raises(tica.ConfigError):
+        base.replace(hyper_proxy="round")

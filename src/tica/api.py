@@ -71,13 +71,15 @@ def choose_model(sizes: Sequence[tuple[int, int]]) -> str:
     """The preset for images of these (H, W) when none is named; one stream has one model:
     tica-cifar if no side of any image exceeds SMALL_IMAGE_SIDE (64), else tica-photo.
 
-    Why 64, measured on crops of 8 Kodak photos at each model's default quality: up to 64 px
-    tica-photo writes 2.7-4.8x the bits (4.6-8.2 bpp against 1.7; its 32-pixel hyper stride
-    pads small images and its side information does not pay off) at 3 dB less PSNR. Past
-    64 px tica-cifar's ViT runs on 4x its trained 8x8 grid and more, and its cost grows with
-    the square of the area (tica.cost): 13.5 GFLOP to classify 128x128 against tica-photo's
-    0.9, 3.0 TFLOP for a 768x512 photo (over the default budget) against 28 GFLOP. At 128 px
-    the two write the same bits (1.60 and 1.64 bpp)."""
+    Why 64: the two presets classify different things (tica-cifar CIFAR-10's classes from a
+    32x32 image's 8x8 tokens, tica-photo Imagenette's from 224x224 photographs), and up to
+    64 px tica-cifar's grid stays within 4x the one it was trained on. Past it, tica-cifar's
+    4x-downsampled grid makes a photograph a long sequence (7.0 GFLOP to classify 128x128
+    against tica-photo's 0.9; 120 GFLOP for a 768x512 photo against 28). Measured on centre
+    crops of 8 Kodak photos (`docs/design.md`, "The default model"): tica-photo codes photo
+    crops in fewer bits at equal PSNR at every side (32 px: 0.71 bpp / 23.9 dB at its q6
+    against tica-cifar's 0.73 / 21.0 at q3) but its curve flattens at 24-25 dB, where
+    tica-cifar goes on to 30 dB (q8, 7.6 bpp)."""
     if not sizes:
         raise TicaError("no images to choose a model for")
     side = max(max(h, w) for h, w in sizes)

@@ -30,7 +30,7 @@ DEFAULT_EPOCH_SIZE = 10000          # photo folders: random crops per training e
 ACTIVATIONS = ("leaky_relu", "gdn", "gelu")
 LATENT_PROXIES = ("noise", "ste")
 MAX_RATE_LEVELS = 16
-_LATER_FIELDS = {"rate_levels": 0, "res_blocks": 0}      # ModelConfig fields newer than the first weights
+_LATER_FIELDS = {"rate_levels": 0, "res_blocks": 0, "hyper_proxy": "noise"}      # ModelConfig fields newer than the first weights
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,10 @@ class ModelConfig:
     fam_blocks: tuple[int, ...] = (1, 2, 3)
     # training proxy for rounding, as seen by the ViT and the decoder
     latent_proxy: str = "ste"
+    # training proxy for rounding z as h_s sees it ("noise": z + U(-1/2, 1/2), the rate's own
+    # proxy; "ste": rounded, identity gradient, so h_s trains on the z_hat it decodes from);
+    # the rate of z always uses the noise proxy
+    hyper_proxy: str = "noise"
     # variable rate (gain units, Cui et al. 2021): 0 = one fixed rate; L >= 2 = L standard
     # rate points (quality 1 = lowest rate .. L), any quality in [1, L] by interpolation
     rate_levels: int = 0
@@ -80,8 +84,9 @@ class ModelConfig:
             problems.append(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.act not in ACTIVATIONS:
             problems.append(f"act must be one of {ACTIVATIONS}, got {self.act!r}")
-        if self.latent_proxy not in LATENT_PROXIES:
-            problems.append(f"latent_proxy must be one of {LATENT_PROXIES}")
+        for key in ("latent_proxy", "hyper_proxy"):
+            if getattr(self, key) not in LATENT_PROXIES:
+                problems.append(f"{key} must be one of {LATENT_PROXIES}")
         if not 1 <= self.stages <= 6:
             problems.append("stages must be between 1 and 6")
         for key in ("img_size", "num_classes", "N", "M", "embed_dim", "depth", "num_heads",

@@ -174,8 +174,9 @@ class CompressionModel(nn.Module):
         """x (B, 3, H, W) in [0, 1] -> (y as the ViT and decoder should see it, likelihoods).
 
         entropy=False is the paper's step 1: no hyperprior, no quantization.
-        Training: the rate uses y + uniform noise; the networks see either that same noisy
-        y or the straight-through rounded y (`latent_proxy`). Eval: round(y - mu) + mu, the
+        Training: the rates use y + uniform noise and z + uniform noise; the networks see
+        either that same noisy y or the straight-through rounded y (`latent_proxy`), and h_s
+        the noisy or the straight-through rounded z (`hyper_proxy`). Eval: round(y - mu) + mu, the
         value the decoder rebuilds. `quality` (a number or (B,) per image) picks the gain of a
         variable-rate model (default: the model's `quality`); step 1 uses no gain.
         """
@@ -186,7 +187,10 @@ class CompressionModel(nn.Module):
         gain, inv_gain = self.gain_pair(quality, x.shape[0])
         if gain is not None:
             y = y * gain
-        z_hat, z_lik = self.entropy_bottleneck(self.h_a(y), "noise" if self.training else "round")
+        z = self.h_a(y)
+        z_hat, z_lik = self.entropy_bottleneck(z, "noise" if self.training else "round")
+        if self.training and self.config.hyper_proxy == "ste":
+            z_hat = quantize(z.float(), "ste")
         scales, means = self.h_s(z_hat).float().chunk(2, dim=1)
         if self.training:
             y_rate = quantize(y, "noise")

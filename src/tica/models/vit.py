@@ -23,7 +23,8 @@ from ..nn.transformer import Block
 
 # "auto" keeps global attention while it costs at most this many times the rest of a block:
 # on n tokens of width D with MLP ratio r, attention is 4 n^2 D FLOPs and the linear layers
-# 2 n (4 + 2r) D^2, so up to n = ATTENTION_SHARE (2 + r) D tokens (4,608 for D 192, r 4).
+# 2 n (4 + 2r) D^2, so up to n = ATTENTION_SHARE (2 + r) D tokens (4,608 for D 192, r 4;
+# 3,072 for D 128).
 ATTENTION_SHARE = 4.0
 # "pool": classification average-pools a larger grid to the trained one (reconstruction, which
 # needs every token, uses windows); "auto" never pools (it lost most on Imagenette).
