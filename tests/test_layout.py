@@ -29,12 +29,18 @@ def test_no_function_in_the_library_is_over_sixty_lines():
 
 def _imports(source: str, package: tuple[str, ...]) -> set[str]:
     """The tica modules a module of subpackage `package` imports, as dotted names relative
-    to tica."""
+    to tica. `from PACKAGE import NAME` with no module after the dots (or `from tica import
+    NAME`) imports NAME, which may be a subpackage such as train/: it counts as PACKAGE.NAME."""
     found = set()
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and node.level:
+        if isinstance(node, ast.ImportFrom) and node.level and node.module is None:
+            base = package[: len(package) - (node.level - 1)]
+            found.update(".".join(base + (a.name,)) for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level:
             base = package[: len(package) - (node.level - 1)]
             found.add(".".join(base + tuple(filter(None, [node.module]))))
+        elif isinstance(node, ast.ImportFrom) and node.module == "tica":
+            found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tica"):
             found.add(node.module.removeprefix("tica").lstrip("."))
         elif isinstance(node, ast.Import):
@@ -54,4 +60,8 @@ def test_model_code_knows_nothing_of_training_serving_reporting_or_the_cli(layer
 
 def test_the_import_rule_sees_every_form_of_import():
     source = "from ..train import x\nfrom . import cost\nimport tica.serve.app\nfrom tica.cli import main\n"
-    assert _imports(source, ("models",)) == {"train", "models", "serve.app", "cli"}
+    assert _imports(source, ("models",)) == {"train", "models.cost", "serve.app", "cli"}
+    # train/ is a package: its modules, and the package named without a module, count as train
+    for source in ("from ..train.loop import x", "from .. import train", "from tica import train",
+                   "import tica.train.state", "from tica.train.objective import Objective"):
+        assert {m.split(".")[0] for m in _imports(source, ("models",))} == {"train"}, source

@@ -196,13 +196,14 @@ def test_train_stops_at_its_deadline_saved_and_exported(tmp_path):
 
 def test_request_stop_ends_a_run_like_a_deadline(tmp_path):
     from tica import train as train_module
+    from tica.train import clock
     timer = threading.Timer(2.0, train_module.request_stop)
     timer.start()
     try:
         result = train_module.train(_cfg(tmp_path, step=1, resumable=False))
     finally:
         timer.cancel()
-        train_module._STOP.clear()
+        clock._STOP.clear()
     assert result.stopped == "signal" and result.steps > 0
     assert not (Path(tmp_path) / "run" / "checkpoint.safetensors").exists()
     assert tica.load_checkpoint(result.weights).config.name == "tica-cifar"
@@ -251,6 +252,7 @@ def test_training_runs_on_device_resident_data(tmp_path, monkeypatch):
     """The GPU path of the data (resident tensors, device-side draws) run through train()
     on the CPU: photographs as DeviceCrops, an in-memory split with its permutation moved."""
     from tica import train as train_module
+    from tica.train import loop
     photos = tmp_path / "photos"
     photos.mkdir()
     for i in range(3):
@@ -261,7 +263,7 @@ def test_training_runs_on_device_resident_data(tmp_path, monkeypatch):
         moved.append(type(data).__name__)
         return data.to(device)
 
-    monkeypatch.setattr(train_module, "on_device", on_device)
+    monkeypatch.setattr(loop, "on_device", on_device)      # where _build_run looks it up
     result = train_module.train(_cfg(tmp_path, model="tica-photo", data=str(photos), step=1,
                                      alpha=0, alpha_max=None, beta_max=None, epochs=1,
                                      max_steps=2, batch_size=2,

@@ -1,0 +1,33 @@
+"""Which process this is: its rank and world under torchrun (DistributedDataParallel: gloo
+on CPU, NCCL on GPU) and its device, tuned for training."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from ..config import TrainConfig
+
+
+def _init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = torch.device(cfg.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def _tune_device(device: torch.device) -> None:
+    """CUDA: cuDNN picks its fastest kernels for the fixed shapes, TF32 for the float32
+    parts (the entropy models run outside autocast). Training only: coding tables are
+    built on the CPU from the exported weights."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
