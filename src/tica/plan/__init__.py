@@ -1,0 +1,86 @@
+"""Training plans: every run of a recipe in one command, side by side on one machine, under
+one wall-clock deadline, with the weights published while they train.
+
+A plan file (JSON) lists runs. Each run is a `TrainConfig` (its fields, `model_overrides`
+included) with a `name`; `"init": "@other"` starts it from run `other`'s export
+(`model.safetensors`, float32) and so makes it wait for `other`. Runs with nothing to wait
+for start side by side, each in its own process (`python -m tica.plan child SPEC`), at most
+`max_parallel` at once; a waiting run starts when its dependency has exited cleanly
+(finished, or stopped at its own deadline with its weights exported)::
+
+    {"name": "gpu",
+     "deadline_s": 470,     every run stops by then (seconds from the plan's start), exports
+     "grace_s": 60,         then SIGTERM to what still runs (it stops and exports); SIGKILL later
+     "max_parallel": 8, "threads": 2,
+     "limits": {"max_files": 8, "max_file_bytes": 16777216, "max_total_bytes": 67108864},
+     "defaults": {TrainConfig fields of every run},
+     "runs": [{"name": "tica-cifar-step1", "model": "tica-cifar", "step": 1, ...},
+              {"name": "tica-cifar", "init": "@tica-cifar-step1", "step": 2, ...}]}
+
+Run keys beyond TrainConfig: `publish` (false: not copied to the output folder), `limit_s`
+(seconds from the run's own start), `threads`. A run's `deadline_s` counts from the plan's
+start. "{data}" in a value is the data root (`data_root`, else $TICA_DATA). Keys starting
+with "_" are comments. A plan may extend another: `"base": "gpu.json"`, with `set` (fields
+forced on every run), `set_model` (model overrides merged into every run's), `patch` ({run
+name: fields}) and any top-level key.
+
+The output folder gets each published run's latest export, float16 and coding-ready, as
+NAME.safetensors, or NAME.safetensors.part0, .part1, ... where larger than max_file_bytes
+(`join_parts` reassembles them), and plan.json: every run's state, steps, images/s and
+minutes, and the sha256 of every published file. Exports are published in plan order while
+they fit the limits; one that would not fit is left out and logged, never a half set.
+Run folders (state, metrics, logs) are under `$TICA_CACHE/runs/PLAN`; a plan run again
+resumes its unfinished runs and skips finished ones.
+
+The package, one concern a module:
+
+    spec.py     Limits, PlanRun, Plan; reading a plan file (load_plan); export sizes
+    publish.py  Publisher (the output folder within the limits), join_parts
+    runner.py   PlanRunner (start, follow, publish, stop by the deadline), run_plan
+    child.py    one run in its own process (`python -m tica.plan child SPEC`)
+    travel.py   pack_photos, travel_bytes: what a device call sends
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import TicaError
+from .child import _child
+from .publish import Publisher, join_parts
+from .runner import PlanRunner, run_plan
+from .spec import (EXPORT_FILE, RESULT_FILE, STATUS_FILE, STATUS_FORMAT, Limits, Plan, PlanRun,
+                   check_limits, describe, estimate_export_bytes, load_plan, model_config_of,
+                   read_plan_file)
+from .travel import pack_photos, travel_bytes
+
+__all__ = [
+    "EXPORT_FILE", "Limits", "Plan", "PlanRun", "PlanRunner", "Publisher", "RESULT_FILE",
+    "STATUS_FILE", "STATUS_FORMAT", "check_limits", "describe", "estimate_export_bytes",
+    "join_parts", "load_plan", "main", "model_config_of", "pack_photos", "read_plan_file",
+    "run_plan", "travel_bytes",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m tica.plan child SPEC | pack-photos SRC DEST [SCALE] | travel-size [CARRY..]"""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args[:1] == ["child"] and len(args) == 2:
+            return _child(args[1])
+        if args[:1] == ["pack-photos"] and len(args) in (3, 4):
+            n, size = pack_photos(args[1], args[2], int(args[3]) if len(args) == 4 else 2)
+            print(f"{n} photos, {size / 2**20:.1f} MiB in {args[2]}")
+            return 0
+        if args[:1] == ["travel-size"]:
+            sizes = travel_bytes(".", args[1:])
+            total = sum(sizes.values())
+            for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])[:12]:
+                print(f"  {k:32s} {v / 2**20:7.1f} MiB")
+            print(f"  {'total':32s} {total / 2**20:7.1f} MiB (the device tool takes 64 MiB)")
+            return 0 if total <= 64 * 2 ** 20 else 3
+    except TicaError as exc:
+        print(f"tica plan: error: {exc}", file=sys.stderr)
+        return 1
+    print(main.__doc__, file=sys.stderr)
+    return 2

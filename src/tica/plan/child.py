@@ -1,0 +1,35 @@
+"""One run of a plan, in its own process (`python -m tica.plan child SPEC`): the runner
+writes SPEC, the child trains and leaves result.json in the run folder."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+from ..checkpoint import atomic_write
+from ..config import TrainConfig
+from .spec import RESULT_FILE
+
+
+def _child(spec_path: str) -> int:
+    """One run of a plan, in its own process: SIGTERM stops it (saved and exported)."""
+    import torch
+    from ..train import request_stop, train
+
+    spec = json.loads(Path(spec_path).read_text())
+    torch.set_num_threads(int(spec.get("threads", 1)))
+    signal.signal(signal.SIGTERM, lambda *_: request_stop())
+    cfg = TrainConfig.from_dict(spec["config"])
+    device = torch.cuda.get_device_name() if cfg.device.startswith("cuda") else cfg.device
+    print(f"tica plan: {cfg.run_dir} on {device}, torch {torch.__version__}", flush=True)
+    result = train(cfg, resume=bool(spec.get("resume", True)))
+    images = (result.steps - result.first_step) * cfg.batch_size
+    summary = {"complete": result.stopped is None, "stopped": result.stopped, "steps": result.steps,
+               "planned_steps": result.planned_steps, "wall_s": round(result.wall_s, 2),
+               "img_s": images / max(result.wall_s, 1e-9), "device": device,
+               "weights": str(result.weights)}
+    atomic_write(Path(cfg.run_dir) / RESULT_FILE,
+                 lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    print(f"tica plan: {json.dumps(summary)}", flush=True)
+    return 0

@@ -1,0 +1,269 @@
+"""A plan file read and checked: every run a resolved TrainConfig with its place in the
+plan (dependency, publish, limits), and what the runs' exports will weigh against the limits
+of what may come back."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import ModelConfig, TrainConfig
+from ..errors import CheckpointError, ConfigError
+
+STATUS_FILE = "plan.json"
+STATUS_FORMAT = "tica-plan-status"
+EXPORT_FILE = "model.safetensors"
+RESULT_FILE = "result.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_PLAN_KEYS = {"name", "base", "deadline_s", "grace_s", "kill_after_s", "min_start_s",
+              "max_parallel", "threads", "limits", "defaults", "runs", "set", "set_model", "patch"}
+_RUN_KEYS = {"name", "publish", "limit_s", "threads"}
+_RESERVED = {"run_dir", "export_dir", "clock_start", "progress"}     # the plan sets these
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What may come back from the output folder (the device tool's $OUT: 8 files of at
+    most 16 MiB, 64 MiB in all), the status file included."""
+
+    max_files: int = 8
+    max_file_bytes: int = 16 * 2 ** 20
+    max_total_bytes: int = 64 * 2 ** 20
+
+    def parts(self, size: int) -> int:
+        return max(1, math.ceil(size / self.max_file_bytes))
+
+
+@dataclass(frozen=True)
+class PlanRun:
+    name: str
+    config: TrainConfig          # resolved: run_dir, export_dir and data filled in
+    after: str | None = None     # the run whose export `init` names
+    publish: bool = True
+    limit_s: float | None = None
+    threads: int = 1
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.run_dir)
+
+    @property
+    def export(self) -> Path:
+        """The file published from this run: its float16 export."""
+        return Path(self.config.export_dir or self.config.run_dir) / EXPORT_FILE
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    runs: tuple[PlanRun, ...]
+    runs_dir: Path
+    deadline_s: float | None = None
+    grace_s: float = 60.0
+    kill_after_s: float = 15.0
+    min_start_s: float = 0.0          # start no run with less time than this to the deadline
+    max_parallel: int = 1
+    limits: Limits = field(default_factory=Limits)
+
+    def run(self, name: str) -> PlanRun:
+        return next(r for r in self.runs if r.name == name)
+
+
+# ---- reading a plan ------------------------------------------------------------------------
+
+def _uncomment(value):
+    """Drop keys starting with "_" at every level (JSON has no comments)."""
+    if isinstance(value, dict):
+        return {k: _uncomment(v) for k, v in value.items() if not k.startswith("_")}
+    if isinstance(value, list):
+        return [_uncomment(v) for v in value]
+    return value
+
+
+def read_plan_file(path: str | Path, _seen: tuple = ()) -> dict:
+    """The plan's JSON with comments dropped and any `base` plan folded in."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"plan {path} extends itself")
+    try:
+        spec = _uncomment(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read plan {path}: {exc}") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"plan {path} must be a JSON object")
+    unknown = set(spec) - _PLAN_KEYS
+    if unknown:
+        raise ConfigError(f"plan {path}: unknown key(s) {sorted(unknown)}; known: {sorted(_PLAN_KEYS)}")
+    if "base" not in spec:
+        return spec
+    base = read_plan_file(path.parent / spec["base"], _seen + (path,))
+    merged = {**base, **{k: v for k, v in spec.items() if k != "base"}}
+    for key in ("defaults", "limits", "set", "set_model", "patch"):
+        if key in base and key in spec:
+            merged[key] = {**base[key], **spec[key]}
+    return merged
+
+
+def _fill_data(value, data_root: str | None):
+    if not isinstance(value, str) or "{data}" not in value:
+        return value
+    if data_root is None:
+        raise ConfigError(f"{value!r} names the data root: pass data_root (tica train "
+                          "--data-root) or set the TICA_DATA environment variable")
+    return value.replace("{data}", data_root)
+
+
+def _run_fields(raw: dict, spec: dict) -> dict:
+    """A run's fields: defaults < the run < `set` < its `patch`; model overrides merged."""
+    name = raw.get("name")
+    patch = spec.get("patch", {}).get(name, {})
+    layers = [spec.get("defaults", {}), raw, spec.get("set", {}), patch]
+    fields = {k: v for layer in layers for k, v in layer.items() if k != "model_overrides"}
+    overrides: dict = {}
+    for layer in layers[:2] + [{"model_overrides": spec.get("set_model", {})}, patch]:
+        overrides.update(layer.get("model_overrides") or {})
+    fields["model_overrides"] = overrides
+    return fields
+
+
+def _resolve_run(fields: dict, spec: dict, runs_dir: Path, data_root: str | None) -> PlanRun:
+    name = fields.pop("name", None)
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"run name {name!r}: use letters, digits, '.', '_' and '-' "
+                          "(the names of the files that come back)")
+    extra = {k: fields.pop(k) for k in list(fields) if k in _RUN_KEYS}
+    if _RESERVED & set(fields):
+        raise ConfigError(f"run {name}: {sorted(_RESERVED & set(fields))} are set by the plan")
+    fields = {k: _fill_data(v, data_root) for k, v in fields.items()}
+    after = None
+    if isinstance(fields.get("init"), str) and fields["init"].startswith("@"):
+        after = fields["init"][1:]
+        fields["init"] = str(runs_dir / after / EXPORT_FILE)
+    publish = bool(extra.get("publish", True))
+    run_dir = runs_dir / name
+    fields.update(run_dir=str(run_dir), progress=False,
+                  export_dir=str(run_dir / "export") if publish else None)
+    if not publish:
+        fields["export_every_s"] = None
+    plan_deadline = spec.get("deadline_s")
+    if plan_deadline is not None:
+        own = fields.get("deadline_s")
+        fields["deadline_s"] = plan_deadline if own is None else min(own, plan_deadline)
+    try:
+        config = TrainConfig.from_dict(fields)
+    except (TypeError, ConfigError) as exc:
+        raise ConfigError(f"run {name}: {exc}") from None
+    return PlanRun(name, config, after, publish, extra.get("limit_s"),
+                   int(extra.get("threads", spec.get("threads", 1))))
+
+
+def _check_order(runs: list[PlanRun]) -> None:
+    """Names unique, dependencies known, no cycle."""
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"run names repeat: {names}")
+    deps = {r.name: r.after for r in runs}
+    for r in runs:
+        seen, cur = {r.name}, r.after
+        while cur is not None:
+            if cur not in deps:
+                raise ConfigError(f"run {r.name} starts from @{cur}, which the plan does not have")
+            if cur in seen:
+                raise ConfigError(f"runs depend on each other in a cycle through {cur}")
+            seen.add(cur)
+            cur = deps[cur]
+
+
+def load_plan(path: str | Path, runs_dir: str | Path | None = None, data_root: str | None = None,
+              max_parallel: int | None = None, device: str | None = None) -> Plan:
+    """Read and check a plan: every run a valid TrainConfig, dependencies a tree. Arguments
+    override the file (`device` every run's)."""
+    spec = read_plan_file(path)
+    name = spec.get("name") or Path(path).stem
+    if not _NAME.match(name):
+        raise ConfigError(f"plan name {name!r}: letters, digits, '.', '_', '-'")
+    from ..data import cache_dir
+    runs_dir = Path(runs_dir) if runs_dir else cache_dir() / "runs" / name
+    data_root = data_root or os.environ.get("TICA_DATA")
+    if device:
+        spec["set"] = {**spec.get("set", {}), "device": device}
+    if not spec.get("runs"):
+        raise ConfigError(f"plan {path} has no runs")
+    runs = [_resolve_run(_run_fields(raw, spec), spec, runs_dir, data_root) for raw in spec["runs"]]
+    _check_order(runs)
+    try:
+        limits = Limits(**spec.get("limits", {}))
+    except TypeError as exc:
+        raise ConfigError(f"plan limits: {exc}") from None
+    return Plan(name, tuple(runs), runs_dir, spec.get("deadline_s"), spec.get("grace_s", 60.0),
+                spec.get("kill_after_s", 15.0), spec.get("min_start_s", 0.0),
+                max_parallel or spec.get("max_parallel", 1), limits)
+
+
+# ---- what the exports will weigh -----------------------------------------------------------
+
+def model_config_of(plan: Plan, run: PlanRun) -> ModelConfig:
+    """The config of the model `run` trains: its dependency's (or init file's) with its
+    overrides, else its preset's."""
+    from ..checkpoint import read_checkpoint
+    from ..registry import find_weights, get_config
+
+    cfg = run.config
+    if run.after:
+        base = model_config_of(plan, plan.run(run.after))
+    elif cfg.init:
+        entry = find_weights(cfg.model, "step1") if cfg.init == "step1" else None
+        try:
+            base = read_checkpoint(entry.file if entry else cfg.init)[0]
+        except (CheckpointError, AttributeError) as exc:
+            raise ConfigError(f"run {run.name}: cannot read its init {cfg.init}: {exc}") from None
+    else:
+        return get_config(cfg.model, **cfg.model_overrides)
+    return base.replace(**cfg.model_overrides) if cfg.model_overrides else base
+
+
+def estimate_export_bytes(plan: Plan, run: PlanRun) -> int:
+    """The size of the run's float16, coding-ready export, from a fresh model of its config
+    (the coding tables of a trained one differ a little: 1% and 16 KiB are added)."""
+    from ..models import CompressionModel
+    from ..registry import build_model
+
+    model = build_model(model_config_of(plan, run)).eval()
+    if isinstance(model, CompressionModel) and run.config.step == 2:
+        model.update()
+    tensors = model.state_dict()
+    size = sum(t.numel() * (2 if t.is_floating_point() else t.element_size()) for t in tensors.values())
+    header = 160 * len(tensors) + len(model.config.to_json()) + 1024
+    return int((size + header) * 1.01) + 16 * 1024
+
+
+def check_limits(plan: Plan) -> dict[str, int]:
+    """Estimated export size of every published run; ConfigError if they cannot all come
+    back (the status file counts as one file)."""
+    sizes = {r.name: estimate_export_bytes(plan, r) for r in plan.runs if r.publish}
+    files = 1 + sum(plan.limits.parts(s) for s in sizes.values())
+    total = sum(sizes.values())
+    if files > plan.limits.max_files or total > plan.limits.max_total_bytes:
+        listing = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sizes.items())
+        raise ConfigError(f"plan {plan.name}: its exports would take {files} files and "
+                          f"{total / 2**20:.1f} MiB ({listing}); the limits are "
+                          f"{plan.limits.max_files} files and {plan.limits.max_total_bytes / 2**20:.1f} "
+                          "MiB: set \"publish\": false on runs that need not come back")
+    return sizes
+
+
+def describe(plan: Plan, sizes: dict[str, int] | None = None) -> str:
+    """A table of the plan's runs (for --dry-run)."""
+    lines = [f"plan {plan.name}: {len(plan.runs)} runs, deadline "
+             f"{plan.deadline_s or '-'} s, {plan.max_parallel} at once, runs in {plan.runs_dir}"]
+    for r in plan.runs:
+        c = r.config
+        size = f"{sizes[r.name] / 2**20:5.1f} MiB" if sizes and r.name in sizes else "   (kept)"
+        lines.append(f"  {r.name:22s} {c.model:16s} step {c.step}  {c.epochs:>6g} ep  batch "
+                     f"{c.batch_size:<4d} {c.device:5s} deadline {c.deadline_s or '-'}  {size}"
+                     + (f"  after {r.after}" if r.after else ""))
+    return "\n".join(lines)

@@ -1,0 +1,56 @@
+"""Helpers for the device machine: what a device call sends, and the photographs packed
+small enough to travel."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from ..errors import TicaError
+
+
+def pack_photos(src: str | Path, dest: str | Path, scale: int = 2) -> tuple[int, int]:
+    """The photographs of `src`, each shrunk `scale` times (box filter), as lossless WebP
+    (PNG where Pillow lacks WebP) in `dest`: how natural-image training data travels to a
+    machine with a size limit. Returns (files, bytes)."""
+    from PIL import Image, features
+
+    from ..data import IMAGE_SUFFIXES
+    src, dest = Path(src), Path(dest)
+    files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise TicaError(f"no photographs in {src}")
+    dest.mkdir(parents=True, exist_ok=True)
+    webp = features.check("webp")
+    total = 0
+    for f in files:
+        img = Image.open(f).convert("RGB")
+        img = img.reduce(scale) if scale > 1 else img
+        target = dest / (f.stem + (".webp" if webp else ".png"))
+        if webp:
+            img.save(target, "WEBP", lossless=True, quality=100, method=4)
+        else:
+            img.save(target, "PNG", compress_level=9)
+        total += target.stat().st_size
+    return len(files), total
+
+
+def travel_bytes(repo: str | Path, carry: list[str]) -> dict[str, int]:
+    """What a device call sends, by folder: the working tree's tracked and
+    untracked-not-ignored files (by the folder holding them), then each carried path."""
+    repo = Path(repo)
+    try:
+        listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=repo,
+                                capture_output=True, check=True).stdout.decode().split("\0")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise TicaError(f"cannot list the working tree of {repo} with git: {exc}") from None
+    sizes: dict[str, int] = {}
+    for p in listed:
+        if p and (repo / p).is_file():
+            group = str(Path(p).parent) if Path(p).parent != Path(".") else "(top level)"
+            sizes[group] = sizes.get(group, 0) + (repo / p).stat().st_size
+    for path in carry:
+        root = repo / path
+        files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
+        sizes[f"carry {path}"] = sum(p.stat().st_size for p in files)
+    return sizes
