@@ -10,8 +10,8 @@
    answers), every corrupt stream must get a 4xx, no 5xx at all; p50/p99 latency,
    throughput, and the server's resident memory before and after.
 3. The mixed run (fair service): a few heavy streams (default: the issue's 1024x1024 image for
-   tica-cifar, 580 GFLOP to classify with windowed attention, inside the default budget;
-   --heavy-side 2048 for a 4-Mpixel one, 2,319 GFLOP, over it) in flight while many
+   tica-cifar, 319 GFLOP to classify with windowed attention, inside the default budget;
+   --heavy-side 2048 for a 4-Mpixel one, 1,276 GFLOP, inside it too) in flight while many
    32x32 CIFAR requests arrive at concurrency 20: the small requests' p50/p99 alone and with
    the heavy ones, the heavy ones' latency, deadline answers (504) and every other 5xx (must
    be 0); and, as the control, the same against one lane with no batch cost cap

@@ -126,8 +126,8 @@ def test_a_claim_holds_only_where_every_baseline_is_beaten_over_a_shared_range()
     assert "**holds**" in claim
     assert "Above: JPEG -> decode -> ViT (by +12.5 to +17.5 points)." in claim
     assert "No shared bpp range with: AVIF -> decode -> ViT." in claim
-    assert "is 90.0%; tica (tica-cifar, an unrecorded budget) reaches 80.0% at its best point, " \
-           "4.00 bpp." in claim
+    assert "pipeline) reaches 90.0% uncompressed; tica (tica-cifar, an unrecorded budget) " \
+           "reaches 80.0% at its best point, 4.00 bpp." in claim
     assert "tica's 2 rate points span 1.00-4.00 bpp." in claim
     assert "**untested**" in state_claims([], [], [], [], []).split("\n\n")[0]
 

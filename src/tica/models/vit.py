@@ -9,7 +9,7 @@ Grids larger than the trained one. Global attention costs the square of the toke
 trained position embedding, the input the model was trained on; the windows' class tokens
 are averaged for the head, and each patch token comes from one window (the last that holds
 it). The work is then linear in the area. Windows leave the decoded picture as it was (within
-0.15 dB) but cost classification 6-7 points of top-1 on grids 4-16x the trained one, so they
+0.01 dB) but cost classification 4-6 points of top-1 on grids 4-16x the trained one, so they
 start only where global attention dominates the cost (docs/design.md, "Large token grids").
 """
 

@@ -60,8 +60,9 @@ def rate_accuracy_claim(tag: str, dataset: str, results: list[dict], margins: li
             + (f"Above: {'; '.join(held)}. " if held else "")
             + (f"Below: {'; '.join(failed)}. " if failed else "")
             + (f"No shared bpp range with: {', '.join(apart)}. " if apart else "")
-            + (f"The accuracy ceiling (the same-size ViT on clean pixels, {clean_preset}, "
-               f"{_images(budgets, clean_preset)}) is {pct(ceiling)}; tica ({tica_preset}, "
+            + (f"The ViT on clean pixels ({clean_preset}, {_images(budgets, clean_preset)}, "
+               f"the classifier of every codec -> decode -> ViT pipeline) reaches {pct(ceiling)} "
+               f"uncompressed; tica ({tica_preset}, "
                f"{_images(budgets, tica_preset)}) reaches {pct(best['top1'])} at its best point, "
                f"{best['bpp']:.2f} bpp. " if ceiling is not None and best else "")
             + (f"tica's {len(points)} rate points span {min(points):.2f}-{max(points):.2f} bpp. "

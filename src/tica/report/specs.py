@@ -76,7 +76,7 @@ def classical_specs(codecs: dict[str, ClassicalCodec], classifier: torch.nn.Modu
 
 def imagenette_specs(classifier: torch.nn.Module, images: int) -> list[Spec]:
     """The paper's use case: tica-photo classifies Imagenette photographs from their streams;
-    the same-size ViT on clean pixels, and on JPEG / WebP decodes."""
+    the pixel ViT on clean pixels, and on JPEG / WebP decodes."""
     extra = f"imagenette|n={images}"
     specs = [Spec(CLEAN, None, f"{CLEAN}|{digest(classifier)}|{extra}",
                   lambda: Uncompressed(classifier, CLEAN))]
