@@ -21,12 +21,14 @@ $TICA train --step 2 --init "$RUNS/tica-cifar-step1/model.safetensors" --set rat
     --beta-max 0.03 --epochs 4 --batch-size 128 --optimizer adam --lr 3e-4 --hyper-lr 1e-2 \
     --rate-warmup-steps 150 --weight-decay 0 --warmup-steps 50 --checkpoint-every 100 --resume
 
-# What variable rate costs: a fixed-rate model at standard point 6's weights, same recipe and steps.
+# What variable rate costs: a fixed-rate model at standard point 6's weights, same recipe and
+# steps, except that h_s sees round(z) in training (hyper_proxy=ste): with the noise proxy this
+# fixed-rate model's z collapses and its real streams cost 2.4x its estimate (docs/design.md).
 $TICA train --step 2 --init "$RUNS/tica-cifar-step1/model.safetensors" --data "$DATA" \
     --run-dir "$RUNS/tica-cifar-fixed-q6" --quality 6 --alpha 8.048087385839176 \
     --beta 0.0058799322871069945 --epochs 4 --batch-size 128 --optimizer adam --lr 3e-4 \
     --hyper-lr 1e-2 --rate-warmup-steps 150 --weight-decay 0 --warmup-steps 50 \
-    --checkpoint-every 100 --resume
+    --checkpoint-every 100 --resume --set hyper_proxy=ste
 
 .venv/bin/python scripts/ship_weights.py --step1 "$RUNS/tica-cifar-step1/model.safetensors" \
     --codec "$RUNS/tica-cifar-vr/model.safetensors"

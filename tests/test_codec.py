@@ -148,9 +148,10 @@ def test_trained_payload_is_within_one_percent_of_the_models_estimate(kodak_path
             _, likelihoods = model.encode_latent(img, quality=quality)
         estimate = sum(-torch.log2(l).sum() for l in likelihoods.values()).item()
         (payload,) = model.compress(img, quality)
-        # never more than 1% over; under by the few values whose escape codes cost less
-        # than the ~30 bits the estimate's 1e-9 likelihood floor charges them
-        assert 0.97 < 8 * len(payload) / estimate < 1.01, (quality, 8 * len(payload), estimate)
+        # never more than 1% over; under by the values whose escape codes cost less than the
+        # ~30 bits the estimate's 1e-9 likelihood floor charges them (7% of the estimate for
+        # tica-cifar at q1 on this photograph, far from CIFAR-10)
+        assert 0.90 < 8 * len(payload) / estimate < 1.01, (quality, 8 * len(payload), estimate)
 
 
 def test_paper_preset_compresses_and_classifies_on_cpu():

@@ -202,12 +202,12 @@ def test_batches_are_bounded_by_cost_and_heavy_requests_run_apart_taking_turns()
 # ---- mixed load ------------------------------------------------------------------------------
 @pytest.mark.parametrize("fair", [True, False], ids=["fair", "one-lane-control"])
 def test_small_requests_answer_quickly_while_a_heavy_one_runs(model, small, fair):
-    """A 256x256 stream for the CIFAR model (~110 GFLOP to classify, over the 50 GFLOP batch
-    cap) holds its pass for HOLD_S; 20 concurrent 32x32 requests sent meanwhile answer within
+    """A 256x256 stream for the CIFAR model (~20 GFLOP to classify, over a 10 GFLOP batch
+    cap that 20 small images, 6 GFLOP, stay under) holds its pass for HOLD_S; 20 concurrent 32x32 requests sent meanwhile answer within
     3 s each. The control, with no cost cap (one lane, as before), shows the bound is
     meaningful: there the small requests wait for the heavy one."""
     heavy = _stream(model, 256)
-    config = ServeConfig(model="tica-cifar", max_batch_gflop=50.0 if fair else math.inf)
+    config = ServeConfig(model="tica-cifar", max_batch_gflop=10.0 if fair else math.inf)
     app = create_app(config)
     with TestClient(app, raise_server_exceptions=False) as c:
         passes = Passes(app, side=64, hold_s=HOLD_S, fake=True)
