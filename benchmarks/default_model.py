@@ -33,11 +33,10 @@ def centre_crop(x: torch.Tensor, side: int) -> torch.Tensor:
     return x[:, top:top + side, left:left + side]
 
 
-def measure(name: str, quality: int, crops: list[torch.Tensor]) -> dict:
-    model = tica.load(name, quality=quality)
+def measure(model, quality: int, crops: list[torch.Tensor]) -> dict:
     bpp, psnr = [], []
     for crop in crops:
-        data = tica.compress(model, crop)
+        data = tica.compress(model, crop, quality=quality)
         bpp.append(8 * len(data) / crop[0].numel())
         mse = (tica.reconstruct(model, data)[0].clamp(0, 1) - crop).square().mean().item()
         psnr.append(10 * math.log10(1 / mse))
@@ -56,11 +55,12 @@ def main() -> None:
     print("| side | preset | " + " | ".join(f"q{q}: bpp / PSNR" for q in QUALITIES)
           + " | classify GFLOP |")
     print("|---:|---|" + "---:|" * (len(QUALITIES) + 1))
+    models = {name: tica.load(name) for name in PRESETS}
     for side in (int(s) for s in args.sides.split(",")):
         crops = [centre_crop(x, side) for x in photos]
-        for name in PRESETS:
-            points = {f"q{q}": measure(name, q, crops) for q in QUALITIES}
-            gflop = tica.load(name).cost((side, side), "classify")
+        for name, model in models.items():
+            points = {f"q{q}": measure(model, q, crops) for q in QUALITIES}
+            gflop = model.cost((side, side), "classify")
             rows.append({"side": side, "preset": name, "points": points, "classify_gflop": gflop})
             cells = " | ".join(f"{p['bpp']:.2f} / {p['psnr']:.2f} dB" for p in points.values())
             print(f"| {side} | {name} | {cells} | {gflop:.2f} |")

@@ -142,7 +142,7 @@ def test_hyper_proxy_ste_feeds_h_s_the_rounded_z_it_decodes_from():
         model.h_s.register_forward_hook(lambda m, args, out, p=proxy: seen.__setitem__(p, args[0]))
         out = model(_inputs("tica-cifar"))
         _loss(out, model).backward()
-        assert model.h_a.parameters().__next__().grad.abs().sum() > 0
+        assert next(model.h_a.parameters()).grad.abs().sum() > 0
     assert torch.equal(seen["ste"], seen["ste"].round())
     assert not torch.equal(seen["noise"], seen["noise"].round())
     base = get_config("tica-cifar")

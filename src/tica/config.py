@@ -30,7 +30,8 @@ DEFAULT_EPOCH_SIZE = 10000          # photo folders: random crops per training e
 ACTIVATIONS = ("leaky_relu", "gdn", "gelu")
 LATENT_PROXIES = ("noise", "ste")
 MAX_RATE_LEVELS = 16
-_LATER_FIELDS = {"rate_levels": 0, "res_blocks": 0, "hyper_proxy": "noise"}      # ModelConfig fields newer than the first weights
+# ModelConfig fields newer than the first weights, at their neutral value
+_LATER_FIELDS = {"rate_levels": 0, "res_blocks": 0, "hyper_proxy": "noise"}
 
 
 @dataclass(frozen=True)
