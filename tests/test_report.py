@@ -14,10 +14,11 @@ import sys
 import pytest
 
 from conftest import DATA, REPO
-from tica.report import (HYPER, PHOTO, PHOTO_NOFAM, RUNS, TICA, TICA_FIXED, ReportOptions,
+from tica.report import (HYPER, PHOTO, PHOTO_NOFAM, RUNS, TICA, TICA_FIXED, TICA_NOFAM,
+                         ReportOptions,
                          accuracy_margins, bd_rates, run_report, run_weights, state_claims,
                          variable_rate_cost)
-from tica.report.claims import compute_claim
+from tica.report.claims import compute_claim, fam_claim
 
 
 def test_run_all_writes_tables_plots_and_claims(tmp_path):
@@ -226,3 +227,18 @@ def test_import_tica_needs_neither_the_report_nor_its_optional_packages():
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_the_fam_claim_compares_the_no_fam_point_at_equal_bpp():
+    tica = [{"pipeline": TICA, "quality": q, "bpp": b, "psnr": p}
+            for q, b, p in ((1, 0.5, 18.0), (2, 1.0, 22.0), (3, 4.0, 28.0))]
+    kodak = [{"anchor": PHOTO_NOFAM, "bd_rate_percent": -20.0, "psnr_range": (26.0, 38.0)}]
+    # 2.0 bpp is halfway between 1 and 4 in log-bpp: tica gives 25 dB there
+    worse = tica + [{"pipeline": TICA_NOFAM, "quality": 1, "bpp": 2.0, "psnr": 24.0}]
+    claim = fam_claim(worse, kodak)
+    assert "**holds**" in claim
+    assert "at 2.00 bpp, no FAM 24.00 dB against 25.00 dB with FAM (+1.00 dB" in claim
+    better = tica + [{"pipeline": TICA_NOFAM, "quality": 1, "bpp": 2.0, "psnr": 26.0}]
+    assert "**does not hold**" in fam_claim(better, kodak)
+    outside = tica + [{"pipeline": TICA_NOFAM, "quality": 1, "bpp": 9.0, "psnr": 26.0}]
+    assert "**holds**" in fam_claim(outside, kodak) and "9.00 bpp" not in fam_claim(outside, kodak)
