@@ -75,9 +75,12 @@ def test_a_tampered_export_is_refused(tmp_path, cifar_export):
         EdgeEncoder(copy)
 
 
-def test_a_variable_rate_model_exports_at_one_quality_and_its_streams_say_so(tmp_path):
+@pytest.mark.parametrize("entropy_gain", [False, True], ids=["gain-on-y", "entropy-gain"])
+def test_a_variable_rate_model_exports_at_one_quality_and_its_streams_say_so(tmp_path,
+                                                                            entropy_gain):
     model = tica.create_model("tica-cifar", seed=4, rate_levels=3, N=16, M=16, embed_dim=32,
-                              depth=2, num_heads=2, fam_blocks=(1,)).eval()
+                              depth=2, num_heads=2, fam_blocks=(1,),
+                              entropy_gain=entropy_gain).eval()
     with torch.no_grad():
         model.g_a[-1].weight.mul_(40)
     model.update()

@@ -22,9 +22,10 @@ from tica.train import Objective, train
 TINY = {"N": 16, "M": 16, "embed_dim": 32, "depth": 3, "num_heads": 2, "drop_path": 0.0}
 
 
-@pytest.fixture(scope="module")
-def model():
-    m = tica.create_model("tica-cifar", seed=1, rate_levels=4, **TINY).eval()
+@pytest.fixture(scope="module", params=[False, True], ids=["gain-on-y", "entropy-gain"])
+def model(request):
+    m = tica.create_model("tica-cifar", seed=1, rate_levels=4, entropy_gain=request.param,
+                          **TINY).eval()
     with torch.no_grad():           # an untrained latent is tiny: give it a trained one's range
         m.g_a[-1].weight.mul_(40)
     m.update()
@@ -74,6 +75,32 @@ def test_each_image_of_a_batch_stream_keeps_its_own_quality(model, images):
         decoded[part] = y_hat
     for i, q in enumerate((1, 4, 2.5)):
         assert torch.equal(decoded[i], model.latent(images[i:i + 1], q)[0])
+
+
+def test_with_entropy_gain_the_tables_follow_the_quality_without_z():
+    """entropy_gain: h_s predicts the un-gained latent's scale and mean and both are
+    multiplied by the gain, so a z that says nothing still gives a low quality small scales
+    (cheap zeros) and a high one large scales; the gain coding uses is exact to 1/256."""
+    model = tica.create_model("tica-cifar", seed=1, rate_levels=4, entropy_gain=True, **TINY)
+    with torch.no_grad():
+        model.log_gain.copy_(torch.linspace(-2.0, 1.0, 4)[:, None].expand_as(model.log_gain))
+    model.eval().update()
+    gain = model.entropy_gain(2.5, 2)
+    assert gain.dtype == torch.float64 and gain.shape == (2, 16, 1, 1)
+    assert torch.equal(gain * 256, torch.round(gain * 256))
+    assert gain[0, 0].item() == pytest.approx(math.exp(-0.5), abs=1 / 512)
+    z = torch.zeros(1, 16, 2, 2, dtype=torch.float64)
+    low, _ = model._hyper_decode(z, 1.0)
+    high, _ = model._hyper_decode(z, 4.0)
+    scales = model.integer_h_s(z).chunk(2, dim=1)[0]
+    conditional = model.gaussian_conditional
+    assert (low == conditional.indexes(scales * model.entropy_gain(1.0, 1)).numpy()).all()
+    assert (high == conditional.indexes(scales * model.entropy_gain(4.0, 1)).numpy()).all()
+    assert (low <= high).all() and low.sum() < high.sum()
+    plain = tica.create_model("tica-cifar", seed=1, rate_levels=4, **TINY).eval()
+    plain.update()
+    assert plain.entropy_gain(2.5, 1) is None
+    assert (plain._hyper_decode(z, 1.0)[0] == plain._hyper_decode(z, 4.0)[0]).all()
 
 
 def test_qualities_out_of_range_or_for_a_fixed_rate_model_are_refused(model, images):

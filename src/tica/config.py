@@ -31,7 +31,7 @@ ACTIVATIONS = ("leaky_relu", "gdn", "gelu")
 LATENT_PROXIES = ("noise", "ste")
 MAX_RATE_LEVELS = 16
 # ModelConfig fields newer than the first weights, at their neutral value
-_LATER_FIELDS = {"rate_levels": 0, "res_blocks": 0, "hyper_proxy": "noise"}
+_LATER_FIELDS = {"rate_levels": 0, "res_blocks": 0, "hyper_proxy": "noise", "entropy_gain": False}
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,10 @@ class ModelConfig:
     # variable rate (gain units, Cui et al. 2021): 0 = one fixed rate; L >= 2 = L standard
     # rate points (quality 1 = lowest rate .. L), any quality in [1, L] by interpolation
     rate_levels: int = 0
+    # variable rate: whether the Gaussian's scale and mean follow the gain (h_a reads the
+    # un-gained y, h_s predicts its mean and scale, and both are multiplied by the gain, as a
+    # quantisation step would). Without it h_s must learn each quality's scales from z alone.
+    entropy_gain: bool = False
     # entropy models
     scale_min: float = 0.11
     scale_max: float = 256.0
@@ -226,8 +230,8 @@ class TrainConfig:
                                        "export", metavar="S")   # counted from clock_start, else
                                                                 # from the run's start
     clock_start: float | None = None          # Unix time the deadline counts from (a plan's start)
-    schedule_by_deadline: bool = False        # the LR schedule ends at the deadline if that
-                                              # comes before the last step (not under torchrun)
+    schedule_by_deadline: bool = _option(False, "end the learning-rate schedule at the deadline "
+                                         "if that comes before the last step (one process)")
     export_every_s: float | None = _option(None, "also export the weights every S seconds "
                                            "(coding-ready after step 2)", metavar="S")
     export_dir: str | None = _option(None, "write a float16 copy of every export to "

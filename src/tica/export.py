@@ -59,10 +59,12 @@ class _Analysis(nn.Module):
         self.g_a, self.h_a = model.g_a, model.h_a
         gain = _gain(model)
         self.register_buffer("gain", gain if gain is not None else torch.ones(1, model.config.M, 1, 1))
+        self.gain_before_h_a = not model.config.entropy_gain
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = self.g_a(x) * self.gain
-        return y, clamp_z(self.h_a(y))
+        y = self.g_a(x)
+        z = clamp_z(self.h_a(y * self.gain if self.gain_before_h_a else y))
+        return y * self.gain, z
 
 
 def _zero_upsample(x: torch.Tensor) -> torch.Tensor:
@@ -109,6 +111,9 @@ class _HyperIndexes(nn.Module):
             self.register_buffer(f"e{i}", torch.pow(2.0, layer.exponent.double()).view(1, -1, 1, 1))
             self.specs.append((layer.transposed, pad))
         self.register_buffer("bounds", model.gaussian_conditional.scale_bounds.double().clone())
+        gain = model.entropy_gain(model.quality, 1)     # exact dyadic numbers, or none
+        self.register_buffer("gain", gain if gain is not None
+                             else torch.ones(1, model.config.M, 1, 1, dtype=torch.float64))
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = z
@@ -123,6 +128,7 @@ class _HyperIndexes(nn.Module):
             shift = scale / 2.0 ** ACT_FRAC_BITS
             x = torch.floor(torch.clamp(acc, min=0.0) / shift).clamp(max=2.0 ** ACT_BITS - 1)
         scales, means = params.chunk(2, dim=1)
+        scales, means = scales * self.gain, means * self.gain
         index = (scales.unsqueeze(-1) > self.bounds).to(torch.int64).sum(-1)   # = bucketize
         return index, means.float()
 

@@ -42,6 +42,7 @@ from ..nn.conv import analysis, hyper_analysis, hyper_synthesis, nhwc
 from ..nn.integer import IntegerHyperSynthesis
 
 Likelihoods = dict[str, torch.Tensor]
+ENTROPY_GAIN_STEPS = 256    # entropy_gain models code with the gain rounded to 1/256
 QUALITY_STEPS = 16          # a stream records quality to 1/16: code = round((q - 1) * 16)
 
 
@@ -155,6 +156,20 @@ class CompressionModel(nn.Module):
 
         return interpolate(self.log_gain), interpolate(self.log_inv_gain)
 
+    @staticmethod
+    def _gained(y: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
+        return y if gain is None else y.float() * gain
+
+    def entropy_gain(self, quality: float | torch.Tensor | None, batch: int
+                     ) -> torch.Tensor | None:
+        """What coding multiplies h_s's scales and means by (`entropy_gain` models), (B, M,
+        1, 1) float64: the gain rounded to 1/256, so that scale * gain is an exact product of
+        dyadic numbers and the table choice is the same on every machine. None otherwise."""
+        gain, _ = self.gain_pair(quality, batch)
+        if gain is None or not self.config.entropy_gain:
+            return None
+        return torch.round(gain.detach().double().cpu() * ENTROPY_GAIN_STEPS) / ENTROPY_GAIN_STEPS
+
     def gain_pair(self, quality: float | torch.Tensor | None, batch: int
                   ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(gain, inverse gain) for a batch at `quality` (a number, (B,) per image, or None for
@@ -185,13 +200,14 @@ class CompressionModel(nn.Module):
         if not entropy:
             return y, None
         gain, inv_gain = self.gain_pair(quality, x.shape[0])
-        if gain is not None:
-            y = y * gain
-        z = self.h_a(y)
+        z = self.h_a(y if self.config.entropy_gain else self._gained(y, gain))
+        y = self._gained(y, gain)
         z_hat, z_lik = self.entropy_bottleneck(z, "noise" if self.training else "round")
         if self.training and self.config.hyper_proxy == "ste":
             z_hat = quantize(z.float(), "ste")
         scales, means = self.h_s(z_hat).float().chunk(2, dim=1)
+        if self.config.entropy_gain and gain is not None:
+            scales, means = scales * gain, means * gain
         if self.training:
             y_rate = quantize(y, "noise")
             y_net = y_rate if self.config.latent_proxy == "noise" else quantize(y, "ste", means)
@@ -254,10 +270,14 @@ class CompressionModel(nn.Module):
         """16-bit id written into bitstreams (the first two bytes of the fingerprint)."""
         return int.from_bytes(self.fingerprint[:2], "big")
 
-    def _hyper_decode(self, z_int: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    def _hyper_decode(self, z_int: torch.Tensor, quality: float | None
+                      ) -> tuple[np.ndarray, torch.Tensor]:
         """Integer z_hat -> (table indexes (B, M, h, w) int64, means float32), exactly."""
         params = self._require_update()(z_int)
         scales, means = params.chunk(2, dim=1)
+        gain = self.entropy_gain(quality, z_int.shape[0])
+        if gain is not None:
+            scales, means = scales * gain, means * gain
         return self.gaussian_conditional.indexes(scales).numpy(), means.float()
 
     @torch.no_grad()
@@ -267,11 +287,11 @@ class CompressionModel(nn.Module):
         `dequantize(symbols + means)` is exactly what `decompress` returns."""
         self._require_update()
         y = self.g_a(nhwc(pad_to(x, self.config.stride)))
-        gain, _ = self.gain_pair(self.check_quality(quality), x.shape[0])
-        if gain is not None:
-            y = y.float() * gain
-        z_int = clamp_z(self.h_a(y)).cpu()
-        indexes, means = self._hyper_decode(z_int)
+        quality = self.check_quality(quality)
+        gain, _ = self.gain_pair(quality, x.shape[0])
+        z_int = clamp_z(self.h_a(y if self.config.entropy_gain else self._gained(y, gain))).cpu()
+        y = self._gained(y, gain)
+        indexes, means = self._hyper_decode(z_int, quality)
         symbols = torch.round(y.float().cpu() - means)
         return z_int, indexes, means, symbols
 
@@ -311,7 +331,7 @@ class CompressionModel(nn.Module):
         h, w = self.latent_grid(image_size)
         reader = PayloadDecoder(payloads)
         z = reader.decode_z((self.config.N, h // 2, w // 2), self.entropy_bottleneck.tables)
-        indexes, means = self._hyper_decode(torch.from_numpy(z).double())
+        indexes, means = self._hyper_decode(torch.from_numpy(z).double(), self.check_quality(quality))
         symbols = reader.decode_y(indexes, self.gaussian_conditional.tables)
         return self.dequantize(torch.from_numpy(symbols).float() + means, quality)
 
