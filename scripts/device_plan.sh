@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Train every shipped model in ONE command on a borrowed H100/H200 (the device tool), with
 # scripts/plans/gpu.json: tica-cifar step 1 -> step 2 (variable rate, 8 points) and its
-# no-FAM ablation, vit-pixel-cifar, hyperprior-cifar (variable rate), tica-photo step 1 ->
-# step 2 (variable rate), side by side, every run done by 470 s.
+# no-FAM ablation, vit-pixel-cifar, hyperprior-cifar (variable rate), tica-photo step 1 on
+# the photographs -> step 2 on Imagenette (variable rate, classifying), side by side, every
+# run done by 470 s.
 #
 #   1. HERE, before the device call:   bash scripts/device_plan.sh prepare
 #      Copies the data into .devdata/ (ignored through .git/info/exclude; ../shared does not
-#      travel): the CIFAR-10 archive as is (18 MB), the 40 photographs halved, lossless WebP
-#      (14 MiB). Downloads the one package the device image lacks, constriction, as a wheel
+#      travel): the CIFAR-10 archive as is (18 MB), the 40 photographs halved, WebP quality
+#      90 (3 MiB), Imagenette's training split at 160x160, WebP quality 75 (35 MiB). Downloads the one package the device image lacks, constriction, as a wheel
 #      into .whl/. Checks the plan (tica train --plan ... --dry-run: configs, dependencies,
 #      export sizes against the 8-file / 16 MiB / 64 MiB return limits), takes the shipped
 #      weights (57 MB, which the plan never reads: it trains from scratch) out of git's index
 #      and into .git/info/exclude so that they stay here, and checks that the working tree
-#      plus .devdata and .whl fit the tool's 64 MiB (~34 MiB); exits non-zero if not.
+#      plus .devdata and .whl fit the tool's 64 MiB (~57 MiB); exits non-zero if not.
 #      Until step 3's restore, `git status` shows the weights as deleted: commit nothing.
 #
 #   2. THE DEVICE TOOL, one call, exactly:
@@ -72,8 +73,13 @@ prepare() {
     cmp -s "$DATA/cifar10-jpeg.tar.gz" .devdata/cifar10-jpeg.tar.gz ||
         cp -f "$DATA/cifar10-jpeg.tar.gz" .devdata/cifar10-jpeg.tar.gz
     if [ ! -d .devdata/photos ]; then
-        "$PY" -m tica.plan pack-photos "$DATA/photos" .devdata/photos.tmp 2
+        "$PY" -m tica.plan pack-photos "$DATA/photos" .devdata/photos.tmp 2 90
         mv .devdata/photos.tmp .devdata/photos
+    fi
+    if [ ! -d .devdata/imagenette ]; then
+        rm -rf .devdata/imagenette.tmp
+        "$PY" -m tica.plan pack-split "$DATA/imagenette-224.tar.gz" .devdata/imagenette.tmp 160
+        mv .devdata/imagenette.tmp .devdata/imagenette
     fi
     local version
     version=$("$PY" -c "import importlib.metadata as m; print(m.version('constriction'))")
@@ -101,7 +107,8 @@ check() {
 
 run() {            # on the device machine
     : "${OUT:?run this through the device tool: \$OUT is where the weights go}"
-    if [ ! -f .devdata/cifar10-jpeg.tar.gz ] || [ ! -d .devdata/photos ]; then
+    if [ ! -f .devdata/cifar10-jpeg.tar.gz ] || [ ! -d .devdata/photos ] ||
+       [ ! -d .devdata/imagenette ]; then
         echo "device_plan: no .devdata here: run 'bash scripts/device_plan.sh prepare' first," \
              "and carry .devdata" >&2
         exit 1
@@ -133,5 +140,5 @@ case "${1:-}" in
     restore) restore ;;
     run) shift; run "$@" ;;
     smoke) shift; smoke "$@" ;;
-    *) sed -n '2,35p' "$0"; exit 2 ;;
+    *) sed -n '2,37p' "$0"; exit 2 ;;
 esac

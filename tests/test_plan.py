@@ -135,7 +135,10 @@ def test_plans_share_gpu_json_runs_and_fit_the_limits():
         c = r.config
         assert c.device == "cuda" and c.deadline_s <= gpu.deadline_s == 470 and c.schedule_by_deadline
         assert not r.publish or c.export_every_s <= 120
-        assert c.data in ("DATA/cifar10-jpeg.tar.gz", "DATA/photos")
+        assert c.data in ("DATA/cifar10-jpeg.tar.gz", "DATA/photos", "DATA/imagenette")
+    photo = gpu.run("tica-photo").config           # the shipped recipe: labelled photographs
+    assert photo.data == "DATA/imagenette" and photo.alpha == 1
+    assert photo.model_overrides["entropy_gain"] is True
     assert gpu.run("tica-cifar").config.rate_points(8)[-1] == pytest.approx((30, 0.03))
     assert gpu.run("vit-pixel-cifar").config.epochs == (gpu.run("tica-cifar-step1").config.epochs
                                                         + gpu.run("tica-cifar").config.epochs)
@@ -312,3 +315,21 @@ def test_the_device_call_travels_light_and_the_weights_come_back(tmp_path):
     status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, check=True,
                             capture_output=True, text=True).stdout
     assert status == "" and sum(travel_bytes(clone, []).values()) == before
+
+
+def test_pack_split_shrinks_a_labelled_split_and_keeps_its_classes(tmp_path):
+    from tica.data import load_split, split_classes
+    from tica.plan import pack_split
+    src = tmp_path / "set" / "train"
+    for name, colour in (("bird", 30), ("cat", 200)):
+        (src / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(torch.full((48, 64, 3), colour + i, dtype=torch.uint8).numpy()).save(
+                src / name / f"{i}.png")
+    n, size = pack_split(tmp_path / "set", tmp_path / "packed", side=32)
+    assert n == 6 and 0 < size == sum(f.stat().st_size for f in (tmp_path / "packed").rglob("*.*"))
+    assert split_classes(tmp_path / "packed") == ("bird", "cat")
+    packed = load_split(tmp_path / "packed", "train")
+    assert packed.images.shape == (6, 3, 32, 32) and packed.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert abs(packed.images[0].float().mean().item() - 30) < 3       # lossy, but the same image
+    assert abs(packed.images[5].float().mean().item() - 202) < 3

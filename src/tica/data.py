@@ -128,6 +128,12 @@ def _list_images(root: Path) -> tuple[list[Path], list[int], tuple[str, ...]]:
     return files, labels, classes
 
 
+def split_files(data: str | Path, split: str = "train"
+                ) -> tuple[list[Path], list[int], tuple[str, ...]]:
+    """(image files, their labels, the class names) of a split, in load_split's order."""
+    return _list_images(resolve_split(data, split))
+
+
 def split_classes(data: str | Path, split: str = "train") -> tuple[str, ...]:
     """The class names of a split (its folder names, sorted: the label order of load_split)."""
     return _list_images(resolve_split(data, split))[2]

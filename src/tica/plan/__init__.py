@@ -38,7 +38,7 @@ The package, one concern a module:
     publish.py  Publisher (the output folder within the limits), join_parts
     runner.py   PlanRunner (start, follow, publish, stop by the deadline), run_plan
     child.py    one run in its own process (`python -m tica.plan child SPEC`)
-    travel.py   pack_photos, travel_bytes: what a device call sends
+    travel.py   pack_photos, pack_split, travel_bytes: what a device call sends
 """
 
 from __future__ import annotations
@@ -52,25 +52,31 @@ from .runner import PlanRunner, run_plan
 from .spec import (EXPORT_FILE, RESULT_FILE, STATUS_FILE, STATUS_FORMAT, Limits, Plan, PlanRun,
                    check_limits, describe, estimate_export_bytes, load_plan, model_config_of,
                    read_plan_file)
-from .travel import pack_photos, travel_bytes
+from .travel import pack_photos, pack_split, travel_bytes
 
 __all__ = [
     "EXPORT_FILE", "Limits", "Plan", "PlanRun", "PlanRunner", "Publisher", "RESULT_FILE",
     "STATUS_FILE", "STATUS_FORMAT", "check_limits", "describe", "estimate_export_bytes",
-    "join_parts", "load_plan", "main", "model_config_of", "pack_photos", "read_plan_file",
-    "run_plan", "travel_bytes",
+    "join_parts", "load_plan", "main", "model_config_of", "pack_photos", "pack_split",
+    "read_plan_file", "run_plan", "travel_bytes",
 ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m tica.plan child SPEC | pack-photos SRC DEST [SCALE] | travel-size [CARRY..]"""
+    """python -m tica.plan child SPEC | pack-photos SRC DEST [SCALE [QUALITY]]
+    | pack-split SRC DEST [SIDE] | travel-size [CARRY..]"""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args[:1] == ["child"] and len(args) == 2:
             return _child(args[1])
-        if args[:1] == ["pack-photos"] and len(args) in (3, 4):
-            n, size = pack_photos(args[1], args[2], int(args[3]) if len(args) == 4 else 2)
+        if args[:1] == ["pack-photos"] and len(args) in (3, 4, 5):
+            n, size = pack_photos(args[1], args[2], int(args[3]) if len(args) >= 4 else 2,
+                                  int(args[4]) if len(args) == 5 else None)
             print(f"{n} photos, {size / 2**20:.1f} MiB in {args[2]}")
+            return 0
+        if args[:1] == ["pack-split"] and len(args) in (3, 4):
+            n, size = pack_split(args[1], args[2], int(args[3]) if len(args) == 4 else 160)
+            print(f"{n} images, {size / 2**20:.1f} MiB in {args[2]}")
             return 0
         if args[:1] == ["travel-size"]:
             sizes = travel_bytes(".", args[1:])

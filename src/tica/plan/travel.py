@@ -1,5 +1,5 @@
-"""Helpers for the device machine: what a device call sends, and the photographs packed
-small enough to travel."""
+"""Helpers for the device machine: what a device call sends, and the photographs and the
+labelled split packed small enough to travel."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from pathlib import Path
 from ..errors import TicaError
 
 
-def pack_photos(src: str | Path, dest: str | Path, scale: int = 2) -> tuple[int, int]:
-    """The photographs of `src`, each shrunk `scale` times (box filter), as lossless WebP
-    (PNG where Pillow lacks WebP) in `dest`: how natural-image training data travels to a
-    machine with a size limit. Returns (files, bytes)."""
+def pack_photos(src: str | Path, dest: str | Path, scale: int = 2, quality: int | None = None
+                ) -> tuple[int, int]:
+    """The photographs of `src`, each shrunk `scale` times (box filter), as WebP (PNG where
+    Pillow lacks WebP) in `dest`, lossless unless a `quality` is given: how natural-image
+    training data travels to a machine with a size limit. Returns (files, bytes)."""
     from PIL import Image, features
 
     from ..data import IMAGE_SUFFIXES
@@ -28,9 +29,34 @@ def pack_photos(src: str | Path, dest: str | Path, scale: int = 2) -> tuple[int,
         img = img.reduce(scale) if scale > 1 else img
         target = dest / (f.stem + (".webp" if webp else ".png"))
         if webp:
-            img.save(target, "WEBP", lossless=True, quality=100, method=4)
+            if quality is None:
+                img.save(target, "WEBP", lossless=True, quality=100, method=4)
+            else:
+                img.save(target, "WEBP", quality=quality, method=4)
         else:
             img.save(target, "PNG", compress_level=9)
+        total += target.stat().st_size
+    return len(files), total
+
+
+def pack_split(data: str | Path, dest: str | Path, side: int = 160, quality: int = 75,
+               split: str = "train") -> tuple[int, int]:
+    """An ImageFolder split of `data` (a folder or an archive) resized to side x side
+    (bicubic) and stored as lossy WebP (JPEG where Pillow lacks WebP) at `quality` in
+    dest/SPLIT/CLASS/: Imagenette's 8,669 training images at 160x160 and quality 75 take
+    ~35 MiB instead of 104. Returns (files, bytes)."""
+    from PIL import Image, features
+
+    from ..data import split_files
+    files, labels, classes = split_files(data, split)
+    fmt, suffix = ("WEBP", ".webp") if features.check("webp") else ("JPEG", ".jpg")
+    total = 0
+    for f, label in zip(files, labels):
+        folder = Path(dest) / split / classes[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        img = Image.open(f).convert("RGB").resize((side, side), Image.BICUBIC)
+        target = folder / (f.stem + suffix)
+        img.save(target, fmt, quality=quality)
         total += target.stat().st_size
     return len(files), total
 
