@@ -19,6 +19,12 @@ standard rate point (quality 1..L, 1 = lowest rate); a quality between two point
 exponential interpolation of their vectors. The gain only changes which symbols are written
 and how y_hat is rescaled: the table indexes and means still come from z alone through the
 exact integer h_s, so decoding stays bit-exact at any quality.
+
+With `entropy_gain`, h_a reads the un-gained y and h_s predicts the un-gained latent's scale
+and mean, which are then multiplied by the gain (as a quantisation step 1/gain would scale
+them), so the tables follow the quality even where z carries little. Coding multiplies by the
+gain rounded to 1/256 (`entropy_gain()`): an exact product of dyadic numbers, the same table
+choice on every machine.
 """
 
 from __future__ import annotations
@@ -143,15 +149,17 @@ class CompressionModel(nn.Module):
                               f"{rng[0]:g}..{rng[1]:g} (1 = lowest rate)")
         return quality_from_code(quality_code(q))
 
-    def gains(self, quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def gains(self, quality: torch.Tensor, dtype: torch.dtype = torch.float32
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         """quality (B,) in [1, L] -> (gain, inverse gain), each (B, M, 1, 1): log-linear
         interpolation between the two standard points around each quality."""
         L = self.config.rate_levels
-        q = quality.to(self.log_gain.device, torch.float32).clamp(1, L) - 1
+        q = quality.to(self.log_gain.device, dtype).clamp(1, L) - 1
         low = q.floor().clamp(max=L - 2).long()
         t = (q - low)[:, None]
 
         def interpolate(table: torch.Tensor) -> torch.Tensor:
+            table = table.to(dtype)
             return torch.exp((1 - t) * table[low] + t * table[low + 1])[:, :, None, None]
 
         return interpolate(self.log_gain), interpolate(self.log_inv_gain)
@@ -163,12 +171,19 @@ class CompressionModel(nn.Module):
     def entropy_gain(self, quality: float | torch.Tensor | None, batch: int
                      ) -> torch.Tensor | None:
         """What coding multiplies h_s's scales and means by (`entropy_gain` models), (B, M,
-        1, 1) float64: the gain rounded to 1/256, so that scale * gain is an exact product of
-        dyadic numbers and the table choice is the same on every machine. None otherwise."""
-        gain, _ = self.gain_pair(quality, batch)
-        if gain is None or not self.config.entropy_gain:
+        1, 1) float64: the gain, computed in float64 (a last-bit difference between machines'
+        exp is then ~1e-16, far below the rounding step) and rounded to 1/256, so that
+        scale * gain is an exact product of dyadic numbers and the table choice is the same
+        on every machine. None otherwise."""
+        if not (self.config.rate_levels and self.config.entropy_gain):
             return None
-        return torch.round(gain.detach().double().cpu() * ENTROPY_GAIN_STEPS) / ENTROPY_GAIN_STEPS
+        if quality is None:
+            quality = self.quality
+        if not torch.is_tensor(quality):
+            quality = torch.full((batch,), float(quality), dtype=torch.float64)
+        with torch.no_grad():
+            gain, _ = self.gains(quality.double(), torch.float64)
+        return torch.round(gain.cpu() * ENTROPY_GAIN_STEPS) / ENTROPY_GAIN_STEPS
 
     def gain_pair(self, quality: float | torch.Tensor | None, batch: int
                   ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
