@@ -9,6 +9,7 @@ import json
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -333,3 +334,23 @@ def test_pack_split_shrinks_a_labelled_split_and_keeps_its_classes(tmp_path):
     assert packed.images.shape == (6, 3, 32, 32) and packed.labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert abs(packed.images[0].float().mean().item() - 30) < 3       # lossy, but the same image
     assert abs(packed.images[5].float().mean().item() - 202) < 3
+
+
+def test_pack_photos_halves_the_photographs_lossless_or_at_a_quality(tmp_path):
+    from tica.plan import pack_photos
+    src = tmp_path / "photos"
+    src.mkdir()
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(2, 3, 8, 8, generator=g), size=(64, 96),
+                                             mode="bilinear")
+    for i, img in enumerate((smooth * 255).byte()):
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(src / f"{i}.png")
+    n, lossless = pack_photos(src, tmp_path / "exact")
+    m, lossy = pack_photos(src, tmp_path / "small", quality=50)
+    assert n == m == 2 and 0 < lossy < lossless
+    for name in ("exact", "small"):
+        out = sorted((tmp_path / name).iterdir())
+        assert [Image.open(f).size for f in out] == [(48, 32)] * 2
+    original = Image.open(src / "0.png").reduce(2)
+    exact = Image.open(sorted((tmp_path / "exact").iterdir())[0]).convert("RGB")
+    assert np.array_equal(np.asarray(exact), np.asarray(original))
