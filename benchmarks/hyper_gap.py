@@ -34,7 +34,7 @@ def measure(model, x: torch.Tensor, quality: float | None) -> tuple[float, float
         estimate = sum(-torch.log2(l).sum() for l in likelihoods.values()).item() / pixels
         y = model.g_a(nhwc(pad_to(x, model.config.stride))).float()
         gain, _ = model.gain_pair(quality, x.shape[0])
-        z = model.h_a(y if gain is None or model.config.entropy_gain else y * gain)
+        z = model.h_a(model.hyper_input(y, gain))
     real = 8 * len(tica.compress(model, x, quality=quality)) / pixels
     return estimate, real, z.std().item()
 

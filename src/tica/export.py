@@ -56,14 +56,13 @@ class _Analysis(nn.Module):
 
     def __init__(self, model: CompressionModel) -> None:
         super().__init__()
-        self.g_a, self.h_a = model.g_a, model.h_a
+        self.model = model
         gain = _gain(model)
         self.register_buffer("gain", gain if gain is not None else torch.ones(1, model.config.M, 1, 1))
-        self.gain_before_h_a = not model.config.entropy_gain
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = self.g_a(x)
-        z = clamp_z(self.h_a(y * self.gain if self.gain_before_h_a else y))
+        y = self.model.g_a(x)
+        z = clamp_z(self.model.h_a(self.model.hyper_input(y, self.gain)))
         return y * self.gain, z
 
 

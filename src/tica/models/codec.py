@@ -168,6 +168,10 @@ class CompressionModel(nn.Module):
     def _gained(y: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
         return y if gain is None else y.float() * gain
 
+    def hyper_input(self, y: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
+        """What h_a reads from the un-gained y: y itself with `entropy_gain`, else y * gain."""
+        return y if self.config.entropy_gain else self._gained(y, gain)
+
     def entropy_gain(self, quality: float | torch.Tensor | None, batch: int
                      ) -> torch.Tensor | None:
         """What coding multiplies h_s's scales and means by (`entropy_gain` models), (B, M,
@@ -215,7 +219,7 @@ class CompressionModel(nn.Module):
         if not entropy:
             return y, None
         gain, inv_gain = self.gain_pair(quality, x.shape[0])
-        z = self.h_a(y if self.config.entropy_gain else self._gained(y, gain))
+        z = self.h_a(self.hyper_input(y, gain))
         y = self._gained(y, gain)
         z_hat, z_lik = self.entropy_bottleneck(z, "noise" if self.training else "round")
         if self.training and self.config.hyper_proxy == "ste":
@@ -304,7 +308,7 @@ class CompressionModel(nn.Module):
         y = self.g_a(nhwc(pad_to(x, self.config.stride)))
         quality = self.check_quality(quality)
         gain, _ = self.gain_pair(quality, x.shape[0])
-        z_int = clamp_z(self.h_a(y if self.config.entropy_gain else self._gained(y, gain))).cpu()
+        z_int = clamp_z(self.h_a(self.hyper_input(y, gain))).cpu()
         y = self._gained(y, gain)
         indexes, means = self._hyper_decode(z_int, quality)
         symbols = torch.round(y.float().cpu() - means)
