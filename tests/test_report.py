@@ -15,9 +15,8 @@ import pytest
 
 from conftest import DATA, REPO
 from tica.report import (HYPER, PHOTO, PHOTO_NOFAM, RUNS, TICA, TICA_FIXED, TICA_NOFAM,
-                         ReportOptions,
-                         accuracy_margins, bd_rates, run_report, run_weights, state_claims,
-                         variable_rate_cost)
+                         TICA_VR_BUDGET, ReportOptions, accuracy_margins, bd_rates, run_report,
+                         run_weights, state_claims, variable_rate_cost)
 from tica.report.claims import compute_claim, fam_claim
 
 
@@ -176,6 +175,11 @@ def test_variable_rate_cost_reads_the_rate_at_the_fixed_models_psnr():
     # accuracy at 1.8 bpp: linear in log-bpp between (1, 0.5) and (2, 0.6)
     assert row["variable_top1_at_bpp"] == pytest.approx(0.5 + 0.1 * math.log(1.8) / math.log(2))
     assert variable_rate_cost(vr) == []
+    # the variable-rate model at the fixed model's budget, when measured, is the one compared
+    budget = [dict(r, pipeline=TICA_VR_BUDGET, bpp=2 * r["bpp"]) for r in vr]
+    (row,) = variable_rate_cost(vr + budget + [fixed])
+    assert row["model"] == "tica"
+    assert row["variable_bpp_at_psnr"] == pytest.approx(4.0)
 
 
 def _script_run_dirs() -> set[str]:

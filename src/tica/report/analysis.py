@@ -7,7 +7,7 @@ from __future__ import annotations
 from .. import rd
 from ..errors import TicaError
 from .names import (CLEAN, HYPER, HYPER_FIXED, PHOTO, PHOTO_NOFAM, PUBLISHED_HYPERPRIOR, TICA,
-                    TICA_FIXED, TICA_NOFAM)
+                    TICA_FIXED, TICA_NOFAM, TICA_VR_BUDGET)
 
 Curve = tuple[list[float], list[float]]      # (bpp, value) in measurement order
 
@@ -48,7 +48,7 @@ def accuracy_margins(results: list[dict]) -> list[dict]:
     quality_at = {r["bpp"]: r["quality"] for r in results if r["pipeline"] == TICA}
     rows = []
     for label, curve in acc.items():
-        if label in (TICA, TICA_NOFAM, TICA_FIXED):
+        if label in (TICA, TICA_NOFAM, TICA_FIXED, TICA_VR_BUDGET):
             continue
         front = rd.monotone_upper(curve)
         rates = sorted(set(tica_curve[0]) | {b for b in front[0] if low < b < high})
@@ -64,9 +64,11 @@ def variable_rate_cost(results: list[dict]) -> list[dict]:
     """What one variable-rate model costs against a fixed-rate model trained alone at one of
     its standard points with the same budget: the variable-rate model's bpp at the fixed
     model's PSNR (a BD-rate at one point) and its top-1 at the fixed model's bpp. For each
-    (variable-rate, fixed-rate) pair of pipelines that was measured."""
+    (variable-rate, fixed-rate) pair of pipelines that was measured; tica's variable-rate side
+    is the model at the fixed-rate model's budget where that was measured apart."""
     rows = []
-    for variable, fixed_label in ((TICA, TICA_FIXED), (HYPER, HYPER_FIXED)):
+    budget = TICA_VR_BUDGET if any(r["pipeline"] == TICA_VR_BUDGET for r in results) else TICA
+    for model, variable, fixed_label in ((TICA, budget, TICA_FIXED), (HYPER, HYPER, HYPER_FIXED)):
         vr = [r for r in results if r["pipeline"] == variable]
         if len(vr) < 2:
             continue
@@ -74,7 +76,7 @@ def variable_rate_cost(results: list[dict]) -> list[dict]:
         acc_curve = ([r["bpp"] for r in vr], [r["top1"] for r in vr])
         for fixed in (r for r in results if r["pipeline"] == fixed_label):
             same_psnr = rd.rate_at(psnr_curve, fixed["psnr"])
-            rows.append({"model": variable, "quality": fixed["quality"], "fixed_bpp": fixed["bpp"],
+            rows.append({"model": model, "quality": fixed["quality"], "fixed_bpp": fixed["bpp"],
                          "fixed_psnr": fixed["psnr"], "fixed_top1": fixed["top1"],
                          "variable_bpp_at_psnr": same_psnr,
                          "rate_cost_percent": 100 * (same_psnr / fixed["bpp"] - 1),
