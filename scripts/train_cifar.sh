@@ -30,5 +30,22 @@ $TICA train --step 2 --init "$RUNS/tica-cifar-step1/model.safetensors" --data "$
     --hyper-lr 1e-2 --rate-warmup-steps 150 --weight-decay 0 --warmup-steps 50 \
     --checkpoint-every 100 --resume --set hyper_proxy=ste
 
+# Then the shipped model trains on from there, the same recipe annealed to a 105-minute
+# deadline on two threads (the 4-epoch model above stays the fixed-rate model's same-budget
+# twin in the report; the shipped run started from its float16 copy, as shipped then). With
+# the noise proxy for z this longer run's h_s drifted: real streams at q1 cost 4x the
+# estimate (docs/design.md, hyper_proxy), so 18 minutes with hyper_proxy=ste realign it. A
+# new run would use hyper_proxy=ste throughout, as the device plan does.
+$TICA train --step 2 --init "$RUNS/tica-cifar-vr/model.safetensors" --data "$DATA" \
+    --run-dir "$RUNS/tica-cifar-vr2" --alpha 0.3 --alpha-max 30 --beta 0.0001 --beta-max 0.03 \
+    --epochs 30 --deadline-s 6300 --schedule-by-deadline --batch-size 128 --optimizer adam \
+    --lr 3e-4 --hyper-lr 1e-2 --weight-decay 0 --warmup-steps 50 --eval-images 0 \
+    --no-progress --checkpoint-every 100 --resume
+$TICA train --step 2 --init "$RUNS/tica-cifar-vr2/model.safetensors" --set hyper_proxy=ste \
+    --data "$DATA" --run-dir "$RUNS/tica-cifar-vr2-ste" --alpha 0.3 --alpha-max 30 \
+    --beta 0.0001 --beta-max 0.03 --epochs 10 --deadline-s 1080 --schedule-by-deadline \
+    --batch-size 128 --optimizer adam --lr 1e-4 --hyper-lr 1e-3 --weight-decay 0 \
+    --warmup-steps 20 --eval-images 0 --no-progress --checkpoint-every 100 --resume
+
 .venv/bin/python scripts/ship_weights.py --step1 "$RUNS/tica-cifar-step1/model.safetensors" \
-    --codec "$RUNS/tica-cifar-vr/model.safetensors"
+    --codec "$RUNS/tica-cifar-vr2-ste/model.safetensors"
