@@ -28,6 +28,6 @@ __all__ = [
     "CLASSIFIER", "CLEAN", "CODEC_LABELS", "Cache", "HYPER", "HYPER_FIXED", "PHOTO",
     "PHOTO_CLASSIFIER", "PHOTO_NOFAM", "RUNS", "ReportOptions", "SECTIONS", "Spec", "TICA",
     "TICA_FIXED", "TICA_NOFAM", "TICA_VR_BUDGET", "accuracy_margins", "bd_rates",
-    "codec_version", "curves", "digest", "fmt", "plot", "render", "run_report", "run_weights", "state_claims",
-    "variable_rate_cost",
+    "codec_version", "curves", "digest", "fmt", "plot", "render", "run_report", "run_weights",
+    "state_claims", "variable_rate_cost",
 ]
