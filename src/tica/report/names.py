@@ -11,6 +11,7 @@ TICA_FIXED = "tica, fixed rate (same budget)"
 # The variable-rate model after the fixed-rate model's budget (train_cifar.sh's first step 2),
 # when the shipped one trained on past it: what the fixed-rate model is compared with.
 TICA_VR_BUDGET = "tica, variable rate (same budget)"
+TICA_VR_BUDGET_POINTS = (5, 6, 7)      # around the fixed-rate model's point 6
 HYPER_FIXED = "hyperprior, fixed rate (same budget)"
 CLEAN = "ViT on clean pixels"
 HYPER = "hyperprior -> decode -> ViT"
@@ -27,7 +28,7 @@ IMAGENETTE_CODECS = ("jpeg", "webp")
 # train_photo.sh (tests/test_report.py checks that a script creates each one).
 RUNS: dict[tuple[str, int], str] = {
     (TICA_FIXED, 6): "tica-cifar-fixed-q6",          # train_cifar.sh: standard point 6 alone
-    **{(TICA_VR_BUDGET, q): "tica-cifar-vr" for q in (5, 6, 7)},   # train_cifar.sh: 4 epochs
+    **{(TICA_VR_BUDGET, q): "tica-cifar-vr" for q in TICA_VR_BUDGET_POINTS},  # train_cifar.sh
     (TICA_NOFAM, 1): "tica-cifar-nofam-q1",          # train_baselines.sh nofam: q1's recipe
     (HYPER, 2): "hyperprior-cifar-q2",               # train_baselines.sh hyperprior
     (HYPER_FIXED, 5): "hyperprior-cifar-fixed-q5",   # train_baselines.sh: standard point 5 alone

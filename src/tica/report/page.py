@@ -123,8 +123,8 @@ def _variable_rate(cost: list[dict]) -> list[str]:
     L += ["", "The fixed-rate model has the variable-rate model's recipe, initialisation and "
           "steps, at one standard point's (alpha, beta); the variable-rate model spends the "
           "same steps on all eight points (tica: its checkpoint at that budget, "
-          "`tica-cifar-vr`, where the shipped model trained on). Rate cost: the variable-rate curve's bpp at the "
-          "fixed model's PSNR (linear in log-bpp between its points), relative to the fixed "
+          "`tica-cifar-vr`, where the shipped model trained on). Rate cost: the variable-rate "
+          "curve's bpp at the fixed model's PSNR (linear in log-bpp between its points), relative to the fixed "
           "model's; positive means variable rate needs more bits.", ""]
     return L
 

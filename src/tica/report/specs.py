@@ -13,7 +13,8 @@ from ..evaluate import ClassicalPipeline, LearnedPipeline, Uncompressed
 from ..registry import standard_qualities
 from .cache import Spec, codec_version, digest
 from .names import (CLEAN, CODEC_LABELS, HYPER, HYPER_FIXED, IMAGENETTE_CODECS, PHOTO,
-                    PHOTO_NOFAM, TICA, TICA_FIXED, TICA_NOFAM, TICA_VR_BUDGET, run_weights)
+                    PHOTO_NOFAM, TICA, TICA_FIXED, TICA_NOFAM, TICA_VR_BUDGET,
+                    TICA_VR_BUDGET_POINTS, run_weights)
 
 Weights = Callable[[], torch.nn.Module] | None
 
@@ -50,7 +51,7 @@ def cifar_specs(classifier: torch.nn.Module, runs: Path, images: int) -> list[Sp
     # scripts/train_cifar.sh: a fixed-rate model at standard point 6's weights, same budget
     specs.append(learned_spec(TICA_FIXED, 6, from_run(runs, TICA_FIXED, 6), extra))
     # ... and the variable-rate model at that budget, around point 6 (the shipped one trained on)
-    for q in (5, 6, 7):
+    for q in TICA_VR_BUDGET_POINTS:
         specs.append(learned_spec(TICA_VR_BUDGET, q, from_run(runs, TICA_VR_BUDGET, q), extra))
     for q in (1,):                       # scripts/train_baselines.sh nofam trains q1's recipe
         specs.append(learned_spec(TICA_NOFAM, q, from_run(runs, TICA_NOFAM, q), extra))
