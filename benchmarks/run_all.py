@@ -35,16 +35,17 @@ def parse_args(argv: list[str] | None = None) -> ReportOptions:
                              "scripts/train_*.sh put them)")
     parser.add_argument("--limit", type=int, help="CIFAR-10 test images (default: all 10,000)")
     parser.add_argument("--kodak", type=int, help="Kodak images (default: all 24)")
-    parser.add_argument("--imagenette", type=int, default=1000,
+    parser.add_argument("--imagenette", type=int, default=ReportOptions.imagenette,
                         help="Imagenette validation images, a class-balanced subset (default "
-                             "1,000 of 3,925)")
+                             "%(default)s of 3,925)")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help="sections to run; the others are read back from their result files")
     parser.add_argument("--only", metavar="REGEX",
                         help="measure only the pipelines whose name matches; the rest come from "
                              "their result files")
     parser.add_argument("--fresh", action="store_true", help="ignore cached results")
-    parser.add_argument("--repeats", type=int, default=7, help="latency repeats")
+    parser.add_argument("--repeats", type=int, default=ReportOptions.repeats,
+                        help="latency repeats (default %(default)s)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     return ReportOptions(data=args.data, runs=args.runs, out=args.out, limit=args.limit,

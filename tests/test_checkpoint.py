@@ -119,23 +119,29 @@ def test_weights_info_round_trips_through_save_and_load(tmp_path, tica_cifar):
     assert json.loads(_header_metadata(path)) == {
         "quality": None, "rate_points": [[0.3, 1e-4], [30.0, 0.03]], "alpha": 0.3, "beta": 1e-4,
         "step": 2, "train_steps": 3510, "model": "tica-cifar", "interim": True,
-        "trained": {"where": "cpu", "minutes": 134}, "note": "kept", "nested": {"a": [1, 2]}}
+        "trained": {"where": "cpu", "minutes": 134}, "note": "kept", "nested": {"a": [1, 2]},
+        "classifier_trained": True}
     assert WeightsInfo.from_metadata(info.to_metadata()) == info
-    assert tica.create_model("tica-cifar").weights_info == WeightsInfo()      # nothing known
+    bare = tica.create_model("tica-cifar").weights_info
+    assert bare == WeightsInfo() and bare.classifier_trained is None      # nothing known
     assert WeightsInfo().to_metadata() == {}
+    assert WeightsInfo(untrained=True, seed=0).classifier_trained is False
 
 
 def test_shipped_files_read_and_write_their_metadata_unchanged(tmp_path):
+    """Every shipped file re-saves to the same record; one written before the explicit
+    `classifier_trained` field gains it, as its alpha says (alpha 0: a codec-only run)."""
     from tica.registry import read_manifest
     entries = read_manifest()
     assert len(entries) >= 5
     for entry in entries:
-        stored = _header_metadata(entry.file)
+        stored = json.loads(_header_metadata(entry.file))
         model = tica.load_checkpoint(entry.file)
-        assert json.dumps(model.weights_info.to_metadata(), sort_keys=True) == stored
+        expected = {"classifier_trained": stored.get("alpha") != 0, **stored}
+        assert model.weights_info.to_metadata() == expected
+        assert model.weights_info.classifier_trained is (stored.get("alpha") != 0)
         tica.save_checkpoint(model, tmp_path / "again.safetensors", model.weights_info, half=True)
-        assert _header_metadata(tmp_path / "again.safetensors") == stored
-        assert model.weights_info.classifier_trained == (json.loads(stored).get("alpha") != 0)
+        assert json.loads(_header_metadata(tmp_path / "again.safetensors")) == expected
 
 
 def test_old_metadata_with_alpha_zero_reads_as_a_codec_only_model(tmp_path, tica_cifar):
@@ -144,8 +150,7 @@ def test_old_metadata_with_alpha_zero_reads_as_a_codec_only_model(tmp_path, tica
     loaded = tica.load(weights=path)
     assert loaded.weights_info.classifier_trained is False and loaded.weights_info.quality == 2
     assert not tica.api.can_classify(loaded)
-    assert "classifier_trained" not in json.loads(_header_metadata(path))   # alpha says it
-    # the explicit field wins over alpha, and is stored because alpha does not say it
+    # the explicit field wins over alpha, and is stored
     told = WeightsInfo(alpha=1.0, classifier_trained=False)
     tica.save_checkpoint(tica_cifar, path, told)
     assert json.loads(_header_metadata(path)) == {"alpha": 1.0, "classifier_trained": False}

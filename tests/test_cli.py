@@ -132,6 +132,12 @@ def test_bad_inputs_exit_non_zero_with_one_line(tmp_path, photo_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["classify", str(stream), "--top-k", "0"])
     assert exc.value.code == 2
+    # a codec-only model's stream decodes, and classify says plainly why it will not
+    assert main(["encode", str(img), "-o", str(stream), "--model", "hyperprior-cifar"]) == 0
+    capsys.readouterr()
+    assert main(["classify", str(stream)]) == 1
+    assert "has no classifier" in _one_line_error(capsys)
+    assert main(["decode", str(stream), "-o", str(tmp_path / "d.png")]) == 0
 
 
 def test_shipped_rate_points_are_found_from_the_stream(tmp_path, cifar_samples, capsys):

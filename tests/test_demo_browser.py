@@ -52,6 +52,7 @@ def test_demo_page_encodes_classifies_and_decodes(live_server, browser, tmp_path
     assert int(browser.find_element(By.ID, "stats").get_attribute("data-bytes")) == len(expected)
     stats = browser.find_element(By.ID, "stats").text
     assert f"{len(expected)} bytes" in stats and "bpp" in stats and "tica-cifar q1" in stats
+    assert f"a lossless PNG: {tica.api.png_bytes(decode_image(data))} bytes" in stats
     rows = browser.find_elements(By.CSS_SELECTOR, "#classes tr")
     assert len(rows) == 5
     local_top = tica.classify(tica.load("tica-cifar", quality=1), expected, k=1)[0][0].label

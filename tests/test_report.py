@@ -20,9 +20,8 @@ from tica.report import (HYPER, PHOTO, PHOTO_NOFAM, RUNS, TICA, TICA_FIXED, TICA
 from tica.report.claims import compute_claim, fam_claim
 
 
+@pytest.mark.real_data("cifar10-jpeg.tar.gz", "kodak")
 def test_run_all_writes_tables_plots_and_claims(tmp_path):
-    if not (DATA / "cifar10-jpeg.tar.gz").exists() or not (DATA / "kodak").exists():
-        pytest.skip("shared data not found")
     out = tmp_path / "results"
     printed: list[str] = []
 
@@ -67,11 +66,10 @@ def test_run_all_writes_tables_plots_and_claims(tmp_path):
     assert len(json.loads((out / "cifar10.json").read_text())) == len(cifar)
 
 
+@pytest.mark.real_data("cifar10-jpeg.tar.gz")
 def test_the_page_comes_back_from_the_cache_unchanged(tmp_path):
     """benchmarks/run_all.py with no section run rewrites docs/RESULTS.md from docs/results:
     every table and claim the same, only the run's own facts (header, notes) differ."""
-    if not (DATA / "cifar10-jpeg.tar.gz").exists():
-        pytest.skip("shared data not found")
     out = tmp_path / "results"
     out.mkdir()
     for path in (REPO / "docs" / "results").glob("*.json"):
@@ -246,3 +244,38 @@ def test_the_fam_claim_compares_the_no_fam_point_at_equal_bpp():
     assert "**does not hold**" in fam_claim(better, kodak)
     outside = tica + [{"pipeline": TICA_NOFAM, "quality": 1, "bpp": 9.0, "psnr": 26.0}]
     assert "**holds**" in fam_claim(outside, kodak) and "9.00 bpp" not in fam_claim(outside, kodak)
+
+
+def test_the_cache_reuses_measures_and_stands_in_on_made_up_images(tmp_path, cifar_images):
+    """A rate point is measured once and then reused while its key matches; a new key (new
+    weights) measures again; --fresh ignores the cache, except as a stand-in for a rate point
+    whose weights are absent, which is said in the notes; --only keeps the rest."""
+    from tica.codecs import get_codec
+    from tica.evaluate import ClassicalPipeline
+    from tica.report.cache import Cache, Spec
+
+    batches = lambda: [(cifar_images[:6], None)]                          # noqa: E731
+    jpeg = lambda q: lambda: ClassicalPipeline(get_codec("jpeg"), q, name="JPEG")  # noqa: E731
+    path, logged = tmp_path / "section", []
+
+    def run(specs, fresh=False, only=None) -> Cache:
+        cache = Cache(path, fresh, logged.append)
+        for spec in specs:
+            cache.run(spec, batches, images=6, only=only)
+        cache.save()
+        return cache
+
+    first = run([Spec("JPEG", 30, "jpeg-30-v1", jpeg(30)), Spec("JPEG", 70, "jpeg-70-v1", jpeg(70))])
+    assert (first.measured, first.reused) == (2, 0)
+    bpp = {r["quality"]: r["bpp"] for r in first.results}
+    assert 0 < bpp[30] < bpp[70] and all(r["images"] == 6 for r in first.results)
+    again = run([Spec("JPEG", 30, "jpeg-30-v1", jpeg(30)), Spec("JPEG", 70, "jpeg-70-v2", jpeg(70))])
+    assert (again.measured, again.reused) == (1, 1)                        # only the new key
+    absent = run([Spec("JPEG", 30, None, None), Spec("JPEG", 50, None, None)], fresh=True)
+    assert (absent.measured, absent.reused) == (0, 1)
+    assert [r["quality"] for r in absent.results] == [30]                  # the stale stand-in
+    assert any("weights are not in this checkout" in n for n in absent.notes)
+    assert any("not evaluated (no weights)" in n for n in absent.notes)
+    first = run([Spec("JPEG", 30, "jpeg-30-v1", jpeg(30)), Spec("WebP", 50, "webp-50", None)],
+                only="^WebP")
+    assert (first.measured, first.reused) == (0, 1) and "not selected by --only" in logged[-2]

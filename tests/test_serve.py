@@ -77,6 +77,25 @@ def test_reconstruct_and_encode(client, model, stream, cifar_images):
     assert r.headers["X-Tica-Model"] == "tica-cifar q1"
     assert tica.inspect(r.content)["model"] == "tica-cifar q1"
     assert float(r.headers["X-Tica-Bpp"]) == pytest.approx(8 * len(r.content) / 1024, abs=1e-3)
+    assert int(r.headers["X-Tica-Png-Bytes"]) == tica.api.png_bytes(cifar_images[0])
+    assert "X-Tica-Warning" not in r.headers            # q1: far smaller than the PNG
+    flat = io.BytesIO()
+    Image.new("RGB", (32, 32), (90, 90, 90)).save(flat, "PNG")    # a PNG of ~100 bytes
+    r = client.post("/v1/encode?quality=8", content=flat.getvalue(), headers=OCTET)
+    assert len(r.content) > int(r.headers["X-Tica-Png-Bytes"])
+    assert "larger than a lossless PNG" in r.headers["X-Tica-Warning"]
+    assert "X-Tica-Warning" in r.headers["Access-Control-Expose-Headers"]
+
+
+def test_a_codec_only_stream_gets_422_from_classify(cifar_images):
+    stream = tica.compress(tica.load("hyperprior-cifar"), cifar_images[:2])
+    with TestClient(create_app(ServeConfig(model="hyperprior-cifar")),
+                    raise_server_exceptions=False) as c:
+        assert c.get("/v1/models").json()["models"][0]["classifies"] is False
+        r = c.post("/v1/classify", content=stream, headers=OCTET)
+        assert r.status_code == 422 and r.json()["error"] == "NoClassifier"
+        assert "hyperprior-cifar" in r.json()["detail"]
+        assert c.post("/v1/reconstruct", content=stream, headers=OCTET).status_code == 200
 
 
 def test_models_health_metrics_openapi_demo(client, stream):

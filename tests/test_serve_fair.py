@@ -123,7 +123,9 @@ def test_an_encode_past_its_deadline_gets_504(monkeypatch):
         assert r.status_code == 504 and r.json()["error"] == "DeadlineError"
         assert time.perf_counter() - start < 1.4
         monkeypatch.setattr(api, "compress", compress)
+        time.sleep(1.2)               # the call already running finishes, unseen; the lane frees
         assert c.post("/v1/encode", content=png.getvalue(), headers=OCTET).status_code == 200
+        assert app.state.batcher.stats.requests == 2      # both ran in the lane, one at a time
 
 
 def test_a_heavy_request_past_its_deadline_stops_between_pieces():
@@ -153,6 +155,40 @@ def test_a_heavy_request_past_its_deadline_stops_between_pieces():
     assert all(len(sizes) == 2 for sizes in heavy)
     assert 1 <= len(heavy) == stats.heavy_pieces < 3     # the third piece never ran
     assert stats.expired == 1 and stats.requests == 1
+
+
+def test_heavy_calls_take_turns_in_their_lane_while_small_requests_answer():
+    """Encodes are calls (`MicroBatcher.call`): heavy ones run one at a time in the heavy lane,
+    never on threads of their own beside the lanes, so three heavy encodes in flight do not
+    hold up a small classify; a small call runs in the small lane."""
+    running, most = [0], [0]
+
+    def heavy_work(name: str):
+        def work():
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            time.sleep(0.5)
+            running[0] -= 1
+            return name
+        return work
+
+    async def scenario():
+        batcher = MicroBatcher(lambda key, stream: [p.decode() for p in stream.payloads],
+                               window_ms=0, image_cost=lambda key, s: 1.0, max_gflop=10)
+        heavy = [asyncio.ensure_future(batcher.call(500.0, heavy_work(f"h{i}"))) for i in range(3)]
+        await asyncio.sleep(0.1)
+        start = time.perf_counter()
+        small = await batcher.run(("classify", 1), Stream(1, ((32, 32),), (b"s",)))
+        small_call = await batcher.call(1.0, lambda: "c")
+        waited = time.perf_counter() - start
+        answers = await asyncio.gather(*heavy)
+        await batcher.stop()
+        return small, small_call, waited, answers, batcher.stats
+
+    small, small_call, waited, answers, stats = asyncio.run(scenario())
+    assert small == ["s"] and small_call == "c" and waited < 0.3, waited
+    assert answers == ["h0", "h1", "h2"] and most[0] == 1        # one heavy call at a time
+    assert stats.heavy_pieces == 3 and stats.requests == 5
 
 
 def test_deadline_and_batch_cost_are_serve_options_with_the_config_defaults():

@@ -60,6 +60,14 @@ def test_loss_goes_down(tmp_path, step):
         assert json.loads(Path(cfg.run_dir, "config.json").read_text())["step"] == 2
 
 
+@pytest.mark.parametrize("alpha,trained", [(0.0, False), (1.0, True)])
+def test_an_export_says_whether_its_classifier_saw_labels(tmp_path, alpha, trained):
+    cfg = _cfg(tmp_path, step=1, max_steps=1, alpha=alpha)
+    model = tica.load(weights=train(cfg).weights)
+    assert model.weights_info.classifier_trained is trained
+    assert tica.api.can_classify(model) is trained
+
+
 def test_resume_continues_exactly(tmp_path):
     straight = train(_cfg(tmp_path / "a", max_steps=6, step=2))
     first = _cfg(tmp_path / "b", max_steps=3, step=2, checkpoint_every=3)

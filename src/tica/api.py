@@ -14,6 +14,7 @@ from torch import nn
 from . import bitstream
 from .bitstream import Limits, Stream
 from .checkpoint import WeightsInfo, load_checkpoint
+from .config import TOP_K
 from .cost import Budget
 from .errors import BitstreamError, ConfigError, ModelMismatchError, TicaError
 from .image import encode_png
@@ -282,10 +283,11 @@ class Prediction:
 
 
 def can_classify(model: nn.Module) -> bool:
-    """Whether a model has a trained classifier: a ViT head that its weights say was trained
-    (`WeightsInfo.classifier_trained`: not for a codec-only run, alpha = 0, whose head never
-    saw a label)."""
-    return hasattr(model, "classify_latent") and model.weights_info.classifier_trained
+    """Whether a model may classify: it has a ViT head that its weights do not say was left
+    untrained (`WeightsInfo.classifier_trained` False: a codec-only run, alpha = 0, whose
+    head never saw a label). Seeded random weights, asked for explicitly, classify at chance."""
+    info = model.weights_info
+    return hasattr(model, "classify_latent") and (info.untrained or info.classifier_trained is not False)
 
 
 @torch.no_grad()
@@ -306,7 +308,7 @@ def classify_logits(model: nn.Module, data: bytes | Stream, limits: Limits = Lim
     return out
 
 
-def top_k(model: nn.Module, logits: torch.Tensor, k: int = 5) -> list[list[Prediction]]:
+def top_k(model: nn.Module, logits: torch.Tensor, k: int = TOP_K) -> list[list[Prediction]]:
     labels = model.config.labels or tuple(f"class_{i}" for i in range(model.config.num_classes))
     probs = logits.softmax(-1)
     k = max(1, min(k, probs.shape[-1]))
@@ -315,7 +317,7 @@ def top_k(model: nn.Module, logits: torch.Tensor, k: int = 5) -> list[list[Predi
             for vs, ix in zip(values, indexes)]
 
 
-def classify(model: nn.Module, data: bytes | Stream, k: int = 5, limits: Limits = Limits(),
+def classify(model: nn.Module, data: bytes | Stream, k: int = TOP_K, limits: Limits = Limits(),
              budget: Budget | None = Budget()) -> list[list[Prediction]]:
     """Top-k classes of every image in the stream."""
     return top_k(model, classify_logits(model, data, limits, budget), k)

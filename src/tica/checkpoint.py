@@ -30,8 +30,9 @@ class WeightsInfo:
     """What is known of a model's weights: the "metadata" JSON of its checkpoint, typed.
 
     Stored as it always was (a flat JSON object; `to_metadata` / `from_metadata` round-trip
-    every file exactly), keys this class does not name kept in `extra`. A model built from
-    a preset carries the empty default: nothing known, its classifier not known untrained.
+    every file exactly; `classifier_trained` is written whenever it is known), keys this
+    class does not name kept in `extra`. A model built from a preset carries the empty
+    default: nothing known.
     """
     quality: float | None = None        # a fixed-rate codec's rate point (None: variable rate)
     rate_points: list | None = None     # variable rate: [alpha, beta] of each standard point
@@ -44,14 +45,17 @@ class WeightsInfo:
     interim: bool = False               # written mid-run
     untrained: bool = False             # seeded random weights (tica.load(untrained=True))
     seed: int | None = None             # the seed of untrained weights
-    # Whether the classifier head was trained, i.e. the model can classify. Files that do
-    # not say take it from alpha: a codec-only run (alpha = 0) never showed its head a label.
+    # Whether the classifier head was trained on labels: True, False, or None (not known: a
+    # bare preset). Training exports write it; older files that do not say take it from
+    # alpha (a codec-only run, alpha = 0, never showed its head a label); seeded random
+    # weights say False.
     classifier_trained: bool | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.classifier_trained is None:
-            object.__setattr__(self, "classifier_trained", _alpha_trains_classifier(self.alpha))
+            told = False if self.untrained else None if self.alpha is None else self.alpha != 0
+            object.__setattr__(self, "classifier_trained", told)
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> "WeightsInfo":
@@ -62,22 +66,16 @@ class WeightsInfo:
 
     def to_metadata(self) -> dict[str, Any]:
         """The metadata object to store: `extra`, the fields set (a training export's whole
-        record, nulls included) and `classifier_trained` where alpha does not already say it."""
+        record, nulls included)."""
         out = dict(self.extra)
         for f in fields(self):
-            if f.name in ("extra", "classifier_trained"):
+            if f.name == "extra":
                 continue
             value = getattr(self, f.name)
             default = f.default_factory() if callable(f.default_factory) else f.default
             if value != default or (self.step is not None and f.name in TRAINING_RECORD):
                 out[f.name] = value
-        if self.classifier_trained != _alpha_trains_classifier(self.alpha):
-            out["classifier_trained"] = self.classifier_trained
         return out
-
-
-def _alpha_trains_classifier(alpha: float | None) -> bool:
-    return alpha is None or alpha != 0
 
 
 def atomic_write(path: str | Path, write) -> None:
@@ -158,9 +156,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
         raise CheckpointError(f"{path} does not fit model {config.name!r}: {' '.join(first)}") from None
     model.weights_info = info
     model.to(device).eval()
-    if hasattr(model, "_refresh_coding_state"):
+    if hasattr(model, "refresh_coding_state"):
         try:
-            model._refresh_coding_state()
+            model.refresh_coding_state()
         except TicaError:
             pass            # saved before update(): a training checkpoint, fine to load
         except ValueError as exc:

@@ -13,12 +13,13 @@ from typing import Sequence, get_args, get_type_hints
 
 from . import api
 from .checkpoint import atomic_write
-from .config import TrainConfig
+from .config import SHARD_IMAGES, TOP_K, TrainConfig
 from .cost import DEFAULT_MAX_GFLOP, Budget
 from .errors import BudgetError, TicaError
 from .image import load_image, save_image
+from .models import CompressionModel
 from .registry import DEFAULT_MODEL, list_models
-from .serve.config import ServeConfig
+from .serve.config import Listen, ServeConfig
 
 
 def _add_model_args(p: argparse.ArgumentParser, encode: bool = False) -> None:
@@ -225,7 +226,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .serve.run import serve
 
     serve({f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)},
-          args.host, args.port, args.workers)
+          Listen(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Listen)}))
     return 0
 
 
@@ -335,7 +336,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             qualities = [float(q) for q in args.quality.split(",")]
         except ValueError:
             raise TicaError(f"--quality takes numbers or 'all', got {args.quality!r}") from None
-    elif getattr(model, "quality_range", None) is not None:
+    elif isinstance(model, CompressionModel) and model.quality_range is not None:
         qualities = list(range(1, model.config.rate_levels + 1))
     elif args.weights:
         qualities = [None]
@@ -343,7 +344,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         qualities = standard_qualities(args.model) or [None]
     results = []
     for q in qualities:
-        variable = getattr(model, "quality_range", None) is not None
+        variable = isinstance(model, CompressionModel) and model.quality_range is not None
         if variable:
             model.quality = model.check_quality(q)
         elif not args.weights and q is not None:
@@ -399,7 +400,7 @@ def _classify_parser(sub) -> None:
     p = sub.add_parser("classify", help="classes straight from a tica bitstream (no pixels)")
     p.add_argument("stream", metavar="IN.tica", help="a bitstream; with --server also an image, "
                    "encoded here and sent as a bitstream")
-    p.add_argument("--top-k", type=int, default=5, metavar="K")
+    p.add_argument("--top-k", type=int, default=TOP_K, metavar="K")
     p.add_argument("--server", metavar="URL", help="ask a `tica serve` server (e.g. "
                    "http://127.0.0.1:8000) instead of decoding here")
     p.add_argument("--json", action="store_true", help="print JSON: {top: [{label, prob}], bytes, ...}")
@@ -410,19 +411,8 @@ def _classify_parser(sub) -> None:
 
 def _serve_parser(sub) -> None:
     p = sub.add_parser("serve", help="HTTP service: classify, reconstruct and encode bitstreams")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model", default=ServeConfig.model,
-                   help=f"preset whose shipped rate points to serve, or {api.AUTO!r} (default): "
-                   f"{' and '.join(api.AUTO_MODELS)}, and /v1/encode picks by image size as "
-                   f"`tica encode` does")
-    p.add_argument("--weights", metavar="FILE", help="serve this checkpoint instead")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (each loads the models)")
-    p.add_argument("--threads", type=int, help="torch threads per worker")
-    p.add_argument("--no-batching", dest="batching", action="store_false",
-                   help="run every request alone")
+    _add_config_args(p, Listen)
     _add_config_args(p, ServeConfig)
-    _add_budget_arg(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -486,7 +476,7 @@ def _shards_parser(sub) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="train")
     p.add_argument("--out", required=True)
-    p.add_argument("--per-shard", dest="per_shard", type=int, default=10000)
+    p.add_argument("--per-shard", dest="per_shard", type=int, default=SHARD_IMAGES)
     p.set_defaults(func=cmd_shards)
 
 

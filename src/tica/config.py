@@ -27,6 +27,8 @@ DEFAULT_MODEL = "tica-cifar"        # the preset `tica` and TrainConfig use when
 STEPS = (1, 2)                      # the paper's two training steps
 OPTIMIZERS = ("adamw", "adam")
 DEFAULT_EPOCH_SIZE = 10000          # photo folders: random crops per training epoch
+SHARD_IMAGES = 10000                # images per WebDataset shard (tica shards)
+TOP_K = 5                           # classes a classification answer lists unless asked
 ACTIVATIONS = ("leaky_relu", "gdn", "gelu")
 LATENT_PROXIES = ("noise", "ste")
 MAX_RATE_LEVELS = 16
@@ -184,7 +186,7 @@ class TrainConfig:
     step: int = _option(1, "the paper's training step", choices=STEPS)
     data: str | None = _option(None, "ImageFolder dir, .tar.gz archive, photo folder, or "
                                "'synthetic'")     # no default: the CLI resolves $TICA_DATA
-    run_dir: str = "runs/train"
+    run_dir: str | None = None         # where the run writes; training needs one (no default)
     init: str | None = _option(None, "start from these weights (step 2: the step-1 export); "
                                "'step1' takes the step-1 network shipped for --model")
     model_overrides: dict = field(default_factory=dict)

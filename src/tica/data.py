@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .config import DEFAULT_EPOCH_SIZE, TrainConfig
+from .config import DEFAULT_EPOCH_SIZE, SHARD_IMAGES, TrainConfig
 from .errors import ConfigError, TicaError
 from .extras import require
 
@@ -263,7 +263,8 @@ class DeviceCrops:
 
 # ---- WebDataset shards ---------------------------------------------------------------------
 
-def write_shards(data: str | Path, split: str, out_dir: str | Path, per_shard: int = 10000) -> list[Path]:
+def write_shards(data: str | Path, split: str, out_dir: str | Path,
+                 per_shard: int = SHARD_IMAGES) -> list[Path]:
     """Write an ImageFolder split as WebDataset tar shards (`{key}.jpg|png`, `{key}.cls`),
     the layout to put ImageNet-scale data on shared or object storage."""
     wds = require("webdataset", "train", "writing WebDataset shards")

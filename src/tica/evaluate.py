@@ -113,7 +113,7 @@ class LearnedPipeline(Pipeline):
         self.quality = quality if quality is not None else model.weights_info.quality
 
     def run(self, x: torch.Tensor) -> Coded:
-        q = self.quality if getattr(self.model, "quality_range", None) is not None else None
+        q = self.quality if self.model.quality_range is not None else None
         # a batch of the evaluation's own images: no per-request budget (tica.cost) applies
         stream = bitstream.unpack(api.compress(self.model, x, quality=q, budget=None))
         nbytes = [len(bitstream.pack(stream.model_id, [size], [payload],

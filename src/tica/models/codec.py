@@ -247,9 +247,12 @@ class CompressionModel(nn.Module):
         the integer copy of h_s and the model fingerprint. Call after training."""
         self.entropy_bottleneck.update()
         self.gaussian_conditional.update()
-        self._refresh_coding_state()
+        self.refresh_coding_state()
 
-    def _refresh_coding_state(self) -> None:
+    def refresh_coding_state(self) -> None:
+        """The integer h_s and the fingerprint, from the coding tables the weights hold
+        (update() builds the tables; loading a checkpoint brings them): NotUpdatedError if
+        there are none yet."""
         self._int_h_s, self._fingerprint = None, None
         self.entropy_bottleneck.tables        # raise NotUpdatedError now if tables are empty
         self.gaussian_conditional.tables

@@ -46,7 +46,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import TicaError
-from .child import _child
+from .child import run_child
 from .publish import Publisher, join_parts
 from .runner import PlanRunner, run_plan
 from .spec import (EXPORT_FILE, RESULT_FILE, STATUS_FILE, STATUS_FORMAT, Limits, Plan, PlanRun,
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args[:1] == ["child"] and len(args) == 2:
-            return _child(args[1])
+            return run_child(args[1])
         if args[:1] == ["pack-photos"] and len(args) in (3, 4, 5):
             n, size = pack_photos(args[1], args[2], int(args[3]) if len(args) >= 4 else 2,
                                   int(args[4]) if len(args) == 5 else None)

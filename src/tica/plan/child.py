@@ -12,7 +12,7 @@ from ..config import TrainConfig
 from .spec import RESULT_FILE
 
 
-def _child(spec_path: str) -> int:
+def run_child(spec_path: str) -> int:
     """One run of a plan, in its own process: SIGTERM stops it (saved and exported)."""
     import torch
     from ..train import request_stop, train

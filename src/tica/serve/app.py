@@ -91,7 +91,7 @@ class ModelSet:
     def describe(self) -> list[dict]:
         out = []
         for i, s in self.by_id.items():
-            rng = getattr(s.model, "quality_range", None)
+            rng = s.model.quality_range
             out.append({"id": f"{i:04x}", "model": s.label, "name": s.model.config.name,
                         "quality": s.quality, "quality_range": list(rng) if rng else None,
                         "qualities": (list(range(1, s.model.config.rate_levels + 1)) if rng
@@ -105,10 +105,10 @@ def _at_quality(candidates: list[Served], quality: float | None
                 ) -> tuple[Served, float | None] | None:
     """The served model among `candidates` (one preset) that codes at `quality`, if any."""
     for served in candidates:
-        rng = getattr(served.model, "quality_range", None)
+        rng = served.model.quality_range
         if rng is not None and (quality is None or rng[0] <= quality <= rng[1]):
             return served, served.model.check_quality(quality)
-    fixed = [s for s in candidates if getattr(s.model, "quality_range", None) is None]
+    fixed = [s for s in candidates if s.model.quality_range is None]
     if quality is None and fixed:
         return max(fixed, key=lambda s: s.quality or 0), None
     return next(((s, None) for s in fixed if s.quality == quality), None)

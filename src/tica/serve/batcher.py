@@ -24,6 +24,10 @@ is ~1,400 GFLOP, 15 s of a core). In a lane of their own the small requests go o
 served while it runs, sharing the cores, and each waits for at most a few batches of at most
 `max_gflop`. batching=False runs every request alone (the baseline); the lanes stay.
 
+Work that is one call, not a stream (an encode: `call(cost, work)`), goes to the lane its
+estimate belongs in and runs alone there: it is never merged, and a heavy encode takes its
+turn among the heavy requests instead of holding a thread of its own beside the lanes.
+
 Deadline: a request's caller gets DeadlineError `deadline_s` after it was queued (the server
 answers 504), and its work that has not started is dropped: a queued request is never run,
 a heavy request's remaining pieces are skipped. A piece already running finishes (it cannot
@@ -40,6 +44,7 @@ from typing import Any, Awaitable, Callable
 
 from ..bitstream import Stream
 from ..errors import DeadlineError
+from .config import ServeConfig
 
 
 async def within(seconds: float, work: Awaitable) -> Any:
@@ -56,16 +61,21 @@ async def within(seconds: float, work: Awaitable) -> Any:
 @dataclass
 class _Job:
     key: tuple                        # (operation, model key): only equal keys are merged
-    stream: Stream
+    stream: Stream | None             # None: a call (`work`), run alone
     future: asyncio.Future
     deadline: float                   # time.perf_counter() after which it is dropped
     costs: list[float]                # estimated GFLOP of each image
     pieces: list[list[int]] = field(default_factory=list)   # heavy: image indexes, per piece to run
     results: list = field(default_factory=list)             # heavy: answers of the pieces run
+    work: Callable[[], Any] | None = None                   # a call: what to run
 
     @property
     def cost(self) -> float:
         return sum(self.costs)
+
+    @property
+    def images(self) -> int:
+        return 1 if self.stream is None else len(self.stream.payloads)
 
 
 @dataclass
@@ -93,8 +103,9 @@ class MicroBatcher:
     in a background thread, one pass per lane at a time. `image_cost(key, (H, W))` estimates
     one image's GFLOP (None: everything costs 0, so nothing is heavy)."""
 
-    def __init__(self, execute: Callable[[tuple, Stream], list[Any]], window_ms: float = 2.0,
-                 max_images: int = 64, batching: bool = True, *,
+    def __init__(self, execute: Callable[[tuple, Stream], list[Any]],
+                 window_ms: float = ServeConfig.batch_window_ms,
+                 max_images: int = ServeConfig.max_batch_images, batching: bool = True, *,
                  image_cost: Callable[[tuple, tuple[int, int]], float] | None = None,
                  max_gflop: float = math.inf, deadline_s: float = math.inf) -> None:
         self.execute, self.window, self.max_images = execute, window_ms / 1e3, max_images
@@ -134,9 +145,18 @@ class MicroBatcher:
                    time.perf_counter() + self.deadline_s, self._costs(key, stream))
         if job.cost > self.max_gflop:
             job.pieces = self._pieces(job.costs)
-            self._heavy.put_nowait(job)
-        else:
-            self._small.put_nowait(job)
+        return await self._queue(job)
+
+    async def call(self, gflop: float, work: Callable[[], Any]) -> Any:
+        """work() run alone in the lane that an estimate of `gflop` belongs in; its result,
+        or DeadlineError if it is not ready in time (a call not yet started never starts)."""
+        await self.start()
+        job = _Job(("call", object()), None, self._loop.create_future(),
+                   time.perf_counter() + self.deadline_s, [gflop], work=work)
+        return await self._queue(job)
+
+    async def _queue(self, job: _Job) -> Any:
+        (self._heavy if job.cost > self.max_gflop else self._small).put_nowait(job)
         # at the deadline the future is cancelled, and a lane that reaches the job skips it
         return await within(self.deadline_s, job.future)
 
@@ -183,25 +203,28 @@ class MicroBatcher:
             first = await self._next(None)
             if not self._live(first):
                 continue
-            jobs, images, cost = [first], len(first.stream.payloads), first.cost
+            jobs, images, cost = [first], first.images, first.cost
             window_end = time.perf_counter() + self.window
-            while self.batching and images < self.max_images:
+            while self.batching and first.work is None and images < self.max_images:
                 # what queued up while the last batch ran joins at once; then wait out the window
                 job = await self._next(max(0.0, window_end - time.perf_counter()))
                 if job is None:
                     break
                 if not self._live(job):
                     continue
-                if (job.key != first.key or images + len(job.stream.payloads) > self.max_images
+                if (job.key != first.key or images + job.images > self.max_images
                         or cost + job.cost > self.max_gflop):
                     self._held = job              # starts the next batch
                     break
                 jobs.append(job)
-                images, cost = images + len(job.stream.payloads), cost + job.cost
+                images, cost = images + job.images, cost + job.cost
             await self._run_batch([job for job in jobs if self._live(job)])
 
     async def _run_batch(self, jobs: list[_Job]) -> None:
         if not jobs:
+            return
+        if jobs[0].work is not None:          # a call: never merged
+            await self._run_call(jobs[0])
             return
         merged = Stream.concat([j.stream for j in jobs])
         try:
@@ -223,10 +246,25 @@ class MicroBatcher:
                 job.future.set_result(results[start:start + n])
             start += n
 
+    async def _run_call(self, job: _Job) -> None:
+        try:
+            result = await asyncio.to_thread(job.work)
+        except Exception as exc:
+            if not job.future.done():
+                job.future.set_exception(exc)
+            return
+        self.stats.record(1, 1, job.cost, heavy=job.cost > self.max_gflop)
+        self.stats.requests += 1
+        if not job.future.done():
+            job.future.set_result(result)
+
     async def _heavy_lane(self) -> None:
         while True:
             job = await self._heavy.get()
             if not self._live(job):
+                continue
+            if job.work is not None:
+                await self._run_call(job)
                 continue
             part = job.pieces.pop(0)
             try:

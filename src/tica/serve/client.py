@@ -6,6 +6,7 @@ import json
 import urllib.error
 import urllib.request
 
+from ..config import TOP_K
 from ..errors import TicaError
 
 
@@ -28,7 +29,7 @@ def post(url: str, body: bytes, timeout: float = 60.0) -> bytes:
         raise TicaError(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
 
 
-def classify_remote(server: str, stream: bytes, top_k: int = 5, timeout: float = 60.0) -> dict:
+def classify_remote(server: str, stream: bytes, top_k: int = TOP_K, timeout: float = 60.0) -> dict:
     """The server's JSON answer for a bitstream."""
     url = f"{server.rstrip('/')}/v1/classify?top_k={top_k}"
     return json.loads(post(url, stream, timeout))

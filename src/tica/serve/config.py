@@ -12,9 +12,9 @@ from ..cost import DEFAULT_MAX_GFLOP, Budget
 from ..errors import ConfigError
 
 
-def _option(default, help: str):
-    """A field `tica serve` offers as --NAME-WITH-DASHES, of the default's type."""
-    return field(default=default, metadata={"help": help})
+def _option(default, help: str, **argparse_settings):
+    """A field `tica serve` offers as --NAME-WITH-DASHES, of the field's type."""
+    return field(default=default, metadata={"help": help, **argparse_settings})
 
 
 @dataclass(frozen=True)
@@ -24,9 +24,11 @@ class ServeConfig:
     whose work (tica.cost) is over `max_gflop` before any of that work starts. `deadline_s`
     and `max_batch_gflop` keep the service fair under mixed load (tica.serve.batcher)."""
 
-    model: str = api.AUTO                 # a preset, or "auto": api.AUTO_MODELS, picked per image
-    weights: str | None = None
-    batching: bool = True                 # False: every request runs alone
+    model: str = _option(api.AUTO, f"preset whose shipped weights to serve, or {api.AUTO!r}: "
+                         f"{' and '.join(api.AUTO_MODELS)}, /v1/encode picking by image size "
+                         f"as `tica encode` does")
+    weights: str | None = _option(None, "serve this checkpoint instead", metavar="FILE")
+    batching: bool = _option(True, "merge concurrent requests into micro-batches")
     batch_window_ms: float = _option(2.0, "wait this long for more requests to batch (0: batch "
                                      "only what queued up while the last batch ran)")
     max_batch_images: int = _option(64, "images in one micro-batch")
@@ -40,8 +42,10 @@ class ServeConfig:
     max_side: int = _option(4096, "pixels of an image's longer side")
     max_pixels: int = _option(1 << 22, "pixels of one image (4 Mpixel)")
     max_images: int = _option(64, "images in one stream")
-    max_gflop: float = DEFAULT_MAX_GFLOP  # per request; the default holds a max_pixels photo
-    threads: int | None = None
+    max_gflop: float = _option(DEFAULT_MAX_GFLOP, "estimated GFLOP one request may ask for "
+                               "(tica.cost), refused with a 413 before any work; the default "
+                               "holds a max_pixels photograph with tica-photo")
+    threads: int | None = _option(None, "torch threads per worker (default: torch's choice)")
 
     def __post_init__(self) -> None:
         for name in ("deadline_s", "max_batch_gflop"):
@@ -57,3 +61,16 @@ class ServeConfig:
     @property
     def budget(self) -> Budget:
         return Budget(self.max_gflop)
+
+
+@dataclass(frozen=True)
+class Listen:
+    """Where `tica serve` listens and how many worker processes it starts."""
+
+    host: str = _option("127.0.0.1", "address to listen on")
+    port: int = _option(8000, "TCP port")
+    workers: int = _option(1, "worker processes (each loads the models)")
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError("--workers must be at least 1")

@@ -3,7 +3,6 @@ config (ServeConfig), budget, models (ModelSet), batcher (MicroBatcher), metrics
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import torch
@@ -11,9 +10,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from .. import api, bitstream
+from ..config import TOP_K
 from ..errors import ImageError
 from ..image import decode_image, encode_png
-from .batcher import within
 from .http import HTTPError, read_body
 
 router = APIRouter()
@@ -39,7 +38,7 @@ async def _parsed(request: Request):
 
 @router.post("/v1/classify", openapi_extra={"requestBody": _BINARY},
              summary="Top-k classes of every image of a tica bitstream, without decoding pixels")
-async def classify(request: Request, top_k: int = Query(5, ge=1, le=1000)) -> dict:
+async def classify(request: Request, top_k: int = Query(TOP_K, ge=1, le=1000)) -> dict:
     data, stream, served = await _parsed(request)
     if not api.can_classify(served.model):
         raise HTTPError(422, "NoClassifier", f"{served.label} has no trained classifier")
@@ -86,13 +85,18 @@ async def encode(request: Request, quality: float | None = Query(None, ge=0, le=
         raise ImageError(f"image side {max(image.shape[1:])} exceeds {config.max_side}")
     if model is None and models.auto:
         served, q = models.for_quality(quality, api.choose_model([tuple(image.shape[1:])]))
-    stream = await within(config.deadline_s, asyncio.to_thread(
-        api.compress, served.model, image, q, budget=request.app.state.budget))
-    pixels = image.shape[1] * image.shape[2]
-    return Response(stream, media_type="application/octet-stream", headers={
-        "X-Tica-Model": api.describe(served.model, q), "X-Tica-Bytes": str(len(stream)),
-        "X-Tica-Bpp": f"{8 * len(stream) / pixels:.4f}", "X-Tica-Input-Bytes": str(len(body)),
-        "Access-Control-Expose-Headers": "X-Tica-Model, X-Tica-Bytes, X-Tica-Bpp, X-Tica-Input-Bytes"})
+    size = tuple(image.shape[1:])
+    request.app.state.budget.check(served.model, [size], served.model.operations)
+    stream, png = await request.app.state.batcher.call(served.model.cost(size, "encode"), lambda: (
+        api.compress(served.model, image, q, budget=None), api.png_bytes(image)))
+    headers = {"X-Tica-Model": api.describe(served.model, q), "X-Tica-Bytes": str(len(stream)),
+               "X-Tica-Bpp": f"{8 * len(stream) / (size[0] * size[1]):.4f}",
+               "X-Tica-Input-Bytes": str(len(body)), "X-Tica-Png-Bytes": str(png)}
+    if len(stream) > png:
+        headers["X-Tica-Warning"] = (f"the stream ({len(stream)} bytes) is larger than a "
+                                     f"lossless PNG of the image ({png} bytes)")
+    headers["Access-Control-Expose-Headers"] = ", ".join(headers)
+    return Response(stream, media_type="application/octet-stream", headers=headers)
 
 
 @router.get("/v1/models", summary="The models this server decodes")

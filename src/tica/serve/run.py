@@ -7,9 +7,8 @@ import json
 import os
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
 from ..extras import require
-from .config import ServeConfig
+from .config import Listen, ServeConfig
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -24,13 +23,11 @@ def app_from_env() -> FastAPI:
     return create_app(ServeConfig(**json.loads(os.environ.get(_ENV, "{}"))))
 
 
-def serve(config: dict, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+def serve(config: dict, listen: Listen = Listen()) -> None:
     require("fastapi", "serve", "tica serve")
     uvicorn = require("uvicorn", "serve", "tica serve")
     ServeConfig(**config).budget               # fail here, not in every worker
-    if workers < 1:
-        raise ConfigError("--workers must be at least 1")
     os.environ[_ENV] = json.dumps(config)
-    uvicorn.run("tica.serve.run:app_from_env", factory=True, host=host, port=port,
-                workers=workers, log_level="info", timeout_graceful_shutdown=5)
+    uvicorn.run("tica.serve.run:app_from_env", factory=True, host=listen.host, port=listen.port,
+                workers=listen.workers, log_level="info", timeout_graceful_shutdown=5)
 

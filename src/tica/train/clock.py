@@ -22,7 +22,7 @@ def request_stop() -> None:
     _STOP.set()
 
 
-class _Clock:
+class Clock:
     """The wall-clock side of a run: its deadline (`deadline_s` after `clock_start`, else
     after the run's start), the share of a time-based schedule that has passed, and when
     the next periodic export is due. Reads only the host clock: never waits for a GPU."""
@@ -71,7 +71,7 @@ class _Clock:
         return True
 
 
-def _agree_to_stop(clock: _Clock, world: int, device: torch.device) -> str | None:
+def agree_to_stop(clock: Clock, world: int, device: torch.device) -> str | None:
     """Why to stop now, if at all. Under torchrun every rank must stop at the same step, so
     with a deadline any rank's reason stops all (one tiny all-reduce a step)."""
     reason = clock.stop_reason()

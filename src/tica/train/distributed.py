@@ -11,7 +11,7 @@ import torch.distributed as dist
 from ..config import TrainConfig
 
 
-def _init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+def init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     device = torch.device(cfg.device)
@@ -23,7 +23,7 @@ def _init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def _tune_device(device: torch.device) -> None:
+def tune_device(device: torch.device) -> None:
     """CUDA: cuDNN picks its fastest kernels for the fixed shapes, TF32 for the float32
     parts (the entropy models run outside autocast). Training only: coding tables are
     built on the CPU from the exported weights."""

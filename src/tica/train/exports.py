@@ -13,7 +13,7 @@ from ..checkpoint import WeightsInfo, save_checkpoint
 from ..config import TrainConfig
 from ..models import CompressionModel
 from ..registry import build_model
-from .state import _log
+from .state import log_metrics
 
 
 def export_weights(model: nn.Module, ema_state: dict[str, torch.Tensor] | None, cfg: TrainConfig,
@@ -29,13 +29,15 @@ def export_weights(model: nn.Module, ema_state: dict[str, torch.Tensor] | None, 
     if isinstance(export, CompressionModel) and cfg.step == 2:
         export.update()
     variable = isinstance(export, CompressionModel) and bool(config.rate_levels) and cfg.step == 2
+    labels = not isinstance(export, CompressionModel) or cfg.alpha > 0    # alpha_max follows
     info = WeightsInfo(quality=None if variable else cfg.quality, alpha=cfg.alpha, beta=cfg.beta,
                        step=cfg.step, train_steps=step, model=config.name, interim=not final,
-                       rate_points=cfg.rate_points(config.rate_levels) if variable else None)
+                       rate_points=cfg.rate_points(config.rate_levels) if variable else None,
+                       classifier_trained=labels)
     save_checkpoint(export, path, info, half=half)
 
 
-def _export_all(model, ema_state, cfg: TrainConfig, step: int, final: bool) -> Path:
+def export_run(model, ema_state, cfg: TrainConfig, step: int, final: bool) -> Path:
     """The run's exports: run_dir/model.safetensors (float32) at the end or, mid-run, where
     no export_dir is set; a float16 copy in export_dir each time. Logs how long it took."""
     run_dir = Path(cfg.run_dir)
@@ -46,6 +48,6 @@ def _export_all(model, ema_state, cfg: TrainConfig, step: int, final: bool) -> P
     if cfg.export_dir:
         export_weights(model, ema_state, cfg, step, Path(cfg.export_dir) / "model.safetensors",
                        half=True, final=final)
-    _log(run_dir / "metrics.jsonl", {"step": step, "export": "final" if final else "interim",
+    log_metrics(run_dir / "metrics.jsonl", {"step": step, "export": "final" if final else "interim",
                                      "export_s": round(time.perf_counter() - t0, 3)})
     return out

@@ -14,13 +14,14 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data import TrainingData, batch_generator, held_out_data, on_device, training_data
+from ..errors import ConfigError
 from ..extras import require
-from .clock import _agree_to_stop, _Clock
-from .distributed import _init_distributed, _tune_device
+from .clock import agree_to_stop, Clock
+from .distributed import init_distributed, tune_device
 from .estimate import evaluate_estimate
-from .exports import _export_all
-from .objective import _main_lr, _make_optimizer, _step, _set_lr
-from .state import STATE_FILE, _calibrate, _log, _open_run_dir, _start_model, save_state
+from .exports import export_run
+from .objective import main_lr, make_optimizer, train_step, set_lr
+from .state import STATE_FILE, calibrate, log_metrics, open_run_dir, start_model, save_state
 
 
 @dataclass
@@ -65,7 +66,7 @@ class _Run:
     rank: int
     world: int
     device: torch.device
-    clock: _Clock
+    clock: Clock
     run_dir: Path
     model: nn.Module
     data: TrainingData
@@ -95,16 +96,19 @@ class _Run:
 
 def _build_run(cfg: TrainConfig, resume: bool) -> _Run:
     """Join the process group, then build or restore the model, its data and optimizer."""
-    rank, world, device = _init_distributed(cfg)
-    _tune_device(device)
-    clock = _Clock(cfg, world)
+    if cfg.run_dir is None:
+        raise ConfigError("a training run needs run_dir: the folder for its state, metrics and "
+                          "exports (tica train --run-dir DIR)")
+    rank, world, device = init_distributed(cfg)
+    tune_device(device)
+    clock = Clock(cfg, world)
     main = rank == 0
-    run_dir = _open_run_dir(cfg) if main else Path(cfg.run_dir)
-    model, saved, start_step = _start_model(cfg, resume, device, main)
+    run_dir = open_run_dir(cfg) if main else Path(cfg.run_dir)
+    model, saved, start_step = start_model(cfg, resume, device, main)
     data = on_device(training_data(cfg, model.config.img_size), device)
-    _calibrate(cfg, model, data, saved, device, run_dir / "metrics.jsonl", main)
+    calibrate(cfg, model, data, saved, device, run_dir / "metrics.jsonl", main)
     eval_split = held_out_data(cfg, model.config.img_size) if main else None
-    objective, optimizer, clipped, ema_state = _make_optimizer(model, cfg, saved, device, world)
+    objective, optimizer, clipped, ema_state = make_optimizer(model, cfg, saved, device, world)
     steps_per_epoch = max(1, len(data) // cfg.batch_size)
     total_steps = max(1, int(cfg.epochs * steps_per_epoch))
     last_step = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
@@ -134,11 +138,11 @@ def _train_step(run: _Run, step: int) -> tuple[dict[str, torch.Tensor], int]:
     x, labels = run.data.get(step, run.steps_per_epoch, cfg.batch_size, run.rank, run.world, g)
     x = x.to(run.device, non_blocking=True)
     labels = labels.to(run.device) if labels is not None else None
-    _set_lr(run.optimizer, cfg, run.clock.schedule_step(step, run.total_steps), run.total_steps)
+    set_lr(run.optimizer, cfg, run.clock.schedule_step(step, run.total_steps), run.total_steps)
     # Rate warm-up: Adam normalises each parameter's step, so the entropy models learn
     # at full speed while g_a feels the rate only gradually and keeps its information.
     rate_weight = min(1.0, (step + 1) / cfg.rate_warmup_steps) if cfg.rate_warmup_steps else 1.0
-    terms = _step(run.objective, run.optimizer, run.clipped, run.model, run.ema_state, x, labels,
+    terms = train_step(run.objective, run.optimizer, run.clipped, run.model, run.ema_state, x, labels,
                   cfg, rate_weight, run.autocast)
     return terms, x.shape[0] * run.world
 
@@ -147,8 +151,8 @@ def _log_step(run: _Run, window: _Window, step: int, progress) -> _Window:
     """At log steps (rank 0), write the window's averages and start a new window."""
     if not (run.main and (step % run.cfg.log_every == 0 or step == run.last_step)):
         return window
-    record = window.record(step, run.steps_per_epoch, _main_lr(run.optimizer))
-    _log(run.metrics, record)
+    record = window.record(step, run.steps_per_epoch, main_lr(run.optimizer))
+    log_metrics(run.metrics, record)
     if progress is not None:
         progress.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "acc", "bpp", "psnr", "img_s")
                               if k in record})
@@ -165,9 +169,9 @@ def _after_step(run: _Run, step: int) -> None:
     if cfg.resumable and (step % cfg.checkpoint_every == 0 or epoch_end or step == run.last_step):
         save_state(run.state_path, run.model, run.optimizer, run.ema_state, step, cfg)
     if epoch_end and run.eval_split is not None:
-        _log(run.metrics, {"step": step, "eval": evaluate_estimate(run.model, run.eval_split, cfg)})
+        log_metrics(run.metrics, {"step": step, "eval": evaluate_estimate(run.model, run.eval_split, cfg)})
     if run.clock.export_due():
-        _export_all(run.model, run.ema_state, cfg, step, final=False)
+        export_run(run.model, run.ema_state, cfg, step, final=False)
 
 
 def _finish(run: _Run, step: int, stopped: str | None, run_start: float) -> TrainResult:
@@ -176,11 +180,11 @@ def _finish(run: _Run, step: int, stopped: str | None, run_start: float) -> Trai
         dist.barrier()
     wall = time.perf_counter() - run_start
     if run.main:
-        _export_all(run.model, run.ema_state, run.cfg, step, final=True)
+        export_run(run.model, run.ema_state, run.cfg, step, final=True)
         done = {"step": step, "done": True, "wall_s": wall, "world": run.world}
         if stopped:
             done.update(stopped=stopped, planned_steps=run.last_step)
-        _log(run.metrics, done)
+        log_metrics(run.metrics, done)
     return TrainResult(run.run_dir / "model.safetensors", run.model, step, stopped, run.last_step,
                        wall, run.start_step)
 
@@ -198,7 +202,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     run.clock.begin()
     try:
         while step < run.last_step:
-            stopped = _agree_to_stop(run.clock, run.world, run.device)
+            stopped = agree_to_stop(run.clock, run.world, run.device)
             if stopped:
                 break
             terms, images = _train_step(run, step)

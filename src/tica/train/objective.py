@@ -84,13 +84,13 @@ def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     return out
 
 
-def _main_lr(optimizer: torch.optim.Optimizer) -> float:
+def main_lr(optimizer: torch.optim.Optimizer) -> float:
     """The learning rate of the networks (not of the hyperprior's or the quantiles' groups)."""
     groups = optimizer.param_groups
     return next((g["lr"] for g in groups if g.get("name") == "main"), groups[0]["lr"])
 
 
-def _make_optimizer(model: nn.Module, cfg: TrainConfig, saved, device: torch.device, world: int):
+def make_optimizer(model: nn.Module, cfg: TrainConfig, saved, device: torch.device, world: int):
     """(objective, optimizer, the parameters whose norm is clipped, EMA state or None)."""
     objective: nn.Module = Objective(model, cfg)
     if world > 1:
@@ -110,7 +110,7 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig, saved, device: torch.dev
     return objective, optimizer, clipped, ema_state
 
 
-def _step(objective, optimizer, clipped, model, ema_state, x, labels, cfg: TrainConfig,
+def train_step(objective, optimizer, clipped, model, ema_state, x, labels, cfg: TrainConfig,
           rate_weight: float, autocast) -> dict[str, torch.Tensor]:
     """One optimisation step; the loss terms (device tensors)."""
     with autocast():
@@ -128,7 +128,7 @@ def _step(objective, optimizer, clipped, model, ema_state, x, labels, cfg: Train
     return terms
 
 
-def _set_lr(optimizer, cfg: TrainConfig, sched_step: float, total_steps: int) -> None:
+def set_lr(optimizer, cfg: TrainConfig, sched_step: float, total_steps: int) -> None:
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] if group.get("fixed") else cosine_lr(
             sched_step, total_steps, cfg.warmup_steps, group["base_lr"], cfg.min_lr_ratio)

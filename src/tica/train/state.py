@@ -64,12 +64,12 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
     optimizer.load_state_dict(sd)
 
 
-def _log(path: Path, record: dict) -> None:
+def log_metrics(path: Path, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
-def _open_run_dir(cfg: TrainConfig) -> Path:
+def open_run_dir(cfg: TrainConfig) -> Path:
     """Create the run folder, clear a killed write's leftovers, write the resolved config."""
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,7 @@ def _open_run_dir(cfg: TrainConfig) -> Path:
 
 
 
-def _start_model(cfg: TrainConfig, resume: bool, device: torch.device, main: bool):
+def start_model(cfg: TrainConfig, resume: bool, device: torch.device, main: bool):
     """(model on the device in train mode, saved state or None, first step): from the
     run's checkpoint when resuming, else from `init` or the preset. Channels-last on CUDA."""
     state_path = Path(cfg.run_dir) / STATE_FILE
@@ -164,7 +164,7 @@ def calibrate_latent_scale(model: CompressionModel, x: torch.Tensor, target_std:
     return s
 
 
-def _calibrate(cfg: TrainConfig, model: nn.Module, data: TrainingData, saved, device: torch.device,
+def calibrate(cfg: TrainConfig, model: nn.Module, data: TrainingData, saved, device: torch.device,
                metrics: Path, main: bool) -> None:
     """Step 2 from step-1 weights: rescale the latent to `latent_std` on a probe batch."""
     if (saved is None and cfg.step == 2 and cfg.init and cfg.latent_std
@@ -172,4 +172,4 @@ def _calibrate(cfg: TrainConfig, model: nn.Module, data: TrainingData, saved, de
         probe, _ = data.get(0, 1, min(len(data), 512), 0, 1, batch_generator(data, cfg.seed))
         scale = calibrate_latent_scale(model, probe.to(device), cfg.latent_std)
         if main:
-            _log(metrics, {"step": 0, "latent_scale": scale})
+            log_metrics(metrics, {"step": 0, "latent_scale": scale})
