@@ -141,7 +141,7 @@ def write_page(text: str) -> None:
 
 def table(results: list[dict], minutes: float) -> str:
     rows = sorted((r for r in results if r["budget_min"] == minutes), key=lambda r: -r["top1"])
-    lines = [f"| design | what | steps | images | CPU-min | top-1 | PSNR (step 1) |",
+    lines = ["| design | what | steps | images | CPU-min | top-1 | PSNR (step 1) |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| `{r['name']}` | {r['what']} | {r['steps']} | {r['images']:,} | "

@@ -15,6 +15,8 @@ from tica import bitstream
 from tica.bitstream import Limits, pack, unpack
 from tica.errors import BitstreamError, ModelMismatchError
 
+from corruption import MUTATIONS, mutate
+
 
 def _fix_crc(body: bytes) -> bytes:
     return body + zlib.crc32(body).to_bytes(4, "big")
@@ -87,30 +89,6 @@ def stream(tica_cifar, cifar_images):
     return tica.compress(tica_cifar, cifar_images[:3])
 
 
-_ops = st.one_of(
-    st.tuples(st.just("flip"), st.integers(0, 10_000), st.integers(0, 7)),
-    st.tuples(st.just("set"), st.integers(0, 10_000), st.integers(0, 255)),
-    st.tuples(st.just("truncate"), st.integers(0, 10_000), st.just(0)),
-    st.tuples(st.just("insert"), st.integers(0, 10_000), st.integers(0, 255)),
-    st.tuples(st.just("delete"), st.integers(0, 10_000), st.integers(1, 64)),
-)
-
-
-def _mutate(data: bytes, ops) -> bytes:
-    out = bytearray(data)
-    for op, pos, arg in ops:
-        pos = pos % (len(out) + 1)
-        if op == "flip" and pos < len(out):
-            out[pos] ^= 1 << arg
-        elif op == "set" and pos < len(out):
-            out[pos] = arg
-        elif op == "truncate":
-            del out[pos:]
-        elif op == "insert":
-            out[pos:pos] = bytes([arg])
-        elif op == "delete":
-            del out[pos:pos + arg]
-    return bytes(out)
 
 
 def _decode_all(model, data: bytes) -> list:
@@ -119,9 +97,9 @@ def _decode_all(model, data: bytes) -> list:
 
 @settings(max_examples=3000, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(ops=st.lists(_ops, min_size=1, max_size=4))
+@given(ops=st.lists(MUTATIONS, min_size=1, max_size=4))
 def test_fuzz_every_damaged_stream_raises_bitstream_error_quickly(tica_cifar, stream, ops):
-    bad = _mutate(stream, ops)
+    bad = mutate(stream, ops)
     if bad == stream:
         return
     start = time.perf_counter()
@@ -132,10 +110,10 @@ def test_fuzz_every_damaged_stream_raises_bitstream_error_quickly(tica_cifar, st
 
 @settings(max_examples=500, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(ops=st.lists(_ops, min_size=1, max_size=3))
+@given(ops=st.lists(MUTATIONS, min_size=1, max_size=3))
 def test_fuzz_forged_checksums_never_crash_or_overallocate(tica_cifar, stream, ops):
     """An attacker can recompute the CRC: then the limits and the decoder itself must hold."""
-    bad = _fix_crc(_mutate(stream[:-4], ops))
+    bad = _fix_crc(mutate(stream[:-4], ops))
     start = time.perf_counter()
     try:
         latents = _decode_all(tica_cifar, bad)

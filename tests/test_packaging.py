@@ -5,7 +5,6 @@ check catches what does not belong."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import re
 import subprocess
@@ -123,11 +122,12 @@ def test_encode_decode_classify_info_need_no_extra(tmp_path):
     assert (tmp_path / "b.png").stat().st_size > 0
 
 
-def _check_wheel():
-    spec = importlib.util.spec_from_file_location("check_wheel", REPO / "scripts" / "check_wheel.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _check_wheel(wheel: Path, *flags: str) -> tuple[int, str, list[str]]:
+    """Run scripts/check_wheel.py as CI does: (exit code, stdout, the problems it names)."""
+    run = subprocess.run([sys.executable, str(REPO / "scripts" / "check_wheel.py"), str(wheel),
+                          *flags], capture_output=True, text=True, timeout=120)
+    problems = [line.removeprefix("check_wheel: error: ") for line in run.stderr.splitlines()]
+    return run.returncode, run.stdout, problems
 
 
 def _fake_wheel(path: Path, extra_files: dict[str, bytes] | None = None, drop: str = "") -> Path:
@@ -158,17 +158,17 @@ def _fake_wheel(path: Path, extra_files: dict[str, bytes] | None = None, drop: s
 
 
 def test_wheel_check_passes_a_good_wheel_and_names_each_problem(tmp_path):
-    check = _check_wheel()
     good = _fake_wheel(tmp_path / "good.whl")
-    bad, notes = check.problems(good, max_mb=80)
-    assert bad == [] and any("all present and matching" in n for n in notes)
-    assert check.main([str(good)]) == 0
-    assert check.problems(good, max_mb=1e-6)[0] == [
+    code, out, bad = _check_wheel(good)
+    assert (code, bad) == (0, []) and "all present and matching" in out and "wheel OK" in out
+    code, _, bad = _check_wheel(good, "--max-mb", "1e-6")
+    assert code == 1 and bad == [
         f"the wheel is {good.stat().st_size / 1e6:.1f} MB, over the 1e-06 MB limit"]
     broken = _fake_wheel(tmp_path / "bad.whl", {"tests/test_x.py": b"",
                                                 "tica/weights/tica-photo.safetensors": b"x"},
                          drop="tica/serve/demo.html")
-    bad, _ = check.problems(broken, max_mb=80)
+    code, out, bad = _check_wheel(broken)
+    assert code == 1 and "3 problem(s)" in out
     assert bad == ["tests/test_x.py does not belong in the wheel",
                    "tica/weights/tica-photo.safetensors does not match the manifest's sha256",
                    "tica/serve/demo.html is missing"]

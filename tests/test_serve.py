@@ -21,7 +21,7 @@ from tica.bitstream import Stream  # noqa: E402
 from tica.serve import ServeConfig, create_app  # noqa: E402
 from tica.serve.batcher import MicroBatcher  # noqa: E402
 
-from test_bitstream import _mutate, _ops  # noqa: E402
+from corruption import MUTATIONS, mutate  # noqa: E402
 
 OCTET = {"Content-Type": "application/octet-stream"}
 
@@ -156,9 +156,9 @@ def test_wrong_model_limits_and_parameters(client, stream, cifar_images):
 
 @settings(max_examples=300, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(ops=st.lists(_ops, min_size=1, max_size=4))
+@given(ops=st.lists(MUTATIONS, min_size=1, max_size=4))
 def test_fuzzed_streams_never_take_the_server_down(client, stream, ops):
-    bad = _mutate(stream, ops)
+    bad = mutate(stream, ops)
     r = client.post("/v1/classify", content=bad, headers=OCTET)
     assert r.status_code in (200, 400, 413, 422), r.text
     if bad != stream:
