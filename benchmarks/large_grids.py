@@ -69,7 +69,7 @@ def run_case(model, images: list[torch.Tensor], labels: list[int] | None, qualit
             agree[mode] += int(top["global"] == top[mode])
     n = len(images)
     out = {"images": n, "grid": list(y_hat.shape[-2:]), "trained_grid": list(model.vit.grid),
-           "size": list(size), "quality": quality}
+           "size": list(size), "quality": quality, "model_id": f"{model.model_id:04x}"}
     for mode, s in stats.items():
         model.vit.attention = mode
         out[mode] = {"classify_s": s["classify_s"],

@@ -41,6 +41,7 @@ from PIL import Image
 import tica
 from tica.cost import DEFAULT_MAX_GFLOP
 from tica.data import load_split
+from tica.image import encode_png
 from tica.serve import ServeConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _server import ServerProcess  # noqa: E402  (the tests' server launcher, one copy)
@@ -67,13 +68,17 @@ def corrupt(data: bytes, rng: random.Random) -> bytes:
     return bytes(out)
 
 
-async def post(client: httpx.AsyncClient, url: str, body: bytes) -> tuple[int, dict | None, float]:
-    """POST one stream to /v1/classify: (status, json, seconds); status -1 if no answer."""
+async def post(client: httpx.AsyncClient, url: str, body: bytes, path: str = "/v1/classify?top_k=1"
+               ) -> tuple[int, dict | None, float]:
+    """POST one body (a stream to /v1/classify by default): (status, json, seconds); status -1
+    if no answer. An answer that is not JSON (an encoded stream) reads as {"bytes": N}."""
     start = time.perf_counter()
     try:
-        r = await client.post(url + "/v1/classify?top_k=1", content=body,
+        r = await client.post(url + path, content=body,
                               headers={"Content-Type": "application/octet-stream"})
-        return r.status_code, r.json(), time.perf_counter() - start
+        answer = r.json() if r.headers.get("content-type", "").startswith("application/json") \
+            else {"bytes": len(r.content)}
+        return r.status_code, answer, time.perf_counter() - start
     except (httpx.HTTPError, ValueError) as exc:
         return -1, {"error": repr(exc)}, time.perf_counter() - start
 
@@ -118,6 +123,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heavy-streams", type=int, default=2, help="heavy requests in flight")
     parser.add_argument("--heavy-side", type=int, default=1024,
                         help="side of the heavy streams' one image (for tica-cifar)")
+    parser.add_argument("--heavy-encodes", type=int, default=0,
+                        help="heavy-side PNGs posted to /v1/encode beside the heavy streams")
     parser.add_argument("--deadline-s", type=float, help="the server's (default: its own)")
     parser.add_argument("--max-gflop", type=float, default=DEFAULT_MAX_GFLOP,
                         help="the server's budget, and the heavy stream's")
@@ -217,27 +224,33 @@ def throughput_and_soak(args, model, streams: list[bytes], expected: list[int]) 
 
 
 # ---- the mixed run ----------------------------------------------------------------------------
-def heavy_stream(model, side: int, max_gflop: float) -> bytes:
-    """A maximum-cost stream: one side x side photograph for `model` (the first Kodak image,
-    resized; noise without the data)."""
+def heavy_image(side: int) -> torch.Tensor:
+    """A side x side photograph: the first Kodak image, resized (noise without the data)."""
     photos = sorted((DATA / "kodak").glob("*.png"))
     if photos:
         with Image.open(photos[0]) as img:
             pixels = np.asarray(img.convert("RGB").resize((side, side), Image.LANCZOS))
-        image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255
-    else:
-        image = torch.rand(3, side, side, generator=torch.Generator().manual_seed(0))
-    return tica.compress(model, image, budget=tica.Budget(max_gflop))
+        return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255
+    return torch.rand(3, side, side, generator=torch.Generator().manual_seed(0))
+
+
+def heavy_stream(model, side: int, max_gflop: float) -> bytes:
+    """A maximum-cost stream: one side x side photograph for `model`."""
+    return tica.compress(model, heavy_image(side), budget=tica.Budget(max_gflop))
 
 
 async def mixed_load(url: str, smalls: list[bytes], heavy: bytes, heavy_streams: int,
-                     concurrency: int, timeout: float, settle_s: float = 1.0):
-    """`heavy_streams` heavy requests at once, then (`settle_s` later, once the server holds
+                     concurrency: int, timeout: float, settle_s: float = 1.0,
+                     encode: bytes = b"", heavy_encodes: int = 0):
+    """`heavy_streams` heavy requests (and `heavy_encodes` encodes of the image file `encode`,
+    the server picking the model) at once, then (`settle_s` later, once the server holds
     them) the small ones at `concurrency`: (small results, heavy results, whether a heavy
     one was still unanswered when the last small one answered)."""
     async with httpx.AsyncClient(timeout=timeout) as client:
         start = time.perf_counter()
         heavy_tasks = [asyncio.create_task(post(client, url, heavy)) for _ in range(heavy_streams)]
+        heavy_tasks += [asyncio.create_task(post(client, url, encode, "/v1/encode"))
+                        for _ in range(heavy_encodes)]
         if heavy_tasks:
             await asyncio.sleep(settle_s)
         small_results, _ = await fire(url, smalls, concurrency, timeout)
@@ -271,6 +284,7 @@ def mixed(args, model, streams: list[bytes], expected: list[int]) -> bool:
     smalls = [streams[i % len(streams)] for i in range(args.mixed_requests)]
     truth = [expected[i % len(streams)] for i in range(args.mixed_requests)]
     heavy = heavy_stream(model, args.heavy_side, args.max_gflop)
+    encode = encode_png(heavy_image(args.heavy_side)) if args.heavy_encodes else b""
     common = ["--max-gflop", str(args.max_gflop)] + (
         ["--deadline-s", str(args.deadline_s)] if args.deadline_s else [])
     setups = [("cost-capped lanes (default)", [])]
@@ -286,15 +300,20 @@ def mixed(args, model, streams: list[bytes], expected: list[int]) -> bool:
                 runs.append(summarize(scheduling, alone, [], False, truth))
                 print(runs[-1])
             small, heavy_results, in_flight = asyncio.run(mixed_load(
-                server.url, smalls, heavy, args.heavy_streams, args.mixed_concurrency, args.timeout))
+                server.url, smalls, heavy, args.heavy_streams, args.mixed_concurrency, args.timeout,
+                encode=encode, heavy_encodes=args.heavy_encodes))
             runs.append({**summarize(scheduling, small, heavy_results, in_flight, truth),
                          "expired": metric(server.url, "tica_expired_requests_total"),
                          "heavy_pieces": metric(server.url, "tica_heavy_pieces_total")})
             print(runs[-1])
         finally:
             server.stop()
+    size = (args.heavy_side, args.heavy_side)
+    photo = tica.load(tica.choose_model([size]))
     heavy_info = {"side": args.heavy_side, "bytes": len(heavy), "model": tica.describe(model),
-                  "gflop": model.cost((args.heavy_side, args.heavy_side), "classify")}
+                  "gflop": model.cost(size, "classify"), "encodes": args.heavy_encodes,
+                  "encode_bytes": len(encode), "encode_model": tica.describe(photo),
+                  "encode_gflop": photo.cost(size, "encode")}
     report = render_mixed(runs, heavy_info, args)
     print(report)
     (args.out / "load_mixed.md").write_text(report)
@@ -339,7 +358,8 @@ def render_mixed(runs: list[dict], heavy: dict, args) -> str:
     deadline = args.deadline_s or ServeConfig.deadline_s
     L = ["# Fair service under mixed load", "",
          f"Generated by `python benchmarks/load.py --mixed-only --mixed-requests "
-         f"{args.mixed_requests} --heavy-streams {args.heavy_streams} --heavy-side {heavy['side']}` "
+         f"{args.mixed_requests} --heavy-streams {args.heavy_streams} --heavy-side {heavy['side']}"
+         f"{f' --heavy-encodes {args.heavy_encodes}' if args.heavy_encodes else ''}` "
          f"on {platform.processor() or platform.machine()}, {os.cpu_count()} cores; server and "
          f"client share them (loopback), server torch threads {args.threads}. Small requests: "
          f"{runs[0]['small_requests']} one-image {heavy['model']} streams of CIFAR-10 test images "
@@ -347,7 +367,11 @@ def render_mixed(runs: list[dict], heavy: dict, args) -> str:
          f"requests: {args.heavy_streams} at once, sent 1 s before the small ones, each one "
          f"{heavy['side']}x{heavy['side']} image for the same model ({heavy['bytes']:,} bytes, "
          f"about {heavy['gflop']:,.0f} GFLOP to classify, inside the budget of "
-         f"{args.max_gflop:,.0f}). Server deadline {deadline:g} s.", "",
+         f"{args.max_gflop:,.0f})"
+         + (f"; and {heavy['encodes']} PNG(s) of the same image ({heavy['encode_bytes']:,} bytes) "
+            f"to /v1/encode, which picks {heavy['encode_model']} (about "
+            f"{heavy['encode_gflop']:,.0f} GFLOP to encode)" if heavy["encodes"] else "")
+         + f". Server deadline {deadline:g} s.", "",
          "| scheduling | heavy requests | small ok | small p50 ms | small p99 ms | small max ms "
          "| p99 vs alone | heavy answers: status in s | deadline answers (504) | other 5xx |",
          "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
