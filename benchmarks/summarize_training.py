@@ -23,6 +23,19 @@ def _held_out(e: dict, key: str, spec: str) -> str:
     return " / ".join(values)
 
 
+def _length(cfg: dict, train: list[dict], done: list[dict]) -> str:
+    """How long the run trained: its configured epochs, or, for a run whose schedule ended at
+    a deadline, the epochs and steps it reached in that time."""
+    if not cfg.get("deadline_s"):
+        return f"{cfg['epochs']} epochs"
+    steps = done[-1].get("planned_steps") if done else None
+    epoch = train[-1]["epoch"] if train else 0.0
+    reached = done[-1]["step"] if done else train[-1]["step"] if train else 0
+    return (f"{epoch:.1f} epochs ({reached:,} steps) annealed to a "
+            f"{cfg['deadline_s'] / 60:.0f}-minute deadline"
+            + (f" (the {cfg['epochs']:g}-epoch plan would have been {steps:,} steps)" if steps else ""))
+
+
 def summarize(run: Path) -> list[str]:
     records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     cfg = json.loads((run / "config.json").read_text())
@@ -36,7 +49,7 @@ def summarize(run: Path) -> list[str]:
                else f"alpha {cfg['alpha']}, beta {cfg['beta']}")
     variable = any("/" in k for r in evals for k in r["eval"])
     lines = [f"## {run.name}", "",
-             f"step {cfg['step']}, {cfg['epochs']} epochs, batch {cfg['batch_size']}, lr {cfg['lr']}, "
+             f"step {cfg['step']}, {_length(cfg, train, done)}, batch {cfg['batch_size']}, lr {cfg['lr']}, "
              f"{weights}, data {Path(cfg['data']).name}: {wall}, mean {img_s:.0f} images/s.", "",
              "| step | epoch | train loss | train acc | train PSNR | train bpp | held-out acc | "
              "held-out PSNR | held-out bpp (estimate) |",
