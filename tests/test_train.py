@@ -68,6 +68,15 @@ def test_an_export_says_whether_its_classifier_saw_labels(tmp_path, alpha, train
     assert tica.api.can_classify(model) is trained
 
 
+def test_a_run_without_a_folder_is_refused_before_any_work(tmp_path, monkeypatch):
+    from tica.errors import ConfigError
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg(tmp_path, max_steps=1)
+    with pytest.raises(ConfigError, match="run_dir"):
+        train(TrainConfig(**{**cfg.__dict__, "run_dir": None}))
+    assert list(tmp_path.iterdir()) == []            # nothing written anywhere
+
+
 def test_resume_continues_exactly(tmp_path):
     straight = train(_cfg(tmp_path / "a", max_steps=6, step=2))
     first = _cfg(tmp_path / "b", max_steps=3, step=2, checkpoint_every=3)
