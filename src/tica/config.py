@@ -215,6 +215,9 @@ class TrainConfig:
     latent_std: float | None = _option(2.0, "step 2: rescale the step-1 latent to this std first")
     rate_warmup_steps: int = _option(0, "step 2: ramp the rate term's weight from 0 to 1 over "
                                      "these steps")
+    z_rate_warmup_steps: int = _option(0, "step 2: ramp the weight of the hyper-latent z's rate "
+                                       "from 0 to 1 over these steps, so that z learns to carry "
+                                       "the scales before it pays for them")
     optimizer: str = _option("adamw", "adamw (step 1, DeiT) or adam (step 2, paper)",
                              choices=OPTIMIZERS)
     seed: int = _option(0, "seeds the initial weights, the data order and every draw")

@@ -34,11 +34,13 @@ def _active(weight: Weight) -> bool:
 
 
 def rda_loss(out: dict, x: torch.Tensor, labels: torch.Tensor | None, alpha: Weight, beta: Weight,
-             label_smoothing: float = 0.1, rate_weight: float = 1.0) -> dict[str, torch.Tensor]:
+             label_smoothing: float = 0.1, rate_weight: float = 1.0,
+             z_rate_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """Loss and its parts for any model of the family: terms whose outputs a model does not
     produce (logits, x_hat, likelihoods) are left out. `alpha` and `beta` are one number, or
-    one per image (B,) when a variable-rate model trains each image at its own rate point.
-    The reported `ce`, `mse` and `bpp` are unweighted batch means."""
+    one per image (B,) when a variable-rate model trains each image at its own rate point;
+    the rate counts `rate_weight` times, the hyper-latent's share of it `z_rate_weight`
+    times more. The reported `ce`, `mse` and `bpp` are unweighted batch means."""
     terms: dict[str, torch.Tensor] = {}
     loss = x.new_zeros(())
     if "logits" in out and labels is not None and _active(alpha):
@@ -54,9 +56,11 @@ def rda_loss(out: dict, x: torch.Tensor, labels: torch.Tensor | None, alpha: Wei
         loss = loss + _weighted(mse, beta)
     if out.get("likelihoods"):
         B, _, H, W = x.shape
-        bits = sum(-torch.log2(lik).flatten(1).sum(1) for lik in out["likelihoods"].values())
+        per_latent = {k: -torch.log2(lik).flatten(1).sum(1) for k, lik in out["likelihoods"].items()}
+        bits = sum(per_latent.values())
         terms["bpp"] = bits.mean() / (H * W)
-        loss = loss + rate_weight * terms["bpp"]
+        charged = bits - (1 - z_rate_weight) * per_latent["z"] if z_rate_weight != 1 else bits
+        loss = loss + rate_weight * charged.mean() / (H * W)
     terms["loss"] = loss
     return terms
 

@@ -141,10 +141,15 @@ def _train_step(run: _Run, step: int) -> tuple[dict[str, torch.Tensor], int]:
     set_lr(run.optimizer, cfg, run.clock.schedule_step(step, run.total_steps), run.total_steps)
     # Rate warm-up: Adam normalises each parameter's step, so the entropy models learn
     # at full speed while g_a feels the rate only gradually and keeps its information.
-    rate_weight = min(1.0, (step + 1) / cfg.rate_warmup_steps) if cfg.rate_warmup_steps else 1.0
+    rate_weight = _ramp(step, cfg.rate_warmup_steps)
     terms = train_step(run.objective, run.optimizer, run.clipped, run.model, run.ema_state, x, labels,
-                  cfg, rate_weight, run.autocast)
+                       cfg, rate_weight, run.autocast, _ramp(step, cfg.z_rate_warmup_steps))
     return terms, x.shape[0] * run.world
+
+
+def _ramp(step: int, steps: int) -> float:
+    """A warm-up weight: linear from 1/steps to 1 over `steps` steps (1 throughout if 0)."""
+    return min(1.0, (step + 1) / steps) if steps else 1.0
 
 
 def _log_step(run: _Run, window: _Window, step: int, progress) -> _Window:

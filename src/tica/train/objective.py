@@ -36,8 +36,8 @@ class Objective(nn.Module):
             # out without asking the device whether a per-image weight is all zero
             self.weighted = (any(alphas), any(betas))
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None, rate_weight: float = 1.0
-                ) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None, rate_weight: float = 1.0,
+                z_rate_weight: float = 1.0) -> dict[str, torch.Tensor]:
         alpha, beta, quality = self.cfg.alpha, self.cfg.beta, None
         if self.levels:
             level = torch.randint(self.levels, (x.shape[0],), device=x.device)
@@ -48,7 +48,8 @@ class Objective(nn.Module):
             out = self.model(x, entropy=self.cfg.step == 2, quality=quality)
         else:
             out = self.model(x)
-        terms = rda_loss(out, x, labels, alpha, beta, self.cfg.label_smoothing, rate_weight)
+        terms = rda_loss(out, x, labels, alpha, beta, self.cfg.label_smoothing, rate_weight,
+                         z_rate_weight)
         if self.codec and self.cfg.step == 2:
             terms["aux"] = self.model.aux_loss()
         return terms
@@ -111,10 +112,10 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, saved, device: torch.devi
 
 
 def train_step(objective, optimizer, clipped, model, ema_state, x, labels, cfg: TrainConfig,
-          rate_weight: float, autocast) -> dict[str, torch.Tensor]:
+               rate_weight: float, autocast, z_rate_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """One optimisation step; the loss terms (device tensors)."""
     with autocast():
-        terms = objective(x, labels, rate_weight)
+        terms = objective(x, labels, rate_weight, z_rate_weight)
     optimizer.zero_grad(set_to_none=True)
     (terms["loss"] + terms["aux"] if "aux" in terms else terms["loss"]).backward()
     if cfg.grad_clip:   # the quantiles' auxiliary gradients stay out of the norm
