@@ -25,6 +25,17 @@ def test_rda_loss_combines_the_terms_with_their_weights():
     assert bits_per_pixel({"a": torch.full((1, 8), 0.5)}, 4).item() == 2.0
 
 
+@pytest.mark.parametrize("z_weight", [0.0, 0.5])
+def test_the_hyper_latent_rate_can_be_charged_apart(z_weight):
+    """z_rate_weight scales only z's share of the rate in the loss; the reported bpp is the
+    whole rate (y: 8 bits an image, z: 2 bits an image, on 16 pixels)."""
+    x = torch.full((2, 3, 4, 4), 0.5)
+    out = {"likelihoods": {"y": torch.full((2, 1, 2, 2), 0.25), "z": torch.full((2, 2, 1, 1), 0.5)}}
+    terms = rda_loss(out, x, None, 0.0, 0.0, rate_weight=0.5, z_rate_weight=z_weight)
+    assert terms["bpp"].item() == pytest.approx(10 / 16)
+    assert terms["loss"].item() == pytest.approx(0.5 * (8 + z_weight * 2) / 16)
+
+
 def test_models_without_a_term_leave_it_out():
     x = torch.rand(1, 3, 4, 4)
     terms = rda_loss({"logits": torch.zeros(1, 3)}, x, torch.tensor([1]), 1.0, 1.0)
