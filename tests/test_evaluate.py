@@ -25,6 +25,18 @@ def test_ms_ssim_is_one_for_identical_images_and_falls_with_noise():
         assert (ms_ssim_any_size(noisy, x) < 0.95).all()
 
 
+def test_small_image_ssim_matches_pytorch_msssim():
+    """The small-image path's SSIM (3-tap window) is pytorch_msssim's, per image."""
+    pytorch_msssim = pytest.importorskip("pytorch_msssim")
+    from tica.evaluate import _gaussian_window, _ssim_and_cs
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 3, 32, 32, generator=g)
+    y = (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    ours = _ssim_and_cs(x, y, _gaussian_window(3, 1.5))[0].mean(1)
+    theirs = pytorch_msssim.ssim(x, y, data_range=1.0, size_average=False, win_size=3)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
 def test_eval_counts_real_bytes_and_real_predictions(tica_cifar, cifar_samples, cifar_images):
     labels = torch.tensor([i // 2 for i in range(len(cifar_images))])
     split = ImageFolderSplit((cifar_images * 255).round().to(torch.uint8), labels,

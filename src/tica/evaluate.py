@@ -34,24 +34,50 @@ def ms_ssim_any_size(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """MS-SSIM per image, on [0, 1] inputs. Standard (5 levels, 11-tap window) where the image
     allows it (sides > 160 px); on smaller images, 3-tap windows and as many levels as fit
     (3 at 32x32), the standard weights of those levels renormalised."""
-    ssim = require("pytorch_msssim.ssim", "eval", "MS-SSIM")
     if min(x.shape[-2:]) > 160:
+        ssim = require("pytorch_msssim.ssim", "eval", "MS-SSIM")
         return ssim.ms_ssim(x, y, data_range=1.0, size_average=False)
     levels = 1
     while levels < 5 and min(x.shape[-2:]) // 2 ** levels >= 4:
         levels += 1
     weights = x.new_tensor(MSSSIM_WEIGHTS[:levels])
     weights = weights / weights.sum()
-    win = ssim._fspecial_gauss_1d(3, 1.5).repeat([x.shape[1], 1, 1, 1])
+    window = _gaussian_window(3, 1.5).to(x)
     values = []
     for i in range(levels):
-        ssim_c, cs = ssim._ssim(x, y, win=win, data_range=1.0, size_average=False, K=(0.01, 0.03))
+        ssim_c, cs = _ssim_and_cs(x, y, window)
         if i < levels - 1:
             values.append(torch.relu(cs))
             x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
     values.append(torch.relu(ssim_c))
     stacked = torch.stack(values)                               # (levels, B, C)
     return torch.prod(stacked ** weights.view(-1, 1, 1), dim=0).mean(1)
+
+
+def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
+    coords = torch.arange(size, dtype=torch.float32) - size // 2
+    g = torch.exp(-(coords ** 2) / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def _blur(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """The separable Gaussian window over each channel, 'valid' (no padding)."""
+    c = x.shape[1]
+    x = F.conv2d(x, window.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    return F.conv2d(x, window.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+def _ssim_and_cs(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor,
+                 k: tuple[float, float] = (0.01, 0.03)) -> tuple[torch.Tensor, torch.Tensor]:
+    """(SSIM, contrast-structure term) per image and channel, data range 1 (Wang et al.)."""
+    c1, c2 = k[0] ** 2, k[1] ** 2
+    mu_x, mu_y = _blur(x, window), _blur(y, window)
+    var_x = _blur(x * x, window) - mu_x ** 2
+    var_y = _blur(y * y, window) - mu_y ** 2
+    cov = _blur(x * y, window) - mu_x * mu_y
+    cs_map = (2 * cov + c2) / (var_x + var_y + c2)
+    ssim_map = (2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1) * cs_map
+    return ssim_map.flatten(2).mean(-1), cs_map.flatten(2).mean(-1)
 
 
 # ---- pipelines -----------------------------------------------------------------------------
