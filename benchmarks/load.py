@@ -11,7 +11,9 @@
    throughput, and the server's resident memory before and after.
 3. The mixed run (fair service): a few heavy streams (default: the issue's 1024x1024 image for
    tica-cifar, 319 GFLOP to classify with windowed attention, inside the default budget;
-   --heavy-side 2048 for a 4-Mpixel one, 1,276 GFLOP, inside it too) in flight while many
+   --heavy-side 2000, 1,224 GFLOP to classify, is the largest square stream the budget lets
+   the encoder write: reconstructing it would cost 1,986 of the 2,000; --heavy-encodes N adds
+   N encodes of that image as a PNG, which /v1/encode gives to tica-photo) in flight while many
    32x32 CIFAR requests arrive at concurrency 20: the small requests' p50/p99 alone and with
    the heavy ones, the heavy ones' latency, deadline answers (504) and every other 5xx (must
    be 0); and, as the control, the same against one lane with no batch cost cap
