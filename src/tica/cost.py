@@ -60,7 +60,9 @@ SYMBOL_FLOPS = 5000.0
 #     1,276, reconstruct 2,077.
 # 2,000 holds every photograph the server takes with tica-photo (3.6x room) and every CIFAR
 # batch, admits a 1024x1024 CIFAR-model stream, and refuses several 4-Mpixel images through
-# tica-cifar; what it admits is at most 15-25 s of one core.
+# tica-cifar. What it admits takes up to about 30 s on the 2-core machine, the server's
+# default deadline: a 2000x2000 tica-cifar stream (1,224 GFLOP to classify) answered in
+# 17.9 s beside 200 small requests (docs/benchmarks/load_mixed.md), about 70 GFLOP/s.
 DEFAULT_MAX_GFLOP = 2000.0
 
 
