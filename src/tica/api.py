@@ -79,8 +79,8 @@ def choose_model(sizes: Sequence[tuple[int, int]]) -> str:
     against tica-photo's 0.9; 120 GFLOP for a 768x512 photo against 28). Measured on centre
     crops of 8 Kodak photos (`docs/design.md`, "The default model"): tica-photo codes photo
     crops in fewer bits at equal PSNR at every side (32 px: 0.43 bpp / 23.3 dB at its q1
-    against tica-cifar's 0.94 / 23.5 at q3) but its curve flattens at 24.5-25.5 dB, where
-    tica-cifar goes on to 30 dB (q8, 3.6 bpp)."""
+    against tica-cifar's 0.82 / 22.9 at q3) but its curve flattens at 24.5-25.5 dB, where
+    tica-cifar goes on to 30 dB (q8, 3.4 bpp)."""
     if not sizes:
         raise TicaError("no images to choose a model for")
     side = max(max(h, w) for h, w in sizes)
