@@ -130,6 +130,25 @@ def test_a_claim_holds_only_where_every_baseline_is_beaten_over_a_shared_range()
     assert "**untested**" in state_claims([], [], [], [], []).split("\n\n")[0]
 
 
+def test_a_claim_says_when_the_pixel_vit_had_less_budget_than_ticas_classifier():
+    from tica.report.claims import budget_note
+    photo = {"tica-photo": {"images_seen": 105096, "labelled_images_seen": 80096},
+             "vit-pixel-photo": {"images_seen": 43200}}
+    note = budget_note(photo, "tica-photo", "vit-pixel-photo")
+    # the labelled images count, not tica's unlabelled codec crops
+    assert note.startswith("Not an equal-budget comparison: the pixel ViT saw 43,200 labelled "
+                           "training images against tica's 80,096 (0.54x)")
+    photo["vit-pixel-photo"]["images_seen"] = 78000          # within 5%: equal
+    assert budget_note(photo, "tica-photo", "vit-pixel-photo") == \
+        "Equal classifier budgets: 78,000 labelled training images against tica's 80,096. "
+    assert budget_note({}, "tica-photo", "vit-pixel-photo") == ""
+    rows = [{"pipeline": TICA, "quality": 1, "bpp": 1.0, "top1": 0.6},
+            {"pipeline": "ViT on clean pixels", "quality": None, "bpp": 24.0, "top1": 0.9}]
+    budgets = {"tica-cifar": {"images_seen": 1000}, "vit-pixel-cifar": {"images_seen": 250}}
+    claim = state_claims(rows, [], [], [], [], {"budgets": budgets}).split("\n\n")[0]
+    assert "the pixel ViT saw 250 labelled training images against tica's 1,000 (0.25x)" in claim
+
+
 def test_bd_rate_of_a_curve_that_needs_a_fifth_fewer_bits_is_minus_20_percent():
     pytest.importorskip("bjontegaard")
     jpeg = [(0.25, 26.0), (0.5, 29.0), (1.0, 32.0), (2.0, 35.0), (4.0, 38.0)]

@@ -77,6 +77,30 @@ def test_a_run_without_a_folder_is_refused_before_any_work(tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []            # nothing written anywhere
 
 
+def test_bf16_is_native_exactly_where_the_hardware_says_so():
+    from tica.train.distributed import native_bf16
+    assert native_bf16(torch.device("cpu")) is torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert native_bf16(torch.device("meta")) is False
+    assert native_bf16(torch.device("cuda")) is (torch.cuda.is_available()
+                                                 and torch.cuda.is_bf16_supported())
+
+
+@pytest.mark.parametrize("asked,native", [(True, False), (True, True), (False, True)])
+def test_a_run_autocasts_only_where_bf16_is_native(tmp_path, monkeypatch, asked, native):
+    """bf16 emulated on a CPU without AVX-512 BF16 made training 7x slower: a run asks for
+    bf16 and gets it only where it is native, and its metrics say which it got."""
+    import tica.train.loop as loop
+    monkeypatch.setattr(loop, "native_bf16", lambda device: native)
+    entered = []
+    autocast = torch.autocast
+    monkeypatch.setattr(torch, "autocast", lambda *a, **k: entered.append(k.get("dtype"))
+                        or autocast(*a, **k))
+    cfg = _cfg(tmp_path, step=1, max_steps=2, bf16=asked)
+    train(cfg)
+    assert _metrics(cfg.run_dir)[-1]["bf16"] is (asked and native)
+    assert (torch.bfloat16 in entered) is (asked and native)
+
+
 def test_resume_continues_exactly(tmp_path):
     straight = train(_cfg(tmp_path / "a", max_steps=6, step=2))
     first = _cfg(tmp_path / "b", max_steps=3, step=2, checkpoint_every=3)

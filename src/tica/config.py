@@ -222,7 +222,8 @@ class TrainConfig:
                              choices=OPTIMIZERS)
     seed: int = _option(0, "seeds the initial weights, the data order and every draw")
     device: str = _option("cpu", "cpu or cuda")
-    bf16: bool = _option(True, "autocast to bfloat16 where the device supports it")
+    bf16: bool = _option(True, "autocast to bfloat16 where the device computes it natively (a CUDA "
+                              "GPU with bf16, a CPU with AVX-512 BF16 or AMX)")
     checkpoint_every: int = _option(200, "save the training state every this many steps (and "
                                     "at every epoch end)")
     log_every: int = 20

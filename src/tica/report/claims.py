@@ -24,6 +24,28 @@ def _images(budgets: dict, preset: str) -> str:
     return f"{seen:,} training images" if seen else "an unrecorded budget"
 
 
+def classifier_images(budgets: dict, preset: str) -> int | None:
+    """The labelled images a model's classifier trained on: the manifest's
+    `labelled_images_seen` where a codec also trained on unlabelled images (tica-photo's
+    photographs, alpha 0), else all its `images_seen`."""
+    trained = budgets.get(preset) or {}
+    return trained.get("labelled_images_seen", trained.get("images_seen"))
+
+
+def budget_note(budgets: dict, tica_preset: str, clean_preset: str) -> str:
+    """Whether the pixel ViT behind the codec pipelines had tica's classifier budget: equal
+    within 5% of the labelled images seen, else how far apart (part of any margin is then
+    the budget, not the system)."""
+    ours, theirs = classifier_images(budgets, tica_preset), classifier_images(budgets, clean_preset)
+    if not ours or not theirs:
+        return ""
+    counts = f"{theirs:,} labelled training images against tica's {ours:,}"
+    if abs(theirs - ours) <= 0.05 * ours:
+        return f"Equal classifier budgets: {counts}. "
+    return (f"Not an equal-budget comparison: the pixel ViT saw {counts} ({theirs / ours:.2f}x), "
+            "so part of the margin is the budget, not the system. ")
+
+
 def _margin_verdicts(margins: list[dict]) -> tuple[list[str], list[str], list[str]]:
     """The baselines tica beats over their whole shared range (with the margins), those it
     does not (with the worst point), and those it shares no range with."""
@@ -67,7 +89,8 @@ def rate_accuracy_claim(tag: str, dataset: str, results: list[dict], margins: li
                f"{_images(budgets, tica_preset)}) reaches {pct(best['top1'])} at its best point, "
                f"{best['bpp']:.2f} bpp. " if ceiling is not None and best else "")
             + (f"tica's {len(points)} rate points span {min(points):.2f}-{max(points):.2f} bpp. "
-               if points else ""))
+               if points else "")
+            + budget_note(budgets, tica_preset, clean_preset))
 
 
 def fam_claim(cifar: list[dict], bds: list[dict]) -> str:

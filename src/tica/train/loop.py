@@ -17,7 +17,7 @@ from ..data import TrainingData, batch_generator, held_out_data, on_device, trai
 from ..errors import ConfigError
 from ..extras import require
 from .clock import agree_to_stop, Clock
-from .distributed import init_distributed, tune_device
+from .distributed import init_distributed, native_bf16, tune_device
 from .estimate import evaluate_estimate
 from .exports import export_run
 from .objective import main_lr, make_optimizer, train_step, set_lr
@@ -79,7 +79,14 @@ class _Run:
     steps_per_epoch: int
     total_steps: int                 # the schedule's length
     last_step: int                   # where this run ends (max_steps may cut it short)
-    autocast: object                 # a context manager factory: bf16 autocast or nothing
+    bf16: bool                       # autocasting to bf16: asked for, and native here
+
+    @property
+    def autocast(self):
+        """A context manager factory: bf16 autocast, or nothing."""
+        if not self.bf16:
+            return nullcontext
+        return lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     @property
     def main(self) -> bool:
@@ -112,11 +119,9 @@ def _build_run(cfg: TrainConfig, resume: bool) -> _Run:
     steps_per_epoch = max(1, len(data) // cfg.batch_size)
     total_steps = max(1, int(cfg.epochs * steps_per_epoch))
     last_step = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
-    use_bf16 = cfg.bf16 and device.type in ("cpu", "cuda")
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
     return _Run(cfg, rank, world, device, clock, run_dir, model, data, eval_split, objective,
                 optimizer, clipped, ema_state, start_step, steps_per_epoch, total_steps,
-                last_step, autocast)
+                last_step, cfg.bf16 and native_bf16(device))
 
 
 def _progress_bar(run: _Run):
@@ -186,7 +191,7 @@ def _finish(run: _Run, step: int, stopped: str | None, run_start: float) -> Trai
     wall = time.perf_counter() - run_start
     if run.main:
         export_run(run.model, run.ema_state, run.cfg, step, final=True)
-        done = {"step": step, "done": True, "wall_s": wall, "world": run.world}
+        done = {"step": step, "done": True, "wall_s": wall, "world": run.world, "bf16": run.bf16}
         if stopped:
             done.update(stopped=stopped, planned_steps=run.last_step)
         log_metrics(run.metrics, done)
