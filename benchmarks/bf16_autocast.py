@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 from statistics import median
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import tica
+from tica.report.run import machine as report_machine
 from tica.train.distributed import native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,8 +68,7 @@ def main() -> int:
     args = parser.parse_args()
     native = native_bf16(torch.device("cpu"))
     rows = [measure(name, args.steps, args.batch_size) for name in PRESETS]
-    machine = (f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-               f"{torch.get_num_threads()} threads, CPU capability "
+    machine = (f"{report_machine()}, torch {torch.__version__}, CPU capability "
                f"{torch.backends.cpu.get_cpu_capability()}")
     lines = ["# bf16 autocast on this CPU", "",
              f"`python benchmarks/bf16_autocast.py --steps {args.steps} --batch-size "
