@@ -265,6 +265,30 @@ def test_the_fam_claim_compares_the_no_fam_point_at_equal_bpp():
     assert "**holds**" in fam_claim(outside, kodak) and "9.00 bpp" not in fam_claim(outside, kodak)
 
 
+def test_an_interrupted_section_keeps_the_results_it_had_not_reached(tmp_path, cifar_images):
+    """A report killed after measuring one new rate point must not drop from the file the
+    cached points it would have reused later (they would all be measured again)."""
+    from tica.codecs import get_codec
+    from tica.evaluate import ClassicalPipeline
+    from tica.report.cache import Cache, Spec
+
+    batches = lambda: [(cifar_images[:4], None)]                          # noqa: E731
+    jpeg = lambda q: lambda: ClassicalPipeline(get_codec("jpeg"), q, name="JPEG")  # noqa: E731
+    path = tmp_path / "section"
+    full = Cache(path, False, lambda _: None)
+    for q in (30, 70):
+        full.run(Spec("JPEG", q, f"jpeg-{q}", jpeg(q)), batches, images=4)
+    full.save()
+    cut = Cache(path, False, lambda _: None)            # a new point first, then killed
+    cut.run(Spec("JPEG", 10, "jpeg-10", jpeg(10)), batches, images=4)
+    kept = json.loads(path.with_suffix(".json").read_text())
+    assert sorted(r["quality"] for r in kept) == [10, 30, 70]
+    rerun = Cache(path, False, lambda _: None)
+    for q in (10, 30, 70):
+        rerun.run(Spec("JPEG", q, f"jpeg-{q}", jpeg(q)), batches, images=4)
+    assert (rerun.measured, rerun.reused) == (0, 3)
+
+
 def test_the_cache_reuses_measures_and_stands_in_on_made_up_images(tmp_path, cifar_images):
     """A rate point is measured once and then reused while its key matches; a new key (new
     weights) measures again; --fresh ignores the cache, except as a stand-in for a rate point

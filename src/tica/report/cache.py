@@ -117,4 +117,8 @@ class Cache:
                  + f" ({result['seconds']:.0f} s)")
         self.results.append(result)
         self.measured += 1
-        write_results(self.results, self.path)      # progress survives an interrupted run
+        # progress survives an interrupted run, and so do the earlier results of the rate
+        # points this run has not reached yet (save() at the end keeps only this run's)
+        done = {(r["pipeline"], r["quality"]) for r in self.results}
+        pending = [r for r in self.stale if (r["pipeline"], r["quality"]) not in done]
+        write_results(self.results + pending, self.path)

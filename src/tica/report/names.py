@@ -15,6 +15,9 @@ TICA_VR_BUDGET_POINTS = (5, 6, 7)      # around the fixed-rate model's point 6
 HYPER_FIXED = "hyperprior, fixed rate (same budget)"
 CLEAN = "ViT on clean pixels"
 HYPER = "hyperprior -> decode -> ViT"
+# Imagenette's learned codec -> decode -> ViT: tica-photo's own streams decoded to pixels, then
+# the pixel ViT (no photo hyperprior is trained; this codec had tica's budget by construction)
+PHOTO_DECODED = "learned codec (tica-photo) -> decode -> ViT"
 PHOTO, PHOTO_NOFAM = "tica-photo", "tica-photo, no FAM"
 PUBLISHED_HYPERPRIOR = "CompressAI bmshj2018-hyperprior (published)"
 CODEC_LABELS = {"jpeg": "JPEG", "webp": "WebP", "avif": "AVIF", "jxl": "JPEG XL"}

@@ -140,7 +140,9 @@ def _imagenette(photo: list[dict], meta: dict) -> list[str]:
                  f"{fmt(r['top1'], '.1f', 100)}% | {fmt(r['top5'], '.1f', 100)}% | {fmt(r['psnr'])} |")
     L += ["", f"The validation split, a class-balanced {meta.get('imagenette_images') or '?'}"
           "-image subset, 224x224. tica is tica-photo (classify from the stream, no pixels "
-          "decoded); the ViT is vit-pixel-photo, tica-photo's ViT on 16x16 pixel patches. "
+          "decoded); the ViT is vit-pixel-photo, tica-photo's ViT on 16x16 pixel patches, "
+          "trained on as many labelled images; the learned codec behind it is tica-photo's "
+          "own: the same streams, decoded to pixels, then classified. "
           "PSNR is against the decoded source files, which are JPEGs at quality 75 (the IJG "
           "tables): JPEG at quality 75 re-applies that same quantisation and gives back almost "
           "the same pixels (about 50 dB), so that point measures re-encoding, not loss.", ""]

@@ -13,7 +13,7 @@ from ..evaluate import ClassicalPipeline, LearnedPipeline, Uncompressed
 from ..registry import standard_qualities
 from .cache import Spec, codec_version, digest
 from .names import (CLEAN, CODEC_LABELS, HYPER, HYPER_FIXED, IMAGENETTE_CODECS, PHOTO,
-                    PHOTO_NOFAM, TICA, TICA_FIXED, TICA_NOFAM, TICA_VR_BUDGET,
+                    PHOTO_DECODED, PHOTO_NOFAM, TICA, TICA_FIXED, TICA_NOFAM, TICA_VR_BUDGET,
                     TICA_VR_BUDGET_POINTS, run_weights)
 
 Weights = Callable[[], torch.nn.Module] | None
@@ -80,12 +80,16 @@ def classical_specs(codecs: dict[str, ClassicalCodec], classifier: torch.nn.Modu
 
 def imagenette_specs(classifier: torch.nn.Module, images: int) -> list[Spec]:
     """The paper's use case: tica-photo classifies Imagenette photographs from their streams;
-    the pixel ViT on clean pixels, and on JPEG / WebP decodes."""
+    the pixel ViT on clean pixels, on tica-photo's own decoded streams and on JPEG / WebP
+    decodes."""
     extra = f"imagenette|n={images}"
     specs = [Spec(CLEAN, None, f"{CLEAN}|{digest(classifier)}|{extra}",
                   lambda: Uncompressed(classifier, CLEAN))]
     for q in standard_qualities("tica-photo"):
         specs.append(learned_spec(TICA, q, shipped("tica-photo", q), extra))
+    for q in (1, 4, 8):                  # three points: decoding 224x224 costs ~5 min a point
+        specs.append(learned_spec(PHOTO_DECODED, q, shipped("tica-photo", q),
+                                  f"{extra}|cls={digest(classifier)}", classifier))
     codecs = {name: CLASSICAL_CODECS[name] for name in IMAGENETTE_CODECS}
     return specs + classical_specs(codecs, classifier, extra)
 
