@@ -87,7 +87,7 @@ def test_bf16_is_native_exactly_where_the_hardware_says_so():
 
 @pytest.mark.parametrize("asked,native", [(True, False), (True, True), (False, True)])
 def test_a_run_autocasts_only_where_bf16_is_native(tmp_path, monkeypatch, asked, native):
-    """bf16 emulated on a CPU without AVX-512 BF16 made training 7x slower: a run asks for
+    """bf16 emulated on a CPU without AVX-512 BF16 made training 8x slower: a run asks for
     bf16 and gets it only where it is native, and its metrics say which it got."""
     import tica.train.loop as loop
     monkeypatch.setattr(loop, "native_bf16", lambda device: native)
