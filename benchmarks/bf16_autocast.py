@@ -34,7 +34,8 @@ def _step(model, optimizer, x, y, bf16: bool) -> float:
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         out = model(x)
     loss = F.cross_entropy(out["logits"].float(), y)
-    if out.get("x_hat") is not None:           # tica: step 1's objective, CE + MSE
+    if out.get("x_hat") is not None:           # tica: CE + MSE (step 1's loss; the
+        # forward runs the entropy models too, entropy=True)
         loss = loss + F.mse_loss(out["x_hat"].float(), x)
     loss.backward()
     optimizer.step()

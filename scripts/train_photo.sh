@@ -11,8 +11,8 @@
 #      and scale, both multiplied by the gain: the rate follows the quality even where z says
 #      little; docs/design.md), 90 minutes by the clock, the schedule ending at the deadline;
 #   4. vit-pixel-photo, the same ViT on clean 16x16 pixel patches: 5 epochs, then on for
-#      4.26 epochs more (AdamW 3e-4), so that it sees the labelled images tica-photo's ViT saw
-#      in 3. and 4. (2,164 x 16 + 2,842 x 16 = 80,096; 1,350 x 32 + 1,153 x 32 = 80,096).
+#      4.26 epochs more (AdamW 3e-4), so that it sees about the labelled images tica-photo's
+#      ViT saw in 2. and 3. (2,164 x 16 + 2,842 x 16 = 80,096; 1,350 x 32 + 1,150 x 32 = 80,000).
 #   scripts/train_photo.sh          # all, then ship
 #   scripts/train_photo.sh nofam    # the codec ablation of 1.: g_s reads y_hat
 set -euo pipefail
