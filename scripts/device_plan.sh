@@ -2,8 +2,8 @@
 # Train every shipped model in ONE command on a borrowed H100/H200 (the device tool), with
 # scripts/plans/gpu.json: tica-cifar step 1 -> step 2 (variable rate, 8 points) and its
 # no-FAM ablation, vit-pixel-cifar, hyperprior-cifar (variable rate), tica-photo step 1 on
-# the photographs -> step 2 on Imagenette (variable rate, classifying), side by side, every
-# run done by 470 s.
+# the photographs -> step 2 on Imagenette (variable rate, classifying) and vit-pixel-photo
+# beside it, side by side, every run done by 470 s.
 #
 #   1. HERE, before the device call:   bash scripts/device_plan.sh prepare
 #      Copies the data into .devdata/ (ignored through .git/info/exclude; ../shared does not
@@ -22,8 +22,10 @@
 #      exit by 470 s of it, SIGTERM at 515 s, SIGKILL at 525 s; the command ends by ~540 s.
 #      Every 90 s and at the end each published run's weights are copied into $OUT: float16,
 #      coding-ready (update() done) safetensors, tica-photo split in two parts (16 MiB per
-#      file), plus plan.json (each run's state, steps, images/s, minutes, eval, sha256 of each
-#      file): 8 files, ~62 MiB. A command cut short still returns the last published copies.
+#      file), tica-cifar + hyperprior-cifar in pack1.tar and the two pixel ViTs in pack2.tar
+#      (alone they would be 9 files), plus plan.json (each run's state, steps, images/s,
+#      minutes, eval, sha256 of each file): 7 files, ~58 MiB. A command cut short still
+#      returns the last published copies, each file whole (written atomically).
 #      Call give_back when it returns: nothing else needs the machine.
 #
 #   3. HERE, after:  bash scripts/device_plan.sh restore   (the weights back in git's index)

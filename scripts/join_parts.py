@@ -3,8 +3,9 @@
     python scripts/join_parts.py FOLDER DEST
 
 NAME.safetensors.part0, .part1, ... in FOLDER become DEST/NAME.safetensors; whole files are
-copied; every file is checked against the sha256 FOLDER/plan.json lists, then loaded with
-tica.load (a step-2 codec must be coding-ready). plan.json is copied beside them.
+copied; packN.tar are unpacked, each member checked against the pack's own index; every other
+file is checked against the sha256 FOLDER/plan.json lists; then each is loaded with tica.load
+(a step-2 codec must be coding-ready). plan.json is copied beside them.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ from safetensors import safe_open
 import tica
 from tica.config import TrainConfig
 from tica.errors import CheckpointError, ConfigError
-from tica.plan import (STATUS_FILE, Limits, Publisher, check_limits, join_parts, load_plan,
-                       run_plan)
+from tica.plan import (STATUS_FILE, Limits, Publisher, check_limits, join_parts, layout,
+                       load_plan, pack_bytes, read_pack, run_plan)
 
 REPO = Path(__file__).resolve().parents[1]
 PLANS = REPO / "scripts" / "plans"
@@ -94,33 +94,86 @@ def test_smoke_plan_output_fits_the_return_limits(smoke):
     assert all(p.stat().st_size <= limits.max_file_bytes for p in files)
     assert sum(p.stat().st_size for p in files) <= limits.max_total_bytes
     assert all(p.name.replace(".", "").replace("_", "").replace("-", "").isalnum() for p in files)
+    assert all(info["packed"] for info in status["files"].values())   # 7 runs, 6 files: packed
     for name, info in status["files"].items():
-        data = b"".join((out / part).read_bytes() for part in info["parts"])
+        data = (read_pack(out / info["parts"][0])[name] if info["packed"]
+                else b"".join((out / part).read_bytes() for part in info["parts"]))
         assert hashlib.sha256(data).hexdigest() == info["sha256"]
 
 
-def test_publisher_splits_files_keeps_limits_and_order(tmp_path):
-    src, out = tmp_path / "src", tmp_path / "out"
-    src.mkdir()
-    blobs = {"a": bytes(range(256)) * 10, "b": b"b" * 500, "c": b"c" * 300}     # a: 2560 bytes
+def _sources(folder: Path, blobs: dict[str, bytes]) -> dict[str, Path]:
+    folder.mkdir(exist_ok=True)
     for k, v in blobs.items():
-        (src / k).write_bytes(v)
-    pub = Publisher(out, Limits(max_files=5, max_file_bytes=1000, max_total_bytes=4000), ["a", "b", "c"])
-    assert pub.update({k: src / k for k in blobs}) == ["a", "b"]       # c: a 6th file
+        (folder / k).write_bytes(v)
+    return {k: folder / k for k in blobs}
+
+
+def test_publisher_splits_files_keeps_limits_and_order(tmp_path):
+    out = tmp_path / "out"
+    blobs = {"a": bytes(range(256)) * 10, "b": b"b" * 500, "c": b"c" * 300}     # a: 2560 bytes
+    sources = _sources(tmp_path / "src", blobs)
+    limits = Limits(max_files=6, max_file_bytes=1000, max_total_bytes=4000)
+    pub = Publisher(out, limits, {k: len(v) for k, v in blobs.items()})
+    assert [s.file for s in pub.slots] == [None, None, None]             # they fit alone
+    assert pub.update(sources) == ["a", "b", "c"] and pub.update(sources) == []
     assert sorted(p.name for p in out.iterdir()) == [
-        "a.safetensors.part0", "a.safetensors.part1", "a.safetensors.part2", "b.safetensors"]
-    assert "c" in pub.left_out and pub.update({k: src / k for k in blobs}) == []
+        "a.safetensors.part0", "a.safetensors.part1", "a.safetensors.part2", "b.safetensors",
+        "c.safetensors"]
     (out / STATUS_FILE).write_text(json.dumps({"files": pub.manifest()}))
     joined = {p.name: p.read_bytes() for p in join_parts(out, tmp_path / "j")}
-    assert joined == {"a.safetensors": blobs["a"], "b.safetensors": blobs["b"]}
-    (src / "a").write_bytes(b"a" * 900)                         # a shrinks: its parts go
-    assert pub.update({k: src / k for k in blobs}) == ["a", "c"]
+    assert joined == {f"{k}.safetensors": v for k, v in blobs.items()}
+    (sources["a"]).write_bytes(b"a" * 900)                      # a shrinks: its parts go
+    assert pub.update(sources) == ["a"]
     assert sorted(p.name for p in out.iterdir()) == [
         "a.safetensors", "b.safetensors", "c.safetensors", STATUS_FILE]
     (out / "a.safetensors").write_bytes(b"x" * 900)             # status still lists a's sha
     (out / STATUS_FILE).write_text(json.dumps({"files": {"a.safetensors": {"sha256": "0" * 64}}}))
     with pytest.raises(CheckpointError, match="sha256"):
         join_parts(out, tmp_path / "k")
+    tight = Publisher(tmp_path / "o2", Limits(max_files=3, max_file_bytes=1000, max_total_bytes=1200),
+                      {k: len(v) for k, v in blobs.items()})
+    assert list(tight.left_out) == ["a"]                        # in plan order while they fit
+    assert tight.update(sources) == ["b", "c"] and "a" in tight.left_out
+
+
+def test_publisher_packs_what_would_not_come_back_alone(tmp_path):
+    out = tmp_path / "out"
+    blobs = {"a": bytes(range(256)) * 250, "b": b"b" * 5000, "c": b"c" * 3000, "d": b"d" * 9000}
+    sources = _sources(tmp_path / "src", blobs)
+    sizes = {k: len(v) for k, v in blobs.items()}
+    limits = Limits(max_files=5, max_file_bytes=40000, max_total_bytes=200000)
+    assert list(layout(sizes, limits)[1]) == []
+    assert layout(sizes, Limits(max_files=6, max_file_bytes=40000))[0][1].file is None  # fits alone
+    pub = Publisher(out, limits, sizes)              # alone: 1 + 2 + 3 files = 6, packed: 4
+    assert [(s.runs, s.file) for s in pub.slots] == [(("a",), None), (("b", "c", "d"), "pack1.tar")]
+    assert pub.update(sources) == ["a", "b", "c", "d"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a.safetensors.part0", "a.safetensors.part1", "pack1.tar"]
+    pack = out / "pack1.tar"
+    assert pack.stat().st_size <= pack_bytes({k: sizes[k] for k in "bcd"}) <= limits.max_file_bytes
+    assert set(read_pack(pack)) == {"b.safetensors", "c.safetensors", "d.safetensors"}
+    (out / STATUS_FILE).write_text(json.dumps({"files": pub.manifest()}))
+    assert pub.manifest()["c.safetensors"]["parts"] == ["pack1.tar"]
+    sources["c"].write_bytes(b"C" * 3000)                       # c exports again: the pack is
+    a_mtime = (out / "a.safetensors.part0").stat().st_mtime_ns  # rewritten whole, a untouched
+    assert pub.update(sources) == ["c"]
+    assert (out / "a.safetensors.part0").stat().st_mtime_ns == a_mtime
+    # cut before plan.json was written again: the pack is checked against its own index
+    joined = {p.name: p.read_bytes() for p in join_parts(out, tmp_path / "j")}
+    assert joined["c.safetensors"] == b"C" * 3000 and joined["a.safetensors"] == blobs["a"]
+    sources["d"].write_bytes(b"d" * 45000)                      # d outgrew its pack: left out
+    assert pub.update(sources) == [] and "d" in pub.left_out
+    assert set(read_pack(pack)) == {"b.safetensors", "c.safetensors"}
+    data = pack.read_bytes()
+    pack.write_bytes(data[:7000])                               # truncated inside c
+    with pytest.raises(CheckpointError, match="pack1.tar"):
+        join_parts(out, tmp_path / "k")
+    pack.write_bytes(data.replace(b"C" * 100, b"X" * 100, 1))   # a member altered
+    with pytest.raises(CheckpointError, match="sha256"):
+        join_parts(out, tmp_path / "k")
+    again = Publisher(out, Limits(max_files=8, max_file_bytes=40000), sizes)   # all alone now:
+    assert [s.file for s in again.slots] == [None] * 4
+    assert not pack.exists() and len(list(out.glob("a.safetensors.part*"))) == 2   # stray pack goes
 
 
 def test_plans_share_gpu_json_runs_and_fit_the_limits():
@@ -143,6 +196,12 @@ def test_plans_share_gpu_json_runs_and_fit_the_limits():
     assert gpu.run("tica-cifar").config.rate_points(8)[-1] == pytest.approx((30, 0.03))
     assert gpu.run("vit-pixel-cifar").config.epochs == (gpu.run("tica-cifar-step1").config.epochs
                                                         + gpu.run("tica-cifar").config.epochs)
+    vit, photo = gpu.run("vit-pixel-photo").config, gpu.run("tica-photo").config
+    assert (vit.data, vit.epochs, vit.batch_size) == (photo.data, photo.epochs, photo.batch_size)
+    assert cpu.run("vit-pixel-photo").config.epochs == cpu.run("tica-photo").config.epochs
+    slots, _ = layout(sizes, gpu.limits)
+    assert 1 + sum(1 if s.file else gpu.limits.parts(sizes[s.runs[0]]) for s in slots) <= 8
+    assert any(s.file for s in slots)                          # 9 files alone: packed
     assert all(r.config.device == "cpu" and r.config.resumable and r.config.deadline_s == 9000
                for r in cpu.runs)
 
@@ -167,7 +226,7 @@ def test_bad_plans_are_refused(tmp_path, runs, match):
 
 
 def test_exports_that_cannot_come_back_are_refused_before_training(tmp_path):
-    spec = {"name": "t", "limits": {"max_files": 2},
+    spec = {"name": "t", "limits": {"max_files": 4, "max_file_bytes": 4 * 2 ** 20},   # 2 parts each
             "runs": [{"name": "a", "model": "vit-pixel-cifar"}, {"name": "b", "model": "vit-pixel-cifar"}]}
     with pytest.raises(ConfigError, match="publish"):
         run_plan(_write(tmp_path, spec), out=tmp_path / "out", runs_dir=tmp_path / "r")

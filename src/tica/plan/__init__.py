@@ -25,10 +25,15 @@ forced on every run), `set_model` (model overrides merged into every run's), `pa
 name: fields}) and any top-level key.
 
 The output folder gets each published run's latest export, float16 and coding-ready, as
-NAME.safetensors, or NAME.safetensors.part0, .part1, ... where larger than max_file_bytes
-(`join_parts` reassembles them), and plan.json: every run's state, steps, images/s and
-minutes, and the sha256 of every published file. Exports are published in plan order while
-they fit the limits; one that would not fit is left out and logged, never a half set.
+NAME.safetensors, or NAME.safetensors.part0, .part1, ... where larger than max_file_bytes,
+and plan.json: every run's state, steps, images/s and minutes, and the sha256 of every
+published file. Where the runs alone would take more files than the limits allow, runs that
+fit in one file are packed, first fit in plan order, in packN.tar (an uncompressed tar: the
+NAME.safetensors members behind a pack.json index of their sha256, rewritten whole and
+atomically, so it is consistent even when a command is cut between it and plan.json).
+`layout` fixes where each run goes from the estimated export sizes before training starts;
+`join_parts` reassembles and checks them all. Exports are published in plan order while they
+fit; one that would not fit is left out and logged, never a half set.
 Run folders (state, metrics, logs) are under `$TICA_CACHE/runs/PLAN`; a plan run again
 resumes its unfinished runs and skips finished ones.
 
@@ -47,18 +52,18 @@ import sys
 
 from ..errors import TicaError
 from .child import run_child
-from .publish import Publisher, join_parts
+from .publish import Publisher, join_parts, read_pack, write_pack
 from .runner import PlanRunner, run_plan
 from .spec import (EXPORT_FILE, RESULT_FILE, STATUS_FILE, STATUS_FORMAT, Limits, Plan, PlanRun,
-                   check_limits, describe, estimate_export_bytes, load_plan, model_config_of,
-                   read_plan_file)
+                   Slot, check_limits, describe, estimate_export_bytes, layout, load_plan,
+                   model_config_of, pack_bytes, read_plan_file)
 from .travel import pack_photos, pack_split, travel_bytes
 
 __all__ = [
     "EXPORT_FILE", "Limits", "Plan", "PlanRun", "PlanRunner", "Publisher", "RESULT_FILE",
-    "STATUS_FILE", "STATUS_FORMAT", "check_limits", "describe", "estimate_export_bytes",
-    "join_parts", "load_plan", "main", "model_config_of", "pack_photos", "pack_split",
-    "read_plan_file", "run_plan", "travel_bytes",
+    "STATUS_FILE", "STATUS_FORMAT", "Slot", "check_limits", "describe", "estimate_export_bytes",
+    "join_parts", "layout", "load_plan", "main", "model_config_of", "pack_bytes", "pack_photos",
+    "pack_split", "read_pack", "read_plan_file", "run_plan", "travel_bytes", "write_pack",
 ]
 
 

@@ -75,11 +75,12 @@ class PlanRunner:
     publishes their exports and writes the status file, stops everything by the deadline."""
 
     def __init__(self, plan: Plan, out: str | Path, resume: bool = True,
-                 log: Callable[[str], None] = print, poll_s: float = 0.5) -> None:
+                 log: Callable[[str], None] = print, poll_s: float = 0.5,
+                 sizes: dict[str, int] | None = None) -> None:
         self.plan, self.out, self.resume, self.poll_s = plan, Path(out), resume, poll_s
         self.print = log
         self.states = {r.name: _RunState() for r in plan.runs}
-        self.publisher = Publisher(self.out, plan.limits, [r.name for r in plan.runs if r.publish])
+        self.publisher = Publisher(self.out, plan.limits, check_limits(plan) if sizes is None else sizes)
         self.events: list[str] = []
         self.t0 = time.time()
         self.warm: set[str] = set()
@@ -292,7 +293,8 @@ class PlanRunner:
         for name in self.publisher.update(sources):
             self._status_at = 0.0                 # plan.json lists the new sha256 at once
             info = self.publisher.files[name]
-            self.log(f"published {name}: {len(info['names'])} file(s), {info['bytes'] / 2**20:.1f} MiB")
+            where = f"in {info['names'][0]}" if info.get("packed") else f"{len(info['names'])} file(s)"
+            self.log(f"published {name}: {where}, {info['bytes'] / 2**20:.1f} MiB")
         for name, why in self.publisher.left_out.items():
             if before.get(name) != why:
                 self.log(f"left out {name}: {why}")
@@ -362,5 +364,5 @@ def run_plan(path: str | Path, out: str | Path | None = None, runs_dir: str | Pa
     out = out or os.environ.get("OUT")
     if not out:
         raise ConfigError("where should the plan's exports go? pass --out DIR (or set $OUT)")
-    return PlanRunner(plan, out, resume=resume, log=log).run()
+    return PlanRunner(plan, out, resume=resume, log=log, sizes=sizes).run()
 

@@ -18,7 +18,7 @@ STATUS_FILE = "plan.json"
 STATUS_FORMAT = "tica-plan-status"
 EXPORT_FILE = "model.safetensors"
 RESULT_FILE = "result.json"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")   # fits a tar header
 _PLAN_KEYS = {"name", "base", "deadline_s", "grace_s", "kill_after_s", "min_start_s",
               "max_parallel", "threads", "limits", "defaults", "runs", "set", "set_model", "patch"}
 _RUN_KEYS = {"name", "publish", "limit_s", "threads"}
@@ -36,6 +36,83 @@ class Limits:
 
     def parts(self, size: int) -> int:
         return max(1, math.ceil(size / self.max_file_bytes))
+
+
+# ---- how the published runs share the output folder ----------------------------------------
+
+PACK_INDEX = "pack.json"         # the member of a pack that lists the others and their sha256
+_TAR_BLOCK, _TAR_RECORD = 512, 10240
+
+
+def pack_bytes(members: dict[str, int]) -> int:
+    """An upper bound on the size of a pack (an uncompressed ustar archive, as `tarfile`
+    writes it) of files named and sized as `members`, its index included."""
+    index = 64 + sum(len(name) + 140 for name in members)
+    blocks = sum(1 + -(-size // _TAR_BLOCK) for size in [*members.values(), index]) + 2
+    return -(-blocks * _TAR_BLOCK // _TAR_RECORD) * _TAR_RECORD
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One place in the output folder: a run alone (NAME.safetensors, or .part0, .part1, ...
+    when larger than a file may be), or several runs packed in one archive (`file`)."""
+
+    runs: tuple[str, ...]
+    file: str | None = None      # packN.tar for a pack; None for a run alone
+
+    def weights_names(self) -> list[str]:
+        return [f"{run}.safetensors" for run in self.runs]
+
+
+def layout(sizes: dict[str, int], limits: Limits) -> tuple[list[Slot], dict[str, str]]:
+    """Where each run of `sizes` (bytes, in publishing order) goes, and the runs left out
+    (name -> why). Each run alone if they all fit the limits (the status file counts as one
+    file); else runs that fit in one file are packed, first fit in plan order, so that
+    what comes back is 8 files; whichever leaves fewer runs out, alone on a tie."""
+    alone = _fill(sizes, limits, pack=False)
+    if not alone[1]:
+        return alone
+    packed = _fill(sizes, limits, pack=True)
+    return packed if len(packed[1]) < len(alone[1]) else alone
+
+
+def _fill(sizes: dict[str, int], limits: Limits, pack: bool) -> tuple[list[Slot], dict[str, str]]:
+    groups: list[list[str]] = []                 # packable groups hold runs of one file each
+    packable: list[bool] = []
+    left_out: dict[str, str] = {}
+    cost = lambda group: (pack_bytes({g: sizes[g] for g in group}) if len(group) > 1
+                          else sizes[group[0]])
+    files, total = 1, 0
+    for name, size in sizes.items():
+        count = limits.parts(size)
+        if pack and count == 1:
+            for i, group in enumerate(groups):
+                grown = pack_bytes({g: sizes[g] for g in [*group, name]})
+                if packable[i] and grown <= limits.max_file_bytes and \
+                        total - cost(group) + grown <= limits.max_total_bytes:
+                    total += grown - cost(group)
+                    group.append(name)
+                    break
+            else:
+                if files + 1 > limits.max_files or total + size > limits.max_total_bytes:
+                    left_out[name] = f"{size} bytes in 1 file would pass the limits"
+                    continue
+                files, total = files + 1, total + size
+                groups.append([name])
+                packable.append(True)
+            continue
+        if files + count > limits.max_files or total + size > limits.max_total_bytes:
+            left_out[name] = f"{size} bytes in {count} file(s) would pass the limits"
+            continue
+        files, total = files + count, total + size
+        groups.append([name])
+        packable.append(False)
+    slots, packs = [], 0
+    for group in groups:
+        if len(group) > 1:
+            packs += 1
+        slots.append(Slot(tuple(group), f"pack{packs}.tar" if len(group) > 1 else None))
+    return slots, left_out
 
 
 @dataclass(frozen=True)
@@ -133,7 +210,7 @@ def _run_fields(raw: dict, spec: dict) -> dict:
 def _resolve_run(fields: dict, spec: dict, runs_dir: Path, data_root: str | None) -> PlanRun:
     name = fields.pop("name", None)
     if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(f"run name {name!r}: use letters, digits, '.', '_' and '-' "
+        raise ConfigError(f"run name {name!r}: use up to 64 letters, digits, '.', '_' and '-' "
                           "(the names of the files that come back)")
     extra = {k: fields.pop(k) for k in list(fields) if k in _RUN_KEYS}
     if _RESERVED & set(fields):
@@ -242,17 +319,17 @@ def estimate_export_bytes(plan: Plan, run: PlanRun) -> int:
 
 
 def check_limits(plan: Plan) -> dict[str, int]:
-    """Estimated export size of every published run; ConfigError if they cannot all come
-    back (the status file counts as one file)."""
+    """Estimated export size of every published run (in plan order); ConfigError if they
+    cannot all come back, alone or packed (`layout`)."""
     sizes = {r.name: estimate_export_bytes(plan, r) for r in plan.runs if r.publish}
-    files = 1 + sum(plan.limits.parts(s) for s in sizes.values())
-    total = sum(sizes.values())
-    if files > plan.limits.max_files or total > plan.limits.max_total_bytes:
+    _, left_out = layout(sizes, plan.limits)
+    if left_out:
         listing = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sizes.items())
-        raise ConfigError(f"plan {plan.name}: its exports would take {files} files and "
-                          f"{total / 2**20:.1f} MiB ({listing}); the limits are "
-                          f"{plan.limits.max_files} files and {plan.limits.max_total_bytes / 2**20:.1f} "
-                          "MiB: set \"publish\": false on runs that need not come back")
+        raise ConfigError(f"plan {plan.name}: its exports ({listing}) cannot all come back, "
+                          f"even packed: {', '.join(left_out)} would be left out; the limits are "
+                          f"{plan.limits.max_files} files of {plan.limits.max_file_bytes / 2**20:.0f} "
+                          f"MiB and {plan.limits.max_total_bytes / 2**20:.1f} MiB in all: set "
+                          "\"publish\": false on runs that need not come back")
     return sizes
 
 
@@ -260,10 +337,13 @@ def describe(plan: Plan, sizes: dict[str, int] | None = None) -> str:
     """A table of the plan's runs (for --dry-run)."""
     lines = [f"plan {plan.name}: {len(plan.runs)} runs, deadline "
              f"{plan.deadline_s or '-'} s, {plan.max_parallel} at once, runs in {plan.runs_dir}"]
+    packed = {run: slot.file for slot in layout(sizes, plan.limits)[0] if slot.file
+              for run in slot.runs} if sizes else {}
     for r in plan.runs:
         c = r.config
         size = f"{sizes[r.name] / 2**20:5.1f} MiB" if sizes and r.name in sizes else "   (kept)"
         lines.append(f"  {r.name:22s} {c.model:16s} step {c.step}  {c.epochs:>6g} ep  batch "
                      f"{c.batch_size:<4d} {c.device:5s} deadline {c.deadline_s or '-'}  {size}"
+                     + (f" in {packed[r.name]}" if r.name in packed else "")
                      + (f"  after {r.after}" if r.after else ""))
     return "\n".join(lines)
