@@ -14,6 +14,8 @@ import sys
 import pytest
 
 from conftest import DATA, REPO
+from tica import rd
+from tica.errors import TicaError
 from tica.report import (HYPER, PHOTO, PHOTO_NOFAM, RUNS, TICA, TICA_FIXED, TICA_NOFAM,
                          TICA_VR_BUDGET, ReportOptions, accuracy_margins, bd_rates, run_report,
                          run_weights, state_claims, variable_rate_cost)
@@ -166,6 +168,24 @@ def test_bd_rate_of_a_curve_that_needs_a_fifth_fewer_bits_is_minus_20_percent():
     assert fam.startswith("**(b) FAM improves PSNR at equal bpp: **holds**.** on Kodak, "
                           "tica-photo with FAM needs -20.0% bits for the same PSNR as without "
                           "(BD-rate over 26.0-38.0 dB).")
+
+
+def test_bd_psnr_gives_the_gap_where_the_curves_share_rates_but_no_quality():
+    pytest.importorskip("bjontegaard")
+    jpeg = [(0.25, 26.0), (0.5, 29.0), (1.0, 32.0), (2.0, 35.0), (4.0, 38.0)]
+    up = [(b, p + 1.5) for b, p in jpeg]
+    assert rd.bd_psnr(tuple(zip(*jpeg)), tuple(zip(*up))) == pytest.approx(1.5, abs=1e-6)
+    low = [(b, p - 14.0) for b, p in jpeg]          # 12-24 dB: no PSNR shared with 26-38
+    results = [{"pipeline": "JPEG", "quality": i, "bpp": b, "psnr_per_image": p}
+               for i, (b, p) in enumerate(jpeg)]
+    results += [{"pipeline": PHOTO, "quality": i, "bpp": b, "psnr_per_image": p}
+                for i, (b, p) in enumerate(low)]
+    row = next(r for r in bd_rates(results) if r["anchor"] == "JPEG")
+    assert row["bd_rate_percent"] != row["bd_rate_percent"] and "BD-rate is undefined" in row["note"]
+    assert row["bd_psnr_db"] == pytest.approx(-14.0, abs=1e-6)
+    assert row["bpp_range"] == [0.25, 4.0]
+    with pytest.raises(TicaError, match="no rate range"):
+        rd.bd_psnr(((0.1, 0.2), (20.0, 21.0)), ((0.3, 0.4), (20.0, 21.0)))
 
 
 def test_the_compute_claim_judges_every_path_against_the_bitstream():

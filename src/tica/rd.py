@@ -46,6 +46,24 @@ def bd_rate(anchor: tuple[Sequence[float], Sequence[float]],
                                          require_matching_points=False, min_overlap=0.0))
 
 
+def bd_psnr(anchor: tuple[Sequence[float], Sequence[float]],
+            test: tuple[Sequence[float], Sequence[float]]) -> float:
+    """Average PSNR difference in dB of `test` against `anchor` at equal rate (positive:
+    `test` is better), pchip in log-rate over the rate range both curves cover: the gap that
+    stays defined where the curves share rates but no quality range. TicaError with no
+    shared rate range."""
+    import bjontegaard
+
+    ra, da = _curve(*anchor)
+    rt, dt = _curve(*test)
+    if shared_range((ra, da), (rt, dt)) is None:
+        raise TicaError("the curves share no rate range: BD-PSNR is undefined")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(bjontegaard.bd_psnr(ra, da, rt, dt, method="pchip",
+                                         require_matching_points=False, min_overlap=0.0))
+
+
 def shared_range(*curves: tuple[Sequence[float], Sequence[float]]) -> tuple[float, float] | None:
     """The rate interval every curve covers, or None."""
     low = max(min(c[0]) for c in curves)

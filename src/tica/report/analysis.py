@@ -86,21 +86,29 @@ def variable_rate_cost(results: list[dict]) -> list[dict]:
 
 def bd_rates(results: list[dict]) -> list[dict]:
     """BD-rate of tica-photo against each Kodak anchor (the codecs, CompressAI's published
-    hyperprior, tica-photo without FAM), over the PSNR range both curves cover; NaN with the
-    reason where it cannot be computed."""
+    hyperprior, tica-photo without FAM), over the PSNR range both curves cover, and BD-PSNR
+    (dB at equal bpp) over the bpp range both cover; NaN with the reason where one cannot be
+    computed."""
     psnr = {**curves(results, "psnr_per_image"), **published_curves()}
     rows = []
     for test, anchor in BD_PAIRS:
         if test not in psnr or anchor not in psnr:
             continue
+        notes = []
         try:
             value = rd.bd_rate(psnr[anchor], psnr[test])
         except TicaError as exc:
-            value, why = float("nan"), str(exc)
-        else:
-            why = ""
+            value = float("nan")
+            notes.append(str(exc))
+        try:
+            gap = rd.bd_psnr(psnr[anchor], psnr[test])
+        except TicaError as exc:
+            gap = float("nan")
+            notes.append(str(exc))
         lo = max(min(psnr[anchor][1]), min(psnr[test][1]))
         hi = min(max(psnr[anchor][1]), max(psnr[test][1]))
+        rates = rd.shared_range(psnr[anchor], psnr[test])
         rows.append({"test": test, "anchor": anchor, "bd_rate_percent": value,
-                     "psnr_range": [lo, hi], "note": why})
+                     "psnr_range": [lo, hi], "bd_psnr_db": gap,
+                     "bpp_range": list(rates) if rates else None, "note": "; ".join(notes)})
     return rows

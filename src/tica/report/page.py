@@ -159,12 +159,20 @@ def _kodak(kodak: list[dict], bds: list[dict]) -> list[str]:
                  f"{fmt(r['ms_ssim'], '.4f')} | {r['seconds']:.0f} |")
     L += ["", "All 24 images at full resolution; bpp of whole files / streams; PSNR the mean over "
           "images (CompressAI's convention).", "",
-          "| test | anchor | BD-rate | PSNR range compared |", "|---|---|---:|---|"]
+          "| test | anchor | BD-rate | PSNR range compared | BD-PSNR | bpp range compared |",
+          "|---|---|---:|---|---:|---|"]
     for b in bds:
+        rates = b.get("bpp_range")
         L.append(f"| {b['test']} | {b['anchor']} | {fmt(b['bd_rate_percent'], '+.1f')}% | "
-                 f"{b['psnr_range'][0]:.2f}-{b['psnr_range'][1]:.2f} dB {b['note']} |")
+                 f"{b['psnr_range'][0]:.2f}-{b['psnr_range'][1]:.2f} dB | "
+                 f"{fmt(b.get('bd_psnr_db', float('nan')), '+.2f')} dB | "
+                 + (f"{rates[0]:.3f}-{rates[1]:.3f} bpp" if rates else "none")
+                 + (f" ({b['note']})" if b["note"] else "") + " |")
     L += ["", "BD-rate: the `bjontegaard` package, pchip interpolation over the PSNR range both "
-          "curves cover; negative means fewer bits for the same PSNR.", ""]
+          "curves cover; negative means fewer bits for the same PSNR. BD-PSNR: the mean PSNR "
+          "difference at equal bpp over the bpp range both cover (pchip in log-bpp); negative "
+          "means lower quality for the same bits. It stays defined where the curves share "
+          "rates but not qualities, as against CompressAI's published hyperprior.", ""]
     return L
 
 
