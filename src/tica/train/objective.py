@@ -93,7 +93,7 @@ def main_lr(optimizer: torch.optim.Optimizer) -> float:
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, saved, device: torch.device, world: int):
     """(objective, optimizer, the parameters whose norm is clipped, EMA state or None)."""
-    objective: nn.Module = Objective(model, cfg)
+    objective: nn.Module = Objective(model, cfg).to(device)   # its rate-point buffers too
     if world > 1:
         objective = nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None,
