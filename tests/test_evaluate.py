@@ -72,6 +72,22 @@ def test_eval_cli_json(archive, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+def test_eval_cli_scores_a_pixel_classifier_on_clean_images(archive, capsys):
+    from tica.cli import main
+    from tica.data import load_split
+    from tica.evaluate import Uncompressed, evaluate, split_batches
+
+    assert main(["eval", "--data", str(archive), "--model", "vit-pixel-cifar", "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    split = load_split(str(archive), "test")
+    expected = evaluate(Uncompressed(tica.load("vit-pixel-cifar")), split_batches(split))
+    assert result["images"] == 4 and result["top1"] == pytest.approx(expected.top1)
+    assert result["bpp"] == 24.0 and result["quality"] is None       # raw RGB, no rate point
+    assert main(["eval", "--data", str(archive), "--model", "vit-pixel-cifar",
+                 "--quality", "2"]) == 1
+    assert "no --quality" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def classifier():
     return tica.create_model("vit-pixel-cifar").eval()

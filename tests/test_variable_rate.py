@@ -170,6 +170,19 @@ def test_training_draws_a_rate_point_per_image_and_weighs_it(monkeypatch):
     assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-4)   # MSE of one level
 
 
+def test_the_rate_point_weights_move_to_the_training_device():
+    # on a GPU the objective's per-point (alpha, beta) tables must sit where the drawn levels
+    # are (they once stayed on the CPU, and every step-2 run failed at its first step there);
+    # the meta device stands in for the GPU here
+    from tica.train.objective import make_optimizer
+
+    device = torch.device("meta")
+    model = tica.create_model("tica-cifar", seed=2, rate_levels=3, **TINY).to(device)
+    cfg = TrainConfig(step=2, alpha=1.0, alpha_max=100.0, beta=1e-3, beta_max=1e-1, ema=0)
+    objective = make_optimizer(model, cfg, None, device, world=1)[0]
+    assert objective.alphas.device == device and objective.betas.device == device
+
+
 def test_a_variable_rate_run_exports_one_model_for_every_rate(tmp_path):
     cfg = TrainConfig(model="tica-cifar", step=2, data="synthetic", run_dir=str(tmp_path / "run"),
                       max_steps=3, batch_size=8, train_limit=16, eval_images=0, log_every=1,

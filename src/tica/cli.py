@@ -324,6 +324,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_classifier(model, split, args: argparse.Namespace) -> int:
+    """A pixel classifier (vit-pixel-*): top-1 / top-5 on the clean images, one row."""
+    from .evaluate import Uncompressed, evaluate, split_batches
+
+    if args.quality not in (None, "all"):
+        raise TicaError(f"{api.describe(model)} is a pixel classifier: it has no --quality")
+    r = evaluate(Uncompressed(model, name=model.config.name), split_batches(split)).to_dict()
+    if args.json:
+        print(json.dumps({"results": [r]}))
+    else:
+        print(f"{api.describe(model)}: top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  clean "
+              f"pixels ({r['images']} images, {r['seconds']:.0f} s)")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .data import held_out_split, load_split
     from .evaluate import evaluate_codec
@@ -331,6 +346,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     split = load_split(args.data, args.split or held_out_split(args.data), limit=args.limit)
     model = api.load(args.model, weights=args.weights, untrained=args.untrained)
+    if not isinstance(model, CompressionModel):
+        return _eval_classifier(model, split, args)
     if args.quality not in (None, "all"):
         try:
             qualities = [float(q) for q in args.quality.split(",")]
