@@ -53,6 +53,26 @@ def test_split_is_decoded_and_cached(archive):
     assert len(load_split(archive, "test", limit=2)) == 2
 
 
+def test_two_loaders_caching_one_split_at_once_both_succeed(archive, monkeypatch):
+    # a second process that decodes and caches the same split while the first is writing
+    # (two evaluations started together) once renamed the first one's temporary file away
+    import tica.data as data
+
+    save, nested = data._save_npy, {}
+
+    def save_while_another_loads(path, array):
+        if not nested:
+            nested["started"] = True
+            nested["split"] = load_split(archive, "test")   # the other loader, start to end
+        save(path, array)
+
+    monkeypatch.setattr(data, "_save_npy", save_while_another_loads)
+    split = load_split(archive, "test")
+    assert torch.equal(split.images, nested["split"].images)
+    cache = Path(archive.parent / "cache")
+    assert not [p.name for p in cache.iterdir() if "tmp" in p.name]    # no stray temporaries
+
+
 def test_augment_crops_and_flips_deterministically():
     batch = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
     a = augment(batch, pad=2, generator=torch.Generator().manual_seed(0))

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .checkpoint import atomic_write
 from .config import DEFAULT_EPOCH_SIZE, SHARD_IMAGES, TrainConfig
 from .errors import ConfigError, TicaError
 from .extras import require
@@ -139,6 +140,11 @@ def split_classes(data: str | Path, split: str = "train") -> tuple[str, ...]:
     return _list_images(resolve_split(data, split))[2]
 
 
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as f:            # a file object: np.save would append ".npy" to a name
+        np.save(f, array)
+
+
 def load_split(data: str | Path, split: str, limit: int | None = None) -> ImageFolderSplit:
     """Decode a split once and cache it as .npy beside the extracted data (same-size images)."""
     root = resolve_split(data, split)
@@ -152,10 +158,7 @@ def load_split(data: str | Path, split: str, limit: int | None = None) -> ImageF
         array = np.load(cached)
     else:
         array = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp.npy")
-        np.save(tmp, array)
-        os.replace(tmp, cached)
+        atomic_write(cached, lambda tmp: _save_npy(tmp, array))   # a temporary name of its own
     images = torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
     return ImageFolderSplit(images, torch.tensor(labels), classes)
 
