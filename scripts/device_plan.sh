@@ -29,9 +29,15 @@
 #      Call give_back when it returns: nothing else needs the machine.
 #
 #   3. HERE, after:  bash scripts/device_plan.sh restore   (the weights back in git's index)
-#      then  .venv/bin/python scripts/join_parts.py FILES_AT runs/gpu-plan
-#      (FILES_AT: the folder the tool names) rejoins the parts, checks each file against
-#      plan.json's sha256 and loads every model with tica.load.
+#      then  .venv/bin/python scripts/join_parts.py FILES_AT ~/.cache/tica/runs/gpu-plan
+#      (FILES_AT: the folder the tool names; the folder is $TICA_CACHE/runs/gpu-plan, where
+#      the report reads the FAM ablation) rejoins the parts, checks each file against
+#      plan.json's sha256 and loads every model with tica.load. Evaluate (tica eval
+#      --weights), then ship what is better: scripts/ship_weights.py --trained '{...}'.
+#
+#   With device time to spare, first: run(command="bash scripts/device_plan.sh run
+#   scripts/plans/gpu-check.json", ...) (every run 40 steps, ~1 min + the machine's start):
+#   it caught the one CUDA-only bug so far before the full plan was spent.
 #
 #   bash scripts/device_plan.sh smoke [DIR]   the same plan's runs on this CPU, tiny (~1 min)
 #   bash scripts/device_plan.sh check         what a device call would send, against 64 MiB
@@ -142,5 +148,5 @@ case "${1:-}" in
     restore) restore ;;
     run) shift; run "$@" ;;
     smoke) shift; smoke "$@" ;;
-    *) sed -n '2,37p' "$0"; exit 2 ;;
+    *) sed -n '2,44p' "$0"; exit 2 ;;
 esac

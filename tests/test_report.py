@@ -252,6 +252,19 @@ def test_every_run_folder_the_report_reads_is_one_a_training_script_creates():
     assert set(RUNS.values()) <= created, set(RUNS.values()) - created
 
 
+def test_the_report_reads_device_plan_runs_that_the_gpu_plan_trains(tmp_path):
+    from tica.plan import load_plan
+    from tica.report.names import PLAN_DIR, PLAN_RUNS
+
+    runs = {r.name for r in load_plan(REPO / "scripts" / "plans" / "gpu.json", runs_dir=tmp_path,
+                                      data_root="DATA").runs}
+    assert set(PLAN_RUNS.values()) <= runs, set(PLAN_RUNS.values()) - runs
+    (tmp_path / PLAN_DIR).mkdir()
+    (tmp_path / PLAN_DIR / "tica-cifar-nofam.safetensors").write_bytes(b"")
+    assert run_weights(tmp_path, TICA_NOFAM, 4) == tmp_path / PLAN_DIR / "tica-cifar-nofam.safetensors"
+    assert run_weights(tmp_path, TICA_NOFAM, 3) is None       # not a point the report reads
+
+
 def test_run_weights_reads_only_the_run_folders_named_once(tmp_path):
     for folder in ("hyperprior-cifar-q2", "hyperprior-cifar-q3"):
         (tmp_path / folder).mkdir()
@@ -307,6 +320,23 @@ def test_an_interrupted_section_keeps_the_results_it_had_not_reached(tmp_path, c
     for q in (10, 30, 70):
         rerun.run(Spec("JPEG", q, f"jpeg-{q}", jpeg(q)), batches, images=4)
     assert (rerun.measured, rerun.reused) == (0, 3)
+
+
+def test_a_rate_point_without_weights_keeps_its_result_on_another_image_count(tmp_path):
+    # a comparison whose weights are gone (an earlier session's runs) was measured on its own
+    # image count: a report on a subset keeps it, and says on how many images it stands
+    from tica.evaluate import write_results
+    from tica.report.cache import Cache, Spec
+
+    path = tmp_path / "section"
+    write_results([{"pipeline": TICA_FIXED, "quality": 6, "bpp": 2.0, "images": 10000,
+                    "date": "2026-11-30", "key": "old"}], path)
+    cache = Cache(path, fresh=False, log=lambda _: None)
+    cache.run(Spec(TICA_FIXED, 6, None, None), lambda: [], images=2000)
+    cache.run(Spec(TICA_FIXED, 5, None, None), lambda: [], images=2000)
+    assert [r["bpp"] for r in cache.results] == [2.0]
+    assert any("2026-11-30 on 10,000 images" in n for n in cache.notes)
+    assert any("q=5: not evaluated" in n for n in cache.notes)
 
 
 def test_the_cache_reuses_measures_and_stands_in_on_made_up_images(tmp_path, cifar_images):

@@ -18,14 +18,14 @@ imported only where they are used; `import tica` does not import this package.""
 from .analysis import accuracy_margins, bd_rates, curves, variable_rate_cost
 from .cache import Cache, Spec, codec_version, digest
 from .claims import fmt, state_claims
-from .names import (CLASSIFIER, CLEAN, CODEC_LABELS, HYPER, HYPER_FIXED, PHOTO, PHOTO_CLASSIFIER,
+from .names import (CLASSIFIER, CLEAN, CODEC_LABELS, HYPER, PHOTO, PHOTO_CLASSIFIER,
                     PHOTO_NOFAM, RUNS, TICA, TICA_FIXED, TICA_NOFAM, TICA_VR_BUDGET,
                     run_weights)
 from .page import plot, render
 from .run import SECTIONS, ReportOptions, run_report
 
 __all__ = [
-    "CLASSIFIER", "CLEAN", "CODEC_LABELS", "Cache", "HYPER", "HYPER_FIXED", "PHOTO",
+    "CLASSIFIER", "CLEAN", "CODEC_LABELS", "Cache", "HYPER", "PHOTO",
     "PHOTO_CLASSIFIER", "PHOTO_NOFAM", "RUNS", "ReportOptions", "SECTIONS", "Spec", "TICA",
     "TICA_FIXED", "TICA_NOFAM", "TICA_VR_BUDGET", "accuracy_margins", "bd_rates",
     "codec_version", "curves", "digest", "fmt", "plot", "render", "run_report", "run_weights",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .. import rd
 from ..errors import TicaError
-from .names import (CLEAN, HYPER, HYPER_FIXED, PHOTO, PHOTO_NOFAM, PUBLISHED_HYPERPRIOR, TICA,
+from .names import (CLEAN, PHOTO, PHOTO_NOFAM, PUBLISHED_HYPERPRIOR, TICA,
                     TICA_FIXED, TICA_NOFAM, TICA_VR_BUDGET)
 
 Curve = tuple[list[float], list[float]]      # (bpp, value) in measurement order
@@ -63,12 +63,12 @@ def accuracy_margins(results: list[dict]) -> list[dict]:
 def variable_rate_cost(results: list[dict]) -> list[dict]:
     """What one variable-rate model costs against a fixed-rate model trained alone at one of
     its standard points with the same budget: the variable-rate model's bpp at the fixed
-    model's PSNR (a BD-rate at one point) and its top-1 at the fixed model's bpp. For each
-    (variable-rate, fixed-rate) pair of pipelines that was measured; tica's variable-rate side
-    is the model at the fixed-rate model's budget where that was measured apart."""
+    model's PSNR (a BD-rate at one point) and its top-1 at the fixed model's bpp, where that
+    pair was measured; tica's variable-rate side is the model at the fixed-rate model's
+    budget where that was measured apart (scripts/train_cifar.sh)."""
     rows = []
     budget = TICA_VR_BUDGET if any(r["pipeline"] == TICA_VR_BUDGET for r in results) else TICA
-    for model, variable, fixed_label in ((TICA, budget, TICA_FIXED), (HYPER, HYPER, HYPER_FIXED)):
+    for model, variable, fixed_label in ((TICA, budget, TICA_FIXED),):
         vr = [r for r in results if r["pipeline"] == variable]
         if len(vr) < 2:
             continue

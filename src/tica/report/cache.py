@@ -99,11 +99,17 @@ class Cache:
         self.reused += 1
 
     def _without_weights(self, spec: Spec, images: int) -> None:
-        hit = self._stale_hit(spec, images)
+        # the last result on as many images, else on any count (it cannot be measured again
+        # here, and a comparison it belongs to was measured on its own count: the note says)
+        hit = self._stale_hit(spec, images) or next(
+            (r for r in self.stale if r["pipeline"] == spec.label
+             and r["quality"] == spec.quality), None)
         if hit:
             self._reuse(hit, spec, " (weights not here)")
+            count = "" if hit["images"] == images else f" on {hit['images']:,} images"
             self.notes.append(f"{spec.label} q={spec.quality}: cached result of "
-                              f"{hit.get('date', '?')}, its weights are not in this checkout")
+                              f"{hit.get('date', '?')}{count}, its weights are not in this "
+                              f"checkout")
         else:
             self.log(f"  missing  {spec.label} q={spec.quality}: no weights, no earlier result")
             self.notes.append(f"{spec.label} q={spec.quality}: not evaluated (no weights)")

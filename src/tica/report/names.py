@@ -12,7 +12,6 @@ TICA_FIXED = "tica, fixed rate (same budget)"
 # when the shipped one trained on past it: what the fixed-rate model is compared with.
 TICA_VR_BUDGET = "tica, variable rate (same budget)"
 TICA_VR_BUDGET_POINTS = (5, 6, 7)      # around the fixed-rate model's point 6
-HYPER_FIXED = "hyperprior, fixed rate (same budget)"
 CLEAN = "ViT on clean pixels"
 HYPER = "hyperprior -> decode -> ViT"
 # Imagenette's learned codec -> decode -> ViT: tica-photo's own streams decoded to pixels, then
@@ -32,16 +31,24 @@ IMAGENETTE_CODECS = ("jpeg", "webp")
 RUNS: dict[tuple[str, int], str] = {
     (TICA_FIXED, 6): "tica-cifar-fixed-q6",          # train_cifar.sh: standard point 6 alone
     **{(TICA_VR_BUDGET, q): "tica-cifar-vr" for q in TICA_VR_BUDGET_POINTS},  # train_cifar.sh
-    (TICA_NOFAM, 1): "tica-cifar-nofam-q1",          # train_baselines.sh nofam: q1's recipe
     (HYPER, 2): "hyperprior-cifar-q2",               # train_baselines.sh hyperprior
-    (HYPER_FIXED, 5): "hyperprior-cifar-fixed-q5",   # train_baselines.sh: standard point 5 alone
     (PHOTO, 2): "photo-q2",                          # train_photo.sh
     (PHOTO_NOFAM, 2): "photo-nofam-q2",              # train_photo.sh nofam
 }
 
+# (pipeline, rate point) -> the device plan's run (scripts/plans/gpu.json) that holds its
+# weights, as scripts/join_parts.py leaves them: <runs>/gpu-plan/<run>.safetensors. The FAM
+# ablation is tica-cifar's step 2 without FAM from the same step 1, same recipe and images.
+PLAN_DIR = "gpu-plan"
+TICA_NOFAM_POINTS = (2, 4, 6, 8)
+PLAN_RUNS: dict[tuple[str, int], str] = {(TICA_NOFAM, q): "tica-cifar-nofam"
+                                         for q in TICA_NOFAM_POINTS}
+
 
 def run_weights(runs: Path, label: str, quality: int) -> Path | None:
-    """The weights a training run left for this rate point, None when there are none."""
-    folder = RUNS.get((label, quality))
-    path = runs / folder / "model.safetensors" if folder else None
+    """The weights a training run (or the device plan) left for this rate point, None when
+    there are none."""
+    folder, plan_run = RUNS.get((label, quality)), PLAN_RUNS.get((label, quality))
+    path = (runs / folder / "model.safetensors" if folder else
+            runs / PLAN_DIR / f"{plan_run}.safetensors" if plan_run else None)
     return path if path is not None and path.is_file() else None

@@ -12,8 +12,8 @@ from ..codecs import CLASSICAL_CODECS, ClassicalCodec
 from ..evaluate import ClassicalPipeline, LearnedPipeline, Uncompressed
 from ..registry import standard_qualities
 from .cache import Spec, codec_version, digest
-from .names import (CLEAN, CODEC_LABELS, HYPER, HYPER_FIXED, IMAGENETTE_CODECS, PHOTO,
-                    PHOTO_DECODED, PHOTO_NOFAM, TICA, TICA_FIXED, TICA_NOFAM, TICA_VR_BUDGET,
+from .names import (CLEAN, CODEC_LABELS, HYPER, IMAGENETTE_CODECS, PHOTO,
+                    PHOTO_DECODED, PHOTO_NOFAM, TICA, TICA_FIXED, TICA_NOFAM, TICA_NOFAM_POINTS, TICA_VR_BUDGET,
                     TICA_VR_BUDGET_POINTS, run_weights)
 
 Weights = Callable[[], torch.nn.Module] | None
@@ -53,14 +53,11 @@ def cifar_specs(classifier: torch.nn.Module, runs: Path, images: int) -> list[Sp
     # ... and the variable-rate model at that budget, around point 6 (the shipped one trained on)
     for q in TICA_VR_BUDGET_POINTS:
         specs.append(learned_spec(TICA_VR_BUDGET, q, from_run(runs, TICA_VR_BUDGET, q), extra))
-    for q in (1,):                       # scripts/train_baselines.sh nofam trains q1's recipe
+    for q in TICA_NOFAM_POINTS:          # the device plan's equal-budget FAM ablation
         specs.append(learned_spec(TICA_NOFAM, q, from_run(runs, TICA_NOFAM, q), extra))
     for q in standard_qualities("hyperprior-cifar") or (1, 2, 3, 4):
         source = shipped("hyperprior-cifar", q) or from_run(runs, HYPER, q)
         specs.append(learned_spec(HYPER, q, source, f"{extra}|cls={cls_id}", classifier))
-    # scripts/train_baselines.sh: the hyperprior at standard point 5's weights alone, same budget
-    specs.append(learned_spec(HYPER_FIXED, 5, from_run(runs, HYPER_FIXED, 5),
-                              f"{extra}|cls={cls_id}", classifier))
     return specs + classical_specs(CLASSICAL_CODECS, classifier, extra)
 
 
