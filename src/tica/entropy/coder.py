@@ -1,4 +1,4 @@
-"""Exact entropy coding of integer symbols with constriction's ANS coder.
+"""Exact entropy coding of integer symbols with rANS (tica/entropy/_rans.c).
 
 Every symbol is coded with one of a set of discrete tables (`CodingTables`), chosen by an
 integer index that encoder and decoder compute identically. A table covers the values
@@ -6,26 +6,31 @@ offset .. offset+length-1 plus an escape symbol; a value outside that range is c
 the escape, followed by its overflow with a uniform bypass code (Elias-gamma style: the bit
 count, then the bits).
 
-Symbols are grouped by table so each constriction call codes a whole array with one
-model (microseconds per call, whatever the table width). ANS is a stack, so the encoder
-keeps the chunks in decoding order and pushes them in reverse when it finishes.
+A payload is a sequence of segments (one image's z, then its y), each decoded as: the
+symbols grouped by table index, then the escapes' bit counts, then their bits. The words
+are those of constriction's AnsCoder (64-bit state, 32-bit words, 24-bit probabilities,
+its "fast" categorical quantisation), so payloads written by either read with the other.
+
+The kernel codes a whole batch of images per call with the GIL released, split across the
+coder's thread pool (`tica.entropy.parallel`): one call per segment per batch, none per
+image or per table.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
-import constriction
 import torch
 from torch import nn
 
-from ..errors import BitstreamError, NotUpdatedError
+from ..errors import BitstreamError, CheckpointError, NotUpdatedError
+from . import _rans
+from .parallel import map_ranges
 
-PRECISION = 24              # bits of the integer frequencies (constriction's ANS precision)
+PRECISION = 24              # bits of the integer frequencies (the ANS precision)
 MAX_ESCAPE_BITS = 23        # an escaped overflow has at most this many bits
-MAX_ABS_VALUE = 2 ** 20     # callers clamp values to +-this before coding
-
-_ans = constriction.stream.stack.AnsCoder
-_model = constriction.stream.model
+MAX_ABS_VALUE = 2 ** 20     # values are clamped to +-this before coding
 
 
 def quantize_pmf(pmf: np.ndarray, tail: float) -> np.ndarray:
@@ -40,6 +45,33 @@ def quantize_pmf(pmf: np.ndarray, tail: float) -> np.ndarray:
     freqs = np.floor(probs * (total - probs.size)).astype(np.int64) + 1
     freqs[np.argmax(freqs)] += total - int(freqs.sum())
     return freqs
+
+
+def cumulative_table(freqs: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """(T, L_max + 2) uint32 left cumulatives of each table's first lengths[t] + 1 entries,
+    then 2^PRECISION: the integers constriction's `Categorical(freqs / 2^PRECISION,
+    perfect=False)` codes with. Its quantisation, step by step in float64 (sequential sums,
+    truncation): entry i starts at floor(cum_i * (2^P - n) / total) + i, so every entry
+    keeps a probability >= 1."""
+    T, width = len(lengths), int(lengths.max()) + 2
+    n = lengths.astype(np.int64) + 1
+    probs = np.zeros((T, width - 1), np.float64)
+    cols = np.arange(width - 1)
+    inside = cols[None, :] < n[:, None]
+    probs[inside] = (np.asarray(freqs, np.float64)[:, : width - 1] / float(1 << PRECISION))[inside]
+    running = np.add.accumulate(probs, axis=1)              # sequential, as constriction sums
+    total = running[np.arange(T), n - 1]
+    if not (np.isfinite(total).all() and (total > 0).all() and (probs >= 0).all()):
+        raise CheckpointError("a coding table has negative or no probability mass: the "
+                              "checkpoint is corrupt; run model.update() to rebuild the tables")
+    scale = (float(1 << PRECISION) - n) / total
+    before = np.concatenate([np.zeros((T, 1)), running[:, :-1]], axis=1)
+    cdf = np.floor(before * scale[:, None]).astype(np.int64) + cols[None, :]
+    cdf = np.where(inside, cdf, 1 << PRECISION)
+    cdf = np.concatenate([cdf, np.full((T, 1), 1 << PRECISION)], axis=1)
+    if (np.diff(cdf, axis=1)[inside] < 1).any():
+        raise CheckpointError("a coding table is not increasing: the checkpoint is corrupt")
+    return np.ascontiguousarray(cdf, np.uint32)
 
 
 class CodingTables:
@@ -57,17 +89,26 @@ class CodingTables:
             raise NotUpdatedError(
                 "entropy coding tables are empty: call model.update() after training "
                 "(or load a checkpoint that was saved after update())")
-        self._models: dict[int, object] = {}
+        if (self.lengths < 1).any() or self.lengths.max() + 1 > self.freqs.shape[1]:
+            raise CheckpointError("coding table lengths do not fit their frequencies: the "
+                                  "checkpoint is corrupt")
+        self.cdf = cumulative_table(self.freqs, self.lengths)
+        self._lengths32 = np.ascontiguousarray(self.lengths, np.int32)
+        self._offsets32 = np.ascontiguousarray(self.offsets, np.int32)
 
     def __len__(self) -> int:
         return self.lengths.size
 
-    def model(self, t: int):
-        model = self._models.get(t)
-        if model is None:
-            probs = self.freqs[t, : self.lengths[t] + 1] / float(1 << PRECISION)
-            model = self._models[t] = _model.Categorical(probs, perfect=False)
-        return model
+    def segment(self, index: np.ndarray, batch: int) -> tuple:
+        """The kernel's description of symbols coded with table `index`: (n,) shared by
+        every image of the batch, or (B, n) one row per image."""
+        index = np.asarray(index)
+        per_image = index.ndim == 2
+        if per_image and index.shape[0] != batch:
+            raise ValueError(f"{index.shape[0]} rows of table indexes for {batch} images")
+        flat = np.ascontiguousarray(index, np.int32)
+        return (self.cdf, self.cdf.shape[1], self._lengths32, self._offsets32, flat,
+                index.shape[-1], per_image)
 
 
 class TableOwner(nn.Module):
@@ -102,119 +143,97 @@ class TableOwner(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-def _by_key(keys: np.ndarray, num_keys: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stable permutation grouping equal keys, and the group boundaries (num_keys + 1,)."""
-    order = np.argsort(keys, kind="stable")
-    bounds = np.zeros(num_keys + 1, dtype=np.int64)
-    np.cumsum(np.bincount(keys, minlength=num_keys), out=bounds[1:])
-    return order, bounds
+Segment = tuple[np.ndarray, np.ndarray, CodingTables]
 
 
-def _zigzag(overflow: np.ndarray) -> np.ndarray:
-    """Overflow o != 0 -> u >= 0: 1->0, -1->1, 2->2, -2->3, ..."""
-    return np.where(overflow > 0, 2 * (overflow - 1), -2 * overflow - 1)
+def encode_batch(segments: Sequence[Segment], batch: int) -> list[bytes]:
+    """One payload per image: its segments in decoding order, each (values (B, n), table
+    indexes (n,) shared by every image or (B, n), tables). Values beyond +-MAX_ABS_VALUE
+    are clamped."""
+    specs, values, symbols = [], [], 0
+    for vals, index, tables in segments:
+        vals = np.asarray(vals).reshape(batch, -1)
+        if vals.dtype != np.int32:
+            vals = np.clip(vals, -MAX_ABS_VALUE, MAX_ABS_VALUE)
+        values.append(np.ascontiguousarray(vals, np.int32))
+        specs.append(tables.segment(index, batch))
+        symbols += vals.shape[1]
+    if batch == 0:
+        return []
+    parts = map_ranges(lambda b, e: _rans.encode(specs, values, batch, b, e), batch, symbols)
+    return [payload for part in parts for payload in part]
 
 
-def _unzigzag(u: np.ndarray) -> np.ndarray:
-    return np.where(u % 2 == 0, u // 2 + 1, -(u + 1) // 2)
+class BatchDecoder:
+    """Reads the payloads of a batch of images, one segment at a time (`decode`, in the
+    order they were written), then checks that each payload ends there (`finish`).
+    BitstreamError on a payload that cannot be a stack of words or does not end cleanly;
+    a corrupt payload otherwise decodes to wrong symbols, never to a crash or a hang."""
 
+    def __init__(self, payloads: Sequence[bytes]) -> None:
+        for i, p in enumerate(payloads):
+            if len(p) % 4 or not p:
+                raise BitstreamError(f"entropy-coded payload of image {i} is not a whole "
+                                     f"number of 32-bit words")
+        self.batch = len(payloads)
+        self._words = np.frombuffer(b"".join(payloads), dtype="<u4").astype(np.uint32, copy=False)
+        self._starts = np.zeros(self.batch + 1, np.int64)
+        np.cumsum([len(p) // 4 for p in payloads], out=self._starts[1:])
+        self._states = np.zeros(self.batch, np.uint64)
+        self._positions = np.zeros(self.batch, np.int64)
+        bad = _rans.decoder_init(self._words, self._starts, self._states, self._positions,
+                                 self.batch)
+        if bad >= 0:
+            raise BitstreamError(f"corrupt entropy-coded payload of image {bad}: it ends in "
+                                 f"a zero word")
 
-def _bit_length(u: np.ndarray) -> np.ndarray:
-    return np.frexp(u.astype(np.float64))[1].astype(np.int64)   # exact; 0 for u == 0
+    def decode(self, index: np.ndarray, tables: CodingTables) -> np.ndarray:
+        """Values (B, n) int32 of the next segment, coded with table `index` ((n,) shared
+        by every image, or (B, n))."""
+        spec = tables.segment(index, self.batch)
+        out = np.empty((self.batch, spec[5]), np.int32)
+        if self.batch:
+            map_ranges(lambda b, e: _rans.decode(spec, self._words, self._starts, self._states,
+                                                 self._positions, out, self.batch, b, e),
+                       self.batch, spec[5])
+        return out
+
+    def finish(self) -> None:
+        """Every word of every payload must have been consumed. A consistency check (it
+        catches truncation and trailing data), not a checksum: integrity is the container's
+        CRC."""
+        bad = np.flatnonzero((self._states != 0) | (self._positions != 0))
+        if bad.size:
+            raise BitstreamError(f"entropy-coded payload of image {int(bad[0])} does not decode "
+                                 f"consistently (corrupt, truncated, or made by other weights)")
 
 
 class SymbolEncoder:
-    """Collects symbol arrays in decoding order; `finish()` returns the coded bytes."""
+    """One payload: `encode` its segments in decoding order, then `finish()` for the bytes."""
 
     def __init__(self) -> None:
-        self._chunks: list[tuple[np.ndarray, object, np.ndarray | None]] = []
-
-    def _push(self, symbols: np.ndarray, model, params: np.ndarray | None = None) -> None:
-        if symbols.size:
-            self._chunks.append((symbols.astype(np.int32), model, params))
+        self._segments: list[Segment] = []
 
     def encode(self, values: np.ndarray, index: np.ndarray, tables: CodingTables) -> None:
         """Code integer `values` (flat), each with table `index` (flat, same length)."""
-        values = np.clip(np.asarray(values, np.int64).ravel(), -MAX_ABS_VALUE, MAX_ABS_VALUE)
-        index = np.asarray(index, np.int64).ravel()
-        lengths = tables.lengths[index]
-        symbols = values - tables.offsets[index]
-        escaped = (symbols < 0) | (symbols >= lengths)
-        symbols = np.where(escaped, lengths, symbols)
-        order, bounds = _by_key(index, len(tables))
-        grouped = symbols[order]
-        for t in np.flatnonzero(np.diff(bounds)):
-            self._push(grouped[bounds[t]:bounds[t + 1]], tables.model(int(t)))
-        if escaped.any():
-            raw = values[escaped] - tables.offsets[index[escaped]]
-            overflow = np.where(raw < 0, raw, raw - lengths[escaped] + 1)
-            u = _zigzag(overflow)
-            nbits = _bit_length(u)
-            self._push(nbits, _model.Uniform(MAX_ESCAPE_BITS + 1))
-            wide = nbits >= 2
-            self._push(u[wide] - (1 << (nbits[wide] - 1)), _model.Uniform(),
-                       (1 << (nbits[wide] - 1)).astype(np.int32))
+        values, index = np.asarray(values).ravel(), np.asarray(index).ravel()
+        if values.shape != index.shape:
+            raise ValueError(f"{values.size} values for {index.size} table indexes")
+        self._segments.append((values[None], index, tables))
 
     def finish(self) -> bytes:
-        coder = _ans()
-        for symbols, model, params in reversed(self._chunks):
-            if params is None:
-                coder.encode_reverse(symbols, model)
-            else:
-                coder.encode_reverse(symbols, model, params)
-        return coder.get_compressed().astype("<u4").tobytes()
+        return encode_batch(self._segments, 1)[0]
 
 
 class SymbolDecoder:
     """Reads back what a `SymbolEncoder` wrote, given the same indexes and tables."""
 
     def __init__(self, data: bytes) -> None:
-        if len(data) % 4 or not data:
-            raise BitstreamError("entropy-coded payload is not a whole number of 32-bit words")
-        words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
-        try:
-            self._coder = _ans(words)
-        except Exception as exc:  # constriction rejects e.g. a trailing zero word
-            raise BitstreamError(f"corrupt entropy-coded payload: {exc}") from None
-
-    def _pull(self, model, count: int, params: np.ndarray | None = None) -> np.ndarray:
-        if count == 0:
-            return np.zeros(0, np.int64)
-        try:
-            out = self._coder.decode(model, count) if params is None else \
-                self._coder.decode(model, params)
-        except Exception as exc:
-            raise BitstreamError(f"corrupt entropy-coded payload: {exc}") from None
-        return np.asarray(out, np.int64)
+        self._reader = BatchDecoder([data])
 
     def decode(self, index: np.ndarray, tables: CodingTables) -> np.ndarray:
         """Values (flat int64) for the symbols coded with table `index` (flat)."""
-        index = np.asarray(index, np.int64).ravel()
-        order, bounds = _by_key(index, len(tables))
-        grouped = np.empty(index.size, np.int64)
-        for t in np.flatnonzero(np.diff(bounds)):
-            grouped[bounds[t]:bounds[t + 1]] = self._pull(tables.model(int(t)),
-                                                          int(bounds[t + 1] - bounds[t]))
-        symbols = np.empty_like(grouped)
-        symbols[order] = grouped
-        lengths = tables.lengths[index]
-        values = symbols + tables.offsets[index]
-        escaped = symbols == lengths
-        if escaped.any():
-            nbits = self._pull(_model.Uniform(MAX_ESCAPE_BITS + 1), int(escaped.sum()))
-            u = np.where(nbits >= 1, (1 << np.maximum(nbits - 1, 0)), 0).astype(np.int64)
-            wide = nbits >= 2
-            u[wide] += self._pull(_model.Uniform(), int(wide.sum()),
-                                  (1 << (nbits[wide] - 1)).astype(np.int32))
-            overflow = _unzigzag(u)
-            base = tables.offsets[index[escaped]]
-            values[escaped] = np.where(overflow < 0, base + overflow,
-                                       base + lengths[escaped] - 1 + overflow)
-        return values
+        return self._reader.decode(np.asarray(index).ravel(), tables)[0].astype(np.int64)
 
     def finish(self) -> None:
-        """Every word must have been consumed. A consistency check (it catches truncation and
-        trailing data), not a checksum: integrity is the container's CRC."""
-        if not self._coder.is_empty():
-            raise BitstreamError("entropy-coded payload does not decode consistently "
-                                 "(corrupt, truncated, or made by other weights)")
+        self._reader.finish()

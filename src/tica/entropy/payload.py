@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..nn.integer import INPUT_BITS
-from .coder import CodingTables, SymbolDecoder, SymbolEncoder
+from .coder import BatchDecoder, CodingTables, encode_batch
 
 Z_LIMIT = 2 ** INPUT_BITS - 1       # |z| the integer h_s accepts
 
@@ -34,25 +34,40 @@ def z_index(shape: tuple[int, ...]) -> np.ndarray:
     return np.broadcast_to(np.arange(shape[0])[:, None, None], shape)
 
 
-def _write_z(enc: SymbolEncoder, z: np.ndarray, z_tables: CodingTables) -> None:
-    enc.encode(np.asarray(z, np.int64), z_index(z.shape), z_tables)
+def _z_segment(z: np.ndarray, z_tables: CodingTables):
+    """z (B, N, zh, zw) as the payload's first segment."""
+    return z.reshape(len(z), -1), z_index(z.shape[1:]).ravel(), z_tables
+
+
+def encode_payloads(z: np.ndarray, symbols: np.ndarray, y_index: np.ndarray,
+                    z_tables: CodingTables, y_tables: CodingTables) -> list[bytes]:
+    """One payload per image of a batch: z (B, N, zh, zw) integers, then y's symbols
+    (B, M, h, w) with their table indexes (B, M, h, w)."""
+    z, symbols = np.asarray(z), np.asarray(symbols)
+    batch = len(z)
+    return encode_batch([_z_segment(z, z_tables),
+                         (symbols.reshape(batch, -1), np.asarray(y_index).reshape(batch, -1),
+                          y_tables)], batch)
 
 
 def encode_payload(z: np.ndarray, symbols: np.ndarray, y_index: np.ndarray,
                    z_tables: CodingTables, y_tables: CodingTables) -> bytes:
     """One image's payload: z (N, zh, zw) integers, then y's symbols (M, h, w) with their
     table indexes (M, h, w)."""
-    enc = SymbolEncoder()
-    _write_z(enc, z, z_tables)
-    enc.encode(np.asarray(symbols, np.int64), y_index, y_tables)
-    return enc.finish()
+    return encode_payloads(np.asarray(z)[None], np.asarray(symbols)[None],
+                           np.asarray(y_index)[None], z_tables, y_tables)[0]
+
+
+def z_payloads(z: np.ndarray, z_tables: CodingTables) -> list[bytes]:
+    """z (B, N, zh, zw) coded alone, as it opens each payload: what the side information
+    costs, per image."""
+    z = np.asarray(z)
+    return encode_batch([_z_segment(z, z_tables)], len(z))
 
 
 def encode_z(z: np.ndarray, z_tables: CodingTables) -> bytes:
-    """z (N, zh, zw) coded alone, as it opens a payload: what the side information costs."""
-    enc = SymbolEncoder()
-    _write_z(enc, z, z_tables)
-    return enc.finish()
+    """One image's z (N, zh, zw) coded alone."""
+    return z_payloads(np.asarray(z)[None], z_tables)[0]
 
 
 class PayloadDecoder:
@@ -61,21 +76,20 @@ class PayloadDecoder:
     Raises BitstreamError on a corrupt payload."""
 
     def __init__(self, payloads: Sequence[bytes]) -> None:
-        self._decoders = [SymbolDecoder(p) for p in payloads]
+        self._reader = BatchDecoder(payloads)
 
     def decode_z(self, shape: tuple[int, int, int], z_tables: CodingTables) -> np.ndarray:
-        """z of every image, (B, N, zh, zw) int64, for z of `shape` (N, zh, zw)."""
-        index = z_index(shape)
-        return np.stack([d.decode(index, z_tables).reshape(shape) for d in self._decoders])
+        """z of every image, (B, N, zh, zw) int32, for z of `shape` (N, zh, zw)."""
+        out = self._reader.decode(z_index(shape).ravel(), z_tables)
+        return out.reshape(-1, *shape)
 
     def decode_y(self, y_index: np.ndarray, y_tables: CodingTables) -> np.ndarray:
-        """y's symbols of every image, (B, M, h, w) int64, given their table indexes of the
+        """y's symbols of every image, (B, M, h, w) int32, given their table indexes of the
         same shape; checks that each payload ends there."""
-        symbols = []
-        for d, idx in zip(self._decoders, y_index):
-            symbols.append(d.decode(idx, y_tables).reshape(idx.shape))
-            d.finish()
-        return np.stack(symbols)
+        y_index = np.asarray(y_index)
+        out = self._reader.decode(y_index.reshape(len(y_index), -1), y_tables)
+        self._reader.finish()
+        return out.reshape(y_index.shape)
 
 
 def decode_payload(payload: bytes, z_shape: tuple[int, int, int], z_tables: CodingTables,

@@ -42,7 +42,8 @@ from ..checkpoint import WeightsInfo
 from ..config import ModelConfig
 from ..entropy import EntropyBottleneck, GaussianConditional
 from ..entropy._ops import quantize
-from ..entropy.payload import PayloadDecoder, clamp_z, encode_payload, encode_z
+from ..entropy.coder import MAX_ABS_VALUE
+from ..entropy.payload import PayloadDecoder, clamp_z, encode_payloads, z_payloads
 from ..errors import ConfigError, NotUpdatedError
 from ..nn.conv import analysis, hyper_analysis, hyper_synthesis, nhwc
 from ..nn.integer import IntegerHyperSynthesis
@@ -66,6 +67,11 @@ def default_quality(levels: int) -> float:
     up its range (6 of 8), where a learned codec's rate-accuracy and rate-distortion curves
     have flattened, at a fraction of the highest point's rate."""
     return float(1 + round(0.75 * (levels - 1)))
+
+
+def _int32(symbols: torch.Tensor) -> np.ndarray:
+    """Rounded latents (float) -> int32 symbols, clamped first to what the coder codes."""
+    return symbols.clamp(-MAX_ABS_VALUE, MAX_ABS_VALUE).int().numpy()
 
 
 def pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -294,13 +300,23 @@ class CompressionModel(nn.Module):
 
     def _hyper_decode(self, z_int: torch.Tensor, quality: float | None
                       ) -> tuple[np.ndarray, torch.Tensor]:
-        """Integer z_hat -> (table indexes (B, M, h, w) int64, means float32), exactly."""
-        params = self._require_update()(z_int)
+        """Integer z_hat -> (table indexes (B, M, h, w) int32 on the CPU, means float32),
+        exactly; the integer h_s runs on the model's device (a GPU, or the CPU)."""
+        device = self.coding_device
+        params = self._require_update()(z_int.to(device))
         scales, means = params.chunk(2, dim=1)
         gain = self.entropy_gain(quality, z_int.shape[0])
         if gain is not None:
+            gain = gain.to(device)
             scales, means = scales * gain, means * gain
-        return self.gaussian_conditional.indexes(scales).numpy(), means.float()
+        indexes = self.gaussian_conditional.indexes(scales).to(torch.int32)
+        return indexes.cpu().numpy(), means.float()
+
+    @property
+    def coding_device(self) -> torch.device:
+        """Where the integer h_s runs: the model's CUDA device, else the CPU."""
+        device = next(self.parameters()).device
+        return device if device.type == "cuda" else torch.device("cpu")
 
     @torch.no_grad()
     def analyze(self, x: torch.Tensor, quality: float | None = None
@@ -311,11 +327,11 @@ class CompressionModel(nn.Module):
         y = self.g_a(nhwc(pad_to(x, self.config.stride)))
         quality = self.check_quality(quality)
         gain, _ = self.gain_pair(quality, x.shape[0])
-        z_int = clamp_z(self.h_a(self.hyper_input(y, gain))).cpu()
+        z_int = clamp_z(self.h_a(self.hyper_input(y, gain)))
         y = self._gained(y, gain)
         indexes, means = self._hyper_decode(z_int, quality)
-        symbols = torch.round(y.float().cpu() - means)
-        return z_int, indexes, means, symbols
+        symbols = torch.round(y.float().to(means.device) - means)
+        return z_int.cpu(), indexes, means.cpu(), symbols.cpu()
 
     @torch.no_grad()
     def dequantize(self, y_gained: torch.Tensor, quality: float | None = None) -> torch.Tensor:
@@ -333,29 +349,28 @@ class CompressionModel(nn.Module):
     def compress(self, x: torch.Tensor, quality: float | None = None) -> list[bytes]:
         """x (B, 3, H, W) in [0, 1] -> one entropy-coded payload per image (tica.entropy.payload)."""
         z_int, indexes, _, symbols = self.analyze(x, quality)
-        z_np, y_np = z_int.long().numpy(), symbols.long().numpy()
-        return [encode_payload(z_np[b], y_np[b], indexes[b], self.entropy_bottleneck.tables,
-                               self.gaussian_conditional.tables) for b in range(x.shape[0])]
+        return encode_payloads(z_int.int().numpy(), _int32(symbols), indexes,
+                               self.entropy_bottleneck.tables, self.gaussian_conditional.tables)
 
     @torch.no_grad()
     def z_bytes(self, x: torch.Tensor, quality: float | None = None) -> list[int]:
         """Bytes the hyper-latent z alone takes in each image's payload (what the side
         information costs)."""
-        z_np = self.analyze(x, quality)[0].long().numpy()
-        return [len(encode_z(z, self.entropy_bottleneck.tables)) for z in z_np]
+        z_int = self.analyze(x, quality)[0].int().numpy()
+        return [len(p) for p in z_payloads(z_int, self.entropy_bottleneck.tables)]
 
     @torch.no_grad()
     def decompress(self, payloads: list[bytes], image_size: tuple[int, int],
                    quality: float | None = None) -> torch.Tensor:
         """Payloads of images of one size, coded at `quality` -> y_hat (B, M, h, w) on the
-        CPU, bit-exactly the encoder's. Raises BitstreamError on corrupt payloads."""
+        coding device (`coding_device`), bit-exactly the encoder's. Raises BitstreamError on corrupt payloads."""
         self._require_update()
         h, w = self.latent_grid(image_size)
         reader = PayloadDecoder(payloads)
         z = reader.decode_z((self.config.N, h // 2, w // 2), self.entropy_bottleneck.tables)
-        indexes, means = self._hyper_decode(torch.from_numpy(z).double(), self.check_quality(quality))
+        indexes, means = self._hyper_decode(torch.from_numpy(z), self.check_quality(quality))
         symbols = reader.decode_y(indexes, self.gaussian_conditional.tables)
-        return self.dequantize(torch.from_numpy(symbols).float() + means, quality)
+        return self.dequantize(torch.from_numpy(symbols).to(means.device).float() + means, quality)
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)

@@ -8,7 +8,8 @@ table boundary on the decoder breaks the whole stream. Here every weight, bias a
 activation is a fixed-point integer, so encoder and decoder compute identical numbers.
 
 How it stays fast: all values are integers whose partial sums stay below 2^53, so a
-float64 convolution computes them *exactly*, whatever order the kernel sums in. `build`
+float64 convolution computes them *exactly*, whatever order the kernel sums in, on the CPU
+or a GPU alike. `build`
 checks that bound for each layer from the worst case, not from data.
 
 Layout of the fixed point: z_hat enters as plain integers (exponent 0). Each output
@@ -21,6 +22,7 @@ exact in float64, giving the scales and means.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -79,11 +81,29 @@ def _quantize_layer(layer: nn.Conv2d | nn.ConvTranspose2d, in_exponent: int, in_
     ), bound
 
 
+def _gemm_linear(layer: _IntLayer, x: torch.Tensor) -> torch.Tensor:
+    """The layer as matrix products (unfold/fold around a GEMM): sums of exact integer
+    products whatever the order, so exact on any device. A convolution library may pick
+    an algorithm (FFT, Winograd) whose intermediate values are not integers."""
+    B, _, H, W = x.shape
+    k, s, p = layer.weight.shape[-1], layer.stride, layer.padding
+    if layer.transposed:
+        Ho = (H - 1) * s - 2 * p + k + layer.output_padding
+        Wo = (W - 1) * s - 2 * p + k + layer.output_padding
+        cols = layer.weight.flatten(1).t() @ x.flatten(2)         # (B, C_out k k, H W)
+        full = F.fold(cols, (Ho + 2 * p, Wo + 2 * p), k, stride=s)
+        return full[:, :, p:p + Ho, p:p + Wo]
+    Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+    cols = F.unfold(x, k, padding=p, stride=s)                      # (B, C_in k k, Ho Wo)
+    return (layer.weight.flatten(1) @ cols).view(B, -1, Ho, Wo)
+
+
 class IntegerHyperSynthesis:
     """h_s in exact integer arithmetic; built from a trained float h_s by `build`."""
 
     def __init__(self, layers: list[_IntLayer]) -> None:
         self.layers = layers
+        self._copies: dict[torch.device, list[_IntLayer]] = {torch.device("cpu"): layers}
 
     @classmethod
     def build(cls, h_s: nn.Sequential) -> "IntegerHyperSynthesis":
@@ -98,9 +118,18 @@ class IntegerHyperSynthesis:
             in_exp, in_bound = ACT_FRAC_BITS, float(2 ** ACT_BITS)
         return cls(layers)
 
+    def _layers_on(self, device: torch.device) -> list[_IntLayer]:
+        if device not in self._copies:
+            self._copies[device] = [dataclasses.replace(
+                layer, weight=layer.weight.to(device), bias=layer.bias.to(device),
+                exponent=layer.exponent.to(device)) for layer in self.layers]
+        return self._copies[device]
+
     @staticmethod
     def _linear(layer: _IntLayer, x: torch.Tensor) -> torch.Tensor:
-        if layer.transposed:
+        if x.device.type != "cpu":
+            acc = _gemm_linear(layer, x)
+        elif layer.transposed:       # the CPU's float64 convolutions are GEMMs
             acc = F.conv_transpose2d(x, layer.weight, None, layer.stride, layer.padding,
                                      layer.output_padding)
         else:
@@ -108,17 +137,20 @@ class IntegerHyperSynthesis:
         return acc + layer.bias.view(1, -1, 1, 1)
 
     def __call__(self, z_hat: torch.Tensor) -> torch.Tensor:
-        """z_hat: integer-valued (B, N, h, w) -> exact float64 (B, 2M, 2h, 2w) = h_s(z_hat).
+        """z_hat: integer-valued (B, N, h, w) -> exact float64 (B, 2M, 2h, 2w) = h_s(z_hat),
+        on z_hat's device (a CUDA GPU, else the CPU).
 
-        Runs on the CPU in float64 whatever the device of the input: exactness relies on
-        every partial sum being an integer below 2^53.
+        Exactness relies on every partial sum being an integer below 2^53, which float64
+        holds exactly on every device: the CPU and a GPU give the same numbers.
         """
+        device = z_hat.device if z_hat.device.type == "cuda" else torch.device("cpu")
         limit = 2 ** INPUT_BITS - 1
-        x = z_hat.detach().to("cpu", torch.float64).round().clamp(-limit, limit)
-        for i, layer in enumerate(self.layers):
+        x = z_hat.detach().to(device, torch.float64).round().clamp(-limit, limit)
+        layers = self._layers_on(device)
+        for i, layer in enumerate(layers):
             acc = self._linear(layer, x)
             exp = layer.exponent.view(1, -1, 1, 1)
-            if i == len(self.layers) - 1:
+            if i == len(layers) - 1:
                 return acc / torch.pow(2.0, exp.double())         # exact: power-of-two divide
             # ReLU, then shift to ACT_FRAC_BITS fractional bits (floor is exact on integers).
             shift = torch.pow(2.0, (exp - ACT_FRAC_BITS).double())

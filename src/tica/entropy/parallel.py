@@ -1,0 +1,96 @@
+"""The one pool of threads the entropy coder runs on, shared by the API, the CLI and the
+server. The rANS kernel releases the GIL, so threads code disjoint ranges of a batch's
+images at once.
+
+The number of threads is, in order: `set_threads(n)`, the TICA_CODER_THREADS environment
+variable, or the cores this process may run on.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, TypeVar
+
+from ..errors import ConfigError
+
+ENV = "TICA_CODER_THREADS"
+# Below this many symbols per range, handing work to another thread costs more than it saves
+# (a range of 20,000 symbols codes in about a millisecond).
+MIN_SYMBOLS_PER_RANGE = 20_000
+
+T = TypeVar("T")
+_lock = threading.Lock()
+_threads: int | None = None
+_pool: ThreadPoolExecutor | None = None
+
+
+def available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:                      # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _from_env() -> int | None:
+    value = os.environ.get(ENV, "").strip()
+    if not value:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"{ENV} must be a whole number of threads >= 1, got {value!r}")
+    return n
+
+
+def threads() -> int:
+    """How many threads entropy coding uses."""
+    if _threads is not None:
+        return _threads
+    return _from_env() or available_cores()
+
+
+def set_threads(n: int | None) -> None:
+    """Use n threads for entropy coding from now on (None: back to the default)."""
+    global _threads, _pool
+    if n is not None and (not isinstance(n, int) or n < 1):
+        raise ConfigError(f"the coder needs at least one thread, got {n!r}")
+    with _lock:
+        _threads = n
+        if _pool is not None:
+            _pool.shutdown(wait=False)
+            _pool = None
+
+
+def _get_pool(size: int) -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None or _pool._max_workers != size:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(size, thread_name_prefix="tica-coder")
+        return _pool
+
+
+def ranges(batch: int, symbols_per_image: int, parts: int) -> list[tuple[int, int]]:
+    """[begin, end) ranges splitting `batch` images into at most `parts` nearly equal ones,
+    none under MIN_SYMBOLS_PER_RANGE symbols unless the whole batch is."""
+    worth = max(1, batch * max(symbols_per_image, 1) // MIN_SYMBOLS_PER_RANGE)
+    parts = max(1, min(parts, batch, worth))
+    bounds = [batch * k // parts for k in range(parts + 1)]
+    return [(bounds[k], bounds[k + 1]) for k in range(parts)]
+
+
+def map_ranges(fn: Callable[[int, int], T], batch: int, symbols_per_image: int) -> list[T]:
+    """fn(begin, end) over ranges covering the batch, on the pool where that pays; the
+    results in range order. An exception in any range is raised here."""
+    n = threads()
+    spans = ranges(batch, symbols_per_image, n)
+    if len(spans) == 1:
+        return [fn(*spans[0])]
+    pool = _get_pool(n)
+    futures = [pool.submit(fn, begin, end) for begin, end in spans]
+    return [f.result() for f in futures]
