@@ -1,5 +1,5 @@
 """Check the wheel a user installs: small enough, with every shipped weights file the manifest
-lists (checksums included), the demo page and the `tica` command, and nothing of the
+lists (checksums included), the compiled entropy coder, the demo page and the `tica` command, and nothing of the
 repository's own (tests, benchmarks, a virtual environment).
 
     python scripts/check_wheel.py build/wheel/tica-*.whl [--max-mb 80]
@@ -21,7 +21,7 @@ from pathlib import Path
 # small model, not for an accidental checkpoint or data file
 DEFAULT_MAX_MB = 80.0
 FORBIDDEN = ("tests/", "benchmarks/", ".venv/", "runs/", "docs/", "scripts/")
-CORE_ONLY = ("torch", "numpy", "constriction", "safetensors", "pillow")
+CORE_ONLY = ("torch", "numpy", "safetensors", "pillow")
 
 
 def problems(wheel: Path, max_mb: float) -> tuple[list[str], list[str]]:
@@ -49,6 +49,8 @@ def problems(wheel: Path, max_mb: float) -> tuple[list[str], list[str]]:
                 bad.append(f"{path} does not match the manifest's sha256")
         notes.append(f"manifest: {len(listed)} weights files, all present and matching"
                      if listed and not any("manifest" in b for b in bad) else "manifest: checked")
+        if not any(re.fullmatch(r"tica/entropy/_rans\.[^/]+\.(so|pyd)", n) for n in names):
+            bad.append("the entropy coder's compiled kernel (tica/entropy/_rans) is missing")
         if "tica/serve/demo.html" not in names:
             bad.append("tica/serve/demo.html is missing")
         dist_info = next((n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA")), None)

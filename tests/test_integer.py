@@ -85,3 +85,19 @@ def test_thread_count_does_not_change_a_single_bit():
     runs = [subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(n)], capture_output=True,
                            text=True, check=True).stdout for n in (1, 2)]
     assert runs[0] == runs[1] and runs[0].strip()
+
+
+def test_the_gemm_form_a_gpu_runs_is_exactly_the_cpu_convolutions(monkeypatch):
+    """On a GPU each layer runs as unfold/fold around a float64 GEMM (no convolution
+    algorithm whose intermediates are not integers); run here, it gives the same numbers
+    bit for bit, on odd and non-square grids and with z at its limits."""
+    from tica.nn import integer
+
+    int_hs = IntegerHyperSynthesis.build(_trained_like_h_s())
+    z = torch.randint(-30, 31, (3, 32, 5, 7)).double()
+    z[0, 0, 0, 0], z[1, 3, 4, 6] = 2 ** 12 - 1, -(2 ** 12 - 1)
+    expected = int_hs(z)
+    monkeypatch.setattr(IntegerHyperSynthesis, "_linear", staticmethod(
+        lambda layer, x: integer._gemm_linear(layer, x) + layer.bias.view(1, -1, 1, 1)))
+    assert torch.equal(int_hs(z), expected)
+    assert torch.equal(expected, _int64_reference(int_hs, z))

@@ -56,7 +56,7 @@ def _third_party_imports(module_level_only: bool) -> dict[str, set[str]]:
 
 def test_module_level_imports_are_all_core_dependencies():
     core = {_name(r) for r in PROJECT["dependencies"]}
-    assert core == {"torch", "numpy", "constriction", "safetensors", "pillow"}
+    assert core == {"torch", "numpy", "safetensors", "pillow"}
     outside = {m: files - LAZY_MODULES
                for m, files in _third_party_imports(module_level_only=True).items()
                if DISTRIBUTION.get(m, m).lower() not in core and files - LAZY_MODULES}
@@ -142,6 +142,7 @@ def _fake_wheel(path: Path, extra_files: dict[str, bytes] | None = None, drop: s
         files[f"tica/weights/{entry['file']}"] = data
     files["tica/weights/manifest.json"] = json.dumps(manifest).encode()
     files["tica/serve/demo.html"] = b"<html></html>"
+    files["tica/entropy/_rans.cpython-311-x86_64-linux-gnu.so"] = b"\x7fELF"
     files["tica/__init__.py"] = b""
     meta = ["Metadata-Version: 2.4", "Name: tica", "Version: 0.1.0"]
     meta += [f"Requires-Dist: {r}" for r in PROJECT["dependencies"]]
@@ -172,6 +173,9 @@ def test_wheel_check_passes_a_good_wheel_and_names_each_problem(tmp_path):
     assert bad == ["tests/test_x.py does not belong in the wheel",
                    "tica/weights/tica-photo.safetensors does not match the manifest's sha256",
                    "tica/serve/demo.html is missing"]
+    pure = _fake_wheel(tmp_path / "pure.whl", drop="tica/entropy/_rans.cpython-311-x86_64-linux-gnu.so")
+    assert _check_wheel(pure)[2] == [
+        "the entropy coder's compiled kernel (tica/entropy/_rans) is missing"]
 
 
 def test_the_lazy_web_modules_are_imported_only_by_each_other():

@@ -1,0 +1,175 @@
+"""The rANS kernel: constriction's format byte for byte, the same payloads whatever the
+batch or the thread count, bad payloads and tables refused with typed errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import constriction_reference as reference
+from tica.entropy import EntropyBottleneck, GaussianConditional
+from tica.entropy import parallel
+from tica.entropy.coder import (PRECISION, BatchDecoder, CodingTables, SymbolDecoder,
+                                SymbolEncoder, cumulative_table, encode_batch)
+from tica.entropy.payload import PayloadDecoder, encode_payload, encode_payloads
+from tica.errors import BitstreamError, CheckpointError, ConfigError
+
+
+@pytest.fixture(scope="module")
+def gaussian() -> CodingTables:
+    gc = GaussianConditional()
+    gc.update()
+    return gc.tables
+
+
+@pytest.fixture(scope="module")
+def factorized() -> CodingTables:
+    torch.manual_seed(0)
+    eb = EntropyBottleneck(8)
+    eb.eval().update()
+    return eb.tables
+
+
+@pytest.fixture
+def threads():
+    """Set the coder's thread count for one test, restored after."""
+    yield parallel.set_threads
+    parallel.set_threads(None)
+
+
+def _segment(rng, tables: CodingTables, n: int, spread: float, escapes: int):
+    index = rng.integers(0, len(tables), n)
+    values = np.round(rng.normal(0, spread, n) * (tables.lengths[index] / 6)
+                      + tables.offsets[index] + tables.lengths[index] // 2).astype(np.int64)
+    if n and escapes:
+        at = rng.integers(0, n, escapes)
+        values[at] = rng.integers(-2 ** 21, 2 ** 21, escapes)      # past the clamp, too
+    return values, index
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2 ** 31), n_z=st.integers(0, 300), n_y=st.integers(1, 3000),
+       spread=st.floats(0.1, 4.0), escapes=st.integers(0, 20))
+def test_payloads_are_constrictions_byte_for_byte_both_ways(seed, n_z, n_y, spread, escapes):
+    """Two segments with their own tables (z's factorized, y's Gaussian), values in and far
+    outside the tables: the kernel writes exactly constriction's words, and each reads what
+    the other wrote."""
+    gc = GaussianConditional()
+    gc.update()
+    torch.manual_seed(seed % 1000)
+    eb = EntropyBottleneck(5)
+    eb.eval().update()
+    rng = np.random.default_rng(seed)
+    z, z_index = _segment(rng, eb.tables, n_z, spread, escapes // 4)
+    y, y_index = _segment(rng, gc.tables, n_y, spread, escapes)
+    segments = [(z, z_index, eb.tables), (y, y_index, gc.tables)]
+    ours = SymbolEncoder()
+    for values, index, tables in segments:
+        ours.encode(values, index, tables)
+    data = ours.finish()
+    assert data == reference.encode(segments)
+    clamped = [np.clip(z, -2 ** 20, 2 ** 20), np.clip(y, -2 ** 20, 2 ** 20)]
+    theirs = reference.decode(data, [(z_index, eb.tables), (y_index, gc.tables)])
+    assert all(np.array_equal(a, b) for a, b in zip(theirs, clamped))
+    dec = SymbolDecoder(data)
+    assert np.array_equal(dec.decode(z_index, eb.tables), clamped[0])
+    assert np.array_equal(dec.decode(y_index, gc.tables), clamped[1])
+    dec.finish()
+
+
+def test_the_cumulative_tables_are_constrictions_quantisation(gaussian):
+    """Left cumulatives strictly increasing from 0 to 2^24, each entry within a unit of its
+    integer frequency scaled by (2^24 - n) / 2^24 (constriction reserves one unit each)."""
+    cdf = gaussian.cdf.astype(np.int64)
+    for t in range(len(gaussian)):
+        n = gaussian.lengths[t] + 1
+        assert cdf[t, 0] == 0 and cdf[t, n] == 1 << PRECISION
+        assert (np.diff(cdf[t, : n + 1]) >= 1).all()
+        scaled = gaussian.freqs[t, :n] * (1 - n / 2 ** PRECISION) + 1
+        assert np.abs(np.diff(cdf[t, : n + 1]) - scaled).max() < 1
+
+
+def test_a_batch_codes_as_its_images_do_whatever_the_thread_count(gaussian, factorized, threads):
+    rng = np.random.default_rng(3)
+    B, z_shape, y_shape = 37, (8, 3, 4), (12, 6, 8)
+    z = rng.integers(-4, 5, (B, *z_shape))
+    z[5, 0, 0, 0] = 3000                                              # an escape
+    y_index = rng.integers(0, len(gaussian), (B, *y_shape))
+    symbols = np.round(rng.normal(0, 2, (B, *y_shape))).astype(np.int64)
+    symbols[7, 1, 2, 3] = -70000
+    single = [encode_payload(z[b], symbols[b], y_index[b], factorized, gaussian) for b in range(B)]
+    for n in (1, 2, 5):
+        threads(n)
+        parallel.MIN_SYMBOLS_PER_RANGE, saved = 1, parallel.MIN_SYMBOLS_PER_RANGE
+        try:
+            assert parallel.ranges(B, 1000, n)[-1][1] == B
+            assert encode_payloads(z, symbols, y_index, factorized, gaussian) == single
+            reader = PayloadDecoder(single)
+            assert np.array_equal(reader.decode_z(z_shape, factorized), z)
+            assert np.array_equal(reader.decode_y(y_index, gaussian), symbols)
+        finally:
+            parallel.MIN_SYMBOLS_PER_RANGE = saved
+
+
+def test_ranges_split_evenly_and_keep_small_batches_whole():
+    assert parallel.ranges(10, 100_000, 3) == [(0, 3), (3, 6), (6, 10)]
+    assert parallel.ranges(10, 100, 8) == [(0, 10)]                  # 1,000 symbols: one range
+    assert parallel.ranges(3, 100_000, 8) == [(0, 1), (1, 2), (2, 3)]
+    assert parallel.ranges(0, 100, 4) == [(0, 0)]
+
+
+def test_the_thread_count_comes_from_the_call_the_environment_or_the_cores(monkeypatch, threads):
+    monkeypatch.delenv(parallel.ENV, raising=False)
+    assert parallel.threads() == parallel.available_cores()
+    monkeypatch.setenv(parallel.ENV, "3")
+    assert parallel.threads() == 3
+    threads(2)
+    assert parallel.threads() == 2
+    threads(None)
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv(parallel.ENV, bad)
+        with pytest.raises(ConfigError, match=parallel.ENV):
+            parallel.threads()
+    with pytest.raises(ConfigError):
+        parallel.set_threads(0)
+
+
+def test_corrupt_payloads_decode_to_wrong_values_or_a_typed_error_never_a_crash(gaussian):
+    """Random words, cut and padded payloads: the decoder never reads out of bounds and never
+    hangs; each ends in BitstreamError or in values it can bound, never silently in the
+    original ones (integrity itself is the container's CRC)."""
+    rng = np.random.default_rng(5)
+    index = rng.integers(0, len(gaussian), (2, 500))
+    values = rng.integers(-9, 10, (2, 500))
+    good = encode_batch([(values, index, gaussian)], 2)
+    cases = [rng.integers(1, 2 ** 32, size, dtype=np.uint64).astype("<u4").tobytes()
+             for size in (1, 2, 3, 50, 2000)]
+    cases += [good[1][:-4], good[1][4:], good[1] + b"\x01\x00\x00\x00", good[1][:4]]
+    for data in cases:
+        try:
+            reader = BatchDecoder([good[0], data])
+            out = reader.decode(index, gaussian)
+            reader.finish()
+        except BitstreamError as exc:
+            assert "image 1" in str(exc)
+            continue
+        assert np.array_equal(out[0], values[0]) and not np.array_equal(out[1], values[1])
+        assert np.abs(out).max() < 2 ** 24                      # no garbage beyond an escape
+    for bad in (b"", b"abc", b"\x01\x00\x00\x00\x00\x00\x00\x00"):   # empty, ragged, zero word
+        with pytest.raises(BitstreamError, match="image 1"):
+            BatchDecoder([good[0], bad])
+
+
+def test_tables_that_could_not_have_been_built_are_refused():
+    freqs = torch.tensor([[1 << 23, 1 << 23, 0]])
+    with pytest.raises(CheckpointError):                     # no probability mass at all
+        CodingTables(torch.zeros(1, 3), torch.tensor([2]), torch.tensor([0]))
+    with pytest.raises(CheckpointError):                     # longer than its frequencies
+        CodingTables(freqs, torch.tensor([5]), torch.tensor([0]))
+    with pytest.raises(CheckpointError):
+        cumulative_table(np.array([[-1.0, 2.0 ** 24]]), np.array([1]))
+    table = CodingTables(freqs, torch.tensor([1]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="out of range"):  # a table index past the tables
+        encode_batch([(np.zeros((1, 3), np.int64), np.array([0, 1, 0]), table)], 1)
