@@ -297,3 +297,44 @@ def test_one_list_of_architectures_and_one_default_model():
     assert tuple(ARCHITECTURES) == ARCHS
     assert TrainConfig().model == DEFAULT_MODEL and get_config(DEFAULT_MODEL).name == DEFAULT_MODEL
     assert TrainConfig().data is None          # no repository layout in the library
+
+
+def test_device_and_coder_threads_choose_where_work_runs_and_never_change_the_bytes(
+        tmp_path, cifar_samples, capsys, monkeypatch):
+    """--device auto is the CPU where no GPU is visible; --device cuda there is one line and
+    exit 1; the coder's thread count changes the speed, never a byte of the stream."""
+    import torch
+    from tica import api
+    from tica.entropy import parallel
+    from tica.errors import ConfigError
+
+    paths = []
+    for i, (data, _) in enumerate(cifar_samples[:6]):
+        paths.append(tmp_path / f"c{i}.jpg")
+        paths[-1].write_bytes(data)
+    monkeypatch.setattr(parallel, "MIN_SYMBOLS_PER_RANGE", 1)     # split even 6 images
+    streams = []
+    try:
+        for threads in ("1", "3"):
+            out = tmp_path / f"t{threads}.tica"
+            assert main(["encode", *map(str, paths), "-o", str(out), "--device", "auto",
+                         "--coder-threads", threads]) == 0
+            streams.append(out.read_bytes())
+            capsys.readouterr()
+            assert main(["classify", str(out), "--json", "--device", "cpu",
+                         "--coder-threads", threads]) == 0
+            streams.append(json.dumps(_json(capsys)["images"]))
+    finally:
+        parallel.set_threads(None)
+    assert streams[0] == streams[2] and streams[1] == streams[3]
+    capsys.readouterr()
+    if not torch.cuda.is_available():
+        assert api.resolve_device("auto") == torch.device("cpu")
+        assert main(["classify", str(tmp_path / "t1.tica"), "--device", "cuda"]) == 1
+        assert capsys.readouterr().err.strip() == (
+            "tica: error: no CUDA GPU is visible to this process: use --device cpu (or auto)")
+    assert main(["decode", str(tmp_path / "t1.tica"), "-o", str(tmp_path / "d.png"),
+                 "--coder-threads", "0"]) == 1
+    assert "at least one thread" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="unknown device"):
+        api.resolve_device("tpu")

@@ -194,7 +194,12 @@ def test_heavy_calls_take_turns_in_their_lane_while_small_requests_answer():
 def test_deadline_and_batch_cost_are_serve_options_with_the_config_defaults():
     args = build_parser().parse_args(["serve"])
     assert (args.deadline_s, args.max_batch_gflop) == (ServeConfig.deadline_s, ServeConfig.max_batch_gflop)
-    assert (args.deadline_s, args.max_batch_gflop) == (30.0, 50.0)
+    assert (args.deadline_s, args.max_batch_gflop, args.device) == (30.0, None, "auto")
+    # unset batch limits follow the device: small on a CPU, large on a GPU; set ones stay
+    cpu, gpu = ServeConfig().on_device("cpu"), ServeConfig().on_device("cuda")
+    assert (cpu.max_batch_images, cpu.max_batch_gflop) == (64, 50.0)
+    assert (gpu.max_batch_images, gpu.max_batch_gflop) == (1024, 5000.0)
+    assert ServeConfig(max_batch_images=8).on_device("cuda").max_batch_images == 8
     args = build_parser().parse_args(["serve", "--deadline-s", "5", "--max-batch-gflop", "inf"])
     assert args.deadline_s == 5.0 and math.isinf(args.max_batch_gflop)
     for bad in ({"deadline_s": 0}, {"max_batch_gflop": -1}, {"deadline_s": math.nan}):
@@ -263,3 +268,22 @@ def test_small_requests_answer_quickly_while_a_heavy_one_runs(model, small, fair
         assert app.state.batcher.stats.heavy_pieces == 1
     else:
         assert min(latencies) > 3.0, latencies                    # stuck behind the heavy one
+
+
+def test_serve_runs_where_device_says_and_refuses_a_gpu_it_cannot_see():
+    import torch
+    from tica.serve.app import create_app
+
+    app = create_app(ServeConfig(model="tica-cifar", device="cpu", coder_threads=1))
+    try:
+        served = next(iter(app.state.models.by_id.values())).model
+        assert next(served.parameters()).device.type == "cpu"
+        assert (app.state.config.max_batch_images, app.state.config.max_batch_gflop) == (64, 50.0)
+        from tica.entropy import parallel
+        assert parallel.threads() == 1
+    finally:
+        from tica.entropy import parallel
+        parallel.set_threads(None)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            create_app(ServeConfig(model="tica-cifar", device="cuda"))

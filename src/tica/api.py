@@ -23,6 +23,40 @@ from .models.codec import quality_code, quality_from_code
 from .registry import DEFAULT_MODEL, create_model, find_weights, get_config, weights_for_id
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Where the networks run: "auto" is the first CUDA GPU when one is visible, else the
+    CPU; "cuda" (or "cuda:N") with none visible is refused. Entropy coding always runs on
+    the CPU's coder threads (tica.entropy.parallel); the integer h_s runs on the GPU too,
+    exactly, so streams decode the same on either."""
+    if isinstance(device, torch.device):
+        return device
+    name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    kind = name.split(":")[0]
+    if kind not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device {device!r}: use one of {', '.join(DEVICES)}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("no CUDA GPU is visible to this process: use --device cpu (or auto)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}: use one of {', '.join(DEVICES)}") from None
+
+
+# images per forward pass when the caller names no batch size: a GPU wants large batches
+CPU_BATCH, GPU_BATCH = 64, 512
+
+
+def _batch_size(model: nn.Module, batch_size: int | None) -> int:
+    if batch_size is not None:
+        return batch_size
+    return GPU_BATCH if next(model.parameters()).device.type == "cuda" else CPU_BATCH
+
+
 def load(name: str | None = None, *, quality: float | None = None,
          weights: str | Path | None = None, device: str | torch.device = "cpu",
          untrained: bool = False) -> nn.Module:
@@ -35,6 +69,7 @@ def load(name: str | None = None, *, quality: float | None = None,
     shipped weights is refused unless `untrained=True` asks for its seeded random model,
     which is then labelled so.
     """
+    device = resolve_device(device)
     if weights is not None:
         model = load_checkpoint(weights, device)
     else:
@@ -98,7 +133,7 @@ def load_for_stream(data: bytes, device: str | torch.device = "cpu") -> nn.Modul
     entry = weights_for_id(bitstream.peek_model_id(data))
     if entry is None:
         return load(device=device)
-    return load_checkpoint(entry.file, device)
+    return load_checkpoint(entry.file, resolve_device(device))
 
 
 def describe(model: nn.Module, quality: float | None = None) -> str:
@@ -150,7 +185,7 @@ def _check_encode(codec: CompressionModel, images: list[torch.Tensor],
 
 @torch.no_grad()
 def compress(model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor],
-             quality: float | Sequence[float] | None = None, batch_size: int = 64,
+             quality: float | Sequence[float] | None = None, batch_size: int | None = None,
              budget: Budget | None = Budget()) -> bytes:
     """Images ((3, H, W), a list of them, or (B, 3, H, W)) -> one tica bitstream. A
     variable-rate model codes at `quality`: one for all images, or one per image (default:
@@ -168,6 +203,7 @@ def compress(model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor],
     keys = [(tuple(img.shape[-2:]), q) for img, q in zip(images, qualities)]
     payloads: list[bytes] = [b""] * len(images)
     device = next(codec.parameters()).device
+    batch_size = _batch_size(codec, batch_size)
     for (_, q), idx in _groups(keys).items():
         for start in range(0, len(idx), batch_size):
             part = idx[start:start + batch_size]
@@ -256,13 +292,13 @@ def parse_within(model: nn.Module, data: bytes | Stream, op: str, limits: Limits
 
 
 def decompress(model: nn.Module, data: bytes | Stream, limits: Limits = Limits(),
-               batch_size: int = 64, budget: Budget | None = Budget()):
+               batch_size: int | None = None, budget: Budget | None = Budget()):
     """Yield (image indexes, image size, y_hat (b, M, h, w)) per batch of images of one size
     (and one quality) in the stream. The budget is checked on the call, before anything is
     decoded (not on the first next())."""
     codec = _codec(model)
     stream = parse_within(model, data, "decompress", limits, budget)
-    return _decompress(codec, stream, batch_size)
+    return _decompress(codec, stream, _batch_size(codec, batch_size))
 
 
 @torch.no_grad()
@@ -303,8 +339,11 @@ def classify_logits(model: nn.Module, data: bytes | Stream, limits: Limits = Lim
                         f"model trained with alpha > 0")
     stream = parse_within(model, data, "classify", limits, budget)
     out = torch.empty(len(stream.payloads), model.config.num_classes)
+    pending = []            # on a GPU the ViT runs on while the next batch is entropy-decoded
     for part, _, y_hat in decompress(model, stream, budget=None):
-        out[part] = model.classify_latent(y_hat).float().cpu()
+        pending.append((part, model.classify_latent(y_hat).float()))
+    for part, logits in pending:
+        out[part] = logits.cpu()
     return out
 
 

@@ -15,6 +15,7 @@ from . import api
 from .checkpoint import atomic_write
 from .config import SHARD_IMAGES, TOP_K, TrainConfig
 from .cost import DEFAULT_MAX_GFLOP, Budget
+from .entropy.parallel import set_threads as set_coder_threads
 from .errors import BudgetError, TicaError
 from .image import load_image, save_image
 from .models import CompressionModel
@@ -35,6 +36,16 @@ def _add_model_args(p: argparse.ArgumentParser, encode: bool = False) -> None:
                         "model's range (1 = lowest rate; the integers are its standard points)")
     g.add_argument("--untrained", action="store_true",
                    help="allow a preset with no shipped weights: its seeded random model")
+
+
+def _add_runtime_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("where the work runs")
+    g.add_argument("--device", default="auto", choices=api.DEVICES,
+                   help="where the networks run: auto (default) is a CUDA GPU when one is "
+                        "visible, else the CPU; streams decode identically on either")
+    g.add_argument("--coder-threads", dest="coder_threads", type=int, metavar="N",
+                   help="threads for entropy coding (default: $TICA_CODER_THREADS, else the "
+                        "cores available)")
 
 
 def _add_budget_arg(p: argparse.ArgumentParser) -> None:
@@ -81,10 +92,11 @@ def _add_config_args(p: argparse.ArgumentParser, config: type, unset: tuple[str,
 
 def _load_model(args: argparse.Namespace, stream: bytes | None = None):
     """The model the flags name; with none, the shipped model the stream's id names."""
+    device = getattr(args, "device", "cpu")
     if stream is not None and not (args.model or args.quality is not None or args.weights):
-        return api.load_for_stream(stream)
+        return api.load_for_stream(stream, device)
     return api.load(args.model, quality=args.quality, weights=args.weights,
-                    untrained=args.untrained)
+                    untrained=args.untrained, device=device)
 
 
 def _read_stream(path: str) -> bytes:
@@ -345,7 +357,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .registry import standard_qualities
 
     split = load_split(args.data, args.split or held_out_split(args.data), limit=args.limit)
-    model = api.load(args.model, weights=args.weights, untrained=args.untrained)
+    model = api.load(args.model, weights=args.weights, untrained=args.untrained,
+                     device=args.device)
     if not isinstance(model, CompressionModel):
         return _eval_classifier(model, split, args)
     if args.quality not in (None, "all"):
@@ -365,7 +378,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if variable:
             model.quality = model.check_quality(q)
         elif not args.weights and q is not None:
-            model = api.load(args.model, quality=q)
+            model = api.load(args.model, quality=q, device=args.device)
         q = model.quality if variable else (
             model.weights_info.quality or q)        # a rate point is >= 1, never 0
         results.append(evaluate_codec(model, split, quality=q).to_dict())
@@ -399,6 +412,7 @@ def _encode_parser(sub) -> None:
                    help="variable-rate models: per image, the highest quality whose stream takes "
                         "at most X bits per pixel (found by bisection over real streams)")
     _add_model_args(p, encode=True)
+    _add_runtime_args(p)
     _add_budget_arg(p)
     p.set_defaults(func=cmd_encode)
 
@@ -409,6 +423,7 @@ def _decode_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT.png",
                    help="output image; a batch writes OUT_0000.png, OUT_0001.png, ...")
     _add_model_args(p)
+    _add_runtime_args(p)
     _add_budget_arg(p)
     p.set_defaults(func=cmd_decode)
 
@@ -422,6 +437,7 @@ def _classify_parser(sub) -> None:
                    "http://127.0.0.1:8000) instead of decoding here")
     p.add_argument("--json", action="store_true", help="print JSON: {top: [{label, prob}], bytes, ...}")
     _add_model_args(p)
+    _add_runtime_args(p)
     _add_budget_arg(p)
     p.set_defaults(func=cmd_classify)
 
@@ -485,6 +501,7 @@ def _eval_parser(sub) -> None:
                    help="quality, comma-separated qualities, or 'all' (default): the standard points")
     p.add_argument("--untrained", action="store_true", help="allow an untrained preset")
     p.add_argument("--json", action="store_true")
+    _add_runtime_args(p)
     p.set_defaults(func=cmd_eval)
 
 
@@ -516,6 +533,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "top_k", 1) < 1:
         parser.error("--top-k must be at least 1")
     try:
+        if getattr(args, "coder_threads", None) is not None:
+            set_coder_threads(args.coder_threads)
         return args.func(args)
     except BudgetError as exc:
         print(f"tica: error: {exc.summary}: pass --max-gflop {math.ceil(exc.cost)} to allow it",

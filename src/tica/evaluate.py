@@ -102,7 +102,8 @@ def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def classify_pixels(classifier, x: torch.Tensor, batch: int = 250) -> torch.Tensor:
-    return torch.cat([classifier.classify_pixels(x[s:s + batch]).float()
+    device = next(classifier.parameters()).device
+    return torch.cat([classifier.classify_pixels(x[s:s + batch].to(device)).float().cpu()
                       for s in range(0, len(x), batch)])
 
 

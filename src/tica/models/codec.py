@@ -324,7 +324,7 @@ class CompressionModel(nn.Module):
         """x -> (z_int, y indexes, means, y symbols): everything `compress` codes.
         `dequantize(symbols + means)` is exactly what `decompress` returns."""
         self._require_update()
-        y = self.g_a(nhwc(pad_to(x, self.config.stride)))
+        y = self.g_a(nhwc(pad_to(x.to(next(self.parameters()).device), self.config.stride)))
         quality = self.check_quality(quality)
         gain, _ = self.gain_pair(quality, x.shape[0])
         z_int = clamp_z(self.h_a(self.hyper_input(y, gain)))

@@ -22,6 +22,7 @@ from ..errors import ConfigError, ModelMismatchError
 from ..registry import read_manifest
 from . import routes
 from .batcher import MicroBatcher
+from ..entropy.parallel import set_threads as set_coder_threads
 from .config import ServeConfig
 from .http import HTTPError, install_error_handlers, measure
 from .metrics import Metrics
@@ -34,10 +35,11 @@ class Served:
     quality: int | None                   # a fixed-rate model's rate point
 
 
-def _shipped(preset: str) -> list[torch.nn.Module]:
+def _shipped(preset: str, device: torch.device) -> list[torch.nn.Module]:
     """Every shipped codec of a preset (its rate points), else its one default model."""
     entries = [e for e in read_manifest() if e.preset == preset and e.role == "codec"]
-    return [api.load(weights=e.file) for e in entries] if entries else [api.load(preset)]
+    return ([api.load(weights=e.file, device=device) for e in entries] if entries
+            else [api.load(preset, device=device)])
 
 
 class ModelSet:
@@ -45,13 +47,13 @@ class ModelSet:
     a variable-rate model codes every quality in its range, fixed-rate ones one each. With
     model "auto", the presets `api.choose_model` picks between, and encoding picks per image."""
 
-    def __init__(self, config: ServeConfig) -> None:
+    def __init__(self, config: ServeConfig, device: torch.device = torch.device("cpu")) -> None:
         self.auto = not config.weights and config.model == api.AUTO
         if config.weights:
-            models = [api.load(weights=config.weights)]
+            models = [api.load(weights=config.weights, device=device)]
         else:
             presets = api.AUTO_MODELS if self.auto else (config.model,)
-            models = [m for preset in presets for m in _shipped(preset)]
+            models = [m for preset in presets for m in _shipped(preset, device)]
         self.presets = list(dict.fromkeys(m.config.name for m in models))
         self.by_id: dict[int, Served] = {}
         for m in models:
@@ -155,8 +157,12 @@ def create_app(config: ServeConfig = ServeConfig()) -> FastAPI:
     timing in tica.serve.http."""
     if config.threads:
         torch.set_num_threads(config.threads)
+    if config.coder_threads is not None:
+        set_coder_threads(config.coder_threads)
+    device = api.resolve_device(config.device)
+    config = config.on_device(device.type)
     budget = config.budget                  # a bad --max-gflop fails here, at startup
-    models = ModelSet(config)
+    models = ModelSet(config, device)
     app = FastAPI(title="tica", version="1", lifespan=_lifespan, description=(
         "Classify images straight from tica bitstreams (no pixels are reconstructed), "
         "reconstruct them on demand, or encode an upload."))

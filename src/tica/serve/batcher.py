@@ -44,7 +44,7 @@ from typing import Any, Awaitable, Callable
 
 from ..bitstream import Stream
 from ..errors import DeadlineError
-from .config import ServeConfig
+from .config import BATCH_LIMITS, ServeConfig
 
 
 async def within(seconds: float, work: Awaitable) -> Any:
@@ -105,7 +105,7 @@ class MicroBatcher:
 
     def __init__(self, execute: Callable[[tuple, Stream], list[Any]],
                  window_ms: float = ServeConfig.batch_window_ms,
-                 max_images: int = ServeConfig.max_batch_images, batching: bool = True, *,
+                 max_images: int = BATCH_LIMITS["cpu"][0], batching: bool = True, *,
                  image_cost: Callable[[tuple, tuple[int, int]], float] | None = None,
                  max_gflop: float = math.inf, deadline_s: float = math.inf) -> None:
         self.execute, self.window, self.max_images = execute, window_ms / 1e3, max_images

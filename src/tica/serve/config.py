@@ -4,7 +4,7 @@ Nothing here imports the web framework, so the CLI can build its parser without 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .. import api
 from ..bitstream import Limits
@@ -15,6 +15,12 @@ from ..errors import ConfigError
 def _option(default, help: str, **argparse_settings):
     """A field `tica serve` offers as --NAME-WITH-DASHES, of the field's type."""
     return field(default=default, metadata={"help": help, **argparse_settings})
+
+
+# (images, GFLOP) of one micro-batch by device: on a CPU a batch of 50 GFLOP is ~0.5 s and
+# keeps small requests' waits short; a GPU needs large batches to be busy (a CIFAR classify
+# is ~0.3 GFLOP an image, a 224x224 photo ~1.3)
+BATCH_LIMITS = {"cpu": (64, 50.0), "cuda": (1024, 5000.0)}
 
 
 @dataclass(frozen=True)
@@ -28,13 +34,22 @@ class ServeConfig:
                          f"{' and '.join(api.AUTO_MODELS)}, /v1/encode picking by image size "
                          f"as `tica encode` does")
     weights: str | None = _option(None, "serve this checkpoint instead", metavar="FILE")
+    device: str = _option("auto", "where the networks run: auto is a CUDA GPU when one is "
+                          "visible, else the CPU; entropy coding runs on the coder threads",
+                          choices=api.DEVICES)
+    coder_threads: int | None = _option(None, "threads for entropy coding, shared by every "
+                                        "request (default: $TICA_CODER_THREADS, else the cores "
+                                        "available)")
     batching: bool = _option(True, "merge concurrent requests into micro-batches")
     batch_window_ms: float = _option(2.0, "wait this long for more requests to batch (0: batch "
                                      "only what queued up while the last batch ran)")
-    max_batch_images: int = _option(64, "images in one micro-batch")
-    max_batch_gflop: float = _option(50.0, "estimated GFLOP of one micro-batch; a request over "
-                                     "it runs apart from the small ones, in pieces of at most "
-                                     "this (one image if an image costs more)")
+    max_batch_images: int | None = _option(
+        None, f"images in one micro-batch (default {BATCH_LIMITS['cpu'][0]} on the CPU, "
+              f"{BATCH_LIMITS['cuda'][0]} on a GPU)")
+    max_batch_gflop: float | None = _option(
+        None, "estimated GFLOP of one micro-batch; a request over it runs apart from the small "
+              "ones, in pieces of at most this (one image if an image costs more); default "
+              f"{BATCH_LIMITS['cpu'][1]:g} on the CPU, {BATCH_LIMITS['cuda'][1]:g} on a GPU")
     deadline_s: float = _option(30.0, "seconds a request's work may take, queueing included; "
                                 "later it gets a 504 and work not yet started is dropped")
     max_body_bytes: int = _option(1 << 20, "bytes of a bitstream (1 MiB holds ~2,000 CIFAR streams)")
@@ -49,9 +64,16 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         for name in ("deadline_s", "max_batch_gflop"):
-            if not getattr(self, name) > 0:
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ConfigError(f"{name} (tica serve --{name.replace('_', '-')}) must be a "
                                   f"positive number (inf: unbounded), got {getattr(self, name)}")
+
+    def on_device(self, kind: str) -> "ServeConfig":
+        """This config with the micro-batch limits it left unset filled in for a device kind
+        ("cpu" or "cuda")."""
+        images, gflop = BATCH_LIMITS[kind]
+        return replace(self, max_batch_images=self.max_batch_images or images,
+                       max_batch_gflop=self.max_batch_gflop or gflop)
 
     @property
     def limits(self) -> Limits:
