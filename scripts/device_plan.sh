@@ -8,8 +8,8 @@
 #   1. HERE, before the device call:   bash scripts/device_plan.sh prepare
 #      Copies the data into .devdata/ (ignored through .git/info/exclude; ../shared does not
 #      travel): the CIFAR-10 archive as is (18 MB), the 40 photographs halved, WebP quality
-#      90 (3 MiB), Imagenette's training split at 160x160, WebP quality 75 (35 MiB). Downloads the one package the device image lacks, constriction, as a wheel
-#      into .whl/. Checks the plan (tica train --plan ... --dry-run: configs, dependencies,
+#      90 (3 MiB), Imagenette's training split at 160x160, WebP quality 75 (35 MiB). Wheels
+#      put in .whl/ are installed there (none is needed now). Checks the plan (tica train --plan ... --dry-run: configs, dependencies,
 #      export sizes against the 8-file / 16 MiB / 64 MiB return limits), takes the shipped
 #      weights (57 MB, which the plan never reads: it trains from scratch) out of git's index
 #      and into .git/info/exclude so that they stay here, and checks that the working tree
@@ -89,16 +89,6 @@ prepare() {
         "$PY" -m tica.plan pack-split "$DATA/imagenette-224.tar.gz" .devdata/imagenette.tmp 160
         mv .devdata/imagenette.tmp .devdata/imagenette
     fi
-    local version
-    version=$("$PY" -c "import importlib.metadata as m; print(m.version('constriction'))")
-    if ! ls .whl/constriction-"$version"-*.whl >/dev/null 2>&1; then
-        rm -f .whl/constriction-*.whl
-        # the exact command of the device tool's README (the device has Python 3.12, x86-64)
-        "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-            --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
-            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-            --platform manylinux1_x86_64 -d .whl "constriction==$version"
-    fi
     OMP_NUM_THREADS=1 "$PY" -m tica.cli train --plan scripts/plans/gpu.json --dry-run \
         --data-root .devdata --runs-dir /tmp/tica-runs
     light
@@ -128,8 +118,9 @@ run() {            # on the device machine
         export PYTHONPATH=/tmp/site
     fi
     export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+    python3 scripts/build_kernel.py || exit 1       # the entropy coder, for this Python
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-    python3 -c "import torch, constriction, safetensors, PIL; print('torch', torch.__version__, \
+    python3 -c "import torch, safetensors, PIL; print('torch', torch.__version__, \
 'cuda', torch.cuda.is_available(), 'cpus', __import__('os').cpu_count())"
     exec python3 -m tica.cli train --plan "${1:-scripts/plans/gpu.json}" --out "$OUT" \
         --data-root .devdata --runs-dir /tmp/tica-runs

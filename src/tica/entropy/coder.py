@@ -25,8 +25,14 @@ import torch
 from torch import nn
 
 from ..errors import BitstreamError, CheckpointError, NotUpdatedError
-from . import _rans
 from .parallel import map_ranges
+
+try:
+    from . import _rans
+except ImportError as exc:                  # a checkout run without installing
+    raise ImportError("tica's compiled entropy coder (tica/entropy/_rans) is not built: "
+                      "pip install tica (in a checkout: pip install -e .), or run "
+                      "scripts/build_kernel.py") from exc
 
 PRECISION = 24              # bits of the integer frequencies (the ANS precision)
 MAX_ESCAPE_BITS = 23        # an escaped overflow has at most this many bits
