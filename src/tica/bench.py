@@ -3,7 +3,7 @@ pixels, measured side by side in one process.
 
 MACs come from `torch.utils.flop_counter` (multiply-accumulates = counted FLOPs / 2; the
 integer h_s is counted like a float convolution, the entropy decoder is not counted: it is
-the same constriction call on both paths). Latency is the median of interleaved runs, so a
+the same rANS kernel call on both paths). Latency is the median of interleaved runs, so a
 noisy machine slows both paths alike."""
 
 from __future__ import annotations

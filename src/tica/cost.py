@@ -41,7 +41,8 @@ _VERBS = {"encode": "encoding", "decompress": "entropy-decoding", "classify": "c
 
 # Work that is not float32 convolution, in float32-convolution FLOPs that take as long on a
 # CPU. Measured with one thread: 5x5 convolutions run at 100-230 GFLOP/s, the integer h_s
-# (exact float64 convolutions) at 25-50, and constriction's ANS codes a symbol in ~50 ns.
+# (exact float64 convolutions) at 25-50. A symbol is counted as 50 ns of coding, the slow end
+# (the rANS kernel codes one in 7-11 ns, benchmarks/throughput.py): a bound, not a forecast.
 FLOAT64_WEIGHT = 3.0
 SYMBOL_FLOPS = 5000.0
 
