@@ -20,9 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 import tica
 from tica.cli import data_root
