@@ -32,6 +32,7 @@ wheel: setup
 
 bench: setup
 	$(VENV)/bin/python benchmarks/codec_speed.py
+	$(VENV)/bin/python benchmarks/throughput.py
 
 # docs/RESULTS.md, its tables and plots (reuses cached rate points; add ARGS=--fresh)
 report: setup
