@@ -27,7 +27,7 @@ import torch
 
 import tica
 from tica.bench import photo_timing_models
-from tica.image import load_image
+from tica.image import read_image
 from tica.models.codec import pad_to
 from tica.nn.conv import GDN, nhwc
 
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     if not kodak_files:
         print(f"Kodak images not found under {DATA}", file=sys.stderr)
         return 1
-    kodak_images = [load_image(p) for p in kodak_files[: args.images]]
+    kodak_images = [read_image(p) for p in kodak_files[: args.images]]
     kodak_images = [img if img.shape[1] < img.shape[2] else img.transpose(1, 2) for img in kodak_images]
     gen = torch.Generator().manual_seed(0)
     cifar = torch.rand(args.batch, 3, 32, 32, generator=gen)

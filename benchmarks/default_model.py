@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import tica
-from tica.image import load_image
+from tica.image import read_image
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ("tica-cifar", "tica-photo")
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--sides", default="32,64,128")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "default_model.json")
     args = parser.parse_args()
-    photos = [load_image(p) for p in sorted(args.kodak.glob("*.png"))[: args.photos]]
+    photos = [read_image(p) for p in sorted(args.kodak.glob("*.png"))[: args.photos]]
     rows = []
     print("| side | preset | " + " | ".join(f"q{q}: bpp / PSNR" for q in QUALITIES)
           + " | classify GFLOP |")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import tica
-from tica.image import load_image
+from tica.image import read_image
 from tica.losses import psnr
 
 KODAK = ("kodim01", "kodim07", "kodim15", "kodim23")
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("weights", nargs="*", help="checkpoints (default: the shipped tica-photo)")
     parser.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args(argv)
-    images = [load_image(args.data / "kodak" / f"{name}.png") for name in KODAK]
+    images = [read_image(args.data / "kodak" / f"{name}.png") for name in KODAK]
     for path in args.weights or [None]:
         model = tica.load("tica-photo") if path is None else tica.load(weights=path)
         print(json.dumps({"model": path or "tica-photo (shipped)", **score(model, images)}))

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 import tica
 from tica.data import load_split
-from tica.image import load_image
+from tica.image import read_image
 from tica.losses import psnr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def cases(args) -> dict:
     photo, cifar = tica.load("tica-photo"), tica.load("tica-cifar")
     if args.kodak:
         kodak = sorted((data / "kodak").glob("kodim*.png"))[: args.kodak]
-        images = [load_image(p) for p in kodak]
+        images = [read_image(p) for p in kodak]
         out["tica-photo, Kodak 768x512"] = run_case(photo, images, None, args.quality)
     if args.imagenette:
         split = load_split(data / "imagenette-224.tar.gz", "val", limit=args.imagenette)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tica.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from tica.evaluate import LearnedPipeline, evaluate
-from tica.image import load_image
+from tica.image import read_image
 from tica.registry import MANIFEST, MANIFEST_FORMAT
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "tica" / "weights"
@@ -108,7 +108,7 @@ def main() -> None:
     manifest = (json.loads(path.read_text()) if path.exists()
                 else {"format": MANIFEST_FORMAT, "version": 1, "weights": []})
     entries = manifest["weights"]
-    images = ([(load_image(f)[None], None) for f in sorted(Path(args.check).glob("*.png"))]
+    images = ([(read_image(f)[None], None) for f in sorted(Path(args.check).glob("*.png"))]
               if args.check else [])
     for spec in args.codec:
         _ship_codec(spec, args, entries, images)

@@ -17,7 +17,7 @@ import tica
 from PIL import Image, ImageDraw
 
 from tica.config import CIFAR10_LABELS
-from tica.image import decode_image
+from tica.image import read_image
 
 from _server import ServerProcess
 
@@ -98,7 +98,7 @@ def cifar_samples() -> list[tuple[bytes, str]]:
 
 @pytest.fixture(scope="session")
 def cifar_images(cifar_samples) -> torch.Tensor:
-    return torch.stack([decode_image(data) for data, _ in cifar_samples])
+    return torch.stack([read_image(data) for data, _ in cifar_samples])
 
 
 def _ready(name: str, **overrides):

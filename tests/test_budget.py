@@ -18,7 +18,7 @@ from PIL import Image
 import tica
 from tica import api, bitstream, cost
 from tica.cli import main
-from tica.image import load_image
+from tica.image import read_image
 from tica.models.codec import quality_code
 
 OCTET = {"Content-Type": "application/octet-stream"}
@@ -217,7 +217,7 @@ def test_a_stream_larger_than_png_is_said(tmp_path, capsys):
     assert main(["encode", str(flat), "-o", str(tmp_path / "f.tica"), "--json"]) == 0
     out, err = capsys.readouterr()
     report = json.loads(out)
-    assert report["png_bytes"] == api.png_bytes(load_image(flat))
+    assert report["png_bytes"] == api.png_bytes(read_image(flat))
     assert report["bytes"] > report["png_bytes"]
     assert err.count("tica: warning:") == 1
     assert f"({report['bytes']} bytes) is larger than the same image(s) as lossless PNG " \

@@ -122,8 +122,8 @@ def test_stream_from_one_process_decodes_bit_exactly_in_another(
 
 
 def test_photo_round_trip_with_the_photo_preset(tica_photo, photo_path):
-    from tica.image import load_image
-    img = load_image(photo_path)
+    from tica.image import read_image
+    img = read_image(photo_path)
     data = tica.compress(tica_photo, img)
     info = tica.inspect(data)
     assert info["sizes"] == [[512, 768]] and info["container_bytes"] == 13
@@ -135,12 +135,12 @@ def test_photo_round_trip_with_the_photo_preset(tica_photo, photo_path):
 @pytest.mark.real_data("kodak/kodim23.png")
 def test_trained_payload_is_within_one_percent_of_the_models_estimate(kodak_path):
     """The shipped weights on a realistic input: real bytes vs the model's -sum(log2 p)."""
-    from tica.image import load_image
+    from tica.image import read_image
     from tica.registry import standard_qualities
     if not standard_qualities("tica-cifar"):
         pytest.skip("no trained tica-cifar weights shipped")
     model = tica.load("tica-cifar")
-    img = load_image(kodak_path)[None]
+    img = read_image(kodak_path)[None]
     # at the low end of the range: at the top, an image this far from CIFAR-10 has latents so
     # unlikely that the estimate's 1e-9 floor costs more than the coder's escapes do
     for quality in model.quality_range and (1.0, 4.0) or (None,):

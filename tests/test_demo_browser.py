@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 import tica
-from tica.image import decode_image
+from tica.image import read_image
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -48,11 +48,11 @@ def test_demo_page_encodes_classifies_and_decodes(live_server, browser, tmp_path
     wait.until(lambda d: d.find_element(By.ID, "stats").get_attribute("data-bytes")
                or d.find_element(By.ID, "error").text)
     assert browser.find_element(By.ID, "error").text == ""
-    expected = tica.compress(tica.load("tica-cifar", quality=1), decode_image(data))
+    expected = tica.compress(tica.load("tica-cifar", quality=1), read_image(data))
     assert int(browser.find_element(By.ID, "stats").get_attribute("data-bytes")) == len(expected)
     stats = browser.find_element(By.ID, "stats").text
     assert f"{len(expected)} bytes" in stats and "bpp" in stats and "tica-cifar q1" in stats
-    assert f"a lossless PNG: {tica.api.png_bytes(decode_image(data))} bytes" in stats
+    assert f"a lossless PNG: {tica.api.png_bytes(read_image(data))} bytes" in stats
     rows = browser.find_elements(By.CSS_SELECTOR, "#classes tr")
     assert len(rows) == 5
     local_top = tica.classify(tica.load("tica-cifar", quality=1), expected, k=1)[0][0].label
@@ -83,7 +83,7 @@ def test_demo_page_picks_the_model_for_the_image(live_server, browser, tmp_path,
     wait.until(lambda d: d.find_element(By.ID, "stats").get_attribute("data-bytes")
                or d.find_element(By.ID, "error").text)
     assert browser.find_element(By.ID, "error").text == ""
-    expected = tica.compress(tica.load("tica-photo"), decode_image(image.read_bytes()))
+    expected = tica.compress(tica.load("tica-photo"), read_image(image.read_bytes()))
     assert int(browser.find_element(By.ID, "stats").get_attribute("data-bytes")) == len(expected)
     label = tica.describe(tica.load("tica-photo"))
     assert browser.find_element(By.ID, "stats").text.startswith(label + ":")

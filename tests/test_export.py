@@ -47,11 +47,11 @@ def test_edge_streams_decode_bit_exactly_on_the_server(cifar_export, cifar_image
 
 
 def test_hyper_network_is_exact_at_photo_size(tmp_path, tica_photo, photo_path):
-    from tica.image import load_image
+    from tica.image import read_image
     meta = export_onnx(tica_photo, tmp_path)
     assert meta["check"]["index_equal"] and meta["check"]["mean_equal"]
     encoder = EdgeEncoder(tmp_path)
-    image = load_image(photo_path)[:, :200, :330]                 # not a multiple of the stride
+    image = read_image(photo_path)[:, :200, :330]                 # not a multiple of the stride
     z, _, y_hat, index = encoder.latent(image.numpy())
     z_int, indexes, means, _ = tica_photo.analyze(image[None])
     # given the same z, the ONNX indexes and means equal the exact integer h_s's

@@ -102,9 +102,9 @@ def test_windows_make_a_large_grid_linear_in_the_area():
 def test_the_shipped_photo_model_decodes_a_large_photo_in_windows(photo_path):
     """A grid 2.6x tica-photo's trained 14x14: windows change the decoded picture by little
     (0.00 dB on all of Kodak, docs/design.md); here a made-up photograph."""
-    from tica.image import load_image
+    from tica.image import read_image
     photo = tica.load("tica-photo")
-    image = load_image(photo_path)[:, :256, :512]               # 16x32 tokens
+    image = read_image(photo_path)[:, :256, :512]               # 16x32 tokens
     data = tica.compress(photo, image[None])
     (_, size, y_hat), = list(tica.decompress(photo, data))
     out = {}

@@ -234,14 +234,14 @@ def test_remote_classify_sends_only_the_bitstream(live_server, tmp_path, cifar_s
     import json as _json
 
     from tica.cli import main
-    from tica.image import decode_image
+    from tica.image import read_image
     data, _ = cifar_samples[0]
     image = tmp_path / "plane.jpg"
     image.write_bytes(data)
     assert main(["classify", "--server", live_server, str(image), "--json", "--top-k", "2"]) == 0
     answer = _json.loads(capsys.readouterr().out)
     model = tica.load("tica-cifar")
-    stream = tica.compress(model, decode_image(data))
+    stream = tica.compress(model, read_image(data))
     assert answer["sent_bytes"] == len(stream) and answer["replaced_bytes"] == len(data)
     assert answer["images"][0]["top"][0]["index"] == tica.classify(model, stream)[0][0].index
     (tmp_path / "s.tica").write_bytes(stream)                       # a .tica goes as it is

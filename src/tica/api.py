@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -17,7 +18,7 @@ from .checkpoint import WeightsInfo, load_checkpoint
 from .config import TOP_K
 from .cost import Budget
 from .errors import BitstreamError, ConfigError, ModelMismatchError, TicaError
-from .image import encode_png
+from .image import ImageLike, encode_png, read_image
 from .models import CompressionModel
 from .models.codec import quality_code, quality_from_code
 from .registry import DEFAULT_MODEL, create_model, find_weights, get_config, weights_for_id
@@ -149,17 +150,19 @@ def describe(model: nn.Module, quality: float | None = None) -> str:
     return label + (" (UNTRAINED: random weights, seed 0)" if info.untrained else "")
 
 
-def _as_batch_list(images: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    if isinstance(images, torch.Tensor):
-        images = [images] if images.ndim == 3 else list(images)
-    out = []
-    for img in images:
-        if img.ndim != 3 or img.shape[0] != 3:
-            raise TicaError(f"images must be (3, H, W) tensors in [0, 1], got {tuple(img.shape)}")
-        out.append(img)
-    if not out:
+def _as_batch_list(images) -> list[torch.Tensor]:
+    """One image (anything `tica.image.read_image` reads: a path, file bytes, a PIL image, a
+    numpy array, a (3, H, W) tensor), a batch ((B, 3, H, W) tensor, (B, H, W, C) array) or a
+    list of images -> (3, H, W) tensors in [0, 1]. ImageError for anything else."""
+    if isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4:
+        items = list(images)
+    elif isinstance(images, (list, tuple)):
+        items = list(images)
+    else:
+        items = [images]
+    if not items:
         raise TicaError("no images to compress")
-    return out
+    return [read_image(item) for item in items]
 
 
 def _codec(model: nn.Module) -> CompressionModel:
@@ -184,10 +187,12 @@ def _check_encode(codec: CompressionModel, images: list[torch.Tensor],
 
 
 @torch.no_grad()
-def compress(model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor],
+def compress(model: nn.Module, images: ImageLike | Sequence[ImageLike],
              quality: float | Sequence[float] | None = None, batch_size: int | None = None,
              budget: Budget | None = Budget()) -> bytes:
-    """Images ((3, H, W), a list of them, or (B, 3, H, W)) -> one tica bitstream. A
+    """Images (one, a list, or a (B, 3, H, W) batch; each a path, file bytes, a PIL image,
+    a numpy array or a (3, H, W) tensor in [0, 1]: tica.image.read_image) -> one tica
+    bitstream. A
     variable-rate model codes at `quality`: one for all images, or one per image (default:
     the model's `quality`); the stream records it. BudgetError, before any work, if
     encoding or any operation on the stream it writes is over `budget` (None: unbounded),

@@ -17,7 +17,7 @@ from .config import SHARD_IMAGES, TOP_K, TrainConfig
 from .cost import DEFAULT_MAX_GFLOP, Budget
 from .entropy.parallel import set_threads as set_coder_threads
 from .errors import BudgetError, TicaError
-from .image import load_image, save_image
+from .image import read_image, save_image
 from .models import CompressionModel
 from .registry import DEFAULT_MODEL, list_models
 from .serve.config import Listen, ServeConfig
@@ -46,6 +46,12 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--coder-threads", dest="coder_threads", type=int, metavar="N",
                    help="threads for entropy coding (default: $TICA_CODER_THREADS, else the "
                         "cores available)")
+
+
+def _add_frame_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--frame", type=int, metavar="K",
+                   help="code frame K (from 0) of a multi-frame image (an animated GIF or WebP, "
+                        "a multi-page TIFF), which is refused without it")
 
 
 def _add_budget_arg(p: argparse.ArgumentParser) -> None:
@@ -122,7 +128,7 @@ def _pick_model(args: argparse.Namespace, sizes: list[tuple[int, int]]) -> str |
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    images = [load_image(p) for p in args.images]
+    images = [read_image(p, frame=args.frame) for p in args.images]
     picked = _pick_model(args, [tuple(img.shape[-2:]) for img in images])
     model = _load_model(args)
     budget = Budget(args.max_gflop)
@@ -177,14 +183,14 @@ def cmd_decode(args: argparse.Namespace) -> int:
 def cmd_classify_remote(args: argparse.Namespace) -> int:
     """Edge side: encode an image locally (or take a .tica as is), send only the bitstream."""
     from . import bitstream
-    from .image import decode_image
     from .serve.client import classify_remote
 
     raw = _read_stream(args.stream)
     if raw[:len(bitstream.MAGIC)] == bitstream.MAGIC:
         data, replaced = raw, None
     else:
-        data = api.compress(_load_model(args), decode_image(raw), budget=Budget(args.max_gflop))
+        data = api.compress(_load_model(args), read_image(raw, frame=args.frame),
+                            budget=Budget(args.max_gflop))
         replaced = len(raw)
     answer = classify_remote(args.server, data, args.top_k)
     answer["sent_bytes"] = len(data)
@@ -411,6 +417,7 @@ def _encode_parser(sub) -> None:
     p.add_argument("--target-bpp", dest="target_bpp", type=float, metavar="X",
                    help="variable-rate models: per image, the highest quality whose stream takes "
                         "at most X bits per pixel (found by bisection over real streams)")
+    _add_frame_arg(p)
     _add_model_args(p, encode=True)
     _add_runtime_args(p)
     _add_budget_arg(p)
@@ -436,6 +443,7 @@ def _classify_parser(sub) -> None:
     p.add_argument("--server", metavar="URL", help="ask a `tica serve` server (e.g. "
                    "http://127.0.0.1:8000) instead of decoding here")
     p.add_argument("--json", action="store_true", help="print JSON: {top: [{label, prob}], bytes, ...}")
+    _add_frame_arg(p)
     _add_model_args(p)
     _add_runtime_args(p)
     _add_budget_arg(p)

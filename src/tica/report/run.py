@@ -18,7 +18,7 @@ import torch
 from .. import api
 from ..data import load_split
 from ..evaluate import split_batches, write_results
-from ..image import load_image
+from ..image import read_image
 from ..registry import find_weights
 from .analysis import accuracy_margins, bd_rates, published_curves, variable_rate_cost
 from .cache import Cache
@@ -111,7 +111,7 @@ def kodak_section(options: ReportOptions) -> Cache:
         cache.read_back()
         return cache
     files = sorted((options.data / "kodak").glob("kodim*.png"))[: options.kodak]
-    images = [load_image(p)[None] for p in files]
+    images = [read_image(p)[None] for p in files]
     options.log(f"Kodak: {len(images)} images")
     for spec in kodak_specs(options.runs):
         cache.run(spec, lambda: ((x, None) for x in images), len(images), options.only)
@@ -168,7 +168,7 @@ def measure_compute(repeats: int, runs: Path, kodim: Path) -> list[dict]:
     # Photo sizes: the photo codec's latent against its decoder + a pixel ViT of the same size
     # with the same token count: the paper's 224x224 (a centre crop), then a whole Kodak image.
     photo, pixel = photo_timing_models(CLASSIFIER)
-    image = load_image(kodim)[None]
+    image = read_image(kodim)[None]
     top, left = (image.shape[-2] - 224) // 2, (image.shape[-1] - 224) // 2
     rows += [c.to_dict() for c in classify_paths(photo, image[..., top:top + 224, left:left + 224],
                                                  pixel, "tica-photo, 224x224, batch 1", repeats)]

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from .. import api, bitstream
 from ..config import TOP_K
 from ..errors import ImageError
-from ..image import decode_image, encode_png
+from ..image import encode_png, read_image
 from .http import HTTPError, read_body
 
 router = APIRouter()
@@ -76,11 +76,14 @@ async def reconstruct(request: Request, index: int = Query(0, ge=0)) -> Response
 async def encode(request: Request, quality: float | None = Query(None, ge=0, le=1000),
                  model: str | None = Query(None, description=(
                      "a served preset; none: the one that suits the image "
-                     "(tica.api.choose_model) when the server serves 'auto'"))) -> Response:
+                     "(tica.api.choose_model) when the server serves 'auto'")),
+                 frame: int | None = Query(None, ge=0, description=(
+                     "the frame to code of a multi-frame image (animated GIF or WebP, "
+                     "multi-page TIFF), which is refused without it"))) -> Response:
     config, models = request.app.state.config, request.app.state.models
     served, q = models.for_quality(quality, model)        # a bad name or quality: before reading
     body = await read_body(request, config.max_upload_bytes)
-    image = decode_image(body, max_pixels=config.max_pixels)
+    image = read_image(body, frame=frame, max_pixels=config.max_pixels)
     if max(image.shape[1:]) > config.max_side:
         raise ImageError(f"image side {max(image.shape[1:])} exceeds {config.max_side}")
     if model is None and models.auto:
