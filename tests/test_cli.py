@@ -104,7 +104,7 @@ def test_bad_inputs_exit_non_zero_with_one_line(tmp_path, photo_path, capsys):
     not_image = tmp_path / "notes.png"
     not_image.write_text("hello")
     assert main(["encode", str(not_image), "-o", str(tmp_path / "x.tica")]) == 1
-    assert "cannot read image" in _one_line_error(capsys)
+    assert "not an image file" in _one_line_error(capsys)
     assert not (tmp_path / "x.tica").exists()
     assert main(["encode", str(tmp_path / "missing.png"), "-o", str(tmp_path / "x.tica")]) == 1
     assert "cannot read" in _one_line_error(capsys)
