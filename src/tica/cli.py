@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Sequence, get_args, get_type_hints
 
 from . import api
-from .checkpoint import atomic_write
 from .config import SHARD_IMAGES, TOP_K, TrainConfig
 from .cost import DEFAULT_MAX_GFLOP, Budget
 from .entropy.parallel import set_threads as set_coder_threads
 from .errors import BudgetError, TicaError
-from .image import read_image, save_image
+from .image import IMAGE_FORMATS, image_bytes, read_image
+from .output import STDOUT, check_output, write_output
 from .models import CompressionModel
 from .registry import DEFAULT_MODEL, list_models
 from .serve.config import Listen, ServeConfig
@@ -128,6 +128,7 @@ def _pick_model(args: argparse.Namespace, sizes: list[tuple[int, int]]) -> str |
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
+    check_output(args.output, args.images)            # refused before any work
     images = [read_image(p, frame=args.frame) for p in args.images]
     picked = _pick_model(args, [tuple(img.shape[-2:]) for img in images])
     model = _load_model(args)
@@ -136,7 +137,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if args.target_bpp is not None:
         qualities = api.qualities_for_bpp(model, images, args.target_bpp, budget)
     data = api.compress(model, images, quality=qualities, budget=budget)
-    atomic_write(args.output, lambda tmp: Path(tmp).write_bytes(data))
+    write_output(args.output, data, args.images)
     if picked:
         print(picked, file=sys.stderr)
     png = api.png_bytes(images)
@@ -152,31 +153,41 @@ def cmd_encode(args: argparse.Namespace) -> int:
               "bytes": len(data), "bpp": 8 * len(data) / pixels, "png_bytes": png}
     if qualities:
         report["qualities"] = qualities
+    out = sys.stderr if args.output == STDOUT else sys.stdout     # the stream owns stdout
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps(report), file=out)
     else:
         sizes = ", ".join(f"{img.shape[2]}x{img.shape[1]}" for img in images[:4])
         more = f" (+{len(images) - 4} more)" if len(images) > 4 else ""
         print(f"{args.output}: {len(images)} image(s) {sizes}{more} -> {len(data)} bytes, "
-              f"{report['bpp']:.4f} bpp  [{report['model']}]")
+              f"{report['bpp']:.4f} bpp  [{report['model']}]", file=out)
     return 0
 
 
-def _outputs(output: str, count: int) -> list[Path]:
+def _outputs(output: str, count: int) -> list[str]:
+    if count == 1 or output == STDOUT:
+        if count > 1:
+            raise TicaError(f"-o - writes one image to standard output; the stream holds "
+                            f"{count}: name a file (OUT.png writes OUT_0000.png, ...)")
+        return [output]
     path = Path(output)
-    if count == 1:
-        return [path]
     suffix = path.suffix or ".png"
-    return [path.with_name(f"{path.stem}_{i:04d}{suffix}") for i in range(count)]
+    return [str(path.with_name(f"{path.stem}_{i:04d}{suffix}")) for i in range(count)]
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
     data = _read_stream(args.stream)
     model = _load_model(args, data)
-    images = api.reconstruct(model, data, budget=Budget(args.max_gflop))
-    for img, path in zip(images, _outputs(args.output, len(images))):
-        save_image(img, path)
-        print(f"{path}: {img.shape[2]}x{img.shape[1]}")
+    stream = api.parse_within(model, data, "reconstruct", budget=Budget(args.max_gflop))
+    paths = _outputs(args.output, len(stream.payloads))
+    for path in paths:                                 # refused before any work
+        check_output(path, [args.stream])
+    images = api.reconstruct(model, stream, budget=None)
+    out = sys.stderr if args.output == STDOUT else sys.stdout
+    for img, path in zip(images, paths):
+        fmt = IMAGE_FORMATS.get(Path(path).suffix.lower(), "PNG")
+        where = write_output(path, image_bytes(img, fmt), [args.stream])
+        print(f"{where}: {img.shape[2]}x{img.shape[1]}", file=out)
     return 0
 
 
@@ -412,7 +423,9 @@ def _encode_parser(sub) -> None:
     p = sub.add_parser("encode", help="image(s) -> tica bitstream")
     p.add_argument("images", nargs="+", metavar="IMG", help="PNG/JPEG/WebP/... image(s); "
                    "several make one batch stream")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.tica")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.tica",
+                   help="the stream, written atomically (never over an input, a folder or a "
+                        "device; a symbolic link's target is replaced); - for standard output")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.add_argument("--target-bpp", dest="target_bpp", type=float, metavar="X",
                    help="variable-rate models: per image, the highest quality whose stream takes "
@@ -428,7 +441,9 @@ def _decode_parser(sub) -> None:
     p = sub.add_parser("decode", help="tica bitstream -> image(s)")
     p.add_argument("stream", metavar="IN.tica")
     p.add_argument("-o", "--output", required=True, metavar="OUT.png",
-                   help="output image; a batch writes OUT_0000.png, OUT_0001.png, ...")
+                   help="output image (.png, .jpg, .webp), written as encode writes; a batch "
+                        "writes OUT_0000.png, OUT_0001.png, ...; - writes one PNG to standard "
+                        "output")
     _add_model_args(p)
     _add_runtime_args(p)
     _add_budget_arg(p)

@@ -68,3 +68,8 @@ class DeadlineError(TicaError, TimeoutError):
 
 class MissingExtraError(TicaError, ImportError):
     """An optional dependency is not installed: the message names the extra that brings it."""
+
+
+class OutputError(TicaError, OSError):
+    """An output cannot be written where it was asked for, or would destroy something: an
+    input, a folder, a device. Nothing is left behind."""
