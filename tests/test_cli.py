@@ -82,8 +82,9 @@ MODEL_FLAGS = ["--model", "--weights", "--quality", "--untrained", "--max-gflop"
 
 @pytest.mark.parametrize("command, flags", [
     ("encode", ["IMG", "-o OUT.tica", "--output", "--json", "--target-bpp X", *MODEL_FLAGS]),
-    ("decode", ["IN.tica", "-o OUT.png", "--output", *MODEL_FLAGS]),
-    ("classify", ["IN.tica", "--top-k K", "--server URL", "--json", *MODEL_FLAGS]),
+    ("decode", ["IN.tica", "-o OUT.png", "--output", "--device", "--coder-threads",
+                *(f for f in MODEL_FLAGS if f != "--quality")]),
+    ("classify", ["IN.tica", "--top-k K", "--server URL", "--json", "--frame", *MODEL_FLAGS]),
     ("info", ["IN.tica", "--json"]),
     ("serve", ["--host", "--port", "--model", "--weights", "--workers", "--threads",
                "--no-batching", "--max-gflop", "--max-body-bytes", "--max-images"]),
@@ -92,6 +93,40 @@ def test_every_subcommand_has_help(command, flags, capsys):
     out = _help([command], capsys)
     assert out.startswith("usage: tica " + command)
     assert [f for f in flags if f not in out] == []
+
+
+def test_version(capsys):
+    import tica
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"tica {tica.__version__}"
+
+
+def test_every_option_of_every_subcommand_says_what_it_does():
+    from tica.cli import build_parser
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command").choices
+    missing = [f"{name} {'/'.join(a.option_strings) or a.dest}"
+               for name, sub in subparsers.items() for a in sub._actions
+               if a.dest != "help" and not (a.help or "").strip()]
+    assert missing == []
+
+
+def test_quality_means_something_wherever_it_is_accepted(tmp_path, cifar_samples, capsys):
+    """decode takes no --quality; classify only with --server and an image; encode refuses
+    --quality with --target-bpp."""
+    img = tmp_path / "c.jpg"
+    img.write_bytes(cifar_samples[0][0])
+    stream = tmp_path / "c.tica"
+    assert main(["encode", str(img), "-o", str(stream), "--quality", "3"]) == 0
+    capsys.readouterr()
+    assert main(["classify", str(stream), "--quality", "6"]) == 1
+    assert "applies only when an image is encoded" in _one_line_error(capsys)
+    assert main(["encode", str(img), "-o", str(stream), "--quality", "3",
+                 "--target-bpp", "1"]) == 1
+    assert "give one of them" in _one_line_error(capsys)
+    with pytest.raises(SystemExit):
+        main(["decode", str(stream), "-o", str(tmp_path / "d.png"), "--quality", "2"])
 
 
 def _one_line_error(capsys) -> str:

@@ -252,6 +252,15 @@ def test_remote_classify_sends_only_the_bitstream(live_server, tmp_path, cifar_s
     assert "server answered 400" in capsys.readouterr().err
     assert main(["classify", "--server", "http://127.0.0.1:9", str(tmp_path / "s.tica")]) == 1
     assert "cannot reach" in capsys.readouterr().err
+    # a photograph gets the model `tica encode` picks for it, by the same rule
+    from conftest import made_up_photo
+    photo = tmp_path / "photo.png"
+    made_up_photo(160, 120, 1).save(photo)
+    assert main(["classify", "--server", live_server, str(photo), "--json"]) == 0
+    answer = _json.loads(capsys.readouterr().out)
+    assert tica.api.choose_model([(120, 160)]) == "tica-photo"
+    assert answer["model"].startswith("tica-photo")
+    assert answer["sent_bytes"] == len(tica.compress(tica.load("tica-photo"), read_image(photo)))
 
 
 def test_a_variable_rate_model_serves_every_quality_with_one_id(tmp_path, cifar_images):

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Sequence, get_args, get_type_hints
 
-from . import api
+from . import __version__, api
 from .config import SHARD_IMAGES, TOP_K, TrainConfig
 from .cost import DEFAULT_MAX_GFLOP, Budget
 from .entropy.parallel import set_threads as set_coder_threads
@@ -23,7 +23,16 @@ from .registry import DEFAULT_MODEL, list_models
 from .serve.config import Listen, ServeConfig
 
 
-def _add_model_args(p: argparse.ArgumentParser, encode: bool = False) -> None:
+QUALITY_HELP = ("rate: any number in a variable-rate model's range (1 = lowest rate; the "
+                "integers are its standard points)")
+NO_QUALITY = ("--quality applies only when an image is encoded: a stream records the quality "
+              "it was coded at")
+
+
+def _add_model_args(p: argparse.ArgumentParser, encode: bool = False,
+                    quality: str | None = QUALITY_HELP) -> None:
+    """--model, --weights, --untrained, and --quality with `quality` as its help (None: the
+    command takes no quality)."""
     g = p.add_argument_group("model (decoding needs the model that encoded)")
     default = (f"default: picked for the images, {api.SMALL_IMAGE_MODEL} if no side exceeds "
                f"{api.SMALL_IMAGE_SIDE} px, else {api.PHOTO_MODEL}" if encode else
@@ -31,9 +40,8 @@ def _add_model_args(p: argparse.ArgumentParser, encode: bool = False) -> None:
     g.add_argument("--model", metavar="NAME",
                    help=f"registered preset ({', '.join(list_models())}); {default}")
     g.add_argument("--weights", metavar="FILE", help="a tica checkpoint (.safetensors) instead")
-    g.add_argument("--quality", type=float, metavar="Q",
-                   help="rate: a fixed-rate preset's rate point, or any number in a variable-rate "
-                        "model's range (1 = lowest rate; the integers are its standard points)")
+    if quality:
+        g.add_argument("--quality", type=float, metavar="Q", help=quality)
     g.add_argument("--untrained", action="store_true",
                    help="allow a preset with no shipped weights: its seeded random model")
 
@@ -98,10 +106,10 @@ def _add_config_args(p: argparse.ArgumentParser, config: type, unset: tuple[str,
 
 def _load_model(args: argparse.Namespace, stream: bytes | None = None):
     """The model the flags name; with none, the shipped model the stream's id names."""
-    device = getattr(args, "device", "cpu")
-    if stream is not None and not (args.model or args.quality is not None or args.weights):
+    device, quality = getattr(args, "device", "cpu"), getattr(args, "quality", None)
+    if stream is not None and not (args.model or args.weights):
         return api.load_for_stream(stream, device)
-    return api.load(args.model, quality=args.quality, weights=args.weights,
+    return api.load(args.model, quality=quality, weights=args.weights,
                     untrained=args.untrained, device=device)
 
 
@@ -128,6 +136,8 @@ def _pick_model(args: argparse.Namespace, sizes: list[tuple[int, int]]) -> str |
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
+    if args.quality is not None and args.target_bpp is not None:
+        raise TicaError("--quality and --target-bpp both set the rate: give one of them")
     check_output(args.output, args.images)            # refused before any work
     images = [read_image(p, frame=args.frame) for p in args.images]
     picked = _pick_model(args, [tuple(img.shape[-2:]) for img in images])
@@ -198,10 +208,15 @@ def cmd_classify_remote(args: argparse.Namespace) -> int:
 
     raw = _read_stream(args.stream)
     if raw[:len(bitstream.MAGIC)] == bitstream.MAGIC:
+        if args.quality is not None:
+            raise TicaError(NO_QUALITY)
         data, replaced = raw, None
     else:
-        data = api.compress(_load_model(args), read_image(raw, frame=args.frame),
-                            budget=Budget(args.max_gflop))
+        image = read_image(raw, frame=args.frame)
+        picked = _pick_model(args, [tuple(image.shape[-2:])])     # the rule encode follows
+        data = api.compress(_load_model(args), image, budget=Budget(args.max_gflop))
+        if picked:
+            print(picked, file=sys.stderr)
         replaced = len(raw)
     answer = classify_remote(args.server, data, args.top_k)
     answer["sent_bytes"] = len(data)
@@ -225,6 +240,8 @@ def cmd_classify_remote(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     if args.server:
         return cmd_classify_remote(args)
+    if args.quality is not None:
+        raise TicaError(NO_QUALITY)
     data = _read_stream(args.stream)
     model = _load_model(args, data)
     stream = api.parse(model, data)
@@ -439,12 +456,12 @@ def _encode_parser(sub) -> None:
 
 def _decode_parser(sub) -> None:
     p = sub.add_parser("decode", help="tica bitstream -> image(s)")
-    p.add_argument("stream", metavar="IN.tica")
+    p.add_argument("stream", metavar="IN.tica", help="the bitstream to decode")
     p.add_argument("-o", "--output", required=True, metavar="OUT.png",
                    help="output image (.png, .jpg, .webp), written as encode writes; a batch "
                         "writes OUT_0000.png, OUT_0001.png, ...; - writes one PNG to standard "
                         "output")
-    _add_model_args(p)
+    _add_model_args(p, quality=None)
     _add_runtime_args(p)
     _add_budget_arg(p)
     p.set_defaults(func=cmd_decode)
@@ -454,12 +471,15 @@ def _classify_parser(sub) -> None:
     p = sub.add_parser("classify", help="classes straight from a tica bitstream (no pixels)")
     p.add_argument("stream", metavar="IN.tica", help="a bitstream; with --server also an image, "
                    "encoded here and sent as a bitstream")
-    p.add_argument("--top-k", type=int, default=TOP_K, metavar="K")
+    p.add_argument("--top-k", type=int, default=TOP_K, metavar="K",
+                   help="how many classes to give per image, most probable first (default "
+                        "%(default)s)")
     p.add_argument("--server", metavar="URL", help="ask a `tica serve` server (e.g. "
                    "http://127.0.0.1:8000) instead of decoding here")
     p.add_argument("--json", action="store_true", help="print JSON: {top: [{label, prob}], bytes, ...}")
     _add_frame_arg(p)
-    _add_model_args(p)
+    _add_model_args(p, quality="with --server and an image: the rate to encode it at (a "
+                               "stream records its own quality); " + QUALITY_HELP)
     _add_runtime_args(p)
     _add_budget_arg(p)
     p.set_defaults(func=cmd_classify)
@@ -474,15 +494,17 @@ def _serve_parser(sub) -> None:
 
 def _export_parser(sub) -> None:
     p = sub.add_parser("export", help="write the encoder side as ONNX for edge devices")
-    p.add_argument("--onnx", required=True, metavar="DIR")
+    p.add_argument("--onnx", required=True, metavar="DIR",
+                   help="the folder to write analysis.onnx, hyper.onnx, tables.npz and "
+                        "edge.json into")
     _add_model_args(p)
     p.set_defaults(func=cmd_export)
 
 
 def _info_parser(sub) -> None:
     p = sub.add_parser("info", help="what a bitstream holds (no model needed)")
-    p.add_argument("stream", metavar="IN.tica")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("stream", metavar="IN.tica", help="the bitstream to describe")
+    p.add_argument("--json", action="store_true", help="print the description as JSON")
     p.set_defaults(func=cmd_info)
 
 
@@ -515,25 +537,29 @@ def _train_parser(sub) -> None:
 
 def _eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="top-1/top-5, bpp, PSNR, MS-SSIM over a split, from real bitstreams")
-    p.add_argument("--data", required=True, metavar="DIR_OR_ARCHIVE")
+    p.add_argument("--data", required=True, metavar="DIR_OR_ARCHIVE",
+                   help="an ImageFolder split's folder or archive (e.g. cifar10-jpeg.tar.gz)")
     p.add_argument("--split", help="default: the held-out split, test or val")
     p.add_argument("--limit", type=int, help="evaluate a class-balanced subset")
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--weights", metavar="FILE")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="the preset whose shipped weights to evaluate (default %(default)s)")
+    p.add_argument("--weights", metavar="FILE", help="a tica checkpoint to evaluate instead")
     p.add_argument("--quality", default="all",
                    help="quality, comma-separated qualities, or 'all' (default): the standard points")
     p.add_argument("--untrained", action="store_true", help="allow an untrained preset")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
     _add_runtime_args(p)
     p.set_defaults(func=cmd_eval)
 
 
 def _shards_parser(sub) -> None:
     p = sub.add_parser("shards", help="write an ImageFolder split as WebDataset tar shards")
-    p.add_argument("--data", required=True)
-    p.add_argument("--split", default="train")
-    p.add_argument("--out", required=True)
-    p.add_argument("--per-shard", dest="per_shard", type=int, default=SHARD_IMAGES)
+    p.add_argument("--data", required=True, metavar="DIR_OR_ARCHIVE",
+                   help="an ImageFolder data set's folder or archive")
+    p.add_argument("--split", default="train", help="the split to write (default %(default)s)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the folder for the shards")
+    p.add_argument("--per-shard", dest="per_shard", type=int, default=SHARD_IMAGES, metavar="N",
+                   help="images per shard (default %(default)s)")
     p.set_defaults(func=cmd_shards)
 
 
@@ -544,6 +570,7 @@ SUBCOMMANDS = (_encode_parser, _decode_parser, _classify_parser, _serve_parser, 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tica", description=(
         "Compress images into a real bitstream, classify straight from it, decode it."))
+    parser.add_argument("--version", action="version", version=f"tica {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(sub)
