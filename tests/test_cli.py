@@ -25,12 +25,16 @@ def test_encode_classify_decode_a_photo(tmp_path, photo_path, capsys):
     assert enc["bpp"] == pytest.approx(8 * enc["bytes"] / (768 * 512))
     assert main(["info", str(stream), "--json"]) == 0
     info = _json(capsys)
-    assert info["sizes"] == [[512, 768]] and info["bytes"] == enc["bytes"]
+    assert info["sizes"] == [{"width": 768, "height": 512}] and info["bytes"] == enc["bytes"]
+    assert enc["sizes"] == info["sizes"]
     assert info["model"] == "tica-photo q6"           # the id names it; 6 of 8 is the default
     # tica-photo classifies photographs from the stream, in Imagenette's classes
     from tica.config import IMAGENETTE_LABELS
     assert main(["classify", str(stream), "--json"]) == 0
-    assert _json(capsys)["top"][0]["label"] in IMAGENETTE_LABELS
+    report = _json(capsys)                            # one image: the same shape as many
+    assert report["images"][0]["top"][0]["label"] in IMAGENETTE_LABELS
+    assert report["images"][0]["size"] == {"width": 768, "height": 512}
+    assert report["bpp"] == pytest.approx(enc["bpp"]) and report["bytes"] == enc["bytes"]
     assert main(["decode", str(stream), "-o", str(out)]) == 0
     with Image.open(out) as img:
         assert img.size == (768, 512) and img.mode == "RGB"
@@ -48,6 +52,7 @@ def test_cifar_batch_through_the_cli(tmp_path, cifar_samples, capsys):
     assert main(["classify", str(stream), "--json"]) == 0
     res = _json(capsys)
     assert len(res["images"]) == 5 and all(len(e["top"]) == 5 for e in res["images"])
+    assert all(set(e) == {"size", "bytes", "bpp", "quality", "top"} for e in res["images"])
     assert res["bytes"] == stream.stat().st_size
     assert main(["decode", str(stream), "-o", str(tmp_path / "out.png")]) == 0
     for i in range(5):
@@ -223,7 +228,7 @@ def test_variable_rate_weights_any_quality_and_a_target_bpp(tmp_path, capsys):
         assert main(["info", str(out), "--json"]) == 0
         assert _json(capsys)["qualities"] == [float(q)]
         assert main(["classify", str(out), "--json", *w]) == 0
-        assert _json(capsys)["quality"] == float(q)
+        assert _json(capsys)["images"][0]["quality"] == float(q)
         assert main(["decode", str(out), "-o", str(tmp_path / f"q{q}.png"), *w]) == 0
         capsys.readouterr()
     assert sizes["1"] < sizes["2.5"] < sizes["4"]

@@ -29,7 +29,8 @@ def test_latent_round_trip_is_bit_exact(request, fixture, cifar_images):
 def test_mixed_sizes_in_one_stream(tica_cifar):
     images = [torch.rand(3, 37, 45), torch.rand(3, 1, 1), torch.rand(3, 32, 32), torch.rand(3, 37, 45)]
     data = tica.compress(tica_cifar, images)
-    assert tica.inspect(data)["sizes"] == [[37, 45], [1, 1], [32, 32], [37, 45]]
+    assert [(s["height"], s["width"]) for s in tica.inspect(data)["sizes"]] == [
+        (37, 45), (1, 1), (32, 32), (37, 45)]
     out = tica.reconstruct(tica_cifar, data)
     assert [tuple(o.shape) for o in out] == [tuple(i.shape) for i in images]
     assert all(0 <= o.min() and o.max() <= 1 for o in out)
@@ -126,7 +127,7 @@ def test_photo_round_trip_with_the_photo_preset(tica_photo, photo_path):
     img = read_image(photo_path)
     data = tica.compress(tica_photo, img)
     info = tica.inspect(data)
-    assert info["sizes"] == [[512, 768]] and info["container_bytes"] == 13
+    assert info["sizes"] == [{"width": 768, "height": 512}] and info["container_bytes"] == 13
     (_, size, y), = tica.decompress(tica_photo, data)
     assert size == (512, 768) and y.shape == (1, 192, 32, 48)
     assert torch.equal(y, tica_photo.latent(img[None]))

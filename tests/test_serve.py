@@ -54,7 +54,7 @@ def test_classify_matches_the_library(client, model, stream):
     for entry, preds in zip(answer["images"], local):
         assert [t["index"] for t in entry["top"]] == [p.index for p in preds]
         assert [t["prob"] for t in entry["top"]] == pytest.approx([p.prob for p in preds], abs=1e-5)
-        assert entry["size"] == [32, 32]
+        assert entry["size"] == {"width": 32, "height": 32}
 
 
 def test_every_shipped_rate_point_is_served(client, cifar_images):

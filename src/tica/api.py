@@ -352,6 +352,32 @@ def classify_logits(model: nn.Module, data: bytes | Stream, limits: Limits = Lim
     return out
 
 
+def size_json(size: tuple[int, int]) -> dict:
+    """An image's (H, W) as JSON gives it: {"width", "height"} (people read W x H)."""
+    return {"width": int(size[1]), "height": int(size[0])}
+
+
+def classify_report(model: nn.Module, data: bytes, stream: Stream,
+                    predictions: list[list[Prediction]]) -> dict:
+    """The one JSON shape of a stream's classes, for one image or many, from the CLI and the
+    server alike: the model, the stream's bytes and bpp, and per image its size, bytes, bpp,
+    quality and top classes."""
+    qualities = stream_qualities(stream)
+    images = []
+    for size, payload, quality, preds in zip(stream.sizes, stream.payloads, qualities,
+                                             predictions):
+        entry = {"size": size_json(size), "bytes": len(payload),
+                 "bpp": 8 * len(payload) / (size[0] * size[1])}
+        if quality is not None:
+            entry["quality"] = quality
+        entry["top"] = [{"label": p.label, "index": p.index, "prob": round(p.prob, 6)}
+                        for p in preds]
+        images.append(entry)
+    pixels = sum(h * w for h, w in stream.sizes)
+    return {"model": describe(model, qualities[0]), "model_id": f"{stream.model_id:04x}",
+            "bytes": len(data), "bpp": 8 * len(data) / pixels, "images": images}
+
+
 def top_k(model: nn.Module, logits: torch.Tensor, k: int = TOP_K) -> list[list[Prediction]]:
     labels = model.config.labels or tuple(f"class_{i}" for i in range(model.config.num_classes))
     probs = logits.softmax(-1)
@@ -398,7 +424,7 @@ def inspect(data: bytes, limits: Limits = Limits()) -> dict:
         "model": label,
         "qualities": qualities,
         "images": len(stream.payloads),
-        "sizes": [list(s) for s in stream.sizes],
+        "sizes": [size_json(s) for s in stream.sizes],
         "bytes": len(data),
         "payload_bytes": [len(p) for p in stream.payloads],
         "container_bytes": len(data) - sum(len(p) for p in stream.payloads),

@@ -111,9 +111,9 @@ class _Reader:
     def size(self, limits: Limits) -> tuple[int, int]:
         h, w = self.varint("image height"), self.varint("image width")
         if not (1 <= h <= limits.max_side and 1 <= w <= limits.max_side):
-            raise BitstreamError(f"image size {h}x{w} outside 1..{limits.max_side} a side")
+            raise BitstreamError(f"image size {w}x{h} outside 1..{limits.max_side} a side")
         if h * w > limits.max_pixels:
-            raise BitstreamError(f"image size {h}x{w} exceeds the limit of {limits.max_pixels} pixels")
+            raise BitstreamError(f"image size {w}x{h} exceeds the limit of {limits.max_pixels} pixels")
         return h, w
 
 

@@ -120,10 +120,6 @@ def _read_stream(path: str) -> bytes:
         raise TicaError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-def _bpp(nbytes: int, size: Sequence[int]) -> float:
-    return 8 * nbytes / (size[0] * size[1])
-
-
 def _pick_model(args: argparse.Namespace, sizes: list[tuple[int, int]]) -> str | None:
     """With no --model or --weights, set the preset that suits the images; the line that
     says so (printed once the stream is written, so an error stays one line)."""
@@ -160,6 +156,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if qualities and len(set(qualities)) > 1:
         label = f"{model.config.name} q{min(qualities):g}..{max(qualities):g}"
     report = {"output": args.output, "model": label, "images": len(images),
+              "sizes": [api.size_json(tuple(img.shape[-2:])) for img in images],
               "bytes": len(data), "bpp": 8 * len(data) / pixels, "png_bytes": png}
     if qualities:
         report["qualities"] = qualities
@@ -231,10 +228,14 @@ def cmd_classify_remote(args: argparse.Namespace) -> int:
         saving = (f" instead of the {replaced}-byte file ("
                   + (f"{ratio:.1f}x smaller)" if ratio >= 1 else f"{1 / ratio:.1f}x larger)"))
     print(f"{args.stream}: sent {len(data)} bytes{saving} to {args.server}  [{answer['model']}]")
-    for i, entry in enumerate(answer["images"]):
-        top = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in entry["top"])
-        print(f"  [{i}] {entry['size'][1]}x{entry['size'][0]}: {top}")
+    _print_classes(answer["images"])
     return 0
+
+
+def _print_classes(images: list[dict]) -> None:
+    for i, entry in enumerate(images):
+        top = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in entry["top"])
+        print(f"  [{i}] {entry['size']['width']}x{entry['size']['height']}: {top}")
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -246,25 +247,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
     model = _load_model(args, data)
     stream = api.parse(model, data)
     results = api.classify(model, stream, k=args.top_k, budget=Budget(args.max_gflop))
-    qualities = api.stream_qualities(stream)
-    entries = [{"size": list(size), "bytes": len(payload),
-                "top": [{"label": p.label, "index": p.index, "prob": round(p.prob, 6)} for p in preds]}
-               for size, payload, preds in zip(stream.sizes, stream.payloads, results)]
-    for entry, q in zip(entries, qualities):
-        if q is not None:
-            entry["quality"] = q
-    report = {"model": api.describe(model, qualities[0]), "bytes": len(data)}
-    if len(entries) == 1:
-        report.update(entries[0], bytes=len(data), bpp=_bpp(len(data), stream.sizes[0]))
-    else:
-        report["images"] = entries
+    report = api.classify_report(model, data, stream, results)
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{args.stream}: {len(data)} bytes, {len(entries)} image(s)  [{report['model']}]")
-    for i, entry in enumerate(entries):
-        top = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in entry["top"])
-        print(f"  [{i}] {entry['size'][1]}x{entry['size'][0]}: {top}")
+    print(f"{args.stream}: {len(data)} bytes, {report['bpp']:.4f} bpp, "
+          f"{len(report['images'])} image(s)  [{report['model']}]")
+    _print_classes(report["images"])
     return 0
 
 
@@ -298,8 +287,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"tica bitstream v{info['version']}, model id {info['model_id']}{name}, "
           f"{info['images']} image(s), {info['bytes']} bytes "
           f"({info['container_bytes']} of container), {info['bpp']:.4f} bpp")
-    for (h, w), n in zip(info["sizes"][:16], info["payload_bytes"]):
-        print(f"  {w}x{h}: {n} bytes payload")
+    for size, n in zip(info["sizes"][:16], info["payload_bytes"]):
+        print(f"  {size['width']}x{size['height']}: {n} bytes payload")
     return 0
 
 

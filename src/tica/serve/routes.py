@@ -45,14 +45,7 @@ async def classify(request: Request, top_k: int = Query(TOP_K, ge=1, le=1000)) -
     request.app.state.budget.check(served.model, stream.sizes, ("classify",))
     logits = await request.app.state.batcher.run(("classify", served.model.model_id), stream)
     predictions = api.top_k(served.model, torch.stack(logits), top_k)
-    qualities = api.stream_qualities(stream)
-    return {"model": api.describe(served.model, qualities[0]),
-            "model_id": f"{stream.model_id:04x}", "bytes": len(data),
-            "images": [{"size": list(size), "bytes": len(payload),
-                        "bpp": 8 * len(payload) / (size[0] * size[1]),
-                        "top": [{"label": p.label, "index": p.index, "prob": round(p.prob, 6)}
-                                for p in preds]}
-                       for size, payload, preds in zip(stream.sizes, stream.payloads, predictions)]}
+    return api.classify_report(served.model, data, stream, predictions)
 
 
 @router.post("/v1/reconstruct", openapi_extra={"requestBody": _BINARY},
