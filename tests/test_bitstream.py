@@ -59,9 +59,9 @@ def test_malformed_streams_raise_bitstream_error(mutate, reason):
 
 
 @pytest.mark.parametrize("header, reason", [
-    (b"\x74\xca\x10\x00\x03" + b"\x00\x20", "size 0x32"),                                # zero height
-    (b"\x74\xca\x10\x00\x03" + b"\xff\xff\x7f\xff\xff\x7f", "outside"),                  # 2M x 2M
-    (b"\x74\xca\x10\x00\x03" + b"\x81\x80\x01\x20", "outside"),                          # 16385 high
+    (b"\x74\xca\x10\x00\x03" + b"\x00\x20", "malformed stream: image size 32x0"),       # zero height
+    (b"\x74\xca\x10\x00\x03" + b"\xff\xff\x7f\xff\xff\x7f", "a side"),                   # 2M x 2M
+    (b"\x74\xca\x10\x00\x03" + b"\x81\x80\x01\x20", "32x16385 exceeds"),                 # 16385 high
     (b"\x74\xca\x10\x00\x03" + b"\x80\x40\x80\x40", "exceeds the limit"),                # 8192x8192
     (b"\x74\xca\x11\x00\x03" + b"\xff\xff\xff\x7f", "batch of"),                         # 268M images
     (b"\x74\xca\x13\x00\x03" + b"\x80\x20\x40\x40", "more than"),                        # 4096 images of 64x64
@@ -75,6 +75,17 @@ def test_forged_headers_with_valid_checksum_are_refused_before_allocation(header
     limits = Limits(max_total_pixels=1 << 22)
     with pytest.raises(BitstreamError, match=reason):
         unpack(_fix_crc(header + (b"abcd" if reason != "empty payload" else b"")), limits)
+
+
+def test_a_stream_over_the_limits_is_a_limit_error_and_a_malformed_one_is_not():
+    """Too large (a server answers 413) is told apart from malformed (400)."""
+    from tica.errors import BitstreamLimitError, LimitError
+    big = pack(3, [(2000, 3000)], [b"abcdefgh"])
+    with pytest.raises(BitstreamLimitError, match="3000x2000 exceeds the limit of 4194304"):
+        unpack(big, Limits(max_pixels=1 << 22))
+    with pytest.raises(BitstreamError) as exc:
+        unpack(_fix_crc(b"\x74\xca\x10\x00\x03" + b"\x00\x20abcd"))
+    assert not isinstance(exc.value, LimitError)
 
 
 def test_non_bytes_input_is_a_bitstream_error():

@@ -141,7 +141,8 @@ def test_wrong_model_limits_and_parameters(client, stream, cifar_images):
     model = tica.load("tica-cifar")
     many = tica.compress(model, cifar_images[:1].repeat(17, 1, 1, 1))           # > max_images
     r = client.post("/v1/classify", content=many, headers=OCTET)
-    assert r.status_code == 400 and "images" in r.json()["detail"]
+    assert r.status_code == 413 and "images" in r.json()["detail"]             # too large
+    assert r.json()["error"] == "BitstreamLimitError"
     assert client.post("/v1/classify?top_k=0", content=stream, headers=OCTET).status_code == 422
     assert client.post("/v1/reconstruct?index=9", content=stream, headers=OCTET).json()["error"] == "BadIndex"
     assert client.post("/v1/encode", content=b"GIF89a garbage", headers=OCTET).json()["error"] == "ImageError"
@@ -149,7 +150,7 @@ def test_wrong_model_limits_and_parameters(client, stream, cifar_images):
     big = io.BytesIO()
     Image.new("RGB", (1100, 8)).save(big, "PNG")                                   # > max_side
     r = client.post("/v1/encode", content=big.getvalue(), headers=OCTET)
-    assert r.status_code == 400 and "exceeds" in r.json()["detail"]
+    assert r.status_code == 413 and "exceeds" in r.json()["detail"]
     r = client.post("/v1/classify", content=stream, headers={**OCTET, "Content-Length": "999999999"})
     assert r.status_code == 413
 
@@ -321,3 +322,19 @@ def test_two_apps_in_one_process_each_answer_with_their_own_state():
             counted = [l for l in c.get("/metrics").text.splitlines()
                        if l.startswith('tica_requests_total{path="/v1/classify"')]
             assert counted == [f'tica_requests_total{{path="/v1/classify",status="{status}"}} 1']
+
+
+def test_the_schema_documents_every_error_body_and_nothing_loads_from_a_cdn(client):
+    schema = client.get("/openapi.json").json()
+    body = schema["components"]["schemas"]["ErrorBody"]
+    assert set(body["required"]) == {"error", "detail"}
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+    for path in ("/v1/classify", "/v1/reconstruct", "/v1/encode"):
+        responses = schema["paths"][path]["post"]["responses"]
+        for code in ("400", "413", "422", "504"):
+            ref = responses[code]["content"]["application/json"]["schema"]["$ref"]
+            assert ref.endswith("/ErrorBody") and responses[code]["description"]
+    for page in ("/docs", "/redoc"):
+        r = client.get(page)
+        assert r.status_code == 404 and r.json()["error"] == "HTTPError"
+    assert "cdn" not in client.get("/").text.lower()

@@ -29,7 +29,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from .errors import BitstreamError
+from .errors import BitstreamError, BitstreamLimitError
 
 MAGIC = b"\x74\xca"
 VERSION = 1
@@ -110,10 +110,14 @@ class _Reader:
 
     def size(self, limits: Limits) -> tuple[int, int]:
         h, w = self.varint("image height"), self.varint("image width")
-        if not (1 <= h <= limits.max_side and 1 <= w <= limits.max_side):
-            raise BitstreamError(f"image size {w}x{h} outside 1..{limits.max_side} a side")
+        if h < 1 or w < 1:
+            raise BitstreamError(f"malformed stream: image size {w}x{h}")
+        if h > limits.max_side or w > limits.max_side:
+            raise BitstreamLimitError(f"image size {w}x{h} exceeds the limit of "
+                                      f"{limits.max_side} pixels a side")
         if h * w > limits.max_pixels:
-            raise BitstreamError(f"image size {w}x{h} exceeds the limit of {limits.max_pixels} pixels")
+            raise BitstreamLimitError(f"image size {w}x{h} exceeds the limit of "
+                                      f"{limits.max_pixels} pixels")
         return h, w
 
 
@@ -185,8 +189,11 @@ def unpack(data: bytes, limits: Limits = Limits()) -> Stream:
     count = 1
     if flags & FLAG_BATCH:
         count = r.varint("image count")
-        if not 2 <= count <= limits.max_images:
-            raise BitstreamError(f"batch of {count} images outside 2..{limits.max_images}")
+        if count < 2:
+            raise BitstreamError(f"malformed stream: a batch of {count} image(s)")
+        if count > limits.max_images:
+            raise BitstreamLimitError(f"batch of {count} images exceeds the limit of "
+                                      f"{limits.max_images}")
     if flags & FLAG_UNIFORM or count == 1:
         sizes = [r.size(limits)] * count
     else:
@@ -195,7 +202,7 @@ def unpack(data: bytes, limits: Limits = Limits()) -> Stream:
             raise BitstreamError("truncated stream: fewer image sizes than images")
         sizes = [r.size(limits) for _ in range(count)]
     if sum(h * w for h, w in sizes) > limits.max_total_pixels:
-        raise BitstreamError(f"stream holds more than {limits.max_total_pixels} pixels")
+        raise BitstreamLimitError(f"stream holds more than {limits.max_total_pixels} pixels")
     codes = None
     if flags & FLAG_QUALITY:
         if count > end - r.pos:

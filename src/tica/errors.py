@@ -13,6 +13,15 @@ class BitstreamError(TicaError, ValueError):
     """A bitstream is malformed, truncated, corrupt or exceeds the decoder's limits."""
 
 
+class LimitError(TicaError, ValueError):
+    """An input is larger than a configured limit allows (a server answers 413): raise the
+    limit, or send less."""
+
+
+class BitstreamLimitError(BitstreamError, LimitError):
+    """A well-formed stream holds more (pixels, images) than the decoder's limits."""
+
+
 class ModelMismatchError(BitstreamError):
     """A bitstream was written by a different model (other weights or another preset)."""
 
@@ -27,6 +36,10 @@ class NotUpdatedError(TicaError, RuntimeError):
 
 class ImageError(TicaError, ValueError):
     """An input image cannot be read or is outside the accepted limits."""
+
+
+class ImageLimitError(ImageError, LimitError):
+    """An image is larger (pixels, side) than the reader's limits."""
 
 
 class BudgetError(TicaError, ValueError):

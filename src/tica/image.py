@@ -22,7 +22,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .checkpoint import atomic_write
-from .errors import ImageError
+from .errors import ImageError, ImageLimitError
 
 MAX_IMAGE_PIXELS = 1 << 26
 
@@ -71,7 +71,9 @@ def _from_bytes(data: bytes, frame: int | None, max_pixels: int) -> torch.Tensor
         head = data[:16].hex(" ") if data else "empty"
         raise ImageError(f"not an image file tica can read (PNG, JPEG, WebP, GIF, TIFF, BMP, "
                          f"...): {len(data)} bytes starting {head}") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise ImageLimitError(f"the image is too large to read safely: {exc}") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"cannot read the image: {exc}") from None
 
 
@@ -86,7 +88,8 @@ def _from_pil(img: Image.Image, frame: int | None, max_pixels: int) -> torch.Ten
                              f"{frames - 1})")
         img.seek(frame)
     if img.width * img.height > max_pixels:
-        raise ImageError(f"image of {img.width}x{img.height} exceeds {max_pixels} pixels")
+        raise ImageLimitError(f"image of {img.width}x{img.height} exceeds the limit of "
+                              f"{max_pixels} pixels")
     img.load()
     img = ImageOps.exif_transpose(img)                   # as a viewer shows it
     if img.mode in _SIXTEEN_BIT:

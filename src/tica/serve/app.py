@@ -163,7 +163,9 @@ def create_app(config: ServeConfig = ServeConfig()) -> FastAPI:
     config = config.on_device(device.type)
     budget = config.budget                  # a bad --max-gflop fails here, at startup
     models = ModelSet(config, device)
-    app = FastAPI(title="tica", version="1", lifespan=_lifespan, description=(
+    # no /docs or /redoc: both load their pages from a CDN; /openapi.json is the schema
+    app = FastAPI(title="tica", version="1", lifespan=_lifespan, docs_url=None, redoc_url=None,
+                  description=(
         "Classify images straight from tica bitstreams (no pixels are reconstructed), "
         "reconstruct them on demand, or encode an upload."))
     app.state.config, app.state.budget = config, budget

@@ -6,12 +6,36 @@ from __future__ import annotations
 import time
 
 from fastapi import FastAPI, Request
+from pydantic import BaseModel, Field
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import (BitstreamError, BudgetError, DeadlineError, ImageError, ModelMismatchError,
-                      TicaError)
+from ..errors import (BitstreamError, BudgetError, DeadlineError, ImageError, LimitError,
+                      ModelMismatchError, TicaError)
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: the error's type and what went wrong, naming the fix."""
+
+    error: str = Field(description="the error's type, e.g. BitstreamError, BudgetError")
+    detail: str = Field(description="what went wrong, and the fix")
+
+
+_MEANING = {
+    400: "malformed: a corrupt or truncated stream, or a body that is not a readable image",
+    413: "too large: the body, an image's side or pixels, the stream's images or pixels, or the "
+         "estimated work (BudgetError) is over this server's limits",
+    422: "a bad parameter, a stream of a model this server does not serve, or a model that "
+         "cannot do this (a codec-only model asked to classify)",
+    504: "not finished within the deadline (--deadline-s): the server is busy or the request "
+         "large; retry later, or send less",
+}
+
+
+def error_responses(*codes: int) -> dict:
+    """The OpenAPI `responses` of a route's error answers, each an ErrorBody."""
+    return {code: {"model": ErrorBody, "description": _MEANING[code]} for code in codes}
 
 
 class HTTPError(Exception):
@@ -22,8 +46,8 @@ class HTTPError(Exception):
         self.status, self.error, self.detail = status, error, detail
 
 
-_STATUS = [(ModelMismatchError, 422), (BitstreamError, 400), (ImageError, 400), (DeadlineError, 504),
-           (TicaError, 422)]
+_STATUS = [(ModelMismatchError, 422), (LimitError, 413), (BitstreamError, 400), (ImageError, 400),
+           (DeadlineError, 504), (TicaError, 422)]
 
 
 def _status_of(exc: TicaError) -> int:

@@ -11,9 +11,9 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from .. import api, bitstream
 from ..config import TOP_K
-from ..errors import ImageError
+from ..errors import ImageLimitError
 from ..image import encode_png, read_image
-from .http import HTTPError, read_body
+from .http import HTTPError, error_responses, read_body
 
 router = APIRouter()
 
@@ -36,7 +36,10 @@ async def _parsed(request: Request):
     return data, stream, served
 
 
-@router.post("/v1/classify", openapi_extra={"requestBody": _BINARY},
+_ERRORS = error_responses(400, 413, 422, 504)
+
+
+@router.post("/v1/classify", openapi_extra={"requestBody": _BINARY}, responses=_ERRORS,
              summary="Top-k classes of every image of a tica bitstream, without decoding pixels")
 async def classify(request: Request, top_k: int = Query(TOP_K, ge=1, le=1000)) -> dict:
     data, stream, served = await _parsed(request)
@@ -49,7 +52,7 @@ async def classify(request: Request, top_k: int = Query(TOP_K, ge=1, le=1000)) -
 
 
 @router.post("/v1/reconstruct", openapi_extra={"requestBody": _BINARY},
-             response_class=Response, responses={200: {"content": {"image/png": {}}}},
+             response_class=Response, responses={200: {"content": {"image/png": {}}}, **_ERRORS},
              summary="Decode one image of a tica bitstream to PNG")
 async def reconstruct(request: Request, index: int = Query(0, ge=0)) -> Response:
     data, stream, served = await _parsed(request)
@@ -64,7 +67,7 @@ async def reconstruct(request: Request, index: int = Query(0, ge=0)) -> Response
 
 
 @router.post("/v1/encode", openapi_extra={"requestBody": _IMAGE}, response_class=Response,
-             responses={200: {"content": {"application/octet-stream": {}}}},
+             responses={200: {"content": {"application/octet-stream": {}}}, **_ERRORS},
              summary="Encode an image file (PNG, JPEG, WebP, ...) into a tica bitstream")
 async def encode(request: Request, quality: float | None = Query(None, ge=0, le=1000),
                  model: str | None = Query(None, description=(
@@ -78,7 +81,8 @@ async def encode(request: Request, quality: float | None = Query(None, ge=0, le=
     body = await read_body(request, config.max_upload_bytes)
     image = read_image(body, frame=frame, max_pixels=config.max_pixels)
     if max(image.shape[1:]) > config.max_side:
-        raise ImageError(f"image side {max(image.shape[1:])} exceeds {config.max_side}")
+        raise ImageLimitError(f"image side {max(image.shape[1:])} exceeds the limit of "
+                              f"{config.max_side}")
     if model is None and models.auto:
         served, q = models.for_quality(quality, api.choose_model([tuple(image.shape[1:])]))
     size = tuple(image.shape[1:])
