@@ -123,9 +123,22 @@ def choose_model(sizes: Sequence[tuple[int, int]]) -> str:
     return SMALL_IMAGE_MODEL if side <= SMALL_IMAGE_SIDE else PHOTO_MODEL
 
 
-def png_bytes(images: torch.Tensor | Sequence[torch.Tensor]) -> int:
-    """Bytes the images take as lossless PNGs (8 bits a channel): what a stream should beat."""
-    return sum(len(encode_png(img)) for img in _as_batch_list(images))
+# Above this many pixels `png_bytes` does not compress: PNG takes ~0.4 s a megapixel here, and
+# a photograph that large is many times any of its streams as a lossless PNG
+PNG_CHECK_PIXELS = 1 << 22
+
+
+def png_bytes(images: ImageLike | Sequence[ImageLike]) -> int | None:
+    """Bytes the images take as lossless PNGs (8 bits a channel): what a stream should beat.
+    None above PNG_CHECK_PIXELS in all (not worth the seconds)."""
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    if all(isinstance(t, torch.Tensor) for t in items) and sum(
+            t.numel() // 3 for t in items) > PNG_CHECK_PIXELS:
+        return None                                       # before any conversion
+    images = _as_batch_list(images)
+    if sum(img.shape[-1] * img.shape[-2] for img in images) > PNG_CHECK_PIXELS:
+        return None
+    return sum(len(encode_png(img)) for img in images)
 
 
 def load_for_stream(data: bytes, device: str | torch.device = "cpu") -> nn.Module:
@@ -212,7 +225,8 @@ def compress(model: nn.Module, images: ImageLike | Sequence[ImageLike],
     for (_, q), idx in _groups(keys).items():
         for start in range(0, len(idx), batch_size):
             part = idx[start:start + batch_size]
-            batch = torch.stack([images[i] for i in part]).to(device)
+            batch = (images[part[0]][None] if len(part) == 1        # no copy of a photo
+                     else torch.stack([images[i] for i in part])).to(device)
             for i, p in zip(part, codec.compress(batch, q)):
                 payloads[i] = p
     codes = None if codec.quality_range is None else [quality_code(q) for q in qualities]

@@ -17,6 +17,7 @@ from .cost import DEFAULT_MAX_GFLOP, Budget
 from .entropy.parallel import set_threads as set_coder_threads
 from .errors import BudgetError, TicaError
 from .image import IMAGE_FORMATS, image_bytes, read_image
+from .nn import bands
 from .output import STDOUT, check_output, write_output
 from .models import CompressionModel
 from .registry import DEFAULT_MODEL, list_models
@@ -147,7 +148,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if picked:
         print(picked, file=sys.stderr)
     png = api.png_bytes(images)
-    if len(data) > png:
+    if png is not None and len(data) > png:
         print(f"tica: warning: {args.output} ({len(data)} bytes) is larger than the same "
               f"image(s) as lossless PNG ({png} bytes): the PNG is the smaller file",
               file=sys.stderr)
@@ -566,6 +567,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class ProgressBar:
+    """What a banded run (a large photograph, tica.nn.bands) has done, on one terminal line."""
+
+    WIDTH = 30
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        fill = self.WIDTH * done // total
+        self.stream.write(f"\rtica: {label:3s} [{'#' * fill}{'.' * (self.WIDTH - fill)}] "
+                          f"{done}/{total}")
+        if done == total:
+            self.stream.write("\r" + " " * (self.WIDTH + 24) + "\r")
+        self.stream.flush()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -574,7 +592,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if getattr(args, "coder_threads", None) is not None:
             set_coder_threads(args.coder_threads)
-        return args.func(args)
+        if not sys.stderr.isatty():
+            return args.func(args)
+        with bands.reporting(ProgressBar(sys.stderr)):
+            return args.func(args)
     except BudgetError as exc:
         print(f"tica: error: {exc.summary}: pass --max-gflop {math.ceil(exc.cost)} to allow it",
               file=sys.stderr)

@@ -141,8 +141,9 @@ def _from_array(t: torch.Tensor, what: str, channels_last: bool) -> torch.Tensor
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
-    arr = image.detach().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(arr, "RGB")
+    # one float temporary, whatever the size (a 12-Mpixel image: 144 MB each)
+    scaled = image.detach().cpu().clamp(0, 1).mul_(255).round_()
+    return Image.fromarray(scaled.to(torch.uint8).permute(1, 2, 0).numpy(), "RGB")
 
 
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}

@@ -34,7 +34,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import cost
@@ -45,6 +44,7 @@ from ..entropy._ops import quantize
 from ..entropy.coder import MAX_ABS_VALUE
 from ..entropy.payload import PayloadDecoder, clamp_z, encode_payloads, z_payloads
 from ..errors import ConfigError, NotUpdatedError
+from ..nn.bands import pad_to, run_in_bands
 from ..nn.conv import analysis, hyper_analysis, hyper_synthesis, nhwc
 from ..nn.integer import IntegerHyperSynthesis
 
@@ -72,13 +72,6 @@ def default_quality(levels: int) -> float:
 def _int32(symbols: torch.Tensor) -> np.ndarray:
     """Rounded latents (float) -> int32 symbols, clamped first to what the coder codes."""
     return symbols.clamp(-MAX_ABS_VALUE, MAX_ABS_VALUE).int().numpy()
-
-
-def pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Replicate-pad the bottom and right of (B, C, H, W) to a multiple of `multiple`."""
-    H, W = x.shape[-2:]
-    ph, pw = (-H) % multiple, (-W) % multiple
-    return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
 
 
 class CompressionModel(nn.Module):
@@ -303,14 +296,19 @@ class CompressionModel(nn.Module):
         """Integer z_hat -> (table indexes (B, M, h, w) int32 on the CPU, means float32),
         exactly; the integer h_s runs on the model's device (a GPU, or the CPU)."""
         device = self.coding_device
-        params = self._require_update()(z_int.to(device))
-        scales, means = params.chunk(2, dim=1)
         gain = self.entropy_gain(quality, z_int.shape[0])
-        if gain is not None:
-            gain = gain.to(device)
-            scales, means = scales * gain, means * gain
-        indexes = self.gaussian_conditional.indexes(scales).to(torch.int32)
-        return indexes.cpu().numpy(), means.float()
+        gain = None if gain is None else gain.to(device)
+
+        def tables_and_means(params: torch.Tensor) -> torch.Tensor:
+            scales, means = params.chunk(2, dim=1)                  # exact float64
+            if gain is not None:
+                scales, means = scales * gain, means * gain
+            indexes = self.gaussian_conditional.indexes(scales)     # exact comparisons
+            return torch.cat([indexes.float(), means.float()], dim=1)
+
+        picked = self._require_update()(z_int.to(device), then=tables_and_means)
+        indexes, means = picked.chunk(2, dim=1)
+        return indexes.to(torch.int32).cpu().numpy(), means.contiguous()
 
     @property
     def coding_device(self) -> torch.device:
@@ -324,7 +322,9 @@ class CompressionModel(nn.Module):
         """x -> (z_int, y indexes, means, y symbols): everything `compress` codes.
         `dequantize(symbols + means)` is exactly what `decompress` returns."""
         self._require_update()
-        y = self.g_a(nhwc(pad_to(x.to(next(self.parameters()).device), self.config.stride)))
+        # bounded memory: padded and channels-last band by band, never the whole image
+        y = run_in_bands(lambda band: self.g_a(nhwc(band)), x.to(next(self.parameters()).device),
+                         geometry_of=self.g_a, label="g_a", pad=self.config.stride)
         quality = self.check_quality(quality)
         gain, _ = self.gain_pair(quality, x.shape[0])
         z_int = clamp_z(self.h_a(self.hyper_input(y, gain)))

@@ -7,6 +7,7 @@ import torch
 
 from .. import cost
 from ..config import ModelConfig
+from ..nn.bands import run_in_bands
 from ..nn.conv import nhwc, synthesis
 from .codec import CompressionModel
 
@@ -23,10 +24,10 @@ class HyperpriorCodec(CompressionModel):
         return {"x_hat": self._synthesize(y_hat, tuple(x.shape[-2:])), "likelihoods": likelihoods}
 
     def _synthesize(self, y_hat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        return self.g_s(nhwc(y_hat))[..., : size[0], : size[1]]
+        return run_in_bands(self.g_s, nhwc(y_hat), label="g_s")[..., : size[0], : size[1]]
 
     def reconstruct_latent(self, y_hat: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-        return self._synthesize(y_hat, image_size).clamp(0, 1)
+        return self._synthesize(y_hat, image_size).clamp_(0, 1)
 
     def _latent_flops(self, op: str, grid: tuple[int, int]) -> float:
         return cost.synthesis_flops(self.config, self.config.M, grid)      # reconstruct: g_s

@@ -15,6 +15,7 @@ import torch
 
 from .. import cost
 from ..config import ModelConfig
+from ..nn.bands import run_in_bands
 from ..nn.conv import nhwc, synthesis
 from ..nn.fam import FeatureAggregation
 from .codec import CompressionModel
@@ -58,7 +59,7 @@ class TicaModel(CompressionModel):
                     intermediates: list[torch.Tensor], grid: tuple[int, int],
                     size: tuple[int, int]) -> torch.Tensor:
         source = self.fam([tokens] + intermediates, grid) if self.fam is not None else y_hat
-        return self.g_s(nhwc(source))[..., : size[0], : size[1]]
+        return run_in_bands(self.g_s, nhwc(source), label="g_s")[..., : size[0], : size[1]]
 
     def forward(self, x: torch.Tensor, entropy: bool = True,
                 quality: float | torch.Tensor | None = None) -> dict:
@@ -79,4 +80,4 @@ class TicaModel(CompressionModel):
         the FAM reads."""
         tokens, grid = self.tokens(y_hat)
         _, inter = self.vit.forward_intermediates(tokens, grid, self._fam_blocks, stop_early=True)
-        return self._synthesize(y_hat, tokens, inter, grid, image_size).clamp(0, 1)
+        return self._synthesize(y_hat, tokens, inter, grid, image_size).clamp_(0, 1)

@@ -23,11 +23,14 @@ exact in float64, giving the scales and means.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .bands import LayerShapes, run_in_bands
 
 WEIGHT_BITS = 14        # |w_int| < 2^14
 ACT_FRAC_BITS = 8       # hidden activations in steps of 1/256
@@ -136,9 +139,18 @@ class IntegerHyperSynthesis:
             acc = F.conv2d(x, layer.weight, None, layer.stride, layer.padding)
         return acc + layer.bias.view(1, -1, 1, 1)
 
-    def __call__(self, z_hat: torch.Tensor) -> torch.Tensor:
+    def layer_shapes(self) -> list[tuple[int, int, int, int, bool]]:
+        """(kernel, stride, C_in, C_out, transposed) of each layer (tica.nn.bands)."""
+        return [(l.weight.shape[-1], l.stride, *(l.weight.shape[:2] if l.transposed
+                                                  else l.weight.shape[1::-1]), l.transposed)
+                for l in self.layers]
+
+    def __call__(self, z_hat: torch.Tensor, then=None) -> torch.Tensor:
         """z_hat: integer-valued (B, N, h, w) -> exact float64 (B, 2M, 2h, 2w) = h_s(z_hat),
-        on z_hat's device (a CUDA GPU, else the CPU).
+        on z_hat's device (a CUDA GPU, else the CPU); a large grid runs in bands of rows
+        (tica.nn.bands: exactly the same numbers, bounded memory). `then`, if given, maps
+        each band's output to what is kept of it (per position, e.g. table indexes), so the
+        whole float64 output never exists at once.
 
         Exactness relies on every partial sum being an integer below 2^53, which float64
         holds exactly on every device: the CPU and a GPU give the same numbers.
@@ -146,13 +158,23 @@ class IntegerHyperSynthesis:
         device = z_hat.device if z_hat.device.type == "cuda" else torch.device("cpu")
         limit = 2 ** INPUT_BITS - 1
         x = z_hat.detach().to(device, torch.float64).round().clamp(-limit, limit)
+        # layer by layer, each in bands of rows if large: every layer runs once per row
+        # (a halo of its own kernel's reach), and only one layer's output is whole at a time
         layers = self._layers_on(device)
-        for i, layer in enumerate(layers):
-            acc = self._linear(layer, x)
-            exp = layer.exponent.view(1, -1, 1, 1)
-            if i == len(layers) - 1:
-                return acc / torch.pow(2.0, exp.double())         # exact: power-of-two divide
-            # ReLU, then shift to ACT_FRAC_BITS fractional bits (floor is exact on integers).
-            shift = torch.pow(2.0, (exp - ACT_FRAC_BITS).double())
-            x = torch.floor(acc.clamp_min(0) / shift).clamp(max=2 ** ACT_BITS - 1)
-        raise AssertionError("unreachable")
+        for i, (layer, shape) in enumerate(zip(layers, self.layer_shapes())):
+            last = i == len(layers) - 1
+            run = functools.partial(self._layer, layer, last)
+            if last and then is not None:
+                run = (lambda step: lambda band: then(step(band)))(run)
+            x = run_in_bands(run, x, geometry_of=LayerShapes([shape]), label="h_s",
+                             unfolded=True)
+        return x
+
+    def _layer(self, layer: _IntLayer, last: bool, x: torch.Tensor) -> torch.Tensor:
+        acc = self._linear(layer, x)
+        exp = layer.exponent.view(1, -1, 1, 1)
+        if last:
+            return acc / torch.pow(2.0, exp.double())              # exact: power-of-two divide
+        # ReLU, then shift to ACT_FRAC_BITS fractional bits (floor is exact on integers).
+        shift = torch.pow(2.0, (exp - ACT_FRAC_BITS).double())
+        return torch.floor(acc.clamp_min(0) / shift).clamp(max=2 ** ACT_BITS - 1)

@@ -91,8 +91,10 @@ async def encode(request: Request, quality: float | None = Query(None, ge=0, le=
         api.compress(served.model, image, q, budget=None), api.png_bytes(image)))
     headers = {"X-Tica-Model": api.describe(served.model, q), "X-Tica-Bytes": str(len(stream)),
                "X-Tica-Bpp": f"{8 * len(stream) / (size[0] * size[1]):.4f}",
-               "X-Tica-Input-Bytes": str(len(body)), "X-Tica-Png-Bytes": str(png)}
-    if len(stream) > png:
+               "X-Tica-Input-Bytes": str(len(body))}
+    if png is not None:
+        headers["X-Tica-Png-Bytes"] = str(png)
+    if png is not None and len(stream) > png:
         headers["X-Tica-Warning"] = (f"the stream ({len(stream)} bytes) is larger than a "
                                      f"lossless PNG of the image ({png} bytes)")
     headers["Access-Control-Expose-Headers"] = ", ".join(headers)
