@@ -164,3 +164,17 @@ def test_generated_files_read_upright_or_are_refused_with_an_image_error(w, h, m
     rotated = stored.getexif().get(0x0112, 1) in (5, 6, 7, 8)
     assert out.shape == (3, w, h) if rotated else out.shape == (3, h, w)
     assert torch.isfinite(out).all() and 0 <= float(out.min()) and float(out.max()) <= 1
+
+
+def test_a_twelve_megapixel_phone_photo_is_read_upright():
+    """The largest size the fuzz above stops short of: a 4000x3000 JPEG a phone wrote
+    sideways (EXIF orientation 6), read as the viewer shows it, 3000 wide and 4000 tall."""
+    y, x = np.mgrid[0:3000, 0:4000]
+    arr = np.stack([x * 255 // 3999, y * 255 // 2999, np.zeros_like(x)], -1).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img = read_image(_file(Image.fromarray(arr), "JPEG", quality=85, exif=exif))
+    assert img.shape == (3, 4000, 3000)
+    # rotated 90 degrees clockwise: the stored image's left column is now the top row
+    assert float(img[0, 0, :].mean()) < 0.05 and float(img[1, 0, -1]) < 0.05
+    assert float(img[1, 0, 0]) > 0.95

@@ -82,3 +82,21 @@ def test_the_progress_bar_draws_one_line_and_clears_it(monkeypatch, tmp_path, ca
     assert main(["encode", str(path), "-o", str(tmp_path / "b.tica")]) == 0
     assert "tica: g_a [" in capsys.readouterr().err
     assert (tmp_path / "a.tica").read_bytes() == (tmp_path / "b.tica").read_bytes()
+
+
+def test_the_default_server_admits_a_phone_photo_and_the_cli_says_when_it_would_not(
+        photo_model, capsys, tmp_path):
+    """What `tica encode` writes for a 12-Mpixel photograph is within a default server's
+    limits and budget; past them the CLI says so (and the server answers 413)."""
+    from tica import bitstream
+    from tica.cli import _default_server_refusal
+    from tica.serve.config import ServeConfig
+    config = ServeConfig()
+    sizes = [(3024, 4032)]
+    assert config.limits.max_pixels >= 3024 * 4032 and config.limits.max_side >= 4032
+    config.budget.check(photo_model, sizes, ("classify", "reconstruct"))   # no BudgetError
+    fake = bitstream.pack(photo_model.model_id, sizes, [b"\x01\x00\x00\x00"], [80])
+    assert _default_server_refusal(photo_model, fake) is None
+    huge = bitstream.pack(photo_model.model_id, [(6048, 8064)], [b"\x01\x00\x00\x00"], [80])
+    assert "--max-pixels" in _default_server_refusal(photo_model, huge)
+    assert "--max-body-bytes" in _default_server_refusal(photo_model, fake + b"x" * (8 << 20))

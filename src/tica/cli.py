@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 from typing import Sequence, get_args, get_type_hints
 
-from . import __version__, api
+from . import __version__, api, bitstream
 from .config import SHARD_IMAGES, TOP_K, TrainConfig
 from .cost import DEFAULT_MAX_GFLOP, Budget
 from .entropy.parallel import set_threads as set_coder_threads
-from .errors import BudgetError, TicaError
+from .errors import BudgetError, LimitError, TicaError
 from .image import IMAGE_FORMATS, image_bytes, read_image
 from .nn import bands
 from .output import STDOUT, check_output, write_output
@@ -132,6 +132,23 @@ def _pick_model(args: argparse.Namespace, sizes: list[tuple[int, int]]) -> str |
             f"{api.SMALL_IMAGE_SIDE} px: {api.SMALL_IMAGE_MODEL}, larger: {api.PHOTO_MODEL})")
 
 
+def _default_server_refusal(model, data: bytes) -> str | None:
+    """Why a server with ServeConfig's defaults would refuse to classify this stream (or to
+    reconstruct it, for a codec without a classifier) with a 413, or None."""
+    config = ServeConfig()
+    if len(data) > config.max_body_bytes:
+        return f"{len(data)} bytes, over --max-body-bytes {config.max_body_bytes}"
+    try:
+        stream = bitstream.unpack(data, config.limits)
+        op = "classify" if "classify" in model.operations else "reconstruct"
+        config.budget.check(model, stream.sizes, (op,))
+    except BudgetError as exc:
+        return f"{exc.summary}; --max-gflop"
+    except LimitError as exc:
+        return f"{exc}; --max-pixels, --max-side or --max-images"
+    return None
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
     if args.quality is not None and args.target_bpp is not None:
         raise TicaError("--quality and --target-bpp both set the rate: give one of them")
@@ -147,6 +164,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
     write_output(args.output, data, args.images)
     if picked:
         print(picked, file=sys.stderr)
+    refusal = _default_server_refusal(model, data)
+    if refusal:
+        print(f"tica: note: a `tica serve` with its default limits would refuse this stream "
+              f"({refusal}): start it with a larger limit", file=sys.stderr)
     png = api.png_bytes(images)
     if png is not None and len(data) > png:
         print(f"tica: warning: {args.output} ({len(data)} bytes) is larger than the same "
@@ -201,7 +222,6 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 def cmd_classify_remote(args: argparse.Namespace) -> int:
     """Edge side: encode an image locally (or take a .tica as is), send only the bitstream."""
-    from . import bitstream
     from .serve.client import classify_remote
 
     raw = _read_stream(args.stream)

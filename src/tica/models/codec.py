@@ -297,7 +297,8 @@ class CompressionModel(nn.Module):
         exactly; the integer h_s runs on the model's device (a GPU, or the CPU)."""
         device = self.coding_device
         gain = self.entropy_gain(quality, z_int.shape[0])
-        gain = None if gain is None else gain.to(device)
+        if gain is not None:                    # one quality for the batch: one row of gains
+            gain = (gain[:1] if bool((gain == gain[:1]).all()) else gain).to(device)
 
         def tables_and_means(params: torch.Tensor) -> torch.Tensor:
             scales, means = params.chunk(2, dim=1)                  # exact float64
@@ -306,7 +307,9 @@ class CompressionModel(nn.Module):
             indexes = self.gaussian_conditional.indexes(scales)     # exact comparisons
             return torch.cat([indexes.float(), means.float()], dim=1)
 
-        picked = self._require_update()(z_int.to(device), then=tables_and_means)
+        per_image = gain is not None and len(gain) > 1     # then bands must keep the batch whole
+        picked = (tables_and_means(self._require_update()(z_int.to(device))) if per_image
+                  else self._require_update()(z_int.to(device), then=tables_and_means))
         indexes, means = picked.chunk(2, dim=1)
         return indexes.to(torch.int32).cpu().numpy(), means.contiguous()
 

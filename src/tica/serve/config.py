@@ -52,10 +52,12 @@ class ServeConfig:
               f"{BATCH_LIMITS['cpu'][1]:g} on the CPU, {BATCH_LIMITS['cuda'][1]:g} on a GPU")
     deadline_s: float = _option(30.0, "seconds a request's work may take, queueing included; "
                                 "later it gets a 504 and work not yet started is dropped")
-    max_body_bytes: int = _option(1 << 20, "bytes of a bitstream (1 MiB holds ~2,000 CIFAR streams)")
+    max_body_bytes: int = _option(8 << 20, "bytes of a bitstream (8 MiB: a 12-Mpixel photo's "
+                                  "stream at the top quality, or ~16,000 CIFAR streams)")
     max_upload_bytes: int = _option(8 << 20, "bytes of an image file to encode")
     max_side: int = _option(4096, "pixels of an image's longer side")
-    max_pixels: int = _option(1 << 22, "pixels of one image (4 Mpixel)")
+    max_pixels: int = _option(1 << 24, "pixels of one image (16 Mpixel: a phone's 12-Mpixel "
+                              "photograph; its work is bounded by --max-gflop too)")
     max_images: int = _option(64, "images in one stream")
     max_gflop: float = _option(DEFAULT_MAX_GFLOP, "estimated GFLOP one request may ask for "
                                "(tica.cost), refused with a 413 before any work; the default "
