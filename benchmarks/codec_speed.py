@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from tica.cli import data_root
 import tica
 from tica.bench import photo_timing_models
 from tica.image import read_image
@@ -32,7 +33,7 @@ from tica.models.codec import pad_to
 from tica.nn.conv import GDN, nhwc
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = Path(data_root())
 COMPRESSAI_ENCODE_S, COMPRESSAI_DECODE_S = 0.39, 0.49
 
 

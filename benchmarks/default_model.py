@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from tica.cli import data_root
 import tica
 from tica.image import read_image
 
@@ -45,7 +46,7 @@ def measure(model, quality: int, crops: list[torch.Tensor]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kodak", type=Path, default=ROOT.parent / "shared" / "data" / "kodak")
+    parser.add_argument("--kodak", type=Path, default=Path(data_root()) / "kodak")
     parser.add_argument("--photos", type=int, default=8)
     parser.add_argument("--sides", default="32,64,128")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "default_model.json")

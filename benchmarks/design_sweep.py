@@ -23,11 +23,13 @@ import sys
 import time
 from pathlib import Path
 
+from tica.cli import data_root
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs" / "results" / "design_sweep.json"
 PAGE = REPO / "docs" / "design.md"
 MARKERS = ("<!-- sweep table: benchmarks/design_sweep.py -->", "<!-- end of sweep table -->")
-DATA = os.environ.get("TICA_DATA", str(REPO.parent / "shared" / "data")) + "/cifar10-jpeg.tar.gz"
+DATA = str(Path(data_root()) / "cifar10-jpeg.tar.gz")
 RUNS = Path(os.environ.get("TICA_CACHE", Path.home() / ".cache" / "tica")) / "sweep"
 TRAIN_IMAGES = 45000
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from tica.cli import data_root
 import tica
 from tica.data import cache_dir, load_split
 from tica.models.codec import nhwc, pad_to
@@ -43,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("weights", nargs="*", help="checkpoints, optionally =QUALITY")
     parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=Path(data_root()))
     args = parser.parse_args()
     split = load_split(args.data / "cifar10-jpeg.tar.gz", "test", limit=args.images)
     x = split.images[: args.images].float() / 255

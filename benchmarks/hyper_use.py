@@ -18,12 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tica.cli import data_root
 import tica
 from tica.image import read_image
 from tica.losses import psnr
 
 KODAK = ("kodim01", "kodim07", "kodim15", "kodim23")
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(data_root())
 
 
 def index_spread(model, image: torch.Tensor, quality: float) -> tuple[float, float]:

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tica.cli import data_root
 import tica
 from tica.data import load_split
 from tica.image import read_image
@@ -128,7 +129,7 @@ def table(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=Path(data_root()))
     parser.add_argument("--kodak", type=int, default=24)
     parser.add_argument("--imagenette", type=int, default=300)
     parser.add_argument("--cifar", type=int, default=1000)

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tica.cli import data_root
 import tica
 from tica.cost import DEFAULT_MAX_GFLOP
 from tica.data import load_split
@@ -49,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _server import ServerProcess  # noqa: E402  (the tests' server launcher, one copy)
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = Path(data_root())
 
 
 def start_server(batching: bool, threads: int, *extra: str) -> ServerProcess:

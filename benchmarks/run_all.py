@@ -19,11 +19,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from tica.cli import data_root
 from tica.data import cache_dir
 from tica.report import SECTIONS, ReportOptions, run_report
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = Path(data_root())
 OUT = ROOT / "docs" / "results"
 
 

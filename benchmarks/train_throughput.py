@@ -17,9 +17,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from tica.cli import data_root
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+DATA = Path(data_root()) / "cifar10-jpeg.tar.gz"
 
 
 def _run(run_dir: Path, procs: int, threads: int, step: int, steps: int, bf16: bool) -> float:

@@ -17,27 +17,25 @@ streams, so "half precision if quality allows" is a measured statement.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
 
-from tica.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from tica.io import atomic_write
+from tica.registry import load_checkpoint
+from tica.checkpoint import save_checkpoint
 from tica.evaluate import LearnedPipeline, evaluate
 from tica.image import read_image
+from tica.io import sha256_file
 from tica.registry import MANIFEST, MANIFEST_FORMAT
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "tica" / "weights"
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _entry(model, target: str, role: str, trained: dict, results: dict) -> dict:
     info = model.weights_info
     entry = {"name": Path(target).stem, "file": target, "preset": model.config.name, "role": role,
-             "sha256": sha256(WEIGHTS / target), "trained": trained or info.trained,
+             "sha256": sha256_file(WEIGHTS / target), "trained": trained or info.trained,
              "results": results}
     if role == "codec":
         entry["model_id"] = f"{model.model_id:04x}"
@@ -123,7 +121,7 @@ def main() -> None:
             print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB")
     if args.rehash:
         for e in entries:
-            e["sha256"] = sha256(WEIGHTS / e["file"])
+            e["sha256"] = sha256_file(WEIGHTS / e["file"])
             if e["role"] == "codec":
                 e["model_id"] = f"{load_checkpoint(WEIGHTS / e['file']).model_id:04x}"
     entries.sort(key=lambda e: (e["preset"], e["role"], e.get("quality") or 0))

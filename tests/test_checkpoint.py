@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 import tica
 from tica import checkpoint
-from tica.checkpoint import WeightsInfo
+from tica.io import WeightsInfo
 from tica.errors import CheckpointError
 
 

@@ -9,7 +9,7 @@ import torch
 
 import tica
 from tica import bitstream
-from tica.checkpoint import WeightsInfo
+from tica.io import WeightsInfo
 from tica.data import ImageFolderSplit
 from tica.codecs import get_codec
 from tica.evaluate import (ClassicalPipeline, LearnedPipeline, Uncompressed, evaluate,

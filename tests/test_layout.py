@@ -65,3 +65,57 @@ def test_the_import_rule_sees_every_form_of_import():
     for source in ("from ..train.loop import x", "from .. import train", "from tica import train",
                    "import tica.train.state", "from tica.train.objective import Objective"):
         assert {m.split(".")[0] for m in _imports(source, ("models",))} == {"train"}, source
+
+
+# The library's layers, bottom up: a module may import its own layer's modules (without a
+# circle) and any layer below, never one above. Subpackages count as one module.
+LAYERS = [
+    {"errors", "weights"},
+    {"config", "io", "extras"},
+    {"nn", "entropy", "bitstream", "codecs", "rd", "losses"},
+    {"checkpoint", "cost"},
+    {"models"},
+    {"registry"},
+    {"image", "output", "data", "api"},
+    {"evaluate", "export", "bench", "train", "serve"},
+    {"report", "plan"},
+    {"cli", "__init__"},
+]
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """tica's top-level modules and subpackages -> the ones they import (any import, at
+    module level or inside a function)."""
+    graph: dict[str, set[str]] = {}
+    for path in _modules():
+        rel = path.relative_to(SRC)
+        name = rel.parts[0].removesuffix(".py")
+        package = rel.parent.parts
+        deps = {m.split(".")[0] for m in _imports(path.read_text(), package) if m}
+        graph.setdefault(name, set()).update(deps - {name})
+    return graph
+
+
+def test_every_module_has_a_layer_and_imports_only_downwards():
+    level = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+    graph = _module_graph()
+    assert set(graph) - set(level) == set(), "give these a layer in LAYERS"
+    upward = sorted(f"{m} ({level[m]}) imports {d} ({level[d]})" for m, deps in graph.items()
+                    for d in deps if d in level and level[d] > level[m])
+    assert upward == []
+
+
+def test_the_modules_import_each_other_without_a_circle():
+    graph = _module_graph()
+    done: set[str] = set()
+
+    def visit(node: str, path: tuple[str, ...]) -> None:
+        assert node not in path, "import circle: " + " -> ".join(path + (node,))
+        if node in done:
+            return
+        for dep in sorted(graph.get(node, ())):
+            visit(dep, path + (node,))
+        done.add(node)
+
+    for name in sorted(graph):
+        visit(name, ())

@@ -10,7 +10,7 @@ import pytest
 
 import tica
 from tica.models.codec import default_quality
-from tica.checkpoint import load_checkpoint
+from tica.registry import load_checkpoint
 from tica.errors import ConfigError
 from tica.registry import (MANIFEST, find_weights, list_models, read_manifest, standard_qualities,
                            weights_for_id, weights_root)

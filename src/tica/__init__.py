@@ -9,7 +9,8 @@
 from .api import (Prediction, choose_model, classify, classify_logits, compress, decompress,
                   describe, inspect, load, reconstruct)
 from .bitstream import Limits
-from .checkpoint import load_checkpoint, save_checkpoint
+from .registry import load_checkpoint
+from .checkpoint import save_checkpoint
 from .config import ModelConfig
 from .cost import Budget
 from .errors import (BitstreamError, BudgetError, CheckpointError, ConfigError, ImageError,

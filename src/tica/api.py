@@ -14,7 +14,8 @@ from torch import nn
 
 from . import bitstream
 from .bitstream import Limits, Stream
-from .checkpoint import WeightsInfo, load_checkpoint
+from .io import WeightsInfo
+from .registry import load_checkpoint
 from .config import TOP_K
 from .cost import Budget
 from .errors import BitstreamError, ConfigError, ModelMismatchError, TicaError

@@ -29,6 +29,9 @@ OPTIMIZERS = ("adamw", "adam")
 DEFAULT_EPOCH_SIZE = 10000          # photo folders: random crops per training epoch
 SHARD_IMAGES = 10000                # images per WebDataset shard (tica shards)
 TOP_K = 5                           # classes a classification answer lists unless asked
+# z_hat is clamped to (-2^12, 2^12): what a payload codes (tica.entropy) and what the integer
+# h_s accepts (tica.nn.integer), written once below both
+Z_INPUT_BITS = 12
 ACTIVATIONS = ("leaky_relu", "gdn", "gelu")
 LATENT_PROXIES = ("noise", "ste")
 MAX_RATE_LEVELS = 16
@@ -166,9 +169,10 @@ class ModelConfig:
             raise ConfigError(f"bad model config: {exc}") from None
 
 
-def _option(default: Any = None, help: str = "", **cli: Any):
-    """A TrainConfig field that `tica train` offers as --NAME-WITH-DASHES (tica.cli reads
-    type, default and help from it); `cli` holds extra argparse settings (choices, metavar)."""
+def option(default: Any = None, help: str = "", **cli: Any):
+    """A config field that the CLI offers as --NAME-WITH-DASHES (`tica train` for
+    TrainConfig, `tica serve` for ServeConfig; tica.cli reads type, default and help from
+    it); `cli` holds extra argparse settings (choices, metavar)."""
     return field(default=default, metadata={"help": help, **cli})
 
 
@@ -182,65 +186,65 @@ class TrainConfig:
     bits per pixel. The fields with help are `tica train`'s options.
     """
 
-    model: str = _option(DEFAULT_MODEL, "preset to build (ignored with --init)")
-    step: int = _option(1, "the paper's training step", choices=STEPS)
-    data: str | None = _option(None, "ImageFolder dir, .tar.gz archive, photo folder, or "
+    model: str = option(DEFAULT_MODEL, "preset to build (ignored with --init)")
+    step: int = option(1, "the paper's training step", choices=STEPS)
+    data: str | None = option(None, "ImageFolder dir, .tar.gz archive, photo folder, or "
                                "'synthetic'")     # no default: the CLI resolves $TICA_DATA
     run_dir: str | None = None         # where the run writes; training needs one (no default)
-    init: str | None = _option(None, "start from these weights (step 2: the step-1 export); "
+    init: str | None = option(None, "start from these weights (step 2: the step-1 export); "
                                "'step1' takes the step-1 network shipped for --model")
     model_overrides: dict = field(default_factory=dict)
-    quality: int | None = _option(None, "rate-point label stored with the weights")
-    epochs: float = _option(6.0, "passes over the training data")
-    max_steps: int | None = _option(None, "stop early (tests, smoke runs)")
-    batch_size: int = _option(128, "global batch size, split across processes")
-    lr: float = _option(1e-3, "peak learning rate (cosine schedule)")
+    quality: int | None = option(None, "rate-point label stored with the weights")
+    epochs: float = option(6.0, "passes over the training data")
+    max_steps: int | None = option(None, "stop early (tests, smoke runs)")
+    batch_size: int = option(128, "global batch size, split across processes")
+    lr: float = option(1e-3, "peak learning rate (cosine schedule)")
     min_lr_ratio: float = 0.01
-    warmup_steps: int = _option(300, "linear warm-up of the learning rate")
-    weight_decay: float = _option(0.05, "AdamW weight decay of the weights")
+    warmup_steps: int = option(300, "linear warm-up of the learning rate")
+    weight_decay: float = option(0.05, "AdamW weight decay of the weights")
     aux_lr: float = 1e-3
-    hyper_lr: float | None = _option(None, "lr of h_a, h_s, densities (unset: --lr); step 2 "
+    hyper_lr: float | None = option(None, "lr of h_a, h_s, densities (unset: --lr); step 2 "
                                      "starts them from scratch, so they may want more")
     grad_clip: float = 1.0
-    alpha: float = _option(1.0, "CE weight (variable rate: of the lowest point)")
-    beta: float = _option(1e-3, "MSE weight (variable rate: of the lowest point)")
+    alpha: float = option(1.0, "CE weight (variable rate: of the lowest point)")
+    beta: float = option(1e-3, "MSE weight (variable rate: of the lowest point)")
     # variable-rate models (rate_levels L > 0), step 2: alpha and beta are the weights of the
     # lowest rate point, these of the highest; the L points between are geometric, and each
     # training image draws its point at random
-    alpha_max: float | None = _option(None, "variable rate (--set rate_levels=L): CE weight of "
+    alpha_max: float | None = option(None, "variable rate (--set rate_levels=L): CE weight of "
                                       "the highest point")
-    beta_max: float | None = _option(None, "variable rate: MSE weight of the highest point")
+    beta_max: float | None = option(None, "variable rate: MSE weight of the highest point")
     label_smoothing: float = 0.1
-    ema: float = _option(0.0, "EMA decay per step (0: off)")
-    latent_std: float | None = _option(2.0, "step 2: rescale the step-1 latent to this std first")
-    rate_warmup_steps: int = _option(0, "step 2: ramp the rate term's weight from 0 to 1 over "
+    ema: float = option(0.0, "EMA decay per step (0: off)")
+    latent_std: float | None = option(2.0, "step 2: rescale the step-1 latent to this std first")
+    rate_warmup_steps: int = option(0, "step 2: ramp the rate term's weight from 0 to 1 over "
                                      "these steps")
-    z_rate_warmup_steps: int = _option(0, "step 2: ramp the weight of the hyper-latent z's rate "
+    z_rate_warmup_steps: int = option(0, "step 2: ramp the weight of the hyper-latent z's rate "
                                        "from 0 to 1 over these steps, so that z learns to carry "
                                        "the scales before it pays for them")
-    optimizer: str = _option("adamw", "adamw (step 1, DeiT) or adam (step 2, paper)",
+    optimizer: str = option("adamw", "adamw (step 1, DeiT) or adam (step 2, paper)",
                              choices=OPTIMIZERS)
-    seed: int = _option(0, "seeds the initial weights, the data order and every draw")
-    device: str = _option("cpu", "cpu or cuda")
-    bf16: bool = _option(True, "autocast to bfloat16 where the device computes it natively (a CUDA "
+    seed: int = option(0, "seeds the initial weights, the data order and every draw")
+    device: str = option("cpu", "cpu or cuda")
+    bf16: bool = option(True, "autocast to bfloat16 where the device computes it natively (a CUDA "
                               "GPU with bf16, a CPU with AVX-512 BF16 or AMX)")
-    checkpoint_every: int = _option(200, "save the training state every this many steps (and "
+    checkpoint_every: int = option(200, "save the training state every this many steps (and "
                                     "at every epoch end)")
     log_every: int = 20
-    eval_images: int = _option(2000, "test images scored at each epoch end (0: none)")
-    train_limit: int | None = _option(None, "use a class-balanced subset of the training split")
-    epoch_size: int = _option(DEFAULT_EPOCH_SIZE, "photo folders: random crops per epoch")
-    progress: bool = _option(True, "show a progress bar")
+    eval_images: int = option(2000, "test images scored at each epoch end (0: none)")
+    train_limit: int | None = option(None, "use a class-balanced subset of the training split")
+    epoch_size: int = option(DEFAULT_EPOCH_SIZE, "photo folders: random crops per epoch")
+    progress: bool = option(True, "show a progress bar")
     # wall clock, for one-shot runs on a borrowed machine (tica.plan sets these)
-    deadline_s: float | None = _option(None, "stop after S seconds of wall time, then save and "
+    deadline_s: float | None = option(None, "stop after S seconds of wall time, then save and "
                                        "export", metavar="S")   # counted from clock_start, else
                                                                 # from the run's start
     clock_start: float | None = None          # Unix time the deadline counts from (a plan's start)
-    schedule_by_deadline: bool = _option(False, "end the learning-rate schedule at the deadline "
+    schedule_by_deadline: bool = option(False, "end the learning-rate schedule at the deadline "
                                          "if that comes before the last step (one process)")
-    export_every_s: float | None = _option(None, "also export the weights every S seconds "
+    export_every_s: float | None = option(None, "also export the weights every S seconds "
                                            "(coding-ready after step 2)", metavar="S")
-    export_dir: str | None = _option(None, "write a float16 copy of every export to "
+    export_dir: str | None = option(None, "write a float16 copy of every export to "
                                      "DIR/model.safetensors", metavar="DIR")
     resumable: bool = True                    # write the training state; False: a one-shot run
 

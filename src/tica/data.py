@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .checkpoint import atomic_write
+from .io import atomic_write
 from .config import DEFAULT_EPOCH_SIZE, SHARD_IMAGES, TrainConfig
 from .errors import ConfigError, TicaError
 from .extras import require

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import api, bitstream
-from .checkpoint import atomic_write
+from .io import atomic_write
 from .codecs import ClassicalCodec
 from .data import ImageFolderSplit
 from .extras import require

@@ -22,7 +22,6 @@ edge wrote. (ONNX Runtime has no float64 convolution, hence convolutions as matr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import bitstream
-from .checkpoint import atomic_write
+from .io import atomic_write, sha256_file
 from .entropy.coder import CodingTables
 from .entropy.payload import clamp_z, encode_payload
 from .errors import CheckpointError, TicaError
@@ -132,10 +131,6 @@ class _HyperIndexes(nn.Module):
         return index, means.float()
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def export_onnx(model: CompressionModel, out_dir: str | Path, check: bool = True) -> dict:
     """Write the encoder side of `model` to `out_dir` (see the module docstring) and, with
     `check`, compare it with PyTorch under ONNX Runtime on a sample image. Returns edge.json."""
@@ -170,7 +165,7 @@ def export_onnx(model: CompressionModel, out_dir: str | Path, check: bool = True
             model.weights_info.quality,
             "quality_code": quality_code(model.quality) if variable else None,
             "model_id": f"{model.model_id:04x}", "stride": s, "N": model.config.N,
-            "M": model.config.M, "files": {f: _sha256(out / f) for f in
+            "M": model.config.M, "files": {f: sha256_file(out / f) for f in
                                            ("analysis.onnx", "hyper.onnx", "tables.npz")}}
     atomic_write(out / "edge.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
     if check:
@@ -214,7 +209,7 @@ class EdgeEncoder:
         if self.meta.get("format") != "tica-edge" or self.meta.get("version") != 1:
             raise CheckpointError(f"{root}/edge.json is not a version-1 tica edge export")
         for name, digest in self.meta["files"].items():
-            if not (root / name).is_file() or _sha256(root / name) != digest:
+            if not (root / name).is_file() or sha256_file(root / name) != digest:
                 raise CheckpointError(f"{root / name} is missing or does not match edge.json")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads

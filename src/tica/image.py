@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .checkpoint import atomic_write
+from .io import atomic_write
 from .errors import ImageError, ImageLimitError
 
 MAX_IMAGE_PIXELS = 1 << 26

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Iterable
 
-from .checkpoint import atomic_write
+from .io import atomic_write
 from .errors import OutputError
 
 STDOUT = "-"

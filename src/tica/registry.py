@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from .config import ARCHS, DEFAULT_MODEL, IMAGENETTE_LABELS, ModelConfig  # noqa: F401 (DEFAULT_MODEL: re-exported)
-from .errors import ConfigError
+from .checkpoint import read_checkpoint
+from .errors import CheckpointError, ConfigError, TicaError
 from .models import HyperpriorCodec, PixelViT, TicaModel
 
 # config.ARCHS names the architectures (ModelConfig checks against it); their classes, in
@@ -171,3 +172,24 @@ def standard_qualities(preset: str) -> list[int]:
     return sorted(q for e in read_manifest() if e.preset == preset and e.role == "codec"
                   for q in e.standard_qualities)
 
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model of a checkpoint, in eval mode; coding-ready if it was saved
+    after update()."""
+    config, tensors, info = read_checkpoint(path)
+    model = build_model(config)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0:3]
+        raise CheckpointError(f"{path} does not fit model {config.name!r}: {' '.join(first)}") from None
+    model.weights_info = info
+    model.to(device).eval()
+    if hasattr(model, "refresh_coding_state"):
+        try:
+            model.refresh_coding_state()
+        except TicaError:
+            pass            # saved before update(): a training checkpoint, fine to load
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: cannot build the integer hyper-synthesis: {exc}") from None
+    return model

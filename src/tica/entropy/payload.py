@@ -18,10 +18,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..nn.integer import INPUT_BITS
+from ..config import Z_INPUT_BITS
 from .coder import BatchDecoder, CodingTables, encode_batch
 
-Z_LIMIT = 2 ** INPUT_BITS - 1       # |z| the integer h_s accepts
+Z_LIMIT = 2 ** Z_INPUT_BITS - 1     # |z| the integer h_s accepts
 
 
 def clamp_z(z: torch.Tensor) -> torch.Tensor:

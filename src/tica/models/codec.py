@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .. import cost
-from ..checkpoint import WeightsInfo
+from ..io import WeightsInfo
 from ..config import ModelConfig
 from ..entropy import EntropyBottleneck, GaussianConditional
 from ..entropy._ops import quantize

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .. import cost
-from ..checkpoint import WeightsInfo
+from ..io import WeightsInfo
 from ..config import ModelConfig
 from ..errors import ConfigError
 from .codec import pad_to

@@ -30,12 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import Z_INPUT_BITS
 from .bands import LayerShapes, run_in_bands
 
 WEIGHT_BITS = 14        # |w_int| < 2^14
 ACT_FRAC_BITS = 8       # hidden activations in steps of 1/256
 ACT_BITS = 20           # hidden activations clamped to [0, 2^20) (i.e. < 4096.0)
-INPUT_BITS = 12         # z_hat clamped to (-2^12, 2^12) before entering the network
+INPUT_BITS = Z_INPUT_BITS   # z_hat clamped to (-2^12, 2^12) before entering the network
 MAX_EXACT = 2.0 ** 53   # float64 represents every integer below this exactly
 MAX_WEIGHT_EXP = 40
 

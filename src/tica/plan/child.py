@@ -7,7 +7,7 @@ import json
 import signal
 from pathlib import Path
 
-from ..checkpoint import atomic_write
+from ..io import atomic_write
 from ..config import TrainConfig
 from .spec import RESULT_FILE
 

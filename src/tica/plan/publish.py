@@ -4,14 +4,13 @@ others in one archive), and `join_parts` reassembles them."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import re
 import tarfile
 from pathlib import Path
 
-from ..checkpoint import atomic_write
+from ..io import atomic_write, sha256_bytes
 from ..errors import CheckpointError
 from .spec import PACK_INDEX, STATUS_FILE, Limits, layout, pack_bytes
 
@@ -19,10 +18,6 @@ _PUBLISHED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*\.safetensors)(?:\.part(\d
 _PACK = re.compile(r"^pack\d+\.tar$")
 _WEIGHTS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors$")
 PACK_FORMAT = "tica-pack"
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _part_names(name: str, count: int) -> list[str]:
@@ -34,7 +29,7 @@ def write_pack(path: Path, members: dict[str, bytes]) -> None:
     (pack.json: each member's sha256 and bytes), written atomically: a reader finds the old
     pack or the whole new one, and can check every member against the index."""
     index = {"format": PACK_FORMAT, "version": 1,
-             "files": {name: {"sha256": _sha256(data), "bytes": len(data)} for name, data in members.items()}}
+             "files": {name: {"sha256": sha256_bytes(data), "bytes": len(data)} for name, data in members.items()}}
 
     def write(tmp):
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
@@ -67,7 +62,7 @@ def read_pack(path: Path) -> dict[str, bytes]:
                 if not _WEIGHTS.match(name) or not member.isfile() or member.size != want.get("bytes"):
                     raise CheckpointError(f"{path.name}: member {name!r} is not a listed weights file")
                 data = tar.extractfile(member).read()
-                if _sha256(data) != want.get("sha256"):
+                if sha256_bytes(data) != want.get("sha256"):
                     raise CheckpointError(f"{path.name}: {name} does not match the pack's sha256")
                 out[name] = data
             return out
@@ -168,7 +163,7 @@ class Publisher:
                 self.files.pop(run, None)
             for run in members:
                 blob = held[run][1]
-                self.files[run] = {"names": [file], "sha256": _sha256(blob), "bytes": len(blob),
+                self.files[run] = {"names": [file], "sha256": sha256_bytes(blob), "bytes": len(blob),
                                    "mtime": held[run][0], "packed": True}
                 self.left_out.pop(run, None)
             changed.extend(run for run in members if run in fresh)
@@ -183,7 +178,7 @@ class Publisher:
         old = self.files.get(name, {}).get("names", [])
         for fname in set(old) - set(names):
             (self.out / fname).unlink(missing_ok=True)
-        self.files[name] = {"names": names, "sha256": _sha256(data), "bytes": len(data), "mtime": mtime}
+        self.files[name] = {"names": names, "sha256": sha256_bytes(data), "bytes": len(data), "mtime": mtime}
         self.left_out.pop(name, None)
 
     def _remove(self, name: str) -> None:
@@ -230,7 +225,7 @@ def join_parts(folder: str | Path, dest: str | Path) -> list[Path]:
         else:
             data = b"".join(parts[i].read_bytes() for i in range(len(parts)))
         want = listed.get(name, {}).get("sha256")
-        if want and want != _sha256(data):
+        if want and want != sha256_bytes(data):
             raise CheckpointError(f"{name}: the file(s) do not match plan.json's sha256 (was the "
                                   "command cut short while it published them?)")
         weights[name] = data

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..checkpoint import atomic_write
+from ..io import atomic_write
 from ..errors import ConfigError, TicaError
 from .publish import Publisher
 from .spec import (EXPORT_FILE, RESULT_FILE, STATUS_FILE, STATUS_FORMAT, Plan, PlanRun,

@@ -4,17 +4,13 @@ Nothing here imports the web framework, so the CLI can build its parser without 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from .. import api
 from ..bitstream import Limits
+from ..config import option
 from ..cost import DEFAULT_MAX_GFLOP, Budget
 from ..errors import ConfigError
-
-
-def _option(default, help: str, **argparse_settings):
-    """A field `tica serve` offers as --NAME-WITH-DASHES, of the field's type."""
-    return field(default=default, metadata={"help": help, **argparse_settings})
 
 
 # (images, GFLOP) of one micro-batch by device: on a CPU a batch of 50 GFLOP is ~0.5 s and
@@ -30,39 +26,39 @@ class ServeConfig:
     whose work (tica.cost) is over `max_gflop` before any of that work starts. `deadline_s`
     and `max_batch_gflop` keep the service fair under mixed load (tica.serve.batcher)."""
 
-    model: str = _option(api.AUTO, f"preset whose shipped weights to serve, or {api.AUTO!r}: "
+    model: str = option(api.AUTO, f"preset whose shipped weights to serve, or {api.AUTO!r}: "
                          f"{' and '.join(api.AUTO_MODELS)}, /v1/encode picking by image size "
                          f"as `tica encode` does")
-    weights: str | None = _option(None, "serve this checkpoint instead", metavar="FILE")
-    device: str = _option("auto", "where the networks run: auto is a CUDA GPU when one is "
+    weights: str | None = option(None, "serve this checkpoint instead", metavar="FILE")
+    device: str = option("auto", "where the networks run: auto is a CUDA GPU when one is "
                           "visible, else the CPU; entropy coding runs on the coder threads",
                           choices=api.DEVICES)
-    coder_threads: int | None = _option(None, "threads for entropy coding, shared by every "
+    coder_threads: int | None = option(None, "threads for entropy coding, shared by every "
                                         "request (default: $TICA_CODER_THREADS, else the cores "
                                         "available)")
-    batching: bool = _option(True, "merge concurrent requests into micro-batches")
-    batch_window_ms: float = _option(2.0, "wait this long for more requests to batch (0: batch "
+    batching: bool = option(True, "merge concurrent requests into micro-batches")
+    batch_window_ms: float = option(2.0, "wait this long for more requests to batch (0: batch "
                                      "only what queued up while the last batch ran)")
-    max_batch_images: int | None = _option(
+    max_batch_images: int | None = option(
         None, f"images in one micro-batch (default {BATCH_LIMITS['cpu'][0]} on the CPU, "
               f"{BATCH_LIMITS['cuda'][0]} on a GPU)")
-    max_batch_gflop: float | None = _option(
+    max_batch_gflop: float | None = option(
         None, "estimated GFLOP of one micro-batch; a request over it runs apart from the small "
               "ones, in pieces of at most this (one image if an image costs more); default "
               f"{BATCH_LIMITS['cpu'][1]:g} on the CPU, {BATCH_LIMITS['cuda'][1]:g} on a GPU")
-    deadline_s: float = _option(30.0, "seconds a request's work may take, queueing included; "
+    deadline_s: float = option(30.0, "seconds a request's work may take, queueing included; "
                                 "later it gets a 504 and work not yet started is dropped")
-    max_body_bytes: int = _option(8 << 20, "bytes of a bitstream (8 MiB: a 12-Mpixel photo's "
+    max_body_bytes: int = option(8 << 20, "bytes of a bitstream (8 MiB: a 12-Mpixel photo's "
                                   "stream at the top quality, or ~16,000 CIFAR streams)")
-    max_upload_bytes: int = _option(8 << 20, "bytes of an image file to encode")
-    max_side: int = _option(4096, "pixels of an image's longer side")
-    max_pixels: int = _option(1 << 24, "pixels of one image (16 Mpixel: a phone's 12-Mpixel "
+    max_upload_bytes: int = option(8 << 20, "bytes of an image file to encode")
+    max_side: int = option(4096, "pixels of an image's longer side")
+    max_pixels: int = option(1 << 24, "pixels of one image (16 Mpixel: a phone's 12-Mpixel "
                               "photograph; its work is bounded by --max-gflop too)")
-    max_images: int = _option(64, "images in one stream")
-    max_gflop: float = _option(DEFAULT_MAX_GFLOP, "estimated GFLOP one request may ask for "
+    max_images: int = option(64, "images in one stream")
+    max_gflop: float = option(DEFAULT_MAX_GFLOP, "estimated GFLOP one request may ask for "
                                "(tica.cost), refused with a 413 before any work; the default "
                                "holds a max_pixels photograph with tica-photo")
-    threads: int | None = _option(None, "torch threads per worker (default: torch's choice)")
+    threads: int | None = option(None, "torch threads per worker (default: torch's choice)")
 
     def __post_init__(self) -> None:
         for name in ("deadline_s", "max_batch_gflop"):
@@ -91,9 +87,9 @@ class ServeConfig:
 class Listen:
     """Where `tica serve` listens and how many worker processes it starts."""
 
-    host: str = _option("127.0.0.1", "address to listen on")
-    port: int = _option(8000, "TCP port")
-    workers: int = _option(1, "worker processes (each loads the models)")
+    host: str = option("127.0.0.1", "address to listen on")
+    port: int = option(8000, "TCP port")
+    workers: int = option(1, "worker processes (each loads the models)")
 
     def __post_init__(self) -> None:
         if self.workers < 1:

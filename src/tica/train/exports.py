@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import WeightsInfo, save_checkpoint
+from ..io import WeightsInfo
+from ..checkpoint import save_checkpoint
 from ..config import TrainConfig
 from ..models import CompressionModel
 from ..registry import build_model

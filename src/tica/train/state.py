@@ -13,7 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..checkpoint import atomic_write, load_checkpoint
+from ..io import atomic_write
+from ..registry import load_checkpoint
 from ..config import ModelConfig, TrainConfig
 from ..data import TrainingData, batch_generator, data_kind, split_classes
 from ..errors import CheckpointError, TicaError
