@@ -72,12 +72,12 @@ def test_the_import_rule_sees_every_form_of_import():
 LAYERS = [
     {"errors", "weights"},
     {"config", "io", "extras"},
-    {"nn", "entropy", "bitstream", "codecs", "rd", "losses"},
+    {"nn", "entropy", "bitstream", "classical", "rd", "losses"},
     {"checkpoint", "cost"},
     {"models"},
     {"registry"},
     {"image", "output", "data", "api"},
-    {"evaluate", "export", "bench", "train", "serve"},
+    {"evaluate", "export", "timing", "train", "serve"},
     {"report", "plan"},
     {"cli", "__init__"},
 ]

@@ -301,7 +301,7 @@ def test_the_fam_claim_compares_the_no_fam_point_at_equal_bpp():
 def test_an_interrupted_section_keeps_the_results_it_had_not_reached(tmp_path, cifar_images):
     """A report killed after measuring one new rate point must not drop from the file the
     cached points it would have reused later (they would all be measured again)."""
-    from tica.codecs import get_codec
+    from tica.classical import get_codec
     from tica.evaluate import ClassicalPipeline
     from tica.report.cache import Cache, Spec
 
@@ -343,7 +343,7 @@ def test_the_cache_reuses_measures_and_stands_in_on_made_up_images(tmp_path, cif
     """A rate point is measured once and then reused while its key matches; a new key (new
     weights) measures again; --fresh ignores the cache, except as a stand-in for a rate point
     whose weights are absent, which is said in the notes; --only keeps the rest."""
-    from tica.codecs import get_codec
+    from tica.classical import get_codec
     from tica.evaluate import ClassicalPipeline
     from tica.report.cache import Cache, Spec
 

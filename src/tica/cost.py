@@ -47,20 +47,17 @@ FLOAT64_WEIGHT = 3.0
 SYMBOL_FLOPS = 5000.0
 
 # The default budget, in GFLOP per stream (or per encode call: encoding and every operation
-# on the stream it writes), and why. Estimates, and seconds measured with one thread on the
-# 2-core machine while two training jobs shared it (80-150 GFLOP/s for every model, size and
-# operation):
+# on the stream it writes), and why. Estimates, and seconds measured with one thread of a
+# 2-core machine that other work shared (80-150 GFLOP/s for every model, size and operation):
 #   tica-cifar, a 32x32 image: encode 0.44, classify 0.31, reconstruct 0.51; 64 of them (the
 #     server's image limit): classify 20; 64 at 64x64: 86.
 #   tica-photo, a 768x512 Kodak photo: encode 46, classify 28, reconstruct 55 (0.38 s);
-#     2048x1536: reconstruct 745 (6.9 s) with global attention; a 4-Mpixel photo (the
-#     server's max_pixels, e.g. 2048x2048) in attention windows: classify 248, reconstruct 548
-#     (1,049 and 1,148 with global attention).
-#   tica-cifar, 1024x1024 (65,536 tokens): with global attention classify 9,105 (the earlier,
-#     wider tica-cifar: 20,346, 103 s), in windows 319; a 4-Mpixel image in windows: classify
-#     1,276, reconstruct 2,077.
-# 2,000 holds every photograph the server takes with tica-photo (3.6x room) and every CIFAR
-# batch, admits a 1024x1024 CIFAR-model stream, and refuses several 4-Mpixel images through
+#     2048x1536: reconstruct 745 (6.9 s) with global attention; a 4-Mpixel photo (2048x2048)
+#     in attention windows: classify 248, reconstruct 548 (1,049 and 1,148 with global
+#     attention); a phone's 12-Mpixel photo (4000x3000): classify 683, reconstruct 1,550.
+#   tica-cifar, 1024x1024 (65,536 tokens): with global attention classify 9,105, in windows
+#     319; a 4-Mpixel image in windows: classify 1,276, reconstruct 2,077.
+# 2,000 holds a phone's 12-Mpixel photograph with tica-photo and every CIFAR batch, admits a 1024x1024 CIFAR-model stream, and refuses several 4-Mpixel images through
 # tica-cifar. What it admits takes up to about 30 s on the 2-core machine, the server's
 # default deadline: a 2000x2000 tica-cifar stream (1,224 GFLOP to classify) answered in
 # 17.9 s beside 200 small requests (docs/benchmarks/load_mixed.md), about 70 GFLOP/s.

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from . import api, bitstream
 from .io import atomic_write
-from .codecs import ClassicalCodec
+from .classical import ClassicalCodec
 from .data import ImageFolderSplit
 from .extras import require
 from .losses import psnr

@@ -39,8 +39,7 @@ from torch import nn
 from .. import cost
 from ..io import WeightsInfo
 from ..config import ModelConfig
-from ..entropy import EntropyBottleneck, GaussianConditional
-from ..entropy._ops import quantize
+from ..entropy import EntropyBottleneck, GaussianConditional, quantize
 from ..entropy.coder import MAX_ABS_VALUE
 from ..entropy.payload import PayloadDecoder, clamp_z, encode_payloads, z_payloads
 from ..errors import ConfigError, NotUpdatedError

@@ -60,9 +60,6 @@ class Slot:
     runs: tuple[str, ...]
     file: str | None = None      # packN.tar for a pack; None for a run alone
 
-    def weights_names(self) -> list[str]:
-        return [f"{run}.safetensors" for run in self.runs]
-
 
 def layout(sizes: dict[str, int], limits: Limits) -> tuple[list[Slot], dict[str, str]]:
     """Where each run of `sizes` (bytes, in publishing order) goes, and the runs left out

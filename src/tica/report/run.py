@@ -154,7 +154,7 @@ def compute_section(options: ReportOptions) -> list[dict]:
 def measure_compute(repeats: int, runs: Path, kodim: Path) -> list[dict]:
     """Classify from the bitstream against decode-then-classify: tica-cifar at 32x32 (batch 1
     and 64), then tica-photo at the paper's 224x224 (a centre crop of `kodim`) and whole."""
-    from ..bench import classify_paths, photo_timing_models
+    from ..timing import classify_paths, photo_timing_models
     classifier = api.load(CLASSIFIER)
     model = api.load("tica-cifar")
     hyper = shipped("hyperprior-cifar", 2) or from_run(runs, HYPER, 2)

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from .. import api
-from ..codecs import CLASSICAL_CODECS, ClassicalCodec
+from ..classical import CLASSICAL_CODECS, ClassicalCodec
 from ..evaluate import ClassicalPipeline, LearnedPipeline, Uncompressed
 from ..registry import standard_qualities
 from .cache import Spec, codec_version, digest

@@ -10,7 +10,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..losses import cosine_lr, rda_loss
 from ..models import CompressionModel
-from .state import _restore_optimizer
+from .state import restore_optimizer
 
 
 class Objective(nn.Module):
@@ -102,7 +102,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, saved, device: torch.devi
     optimizer = opt_cls(_param_groups(model, cfg), lr=cfg.lr)
     clipped = [p for g in optimizer.param_groups if not g.get("fixed") for p in g["params"]]
     if saved is not None:
-        _restore_optimizer(optimizer, saved["optim"])
+        restore_optimizer(optimizer, saved["optim"])
     ema_state = None
     if cfg.ema > 0:
         ema_state = ({k: v.to(device) for k, v in saved["ema"].items()} if saved and saved["ema"]
