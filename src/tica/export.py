@@ -38,7 +38,7 @@ from .entropy.payload import clamp_z, encode_payload
 from .errors import CheckpointError, TicaError
 from .models import CompressionModel
 from .models.codec import quality_code
-from .nn.integer import ACT_BITS, ACT_FRAC_BITS, IntegerHyperSynthesis
+from .nn.integer import IntegerHyperSynthesis, requantize
 
 OPSET = 17
 
@@ -119,13 +119,8 @@ class _HyperIndexes(nn.Module):
             if transposed:
                 x = _zero_upsample(x)
             acc = _conv_matmul(x, getattr(self, f"w{i}"), pad) + getattr(self, f"b{i}")
-            scale = getattr(self, f"e{i}")
-            if i == len(self.specs) - 1:
-                params = acc / scale
-                break
-            shift = scale / 2.0 ** ACT_FRAC_BITS
-            x = torch.floor(torch.clamp(acc, min=0.0) / shift).clamp(max=2.0 ** ACT_BITS - 1)
-        scales, means = params.chunk(2, dim=1)
+            x = requantize(acc, getattr(self, f"e{i}"), last=i == len(self.specs) - 1)
+        scales, means = x.chunk(2, dim=1)
         scales, means = scales * self.gain, means * self.gain
         index = (scales.unsqueeze(-1) > self.bounds).to(torch.int64).sum(-1)   # = bucketize
         return index, means.float()

@@ -85,6 +85,18 @@ def _quantize_layer(layer: nn.Conv2d | nn.ConvTranspose2d, in_exponent: int, in_
     ), bound
 
 
+def requantize(acc: torch.Tensor, scale: torch.Tensor, last: bool) -> torch.Tensor:
+    """A layer's exact accumulator -> its output, given scale = 2^E per output channel
+    (1, C, 1, 1): the last layer's divided by it (h_s's scales and means), a hidden one
+    ReLU'd, shifted to ACT_FRAC_BITS fractional bits and clamped to [0, 2^ACT_BITS). Every
+    step is exact: power-of-two divisions and a floor of integers. The edge export
+    (tica.export) runs this same function."""
+    if last:
+        return acc / scale
+    shift = scale / 2.0 ** ACT_FRAC_BITS
+    return torch.floor(acc.clamp_min(0) / shift).clamp(max=2.0 ** ACT_BITS - 1)
+
+
 def _gemm_linear(layer: _IntLayer, x: torch.Tensor) -> torch.Tensor:
     """The layer as matrix products (unfold/fold around a GEMM): sums of exact integer
     products whatever the order, so exact on any device. A convolution library may pick
@@ -172,10 +184,5 @@ class IntegerHyperSynthesis:
         return x
 
     def _layer(self, layer: _IntLayer, last: bool, x: torch.Tensor) -> torch.Tensor:
-        acc = self._linear(layer, x)
-        exp = layer.exponent.view(1, -1, 1, 1)
-        if last:
-            return acc / torch.pow(2.0, exp.double())              # exact: power-of-two divide
-        # ReLU, then shift to ACT_FRAC_BITS fractional bits (floor is exact on integers).
-        shift = torch.pow(2.0, (exp - ACT_FRAC_BITS).double())
-        return torch.floor(acc.clamp_min(0) / shift).clamp(max=2 ** ACT_BITS - 1)
+        scale = torch.pow(2.0, layer.exponent.double()).view(1, -1, 1, 1)
+        return requantize(self._linear(layer, x), scale, last)
