@@ -446,6 +446,15 @@ def cmd_shards(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_work_args(p: argparse.ArgumentParser, func, encode: bool = False,
+                   quality: str | None = QUALITY_HELP) -> None:
+    """What every coding subcommand takes: the model, where it runs, the work budget."""
+    _add_model_args(p, encode=encode, quality=quality)
+    _add_runtime_args(p)
+    _add_budget_arg(p)
+    p.set_defaults(func=func)
+
+
 def _encode_parser(sub) -> None:
     p = sub.add_parser("encode", help="image(s) -> tica bitstream")
     p.add_argument("images", nargs="+", metavar="IMG", help="PNG/JPEG/WebP/... image(s); "
@@ -458,10 +467,7 @@ def _encode_parser(sub) -> None:
                    help="variable-rate models: per image, the highest quality whose stream takes "
                         "at most X bits per pixel (found by bisection over real streams)")
     _add_frame_arg(p)
-    _add_model_args(p, encode=True)
-    _add_runtime_args(p)
-    _add_budget_arg(p)
-    p.set_defaults(func=cmd_encode)
+    _add_work_args(p, cmd_encode, encode=True)
 
 
 def _decode_parser(sub) -> None:
@@ -471,10 +477,7 @@ def _decode_parser(sub) -> None:
                    help="output image (.png, .jpg, .webp), written as encode writes; a batch "
                         "writes OUT_0000.png, OUT_0001.png, ...; - writes one PNG to standard "
                         "output")
-    _add_model_args(p, quality=None)
-    _add_runtime_args(p)
-    _add_budget_arg(p)
-    p.set_defaults(func=cmd_decode)
+    _add_work_args(p, cmd_decode, quality=None)
 
 
 def _classify_parser(sub) -> None:
@@ -488,11 +491,8 @@ def _classify_parser(sub) -> None:
                    "http://127.0.0.1:8000) instead of decoding here")
     p.add_argument("--json", action="store_true", help="print JSON: {top: [{label, prob}], bytes, ...}")
     _add_frame_arg(p)
-    _add_model_args(p, quality="with --server and an image: the rate to encode it at (a "
-                               "stream records its own quality); " + QUALITY_HELP)
-    _add_runtime_args(p)
-    _add_budget_arg(p)
-    p.set_defaults(func=cmd_classify)
+    _add_work_args(p, cmd_classify, quality="with --server and an image: the rate to encode it "
+                   "at (a stream records its own quality); " + QUALITY_HELP)
 
 
 def _serve_parser(sub) -> None:

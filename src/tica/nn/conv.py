@@ -109,32 +109,30 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
-def analysis(stages: int, cin: int, hidden: int, cout: int, act: str,
-             res_blocks: int = 0) -> nn.Sequential:
-    """g_a: `stages` stride-2 5x5 convolutions, cin -> hidden -> ... -> hidden -> cout, with
-    `res_blocks` residual blocks after each but the last."""
+def _resampling_stack(resample, stages: int, cin: int, hidden: int, cout: int, act: str,
+                      res_blocks: int, inverse: bool) -> nn.Sequential:
+    """`stages` resampling layers, cin -> hidden -> ... -> hidden -> cout, each but the last
+    followed by the nonlinearity and `res_blocks` residual blocks."""
     widths = [cin] + [hidden] * (stages - 1) + [cout]
     layers: list[nn.Module] = []
     for i in range(stages):
-        layers.append(conv(widths[i], widths[i + 1]))
+        layers.append(resample(widths[i], widths[i + 1]))
         if i < stages - 1:
-            layers.append(_act(act, widths[i + 1], inverse=False))
+            layers.append(_act(act, widths[i + 1], inverse=inverse))
             layers += [ResidualBlock(widths[i + 1], act) for _ in range(res_blocks)]
     return nn.Sequential(*layers)
+
+
+def analysis(stages: int, cin: int, hidden: int, cout: int, act: str,
+             res_blocks: int = 0) -> nn.Sequential:
+    """g_a: stride-2 5x5 convolutions (`_resampling_stack`)."""
+    return _resampling_stack(conv, stages, cin, hidden, cout, act, res_blocks, inverse=False)
 
 
 def synthesis(stages: int, cin: int, hidden: int, cout: int, act: str,
               res_blocks: int = 0) -> nn.Sequential:
-    """g_s: `stages` stride-2 5x5 transposed convolutions, cin -> hidden -> ... -> cout, with
-    `res_blocks` residual blocks after each but the last."""
-    widths = [cin] + [hidden] * (stages - 1) + [cout]
-    layers: list[nn.Module] = []
-    for i in range(stages):
-        layers.append(deconv(widths[i], widths[i + 1]))
-        if i < stages - 1:
-            layers.append(_act(act, widths[i + 1], inverse=True))
-            layers += [ResidualBlock(widths[i + 1], act) for _ in range(res_blocks)]
-    return nn.Sequential(*layers)
+    """g_s: stride-2 5x5 transposed convolutions (`_resampling_stack`), inverse GDN if any."""
+    return _resampling_stack(deconv, stages, cin, hidden, cout, act, res_blocks, inverse=True)
 
 
 def hyper_analysis(M: int, N: int) -> nn.Sequential:
