@@ -21,13 +21,11 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from tica.io import atomic_write
-from tica.registry import load_checkpoint
 from tica.checkpoint import save_checkpoint
 from tica.evaluate import LearnedPipeline, evaluate
 from tica.image import read_image
 from tica.io import sha256_file
-from tica.registry import MANIFEST, MANIFEST_FORMAT
+from tica.registry import MANIFEST, load_checkpoint, manifest_json, write_manifest
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "tica" / "weights"
 
@@ -103,8 +101,7 @@ def main() -> None:
     parser.add_argument("--rehash", action="store_true", help="refresh every entry's sha256 and id")
     args = parser.parse_args()
     path = WEIGHTS / MANIFEST
-    manifest = (json.loads(path.read_text()) if path.exists()
-                else {"format": MANIFEST_FORMAT, "version": 1, "weights": []})
+    manifest = manifest_json(path)
     entries = manifest["weights"]
     images = ([(read_image(f)[None], None) for f in sorted(Path(args.check).glob("*.png"))]
               if args.check else [])
@@ -125,7 +122,7 @@ def main() -> None:
             if e["role"] == "codec":
                 e["model_id"] = f"{load_checkpoint(WEIGHTS / e['file']).model_id:04x}"
     entries.sort(key=lambda e: (e["preset"], e["role"], e.get("quality") or 0))
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1) + "\n"))
+    write_manifest(manifest, path)
 
 
 if __name__ == "__main__":

@@ -74,3 +74,20 @@ def test_the_server_refuses_two_models_with_one_stream_id(tmp_path, monkeypatch)
     monkeypatch.setattr(app_module, "read_manifest", lambda: [codec, twin])
     with pytest.raises(ConfigError, match="share the stream id"):
         app_module.ModelSet(app_module.ServeConfig(model=codec.preset))
+
+
+def test_the_manifest_is_read_and_written_by_one_pair_of_functions(tmp_path):
+    """The shipping script writes what the registry reads: the shipped manifest round-trips
+    byte for byte, and a file that is not a manifest is refused either way."""
+    import pytest
+
+    from tica.registry import MANIFEST, manifest_json, read_manifest, weights_root, write_manifest
+    shipped = weights_root() / MANIFEST
+    out = tmp_path / MANIFEST
+    write_manifest(manifest_json(shipped), out)
+    assert out.read_text() == shipped.read_text()
+    assert [e.name for e in read_manifest(out)] == [e.name for e in read_manifest(shipped)]
+    with pytest.raises(ValueError, match="format"):
+        write_manifest({"format": "other", "weights": []}, tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()
+    assert manifest_json(tmp_path / "none.json")["weights"] == []

@@ -13,6 +13,7 @@ from torch import nn
 
 from .config import ARCHS, DEFAULT_MODEL, IMAGENETTE_LABELS, ModelConfig  # noqa: F401 (DEFAULT_MODEL: re-exported)
 from .checkpoint import read_checkpoint
+from .io import atomic_write
 from .errors import CheckpointError, ConfigError, TicaError
 from .models import HyperpriorCodec, PixelViT, TicaModel
 
@@ -119,15 +120,34 @@ def weights_root() -> Path:
     return Path(str(resources.files(WEIGHTS_PACKAGE)))
 
 
+def manifest_json(path: Path | None = None) -> dict:
+    """The manifest as stored (an empty one where there is none); ValueError if it is not a
+    weights manifest. The one reader of the file: `read_manifest` types it, the shipping
+    script (scripts/ship_weights.py) edits it and writes it back with `write_manifest`."""
+    path = path or weights_root() / MANIFEST
+    if not path.is_file():
+        return {"format": MANIFEST_FORMAT, "version": 1, "weights": []}
+    data = json.loads(path.read_text())
+    if data.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"format is not {MANIFEST_FORMAT}")
+    return data
+
+
+def write_manifest(data: dict, path: Path | None = None) -> None:
+    """Store a manifest (as `manifest_json` reads it), atomically, after checking that every
+    entry reads back as ShippedWeights."""
+    path = path or weights_root() / MANIFEST
+    if data.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"format is not {MANIFEST_FORMAT}")
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1) + "\n"))
+    read_manifest(path)
+
+
 def read_manifest(path: Path | None = None) -> list[ShippedWeights]:
     """Every shipped artifact; ConfigError on a malformed manifest."""
     path = path or weights_root() / MANIFEST
-    if not path.is_file():
-        return []
     try:
-        data = json.loads(path.read_text())
-        if data.get("format") != MANIFEST_FORMAT:
-            raise ValueError(f"format is not {MANIFEST_FORMAT}")
+        data = manifest_json(path)
         entries = []
         for e in data["weights"]:
             e = dict(e)
