@@ -10,14 +10,14 @@
 #      (tica-cifar q4, tica-photo q2); takes the shipped weights out of git's index (as
 #      scripts/device_plan.sh light does) so that only the two the check needs travel, as
 #      carried paths. Until step 3, `git status` shows the weights as deleted: commit nothing.
-#   2. THE DEVICE TOOL, one call:
-#        run(command="bash scripts/gpu_check.sh run", timeout_s=360, carry=[".check",
-#            "src/tica/weights/tica-cifar.safetensors", "src/tica/weights/tica-photo.safetensors"])
+#   2. ON THE GPU MACHINE, one command (under 4 minutes), in a copy of this checkout with
+#      .check/ and the two weights files src/tica/weights/tica-{cifar,photo}.safetensors:
+#        OUT=RESULTS bash scripts/gpu_check.sh run
 #      Builds the coder's kernel for that machine's Python, then writes into $OUT:
 #      from_cpu.npz, from_gpu.npz, gpu_cifar.tica, gpu_photos.tica, throughput_cuda.{md,json}.
 #   3. HERE:   bash scripts/gpu_check.sh restore
-#              .venv/bin/python benchmarks/cross_device.py compare --gpu FILES_AT
-#      (FILES_AT: the folder the tool names), and copy FILES_AT/throughput_cuda.* into
+#              .venv/bin/python benchmarks/cross_device.py compare --gpu RESULTS
+#      (RESULTS: the folder $OUT was, brought back here), and copy RESULTS/throughput_cuda.* into
 #      docs/benchmarks/.
 #
 #   bash scripts/gpu_check.sh smoke    steps 1-3 here on the CPU, small, into /tmp/gpu-check
@@ -50,7 +50,7 @@ case "${1:-}" in
         bash scripts/device_plan.sh restore
         ;;
     run)
-        : "${OUT:?run this through the device tool: \$OUT is where the results go}"
+        : "${OUT:?set OUT to the folder the results should go to}"
         CHECK=.check PY3=python3 DEVICE=cuda ARGS="" run_check
         ;;
     smoke)

@@ -1,4 +1,4 @@
-"""Rejoin what a training plan published (tica train --plan, e.g. the device tool's files):
+"""Rejoin what a training plan published (tica train --plan, e.g. a remote run's result folder):
 
     python scripts/join_parts.py FOLDER DEST
 

@@ -43,7 +43,7 @@ The package, one concern a module:
     publish.py  Publisher (the output folder within the limits), join_parts
     runner.py   PlanRunner (start, follow, publish, stop by the deadline), run_plan
     child.py    one run in its own process (`python -m tica.plan child SPEC`)
-    travel.py   pack_photos, pack_split, travel_bytes: what a device call sends
+    travel.py   pack_photos, pack_split, travel_bytes: what a remote run is sent
 """
 
 from __future__ import annotations
@@ -88,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
             total = sum(sizes.values())
             for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])[:12]:
                 print(f"  {k:32s} {v / 2**20:7.1f} MiB")
-            print(f"  {'total':32s} {total / 2**20:7.1f} MiB (the device tool takes 64 MiB)")
-            return 0 if total <= 64 * 2 ** 20 else 3
+            limit = Limits().max_total_bytes
+            print(f"  {'total':32s} {total / 2**20:7.1f} MiB (a limit of {limit / 2**20:.0f} MiB)")
+            return 0 if total <= limit else 3
     except TicaError as exc:
         print(f"tica plan: error: {exc}", file=sys.stderr)
         return 1

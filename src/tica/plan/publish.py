@@ -194,8 +194,8 @@ class Publisher:
 
 
 def join_parts(folder: str | Path, dest: str | Path) -> list[Path]:
-    """Reassemble what a plan published in `folder` into `dest` (it may be read-only, as
-    the device tool's files are): NAME.safetensors as is, NAME.safetensors.part0.. joined,
+    """Reassemble what a plan published in `folder` into `dest` (it may be read-only, as a
+    result folder handed back often is): NAME.safetensors as is, NAME.safetensors.part0.. joined,
     each checked against the sha256 in plan.json where it lists the file; packN.tar unpacked,
     each member checked against the pack's own index (a pack is written whole, so it may be
     newer than plan.json when a command was cut between the two). Returns the weights files

@@ -27,8 +27,10 @@ _RESERVED = {"run_dir", "export_dir", "clock_start", "progress"}     # the plan 
 
 @dataclass(frozen=True)
 class Limits:
-    """What may come back from the output folder (the device tool's $OUT: 8 files of at
-    most 16 MiB, 64 MiB in all), the status file included."""
+    """What may come back from the output folder, the status file included: at most
+    `max_files` files of at most `max_file_bytes`, `max_total_bytes` in all. A plan sets
+    them ("limits"): a batch scheduler's or a spot instance's result folder has such limits;
+    the defaults are 8 files of 16 MiB, 64 MiB in all."""
 
     max_files: int = 8
     max_file_bytes: int = 16 * 2 ** 20

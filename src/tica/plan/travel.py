@@ -1,4 +1,4 @@
-"""Helpers for the device machine: what a device call sends, and the photographs and the
+"""Helpers for a remote run: what it is sent, and the photographs and the
 labelled split packed small enough to travel."""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def pack_split(data: str | Path, dest: str | Path, side: int = 160, quality: int
 
 
 def travel_bytes(repo: str | Path, carry: list[str]) -> dict[str, int]:
-    """What a device call sends, by folder: the working tree's tracked and
+    """What a remote run is sent, by folder: the working tree's tracked and
     untracked-not-ignored files (by the folder holding them), then each carried path."""
     repo = Path(repo)
     try:
