@@ -9,13 +9,12 @@
 from .api import (Prediction, choose_model, classify, classify_logits, compress, decompress,
                   describe, inspect, load, reconstruct)
 from .bitstream import Limits
-from .registry import load_checkpoint
 from .checkpoint import save_checkpoint
 from .config import ModelConfig
 from .cost import Budget
 from .errors import (BitstreamError, BudgetError, CheckpointError, ConfigError, ImageError,
                      ModelMismatchError, NotUpdatedError, TicaError)
-from .registry import create_model, list_models
+from .registry import create_model, list_models, load_checkpoint
 
 __version__ = "0.1.0"
 

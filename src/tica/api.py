@@ -14,15 +14,15 @@ from torch import nn
 
 from . import bitstream
 from .bitstream import Limits, Stream
-from .io import WeightsInfo
-from .registry import load_checkpoint
 from .config import TOP_K
 from .cost import Budget
 from .errors import BitstreamError, ConfigError, ModelMismatchError, TicaError
 from .image import ImageLike, encode_png, read_image
+from .io import WeightsInfo
 from .models import CompressionModel
 from .models.codec import quality_code, quality_from_code
-from .registry import DEFAULT_MODEL, create_model, find_weights, get_config, weights_for_id
+from .registry import (DEFAULT_MODEL, create_model, find_weights, get_config, load_checkpoint,
+                       weights_for_id)
 
 
 DEVICES = ("auto", "cpu", "cuda")

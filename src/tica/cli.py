@@ -17,9 +17,9 @@ from .cost import DEFAULT_MAX_GFLOP, Budget
 from .entropy.parallel import set_threads as set_coder_threads
 from .errors import BudgetError, LimitError, TicaError
 from .image import IMAGE_FORMATS, image_bytes, read_image
+from .models import CompressionModel
 from .nn import bands
 from .output import STDOUT, check_output, write_output
-from .models import CompressionModel
 from .registry import DEFAULT_MODEL, list_models
 from .serve.config import Listen, ServeConfig
 

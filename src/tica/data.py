@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .io import atomic_write
 from .config import DEFAULT_EPOCH_SIZE, SHARD_IMAGES, TrainConfig
 from .errors import ConfigError, TicaError
 from .extras import require
+from .io import atomic_write
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff"}
 

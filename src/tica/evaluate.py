@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from . import api, bitstream
-from .io import atomic_write
 from .classical import ClassicalCodec
 from .data import ImageFolderSplit
 from .extras import require
+from .io import atomic_write
 from .losses import psnr
 
 MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)

@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import bitstream
-from .io import atomic_write, sha256_file
 from .entropy.coder import CodingTables
 from .entropy.payload import clamp_z, encode_payload
 from .errors import CheckpointError, TicaError
+from .io import atomic_write, sha256_file
 from .models import CompressionModel
 from .models.codec import quality_code
 from .nn.integer import IntegerHyperSynthesis, requantize

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .io import atomic_write
 from .errors import ImageError, ImageLimitError
+from .io import atomic_write
 
 MAX_IMAGE_PIXELS = 1 << 26
 

@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Iterable
 
-from .io import atomic_write
 from .errors import OutputError
+from .io import atomic_write
 
 STDOUT = "-"
 

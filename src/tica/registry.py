@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import ARCHS, DEFAULT_MODEL, IMAGENETTE_LABELS, ModelConfig  # noqa: F401 (DEFAULT_MODEL: re-exported)
 from .checkpoint import read_checkpoint
-from .io import atomic_write
+from .config import ARCHS, DEFAULT_MODEL, IMAGENETTE_LABELS, ModelConfig  # noqa: F401 (DEFAULT_MODEL: re-exported)
 from .errors import CheckpointError, ConfigError, TicaError
+from .io import atomic_write
 from .models import HyperpriorCodec, PixelViT, TicaModel
 
 # config.ARCHS names the architectures (ModelConfig checks against it); their classes, in

@@ -37,12 +37,12 @@ import torch
 from torch import nn
 
 from .. import cost
-from ..io import WeightsInfo
 from ..config import ModelConfig
 from ..entropy import EntropyBottleneck, GaussianConditional, quantize
 from ..entropy.coder import MAX_ABS_VALUE
 from ..entropy.payload import PayloadDecoder, clamp_z, encode_payloads, z_payloads
 from ..errors import ConfigError, NotUpdatedError
+from ..io import WeightsInfo
 from ..nn.bands import pad_to, run_in_bands
 from ..nn.conv import analysis, hyper_analysis, hyper_synthesis, nhwc
 from ..nn.integer import IntegerHyperSynthesis

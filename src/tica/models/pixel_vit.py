@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from .. import cost
-from ..io import WeightsInfo
 from ..config import ModelConfig
 from ..errors import ConfigError
+from ..io import WeightsInfo
 from .codec import pad_to
 from .vit import PatchTokens, VisionTransformer
 

@@ -7,8 +7,8 @@ import json
 import signal
 from pathlib import Path
 
-from ..io import atomic_write
 from ..config import TrainConfig
+from ..io import atomic_write
 from .spec import RESULT_FILE
 
 

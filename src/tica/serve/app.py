@@ -18,11 +18,11 @@ from fastapi import FastAPI
 
 from .. import api
 from ..bitstream import Stream
+from ..entropy.parallel import set_threads as set_coder_threads
 from ..errors import ConfigError, ModelMismatchError
 from ..registry import read_manifest
 from . import routes
 from .batcher import MicroBatcher
-from ..entropy.parallel import set_threads as set_coder_threads
 from .config import ServeConfig
 from .http import HTTPError, install_error_handlers, measure
 from .metrics import Metrics

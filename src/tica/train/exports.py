@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..io import WeightsInfo
 from ..checkpoint import save_checkpoint
 from ..config import TrainConfig
+from ..io import WeightsInfo
 from ..models import CompressionModel
 from ..registry import build_model
 from .state import log_metrics

@@ -13,12 +13,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..io import atomic_write
-from ..registry import load_checkpoint
 from ..config import ModelConfig, TrainConfig
 from ..data import TrainingData, batch_generator, data_kind, split_classes
 from ..errors import CheckpointError, TicaError
+from ..io import atomic_write
 from ..models import CompressionModel
+from ..registry import load_checkpoint
 from ..registry import build_model, find_weights, get_config
 
 
