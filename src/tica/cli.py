@@ -418,12 +418,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         qualities = standard_qualities(args.model) or [None]
     results = []
     for q in qualities:
-        variable = isinstance(model, CompressionModel) and model.quality_range is not None
-        if variable:
-            model.quality = model.check_quality(q)
-        elif not args.weights and q is not None:
+        variable = model.quality_range is not None
+        if not variable and not args.weights and q is not None:
             model = api.load(args.model, quality=q, device=args.device)
-        q = model.quality if variable else (
+        # the quality goes to the evaluation as an argument; the model is left as loaded
+        q = model.check_quality(q) if variable else (
             model.weights_info.quality or q)        # a rate point is >= 1, never 0
         results.append(evaluate_codec(model, split, quality=q).to_dict())
         if not args.json:
@@ -431,7 +430,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             top = (f"top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  " if r["top1"] is not None
                    else "")
             z = f"  z {100 * r['z_fraction']:.1f}% of payload" if r["z_fraction"] is not None else ""
-            print(f"{api.describe(model)}: {top}bpp {r['bpp']:.4f}  PSNR {r['psnr']:.2f} dB  "
+            print(f"{api.describe(model, q)}: {top}bpp {r['bpp']:.4f}  PSNR {r['psnr']:.2f} dB  "
                   f"MS-SSIM {r['ms_ssim']:.4f}{z}  ({r['images']} images, {r['seconds']:.0f} s)")
     if args.json:
         print(json.dumps({"results": results}))
