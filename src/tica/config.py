@@ -226,8 +226,8 @@ class TrainConfig:
                              choices=OPTIMIZERS)
     seed: int = option(0, "seeds the initial weights, the data order and every draw")
     device: str = option("cpu", "cpu or cuda")
-    bf16: bool = option(True, "autocast to bfloat16 where the device computes it natively (a CUDA "
-                              "GPU with bf16, a CPU with AVX-512 BF16 or AMX)")
+    bf16: bool = option(True, "autocast to bfloat16 where the device computes it natively "
+                              "(tica.train.distributed.native_bf16 asks the device)")
     checkpoint_every: int = option(200, "save the training state every this many steps (and "
                                     "at every epoch end)")
     log_every: int = 20

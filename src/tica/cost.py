@@ -57,8 +57,9 @@ SYMBOL_FLOPS = 5000.0
 #     attention); a phone's 12-Mpixel photo (4000x3000): classify 683, reconstruct 1,550.
 #   tica-cifar, 1024x1024 (65,536 tokens): with global attention classify 9,105, in windows
 #     319; a 4-Mpixel image in windows: classify 1,276, reconstruct 2,077.
-# 2,000 holds a phone's 12-Mpixel photograph with tica-photo and every CIFAR batch, admits a 1024x1024 CIFAR-model stream, and refuses several 4-Mpixel images through
-# tica-cifar. What it admits takes up to about 30 s on the 2-core machine, the server's
+# 2,000 holds a phone's 12-Mpixel photograph with tica-photo and every CIFAR batch, admits a
+# 1024x1024 CIFAR-model stream, and refuses several 4-Mpixel images through tica-cifar.
+# What it admits takes up to about 30 s on the 2-core machine, the server's
 # default deadline: a 2000x2000 tica-cifar stream (1,224 GFLOP to classify) answered in
 # 17.9 s beside 200 small requests (docs/benchmarks/load_mixed.md), about 70 GFLOP/s.
 DEFAULT_MAX_GFLOP = 2000.0

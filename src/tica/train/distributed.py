@@ -25,9 +25,9 @@ def init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
 
 def native_bf16(device: torch.device) -> bool:
     """Whether `device` computes in bfloat16 natively, so that autocasting to it is faster
-    rather than slower. A CPU without AVX-512 BF16 or AMX emulates bf16: on a 2-core AVX2
-    EPYC a training step ran 8x slower under bf16 autocast than in float32 (0.12x)
-    (docs/design.md, "bf16 autocast only where it is native")."""
+    rather than slower. A CPU without bf16 instructions emulates it: there a training step
+    ran 8x slower under bf16 autocast than in float32 (0.12x) (docs/design.md, "bf16
+    autocast only where it is native")."""
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type != "cpu":
