@@ -10,6 +10,8 @@ images (tica-cifar, q4): the table for docs/design.md, "The entropy coder".
    runs) against the same layers as unfold/fold around float64 GEMMs (what a GPU runs,
    exact by construction), and a float32 convolution of the same shapes (not exact: the
    speed an exact integer h_s could at best reach in float32).
+3. One GEMM of h_s's size in float64, float32 and int8: what splitting the integers into
+   float32 or int8 limbs would start from.
 """
 
 from __future__ import annotations
@@ -98,6 +100,24 @@ def h_s_rows(model, x: torch.Tensor, repeats: int) -> list[tuple[str, float]]:
     return rows
 
 
+def gemm_rows(repeats: int) -> list[tuple[str, float]]:
+    """Operations per second of one GEMM the size of h_s's last layer on 256 CIFAR images
+    (192 x 1296 by 1296 x 16384), in the number formats an exact integer h_s could use."""
+    m, k, n = 192, 1296, 64 * 256
+    a8 = torch.randint(-64, 64, (m, k), dtype=torch.int8)
+    b8 = torch.randint(-64, 64, (k, n), dtype=torch.int8)
+    operands = {"float64 (exact, what runs)": (a8.double(), b8.double(), torch.matmul),
+                "float32 (not exact at h_s's widths)": (a8.float(), b8.float(), torch.matmul),
+                "int8 -> int32 (torch._int_mm)": (a8, b8, torch._int_mm)}
+    rows = []
+    for name, (a, b, mm) in operands.items():
+        try:
+            rows.append((name, 2 * m * k * n / timed(lambda: mm(a, b), repeats) / 1e9))
+        except RuntimeError as exc:                   # _int_mm is missing on some builds
+            print(f"{name}: {exc}", file=sys.stderr)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=256)
@@ -117,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{dec / base[2]:.0f}x |")
     print(f"\n| integer h_s ({args.images} images, z 128x4x4) | images/s |\n|---|---:|")
     for name, rate in h_s:
+        print(f"| {name} | {rate:,.0f} |")
+    print("\n| GEMM 192x1296 by 1296x16384 | G operations/s |\n|---|---:|")
+    for name, rate in gemm_rows(args.repeats):
         print(f"| {name} | {rate:,.0f} |")
     return 0
 

@@ -359,7 +359,7 @@ def classify_logits(model: nn.Module, data: bytes | Stream, limits: Limits = Lim
                         f"model trained with alpha > 0")
     stream = parse_within(model, data, "classify", limits, budget)
     out = torch.empty(len(stream.payloads), model.config.num_classes)
-    pending = []            # on a GPU the ViT runs on while the next batch is entropy-decoded
+    pending = []            # logits fetched at the end: a GPU need not finish one batch first
     for part, _, y_hat in decompress(model, stream, budget=None):
         pending.append((part, model.classify_latent(y_hat).float()))
     for part, logits in pending:

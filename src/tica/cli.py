@@ -16,7 +16,7 @@ from .config import SHARD_IMAGES, TOP_K, TrainConfig
 from .cost import DEFAULT_MAX_GFLOP, Budget
 from .entropy.parallel import set_threads as set_coder_threads
 from .errors import BudgetError, LimitError, TicaError
-from .image import IMAGE_FORMATS, image_bytes, read_image
+from .image import image_bytes, read_image
 from .models import CompressionModel
 from .nn import bands
 from .output import STDOUT, check_output, write_output
@@ -214,8 +214,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     images = api.reconstruct(model, stream, budget=None)
     out = sys.stderr if args.output == STDOUT else sys.stdout
     for img, path in zip(images, paths):
-        fmt = IMAGE_FORMATS.get(Path(path).suffix.lower(), "PNG")
-        where = write_output(path, image_bytes(img, fmt), [args.stream])
+        where = write_output(path, image_bytes(img, path), [args.stream])
         print(f"{where}: {img.shape[2]}x{img.shape[1]}", file=out)
     return 0
 

@@ -22,7 +22,6 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError, ImageLimitError
-from .io import atomic_write
 
 MAX_IMAGE_PIXELS = 1 << 26
 
@@ -149,19 +148,13 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 
-def image_bytes(image: torch.Tensor, fmt: str = "PNG") -> bytes:
-    """(3, H, W) in [0, 1] as the bytes of an image file of `fmt` (PNG, JPEG, WEBP)."""
+def image_bytes(image: torch.Tensor, name: str | Path = ".png") -> bytes:
+    """(3, H, W) in [0, 1] as the bytes of an image file named `name`: its suffix picks the
+    format (.jpg/.jpeg JPEG, .webp WebP, anything else PNG). tica.output writes them."""
     buf = io.BytesIO()
-    to_pil(image).save(buf, format=fmt)
+    to_pil(image).save(buf, format=IMAGE_FORMATS.get(Path(name).suffix.lower(), "PNG"))
     return buf.getvalue()
 
 
 def encode_png(image: torch.Tensor) -> bytes:
-    return image_bytes(image, "PNG")
-
-
-def save_image(image: torch.Tensor, path: str | Path) -> None:
-    """Save (3, H, W) in [0, 1] atomically; the format follows the suffix (PNG by default)."""
-    path = Path(path)
-    fmt = IMAGE_FORMATS.get(path.suffix.lower(), "PNG")
-    atomic_write(path, lambda tmp: to_pil(image).save(tmp, format=fmt))
+    return image_bytes(image)

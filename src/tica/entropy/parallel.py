@@ -24,6 +24,7 @@ T = TypeVar("T")
 _lock = threading.Lock()
 _threads: int | None = None
 _pool: ThreadPoolExecutor | None = None
+_pool_size = 0
 
 
 def available_cores() -> int:
@@ -66,12 +67,12 @@ def set_threads(n: int | None) -> None:
 
 
 def _get_pool(size: int) -> ThreadPoolExecutor:
-    global _pool
+    global _pool, _pool_size
     with _lock:
-        if _pool is None or _pool._max_workers != size:
+        if _pool is None or _pool_size != size:
             if _pool is not None:
                 _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(size, thread_name_prefix="tica-coder")
+            _pool, _pool_size = ThreadPoolExecutor(size, thread_name_prefix="tica-coder"), size
         return _pool
 
 

@@ -68,11 +68,6 @@ def default_quality(levels: int) -> float:
     return float(1 + round(0.75 * (levels - 1)))
 
 
-def _int32(symbols: torch.Tensor) -> np.ndarray:
-    """Rounded latents (float) -> int32 symbols, clamped first to what the coder codes."""
-    return symbols.clamp(-MAX_ABS_VALUE, MAX_ABS_VALUE).int().numpy()
-
-
 class CompressionModel(nn.Module):
     """g_a + mean-scale hyperprior + entropy models. Subclasses add what consumes y_hat."""
 
@@ -295,9 +290,8 @@ class CompressionModel(nn.Module):
         """Integer z_hat -> (table indexes (B, M, h, w) int32 on the CPU, means float32),
         exactly; the integer h_s runs on the model's device (a GPU, or the CPU)."""
         device = self.coding_device
-        gain = self.entropy_gain(quality, z_int.shape[0])
-        if gain is not None:                    # one quality for the batch: one row of gains
-            gain = (gain[:1] if bool((gain == gain[:1]).all()) else gain).to(device)
+        gain = self.entropy_gain(quality, 1)    # one quality for the batch: one row of gains
+        gain = None if gain is None else gain.to(device)
 
         def tables_and_means(params: torch.Tensor) -> torch.Tensor:
             scales, means = params.chunk(2, dim=1)                  # exact float64
@@ -306,9 +300,7 @@ class CompressionModel(nn.Module):
             indexes = self.gaussian_conditional.indexes(scales)     # exact comparisons
             return torch.cat([indexes.float(), means.float()], dim=1)
 
-        per_image = gain is not None and len(gain) > 1     # then bands must keep the batch whole
-        picked = (tables_and_means(self._require_update()(z_int.to(device))) if per_image
-                  else self._require_update()(z_int.to(device), then=tables_and_means))
+        picked = self._require_update()(z_int.to(device), then=tables_and_means)
         indexes, means = picked.chunk(2, dim=1)
         return indexes.to(torch.int32).cpu().numpy(), means.contiguous()
 
@@ -351,7 +343,10 @@ class CompressionModel(nn.Module):
     def compress(self, x: torch.Tensor, quality: float | None = None) -> list[bytes]:
         """x (B, 3, H, W) in [0, 1] -> one entropy-coded payload per image (tica.entropy.payload)."""
         z_int, indexes, _, symbols = self.analyze(x, quality)
-        return encode_payloads(z_int.int().numpy(), _int32(symbols), indexes,
+        # int32 as the coder takes them (no int64 copies of a photo's latent): clamped first,
+        # as the coder would clamp them
+        symbols = symbols.clamp_(-MAX_ABS_VALUE, MAX_ABS_VALUE).int().numpy()
+        return encode_payloads(z_int.int().numpy(), symbols, indexes,
                                self.entropy_bottleneck.tables, self.gaussian_conditional.tables)
 
     @torch.no_grad()
@@ -365,7 +360,8 @@ class CompressionModel(nn.Module):
     def decompress(self, payloads: list[bytes], image_size: tuple[int, int],
                    quality: float | None = None) -> torch.Tensor:
         """Payloads of images of one size, coded at `quality` -> y_hat (B, M, h, w) on the
-        coding device (`coding_device`), bit-exactly the encoder's. Raises BitstreamError on corrupt payloads."""
+        coding device (`coding_device`), bit-exactly the encoder's. Raises BitstreamError on
+        corrupt payloads."""
         self._require_update()
         h, w = self.latent_grid(image_size)
         reader = PayloadDecoder(payloads)

@@ -124,45 +124,35 @@ def run_in_bands(stack: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
         group = max(1, int(budget // max(per_row * rows, 1.0)))
         if group >= len(x):
             return stack(pad_to(x, pad))
-        pieces = [(slice(i, i + group), slice(None)) for i in range(0, len(x), group)]
-        return _assemble(lambda b, _: stack(pad_to(x[b], pad)), pieces, len(x), -4, label)
+        jobs = [((slice(i, i + group),), lambda i=i: stack(pad_to(x[i:i + group], pad)))
+                for i in range(0, len(x), group)]
+        return _assemble(jobs, lambda part: (len(x), *part.shape[1:]), label)
     scale = _geometry(module, 1, False)[0]
-    pieces = []
-    for i in range(len(x)):
-        for a in range(0, rows, band):
-            b = min(rows, a + band)
-            pieces.append((slice(i, i + 1), (a, b, max(0, a - halo), min(rows, b + halo))))
 
-    def run(images: slice, span: tuple[int, int, int, int]) -> torch.Tensor:
-        a, b, lo, hi = span             # rows of the padded image: kept [a, b), read [lo, hi)
-        part = x[images, :, lo:min(hi, x.shape[-2])]
+    def run(i: int, a: int, b: int) -> torch.Tensor:
+        lo, hi = max(0, a - halo), min(rows, b + halo)   # padded rows: keep [a, b), read [lo, hi)
+        part = x[i:i + 1, :, lo:min(hi, x.shape[-2])]
         below, right = hi - lo - part.shape[-2], (-x.shape[-1]) % pad
         if below or right:                                   # as pad_to pads the whole
             part = F.pad(part, (0, right, 0, below), mode="replicate")
         return stack(part)[..., int((a - lo) * scale):int((b - lo) * scale), :]
 
-    return _assemble(run, pieces, len(x), -2, label, int(rows * scale))
+    spans = [(i, a, min(rows, a + band)) for i in range(len(x)) for a in range(0, rows, band)]
+    jobs = [((slice(i, i + 1), slice(None), slice(int(a * scale), int(b * scale))),
+             lambda i=i, a=a, b=b: run(i, a, b)) for i, a, b in spans]
+    return _assemble(jobs, lambda part: (len(x), part.shape[1], int(rows * scale),
+                                         part.shape[3]), label)
 
 
-def _assemble(run, pieces: list, images: int, axis: int, label: str,
-              rows: int | None = None) -> torch.Tensor:
-    """The outputs of run(*piece) for each piece written into one tensor: along the batch
-    (axis -4) or the rows (-2) of each image; progress reported per piece."""
-    out, at = None, {}
-    for n, (batch, span) in enumerate(pieces):
-        part = run(batch, span)
+def _assemble(jobs: list, shape_of, label: str) -> torch.Tensor:
+    """One tensor of `shape_of(first part)` holding each job's run() at its place, filled
+    job by job (no list of parts, no concatenated copy); progress reported per job."""
+    out = None
+    for n, (where, run) in enumerate(jobs):
+        part = run()
         if out is None:
-            shape = list(part.shape)
-            shape[0] = images
-            if rows is not None:
-                shape[-2] = rows
-            out = part.new_empty(shape)
-        start = batch.start if axis == -4 else at.get(batch.start, 0)
-        if axis == -4:
-            out[start:start + len(part)] = part
-        else:
-            out[batch, :, start:start + part.shape[-2]] = part
-            at[batch.start] = start + part.shape[-2]
+            out = part.new_empty(shape_of(part))
+        out[where] = part
         for report in _progress:
-            report(label, n + 1, len(pieces))
+            report(label, n + 1, len(jobs))
     return out

@@ -36,7 +36,6 @@ from .bands import LayerShapes, run_in_bands
 WEIGHT_BITS = 14        # |w_int| < 2^14
 ACT_FRAC_BITS = 8       # hidden activations in steps of 1/256
 ACT_BITS = 20           # hidden activations clamped to [0, 2^20) (i.e. < 4096.0)
-INPUT_BITS = Z_INPUT_BITS   # z_hat clamped to (-2^12, 2^12) before entering the network
 MAX_EXACT = 2.0 ** 53   # float64 represents every integer below this exactly
 MAX_WEIGHT_EXP = 40
 
@@ -127,7 +126,7 @@ class IntegerHyperSynthesis:
         acts = [m for m in h_s if not isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
         if not all(isinstance(a, nn.ReLU) for a in acts) or len(acts) != len(convs) - 1:
             raise ValueError("IntegerHyperSynthesis needs conv/ReLU/.../conv")
-        layers, in_exp, in_bound = [], 0, float(2 ** INPUT_BITS)
+        layers, in_exp, in_bound = [], 0, float(2 ** Z_INPUT_BITS)
         for layer in convs:
             int_layer, _ = _quantize_layer(layer, in_exp, in_bound)
             layers.append(int_layer)
@@ -169,20 +168,19 @@ class IntegerHyperSynthesis:
         holds exactly on every device: the CPU and a GPU give the same numbers.
         """
         device = z_hat.device if z_hat.device.type == "cuda" else torch.device("cpu")
-        limit = 2 ** INPUT_BITS - 1
+        limit = 2 ** Z_INPUT_BITS - 1      # z_hat clamped to (-2^12, 2^12)
         x = z_hat.detach().to(device, torch.float64).round().clamp(-limit, limit)
-        # layer by layer, each in bands of rows if large: every layer runs once per row
-        # (a halo of its own kernel's reach), and only one layer's output is whole at a time
+        # layer by layer, each in bands of rows if large: every layer runs once per row (a
+        # halo of its own kernel's reach), and only one layer's input and output are whole
         layers = self._layers_on(device)
         for i, (layer, shape) in enumerate(zip(layers, self.layer_shapes())):
             last = i == len(layers) - 1
-            run = functools.partial(self._layer, layer, last)
-            if last and then is not None:
-                run = (lambda step: lambda band: then(step(band)))(run)
-            x = run_in_bands(run, x, geometry_of=LayerShapes([shape]), label="h_s",
-                             unfolded=True)
+            keep = then if last else None
+            x = run_in_bands(functools.partial(self._layer, layer, last, keep), x,
+                             geometry_of=LayerShapes([shape]), label="h_s", unfolded=True)
         return x
 
-    def _layer(self, layer: _IntLayer, last: bool, x: torch.Tensor) -> torch.Tensor:
+    def _layer(self, layer: _IntLayer, last: bool, keep, x: torch.Tensor) -> torch.Tensor:
         scale = torch.pow(2.0, layer.exponent.double()).view(1, -1, 1, 1)
-        return requantize(self._linear(layer, x), scale, last)
+        out = requantize(self._linear(layer, x), scale, last)
+        return out if keep is None else keep(out)
