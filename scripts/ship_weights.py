@@ -5,10 +5,8 @@
                                    [--model runs/vit-pixel-cifar/model.safetensors]
                                    [--trained '{"where": "cpu", "minutes": 95, ...}']
 
-A codec's preset and quality come from the checkpoint's own config and metadata; `PATH=Q`
-gives a fixed-rate codec another rate-point label (metadata only: the model id, which
-streams carry, is unchanged). A variable-rate codec supersedes every other codec of its
-preset: their entries and files are removed. --check DIR compares each codec in float16
+A codec's preset comes from the checkpoint's own config; a shipped codec is variable-rate
+(the rate is chosen when coding) and replaces its preset's earlier codec, entry and file. --check DIR compares each codec in float16
 with its float32 original on the images of DIR (e.g. ../shared/data/kodak) from real
 streams, so "half precision if quality allows" is a measured statement.
 `--rehash` recomputes every entry's SHA-256 and model id from the files.
@@ -37,20 +35,16 @@ def _entry(model, target: str, role: str, trained: dict, results: dict) -> dict:
              "results": results}
     if role == "codec":
         entry["model_id"] = f"{model.model_id:04x}"
-        if model.config.rate_levels:
-            entry["rate_levels"] = model.config.rate_levels
-        else:
-            entry["quality"] = info.quality
+        entry["rate_levels"] = model.config.rate_levels
     return entry
 
 
 def _put(entries: list[dict], entry: dict) -> None:
-    """Add `entry`, replacing one of the same name; a variable-rate codec also replaces every
-    other codec of its preset (their files are deleted)."""
+    """Add `entry`, replacing the one of its name or of its preset and role (the old file is
+    deleted)."""
     for old in list(entries):
-        superseded = (old["preset"] == entry["preset"] and old["role"] == "codec" == entry["role"]
-                      and entry.get("rate_levels"))
-        if old["name"] == entry["name"] or superseded:
+        if old["name"] == entry["name"] or (old["preset"], old["role"]) == (entry["preset"],
+                                                                            entry["role"]):
             entries.remove(old)
             if old["file"] != entry["file"]:
                 (WEIGHTS / old["file"]).unlink(missing_ok=True)
@@ -58,21 +52,14 @@ def _put(entries: list[dict], entry: dict) -> None:
     entries.append(entry)
 
 
-def _ship_codec(spec: str, args: argparse.Namespace, entries: list[dict], images: list) -> None:
-    """Ship one --codec PATH[=Q]: float16 into the package, its entry into `entries`."""
-    src, _, label = spec.partition("=")
-    if label and not label.isdigit():
-        raise SystemExit(f"{spec}: the rate-point label after '=' must be an integer")
+def _ship_codec(src: str, args: argparse.Namespace, entries: list[dict], images: list) -> None:
+    """Ship one --codec PATH: float16 into the package, its entry into `entries`."""
     model = load_checkpoint(src)
     info = model.weights_info
-    if label:
-        info = replace(info, quality=int(label))
-    variable = bool(model.config.rate_levels)
-    if not model.is_updated or (not variable and info.quality is None):
-        raise SystemExit(f"{src}: needs coding tables (a step-2 export) and, at a fixed "
-                         f"rate, a quality label")
-    name = model.config.name if variable else f"{model.config.name}-q{info.quality}"
-    target = f"{name}.safetensors"
+    if not model.is_updated or not model.config.rate_levels:
+        raise SystemExit(f"{src}: a shipped codec needs coding tables (a step-2 export) and "
+                         f"variable rate (rate_levels >= 2)")
+    target = f"{model.config.name}.safetensors"
     if args.trained:
         info = replace(info, trained=args.trained)
     save_checkpoint(model, WEIGHTS / target, info, half=True)
@@ -89,7 +76,7 @@ def _ship_codec(spec: str, args: argparse.Namespace, entries: list[dict], images
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--codec", action="append", default=[],
-                        help="step-2 export, optionally =Q to relabel a fixed rate point (repeatable)")
+                        help="a variable-rate step-2 export (repeatable)")
     parser.add_argument("--step1", help="step-1 export")
     parser.add_argument("--model", action="append", default=[],
                         help="a model with no codec, e.g. a classifier baseline (repeatable)")
@@ -121,7 +108,7 @@ def main() -> None:
             e["sha256"] = sha256_file(WEIGHTS / e["file"])
             if e["role"] == "codec":
                 e["model_id"] = f"{load_checkpoint(WEIGHTS / e['file']).model_id:04x}"
-    entries.sort(key=lambda e: (e["preset"], e["role"], e.get("quality") or 0))
+    entries.sort(key=lambda e: (e["preset"], e["role"]))
     write_manifest(manifest, path)
 
 

@@ -20,7 +20,7 @@ from tica.nn import bands
 from tica import api, bitstream, cost
 from tica.cli import main
 from tica.image import read_image
-from tica.models.codec import quality_code
+from tica.config import quality_code
 
 OCTET = {"Content-Type": "application/octet-stream"}
 
@@ -39,7 +39,7 @@ def crafted(model, side: int, count: int = 1) -> bytes:
     """A well-formed container for `count` side x side images of `model`: its header holds
     the sizes, each payload is 64 arbitrary bytes. Building it costs nothing, decoding it all
     the work of a real stream of that size."""
-    codes = None if model.quality_range is None else [quality_code(model.quality)] * count
+    codes = None if model.quality_range is None else [quality_code(model.config.default_quality)] * count
     return bitstream.pack(model.model_id, [(side, side)] * count, [bytes(range(1, 65))] * count,
                           codes)
 

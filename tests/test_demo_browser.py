@@ -48,14 +48,14 @@ def test_demo_page_encodes_classifies_and_decodes(live_server, browser, tmp_path
     wait.until(lambda d: d.find_element(By.ID, "stats").get_attribute("data-bytes")
                or d.find_element(By.ID, "error").text)
     assert browser.find_element(By.ID, "error").text == ""
-    expected = tica.compress(tica.load("tica-cifar", quality=1), read_image(data))
+    expected = tica.compress(tica.load("tica-cifar"), read_image(data), quality=1)
     assert int(browser.find_element(By.ID, "stats").get_attribute("data-bytes")) == len(expected)
     stats = browser.find_element(By.ID, "stats").text
     assert f"{len(expected)} bytes" in stats and "bpp" in stats and "tica-cifar q1" in stats
     assert f"a lossless PNG: {tica.api.png_bytes(read_image(data))} bytes" in stats
     rows = browser.find_elements(By.CSS_SELECTOR, "#classes tr")
     assert len(rows) == 5
-    local_top = tica.classify(tica.load("tica-cifar", quality=1), expected, k=1)[0][0].label
+    local_top = tica.classify(tica.load("tica-cifar"), expected, k=1)[0][0].label
     assert rows[0].text.split()[0] == local_top
     decoded = browser.find_element(By.ID, "decoded")
     wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth", decoded) > 0)

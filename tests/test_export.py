@@ -29,7 +29,7 @@ def _decoded(model, data):
 
 
 def test_edge_streams_decode_bit_exactly_on_the_server(cifar_export, cifar_images):
-    model = tica.load("tica-cifar", quality=1)
+    model = tica.load("tica-cifar")
     meta = json.loads((cifar_export / "edge.json").read_text())
     assert meta["model_id"] == f"{model.model_id:04x}" and meta["quality"] == 1
     encoder = EdgeEncoder(cifar_export)
@@ -38,11 +38,11 @@ def test_edge_streams_decode_bit_exactly_on_the_server(cifar_export, cifar_image
         data = encoder.compress(image.numpy())
         _, symbols, y_hat, _ = encoder.latent(image.numpy())
         # bit-exact: the symbols plus means the edge coded, times the inverse gain
-        assert torch.equal(_decoded(model, data)[0], model.dequantize(torch.from_numpy(y_hat)[None])[0])
-        reference = model.analyze(image[None])[3][0]
+        assert torch.equal(_decoded(model, data)[0], model.dequantize(torch.from_numpy(y_hat)[None], 1)[0])
+        reference = model.analyze(image[None], 1)[3][0]
         differing += int((torch.from_numpy(symbols) != reference).sum())
         assert tica.classify(model, data)[0][0].index == tica.classify(
-            model, tica.compress(model, image))[0][0].index
+            model, tica.compress(model, image, quality=1))[0][0].index
     assert differing <= 6          # float32 g_a may move a rare value across a rounding edge
 
 
@@ -84,8 +84,7 @@ def test_a_variable_rate_model_exports_at_one_quality_and_its_streams_say_so(tmp
     with torch.no_grad():
         model.g_a[-1].weight.mul_(40)
     model.update()
-    model.quality = model.check_quality(2.5)
-    meta = export_onnx(model, tmp_path)
+    meta = export_onnx(model, tmp_path, quality=2.5)
     assert meta["quality"] == 2.5 and meta["check"]["index_equal"]
     encoder = EdgeEncoder(tmp_path)
     image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(2))
@@ -100,7 +99,7 @@ def test_the_edge_and_the_model_write_the_same_payload_bytes(cifar_export, cifar
     """One coding path: where ONNX's g_a gives the same symbols as PyTorch's, the edge's
     payload is byte for byte the model's, and both are `encode_payload` of those symbols."""
     from tica.entropy.payload import encode_payload
-    model = tica.load("tica-cifar", quality=1)
+    model = tica.load("tica-cifar")
     encoder = EdgeEncoder(cifar_export)
     same = 0
     for image in cifar_images[:6]:
@@ -109,8 +108,8 @@ def test_the_edge_and_the_model_write_the_same_payload_bytes(cifar_export, cifar
         assert edge == encode_payload(z.astype(np.int64), symbols.astype(np.int64), index,
                                       model.entropy_bottleneck.tables,
                                       model.gaussian_conditional.tables)
-        z_int, indexes, _, reference = model.analyze(image[None])
-        served = model.compress(image[None])[0]
+        z_int, indexes, _, reference = model.analyze(image[None], 1)
+        served = model.compress(image[None], 1)[0]
         assert served == encode_payload(z_int[0].long().numpy(), reference[0].long().numpy(),
                                         indexes[0], model.entropy_bottleneck.tables,
                                         model.gaussian_conditional.tables)

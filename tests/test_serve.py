@@ -60,7 +60,7 @@ def test_classify_matches_the_library(client, model, stream):
 def test_every_shipped_rate_point_is_served(client, cifar_images):
     from tica.registry import standard_qualities
     for q in standard_qualities("tica-cifar"):
-        data = tica.compress(tica.load("tica-cifar", quality=q), cifar_images[:1])
+        data = tica.compress(tica.load("tica-cifar"), cifar_images[:1], quality=q)
         assert client.post("/v1/classify", content=data, headers=OCTET).status_code == 200
 
 

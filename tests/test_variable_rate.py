@@ -16,7 +16,7 @@ from tica import bitstream
 from tica.api import qualities_for_bpp, stream_qualities
 from tica.config import TrainConfig
 from tica.errors import BitstreamError, ConfigError
-from tica.models.codec import quality_code, quality_from_code
+from tica.config import quality_code, quality_from_code
 from tica.train import Objective, train
 
 TINY = {"N": 16, "M": 16, "embed_dim": 32, "depth": 3, "num_heads": 2, "drop_path": 0.0}

@@ -9,7 +9,6 @@ import json
 import pytest
 
 import tica
-from tica.models.codec import default_quality
 from tica.registry import load_checkpoint
 from tica.errors import ConfigError
 from tica.registry import (MANIFEST, find_weights, list_models, read_manifest, standard_qualities,
@@ -32,8 +31,7 @@ def test_every_file_matches_its_manifest_entry_and_every_id_is_unique():
         if e.role == "codec":
             assert model.is_updated and model.model_id == e.model_id, e.name
             assert weights_for_id(e.model_id) == e
-            assert bool(model.config.rate_levels) == bool(e.rate_levels)
-            assert (e.quality is None) == bool(e.rate_levels)
+            assert model.config.rate_levels == e.rate_levels >= 2      # all variable-rate
 
 
 def test_the_resolver_finds_each_presets_weights_and_refuses_what_is_not_there():
@@ -41,13 +39,16 @@ def test_the_resolver_finds_each_presets_weights_and_refuses_what_is_not_there()
         qualities = standard_qualities(preset)
         assert qualities == sorted(qualities) and qualities[0] >= 1
         model = tica.load(preset)
-        # one variable-rate file: its default point (6 of 8); fixed-rate files: the highest
-        default = (default_quality(model.config.rate_levels) if model.config.rate_levels
-                   else qualities[-1])
-        assert tica.describe(model).endswith(f"q{default:g}")
-        assert find_weights(preset, "codec", qualities[0]) is not None
-    with pytest.raises(ConfigError, match="no rate point|outside"):
-        tica.load("tica-cifar", quality=99)
+        assert model.config.standard_qualities == qualities
+        assert find_weights(preset, "codec").file.name == f"{preset}.safetensors"
+        # one rule for the rate: the default point (6 of 8), any number in range on the
+        # stream's 1/16 grid, nothing outside
+        assert model.check_quality(None) == model.config.default_quality == 6
+        assert model.check_quality(2.51) == 2.5
+        with pytest.raises(ConfigError, match="outside"):
+            model.check_quality(99)
+    with pytest.raises(TypeError):
+        tica.load("tica-cifar", quality=2)                   # the rate is not the model's
     with pytest.raises(ConfigError, match="--untrained"):
         tica.load("tica-s")                                  # never a silent random model
     untrained = tica.load("tica-s", untrained=True)
@@ -64,16 +65,23 @@ def test_a_malformed_manifest_is_a_config_error(tmp_path):
          "sha256": "0"}]}))
     with pytest.raises(ConfigError, match="role"):
         read_manifest(bad)
+    # every shipped codec is variable-rate, one file per preset and role
+    codec = {"name": "x", "file": "x.safetensors", "preset": "tica-cifar", "role": "codec",
+             "sha256": "0", "model_id": "0001"}
+    for entries, problem in (([codec], "variable-rate"),
+                             ([{**codec, "rate_levels": 8}, {**codec, "name": "y",
+                                                             "rate_levels": 8}], "two codec")):
+        bad.write_text(json.dumps({"format": "tica-weights-manifest", "weights": entries}))
+        with pytest.raises(ConfigError, match=problem):
+            read_manifest(bad)
 
 
 def test_the_server_refuses_two_models_with_one_stream_id(tmp_path, monkeypatch):
     from tica.serve import app as app_module
-    from tica.registry import ShippedWeights
     codec = next(e for e in read_manifest() if e.role == "codec")
-    twin = ShippedWeights(**{**codec.__dict__, "name": codec.name + "-copy"})
-    monkeypatch.setattr(app_module, "read_manifest", lambda: [codec, twin])
+    monkeypatch.setattr(app_module.api, "AUTO_MODELS", (codec.preset, codec.preset))
     with pytest.raises(ConfigError, match="share the stream id"):
-        app_module.ModelSet(app_module.ServeConfig(model=codec.preset))
+        app_module.ModelSet(app_module.ServeConfig(model="auto"))
 
 
 def test_the_manifest_is_read_and_written_by_one_pair_of_functions(tmp_path):

@@ -14,13 +14,12 @@ from torch import nn
 
 from . import bitstream
 from .bitstream import Limits, Stream
-from .config import TOP_K
+from .config import TOP_K, quality_code, quality_from_code
 from .cost import Budget
 from .errors import BitstreamError, ConfigError, ModelMismatchError, TicaError
 from .image import ImageLike, encode_png, read_image
 from .io import WeightsInfo
 from .models import CompressionModel
-from .models.codec import quality_code, quality_from_code
 from .registry import (DEFAULT_MODEL, create_model, find_weights, get_config, load_checkpoint,
                        weights_for_id)
 
@@ -59,17 +58,14 @@ def _batch_size(model: nn.Module, batch_size: int | None) -> int:
     return GPU_BATCH if next(model.parameters()).device.type == "cuda" else CPU_BATCH
 
 
-def load(name: str | None = None, *, quality: float | None = None,
-         weights: str | Path | None = None, device: str | torch.device = "cpu",
-         untrained: bool = False) -> nn.Module:
+def load(name: str | None = None, *, weights: str | Path | None = None,
+         device: str | torch.device = "cpu", untrained: bool = False) -> nn.Module:
     """A coding-ready model in eval mode.
 
     weights: a checkpoint file (its config names the architecture). Otherwise the shipped
-    weights of preset `name` (tica.registry's manifest). `quality` picks a fixed-rate
-    preset's rate point, or sets a variable-rate model's default coding quality (any number
-    in its range; the integers name its standard points, 1 = lowest rate). A preset with no
-    shipped weights is refused unless `untrained=True` asks for its seeded random model,
-    which is then labelled so.
+    weights of preset `name` (tica.registry's manifest). A preset with no shipped weights is
+    refused unless `untrained=True` asks for its seeded random model, which is then labelled
+    so. The rate is not part of the model: pass `quality` to `compress`.
     """
     device = resolve_device(device)
     if weights is not None:
@@ -77,22 +73,17 @@ def load(name: str | None = None, *, quality: float | None = None,
     else:
         name = name or DEFAULT_MODEL
         get_config(name)                        # an unknown preset is named as such
-        entry = find_weights(name, "codec", quality) or (
-            find_weights(name, "classifier") if quality is None else None)
+        entry = find_weights(name, "codec") or find_weights(name, "classifier")
         if entry is not None:
             model = load_checkpoint(entry.file, device)
         elif untrained:
             model = create_model(name).to(device).eval()
             model.weights_info = WeightsInfo(untrained=True, seed=0)
         else:
-            raise ConfigError(f"no trained weights are shipped for {name}"
-                              + (f" at quality {quality:g}" if quality is not None else "")
-                              + "; pass --weights FILE, or --untrained for its seeded random model")
-    if isinstance(model, CompressionModel):
-        if not model.is_updated:
-            model.update()
-        if quality is not None and model.quality_range is not None:
-            model.quality = model.check_quality(quality)
+            raise ConfigError(f"no trained weights are shipped for {name}; pass --weights "
+                              "FILE, or --untrained for its seeded random model")
+    if isinstance(model, CompressionModel) and not model.is_updated:
+        model.update()
     return model
 
 
@@ -152,13 +143,12 @@ def load_for_stream(data: bytes, device: str | torch.device = "cpu") -> nn.Modul
 
 
 def describe(model: nn.Module, quality: float | None = None) -> str:
-    """"preset qQ": the model and the quality it codes at (or a stream was coded at)."""
+    """"preset qQ": the model and the quality it codes at (or a stream was coded at; with
+    none, its default, or a fixed-rate model's own rate point)."""
     info = model.weights_info
     label = model.config.name
     if quality is None:
-        quality = getattr(model, "quality", None)
-    if quality is None:
-        quality = info.quality
+        quality = model.config.default_quality or info.quality
     if quality is not None:
         label += f" q{quality:g}"
     return label + (" (UNTRAINED: random weights, seed 0)" if info.untrained else "")
@@ -206,9 +196,8 @@ def compress(model: nn.Module, images: ImageLike | Sequence[ImageLike],
              budget: Budget | None = Budget()) -> bytes:
     """Images (one, a list, or a (B, 3, H, W) batch; each a path, file bytes, a PIL image,
     a numpy array or a (3, H, W) tensor in [0, 1]: tica.image.read_image) -> one tica
-    bitstream. A
-    variable-rate model codes at `quality`: one for all images, or one per image (default:
-    the model's `quality`); the stream records it. BudgetError, before any work, if
+    bitstream. A variable-rate model codes at `quality`: one for all images, or one per image
+    (default: its config's `default_quality`); the stream records it. BudgetError, before any work, if
     encoding or any operation on the stream it writes is over `budget` (None: unbounded),
     so no stream comes out that its own decoder would refuse."""
     codec = _codec(model)
@@ -427,8 +416,6 @@ def inspect(data: bytes, limits: Limits = Limits()) -> dict:
     pixels = sum(h * w for h, w in stream.sizes)
     known = weights_for_id(stream.model_id)
     qualities = stream_qualities(stream)
-    if known is not None and known.quality is not None:
-        qualities = [float(known.quality)] * len(qualities)
     label = None
     if known is not None:
         label = known.preset + ("" if qualities[0] is None else f" q{qualities[0]:g}"

@@ -107,11 +107,10 @@ def _add_config_args(p: argparse.ArgumentParser, config: type, unset: tuple[str,
 
 def _load_model(args: argparse.Namespace, stream: bytes | None = None):
     """The model the flags name; with none, the shipped model the stream's id names."""
-    device, quality = getattr(args, "device", "cpu"), getattr(args, "quality", None)
+    device = getattr(args, "device", "cpu")
     if stream is not None and not (args.model or args.weights):
         return api.load_for_stream(stream, device)
-    return api.load(args.model, quality=quality, weights=args.weights,
-                    untrained=args.untrained, device=device)
+    return api.load(args.model, weights=args.weights, untrained=args.untrained, device=device)
 
 
 def _read_stream(path: str) -> bytes:
@@ -157,7 +156,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     picked = _pick_model(args, [tuple(img.shape[-2:]) for img in images])
     model = _load_model(args)
     budget = Budget(args.max_gflop)
-    qualities = None
+    qualities = args.quality
     if args.target_bpp is not None:
         qualities = api.qualities_for_bpp(model, images, args.target_bpp, budget)
     data = api.compress(model, images, quality=qualities, budget=budget)
@@ -174,13 +173,14 @@ def cmd_encode(args: argparse.Namespace) -> int:
               f"image(s) as lossless PNG ({png} bytes): the PNG is the smaller file",
               file=sys.stderr)
     pixels = sum(img.shape[1] * img.shape[2] for img in images)
-    label = api.describe(model, qualities[0] if qualities and len(set(qualities)) == 1 else None)
-    if qualities and len(set(qualities)) > 1:
-        label = f"{model.config.name} q{min(qualities):g}..{max(qualities):g}"
+    coded = api.stream_qualities(bitstream.unpack(data))         # None: a fixed rate
+    label = api.describe(model, coded[0])
+    if len(set(coded)) > 1:
+        label = f"{model.config.name} q{min(coded):g}..{max(coded):g}"
     report = {"output": args.output, "model": label, "images": len(images),
               "sizes": [api.size_json(tuple(img.shape[-2:])) for img in images],
               "bytes": len(data), "bpp": 8 * len(data) / pixels, "png_bytes": png}
-    if qualities:
+    if args.target_bpp is not None:
         report["qualities"] = qualities
     out = sys.stderr if args.output == STDOUT else sys.stdout     # the stream owns stdout
     if args.json:
@@ -231,7 +231,8 @@ def cmd_classify_remote(args: argparse.Namespace) -> int:
     else:
         image = read_image(raw, frame=args.frame)
         picked = _pick_model(args, [tuple(image.shape[-2:])])     # the rule encode follows
-        data = api.compress(_load_model(args), image, budget=Budget(args.max_gflop))
+        data = api.compress(_load_model(args), image, quality=args.quality,
+                            budget=Budget(args.max_gflop))
         if picked:
             print(picked, file=sys.stderr)
         replaced = len(raw)
@@ -289,9 +290,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx
 
     model = _load_model(args)
-    meta = export_onnx(model, args.onnx)
+    meta = export_onnx(model, args.onnx, args.quality)
     check = meta["check"]
-    print(f"{args.onnx}: analysis.onnx, hyper.onnx, tables.npz, edge.json  [{api.describe(model)}, "
+    print(f"{args.onnx}: analysis.onnx, hyper.onnx, tables.npz, edge.json  "
+          f"[{api.describe(model, meta['quality'])}, "
           f"id {meta['model_id']}]")
     print(f"  checked with onnxruntime: y within {check['y_max_abs_diff']:.2g} of PyTorch; "
           f"z, table indexes and means identical")
@@ -397,7 +399,6 @@ def _eval_classifier(model, split, args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .data import held_out_split, load_split
     from .evaluate import evaluate_codec
-    from .registry import standard_qualities
 
     split = load_split(args.data, args.split or held_out_split(args.data), limit=args.limit)
     model = api.load(args.model, weights=args.weights, untrained=args.untrained,
@@ -409,20 +410,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             qualities = [float(q) for q in args.quality.split(",")]
         except ValueError:
             raise TicaError(f"--quality takes numbers or 'all', got {args.quality!r}") from None
-    elif isinstance(model, CompressionModel) and model.quality_range is not None:
-        qualities = list(range(1, model.config.rate_levels + 1))
-    elif args.weights:
-        qualities = [None]
     else:
-        qualities = standard_qualities(args.model) or [None]
+        qualities = model.config.standard_qualities or [None]      # [None]: a fixed rate
     results = []
     for q in qualities:
-        variable = model.quality_range is not None
-        if not variable and not args.weights and q is not None:
-            model = api.load(args.model, quality=q, device=args.device)
-        # the quality goes to the evaluation as an argument; the model is left as loaded
-        q = model.check_quality(q) if variable else (
-            model.weights_info.quality or q)        # a rate point is >= 1, never 0
+        q = model.check_quality(q) if q is not None else None
         results.append(evaluate_codec(model, split, quality=q).to_dict())
         if not args.json:
             r = results[-1]

@@ -35,6 +35,18 @@ Z_INPUT_BITS = 12
 ACTIVATIONS = ("leaky_relu", "gdn", "gelu")
 LATENT_PROXIES = ("noise", "ste")
 MAX_RATE_LEVELS = 16
+QUALITY_STEPS = 16                  # a stream records quality to 1/16: code = round((q - 1) * 16)
+
+
+def quality_code(quality: float) -> int:
+    """The integer a stream stores for `quality` (>= 1)."""
+    return int(round((float(quality) - 1.0) * QUALITY_STEPS))
+
+
+def quality_from_code(code: int) -> float:
+    return 1.0 + code / QUALITY_STEPS
+
+
 # ModelConfig fields newer than the first weights, at their neutral value
 _LATER_FIELDS = {"rate_levels": 0, "res_blocks": 0, "hyper_proxy": "noise", "entropy_gain": False}
 
@@ -119,6 +131,41 @@ class ModelConfig:
             problems.append("need 0 < scale_min < scale_max")
         if problems:
             raise ConfigError(f"invalid config {self.name!r}: " + "; ".join(problems))
+
+    # ---- rate points: the one rule every caller (API, CLI, server, evaluation) goes through --
+    @property
+    def quality_range(self) -> tuple[float, float] | None:
+        """[lowest, highest] quality of a variable-rate codec; None for a fixed-rate one."""
+        return (1.0, float(self.rate_levels)) if self.rate_levels else None
+
+    @property
+    def default_quality(self) -> float | None:
+        """The quality a variable-rate codec codes at when none is asked: the standard point
+        three quarters of the way up its range (6 of 8), where a learned codec's
+        rate-accuracy and rate-distortion curves have flattened, at a fraction of the highest
+        point's rate. None at a fixed rate."""
+        L = self.rate_levels
+        return float(1 + round(0.75 * (L - 1))) if L else None
+
+    @property
+    def standard_qualities(self) -> list[int]:
+        """The named rate points, lowest rate first (none at a fixed rate)."""
+        return list(range(1, self.rate_levels + 1))
+
+    def coding_quality(self, quality: float | None) -> float | None:
+        """The quality a codec of this config codes at when asked for `quality` (None: its
+        default), snapped to the stream's 1/16 grid. ConfigError if out of range, or given to
+        a fixed-rate codec (it codes at the one rate it was trained for)."""
+        if quality is None:
+            return self.default_quality
+        rng = self.quality_range
+        if rng is None:
+            raise ConfigError(f"{self.name} is a fixed-rate model: it takes no quality")
+        q = float(quality)
+        if not rng[0] <= q <= rng[1]:
+            raise ConfigError(f"quality {q:g} is outside {self.name}'s range "
+                              f"{rng[0]:g}..{rng[1]:g} (1 = lowest rate)")
+        return quality_from_code(quality_code(q))
 
     @property
     def stride(self) -> int:

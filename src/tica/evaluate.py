@@ -137,10 +137,15 @@ class LearnedPipeline(Pipeline):
                  classifier=None) -> None:
         self.model, self.classifier = model, classifier
         self.name = name or model.config.name
-        self.quality = quality if quality is not None else model.weights_info.quality
+        if model.config.quality_range is None:
+            # a fixed-rate model codes at its one rate: `quality` (else its file's) labels it
+            self.coding_quality = None
+            self.quality = quality if quality is not None else model.weights_info.quality
+        else:
+            self.coding_quality = self.quality = model.check_quality(quality)
 
     def run(self, x: torch.Tensor) -> Coded:
-        q = self.quality if self.model.quality_range is not None else None
+        q = self.coding_quality
         # a batch of the evaluation's own images: no per-request budget (tica.cost) applies
         stream = bitstream.unpack(api.compress(self.model, x, quality=q, budget=None))
         nbytes = [len(bitstream.pack(stream.model_id, [size], [payload],

@@ -32,20 +32,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import bitstream
+from .config import quality_code
 from .entropy.coder import CodingTables
 from .entropy.payload import clamp_z, encode_payload
 from .errors import CheckpointError, TicaError
 from .io import atomic_write, sha256_file
 from .models import CompressionModel
-from .models.codec import quality_code
 from .nn.integer import IntegerHyperSynthesis, requantize
 
 OPSET = 17
 
 
-def _gain(model: CompressionModel) -> torch.Tensor | None:
-    """A variable-rate model's gain at its current quality, (1, M, 1, 1); None at a fixed rate."""
-    gain, _ = model.gain_pair(model.quality, 1)
+def _gain(model: CompressionModel, quality: float | None) -> torch.Tensor | None:
+    """A variable-rate model's gain at `quality`, (1, M, 1, 1); None at a fixed rate."""
+    gain, _ = model.gain_pair(quality, 1)
     return None if gain is None else gain.detach().float()
 
 
@@ -53,10 +53,10 @@ class _Analysis(nn.Module):
     """g_a (times a variable-rate model's gain at the exported quality) and h_a: the float
     networks of the encoder."""
 
-    def __init__(self, model: CompressionModel) -> None:
+    def __init__(self, model: CompressionModel, quality: float | None) -> None:
         super().__init__()
         self.model = model
-        gain = _gain(model)
+        gain = _gain(model, quality)
         self.register_buffer("gain", gain if gain is not None else torch.ones(1, model.config.M, 1, 1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +88,7 @@ def _conv_matmul(x: torch.Tensor, weight: torch.Tensor, pad: tuple[int, int, int
 class _HyperIndexes(nn.Module):
     """The integer h_s (IntegerHyperSynthesis, same numbers) and the table choice."""
 
-    def __init__(self, model: CompressionModel) -> None:
+    def __init__(self, model: CompressionModel, quality: float | None) -> None:
         super().__init__()
         int_h_s: IntegerHyperSynthesis = model.integer_h_s
         self.specs = []
@@ -109,7 +109,7 @@ class _HyperIndexes(nn.Module):
             self.register_buffer(f"e{i}", torch.pow(2.0, layer.exponent.double()).view(1, -1, 1, 1))
             self.specs.append((layer.transposed, pad))
         self.register_buffer("bounds", model.gaussian_conditional.scale_bounds.double().clone())
-        gain = model.entropy_gain(model.quality, 1)     # exact dyadic numbers, or none
+        gain = model.entropy_gain(quality, 1)     # exact dyadic numbers, or none
         self.register_buffer("gain", gain if gain is not None
                              else torch.ones(1, model.config.M, 1, 1, dtype=torch.float64))
 
@@ -126,11 +126,15 @@ class _HyperIndexes(nn.Module):
         return index, means.float()
 
 
-def export_onnx(model: CompressionModel, out_dir: str | Path, check: bool = True) -> dict:
-    """Write the encoder side of `model` to `out_dir` (see the module docstring) and, with
-    `check`, compare it with PyTorch under ONNX Runtime on a sample image. Returns edge.json."""
+def export_onnx(model: CompressionModel, out_dir: str | Path, quality: float | None = None,
+                check: bool = True) -> dict:
+    """Write the encoder side of `model` at `quality` (a variable-rate model's default for
+    None; the export codes at that one rate) to `out_dir` (see the module docstring) and,
+    with `check`, compare it with PyTorch under ONNX Runtime on a sample image. Returns
+    edge.json."""
     if not isinstance(model, CompressionModel):
         raise TicaError(f"{model.config.name} has no encoder to export")
+    quality = model.check_quality(quality)                  # None: a fixed-rate model
     model = model.eval()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -138,8 +142,8 @@ def export_onnx(model: CompressionModel, out_dir: str | Path, check: bool = True
     x = torch.rand(1, 3, 2 * s, 3 * s, generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")        # the exporter's notes on its own deprecation
-        analysis = _Analysis(model).float()
-        hyper = _HyperIndexes(model)
+        analysis = _Analysis(model, quality).float()
+        hyper = _HyperIndexes(model, quality)
         _, z = analysis(x)
         for net, args, names, outputs, axes in (
                 (analysis, (x,), ["x"], ["y", "z"], {"x": {2: "H", 3: "W"}, "y": {2: "h", 3: "w"},
@@ -154,21 +158,20 @@ def export_onnx(model: CompressionModel, out_dir: str | Path, check: bool = True
     atomic_write(out / "tables.npz", lambda tmp: np.savez(
         open(tmp, "wb"), z_freqs=gz.freqs, z_lengths=gz.lengths, z_offsets=gz.offsets,
         y_freqs=gy.freqs, y_lengths=gy.lengths, y_offsets=gy.offsets))
-    variable = model.quality_range is not None
     meta = {"format": "tica-edge", "version": 1, "model": model.config.name,
-            "quality": model.quality if variable else
-            model.weights_info.quality,
-            "quality_code": quality_code(model.quality) if variable else None,
+            "quality": model.weights_info.quality if quality is None else quality,
+            "quality_code": None if quality is None else quality_code(quality),
             "model_id": f"{model.model_id:04x}", "stride": s, "N": model.config.N,
             "M": model.config.M, "files": {f: sha256_file(out / f) for f in
                                            ("analysis.onnx", "hyper.onnx", "tables.npz")}}
     atomic_write(out / "edge.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
     if check:
-        meta["check"] = check_export(model, out)
+        meta["check"] = check_export(model, out, quality)
     return meta
 
 
-def check_export(model: CompressionModel, out_dir: str | Path) -> dict:
+def check_export(model: CompressionModel, out_dir: str | Path, quality: float | None = None
+                 ) -> dict:
     """ONNX Runtime against PyTorch on a seeded image: y's largest difference, the integer
     outputs' equality."""
     encoder = EdgeEncoder(out_dir)
@@ -176,9 +179,9 @@ def check_export(model: CompressionModel, out_dir: str | Path) -> dict:
     x = torch.rand(1, 3, 4 * s, 5 * s, generator=torch.Generator().manual_seed(1))
     y_onnx, z_onnx = encoder.analyse(x.numpy())
     with torch.no_grad():
-        gain = _gain(model)
+        gain = _gain(model, quality)
         y_torch = model.g_a(x) * (gain if gain is not None else 1)
-        z_int, indexes, means, _ = model.analyze(x)
+        z_int, indexes, means, _ = model.analyze(x, quality)
     index_onnx, mean_onnx = encoder.hyper(z_int.numpy())
     result = {"y_max_abs_diff": float(np.abs(y_onnx - y_torch.numpy()).max()),
               "z_equal": bool(np.array_equal(z_onnx, z_int.numpy())),

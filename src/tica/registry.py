@@ -103,17 +103,9 @@ class ShippedWeights:
     role: str                       # codec (coding-ready) | classifier | step1 (an --init)
     sha256: str
     model_id: int | None = None     # codecs: the 16-bit id their streams carry
-    quality: int | None = None      # a fixed-rate codec's rate point
-    rate_levels: int = 0            # a variable-rate codec's standard points (1..L)
+    rate_levels: int = 0            # codecs (all variable-rate): standard points 1..L
     trained: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)
-
-    @property
-    def standard_qualities(self) -> list[int]:
-        """The named rate points this artifact codes at."""
-        if self.rate_levels:
-            return list(range(1, self.rate_levels + 1))
-        return [self.quality] if self.quality is not None else []
 
 
 def weights_root() -> Path:
@@ -156,30 +148,22 @@ def read_manifest(path: Path | None = None) -> list[ShippedWeights]:
                 e["model_id"] = int(e["model_id"], 16)
             if e["role"] not in ROLES:
                 raise ValueError(f"unknown role {e['role']!r}")
+            if e["role"] == "codec" and not e.get("rate_levels"):
+                raise ValueError(f"{e.get('name')}: a shipped codec is variable-rate "
+                                 f"(rate_levels >= 2)")
+            if any((o.preset, o.role) == (e["preset"], e["role"]) for o in entries):
+                raise ValueError(f"two {e['role']} entries for {e['preset']}")
             entries.append(ShippedWeights(**e))
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"malformed weights manifest {path}: {exc}") from None
     return entries
 
 
-def find_weights(preset: str, role: str = "codec", quality: float | None = None
-                 ) -> ShippedWeights | None:
-    """The shipped artifact of `preset` in `role` that codes at `quality` (None: the
-    preset's default, its highest rate point). ConfigError if the preset has weights but
-    none at that quality."""
-    entries = [e for e in read_manifest() if e.preset == preset and e.role == role]
-    if not entries:
-        return None
-    variable = [e for e in entries if e.rate_levels]
-    if variable:
-        return variable[0]
-    if quality is None:
-        return max(entries, key=lambda e: e.quality or 0)
-    for e in entries:
-        if e.quality is not None and e.quality == quality:
-            return e
-    raise ConfigError(f"{preset} has no rate point {quality:g}; available: "
-                      f"{sorted(e.quality for e in entries if e.quality is not None)}")
+def find_weights(preset: str, role: str = "codec") -> ShippedWeights | None:
+    """The shipped artifact of `preset` in `role` (one per preset and role; every shipped
+    codec is variable-rate, so the rate is chosen when coding, by
+    `ModelConfig.coding_quality`)."""
+    return next((e for e in read_manifest() if e.preset == preset and e.role == role), None)
 
 
 def weights_for_id(model_id: int) -> ShippedWeights | None:
@@ -188,9 +172,9 @@ def weights_for_id(model_id: int) -> ShippedWeights | None:
 
 
 def standard_qualities(preset: str) -> list[int]:
-    """The named rate points of a preset's shipped codec(s), lowest rate first."""
-    return sorted(q for e in read_manifest() if e.preset == preset and e.role == "codec"
-                  for q in e.standard_qualities)
+    """The named rate points of a preset's shipped codec, lowest rate first."""
+    entry = find_weights(preset, "codec")
+    return list(range(1, entry.rate_levels + 1)) if entry else []
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:

@@ -49,23 +49,6 @@ from ..nn.integer import IntegerHyperSynthesis
 
 Likelihoods = dict[str, torch.Tensor]
 ENTROPY_GAIN_STEPS = 256    # entropy_gain models code with the gain rounded to 1/256
-QUALITY_STEPS = 16          # a stream records quality to 1/16: code = round((q - 1) * 16)
-
-
-def quality_code(quality: float) -> int:
-    """The integer a stream stores for `quality` (>= 1)."""
-    return int(round((float(quality) - 1.0) * QUALITY_STEPS))
-
-
-def quality_from_code(code: int) -> float:
-    return 1.0 + code / QUALITY_STEPS
-
-
-def default_quality(levels: int) -> float:
-    """A variable-rate model's default quality: the standard point three quarters of the way
-    up its range (6 of 8), where a learned codec's rate-accuracy and rate-distortion curves
-    have flattened, at a fraction of the highest point's rate."""
-    return float(1 + round(0.75 * (levels - 1)))
 
 
 class CompressionModel(nn.Module):
@@ -90,8 +73,6 @@ class CompressionModel(nn.Module):
             self.log_inv_gain = nn.Parameter(-spread.repeat(1, c.M))
         self._int_h_s: IntegerHyperSynthesis | None = None
         self._fingerprint: bytes | None = None
-        # the quality `compress` uses when none is passed
-        self.quality: float | None = default_quality(c.rate_levels) if c.rate_levels else None
         self.weights_info = WeightsInfo()       # what its checkpoint says (tica.checkpoint)
 
     # ---- shapes -------------------------------------------------------------------------
@@ -124,23 +105,11 @@ class CompressionModel(nn.Module):
     # ---- variable rate ----------------------------------------------------------------------
     @property
     def quality_range(self) -> tuple[float, float] | None:
-        """[lowest, highest] quality of a variable-rate model; None for a fixed-rate one."""
-        L = self.config.rate_levels
-        return (1.0, float(L)) if L else None
+        return self.config.quality_range
 
     def check_quality(self, quality: float | None) -> float | None:
-        """The quality coding will use: `quality` snapped to the stream's 1/16 grid, or the
-        model's default for None. ConfigError if out of range, or given to a fixed-rate model."""
-        if quality is None:
-            return self.quality
-        rng = self.quality_range
-        if rng is None:
-            raise ConfigError(f"{self.config.name} is a fixed-rate model: it takes no quality")
-        q = float(quality)
-        if not rng[0] <= q <= rng[1]:
-            raise ConfigError(f"quality {q:g} is outside {self.config.name}'s range "
-                              f"{rng[0]:g}..{rng[1]:g} (1 = lowest rate)")
-        return quality_from_code(quality_code(q))
+        """The quality coding will use (`ModelConfig.coding_quality`: the one rule)."""
+        return self.config.coding_quality(quality)
 
     def gains(self, quality: torch.Tensor, dtype: torch.dtype = torch.float32
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,10 +143,8 @@ class CompressionModel(nn.Module):
         on every machine. None otherwise."""
         if not (self.config.rate_levels and self.config.entropy_gain):
             return None
-        if quality is None:
-            quality = self.quality
         if not torch.is_tensor(quality):
-            quality = torch.full((batch,), float(quality), dtype=torch.float64)
+            quality = torch.full((batch,), self.check_quality(quality), dtype=torch.float64)
         with torch.no_grad():
             gain, _ = self.gains(quality.double(), torch.float64)
         return torch.round(gain.cpu() * ENTROPY_GAIN_STEPS) / ENTROPY_GAIN_STEPS
@@ -188,10 +155,8 @@ class CompressionModel(nn.Module):
         the model's default), each (B, M, 1, 1); (None, None) for a fixed-rate model."""
         if not self.config.rate_levels:
             return None, None
-        if quality is None:
-            quality = self.quality
         if not torch.is_tensor(quality):
-            quality = torch.full((batch,), float(quality))
+            quality = torch.full((batch,), self.check_quality(quality))
         return self.gains(quality)
 
     # ---- training path --------------------------------------------------------------------

@@ -31,8 +31,9 @@ def learned_spec(label: str, quality: int, weights: Weights, extra: str,
 
 
 def shipped(name: str, q: int) -> Weights:
-    """The packaged model at rate point `q`, None when it has no such point."""
-    return (lambda: api.load(name, quality=q)) if q in standard_qualities(name) else None
+    """The packaged model of `name` when it has rate point `q` (the pipeline codes at it),
+    else None."""
+    return (lambda: api.load(name)) if q in standard_qualities(name) else None
 
 
 def from_run(runs: Path, label: str, q: int) -> Weights:

@@ -20,7 +20,6 @@ from .. import api
 from ..bitstream import Stream
 from ..entropy.parallel import set_threads as set_coder_threads
 from ..errors import ConfigError, ModelMismatchError
-from ..registry import read_manifest
 from . import routes
 from .batcher import MicroBatcher
 from .config import ServeConfig
@@ -32,19 +31,10 @@ from .metrics import Metrics
 class Served:
     model: torch.nn.Module
     label: str
-    quality: int | None                   # a fixed-rate model's rate point
-
-
-def _shipped(preset: str, device: torch.device) -> list[torch.nn.Module]:
-    """Every shipped codec of a preset (its rate points), else its one default model."""
-    entries = [e for e in read_manifest() if e.preset == preset and e.role == "codec"]
-    return ([api.load(weights=e.file, device=device) for e in entries] if entries
-            else [api.load(preset, device=device)])
 
 
 class ModelSet:
-    """Every shipped codec of the served preset(s) (or the one --weights file), by stream id:
-    a variable-rate model codes every quality in its range, fixed-rate ones one each. With
+    """The shipped codec of each served preset (or the one --weights file), by stream id. With
     model "auto", the presets `api.choose_model` picks between, and encoding picks per image."""
 
     def __init__(self, config: ServeConfig, device: torch.device = torch.device("cpu")) -> None:
@@ -53,7 +43,7 @@ class ModelSet:
             models = [api.load(weights=config.weights, device=device)]
         else:
             presets = api.AUTO_MODELS if self.auto else (config.model,)
-            models = [m for preset in presets for m in _shipped(preset, device)]
+            models = [api.load(preset, device=device) for preset in presets]
         self.presets = list(dict.fromkeys(m.config.name for m in models))
         self.by_id: dict[int, Served] = {}
         for m in models:
@@ -61,9 +51,9 @@ class ModelSet:
                 raise ConfigError(f"two served models share the stream id {m.model_id:04x} "
                                   f"({self.by_id[m.model_id].label} and {api.describe(m)}): "
                                   f"streams could not say which decodes them")
-            q = m.weights_info.quality
-            self.by_id[m.model_id] = Served(m, api.describe(m) if q is not None
-                                            else m.config.name, q)
+            # a variable-rate model codes at any quality: its label is its name
+            self.by_id[m.model_id] = Served(m, api.describe(m) if m.config.quality_range is None
+                                            else m.config.name)
 
     def for_stream(self, stream: Stream) -> Served:
         served = self.by_id.get(stream.model_id)
@@ -75,55 +65,33 @@ class ModelSet:
 
     def for_quality(self, quality: float | None, preset: str | None = None
                     ) -> tuple[Served, float | None]:
-        """The model of `preset` (None: any served one) that codes at `quality`, and the
-        quality it will use; with no quality, the preset's default (its highest rate point)."""
+        """The model of `preset` (None: the first served one that codes at `quality`) and
+        the quality it will code at (`ModelConfig.coding_quality`: None asks for its
+        default)."""
         if preset is not None and preset not in self.presets:
             raise HTTPError(422, "UnknownModel", f"model {preset!r} is not served here; served: "
                             f"{', '.join(self.presets)}")
-        for name in [preset] if preset is not None else self.presets:
-            candidates = [s for s in self.by_id.values() if s.model.config.name == name]
-            found = _at_quality(candidates, quality)
-            if found is not None:
-                return found
-        points = ", ".join(f"{name} {_qualities_text(self, name)}"
-                           for name in ([preset] if preset is not None else self.presets))
-        raise HTTPError(422, "UnknownQuality", f"no model here codes at quality {quality:g}; "
-                        f"served: {points} (1 = lowest rate)")
+        refusals = []
+        for served in self.by_id.values():
+            if preset in (None, served.model.config.name):
+                try:
+                    return served, served.model.check_quality(quality)
+                except ConfigError as exc:
+                    refusals.append(str(exc))
+        raise HTTPError(422, "UnknownQuality", "; ".join(refusals))
 
     def describe(self) -> list[dict]:
         out = []
         for i, s in self.by_id.items():
-            rng = s.model.quality_range
-            out.append({"id": f"{i:04x}", "model": s.label, "name": s.model.config.name,
-                        "quality": s.quality, "quality_range": list(rng) if rng else None,
-                        "qualities": (list(range(1, s.model.config.rate_levels + 1)) if rng
-                                      else [s.quality]),
+            config, info = s.model.config, s.model.weights_info
+            rng = config.quality_range
+            out.append({"id": f"{i:04x}", "model": s.label, "name": config.name,
+                        "quality": info.quality, "quality_range": list(rng) if rng else None,
+                        "default_quality": config.default_quality,
+                        "qualities": config.standard_qualities or [info.quality],
                         "classifies": api.can_classify(s.model),
-                        "untrained": s.model.weights_info.untrained})
+                        "untrained": info.untrained})
         return out
-
-
-def _at_quality(candidates: list[Served], quality: float | None
-                ) -> tuple[Served, float | None] | None:
-    """The served model among `candidates` (one preset) that codes at `quality`, if any."""
-    for served in candidates:
-        rng = served.model.quality_range
-        if rng is not None and (quality is None or rng[0] <= quality <= rng[1]):
-            return served, served.model.check_quality(quality)
-    fixed = [s for s in candidates if s.model.quality_range is None]
-    if quality is None and fixed:
-        return max(fixed, key=lambda s: s.quality or 0), None
-    return next(((s, None) for s in fixed if s.quality == quality), None)
-
-
-def _qualities_text(models: ModelSet, preset: str) -> str:
-    """A preset's served qualities, as a client would pass them."""
-    ranges = [s.model.quality_range for s in models.by_id.values()
-              if s.model.config.name == preset and s.model.quality_range is not None]
-    if ranges:
-        return f"{ranges[0][0]:g}..{ranges[0][1]:g}"
-    return str(sorted(s.quality for s in models.by_id.values()
-                      if s.model.config.name == preset and s.quality is not None))
 
 
 def _image_cost(models: ModelSet):
