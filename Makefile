@@ -5,11 +5,13 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: setup run test test-all wheel bench report clean
 
-$(STAMP): pyproject.toml constraints.txt src/tica/entropy/_rans.c
+$(STAMP): pyproject.toml tools/pyproject.toml constraints.txt src/tica/entropy/_rans.c
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	# constraints.txt pins torch: an unpinned resolve would pull a CUDA build of several GB.
 	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[test]'
+	# the repository's tools (plans, the report, baselines): a package of their own
+	$(VENV)/bin/pip install --quiet -c constraints.txt --no-deps -e tools
 	touch $(STAMP)
 
 setup: $(STAMP)

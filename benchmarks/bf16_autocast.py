@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import tica
-from tica.report.run import machine as report_machine
+from tica_tools.report.run import machine as report_machine
 from tica.train.distributed import native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]

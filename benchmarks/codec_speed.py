@@ -27,7 +27,7 @@ import torch
 
 from tica.cli import data_root
 import tica
-from tica.timing import photo_timing_models
+from tica_tools.timing import photo_timing_models
 from tica.image import read_image
 from tica.models.codec import pad_to
 from tica.nn.conv import GDN, nhwc

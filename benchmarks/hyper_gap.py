@@ -3,9 +3,9 @@ of its hyper-latent z: the table of docs/design.md on `hyper_proxy`.
 
     python benchmarks/hyper_gap.py [--images 256] [WEIGHTS[=QUALITY] ...]
 
-With no weights: the shipped tica-cifar at quality 6 and the two fixed-rate comparison runs
-of scripts/train_cifar.sh under $TICA_CACHE/runs (tica-cifar-fixed-q6, and
-tica-cifar-fixed-q6-noise if kept). The estimate is -sum(log2 p) in training mode (uniform
+With no weights: the shipped tica-cifar at quality 6 and the fixed-rate comparison run
+of scripts/plans/cpu-ablations.json under $TICA_CACHE/runs/cpu-ablations
+(tica-cifar-fixed-q6, and a tica-cifar-fixed-q6-noise beside it if kept). The estimate is -sum(log2 p) in training mode (uniform
 noise on y and z, the proxy the rate term trains on); the real rate is that of the streams.
 """
 
@@ -48,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     split = load_split(args.data / "cifar10-jpeg.tar.gz", "test", limit=args.images)
     x = split.images[: args.images].float() / 255
-    runs = cache_dir() / "runs"
+    runs = cache_dir() / "runs" / "cpu-ablations"
     specs = args.weights or ["tica-cifar=6"] + [
         str(p) for p in (runs / "tica-cifar-fixed-q6-noise" / "model.safetensors",
                          runs / "tica-cifar-fixed-q6" / "model.safetensors") if p.is_file()]

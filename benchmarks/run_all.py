@@ -8,9 +8,9 @@ test split, rate-distortion on Kodak, compute and latency, plots.
 
 Results: docs/results/{cifar10,kodak,compute}.{json,csv}, docs/results/*.png, docs/RESULTS.md.
 Weights: shipped ones from the package; the ablations and the runs not shipped from --runs
-(scripts/train_baselines.sh, scripts/train_photo.sh). A rate point whose weights are absent
+(scripts/plans/cpu-ablations.json; the device plan's under gpu-plan/). A rate point whose weights are absent
 reuses its cached result and says so; with no cache either, it is left out and listed.
-The analysis lives in `tica.report`; this is its command line.
+The analysis lives in `tica_tools.report`; this is its command line.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tica.cli import data_root
 from tica.data import cache_dir
-from tica.report import SECTIONS, ReportOptions, run_report
+from tica_tools.report import SECTIONS, ReportOptions, run_report
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(data_root())
@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> ReportOptions:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--runs", type=Path, default=cache_dir() / "runs",
                         help="training run folders (default $TICA_CACHE/runs, where "
-                             "scripts/train_*.sh put them)")
+                             "the training plans put them)")
     parser.add_argument("--limit", type=int, help="CIFAR-10 test images (default: all 10,000)")
     parser.add_argument("--kodak", type=int, help="Kodak images (default: all 24)")
     parser.add_argument("--imagenette", type=int, default=ReportOptions.imagenette,

@@ -20,7 +20,8 @@ from pathlib import Path
 # the shipped weights are ~57 MB and compress little: the limit leaves room for one more
 # small model, not for an accidental checkpoint or data file
 DEFAULT_MAX_MB = 80.0
-FORBIDDEN = ("tests/", "benchmarks/", ".venv/", "runs/", "docs/", "scripts/")
+FORBIDDEN = ("tests/", "benchmarks/", ".venv/", "runs/", "docs/", "scripts/", "tools/",
+             "tica_tools/")
 CORE_ONLY = ("torch", "numpy", "safetensors", "pillow")
 
 

@@ -9,7 +9,7 @@
 #      Copies the data into .devdata/ (ignored through .git/info/exclude; ../shared does not
 #      travel): the CIFAR-10 archive as is (18 MB), the 40 photographs halved, WebP quality
 #      90 (3 MiB), Imagenette's training split at 160x160, WebP quality 75 (35 MiB). Wheels
-#      put in .whl/ are installed there (none is needed now). Checks the plan (tica train --plan ... --dry-run: configs, dependencies,
+#      put in .whl/ are installed there (none is needed now). Checks the plan (python -m tica_tools.plan run ... --dry-run: configs, dependencies,
 #      export sizes against the 8-file / 16 MiB / 64 MiB return limits), takes the shipped
 #      weights (57 MB, which the plan never reads: it trains from scratch) out of git's index
 #      and into .git/info/exclude so that they stay here, and checks that the working tree
@@ -81,22 +81,25 @@ prepare() {
     cmp -s "$DATA/cifar10-jpeg.tar.gz" .devdata/cifar10-jpeg.tar.gz ||
         cp -f "$DATA/cifar10-jpeg.tar.gz" .devdata/cifar10-jpeg.tar.gz
     if [ ! -d .devdata/photos ]; then
-        "$PY" -m tica.plan pack-photos "$DATA/photos" .devdata/photos.tmp 2 90
+        "$PY" -m tica_tools.plan pack-photos "$DATA/photos" .devdata/photos.tmp 2 90
         mv .devdata/photos.tmp .devdata/photos
     fi
     if [ ! -d .devdata/imagenette ]; then
         rm -rf .devdata/imagenette.tmp
-        "$PY" -m tica.plan pack-split "$DATA/imagenette-224.tar.gz" .devdata/imagenette.tmp 160
+        "$PY" -m tica_tools.plan pack-split "$DATA/imagenette-224.tar.gz" .devdata/imagenette.tmp 160
         mv .devdata/imagenette.tmp .devdata/imagenette
     fi
-    OMP_NUM_THREADS=1 "$PY" -m tica.cli train --plan scripts/plans/gpu.json --dry-run \
+    # the commit the plan trains at, for the weights' provenance (the history does not travel)
+    TICA_COMMIT= "$PY" -c "from tica_tools.plan.runner import source_commit as c; print(c() or '')" \
+        > .devdata/COMMIT
+    OMP_NUM_THREADS=1 "$PY" -m tica_tools.plan run scripts/plans/gpu.json --dry-run \
         --data-root .devdata --runs-dir /tmp/tica-runs
     light
     check
 }
 
 check() {
-    "$PY" -m tica.plan travel-size .devdata .whl || {
+    "$PY" -m tica_tools.plan travel-size .devdata .whl || {
         echo "device_plan: what travels is over the device tool's 64 MiB: the call would be" \
              "refused. Make the working tree smaller (the biggest folders are listed above)." >&2
         return 3
@@ -112,23 +115,25 @@ run() {            # on the device machine
         exit 1
     fi
     export PYTHONUNBUFFERED=1 TICA_CACHE=${TICA_CACHE:-/tmp/tica-cache}
+    TICA_COMMIT=$(cat .devdata/COMMIT 2>/dev/null || true)
+    export TICA_COMMIT
     if ls .whl/*.whl >/dev/null 2>&1; then
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
             --target /tmp/site .whl/*.whl || exit 1
         export PYTHONPATH=/tmp/site
     fi
-    export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+    export PYTHONPATH=$PWD/src:$PWD/tools${PYTHONPATH:+:$PYTHONPATH}
     python3 scripts/build_kernel.py || exit 1       # the entropy coder, for this Python
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
     python3 -c "import torch, safetensors, PIL; print('torch', torch.__version__, \
 'cuda', torch.cuda.is_available(), 'cpus', __import__('os').cpu_count())"
-    exec python3 -m tica.cli train --plan "${1:-scripts/plans/gpu.json}" --out "$OUT" \
+    exec python3 -m tica_tools.plan run "${1:-scripts/plans/gpu.json}" --out "$OUT" \
         --data-root .devdata --runs-dir /tmp/tica-runs
 }
 
 smoke() {
     local dir=${1:-runs/plan-smoke}
-    OMP_NUM_THREADS=1 "$PY" -m tica.cli train --plan scripts/plans/smoke.json --out "$dir/out" \
+    OMP_NUM_THREADS=1 "$PY" -m tica_tools.plan run scripts/plans/smoke.json --out "$dir/out" \
         --runs-dir "$dir/runs" --fresh
 }
 

@@ -1,4 +1,4 @@
-"""Rejoin what a training plan published (tica train --plan, e.g. a remote run's result folder):
+"""Rejoin what a training plan published (python -m tica_tools.plan run, e.g. a remote run's result folder):
 
     python scripts/join_parts.py FOLDER DEST
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import tica
 from tica.errors import TicaError
-from tica.plan import STATUS_FILE, join_parts
+from tica_tools.plan import STATUS_FILE, join_parts
 
 
 def main() -> int:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tica.classical import CLASSICAL_CODECS, avif_payload, get_codec, jpeg_payload, webp_payload
+from tica_tools.classical import CLASSICAL_CODECS, avif_payload, get_codec, jpeg_payload, webp_payload
 from tica.errors import TicaError
 
 

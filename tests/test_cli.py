@@ -264,8 +264,8 @@ def _train_config_of(monkeypatch, argv: list[str]):
 
 
 def test_train_options_are_the_train_config_fields():
-    """Each option with help is a TrainConfig field: its default is the field's (device
-    aside: unset means, with --plan, each run's own), its choices the config's."""
+    """Each option with help is a TrainConfig field: its default is the field's, its choices
+    the config's."""
     import dataclasses
     from tica.cli import build_parser
     from tica.config import OPTIMIZERS, TrainConfig
@@ -273,7 +273,7 @@ def test_train_options_are_the_train_config_fields():
     offered = [f for f in dataclasses.fields(TrainConfig) if "help" in f.metadata]
     assert len(offered) >= 28
     for f in offered:
-        assert getattr(args, f.name) == (None if f.name == "device" else f.default), f.name
+        assert getattr(args, f.name) == f.default, f.name
     assert (args.lr, args.batch_size, args.optimizer, args.bf16) == (1e-3, 128, "adamw", True)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--optimizer", "sgd"])

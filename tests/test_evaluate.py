@@ -11,8 +11,8 @@ import tica
 from tica import bitstream
 from tica.io import WeightsInfo
 from tica.data import ImageFolderSplit
-from tica.classical import get_codec
-from tica.evaluate import (ClassicalPipeline, LearnedPipeline, Uncompressed, evaluate,
+from tica_tools.classical import ClassicalPipeline, get_codec
+from tica.evaluate import (LearnedPipeline, Uncompressed, evaluate,
                            evaluate_codec, ms_ssim_any_size, split_batches, write_results)
 
 

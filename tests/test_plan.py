@@ -1,4 +1,4 @@
-"""Training plans (tica.plan): the smoke plan runs gpu.json's runs end to end on the CPU,
+"""Training plans (tica_tools.plan): the smoke plan runs gpu.json's runs end to end on the CPU,
 dependencies in order, exports published within the device tool's return limits; a deadline
 stops a run that still exports; the GPU-side data paths run on the CPU."""
 
@@ -18,7 +18,7 @@ from safetensors import safe_open
 import tica
 from tica.config import TrainConfig
 from tica.errors import CheckpointError, ConfigError
-from tica.plan import (STATUS_FILE, Limits, Publisher, check_limits, join_parts, layout,
+from tica_tools.plan import (STATUS_FILE, Limits, Publisher, check_limits, join_parts, layout,
                        load_plan, pack_bytes, read_pack, run_plan)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,10 +29,10 @@ TINY = {"N": 16, "M": 16, "embed_dim": 32, "depth": 3, "num_heads": 2, "drop_pat
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     """The smoke plan, run once through the command line: (out, runs dir, status)."""
-    from tica.cli import main
+    from tica_tools.plan import main
     root = tmp_path_factory.mktemp("smoke")
     out, runs = root / "out", root / "runs"
-    rc = main(["train", "--plan", str(PLANS / "smoke.json"), "--out", str(out),
+    rc = main(["run", str(PLANS / "smoke.json"), "--out", str(out),
                "--runs-dir", str(runs), "--fresh"])
     assert rc == 0
     return out, runs, json.loads((out / STATUS_FILE).read_text())
@@ -347,12 +347,15 @@ def test_a_rerun_plan_keeps_finished_runs_and_resumes_the_stopped_one(smoke, tmp
     assert len(again["files"]) == len(first["files"])          # everything published again
 
 
-def test_train_needs_a_run_dir_or_a_plan(capsys):
+def test_train_needs_a_run_dir_and_plans_are_a_repository_tool(capsys):
     from tica.cli import main
     assert main(["train", "--data", "synthetic"]) == 1
     assert "--run-dir" in capsys.readouterr().err
-    assert main(["train", "--run-dir", "x", "--out", "y"]) == 1
-    assert "only go with --plan" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--run-dir", "x", "--plan", "y"])         # not a library option
+    from tica_tools.plan import main as plan_main
+    assert plan_main(["run", "no-such-plan.json", "--dry-run"]) == 1
+    assert "no-such-plan.json" in capsys.readouterr().err
 
 
 def test_the_device_call_travels_light_and_the_weights_come_back(tmp_path):
@@ -360,7 +363,7 @@ def test_the_device_call_travels_light_and_the_weights_come_back(tmp_path):
     what a device call sends, so the data fit the tool's 64 MiB; restore puts them back in
     git's index with nothing else changed."""
     import subprocess
-    from tica.plan import travel_bytes
+    from tica_tools.plan import travel_bytes
     repo = Path(__file__).resolve().parents[1]
     clone = tmp_path / "repo"
     subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(repo), str(clone)], check=True)
@@ -379,7 +382,7 @@ def test_the_device_call_travels_light_and_the_weights_come_back(tmp_path):
 
 def test_pack_split_shrinks_a_labelled_split_and_keeps_its_classes(tmp_path):
     from tica.data import load_split, split_classes
-    from tica.plan import pack_split
+    from tica_tools.plan import pack_split
     src = tmp_path / "set" / "train"
     for name, colour in (("bird", 30), ("cat", 200)):
         (src / name).mkdir(parents=True)
@@ -396,7 +399,7 @@ def test_pack_split_shrinks_a_labelled_split_and_keeps_its_classes(tmp_path):
 
 
 def test_pack_photos_halves_the_photographs_lossless_or_at_a_quality(tmp_path):
-    from tica.plan import pack_photos
+    from tica_tools.plan import pack_photos
     src = tmp_path / "photos"
     src.mkdir()
     g = torch.Generator().manual_seed(0)

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from tica.errors import TicaError
-from tica.rd import COMPRESSAI_HYPERPRIOR_KODAK, bd_rate, monotone_upper, shared_range, value_at
+from tica_tools.rd import COMPRESSAI_HYPERPRIOR_KODAK, bd_rate, monotone_upper, shared_range, value_at
 
 ANCHOR = ([0.2, 0.4, 0.8, 1.6], [28.0, 31.0, 34.0, 37.0])
 

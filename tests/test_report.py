@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -14,12 +12,12 @@ import sys
 import pytest
 
 from conftest import DATA, REPO
-from tica import rd
+from tica_tools import rd
 from tica.errors import TicaError
-from tica.report import (HYPER, PHOTO, PHOTO_NOFAM, RUNS, TICA, TICA_FIXED, TICA_NOFAM,
+from tica_tools.report import (HYPER, PHOTO, PHOTO_NOFAM, RUNS, TICA, TICA_FIXED, TICA_NOFAM,
                          TICA_VR_BUDGET, ReportOptions, accuracy_margins, bd_rates, run_report,
                          run_weights, state_claims, variable_rate_cost)
-from tica.report.claims import compute_claim, fam_claim
+from tica_tools.report.claims import compute_claim, fam_claim
 
 
 @pytest.mark.real_data("cifar10-jpeg.tar.gz", "kodak")
@@ -133,7 +131,7 @@ def test_a_claim_holds_only_where_every_baseline_is_beaten_over_a_shared_range()
 
 
 def test_a_claim_says_when_the_pixel_vit_had_less_budget_than_ticas_classifier():
-    from tica.report.claims import budget_note
+    from tica_tools.report.claims import budget_note
     photo = {"tica-photo": {"images_seen": 105096, "labelled_images_seen": 80096},
              "vit-pixel-photo": {"images_seen": 43200}}
     note = budget_note(photo, "tica-photo", "vit-pixel-photo")
@@ -219,42 +217,17 @@ def test_variable_rate_cost_reads_the_rate_at_the_fixed_models_psnr():
     assert row["variable_bpp_at_psnr"] == pytest.approx(4.0)
 
 
-def _script_run_dirs() -> set[str]:
-    """Every `--run-dir "$RUNS/<name>"` of scripts/train_*.sh, its shell variables expanded:
-    a named one from its assignments (TAG=photo), $1 from the `for ... in "1 ..."; do set --`
-    loop that sets it."""
-    names = set()
-    for script in sorted((REPO / "scripts").glob("train_*.sh")):
-        text = script.read_text()
-        loops = re.findall(r'for \w+ in ((?:"[^"]*"\s*)+); do(?:\s*#.*)?\s+set --', text)
-        for name in re.findall(r'--run-dir "\$RUNS/([^"]+)"', text):
-            variables = sorted(set(re.findall(r"\$(\w+)", name)))
-            choices = []
-            for var in variables:
-                if var.isdigit():
-                    values = [q.split()[int(var) - 1] for loop in loops
-                              for q in re.findall(r'"([^"]*)"', loop)]
-                else:
-                    values = re.findall(rf"(?<![\w$]){var}=([\w.-]+)", text)
-                assert values, f"{script.name}: cannot expand ${var} in {name}"
-                choices.append(values)
-            for combo in itertools.product(*choices):
-                expanded = name
-                for var, value in zip(variables, combo):
-                    expanded = expanded.replace(f"${var}", value)
-                names.add(expanded)
-    return names
-
-
-def test_every_run_folder_the_report_reads_is_one_a_training_script_creates():
-    created = _script_run_dirs()
-    assert {"tica-cifar-vr", "photo-nofam-step1", "tica-cifar-nofam-q1"} <= created   # the parser
-    assert set(RUNS.values()) <= created, set(RUNS.values()) - created
+def test_every_run_folder_the_report_reads_is_one_the_ablation_plan_trains(tmp_path):
+    from tica_tools.plan import load_plan
+    from tica_tools.report.names import ABLATIONS_DIR
+    plan = load_plan(REPO / "scripts" / "plans" / "cpu-ablations.json", data_root="DATA")
+    assert plan.name == ABLATIONS_DIR
+    assert set(RUNS.values()) <= {r.name for r in plan.runs}
 
 
 def test_the_report_reads_device_plan_runs_that_the_gpu_plan_trains(tmp_path):
-    from tica.plan import load_plan
-    from tica.report.names import PLAN_DIR, PLAN_RUNS
+    from tica_tools.plan import load_plan
+    from tica_tools.report.names import PLAN_DIR, PLAN_RUNS
 
     runs = {r.name for r in load_plan(REPO / "scripts" / "plans" / "gpu.json", runs_dir=tmp_path,
                                       data_root="DATA").runs}
@@ -266,18 +239,20 @@ def test_the_report_reads_device_plan_runs_that_the_gpu_plan_trains(tmp_path):
 
 
 def test_run_weights_reads_only_the_run_folders_named_once(tmp_path):
+    from tica_tools.report.names import ABLATIONS_DIR
     for folder in ("hyperprior-cifar-q2", "hyperprior-cifar-q3"):
-        (tmp_path / folder).mkdir()
-        (tmp_path / folder / "model.safetensors").write_bytes(b"")
-    assert run_weights(tmp_path, HYPER, 2) == tmp_path / "hyperprior-cifar-q2" / "model.safetensors"
-    assert run_weights(tmp_path, HYPER, 3) is None            # no script trains it
+        (tmp_path / ABLATIONS_DIR / folder).mkdir(parents=True)
+        (tmp_path / ABLATIONS_DIR / folder / "model.safetensors").write_bytes(b"")
+    assert run_weights(tmp_path, HYPER, 2) == (tmp_path / ABLATIONS_DIR / "hyperprior-cifar-q2"
+                                               / "model.safetensors")
+    assert run_weights(tmp_path, HYPER, 3) is None            # no plan trains it
     assert run_weights(tmp_path, TICA_FIXED, 6) is None       # named, not trained here
 
 
 def test_import_tica_needs_neither_the_report_nor_its_optional_packages():
-    code = ("import sys, tica; assert 'tica.report' not in sys.modules; import tica.report; "
+    code = ("import sys, tica; assert 'tica_tools.report' not in sys.modules; import tica_tools.report; "
             "print(sorted(m for m in ('matplotlib', 'bjontegaard', 'imagecodecs') if m in sys.modules))")
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO / 'tools'}"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           check=True)
     assert done.stdout.strip() == "[]"
@@ -301,9 +276,9 @@ def test_the_fam_claim_compares_the_no_fam_point_at_equal_bpp():
 def test_an_interrupted_section_keeps_the_results_it_had_not_reached(tmp_path, cifar_images):
     """A report killed after measuring one new rate point must not drop from the file the
     cached points it would have reused later (they would all be measured again)."""
-    from tica.classical import get_codec
-    from tica.evaluate import ClassicalPipeline
-    from tica.report.cache import Cache, Spec
+    from tica_tools.classical import get_codec
+    from tica_tools.classical import ClassicalPipeline
+    from tica_tools.report.cache import Cache, Spec
 
     batches = lambda: [(cifar_images[:4], None)]                          # noqa: E731
     jpeg = lambda q: lambda: ClassicalPipeline(get_codec("jpeg"), q, name="JPEG")  # noqa: E731
@@ -326,7 +301,7 @@ def test_a_rate_point_without_weights_keeps_its_result_on_another_image_count(tm
     # a comparison whose weights are gone (an earlier session's runs) was measured on its own
     # image count: a report on a subset keeps it, and says on how many images it stands
     from tica.evaluate import write_results
-    from tica.report.cache import Cache, Spec
+    from tica_tools.report.cache import Cache, Spec
 
     path = tmp_path / "section"
     write_results([{"pipeline": TICA_FIXED, "quality": 6, "bpp": 2.0, "images": 10000,
@@ -343,9 +318,9 @@ def test_the_cache_reuses_measures_and_stands_in_on_made_up_images(tmp_path, cif
     """A rate point is measured once and then reused while its key matches; a new key (new
     weights) measures again; --fresh ignores the cache, except as a stand-in for a rate point
     whose weights are absent, which is said in the notes; --only keeps the rest."""
-    from tica.classical import get_codec
-    from tica.evaluate import ClassicalPipeline
-    from tica.report.cache import Cache, Spec
+    from tica_tools.classical import get_codec
+    from tica_tools.classical import ClassicalPipeline
+    from tica_tools.report.cache import Cache, Spec
 
     batches = lambda: [(cifar_images[:6], None)]                          # noqa: E731
     jpeg = lambda q: lambda: ClassicalPipeline(get_codec("jpeg"), q, name="JPEG")  # noqa: E731

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tica
-from tica.timing import classify_paths, count_macs, interleaved_median_ms
+from tica_tools.timing import classify_paths, count_macs, interleaved_median_ms
 from tica.evaluate import classify_pixels, quantize_8bit
 
 
@@ -20,7 +20,7 @@ def test_macs_are_counted_exactly():
 def test_interleaved_timing_takes_the_median_of_interleaved_runs(monkeypatch):
     """On a fake clock each call advances by a known amount: the result is exactly the median
     of the timed runs (the warm-up not among them), and the paths take turns."""
-    import tica.timing
+    import tica_tools.timing
     clock, calls = [0.0], []
     costs = {"a": iter([9.0, 3.0, 5.0, 4.0]), "b": iter([9.0, 1.0, 1.0, 7.0])}   # s; first: warm-up
 
@@ -30,7 +30,7 @@ def test_interleaved_timing_takes_the_median_of_interleaved_runs(monkeypatch):
             clock[0] += next(costs[key])
         return run
 
-    monkeypatch.setattr(tica.timing.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(tica_tools.timing.time, "perf_counter", lambda: clock[0])
     ms = interleaved_median_ms({"a": path("a"), "b": path("b")}, repeats=3)
     assert ms == {"a": 4000.0, "b": 1000.0}
     assert calls == ["a", "b"] + ["a", "b"] * 3

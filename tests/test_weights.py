@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,8 @@ from tica.registry import load_checkpoint
 from tica.errors import ConfigError
 from tica.registry import (MANIFEST, find_weights, list_models, read_manifest, standard_qualities,
                            weights_for_id, weights_root)
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_every_file_matches_its_manifest_entry_and_every_id_is_unique():
@@ -26,6 +30,9 @@ def test_every_file_matches_its_manifest_entry_and_every_id_is_unique():
     for e in entries:
         assert hashlib.sha256(e.file.read_bytes()).hexdigest() == e.sha256, e.name
         assert e.preset in list_models() and e.trained.get("where") in ("cpu", "gpu"), e.name
+        # what trained it, exactly: a plan of this repository and the commit it ran at
+        assert (REPO / e.trained["plan"]).is_file(), e.name
+        assert re.fullmatch(r"[0-9a-f]{7,40}", e.trained["commit"]), e.name
         model = load_checkpoint(e.file)
         assert model.config.name == e.preset
         if e.role == "codec":

@@ -76,14 +76,12 @@ def _option_type(hint) -> type:
     return args[0] if args else hint
 
 
-def _add_config_args(p: argparse.ArgumentParser, config: type, unset: tuple[str, ...] = (),
+def _add_config_args(p: argparse.ArgumentParser, config: type,
                      notes: dict[str, str] | None = None) -> None:
     """One option per field of the dataclass `config` that carries help: --NAME-WITH-DASHES,
     with the field's type, default, help and any further argparse settings (choices,
     metavar) from the field, so each default is written once. A bool field that defaults to
-    True is turned off by --no-NAME. The options in `unset` parse to None when not given
-    (the caller tells "not given" apart), their help naming the field's default; `notes`
-    adds to an option's help."""
+    True is turned off by --no-NAME. `notes` adds to an option's help."""
     hints = get_type_hints(config)
     for f in dataclasses.fields(config):
         if "help" not in f.metadata:
@@ -98,10 +96,8 @@ def _add_config_args(p: argparse.ArgumentParser, config: type, unset: tuple[str,
             continue
         if "choices" not in extra:
             extra.setdefault("metavar", {int: "N", float: "X"}.get(typ))
-        default = None if f.name in unset else f.default
-        shown = ("; default %(default)s" if default is not None else
-                 f"; default {f.default}" if f.default is not None else "")
-        p.add_argument("--" + flag, dest=f.name, type=typ, default=default,
+        shown = "; default %(default)s" if f.default is not None else ""
+        p.add_argument("--" + flag, dest=f.name, type=typ, default=f.default,
                        help=f"{f.metadata['help']}{note}{shown}", **extra)
 
 
@@ -339,38 +335,12 @@ def default_train_data() -> str:
     return str(path)
 
 
-def cmd_train_plan(args: argparse.Namespace) -> int:
-    from .plan import run_plan
-
-    status = run_plan(args.plan, out=args.out, runs_dir=args.runs_dir,
-                      data_root=args.data_root or data_root(),
-                      max_parallel=args.parallel, device=args.device, resume=not args.fresh,
-                      dry_run=args.dry_run)
-    if args.dry_run:
-        return 0
-    runs = status["runs"]
-    for name, run in runs.items():
-        print(f"{name:24s} {run['state']:8s} {run['steps'] or 0:>7} steps  "
-              f"{run['minutes'] or 0:6.2f} min  {', '.join(run['published'] or []) or '-'}")
-    failed = [name for name, run in runs.items() if run["state"] in ("failed", "skipped")]
-    if failed:
-        raise TicaError(f"plan {status['plan']}: {', '.join(failed)} failed or were skipped "
-                        f"(see {Path(args.out or '$OUT') / 'plan.json'})")
-    return 0
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
-    if args.plan:
-        return cmd_train_plan(args)
     if not args.run_dir:
-        raise TicaError("tica train needs --run-dir DIR (or --plan FILE)")
-    plan_only = [f"--{k.replace('_', '-')}" for k in ("out", "runs_dir", "data_root", "parallel")
-                 if getattr(args, k) is not None] + (["--fresh"] if args.fresh else []) + (
-                 ["--dry-run"] if args.dry_run else [])
-    if plan_only:
-        raise TicaError(f"{', '.join(plan_only)} only go with --plan")
+        raise TicaError("tica train needs --run-dir DIR (a plan of several runs: python -m "
+                        "tica_tools.plan run PLAN, in the repository)")
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
     fields["model_overrides"] = dict(kv.split("=", 1) for kv in args.set or [])
     fields["model_overrides"] = {k: _parse_value(v) for k, v in fields["model_overrides"].items()}
@@ -510,28 +480,15 @@ def _info_parser(sub) -> None:
 
 def _train_parser(sub) -> None:
     """`tica train`: one option per TrainConfig field with help (tica.config), plus the
-    run folder, model overrides, resume, and the plan options."""
+    run folder, model overrides and resume. Plans of several runs are a tool of this
+    repository (python -m tica_tools.plan run PLAN), not part of the library."""
     p = sub.add_parser("train", help="train a model (step 1 or 2 of the paper's recipe)")
     p.add_argument("--run-dir", dest="run_dir", help="where state, metrics and the export go "
-                   "(required without --plan)")
-    # --device unset means, with --plan, each run's own device
-    _add_config_args(p, TrainConfig, unset=("device",), notes={
+                   "(required)")
+    _add_config_args(p, TrainConfig, notes={
         "data": f"; default ${DATA_ENV}/{TRAIN_DATA} (${DATA_ENV} unset: {DATA_FALLBACK})"})
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="model config override")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's checkpoint")
-    g = p.add_argument_group("plans (several runs, dependencies, one deadline; see tica.plan)")
-    g.add_argument("--plan", metavar="FILE", help="run a plan file (JSON) instead of one run; "
-                   "the run flags above are then ignored, except --device")
-    g.add_argument("--out", metavar="DIR", help="where the plan's exports and plan.json go "
-                   "(default $OUT)")
-    g.add_argument("--runs-dir", dest="runs_dir", metavar="DIR",
-                   help="the runs' folders (default $TICA_CACHE/runs/PLAN; a rerun resumes)")
-    g.add_argument("--data-root", dest="data_root", metavar="DIR",
-                   help=f"what {{data}} means in the plan (default ${DATA_ENV} or {DATA_FALLBACK})")
-    g.add_argument("--parallel", type=int, metavar="N", help="at most N runs at once")
-    g.add_argument("--fresh", action="store_true", help="start every run over (default: resume)")
-    g.add_argument("--dry-run", dest="dry_run", action="store_true",
-                   help="check the plan and print its runs and export sizes; train nothing")
     p.set_defaults(func=cmd_train)
 
 

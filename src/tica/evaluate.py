@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 from . import api, bitstream
-from .classical import ClassicalCodec
 from .data import ImageFolderSplit
 from .extras import require
 from .io import atomic_write
@@ -161,28 +160,6 @@ class LearnedPipeline(Pipeline):
             logits = None
         return Coded(nbytes, [len(p) for p in stream.payloads], x_hat, logits,
                      self.model.z_bytes(x, q))
-
-
-class ClassicalPipeline(Pipeline):
-    """A classical codec at one quality setting, image files decoded, then a pixel
-    classifier (if any)."""
-
-    def __init__(self, codec: ClassicalCodec, quality: float, classifier=None,
-                 name: str | None = None) -> None:
-        self.codec, self.quality, self.classifier = codec, quality, classifier
-        self.name = name or codec.name
-
-    def run(self, x: torch.Tensor) -> Coded:
-        rgb = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        nbytes, payload, decoded = [], [], []
-        for img in rgb:
-            data, out = self.codec.roundtrip(img, self.quality)
-            nbytes.append(len(data))
-            payload.append(self.codec.payload(data))
-            decoded.append(torch.from_numpy(out.copy()).permute(2, 0, 1))
-        x_hat = torch.stack(decoded).float() / 255
-        logits = classify_pixels(self.classifier, x_hat) if self.classifier is not None else None
-        return Coded(nbytes, payload, x_hat, logits)
 
 
 # ---- the evaluator ---------------------------------------------------------------------------

@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import torch
 from PIL import Image
 
-from .errors import TicaError
+from tica.errors import TicaError
+from tica.evaluate import Coded, Pipeline, classify_pixels
 
 
 def _pil_encode(fmt: str, **options) -> Callable[[np.ndarray, float], bytes]:
@@ -137,3 +139,25 @@ def get_codec(name: str) -> ClassicalCodec:
     if name not in CLASSICAL_CODECS:
         raise TicaError(f"unknown codec {name!r}; known: {', '.join(CLASSICAL_CODECS)}")
     return CLASSICAL_CODECS[name]
+
+
+class ClassicalPipeline(Pipeline):
+    """A classical codec at one quality setting, image files decoded, then a pixel
+    classifier (if any)."""
+
+    def __init__(self, codec: ClassicalCodec, quality: float, classifier=None,
+                 name: str | None = None) -> None:
+        self.codec, self.quality, self.classifier = codec, quality, classifier
+        self.name = name or codec.name
+
+    def run(self, x: torch.Tensor) -> Coded:
+        rgb = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        nbytes, payload, decoded = [], [], []
+        for img in rgb:
+            data, out = self.codec.roundtrip(img, self.quality)
+            nbytes.append(len(data))
+            payload.append(self.codec.payload(data))
+            decoded.append(torch.from_numpy(out.copy()).permute(2, 0, 1))
+        x_hat = torch.stack(decoded).float() / 255
+        logits = classify_pixels(self.classifier, x_hat) if self.classifier is not None else None
+        return Coded(nbytes, payload, x_hat, logits)

@@ -4,7 +4,7 @@ one wall-clock deadline, with the weights published while they train.
 A plan file (JSON) lists runs. Each run is a `TrainConfig` (its fields, `model_overrides`
 included) with a `name`; `"init": "@other"` starts it from run `other`'s export
 (`model.safetensors`, float32) and so makes it wait for `other`. Runs with nothing to wait
-for start side by side, each in its own process (`python -m tica.plan child SPEC`), at most
+for start side by side, each in its own process (`python -m tica_tools.plan child SPEC`), at most
 `max_parallel` at once; a waiting run starts when its dependency has exited cleanly
 (finished, or stopped at its own deadline with its weights exported)::
 
@@ -42,15 +42,18 @@ The package, one concern a module:
     spec.py     Limits, PlanRun, Plan; reading a plan file (load_plan); export sizes
     publish.py  Publisher (the output folder within the limits), join_parts
     runner.py   PlanRunner (start, follow, publish, stop by the deadline), run_plan
-    child.py    one run in its own process (`python -m tica.plan child SPEC`)
+    child.py    one run in its own process (`python -m tica_tools.plan child SPEC`)
     travel.py   pack_photos, pack_split, travel_bytes: what a remote run is sent
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+from pathlib import Path
 
-from ..errors import TicaError
+from tica.cli import data_root
+from tica.errors import TicaError
 from .child import run_child
 from .publish import Publisher, join_parts, read_pack, write_pack
 from .runner import PlanRunner, run_plan
@@ -63,15 +66,50 @@ __all__ = [
     "EXPORT_FILE", "Limits", "Plan", "PlanRun", "PlanRunner", "Publisher", "RESULT_FILE",
     "STATUS_FILE", "STATUS_FORMAT", "Slot", "check_limits", "describe", "estimate_export_bytes",
     "join_parts", "layout", "load_plan", "main", "model_config_of", "pack_bytes", "pack_photos",
-    "pack_split", "read_pack", "read_plan_file", "run_plan", "travel_bytes", "write_pack",
+    "pack_split", "read_pack", "read_plan_file", "run_command", "run_plan", "travel_bytes",
+    "write_pack",
 ]
 
 
+def run_command(argv: list[str]) -> int:
+    """python -m tica_tools.plan run PLAN [options]: every run of a plan file, then a line
+    per run; exit 1 if any failed or was skipped."""
+    p = argparse.ArgumentParser(prog="python -m tica_tools.plan run", description=run_command.__doc__)
+    p.add_argument("plan", metavar="PLAN", help="a plan file (JSON), e.g. scripts/plans/gpu.json")
+    p.add_argument("--out", metavar="DIR", help="where the exports and plan.json go (default $OUT)")
+    p.add_argument("--runs-dir", metavar="DIR",
+                   help="the runs' folders (default $TICA_CACHE/runs/PLAN; a rerun resumes)")
+    p.add_argument("--data-root", metavar="DIR",
+                   help="what {data} means in the plan (default $TICA_DATA or ../shared/data)")
+    p.add_argument("--parallel", type=int, metavar="N", help="at most N runs at once")
+    p.add_argument("--device", help="every run's device (default: each run's own)")
+    p.add_argument("--fresh", action="store_true", help="start every run over (default: resume)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the plan and print its runs and export sizes; train nothing")
+    args = p.parse_args(argv)
+    status = run_plan(args.plan, out=args.out, runs_dir=args.runs_dir,
+                      data_root=args.data_root or data_root(), max_parallel=args.parallel,
+                      device=args.device, resume=not args.fresh, dry_run=args.dry_run)
+    if args.dry_run:
+        return 0
+    runs = status["runs"]
+    for name, run in runs.items():
+        print(f"{name:24s} {run['state']:8s} {run['steps'] or 0:>7} steps  "
+              f"{run['minutes'] or 0:6.2f} min  {', '.join(run['published'] or []) or '-'}")
+    failed = [name for name, run in runs.items() if run["state"] in ("failed", "skipped")]
+    if failed:
+        raise TicaError(f"plan {status['plan']}: {', '.join(failed)} failed or were skipped "
+                        f"(see {Path(args.out or '$OUT') / 'plan.json'})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """python -m tica.plan child SPEC | pack-photos SRC DEST [SCALE [QUALITY]]
-    | pack-split SRC DEST [SIDE] | travel-size [CARRY..]"""
+    """python -m tica_tools.plan run PLAN [options] | child SPEC
+    | pack-photos SRC DEST [SCALE [QUALITY]] | pack-split SRC DEST [SIDE] | travel-size [CARRY..]"""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
+        if args[:1] == ["run"]:
+            return run_command(args[1:])
         if args[:1] == ["child"] and len(args) == 2:
             return run_child(args[1])
         if args[:1] == ["pack-photos"] and len(args) in (3, 4, 5):

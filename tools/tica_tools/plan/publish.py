@@ -10,8 +10,8 @@ import re
 import tarfile
 from pathlib import Path
 
-from ..errors import CheckpointError
-from ..io import atomic_write, sha256_bytes
+from tica.errors import CheckpointError
+from tica.io import atomic_write, sha256_bytes
 from .spec import PACK_INDEX, STATUS_FILE, Limits, layout, pack_bytes
 
 _PUBLISHED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*\.safetensors)(?:\.part(\d+))?$")

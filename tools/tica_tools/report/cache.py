@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from ..evaluate import Pipeline, evaluate, write_results
+from tica.evaluate import Pipeline, evaluate, write_results
 
 
 def digest(module: torch.nn.Module) -> str:

@@ -8,8 +8,8 @@ from pathlib import Path
 # Display names of the pipelines, in plotting order.
 TICA, TICA_NOFAM = "tica", "tica, no FAM"
 TICA_FIXED = "tica, fixed rate (same budget)"
-# The variable-rate model after the fixed-rate model's budget (train_cifar.sh's first step 2),
-# when the shipped one trained on past it: what the fixed-rate model is compared with.
+# The variable-rate model after the fixed-rate model's budget (cpu-ablations.json's
+# tica-cifar-vr): what the fixed-rate model is compared with.
 TICA_VR_BUDGET = "tica, variable rate (same budget)"
 TICA_VR_BUDGET_POINTS = (5, 6, 7)      # around the fixed-rate model's point 6
 CLEAN = "ViT on clean pixels"
@@ -25,15 +25,16 @@ CLASSIFIER = "vit-pixel-cifar"
 PHOTO_CLASSIFIER = "vit-pixel-photo"     # the clean-pixel ViT beside tica-photo (Imagenette)
 IMAGENETTE_CODECS = ("jpeg", "webp")
 
-# (pipeline, rate point) -> the folder under --runs that holds its weights when they are not
-# shipped: the `--run-dir "$RUNS/<name>"` of scripts/train_cifar.sh, train_baselines.sh and
-# train_photo.sh (tests/test_report.py checks that a script creates each one).
+# (pipeline, rate point) -> the run of scripts/plans/cpu-ablations.json that holds its
+# weights (not shipped), under <runs>/cpu-ablations/<run>/ (tests/test_report.py checks that
+# the plan has each run).
+ABLATIONS_DIR = "cpu-ablations"
 RUNS: dict[tuple[str, int], str] = {
-    (TICA_FIXED, 6): "tica-cifar-fixed-q6",          # train_cifar.sh: standard point 6 alone
-    **{(TICA_VR_BUDGET, q): "tica-cifar-vr" for q in TICA_VR_BUDGET_POINTS},  # train_cifar.sh
-    (HYPER, 2): "hyperprior-cifar-q2",               # train_baselines.sh hyperprior
-    (PHOTO, 2): "photo-q2",                          # train_photo.sh
-    (PHOTO_NOFAM, 2): "photo-nofam-q2",              # train_photo.sh nofam
+    (TICA_FIXED, 6): "tica-cifar-fixed-q6",          # standard point 6 alone
+    **{(TICA_VR_BUDGET, q): "tica-cifar-vr" for q in TICA_VR_BUDGET_POINTS},
+    (HYPER, 2): "hyperprior-cifar-q2",
+    (PHOTO, 2): "photo-q2",
+    (PHOTO_NOFAM, 2): "photo-nofam-q2",
 }
 
 # (pipeline, rate point) -> the device plan's run (scripts/plans/gpu.json) that holds its
@@ -49,6 +50,6 @@ def run_weights(runs: Path, label: str, quality: int) -> Path | None:
     """The weights a training run (or the device plan) left for this rate point, None when
     there are none."""
     folder, plan_run = RUNS.get((label, quality)), PLAN_RUNS.get((label, quality))
-    path = (runs / folder / "model.safetensors" if folder else
+    path = (runs / ABLATIONS_DIR / folder / "model.safetensors" if folder else
             runs / PLAN_DIR / f"{plan_run}.safetensors" if plan_run else None)
     return path if path is not None and path.is_file() else None

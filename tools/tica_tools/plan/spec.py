@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import ModelConfig, TrainConfig
-from ..errors import CheckpointError, ConfigError
+from tica.config import ModelConfig, TrainConfig
+from tica.errors import CheckpointError, ConfigError
 
 STATUS_FILE = "plan.json"
 STATUS_FORMAT = "tica-plan-status"
@@ -262,7 +262,7 @@ def load_plan(path: str | Path, runs_dir: str | Path | None = None, data_root: s
     name = spec.get("name") or Path(path).stem
     if not _NAME.match(name):
         raise ConfigError(f"plan name {name!r}: letters, digits, '.', '_', '-'")
-    from ..data import cache_dir
+    from tica.data import cache_dir
     runs_dir = Path(runs_dir) if runs_dir else cache_dir() / "runs" / name
     data_root = data_root or os.environ.get("TICA_DATA")
     if device:
@@ -285,8 +285,8 @@ def load_plan(path: str | Path, runs_dir: str | Path | None = None, data_root: s
 def model_config_of(plan: Plan, run: PlanRun) -> ModelConfig:
     """The config of the model `run` trains: its dependency's (or init file's) with its
     overrides, else its preset's."""
-    from ..checkpoint import read_checkpoint
-    from ..registry import find_weights, get_config
+    from tica.checkpoint import read_checkpoint
+    from tica.registry import find_weights, get_config
 
     cfg = run.config
     if run.after:
@@ -305,8 +305,8 @@ def model_config_of(plan: Plan, run: PlanRun) -> ModelConfig:
 def estimate_export_bytes(plan: Plan, run: PlanRun) -> int:
     """The size of the run's float16, coding-ready export, from a fresh model of its config
     (the coding tables of a trained one differ a little: 1% and 16 KiB are added)."""
-    from ..models import CompressionModel
-    from ..registry import build_model
+    from tica.models import CompressionModel
+    from tica.registry import build_model
 
     model = build_model(model_config_of(plan, run)).eval()
     if isinstance(model, CompressionModel) and run.config.step == 2:

@@ -1,7 +1,7 @@
 """The results report (docs/RESULTS.md): tica against its baselines, measured or reused from
 a cache, the comparisons the claims rest on, the claims, the plots and the page.
 
-    from tica.report import ReportOptions, run_report
+    from tica_tools.report import ReportOptions, run_report
     run_report(ReportOptions(data=Path("../shared/data"), runs=Path("runs"), out=Path("docs/results")))
 
     names.py     pipeline labels, classifiers, RUNS: the training run folders read

@@ -4,8 +4,8 @@ variable rate costs, BD-rates. They take result dicts only (one per rate point, 
 
 from __future__ import annotations
 
-from .. import rd
-from ..errors import TicaError
+from tica_tools import rd
+from tica.errors import TicaError
 from .names import (CLEAN, PHOTO, PHOTO_NOFAM, PUBLISHED_HYPERPRIOR, TICA,
                     TICA_FIXED, TICA_NOFAM, TICA_VR_BUDGET)
 
@@ -65,7 +65,7 @@ def variable_rate_cost(results: list[dict]) -> list[dict]:
     its standard points with the same budget: the variable-rate model's bpp at the fixed
     model's PSNR (a BD-rate at one point) and its top-1 at the fixed model's bpp, where that
     pair was measured; tica's variable-rate side is the model at the fixed-rate model's
-    budget where that was measured apart (scripts/train_cifar.sh)."""
+    budget where that was measured apart (scripts/plans/cpu-ablations.json)."""
     rows = []
     budget = TICA_VR_BUDGET if any(r["pipeline"] == TICA_VR_BUDGET for r in results) else TICA
     for model, variable, fixed_label in ((TICA, budget, TICA_FIXED),):

@@ -4,7 +4,7 @@ classifying from the bitstream saves."""
 
 from __future__ import annotations
 
-from .. import rd
+from tica_tools import rd
 from .names import CLASSIFIER, CLEAN, PHOTO_CLASSIFIER, PHOTO_NOFAM, TICA, TICA_NOFAM
 
 
@@ -133,7 +133,7 @@ def fam_claim(cifar: list[dict], bds: list[dict]) -> str:
             "plan's `tica-cifar-nofam`, step 2 without FAM from the shipped tica-cifar's own "
             "step 1, with its recipe, epochs and images, trained beside it on the same GPU. "
             "On Kodak it is not: the no-FAM photo models are earlier fixed-rate CPU recipes "
-            "(`scripts/train_photo.sh nofam`), while the shipped tica-photo trained on a GPU "
+            "(`scripts/plans/cpu-ablations.json`, photo-nofam-q2), while the shipped tica-photo trained on a GPU "
             "on more images (Imagenette).")
 
 

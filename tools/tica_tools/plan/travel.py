@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from ..errors import TicaError
+from tica.errors import TicaError
 
 
 def pack_photos(src: str | Path, dest: str | Path, scale: int = 2, quality: int | None = None
@@ -16,7 +16,7 @@ def pack_photos(src: str | Path, dest: str | Path, scale: int = 2, quality: int 
     training data travels to a machine with a size limit. Returns (files, bytes)."""
     from PIL import Image, features
 
-    from ..data import IMAGE_SUFFIXES
+    from tica.data import IMAGE_SUFFIXES
     src, dest = Path(src), Path(dest)
     files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -47,7 +47,7 @@ def pack_split(data: str | Path, dest: str | Path, side: int = 160, quality: int
     ~35 MiB instead of 104. Returns (files, bytes)."""
     from PIL import Image, features
 
-    from ..data import split_files
+    from tica.data import split_files
     files, labels, classes = split_files(data, split)
     fmt, suffix = ("WEBP", ".webp") if features.check("webp") else ("JPEG", ".jpg")
     total = 0

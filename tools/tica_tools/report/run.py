@@ -15,11 +15,11 @@ from typing import Callable
 
 import torch
 
-from .. import api
-from ..data import load_split
-from ..evaluate import split_batches, write_results
-from ..image import read_image
-from ..registry import find_weights
+from tica import api
+from tica.data import load_split
+from tica.evaluate import split_batches, write_results
+from tica.image import read_image
+from tica.registry import find_weights
 from .analysis import accuracy_margins, bd_rates, published_curves, variable_rate_cost
 from .cache import Cache
 from .claims import state_claims
@@ -154,7 +154,7 @@ def compute_section(options: ReportOptions) -> list[dict]:
 def measure_compute(repeats: int, runs: Path, kodim: Path) -> list[dict]:
     """Classify from the bitstream against decode-then-classify: tica-cifar at 32x32 (batch 1
     and 64), then tica-photo at the paper's 224x224 (a centre crop of `kodim`) and whole."""
-    from ..timing import classify_paths, photo_timing_models
+    from tica_tools.timing import classify_paths, photo_timing_models
     classifier = api.load(CLASSIFIER)
     model = api.load("tica-cifar")
     hyper = shipped("hyperprior-cifar", 2) or from_run(runs, HYPER, 2)
@@ -204,7 +204,7 @@ def write_plots(out: Path, cifar: list[dict], kodak: list[dict], imagenette: lis
 
 def budgets() -> dict[str, dict]:
     """How each shipped model was trained (the manifest's provenance), by preset."""
-    from ..registry import read_manifest
+    from tica.registry import read_manifest
     return {e.preset: e.trained for e in read_manifest() if e.trained and e.role != "step1"}
 
 

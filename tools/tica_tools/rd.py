@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import TicaError
+from tica.errors import TicaError
 
 # CompressAI's published Kodak curve of bmshj2018-hyperprior (MSE, qualities 1-8): bpp, PSNR.
 COMPRESSAI_HYPERPRIOR_KODAK = (

@@ -1,5 +1,5 @@
 """Running a plan: its runs launched as their dependencies end, each in its own process
-(`python -m tica.plan child SPEC`, see child.py), their metrics followed, their exports
+(`python -m tica_tools.plan child SPEC`, see child.py), their metrics followed, their exports
 published, the status file written, everything stopped by the deadline."""
 
 from __future__ import annotations
@@ -15,11 +15,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..io import atomic_write
-from ..errors import ConfigError, TicaError
+from tica.io import atomic_write
+from tica.errors import ConfigError, TicaError
 from .publish import Publisher
 from .spec import (EXPORT_FILE, RESULT_FILE, STATUS_FILE, STATUS_FORMAT, Plan, PlanRun,
                    check_limits, describe, load_plan)
+
+
+COMMIT_ENV = "TICA_COMMIT"
+
+
+def source_commit() -> str | None:
+    """The commit the plan's code is at, for the weights' provenance: $TICA_COMMIT (set where a
+    checkout travels without its history), else git's HEAD (+ "-dirty" with uncommitted
+    changes to tracked files), else None."""
+    if os.environ.get(COMMIT_ENV):
+        return os.environ[COMMIT_ENV]
+    try:
+        repo = Path(__file__).resolve().parents[3]
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True, cwd=repo).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, cwd=repo).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if dirty else "")
 
 
 @dataclass
@@ -86,6 +106,7 @@ class PlanRunner:
         self.warm: set[str] = set()
         self._status_at = 0.0
         self._termed: float | None = None
+        self.commit = source_commit()
 
     def elapsed(self) -> float:
         return time.time() - self.t0
@@ -151,7 +172,7 @@ class PlanRunner:
         return None if self.plan.deadline_s is None else self.plan.deadline_s - self.elapsed()
 
     def _needs_warm(self, run: PlanRun) -> bool:
-        from ..data import data_kind
+        from tica.data import data_kind
         data = run.config.data
         return data is not None and data_kind(data) == "split" and data not in self.warm
 
@@ -180,7 +201,7 @@ class PlanRunner:
     def _warm(self, run: PlanRun) -> None:
         """Decode an in-memory split once, here, before its runs start: they then read the
         cached array instead of each decoding 50,000 JPEGs at the same time."""
-        from ..data import held_out_split, load_split
+        from tica.data import held_out_split, load_split
         t = time.time()
         cfg = run.config
         load_split(cfg.data, "train", limit=cfg.train_limit)
@@ -216,7 +237,7 @@ class PlanRunner:
                "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
         with open(run.run_dir / "log.txt", "ab") as out:
-            st.proc = subprocess.Popen([sys.executable, "-m", "tica.plan", "child", str(spec_path)],
+            st.proc = subprocess.Popen([sys.executable, "-m", "tica_tools.plan", "child", str(spec_path)],
                                        stdout=out, stderr=subprocess.STDOUT, env=env)
         st.state, st.started = "running", time.time()
         _follow_metrics(run, st)                  # skip what an earlier session logged
@@ -316,7 +337,7 @@ class PlanRunner:
 
     def _write_status(self, final: bool = False) -> dict:
         """plan.json in the output folder, at most every 5 s (and at the end)."""
-        status = {"format": STATUS_FORMAT, "plan": self.plan.name,
+        status = {"format": STATUS_FORMAT, "plan": self.plan.name, "commit": self.commit,
                   "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.t0)),
                   "elapsed_s": round(self.elapsed(), 1), "deadline_s": self.plan.deadline_s,
                   "finished": final, "runs": {r.name: self._run_status(r) for r in self.plan.runs},
@@ -354,7 +375,7 @@ def run_plan(path: str | Path, out: str | Path | None = None, runs_dir: str | Pa
              data_root: str | None = None, max_parallel: int | None = None,
              device: str | None = None, resume: bool = True, dry_run: bool = False,
              log: Callable[[str], None] = print) -> dict:
-    """Load, check and run a plan (`tica train --plan`); returns its final status. With
+    """Load, check and run a plan (`python -m tica_tools.plan run`); returns its final status. With
     `dry_run`, only check it (configs, dependencies, what the exports will weigh)."""
     plan = load_plan(path, runs_dir, data_root, max_parallel, device)
     sizes = check_limits(plan)

@@ -7,10 +7,10 @@ from typing import Callable
 
 import torch
 
-from .. import api
-from ..classical import CLASSICAL_CODECS, ClassicalCodec
-from ..evaluate import ClassicalPipeline, LearnedPipeline, Uncompressed
-from ..registry import standard_qualities
+from tica import api
+from tica.evaluate import LearnedPipeline, Uncompressed
+from tica_tools.classical import CLASSICAL_CODECS, ClassicalCodec, ClassicalPipeline
+from tica.registry import standard_qualities
 from .cache import Spec, codec_version, digest
 from .names import (CLEAN, CODEC_LABELS, HYPER, IMAGENETTE_CODECS, PHOTO,
                     PHOTO_DECODED, PHOTO_NOFAM, TICA, TICA_FIXED, TICA_NOFAM, TICA_NOFAM_POINTS, TICA_VR_BUDGET,
@@ -49,7 +49,7 @@ def cifar_specs(classifier: torch.nn.Module, runs: Path, images: int) -> list[Sp
     specs = [Spec(CLEAN, None, f"{CLEAN}|{cls_id}|{extra}", lambda: Uncompressed(classifier, CLEAN))]
     for q in standard_qualities("tica-cifar"):
         specs.append(learned_spec(TICA, q, shipped("tica-cifar", q), extra))
-    # scripts/train_cifar.sh: a fixed-rate model at standard point 6's weights, same budget
+    # scripts/plans/cpu-ablations.json: a fixed-rate model at standard point 6's weights, same budget
     specs.append(learned_spec(TICA_FIXED, 6, from_run(runs, TICA_FIXED, 6), extra))
     # ... and the variable-rate model at that budget, around point 6 (the shipped one trained on)
     for q in TICA_VR_BUDGET_POINTS:

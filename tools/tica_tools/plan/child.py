@@ -1,4 +1,4 @@
-"""One run of a plan, in its own process (`python -m tica.plan child SPEC`): the runner
+"""One run of a plan, in its own process (`python -m tica_tools.plan child SPEC`): the runner
 writes SPEC, the child trains and leaves result.json in the run folder."""
 
 from __future__ import annotations
@@ -7,15 +7,15 @@ import json
 import signal
 from pathlib import Path
 
-from ..config import TrainConfig
-from ..io import atomic_write
+from tica.config import TrainConfig
+from tica.io import atomic_write
 from .spec import RESULT_FILE
 
 
 def run_child(spec_path: str) -> int:
     """One run of a plan, in its own process: SIGTERM stops it (saved and exported)."""
     import torch
-    from ..train import request_stop, train
+    from tica.train import request_stop, train
 
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(int(spec.get("threads", 1)))

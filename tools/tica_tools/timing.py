@@ -16,8 +16,8 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import api
-from .evaluate import classify_pixels, quantize_8bit
+from tica import api
+from tica.evaluate import classify_pixels, quantize_8bit
 
 
 def count_macs(fn: Callable[[], object]) -> float:
@@ -80,7 +80,7 @@ def photo_timing_models(classifier: str = "vit-pixel-cifar"):
     """(tica-photo, pixel ViT) for timing at photo sizes: an untrained tica-photo (the shipped
     one is a codec only, alpha = 0, and refuses to classify; speed depends on shapes only),
     and a pixel ViT of its ViT's size on 16x16 patches, so both see the same token count."""
-    from .registry import create_model
+    from tica.registry import create_model
 
     photo = create_model("tica-photo").eval()
     photo.update()

@@ -95,7 +95,7 @@ def _cifar(cifar: list[dict], margins: list[dict]) -> list[str]:
           "*bpp (payload)* drops what a deployment can share out of band: tica's container; "
           "JPEG's tables, APPn and frame header (SOI + SOS + scan + EOI kept); WebP's RIFF and "
           "chunk headers and the VP8 start code and size; AVIF's boxes other than mdat; JPEG XL is "
-          "its bare codestream (see `src/tica/classical.py`). Setting: tica's rate point, a codec's "
+          "its bare codestream (see `tools/tica_tools/classical.py`). Setting: tica's rate point, a codec's "
           "quality (JPEG XL: Butteraugli distance). PSNR is that of the mean MSE over the split "
           "(re-encoding a quality-75 JPEG at quality 75 can return it exactly).", "",
           "![rate-PSNR](results/cifar10_psnr.png)", "",
