@@ -1,47 +1,52 @@
 #!/usr/bin/env bash
-# Train every shipped model in ONE command on a borrowed H100/H200 (the device tool), with
-# scripts/plans/gpu.json: tica-cifar step 1 -> step 2 (variable rate, 8 points) and its
-# no-FAM ablation, vit-pixel-cifar, hyperprior-cifar (variable rate), tica-photo step 1 on
-# the photographs -> step 2 on Imagenette (variable rate, classifying) and vit-pixel-photo
-# beside it, side by side, every run done by 470 s.
+# Train the shipped models on a borrowed GPU machine: a remote command runner that is sent
+# the working tree (tracked files, plus the ignored paths a call names: at most 64 MiB in
+# all), runs one command in it with $OUT an empty folder, and returns what the command wrote
+# there (at most 8 files of 16 MiB). Spot instances and batch schedulers have the same shape.
 #
-#   1. HERE, before the device call:   bash scripts/device_plan.sh prepare
-#      Copies the data into .devdata/ (ignored through .git/info/exclude; ../shared does not
-#      travel): the CIFAR-10 archive as is (18 MB), the 40 photographs halved, WebP quality
-#      90 (3 MiB), Imagenette's training split at 160x160, WebP quality 75 (35 MiB). Wheels
-#      put in .whl/ are installed there (none is needed now). Checks the plan (python -m tica_tools.plan run ... --dry-run: configs, dependencies,
-#      export sizes against the 8-file / 16 MiB / 64 MiB return limits), takes the shipped
-#      weights (57 MB, which the plan never reads: it trains from scratch) out of git's index
-#      and into .git/info/exclude so that they stay here, and checks that the working tree
-#      plus .devdata and .whl fit the tool's 64 MiB (~57 MiB); exits non-zero if not.
-#      Until step 3's restore, `git status` shows the weights as deleted: commit nothing.
+# COMPOUNDING, the default: every shipped model trains on from its shipped weights, so each
+# lease adds to the last (scripts/plans/gpu-continue-{cifar,photo}.json). Their data and
+# weights do not fit one 64 MiB send, so they are two commands in one lease:
 #
-#   2. THE DEVICE TOOL, one call, exactly:
-#        run(command="bash scripts/device_plan.sh run", carry=[".devdata", ".whl"], timeout_s=590)
-#      The plan's clock starts ~10 s in (wheel install, python start); runs stop, export and
-#      exit by 470 s of it, SIGTERM at 515 s, SIGKILL at 525 s; the command ends by ~540 s.
-#      Every 90 s and at the end each published run's weights are copied into $OUT: float16,
-#      coding-ready (update() done) safetensors, tica-photo split in two parts (16 MiB per
-#      file), tica-cifar + hyperprior-cifar in pack1.tar and the two pixel ViTs in pack2.tar
-#      (alone they would be 9 files), plus plan.json (each run's state, steps, images/s,
-#      minutes, eval, sha256 of each file): 7 files, ~58 MiB. A command cut short still
-#      returns the last published copies, each file whole (written atomically).
-#      Call give_back when it returns: nothing else needs the machine.
+#   bash scripts/device_plan.sh continue cifar   here: writes .devdata (the CIFAR-10 archive,
+#       .devdata/COMMIT), checks the plan, leaves only the weights it starts from in git's
+#       index, checks the send against 64 MiB, and prints the remote call:
+#       command "bash scripts/device_plan.sh run scripts/plans/gpu-continue-cifar.json",
+#       sending .devdata/cifar10-jpeg.tar.gz and .devdata/COMMIT, a limit of 330 s
+#   bash scripts/device_plan.sh continue photo   the same for tica-photo and vit-pixel-photo
+#       (Imagenette at 160x160 in .devdata/imagenette, ~35 MiB)
+#   bash scripts/device_plan.sh restore          here, after: the weights back in git's index
+#   then, for each command's returned folder RESULTS:
+#       .venv/bin/python scripts/join_parts.py RESULTS runs/continue-PART
+#       (rejoins parts, checks every file against plan.json's sha256, loads each model),
+#       evaluate on the held-out splits (tica eval --weights, every rate point), and ship
+#       only what beats the shipped model: scripts/ship_weights.py --codec ... --model ...
+#       --plan-status RESULTS/plan.json (the manifest accumulates each lease: plan, commit,
+#       minutes, images, the plan's FLOP rate).
 #
-#   3. HERE, after:  bash scripts/device_plan.sh restore   (the weights back in git's index)
-#      then  .venv/bin/python scripts/join_parts.py FILES_AT ~/.cache/tica/runs/gpu-plan
-#      (FILES_AT: the folder the tool names; the folder is $TICA_CACHE/runs/gpu-plan, where
-#      the report reads the FAM ablation) rejoins the parts, checks each file against
-#      plan.json's sha256 and loads every model with tica.load. Evaluate (tica eval
-#      --weights), then ship what is better: scripts/ship_weights.py --trained '{...}'.
+# STARTING OVER: scripts/plans/gpu.json trains every model from scratch in one command
+# (tica-cifar step 1 -> step 2 and its no-FAM ablation, vit-pixel-cifar, hyperprior-cifar,
+# tica-photo step 1 on the photographs -> step 2 on Imagenette, vit-pixel-photo), every run
+# done by 470 s:
+#   bash scripts/device_plan.sh prepare   .devdata (the CIFAR-10 archive, 18 MB; the 40
+#       photographs halved, WebP quality 90, 3 MiB; Imagenette's training split at 160x160,
+#       WebP quality 75, 35 MiB), the plan checked against the 8-file / 16 MiB / 64 MiB
+#       limits, every shipped weight file out of git's index (the plan reads none)
+#   remote: "bash scripts/device_plan.sh run", sending .devdata and .whl, a limit of 590 s;
+#       the plan's clock starts ~10 s in; runs stop, export and exit by 470 s, SIGTERM at
+#       515 s, SIGKILL at 525 s. Every 90 s and at the end each published run's float16,
+#       coding-ready weights are copied into $OUT (tica-photo in two parts, the CIFAR codecs
+#       and the pixel ViTs packed in two tars) with plan.json: 7 files, ~58 MiB. A command
+#       cut short still returns the last published copies, each file whole.
+#   bash scripts/device_plan.sh restore, then join_parts.py into $TICA_CACHE/runs/gpu-plan
+#       (where the report reads the FAM ablation), evaluate, ship what is better.
+#   With time to spare, first "run scripts/plans/gpu-check.json" (every run 40 steps).
 #
-#   With device time to spare, first: run(command="bash scripts/device_plan.sh run
-#   scripts/plans/gpu-check.json", ...) (every run 40 steps, ~1 min + the machine's start):
-#   it caught the one CUDA-only bug so far before the full plan was spent.
-#
-#   bash scripts/device_plan.sh smoke [DIR]   the same plan's runs on this CPU, tiny (~1 min)
-#   bash scripts/device_plan.sh check         what a device call would send, against 64 MiB
-#   bash scripts/device_plan.sh light|restore  the shipped weights out of / back into the index
+# While the weights are out of the index, `git status` shows them deleted: commit nothing
+# before 'restore'. Wheels put in .whl/ are installed on the remote machine (none needed).
+#   bash scripts/device_plan.sh smoke [DIR]    the scratch plan's runs on this CPU, tiny
+#   bash scripts/device_plan.sh check          what a call would send, against 64 MiB
+#   bash scripts/device_plan.sh light|light-for PLAN|restore   weights out of / into the index
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -74,7 +79,31 @@ restore() {        # after the device call: the weights back in the index, nothi
     git status --short -- "$WEIGHTS"
 }
 
-prepare() {
+light_for() {      # only the weights PLAN starts from travel (init "shipped" / "step1")
+    local needed
+    needed=$("$PY" -m tica_tools.plan shipped-files "$1")
+    light
+    # shellcheck disable=SC2086
+    [ -z "$needed" ] || git reset -q HEAD -- $needed
+}
+
+continue_for() {   # here, before each of the two continuation calls: PART is cifar or photo
+    local plan=scripts/plans/gpu-continue-$1.json carry
+    case "$1" in
+        cifar) carry=.devdata/cifar10-jpeg.tar.gz ;;
+        photo) carry=.devdata/imagenette ;;
+        *) echo "device_plan: continue cifar|photo" >&2; return 2 ;;
+    esac
+    prepare_data
+    OMP_NUM_THREADS=1 "$PY" -m tica_tools.plan run "$plan" --dry-run --data-root .devdata \
+        --runs-dir /tmp/tica-runs
+    light_for "$plan"
+    "$PY" -m tica_tools.plan travel-size "$carry" .devdata/COMMIT || return 3
+    echo "device_plan: now the remote command \"bash scripts/device_plan.sh run $plan\"," \
+         "sending $carry and .devdata/COMMIT, a limit of 330 s; then 'restore' here"
+}
+
+prepare_data() {   # .devdata: the data the plans read, and the commit they train at
     exclude /.devdata/
     exclude /.whl/
     mkdir -p .devdata .whl
@@ -89,9 +118,13 @@ prepare() {
         "$PY" -m tica_tools.plan pack-split "$DATA/imagenette-224.tar.gz" .devdata/imagenette.tmp 160
         mv .devdata/imagenette.tmp .devdata/imagenette
     fi
-    # the commit the plan trains at, for the weights' provenance (the history does not travel)
+    # the commit the plans train at, for the weights' provenance (the history does not travel)
     TICA_COMMIT= "$PY" -c "from tica_tools.plan.runner import source_commit as c; print(c() or '')" \
         > .devdata/COMMIT
+}
+
+prepare() {
+    prepare_data
     OMP_NUM_THREADS=1 "$PY" -m tica_tools.plan run scripts/plans/gpu.json --dry-run \
         --data-root .devdata --runs-dir /tmp/tica-runs
     light
@@ -100,18 +133,17 @@ prepare() {
 
 check() {
     "$PY" -m tica_tools.plan travel-size .devdata .whl || {
-        echo "device_plan: what travels is over the device tool's 64 MiB: the call would be" \
+        echo "device_plan: what travels is over the 64 MiB a call may send: it would be" \
              "refused. Make the working tree smaller (the biggest folders are listed above)." >&2
         return 3
     }
 }
 
 run() {            # on the device machine
-    : "${OUT:?run this through the device tool: \$OUT is where the weights go}"
-    if [ ! -f .devdata/cifar10-jpeg.tar.gz ] || [ ! -d .devdata/photos ] ||
-       [ ! -d .devdata/imagenette ]; then
-        echo "device_plan: no .devdata here: run 'bash scripts/device_plan.sh prepare' first," \
-             "and carry .devdata" >&2
+    : "${OUT:?run this on the remote machine: \$OUT is where the weights go}"
+    if [ ! -d .devdata ]; then
+        echo "device_plan: no .devdata here: run 'bash scripts/device_plan.sh prepare' (or" \
+             "'continue cifar|photo') first, and carry what it names" >&2
         exit 1
     fi
     export PYTHONUNBUFFERED=1 TICA_CACHE=${TICA_CACHE:-/tmp/tica-cache}
@@ -141,8 +173,10 @@ case "${1:-}" in
     prepare) prepare ;;
     check) check ;;
     light) light ;;
+    light-for) shift; light_for "$@" ;;
+    continue) shift; continue_for "$@" ;;
     restore) restore ;;
     run) shift; run "$@" ;;
     smoke) shift; smoke "$@" ;;
-    *) sed -n '2,44p' "$0"; exit 2 ;;
+    *) sed -n '2,48p' "$0"; exit 2 ;;
 esac

@@ -3,13 +3,19 @@
     python scripts/ship_weights.py --codec runs/vr/model.safetensors [--codec ...]
                                    [--step1 runs/step1/model.safetensors]
                                    [--model runs/vit-pixel-cifar/model.safetensors]
-                                   [--trained '{"where": "cpu", "minutes": 95, ...}']
+                                   [--plan-status OUT/plan.json | --trained '{...}']
 
 A codec's preset comes from the checkpoint's own config; a shipped codec is variable-rate
 (the rate is chosen when coding) and replaces its preset's earlier codec, entry and file. --check DIR compares each codec in float16
 with its float32 original on the images of DIR (e.g. ../shared/data/kodak) from real
 streams, so "half precision if quality allows" is a measured statement.
 `--rehash` recomputes every entry's SHA-256 and model id from the files.
+
+--plan-status reads the plan.json of the plan that trained the files (each file's run is its
+name: tica-cifar, tica-cifar-step1, vit-pixel-cifar, ...) and writes its provenance: the
+plan, the commit, minutes, steps and images, with the runs it started from; a run that
+continued the shipped weights (init "shipped") adds its lease to the file's history
+(tica_tools.plan.provenance), so the manifest says what the weights hold in all.
 """
 
 from __future__ import annotations
@@ -24,8 +30,18 @@ from tica.evaluate import LearnedPipeline, evaluate
 from tica.image import read_image
 from tica.io import sha256_file
 from tica.registry import MANIFEST, load_checkpoint, manifest_json, write_manifest
+from tica_tools.plan.provenance import accumulate, lease
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "tica" / "weights"
+
+
+def _trained(name: str, args: argparse.Namespace, entries: list[dict]) -> dict:
+    """The provenance of artifact `name`: --trained as given, else from --plan-status,
+    continuing the shipped entry's history where the run continued its weights."""
+    if args.trained or not args.plan_status:
+        return args.trained
+    earlier = next((e["trained"] for e in entries if e["name"] == name), None)
+    return accumulate(earlier, lease(args.plan_status, name))
 
 
 def _entry(model, target: str, role: str, trained: dict, results: dict) -> dict:
@@ -60,11 +76,12 @@ def _ship_codec(src: str, args: argparse.Namespace, entries: list[dict], images:
         raise SystemExit(f"{src}: a shipped codec needs coding tables (a step-2 export) and "
                          f"variable rate (rate_levels >= 2)")
     target = f"{model.config.name}.safetensors"
-    if args.trained:
-        info = replace(info, trained=args.trained)
+    trained = _trained(model.config.name, args, entries)
+    if trained:
+        info = replace(info, trained=trained)
     save_checkpoint(model, WEIGHTS / target, info, half=True)
     shipped = load_checkpoint(WEIGHTS / target)       # the id of what users will load
-    _put(entries, _entry(shipped, target, "codec", args.trained, args.results))
+    _put(entries, _entry(shipped, target, "codec", trained, args.results))
     print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB, id {shipped.model_id:04x}")
     if args.check:
         full, half = (evaluate(LearnedPipeline(m), images) for m in (model, shipped))
@@ -82,6 +99,9 @@ def main() -> None:
                         help="a model with no codec, e.g. a classifier baseline (repeatable)")
     parser.add_argument("--trained", type=json.loads, default={},
                         help="JSON provenance for these artifacts: where, minutes, steps, images")
+    parser.add_argument("--plan-status", type=lambda p: json.loads(Path(p).read_text()),
+                        metavar="PLAN_JSON", help="the plan.json of the plan that trained them: "
+                        "their provenance, accumulated over leases")
     parser.add_argument("--results", type=json.loads, default={},
                         help="JSON headline numbers for these artifacts (e.g. from make report)")
     parser.add_argument("--check", metavar="DIR", help="compare float16 with float32 on these images")
@@ -98,9 +118,10 @@ def main() -> None:
         for src in sources:
             model = load_checkpoint(src)
             target = f"{model.config.name}{'-step1' if role == 'step1' else ''}.safetensors"
-            info = replace(model.weights_info, **({"trained": args.trained} if args.trained else {}))
+            trained = _trained(Path(target).stem, args, entries)
+            info = replace(model.weights_info, **({"trained": trained} if trained else {}))
             save_checkpoint(model, WEIGHTS / target, info, half=True)
-            _put(entries, _entry(load_checkpoint(WEIGHTS / target), target, role, args.trained,
+            _put(entries, _entry(load_checkpoint(WEIGHTS / target), target, role, trained,
                                args.results))
             print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB")
     if args.rehash:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tica.losses import bits_per_pixel, cosine_lr, psnr, rda_loss
+from tica.losses import WSD_DECAY, bits_per_pixel, psnr, rda_loss, schedule_lr
 
 
 def test_rda_loss_combines_the_terms_with_their_weights():
@@ -43,7 +43,18 @@ def test_models_without_a_term_leave_it_out():
 
 
 def test_cosine_schedule_warms_up_then_decays_to_the_floor():
-    lrs = [cosine_lr(s, 100, 10, 1.0, 0.01) for s in range(100)]
+    lrs = [schedule_lr("cosine", s, 100, 10, 1.0, 0.01) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
-    assert cosine_lr(100, 100, 10, 1.0, 0.01) == pytest.approx(0.01)
+    assert schedule_lr("cosine", 100, 100, 10, 1.0, 0.01) == pytest.approx(0.01)
+
+
+def test_the_wsd_schedule_holds_the_peak_then_anneals_over_its_last_fifth():
+    lrs = [schedule_lr("wsd", s, 100, 5, 1.0, 0.01) for s in range(101)]
+    assert lrs[0] == pytest.approx(0.2) and lrs[4] == pytest.approx(1.0)     # warm-up
+    hold = int(5 + (100 - 5) * (1 - WSD_DECAY))
+    assert all(lr == 1.0 for lr in lrs[5:hold + 1])                         # stable
+    assert all(a > b for a, b in zip(lrs[hold + 1:], lrs[hold + 2:]))        # decays
+    assert lrs[100] == pytest.approx(0.01)
+    # the cosine schedule is already below its peak where wsd still holds it
+    assert schedule_lr("cosine", 50, 100, 5, 1.0, 0.01) < 0.6 < lrs[50]

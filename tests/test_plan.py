@@ -1,5 +1,5 @@
 """Training plans (tica_tools.plan): the smoke plan runs gpu.json's runs end to end on the CPU,
-dependencies in order, exports published within the device tool's return limits; a deadline
+dependencies in order, exports published within a remote runner's output limits; a deadline
 stops a run that still exports; the GPU-side data paths run on the CPU."""
 
 from __future__ import annotations
@@ -416,3 +416,102 @@ def test_pack_photos_halves_the_photographs_lossless_or_at_a_quality(tmp_path):
     original = Image.open(src / "0.png").reduce(2)
     exact = Image.open(sorted((tmp_path / "exact").iterdir())[0]).convert("RGB")
     assert np.array_equal(np.asarray(exact), np.asarray(original))
+
+
+def test_the_gpu_plans_continue_every_shipped_model_from_its_weights(tmp_path):
+    """Compounding: the continuation plans train every shipped model on from the package
+    (init "shipped", no dependency, no latent rescale, warm-up then the peak held to an
+    annealed deadline), each within the send limit with its own data."""
+    from tica.registry import read_manifest, shipped_init
+    covered = set()
+    for name in ("gpu-continue-cifar", "gpu-continue-photo"):
+        plan = load_plan(PLANS / f"{name}.json", runs_dir=tmp_path, data_root="DATA")
+        assert plan.name == name and plan.deadline_s <= 300
+        for run in plan.runs:
+            c = run.config
+            assert run.after is None and c.init == "shipped" and c.latent_std == 0, run.name
+            assert c.lr_schedule == "wsd" and c.schedule_by_deadline and c.warmup_steps <= 200
+            assert shipped_init(c.model, c.init).file.is_file()
+            covered.add(run.name)
+    assert covered == {e.name for e in read_manifest() if e.role in ("codec", "classifier")}
+
+
+def test_a_plan_keeps_only_the_runs_it_names(tmp_path):
+    (tmp_path / "part.json").write_text(json.dumps(
+        {"base": str(PLANS / "gpu.json"), "name": "part", "only": ["vit-pixel-cifar"]}))
+    plan = load_plan(tmp_path / "part.json", runs_dir=tmp_path, data_root="DATA")
+    assert [r.name for r in plan.runs] == ["vit-pixel-cifar"]
+    # a kept run whose dependency is left out is refused
+    (tmp_path / "bad.json").write_text(json.dumps(
+        {"base": str(PLANS / "gpu.json"), "name": "bad", "only": ["tica-cifar"]}))
+    with pytest.raises(ConfigError, match="tica-cifar-step1"):
+        load_plan(tmp_path / "bad.json", runs_dir=tmp_path, data_root="DATA")
+    (tmp_path / "none.json").write_text(json.dumps(
+        {"base": str(PLANS / "gpu.json"), "name": "none", "only": ["no-such-run"]}))
+    with pytest.raises(ConfigError, match="no-such-run"):
+        load_plan(tmp_path / "none.json", runs_dir=tmp_path, data_root="DATA")
+
+
+def test_the_plan_reports_its_aggregate_flop_rate():
+    from tica_tools.plan.runner import aggregate_tflop_s
+    runs = [{"img_s_mean": 1000.0, "minutes": 2.0, "gflop_per_image": 2.0},     # 240 TFLOP
+            {"img_s": 500.0, "minutes": 1.0, "gflop_per_image": 4.0},           # 120 TFLOP
+            {"img_s": 9e9, "minutes": 1.0, "gflop_per_image": None}]            # not counted
+    assert aggregate_tflop_s(runs, 180.0) == pytest.approx(2.0)
+    assert aggregate_tflop_s(runs[2:], 180.0) is None
+
+
+def test_the_manifest_accumulates_what_each_lease_trained(smoke):
+    """A file's provenance from plan.json: its run and the runs it started from; a run that
+    continued the shipped weights adds a lease to the file's history, one from scratch
+    starts a new one; totals are the sums."""
+    from tica.registry import read_manifest
+    from tica_tools.plan.provenance import accumulate, lease
+    _, _, status = smoke
+    scratch = lease(status, "tica-cifar")
+    runs = status["runs"]
+    assert scratch["runs"] == ["tica-cifar-step1", "tica-cifar"] and scratch["init"] == "scratch"
+    assert scratch["plan"] == "scripts/plans/smoke.json" and scratch["where"] == "cpu"
+    assert scratch["images_seen"] == sum(runs[n]["steps"] * runs[n]["batch_size"]
+                                         for n in scratch["runs"]) > 0
+    shipped = next(e for e in read_manifest() if e.name == "tica-cifar").trained
+    assert accumulate(shipped, scratch)["leases"] == [scratch]          # starts over
+    again = dict(scratch, init="shipped", minutes=1.5, images_seen=1000, steps=10)
+    total = accumulate(shipped, again)
+    assert [e["init"] for e in total["leases"]] == ["scratch", "shipped"]
+    assert total["leases"][0]["plan"] == shipped["plan"] and total["plan"] == again["plan"]
+    assert total["minutes"] == pytest.approx(shipped["minutes"] + 1.5)
+    assert total["images_seen"] == shipped["images_seen"] + 1000
+    third = accumulate(total, dict(again, commit="abc1234"))
+    assert len(third["leases"]) == 3 and third["commit"] == "abc1234"
+    assert third["images_seen"] == shipped["images_seen"] + 2000
+
+
+def test_a_continuation_call_sends_only_the_weights_its_plan_starts_from(tmp_path):
+    """device_plan.sh light-for PLAN: every shipped weight file leaves git's index except the
+    ones the plan's runs start from, which travel; restore puts everything back."""
+    import os
+    import subprocess
+    import sys
+    from tica_tools.plan import shipped_files, travel_bytes
+    repo = Path(__file__).resolve().parents[1]
+    clone = tmp_path / "repo"
+    subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(repo), str(clone)], check=True)
+    plan = "scripts/plans/gpu-continue-cifar.json"
+    needed = shipped_files(str(repo / plan))
+    assert needed == [f"src/tica/weights/{n}.safetensors"
+                      for n in ("hyperprior-cifar", "tica-cifar", "vit-pixel-cifar")]
+    weights = sorted((clone / "src/tica/weights").glob("*.safetensors"))
+    before = sum(travel_bytes(clone, []).values())
+    env = {**os.environ, "PYTHON": sys.executable}
+    script = ["bash", str(clone / "scripts/device_plan.sh")]
+    subprocess.run(script + ["light-for", plan], check=True, capture_output=True, env=env)
+    left_out = sum(w.stat().st_size for w in weights if str(w.relative_to(clone)) not in needed)
+    assert sum(travel_bytes(clone, []).values()) == pytest.approx(before - left_out, abs=1)
+    tracked = subprocess.run(["git", "ls-files", "src/tica/weights"], cwd=clone, check=True,
+                             capture_output=True, text=True).stdout.split()
+    assert sorted(t for t in tracked if t.endswith(".safetensors")) == needed
+    subprocess.run(script + ["restore"], check=True, capture_output=True, env=env)
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, check=True,
+                            capture_output=True, text=True).stdout
+    assert status == "" and sum(travel_bytes(clone, []).values()) == before

@@ -18,7 +18,7 @@ import torch
 
 import tica
 from tica.config import TrainConfig
-from tica.errors import TicaError
+from tica.errors import ConfigError, TicaError
 from tica.train import STATE_FILE, load_state, train
 
 TINY = {"N": 16, "M": 16, "embed_dim": 32, "depth": 3, "num_heads": 2, "drop_path": 0.1}
@@ -246,6 +246,31 @@ def test_new_rate_points_start_from_the_shipped_step1_network(tmp_path):
         assert float((trained[key] - shipped[key]).abs().max()) <= 1.5 * cfg.lr, key
         assert float((fresh[key] - shipped[key]).abs().max()) > 10 * cfg.lr, key
     assert [r for r in _metrics(cfg.run_dir) if "latent_scale" in r]    # step 2 calibrated it
+
+
+def test_a_shipped_model_trains_on_from_its_own_weights_as_it_codes(tmp_path):
+    """init "shipped": the variable-rate step-2 model itself, its latent left at the scale its
+    entropy model learned (no calibration), the rate points as shipped, a step away after one
+    step; the WSD schedule holds the peak rate after its warm-up."""
+    shipped = tica.load("tica-cifar")
+    cfg = _cfg(tmp_path, step=2, init="shipped", model_overrides={"rate_levels": 8},
+               alpha=0.3, alpha_max=30, beta=1e-4, beta_max=0.03, max_steps=1, batch_size=4,
+               lr_schedule="wsd", warmup_steps=1)
+    result = train(cfg)
+    assert result.steps == 1 and result.model.config == shipped.config.replace(
+        labels=result.model.config.labels)
+    before, after = shipped.state_dict(), result.model.state_dict()
+    for key in ("g_a.0.weight", "log_gain", "h_s.0.weight", "vit.blocks.0.attn.qkv.weight"):
+        assert float((after[key] - before[key]).abs().max()) <= 1.5 * cfg.lr, key
+    records = _metrics(cfg.run_dir)
+    assert not [r for r in records if "latent_scale" in r]             # not rescaled
+    # one training step's FLOPs per image, counted before the first step: 1.9 GFLOP for
+    # tica-cifar at 32x32 as measured apart on a GPU (the plan's FLOP rate multiplies by it)
+    (flops,) = [r for r in records if "train_gflop_per_image" in r]
+    assert 1.7 < flops["train_gflop_per_image"] < 2.0 and flops["image_size"] == [32, 32]
+    assert [r["lr"] for r in records if "lr" in r] == [pytest.approx(cfg.lr)]
+    with pytest.raises(ConfigError, match="no trained weights are shipped for tica-s"):
+        train(_cfg(tmp_path / "s", model="tica-s", init="shipped"))
 
 
 def test_an_ablation_starts_from_trained_weights_that_fit(tmp_path):

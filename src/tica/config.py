@@ -26,6 +26,7 @@ ARCHS = ("tica", "vit-pixel", "hyperprior")
 DEFAULT_MODEL = "tica-cifar"        # the preset `tica` and TrainConfig use when none is named
 STEPS = (1, 2)                      # the paper's two training steps
 OPTIMIZERS = ("adamw", "adam")
+LR_SCHEDULES = ("cosine", "wsd")    # tica.losses.schedule_lr
 DEFAULT_EPOCH_SIZE = 10000          # photo folders: random crops per training epoch
 SHARD_IMAGES = 10000                # images per WebDataset shard (tica shards)
 TOP_K = 5                           # classes a classification answer lists unless asked
@@ -239,13 +240,17 @@ class TrainConfig:
                                "'synthetic'")     # no default: the CLI resolves $TICA_DATA
     run_dir: str | None = None         # where the run writes; training needs one (no default)
     init: str | None = option(None, "start from these weights (step 2: the step-1 export); "
-                               "'step1' takes the step-1 network shipped for --model")
+                               "'step1' takes the step-1 network shipped for --model, "
+                               "'shipped' the model it ships, to train on from there")
     model_overrides: dict = field(default_factory=dict)
     quality: int | None = option(None, "rate-point label stored with the weights")
     epochs: float = option(6.0, "passes over the training data")
     max_steps: int | None = option(None, "stop early (tests, smoke runs)")
     batch_size: int = option(128, "global batch size, split across processes")
-    lr: float = option(1e-3, "peak learning rate (cosine schedule)")
+    lr: float = option(1e-3, "peak learning rate")
+    lr_schedule: str = option("cosine", "after the warm-up: cosine decay, or wsd (hold the "
+                              "peak, anneal over the last fifth: for runs that continue "
+                              "trained weights)", choices=LR_SCHEDULES)
     min_lr_ratio: float = 0.01
     warmup_steps: int = option(300, "linear warm-up of the learning rate")
     weight_decay: float = option(0.05, "AdamW weight decay of the weights")
@@ -300,6 +305,8 @@ class TrainConfig:
             raise ConfigError("step must be 1 or 2")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError("optimizer must be adamw or adam")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}")
         if self.batch_size < 1 or self.epochs <= 0:
             raise ConfigError("batch_size and epochs must be positive")
         for lo, hi in ((self.alpha, self.alpha_max), (self.beta, self.beta_max)):

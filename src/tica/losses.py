@@ -65,9 +65,19 @@ def rda_loss(out: dict, x: torch.Tensor, labels: torch.Tensor | None, alpha: Wei
     return terms
 
 
-def cosine_lr(step: int, total: int, warmup: int, base: float, min_ratio: float) -> float:
-    """Linear warm-up, then cosine decay to base * min_ratio at `total` steps."""
+WSD_DECAY = 0.2         # wsd: the last fifth of the schedule anneals
+
+
+def schedule_lr(kind: str, step: float, total: int, warmup: int, base: float,
+                min_ratio: float) -> float:
+    """Linear warm-up, then to base * min_ratio at `total` steps: "cosine" decays all the way;
+    "wsd" (warm-up, stable, decay) holds the peak and anneals linearly over the last
+    WSD_DECAY of the steps, so a run continued from trained weights learns at full rate most
+    of its time and still ends annealed (at its deadline, with schedule_by_deadline)."""
     if step < warmup:
         return base * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if kind == "wsd":
+        decay = max(0.0, (progress - (1 - WSD_DECAY)) / WSD_DECAY)
+        return base * (1 - (1 - min_ratio) * decay)
     return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))

@@ -166,6 +166,23 @@ def find_weights(preset: str, role: str = "codec") -> ShippedWeights | None:
     return next((e for e in read_manifest() if e.preset == preset and e.role == role), None)
 
 
+SHIPPED_INITS = ("step1", "shipped")     # what a run's `init` may name instead of a file
+
+
+def shipped_init(preset: str, init: str | None) -> ShippedWeights | None:
+    """The shipped artifact a training `init` names for `preset`: "step1" its step-1 network,
+    "shipped" the model it ships (its codec, else its classifier), to train on from there.
+    None for any other init (a file); ConfigError if the preset ships no such artifact."""
+    if init not in SHIPPED_INITS:
+        return None
+    entry = (find_weights(preset, "step1") if init == "step1" else
+             find_weights(preset, "codec") or find_weights(preset, "classifier"))
+    if entry is None:
+        raise ConfigError(f"init {init!r}: no {'step-1' if init == 'step1' else 'trained'} "
+                          f"weights are shipped for {preset}")
+    return entry
+
+
 def weights_for_id(model_id: int) -> ShippedWeights | None:
     """The shipped codec whose streams carry `model_id`."""
     return next((e for e in read_manifest() if e.model_id == model_id), None)

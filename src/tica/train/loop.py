@@ -152,6 +152,28 @@ def _train_step(run: _Run, step: int) -> tuple[dict[str, torch.Tensor], int]:
     return terms, x.shape[0] * run.world
 
 
+def _log_step_flops(run: _Run) -> None:
+    """Log the FLOPs of one training step per image (torch.utils.flop_counter: the
+    objective's forward and backward on two images, at the batch's size): what images/s is
+    multiplied by for a FLOP rate. Before the first step, whose seeded draws it leaves alone
+    (the step reseeds, and zeroes the gradients this leaves). One process only: a lone
+    backward would stall DistributedDataParallel's all-reduce."""
+    if run.world > 1 or not run.main:
+        return
+    from torch.utils.flop_counter import FlopCounterMode
+    g = batch_generator(run.data, run.cfg.seed + 7)
+    x, labels = run.data.get(0, run.steps_per_epoch, 2, 0, 1, g)
+    x = x.to(run.device)
+    labels = labels.to(run.device) if labels is not None else None
+    with FlopCounterMode(display=False) as counter, run.autocast():
+        terms = run.objective(x, labels)
+        (terms["loss"] + terms["aux"] if "aux" in terms else terms["loss"]).backward()
+    run.optimizer.zero_grad(set_to_none=True)
+    log_metrics(run.metrics, {"step": run.start_step, "train_gflop_per_image":
+                              counter.get_total_flops() / x.shape[0] / 1e9,
+                              "image_size": list(x.shape[-2:])})
+
+
 def _ramp(step: int, steps: int) -> float:
     """A warm-up weight: linear from 1/steps to 1 over `steps` steps (1 throughout if 0)."""
     return min(1.0, (step + 1) / steps) if steps else 1.0
@@ -208,6 +230,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     ends the run early, saved and exported like a finished one."""
     run = _build_run(cfg, resume)
     progress = _progress_bar(run)
+    _log_step_flops(run)
     window, run_start, step, stopped = _Window(), time.perf_counter(), run.start_step, None
     run.clock.begin()
     try:

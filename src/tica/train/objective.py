@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
-from ..losses import cosine_lr, rda_loss
+from ..losses import rda_loss, schedule_lr
 from ..models import CompressionModel
 from .state import restore_optimizer
 
@@ -131,5 +131,6 @@ def train_step(objective, optimizer, clipped, model, ema_state, x, labels, cfg: 
 
 def set_lr(optimizer, cfg: TrainConfig, sched_step: float, total_steps: int) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = group["base_lr"] if group.get("fixed") else cosine_lr(
-            sched_step, total_steps, cfg.warmup_steps, group["base_lr"], cfg.min_lr_ratio)
+        group["lr"] = group["base_lr"] if group.get("fixed") else schedule_lr(
+            cfg.lr_schedule, sched_step, total_steps, cfg.warmup_steps, group["base_lr"],
+            cfg.min_lr_ratio)

@@ -19,7 +19,7 @@ from ..errors import CheckpointError, TicaError
 from ..io import atomic_write
 from ..models import CompressionModel
 from ..registry import load_checkpoint
-from ..registry import build_model, find_weights, get_config
+from ..registry import build_model, get_config, shipped_init
 
 
 STATE_FILE = "checkpoint.safetensors"
@@ -119,14 +119,9 @@ def build_initial_model(cfg: TrainConfig) -> nn.Module:
 
 def _initial_weights(cfg: TrainConfig) -> nn.Module:
     if cfg.init:
-        init = cfg.init
-        if init == "step1":           # the shipped step-1 network of the preset
-            entry = find_weights(cfg.model, "step1")
-            if entry is None:
-                raise TicaError(f"no step-1 weights are shipped for {cfg.model}")
-            init = entry.file
-        model = load_checkpoint(init)
-        if cfg.model_overrides:
+        entry = shipped_init(cfg.model, cfg.init)      # "step1" / "shipped": the package's
+        model = load_checkpoint(entry.file if entry else cfg.init)
+        if cfg.model_overrides and model.config.replace(**cfg.model_overrides) != model.config:
             model = _transplant(model, cfg.model_overrides, cfg.seed)
         return model
     return build_model(get_config(cfg.model, **cfg.model_overrides), seed=cfg.seed)
@@ -167,9 +162,11 @@ def calibrate_latent_scale(model: CompressionModel, x: torch.Tensor, target_std:
 
 def calibrate(cfg: TrainConfig, model: nn.Module, data: TrainingData, saved, device: torch.device,
                metrics: Path, main: bool) -> None:
-    """Step 2 from step-1 weights: rescale the latent to `latent_std` on a probe batch."""
+    """Step 2 from step-1 weights: rescale the latent to `latent_std` on a probe batch. A
+    model that already coded (a step-2 export, e.g. init "shipped") goes on as it is: its
+    latent's scale is what its entropy model learned."""
     if (saved is None and cfg.step == 2 and cfg.init and cfg.latent_std
-            and isinstance(model, CompressionModel)):
+            and isinstance(model, CompressionModel) and model.weights_info.step != 2):
         probe, _ = data.get(0, 1, min(len(data), 512), 0, 1, batch_generator(data, cfg.seed))
         scale = calibrate_latent_scale(model, probe.to(device), cfg.latent_std)
         if main:

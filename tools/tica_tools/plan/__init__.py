@@ -66,8 +66,8 @@ __all__ = [
     "EXPORT_FILE", "Limits", "Plan", "PlanRun", "PlanRunner", "Publisher", "RESULT_FILE",
     "STATUS_FILE", "STATUS_FORMAT", "Slot", "check_limits", "describe", "estimate_export_bytes",
     "join_parts", "layout", "load_plan", "main", "model_config_of", "pack_bytes", "pack_photos",
-    "pack_split", "read_pack", "read_plan_file", "run_command", "run_plan", "travel_bytes",
-    "write_pack",
+    "pack_split", "read_pack", "read_plan_file", "run_command", "run_plan", "shipped_files",
+    "travel_bytes", "write_pack",
 ]
 
 
@@ -103,13 +103,27 @@ def run_command(argv: list[str]) -> int:
     return 0
 
 
+def shipped_files(plan_path: str) -> list[str]:
+    """The package's weight files a plan's runs start from (init "shipped" or "step1"), as
+    paths relative to the repository: what must travel with it."""
+    from tica.registry import shipped_init
+
+    plan = load_plan(plan_path, data_root="DATA")
+    root = Path(__file__).resolve().parents[3]
+    entries = [shipped_init(r.config.model, r.config.init) for r in plan.runs]
+    return sorted({str(e.file.resolve().relative_to(root)) for e in entries if e is not None})
+
+
 def main(argv: list[str] | None = None) -> int:
-    """python -m tica_tools.plan run PLAN [options] | child SPEC
+    """python -m tica_tools.plan run PLAN [options] | child SPEC | shipped-files PLAN
     | pack-photos SRC DEST [SCALE [QUALITY]] | pack-split SRC DEST [SIDE] | travel-size [CARRY..]"""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args[:1] == ["run"]:
             return run_command(args[1:])
+        if args[:1] == ["shipped-files"] and len(args) == 2:
+            print("\n".join(shipped_files(args[1])))
+            return 0
         if args[:1] == ["child"] and len(args) == 2:
             return run_child(args[1])
         if args[:1] == ["pack-photos"] and len(args) in (3, 4, 5):

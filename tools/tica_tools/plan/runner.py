@@ -22,6 +22,15 @@ from .spec import (EXPORT_FILE, RESULT_FILE, STATUS_FILE, STATUS_FORMAT, Plan, P
                    check_limits, describe, load_plan)
 
 
+def aggregate_tflop_s(runs, elapsed_s: float) -> float | None:
+    """The plan's training FLOP rate: each run's images/s (its mean over the run once it has
+    ended, else its latest) times its FLOPs per image, times its minutes, over the plan's
+    wall time. None before any run has both."""
+    flops = [(r.get("img_s_mean") or r.get("img_s") or 0) * 60 * (r.get("minutes") or 0)
+             * r["gflop_per_image"] for r in runs if r.get("gflop_per_image")]
+    return round(sum(flops) / 1e3 / max(elapsed_s, 1e-9), 3) if flops else None
+
+
 COMMIT_ENV = "TICA_COMMIT"
 
 
@@ -84,6 +93,8 @@ def _follow_metrics(run: PlanRun, st: _RunState) -> None:
                                                    "psnr", "lr") if k in rec})
         if "eval" in rec:
             st.metrics["eval"] = rec["eval"]
+        if "train_gflop_per_image" in rec:
+            st.metrics["gflop"] = rec["train_gflop_per_image"]
         if rec.get("export") == "interim":
             st.exports += 1
         if rec.get("done"):
@@ -323,8 +334,11 @@ class PlanRunner:
     def _run_status(self, run: PlanRun) -> dict:
         st, c, res = self.states[run.name], run.config, self.states[run.name].result
         end = st.ended or (time.time() if st.started else None)
+        steps = st.metrics.get("step")
         return {"state": st.state, "reason": st.reason, "model": c.model, "train_step": c.step,
-                "after": run.after, "steps": st.metrics.get("step"),
+                "after": run.after, "init": c.init, "batch_size": c.batch_size, "steps": steps,
+                "images_seen": steps * c.batch_size if steps else 0,
+                "gflop_per_image": st.metrics.get("gflop"),
                 "planned_steps": res.get("planned_steps"), "epoch": st.metrics.get("epoch"),
                 "img_s": st.metrics.get("img_s"), "img_s_mean": res.get("img_s"),
                 "minutes": round((end - st.started) / 60, 2) if st.started else None,
@@ -337,10 +351,12 @@ class PlanRunner:
 
     def _write_status(self, final: bool = False) -> dict:
         """plan.json in the output folder, at most every 5 s (and at the end)."""
+        runs = {r.name: self._run_status(r) for r in self.plan.runs}
         status = {"format": STATUS_FORMAT, "plan": self.plan.name, "commit": self.commit,
                   "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.t0)),
                   "elapsed_s": round(self.elapsed(), 1), "deadline_s": self.plan.deadline_s,
-                  "finished": final, "runs": {r.name: self._run_status(r) for r in self.plan.runs},
+                  "aggregate_tflop_s": aggregate_tflop_s(runs.values(), self.elapsed()),
+                  "finished": final, "runs": runs,
                   "files": self.publisher.manifest(), "left_out": self.publisher.left_out,
                   "events": self.events[-100:]}
         if final or time.time() - self._status_at >= 5.0:

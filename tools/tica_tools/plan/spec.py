@@ -20,7 +20,8 @@ EXPORT_FILE = "model.safetensors"
 RESULT_FILE = "result.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")   # fits a tar header
 _PLAN_KEYS = {"name", "base", "deadline_s", "grace_s", "kill_after_s", "min_start_s",
-              "max_parallel", "threads", "limits", "defaults", "runs", "set", "set_model", "patch"}
+              "max_parallel", "threads", "limits", "defaults", "runs", "set", "set_model", "patch",
+              "only"}
 _RUN_KEYS = {"name", "publish", "limit_s", "threads"}
 _RESERVED = {"run_dir", "export_dir", "clock_start", "progress"}     # the plan sets these
 
@@ -267,9 +268,15 @@ def load_plan(path: str | Path, runs_dir: str | Path | None = None, data_root: s
     data_root = data_root or os.environ.get("TICA_DATA")
     if device:
         spec["set"] = {**spec.get("set", {}), "device": device}
-    if not spec.get("runs"):
+    raws = spec.get("runs") or []
+    if "only" in spec:                  # a plan that keeps some of its base's runs
+        missing = set(spec["only"]) - {raw.get("name") for raw in raws}
+        if missing:
+            raise ConfigError(f"plan {path}: 'only' names no run {sorted(missing)}")
+        raws = [raw for raw in raws if raw.get("name") in spec["only"]]
+    if not raws:
         raise ConfigError(f"plan {path} has no runs")
-    runs = [_resolve_run(_run_fields(raw, spec), spec, runs_dir, data_root) for raw in spec["runs"]]
+    runs = [_resolve_run(_run_fields(raw, spec), spec, runs_dir, data_root) for raw in raws]
     _check_order(runs)
     try:
         limits = Limits(**spec.get("limits", {}))
@@ -286,16 +293,16 @@ def model_config_of(plan: Plan, run: PlanRun) -> ModelConfig:
     """The config of the model `run` trains: its dependency's (or init file's) with its
     overrides, else its preset's."""
     from tica.checkpoint import read_checkpoint
-    from tica.registry import find_weights, get_config
+    from tica.registry import get_config, shipped_init
 
     cfg = run.config
     if run.after:
         base = model_config_of(plan, plan.run(run.after))
     elif cfg.init:
-        entry = find_weights(cfg.model, "step1") if cfg.init == "step1" else None
         try:
+            entry = shipped_init(cfg.model, cfg.init)
             base = read_checkpoint(entry.file if entry else cfg.init)[0]
-        except (CheckpointError, AttributeError) as exc:
+        except (CheckpointError, ConfigError) as exc:
             raise ConfigError(f"run {run.name}: cannot read its init {cfg.init}: {exc}") from None
     else:
         return get_config(cfg.model, **cfg.model_overrides)
