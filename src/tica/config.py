@@ -278,6 +278,8 @@ class TrainConfig:
                              choices=OPTIMIZERS)
     seed: int = option(0, "seeds the initial weights, the data order and every draw")
     device: str = option("cpu", "cpu or cuda")
+    compile: bool = option(False, "torch.compile the training step (a GPU at large batch: "
+                                  "several times the images/s; the first steps compile)")
     bf16: bool = option(True, "autocast to bfloat16 where the device computes it natively "
                               "(tica.train.distributed.native_bf16 asks the device)")
     checkpoint_every: int = option(200, "save the training state every this many steps (and "

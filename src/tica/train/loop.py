@@ -17,7 +17,7 @@ from ..data import TrainingData, batch_generator, held_out_data, on_device, trai
 from ..errors import ConfigError
 from ..extras import require
 from .clock import agree_to_stop, Clock
-from .distributed import init_distributed, native_bf16, tune_device
+from .distributed import compile_objective, init_distributed, native_bf16, tune_device
 from .estimate import evaluate_estimate
 from .exports import export_run
 from .objective import main_lr, make_optimizer, train_step, set_lr
@@ -230,7 +230,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     ends the run early, saved and exported like a finished one."""
     run = _build_run(cfg, resume)
     progress = _progress_bar(run)
-    _log_step_flops(run)
+    _log_step_flops(run)                # counted on the eager model
+    if cfg.compile:
+        compile_objective(run.objective)
     window, run_start, step, stopped = _Window(), time.perf_counter(), run.start_step, None
     run.clock.begin()
     try:
