@@ -18,7 +18,7 @@ from safetensors import safe_open
 import tica
 from tica.config import TrainConfig
 from tica.errors import CheckpointError, ConfigError
-from tica_tools.plan import (STATUS_FILE, Limits, Publisher, check_limits, join_parts, layout,
+from tica_tools.plan import (EXPORT_FILE, STATUS_FILE, Limits, Publisher, check_limits, join_parts, layout,
                        load_plan, pack_bytes, read_pack, run_plan)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -515,3 +515,22 @@ def test_a_continuation_call_sends_only_the_weights_its_plan_starts_from(tmp_pat
     status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, check=True,
                             capture_output=True, text=True).stdout
     assert status == "" and sum(travel_bytes(clone, []).values()) == before
+
+
+def test_the_distillation_trial_is_at_equal_cost_and_waits_for_its_teacher(tmp_path):
+    plan = load_plan(PLANS / "gpu-distill-trial.json", runs_dir=tmp_path, data_root="DATA")
+    runs = {r.name: r for r in plan.runs}
+    teacher = runs.pop("teacher-cifar")
+    assert teacher.config.init is None and teacher.config.model == "teacher-cifar"
+    for model in ("tica-cifar", "vit-pixel-cifar"):
+        taught, plain = runs[f"{model}-distill"], runs[f"{model}-plain"]
+        assert taught.after == "teacher-cifar" and plain.after is None
+        assert taught.config.teacher == str(tmp_path / "teacher-cifar" / EXPORT_FILE)
+        assert plain.config.teacher is None and taught.config.init == plain.config.init == "shipped"
+        same = ("epochs", "batch_size", "lr", "optimizer", "schedule_by_deadline", "alpha", "beta")
+        assert all(getattr(taught.config, k) == getattr(plain.config, k) for k in same)
+    (tmp_path / "two.json").write_text(json.dumps({"name": "two", "runs": [
+        {"name": "a", "model": "teacher-cifar"},
+        {"name": "b", "model": "vit-pixel-cifar", "init": "@a", "teacher": "@a"}]}))
+    with pytest.raises(ConfigError, match="waits for one"):
+        load_plan(tmp_path / "two.json", runs_dir=tmp_path, data_root="DATA")

@@ -331,3 +331,39 @@ def test_a_compiled_run_trains_and_exports(tmp_path):
     """The compiled step end to end on the CPU (about a minute of compiling)."""
     result = train(_cfg(tmp_path, step=2, max_steps=3, batch_size=4, compile=True, bf16=False))
     assert result.steps == 3 and tica.load_checkpoint(result.weights).is_updated
+
+
+def test_a_fast_cnn_teacher_trains_and_the_vit_distils_from_it(tmp_path):
+    """teacher-cifar (arch cnn) trains like any classifier; a student with --teacher is taught
+    its top class beside the true label (the logged `agree`), and a teacher of other classes
+    is refused."""
+    teacher = train(_cfg(tmp_path / "t", model="teacher-cifar", model_overrides={"N": 16, "M": 32},
+                         max_steps=2, batch_size=8))
+    loaded = tica.load_checkpoint(teacher.weights)
+    assert loaded.config.arch == "cnn" and loaded.classify_pixels(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    student = train(_cfg(tmp_path / "s", model="vit-pixel-cifar", model_overrides={
+        "embed_dim": 32, "depth": 2, "num_heads": 2}, teacher=str(teacher.weights),
+        distill=0.5, max_steps=2, batch_size=8))
+    logged = [r for r in _metrics(str(tmp_path / "s" / "run")) if "loss" in r]
+    assert student.steps == 2 and all(0 <= r["agree"] <= 1 for r in logged)
+    from tica.checkpoint import save_checkpoint
+    other = tica.create_model("teacher-photo", N=16, M=32)      # Imagenette's classes
+    save_checkpoint(other, tmp_path / "other.safetensors")
+    with pytest.raises(ConfigError, match="classifies"):
+        train(_cfg(tmp_path / "x", model="vit-pixel-cifar", model_overrides={},
+                   teacher=str(tmp_path / "other.safetensors"), max_steps=1))
+
+
+def test_hard_distillation_mixes_the_true_and_the_teachers_labels():
+    import torch.nn.functional as F
+    from tica.losses import rda_loss
+    g = torch.Generator().manual_seed(0)
+    logits, x = torch.randn(6, 10, generator=g), torch.rand(6, 3, 8, 8, generator=g)
+    labels, taught = torch.tensor([0, 1, 2, 3, 4, 5]), torch.tensor([0, 1, 2, 9, 9, 9])
+    plain = rda_loss({"logits": logits}, x, labels, 1.0, 0.0, label_smoothing=0.1)
+    mixed = rda_loss({"logits": logits}, x, labels, 1.0, 0.0, 0.1, teacher_labels=taught,
+                     distill=0.25)
+    expected = 0.75 * plain["loss"] + 0.25 * F.cross_entropy(logits, taught)
+    assert mixed["loss"] == pytest.approx(float(expected), rel=1e-6)
+    assert mixed["ce"] == pytest.approx(float(plain["ce"]))      # still against the labels
+    assert mixed["agree"] == pytest.approx(float((logits.argmax(1) == taught).float().mean()))

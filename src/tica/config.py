@@ -22,7 +22,7 @@ IMAGENETTE_LABELS = (
 
 # the architectures' names, here so that ModelConfig checks them without importing the
 # models: tica.registry maps each to its class
-ARCHS = ("tica", "vit-pixel", "hyperprior")
+ARCHS = ("tica", "vit-pixel", "hyperprior", "cnn")
 DEFAULT_MODEL = "tica-cifar"        # the preset `tica` and TrainConfig use when none is named
 STEPS = (1, 2)                      # the paper's two training steps
 OPTIMIZERS = ("adamw", "adam")
@@ -57,8 +57,9 @@ class ModelConfig:
     """Everything needed to build a model of the tica family.
 
     `arch` picks the network: "tica" (codec + compressed-domain ViT + FAM + decoder),
-    "vit-pixel" (the same ViT on pixel patches) or "hyperprior" (the same codec, decoder
-    on the latent, no ViT).
+    "vit-pixel" (the same ViT on pixel patches), "hyperprior" (the same codec, decoder
+    on the latent, no ViT) or "cnn" (a fast convolutional classifier on pixels: the teacher
+    the ViTs distil from; `stages` stride-2 convolutions first, widths N and M).
     """
 
     name: str
@@ -110,8 +111,8 @@ class ModelConfig:
         for key in ("latent_proxy", "hyper_proxy"):
             if getattr(self, key) not in LATENT_PROXIES:
                 problems.append(f"{key} must be one of {LATENT_PROXIES}")
-        if not 1 <= self.stages <= 6:
-            problems.append("stages must be between 1 and 6")
+        if not (0 if self.arch == "cnn" else 1) <= self.stages <= 6:
+            problems.append("stages must be between 1 and 6 (a cnn's: 0 and 6)")
         for key in ("img_size", "num_classes", "N", "M", "embed_dim", "depth", "num_heads",
                     "patch_size", "scale_levels"):
             if getattr(self, key) < 1:
@@ -267,6 +268,12 @@ class TrainConfig:
                                       "the highest point")
     beta_max: float | None = option(None, "variable rate: MSE weight of the highest point")
     label_smoothing: float = 0.1
+    # distillation (DeiT, hard labels): the classification loss is (1 - distill) * CE(labels)
+    # + distill * CE(the teacher's top class), the teacher frozen, on the same images
+    teacher: str | None = option(None, "distil from this classifier (weights file; a fast "
+                                 "CNN such as the teacher-cifar preset)")
+    distill: float = option(0.5, "with --teacher: the share of the classification loss "
+                            "taken from the teacher's labels")
     ema: float = option(0.0, "EMA decay per step (0: off)")
     latent_std: float | None = option(2.0, "step 2: rescale the step-1 latent to this std first")
     rate_warmup_steps: int = option(0, "step 2: ramp the rate term's weight from 0 to 1 over "
@@ -307,6 +314,8 @@ class TrainConfig:
             raise ConfigError("step must be 1 or 2")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError("optimizer must be adamw or adam")
+        if not 0 <= self.distill <= 1:
+            raise ConfigError("distill must lie in [0, 1]")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}")
         if self.batch_size < 1 or self.epochs <= 0:

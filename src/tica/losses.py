@@ -35,12 +35,15 @@ def _active(weight: Weight) -> bool:
 
 def rda_loss(out: dict, x: torch.Tensor, labels: torch.Tensor | None, alpha: Weight, beta: Weight,
              label_smoothing: float = 0.1, rate_weight: float = 1.0,
-             z_rate_weight: float = 1.0) -> dict[str, torch.Tensor]:
+             z_rate_weight: float = 1.0, teacher_labels: torch.Tensor | None = None,
+             distill: float = 0.0) -> dict[str, torch.Tensor]:
     """Loss and its parts for any model of the family: terms whose outputs a model does not
     produce (logits, x_hat, likelihoods) are left out. `alpha` and `beta` are one number, or
     one per image (B,) when a variable-rate model trains each image at its own rate point;
     the rate counts `rate_weight` times, the hyper-latent's share of it `z_rate_weight`
-    times more. The reported `ce`, `mse` and `bpp` are unweighted batch means."""
+    times more. With `teacher_labels` the classification term is (1 - distill) * CE(labels)
+    + distill * CE(teacher_labels) (DeiT's hard distillation). The reported `ce`, `mse` and
+    `bpp` are unweighted batch means (`ce` against the true labels)."""
     terms: dict[str, torch.Tensor] = {}
     loss = x.new_zeros(())
     if "logits" in out and labels is not None and _active(alpha):
@@ -48,6 +51,10 @@ def rda_loss(out: dict, x: torch.Tensor, labels: torch.Tensor | None, alpha: Wei
         ce = F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="none")
         terms["ce"] = ce.mean()
         terms["acc"] = (logits.argmax(1) == labels).float().mean()
+        if teacher_labels is not None:
+            taught = F.cross_entropy(logits, teacher_labels, reduction="none")
+            terms["agree"] = (logits.argmax(1) == teacher_labels).float().mean()
+            ce = (1 - distill) * ce + distill * taught
         loss = loss + _weighted(ce, alpha)
     if "x_hat" in out and _active(beta):
         mse = (out["x_hat"].float() * 255 - x.float() * 255).square().flatten(1).mean(1)

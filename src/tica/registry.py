@@ -15,12 +15,12 @@ from .checkpoint import read_checkpoint
 from .config import ARCHS, DEFAULT_MODEL, IMAGENETTE_LABELS, ModelConfig  # noqa: F401 (DEFAULT_MODEL: re-exported)
 from .errors import CheckpointError, ConfigError, TicaError
 from .io import atomic_write
-from .models import HyperpriorCodec, PixelViT, TicaModel
+from .models import ConvTeacher, HyperpriorCodec, PixelViT, TicaModel
 
 # config.ARCHS names the architectures (ModelConfig checks against it); their classes, in
 # that order
 ARCHITECTURES: dict[str, type[nn.Module]] = dict(
-    zip(ARCHS, (TicaModel, PixelViT, HyperpriorCodec), strict=True))
+    zip(ARCHS, (TicaModel, PixelViT, HyperpriorCodec, ConvTeacher), strict=True))
 
 _PRESETS: dict[str, ModelConfig] = {}
 
@@ -60,6 +60,15 @@ register_preset(ModelConfig(
 register_preset(ModelConfig(
     name="vit-pixel-photo", arch="vit-pixel", img_size=224, patch_size=16, labels=IMAGENETTE_LABELS,
     embed_dim=192, depth=4, num_heads=3, drop_path=0.0, fam=False))
+
+
+# The teachers (tica.models.teacher): convolutional classifiers that learn in a few GPU
+# seconds, which tica's latent ViT and the pixel ViTs distil from (TrainConfig.teacher).
+register_preset(ModelConfig(
+    name="teacher-cifar", arch="cnn", img_size=32, stages=0, N=64, M=256, fam=False))
+register_preset(ModelConfig(
+    name="teacher-photo", arch="cnn", img_size=224, stages=3, N=64, M=256,
+    labels=IMAGENETTE_LABELS, fam=False))
 
 
 def list_models() -> list[str]:

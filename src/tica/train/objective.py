@@ -10,7 +10,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..losses import rda_loss, schedule_lr
 from ..models import CompressionModel
-from .state import restore_optimizer
+from .state import load_teacher, restore_optimizer
 
 
 class Objective(nn.Module):
@@ -22,9 +22,12 @@ class Objective(nn.Module):
     of them. `terms["loss"]` is the objective; `terms["aux"]`, the quantiles' loss, is
     optimised beside it but logged apart."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig) -> None:
+    def __init__(self, model: nn.Module, cfg: TrainConfig, teacher: nn.Module | None = None
+                 ) -> None:
         super().__init__()
         self.model, self.cfg = model, cfg
+        # frozen and unregistered: no optimizer, DistributedDataParallel or checkpoint sees it
+        self.__dict__["teacher"] = teacher
         self.codec = isinstance(model, CompressionModel)
         levels = model.config.rate_levels if self.codec and cfg.step == 2 else 0
         self.levels = levels
@@ -48,8 +51,12 @@ class Objective(nn.Module):
             out = self.model(x, entropy=self.cfg.step == 2, quality=quality)
         else:
             out = self.model(x)
+        taught = None
+        if self.teacher is not None and labels is not None:
+            with torch.no_grad():
+                taught = self.teacher.classify_pixels(x).argmax(1)
         terms = rda_loss(out, x, labels, alpha, beta, self.cfg.label_smoothing, rate_weight,
-                         z_rate_weight)
+                         z_rate_weight, taught, self.cfg.distill)
         if self.codec and self.cfg.step == 2:
             terms["aux"] = self.model.aux_loss()
         return terms
@@ -93,7 +100,8 @@ def main_lr(optimizer: torch.optim.Optimizer) -> float:
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, saved, device: torch.device, world: int):
     """(objective, optimizer, the parameters whose norm is clipped, EMA state or None)."""
-    objective: nn.Module = Objective(model, cfg).to(device)   # its rate-point buffers too
+    teacher = load_teacher(cfg, model, device)
+    objective: nn.Module = Objective(model, cfg, teacher).to(device)   # its rate buffers too
     if world > 1:
         objective = nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None,

@@ -15,11 +15,10 @@ from torch import nn
 
 from ..config import ModelConfig, TrainConfig
 from ..data import TrainingData, batch_generator, data_kind, split_classes
-from ..errors import CheckpointError, TicaError
+from ..errors import CheckpointError, ConfigError, TicaError
 from ..io import atomic_write
 from ..models import CompressionModel
-from ..registry import load_checkpoint
-from ..registry import build_model, get_config, shipped_init
+from ..registry import build_model, get_config, load_checkpoint, shipped_init
 
 
 STATE_FILE = "checkpoint.safetensors"
@@ -125,6 +124,23 @@ def _initial_weights(cfg: TrainConfig) -> nn.Module:
             model = _transplant(model, cfg.model_overrides, cfg.seed)
         return model
     return build_model(get_config(cfg.model, **cfg.model_overrides), seed=cfg.seed)
+
+
+def load_teacher(cfg: TrainConfig, model: nn.Module, device: torch.device) -> nn.Module | None:
+    """The frozen classifier `cfg.teacher` names, in eval mode on `device`, if any.
+    ConfigError unless it classifies pixels into the student's classes."""
+    if not cfg.teacher:
+        return None
+    teacher = load_checkpoint(cfg.teacher, device)
+    if not hasattr(teacher, "classify_pixels"):
+        raise ConfigError(f"teacher {cfg.teacher}: {teacher.config.name} does not classify pixels")
+    if teacher.config.labels != model.config.labels:
+        raise ConfigError(f"teacher {cfg.teacher} classifies {list(teacher.config.labels)}, the "
+                          f"student {list(model.config.labels)}")
+    teacher.requires_grad_(False)
+    if device.type == "cuda":
+        teacher.to(memory_format=torch.channels_last)
+    return teacher
 
 
 def _transplant(source: nn.Module, overrides: dict, seed: int) -> nn.Module:

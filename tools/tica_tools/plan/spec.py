@@ -217,9 +217,13 @@ def _resolve_run(fields: dict, spec: dict, runs_dir: Path, data_root: str | None
         raise ConfigError(f"run {name}: {sorted(_RESERVED & set(fields))} are set by the plan")
     fields = {k: _fill_data(v, data_root) for k, v in fields.items()}
     after = None
-    if isinstance(fields.get("init"), str) and fields["init"].startswith("@"):
-        after = fields["init"][1:]
-        fields["init"] = str(runs_dir / after / EXPORT_FILE)
+    for key in ("init", "teacher"):         # "@run": that run's export, so wait for it
+        if isinstance(fields.get(key), str) and fields[key].startswith("@"):
+            if after is not None:
+                raise ConfigError(f"run {name}: init and teacher both name a run; a run waits "
+                                  f"for one (start from a file or a shipped model instead)")
+            after = fields[key][1:]
+            fields[key] = str(runs_dir / after / EXPORT_FILE)
     publish = bool(extra.get("publish", True))
     run_dir = runs_dir / name
     fields.update(run_dir=str(run_dir), progress=False,
@@ -269,7 +273,7 @@ def load_plan(path: str | Path, runs_dir: str | Path | None = None, data_root: s
     if device:
         spec["set"] = {**spec.get("set", {}), "device": device}
     raws = spec.get("runs") or []
-    if "only" in spec:                  # a plan that keeps some of its base's runs
+    if spec.get("only") is not None:    # a plan that keeps some of its base's runs
         missing = set(spec["only"]) - {raw.get("name") for raw in raws}
         if missing:
             raise ConfigError(f"plan {path}: 'only' names no run {sorted(missing)}")
@@ -296,7 +300,7 @@ def model_config_of(plan: Plan, run: PlanRun) -> ModelConfig:
     from tica.registry import get_config, shipped_init
 
     cfg = run.config
-    if run.after:
+    if run.after and cfg.init == str(plan.runs_dir / run.after / EXPORT_FILE):
         base = model_config_of(plan, plan.run(run.after))
     elif cfg.init:
         try:
