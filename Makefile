@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml tools/pyproject.toml constraints.txt src/tica/entropy/_
 	# constraints.txt pins torch: an unpinned resolve would pull a CUDA build of several GB.
 	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[test]'
 	# the repository's tools (plans, the report, baselines): a package of their own
-	$(VENV)/bin/pip install --quiet -c constraints.txt --no-deps -e tools
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e tools
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -12,7 +12,7 @@ a cache, the comparisons the claims rest on, the claims, the plots and the page.
     page.py      RESULTS.md and the plots
     run.py       one run of the report, section by section
 
-Its optional dependencies (matplotlib, bjontegaard, imagecodecs: the `eval` extra) are
+Its optional dependencies (matplotlib, bjontegaard, imagecodecs: tools/pyproject.toml) are
 imported only where they are used; `import tica` does not import this package."""
 
 from .analysis import accuracy_margins, bd_rates, curves, variable_rate_cost
