@@ -534,3 +534,12 @@ def test_the_distillation_trial_is_at_equal_cost_and_waits_for_its_teacher(tmp_p
         {"name": "b", "model": "vit-pixel-cifar", "init": "@a", "teacher": "@a"}]}))
     with pytest.raises(ConfigError, match="waits for one"):
         load_plan(tmp_path / "two.json", runs_dir=tmp_path, data_root="DATA")
+
+
+def test_the_batch_sweep_runs_see_equal_images_from_the_shipped_weights(tmp_path):
+    plan = load_plan(PLANS / "gpu-sweep-cifar.json", runs_dir=tmp_path, data_root="DATA")
+    configs = [r.config for r in plan.runs]
+    assert sorted({c.batch_size for c in configs}) == [1024, 2048, 4096]
+    assert len({(c.batch_size, c.lr) for c in configs}) == len(configs) == 5
+    for c in configs:
+        assert c.init == "shipped" and c.epochs == 60 and not c.schedule_by_deadline
