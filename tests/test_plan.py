@@ -543,3 +543,29 @@ def test_the_batch_sweep_runs_see_equal_images_from_the_shipped_weights(tmp_path
     assert len({(c.batch_size, c.lr) for c in configs}) == len(configs) == 5
     for c in configs:
         assert c.init == "shipped" and c.epochs == 60 and not c.schedule_by_deadline
+
+
+def test_a_continuation_plan_runs_from_the_shipped_weights_and_its_leases_add_up(tmp_path):
+    """smoke-continue.json (gpu-continue-cifar.json's runs, a few CPU steps): every run starts
+    from the package's file, exports coding-ready weights a step away from it, and its
+    plan.json lease continues the shipped file's history."""
+    from tica.registry import read_manifest
+    from tica_tools.plan import main
+    from tica_tools.plan.provenance import accumulate, lease
+    out = tmp_path / "out"
+    assert main(["run", str(PLANS / "smoke-continue.json"), "--out", str(out), "--runs-dir",
+                 str(tmp_path / "runs"), "--fresh"]) == 0
+    status = json.loads((out / STATUS_FILE).read_text())
+    joined = {p.name: p for p in join_parts(out, tmp_path / "joined")}
+    for entry in (e for e in read_manifest() if e.name in status["runs"]):
+        run = status["runs"][entry.name]
+        assert run["init"] == "shipped" and run["steps"] == 2 and run["gflop_per_image"] > 0
+        trained = tica.load_checkpoint(joined[f"{entry.name}.safetensors"])
+        shipped = tica.load_checkpoint(entry.file)
+        key = next(iter(shipped.state_dict()))
+        assert torch.allclose(trained.state_dict()[key].float(), shipped.state_dict()[key].float(),
+                              atol=0.05)
+        total = accumulate(entry.trained, lease(status, entry.name))
+        assert [e["init"] for e in total["leases"]] == ["scratch", "shipped"]
+        assert total["images_seen"] == entry.trained["images_seen"] + 2 * 8
+    assert len(joined) == 3 and status["aggregate_tflop_s"] > 0
