@@ -14,7 +14,8 @@
 #       command "bash scripts/device_plan.sh run scripts/plans/gpu-continue-cifar.json",
 #       sending .devdata/cifar10-jpeg.tar.gz and .devdata/COMMIT, a limit of 330 s
 #   bash scripts/device_plan.sh continue photo   the same for tica-photo and vit-pixel-photo
-#       (Imagenette at 160x160 in .devdata/imagenette, ~35 MiB)
+#       (Imagenette at 160x160 in .devdata/imagenette, ~35 MiB); "continue fidelity" prepares
+#       the photo-fidelity trial (scripts/plans/gpu-photo-fidelity.json)
 #   bash scripts/device_plan.sh restore          here, after: the weights back in git's index
 #   then, for each command's returned folder RESULTS:
 #       .venv/bin/python scripts/join_parts.py RESULTS runs/continue-PART
@@ -92,7 +93,8 @@ continue_for() {   # here, before each of the two continuation calls: PART is ci
     case "$1" in
         cifar) carry=.devdata/cifar10-jpeg.tar.gz ;;
         photo) carry=.devdata/imagenette ;;
-        *) echo "device_plan: continue cifar|photo" >&2; return 2 ;;
+        fidelity) carry=.devdata/photos-lossless; plan=scripts/plans/gpu-photo-fidelity.json ;;
+        *) echo "device_plan: continue cifar|photo|fidelity" >&2; return 2 ;;
     esac
     prepare_data
     OMP_NUM_THREADS=1 "$PY" -m tica_tools.plan run "$plan" --dry-run --data-root .devdata \
@@ -112,6 +114,10 @@ prepare_data() {   # .devdata: the data the plans read, and the commit they trai
     if [ ! -d .devdata/photos ]; then
         "$PY" -m tica_tools.plan pack-photos "$DATA/photos" .devdata/photos.tmp 2 90
         mv .devdata/photos.tmp .devdata/photos
+    fi
+    if [ ! -d .devdata/photos-lossless ]; then      # the photo-fidelity trial's crops
+        "$PY" -m tica_tools.plan pack-photos "$DATA/photos" .devdata/photos-lossless.tmp 2
+        mv .devdata/photos-lossless.tmp .devdata/photos-lossless
     fi
     if [ ! -d .devdata/imagenette ]; then
         rm -rf .devdata/imagenette.tmp
@@ -178,5 +184,5 @@ case "${1:-}" in
     restore) restore ;;
     run) shift; run "$@" ;;
     smoke) shift; smoke "$@" ;;
-    *) sed -n '2,48p' "$0"; exit 2 ;;
+    *) sed -n '2,50p' "$0"; exit 2 ;;
 esac

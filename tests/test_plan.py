@@ -569,3 +569,13 @@ def test_a_continuation_plan_runs_from_the_shipped_weights_and_its_leases_add_up
         assert [e["init"] for e in total["leases"]] == ["scratch", "shipped"]
         assert total["images_seen"] == entry.trained["images_seen"] + 2 * 8
     assert len(joined) == 3 and status["aggregate_tflop_s"] > 0
+
+
+def test_the_photo_fidelity_trial_continues_tica_photo_on_lossless_crops(tmp_path):
+    plan = load_plan(PLANS / "gpu-photo-fidelity.json", runs_dir=tmp_path, data_root="DATA")
+    configs = {r.name: r.config for r in plan.runs}
+    assert set(configs) == {"tica-photo-lossless", "tica-photo-lossless-hq"}
+    for c in configs.values():
+        assert (c.model, c.init, c.data) == ("tica-photo", "shipped", "DATA/photos-lossless")
+        assert c.model_overrides == {"rate_levels": 8, "entropy_gain": True}   # as shipped
+    assert configs["tica-photo-lossless-hq"].beta_max > configs["tica-photo-lossless"].beta_max
