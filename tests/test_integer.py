@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -47,11 +49,64 @@ def _trained_like_h_s():
     return model.h_s
 
 
-def test_matches_an_int64_reference_exactly():
+@pytest.fixture(params=["float64", "int8"])
+def gemm(request, monkeypatch):
+    """Each CPU path in turn: float64 convolutions, or products of int8 digits."""
+    from tica.nn import integer
+    monkeypatch.setenv(integer.GEMM_ENV, request.param)
+    integer.int8_gemm.cache_clear()
+    yield request.param
+    integer.int8_gemm.cache_clear()
+
+
+def test_matches_an_int64_reference_exactly(gemm):
     h_s = _trained_like_h_s()
     int_hs = IntegerHyperSynthesis.build(h_s)
     z = torch.randint(-20, 21, (2, 32, 5, 3)).double()
+    z[0, 0, 0, 0], z[1, 5, 4, 2] = 2 ** 12 - 1, -(2 ** 12 - 1)        # z at its limits
+    from tica.nn import integer
+    assert integer.int8_gemm() is (gemm == "int8")
     assert torch.equal(int_hs(z), _int64_reference(int_hs, z))
+
+
+def test_int8_digit_products_are_exact_at_the_worst_case_magnitudes():
+    """Weights at +-(2^14 - 1), hidden activations up to 2^20 - 1 and z at +-(2^12 - 1):
+    each layer's int8-digit product (the transposed one by phases, odd and non-square
+    grids) equals the float64 convolution, bit for bit."""
+    from tica.nn import integer
+    g = torch.Generator().manual_seed(3)
+    for layer in IntegerHyperSynthesis.build(_trained_like_h_s()).layers:
+        w = layer.weight.clone()
+        w.view(-1)[:: 7] = 2 ** 14 - 1
+        w.view(-1)[3:: 11] = -(2 ** 14 - 1)
+        layer = dataclasses.replace(layer, weight=w, limbs=[])
+        c_in = w.shape[0] if layer.transposed else w.shape[1]
+        for first in (True, False):
+            if first:
+                x = torch.randint(-(2 ** 12 - 1), 2 ** 12, (2, c_in, 5, 3), generator=g)
+            else:
+                x = torch.randint(0, 2 ** 20, (2, c_in, 4, 7), generator=g)
+                x[0, 0] = 2 ** 20 - 1
+            x = x.double()
+            expected = (F.conv_transpose2d(x, w, None, layer.stride, layer.padding,
+                                           layer.output_padding) if layer.transposed
+                        else F.conv2d(x, w, None, layer.stride, layer.padding))
+            got = integer._int8_linear(layer, x, 2 if first else 3)
+            assert got.dtype == torch.float64 and torch.equal(got, expected)
+
+
+def test_streams_are_the_same_bytes_on_either_cpu_path(monkeypatch, cifar_images):
+    from tica.nn import integer
+    streams = []
+    for path in ("float64", "int8"):
+        monkeypatch.setenv(integer.GEMM_ENV, path)
+        integer.int8_gemm.cache_clear()
+        model = tica.load("tica-cifar")
+        streams.append(tica.compress(model, cifar_images[:6], quality=2.5))
+        assert torch.equal(torch.cat([y for _, _, y in tica.decompress(model, streams[0])]),
+                           torch.cat([y for _, _, y in tica.decompress(model, streams[-1])]))
+    integer.int8_gemm.cache_clear()
+    assert streams[0] == streams[1]
 
 
 def test_close_to_the_float_network():
@@ -98,6 +153,7 @@ def test_the_gemm_form_a_gpu_runs_is_exactly_the_cpu_convolutions(monkeypatch):
     z[0, 0, 0, 0], z[1, 3, 4, 6] = 2 ** 12 - 1, -(2 ** 12 - 1)
     expected = int_hs(z)
     monkeypatch.setattr(IntegerHyperSynthesis, "_linear", staticmethod(
-        lambda layer, x: integer._gemm_linear(layer, x) + layer.bias.view(1, -1, 1, 1)))
+        lambda layer, x, first=False: integer._gemm_linear(layer, x)
+        + layer.bias.view(1, -1, 1, 1)))
     assert torch.equal(int_hs(z), expected)
     assert torch.equal(expected, _int64_reference(int_hs, z))

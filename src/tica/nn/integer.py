@@ -9,8 +9,11 @@ activation is a fixed-point integer, so encoder and decoder compute identical nu
 
 How it stays fast: all values are integers whose partial sums stay below 2^53, so a
 float64 convolution computes them *exactly*, whatever order the kernel sums in, on the CPU
-or a GPU alike. `build`
-checks that bound for each layer from the worst case, not from data.
+or a GPU alike. `build` checks that bound for each layer from the worst case, not from data.
+On a CPU with fast int8 matrix products the same integers are multiplied as 7-bit digits
+("limbs") instead: an int8 product of each pair of digits, summed in int32 and recombined
+in int64, is the exact product again, so the numbers are identical and only the speed
+changes (`int8_gemm`).
 
 Layout of the fixed point: z_hat enters as plain integers (exponent 0). Each output
 channel o of a layer has a power-of-two weight exponent e_o chosen so |w_int| < 2^WEIGHT_BITS;
@@ -24,7 +27,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from dataclasses import dataclass
+import os
+import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +54,7 @@ class _IntLayer:
     stride: int
     padding: int
     output_padding: int
+    limbs: list = field(default_factory=list)   # the weight's int8 digits, (K, C_out) each
 
 
 def _quantize_layer(layer: nn.Conv2d | nn.ConvTranspose2d, in_exponent: int, in_bound: float
@@ -96,6 +102,122 @@ def requantize(acc: torch.Tensor, scale: torch.Tensor, last: bool) -> torch.Tens
     return torch.floor(acc.clamp_min(0) / shift).clamp(max=2.0 ** ACT_BITS - 1)
 
 
+LIMB_BITS = 7                    # int8 digits: 7 bits each, the top one signed
+GEMM_ENV = "TICA_INTEGER_GEMM"   # int8 | float64: force a CPU path (default: the faster)
+
+
+def _limbs(x: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """Integer-valued x -> `count` int8 digits d_i with x = sum d_i 2^(7 i): every digit but
+    the top in [0, 127], the top signed (the caller's bound keeps it within int8)."""
+    v = x.to(torch.int64)
+    out = []
+    for _ in range(count - 1):
+        out.append((v & (2 ** LIMB_BITS - 1)).to(torch.int8))
+        v = v >> LIMB_BITS                          # arithmetic shift: floor, exact
+    return out + [v.to(torch.int8)]
+
+
+def _limb_matmul(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """The exact product of two matrices given as digits, in float64: each pair's int8
+    product is an int32 sum of at most K terms below 2^14 (K < 2^17 keeps it exact); the
+    pairs of one weight 2^(7 s) are summed in int32 (a few such terms stay below 2^31),
+    then added in float64 times 2^(7 s), exactly: every term and partial sum is an integer
+    within the layer's worst-case bound, which `build` holds below 2^53."""
+    by_shift: dict[int, torch.Tensor] = {}
+    for i, da in enumerate(a):
+        for j, db in enumerate(b):
+            part = torch._int_mm(da, db)
+            if i + j in by_shift:
+                by_shift[i + j].add_(part)
+            else:
+                by_shift[i + j] = part
+    acc = None
+    for shift, part in sorted(by_shift.items()):
+        if acc is None:
+            acc = part.double().mul_(2.0 ** (LIMB_BITS * shift))
+        else:
+            acc.add_(part.double(), alpha=2.0 ** (LIMB_BITS * shift))
+    return acc
+
+
+def _int8_conv(x: torch.Tensor, w_digits: list[torch.Tensor], kernel: tuple[int, int],
+               stride: int, pad: int, digits: int) -> torch.Tensor:
+    """A convolution (correlation) of integer x with a weight given as int8 digits, ordered
+    (kernel row, kernel column, C_in) x C_out; exact, in float64. The patches are gathered
+    channels-last: one contiguous copy per kernel tap."""
+    B, C, H, W = x.shape
+    kh, kw = kernel
+    Ho, Wo = (H + 2 * pad - kh) // stride + 1, (W + 2 * pad - kw) // stride + 1
+    patches = []
+    for d in _limbs(F.pad(x, (pad,) * 4).permute(0, 2, 3, 1), digits):   # NHWC digits
+        taps = [d[:, i:i + stride * (Ho - 1) + 1:stride, j:j + stride * (Wo - 1) + 1:stride]
+                for i in range(kh) for j in range(kw)]
+        patches.append(torch.cat(taps, dim=3).view(B * Ho * Wo, kh * kw * C))
+    out = _limb_matmul(patches, w_digits)               # (B Ho Wo, C_out)
+    return out.view(B, Ho, Wo, -1).permute(0, 3, 1, 2)
+
+
+def _weight_digits(w: torch.Tensor) -> list[torch.Tensor]:
+    """A conv weight (C_out, C_in, kh, kw) as the (kh kw C_in, C_out) digits _int8_conv
+    reads (|w| < 2^14: two digits)."""
+    return [d.contiguous() for d in _limbs(w.permute(0, 2, 3, 1).flatten(1).t(), 2)]
+
+
+def _int8_linear(layer: _IntLayer, x: torch.Tensor, digits: int) -> torch.Tensor:
+    """The layer's exact accumulator (no bias) by int8 digit products on the CPU: the same
+    integers as the float64 convolution. A stride-s transposed layer runs as s^2 ordinary
+    convolutions, one per output phase (polyphase): output o of phase r = (o + p) mod s
+    sums x[u - m] w[r + s m], a full correlation of x with that phase's taps, reversed."""
+    k, s, p = layer.weight.shape[-1], layer.stride, layer.padding
+    if not layer.transposed:
+        if not layer.limbs:
+            layer.limbs = _weight_digits(layer.weight)
+        return _int8_conv(x, layer.limbs, (k, k), s, p, digits)
+    B, _, H, W = x.shape
+    Ho = (H - 1) * s - 2 * p + k + layer.output_padding
+    Wo = (W - 1) * s - 2 * p + k + layer.output_padding
+    if not layer.limbs:
+        for rh in range(s):
+            for rw in range(s):
+                taps = layer.weight[:, :, rh::s, rw::s].flip(2, 3).transpose(0, 1)
+                layer.limbs.append((rh, rw, tuple(taps.shape[-2:]), _weight_digits(taps)))
+    out = x.new_zeros(B, layer.weight.shape[1], Ho, Wo)
+    for rh, rw, (mh, mw), w_digits in layer.limbs:
+        oh, ow = (rh - p) % s, (rw - p) % s               # the first output of this phase
+        uh, uw = (oh + p - rh) // s, (ow + p - rw) // s   # ... and its u
+        full = _int8_conv(F.pad(x, (mw - 1, mw - 1, mh - 1, mh - 1)), w_digits, (mh, mw), 1,
+                          0, digits)
+        nh, nw = len(range(oh, Ho, s)), len(range(ow, Wo, s))
+        out[:, :, oh::s, ow::s] = full[:, :, uh:uh + nh, uw:uw + nw]
+    return out
+
+
+@functools.cache
+def int8_gemm() -> bool:
+    """Whether the CPU path multiplies in int8 digits: $TICA_INTEGER_GEMM if set, else
+    whether six int8 products of a layer's shape (the most a layer needs) take less time
+    than one float64 product here (AVX-512 VNNI: about 15x per product; older vector
+    units may not gain). Measured once per process, in a few milliseconds."""
+    forced = os.environ.get(GEMM_ENV, "").strip().lower()
+    if forced in ("int8", "float64"):
+        return forced == "int8"
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-64, 64, (1024, 1152), generator=g, dtype=torch.int8)
+    b = torch.randint(-64, 64, (1152, 128), generator=g, dtype=torch.int8)
+    ad, bd = a.double(), b.double()
+
+    def best(fn) -> float:
+        fn()
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return 6 * best(lambda: torch._int_mm(a, b)) < best(lambda: ad @ bd)
+
+
 def _gemm_linear(layer: _IntLayer, x: torch.Tensor) -> torch.Tensor:
     """The layer as matrix products (unfold/fold around a GEMM): sums of exact integer
     products whatever the order, so exact on any device. A convolution library may pick
@@ -141,9 +263,13 @@ class IntegerHyperSynthesis:
         return self._copies[device]
 
     @staticmethod
-    def _linear(layer: _IntLayer, x: torch.Tensor) -> torch.Tensor:
+    def _linear(layer: _IntLayer, x: torch.Tensor, first: bool = False) -> torch.Tensor:
         if x.device.type != "cpu":
             acc = _gemm_linear(layer, x)
+        elif int8_gemm() and layer.weight.shape[int(not layer.transposed)] * layer.weight[
+                0, 0].numel() < 2 ** 17:             # K < 2^17: the int32 sums stay exact
+            # z is below 2^12 in size: two digits; hidden activations below 2^20: three
+            acc = _int8_linear(layer, x, 2 if first else 3)
         elif layer.transposed:       # the CPU's float64 convolutions are GEMMs
             acc = F.conv_transpose2d(x, layer.weight, None, layer.stride, layer.padding,
                                      layer.output_padding)
@@ -176,11 +302,12 @@ class IntegerHyperSynthesis:
         for i, (layer, shape) in enumerate(zip(layers, self.layer_shapes())):
             last = i == len(layers) - 1
             keep = then if last else None
-            x = run_in_bands(functools.partial(self._layer, layer, last, keep), x,
+            x = run_in_bands(functools.partial(self._layer, layer, i == 0, last, keep), x,
                              geometry_of=LayerShapes([shape]), label="h_s", unfolded=True)
         return x
 
-    def _layer(self, layer: _IntLayer, last: bool, keep, x: torch.Tensor) -> torch.Tensor:
+    def _layer(self, layer: _IntLayer, first: bool, last: bool, keep, x: torch.Tensor
+               ) -> torch.Tensor:
         scale = torch.pow(2.0, layer.exponent.double()).view(1, -1, 1, 1)
-        out = requantize(self._linear(layer, x), scale, last)
+        out = requantize(self._linear(layer, x, first), scale, last)
         return out if keep is None else keep(out)
