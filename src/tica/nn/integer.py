@@ -11,8 +11,8 @@ How it stays fast: all values are integers whose partial sums stay below 2^53, s
 float64 convolution computes them *exactly*, whatever order the kernel sums in, on the CPU
 or a GPU alike. `build` checks that bound for each layer from the worst case, not from data.
 On a CPU with fast int8 matrix products the same integers are multiplied as 7-bit digits
-("limbs") instead: an int8 product of each pair of digits, summed in int32 and recombined
-in int64, is the exact product again, so the numbers are identical and only the speed
+("limbs") instead: int8 products of each pair of digits, summed in int32 and recombined
+in float64, give the exact products again, so the numbers are identical and only the speed
 changes (`int8_gemm`).
 
 Layout of the fixed point: z_hat enters as plain integers (exponent 0). Each output
@@ -54,7 +54,9 @@ class _IntLayer:
     stride: int
     padding: int
     output_padding: int
-    limbs: list = field(default_factory=list)   # the weight's int8 digits, (K, C_out) each
+    # the weight as int8 digits (_int8_linear): a convolution's digits, or per output phase
+    # of a transposed layer (row phase, column phase, kernel, digits); built on first use
+    limbs: list = field(default_factory=list)
 
 
 def _quantize_layer(layer: nn.Conv2d | nn.ConvTranspose2d, in_exponent: int, in_bound: float
@@ -176,11 +178,10 @@ def _int8_linear(layer: _IntLayer, x: torch.Tensor, digits: int) -> torch.Tensor
     B, _, H, W = x.shape
     Ho = (H - 1) * s - 2 * p + k + layer.output_padding
     Wo = (W - 1) * s - 2 * p + k + layer.output_padding
-    if not layer.limbs:
-        for rh in range(s):
-            for rw in range(s):
-                taps = layer.weight[:, :, rh::s, rw::s].flip(2, 3).transpose(0, 1)
-                layer.limbs.append((rh, rw, tuple(taps.shape[-2:]), _weight_digits(taps)))
+    if not layer.limbs:                       # one assignment: safe if threads race here
+        phases = [(rh, rw, layer.weight[:, :, rh::s, rw::s].flip(2, 3).transpose(0, 1))
+                  for rh in range(s) for rw in range(s)]
+        layer.limbs = [(rh, rw, tuple(t.shape[-2:]), _weight_digits(t)) for rh, rw, t in phases]
     out = x.new_zeros(B, layer.weight.shape[1], Ho, Wo)
     for rh, rw, (mh, mw), w_digits in layer.limbs:
         oh, ow = (rh - p) % s, (rw - p) % s               # the first output of this phase
@@ -215,7 +216,10 @@ def int8_gemm() -> bool:
             times.append(time.perf_counter() - start)
         return min(times)
 
-    return 6 * best(lambda: torch._int_mm(a, b)) < best(lambda: ad @ bd)
+    try:
+        return 6 * best(lambda: torch._int_mm(a, b)) < best(lambda: ad @ bd)
+    except (RuntimeError, AttributeError):        # a build without int8 products
+        return False
 
 
 def _gemm_linear(layer: _IntLayer, x: torch.Tensor) -> torch.Tensor:

@@ -162,7 +162,8 @@ def _log_step_flops(run: _Run) -> None:
         return
     from torch.utils.flop_counter import FlopCounterMode
     g = batch_generator(run.data, run.cfg.seed + 7)
-    x, labels = run.data.get(0, run.steps_per_epoch, 2, 0, 1, g)
+    # at the first step's position: a streamed source then replays that step in full
+    x, labels = run.data.get(run.start_step, run.steps_per_epoch, 2, 0, 1, g)
     x = x.to(run.device)
     labels = labels.to(run.device) if labels is not None else None
     with FlopCounterMode(display=False) as counter, run.autocast():
