@@ -119,20 +119,23 @@ def _limbs(x: torch.Tensor, count: int) -> list[torch.Tensor]:
     return out + [v.to(torch.int8)]
 
 
-def _limb_matmul(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-    """The exact product of two matrices given as digits, in float64: each pair's int8
-    product is an int32 sum of at most K terms below 2^14 (K < 2^17 keeps it exact); the
-    pairs of one weight 2^(7 s) are summed in int32 (a few such terms stay below 2^31),
-    then added in float64 times 2^(7 s), exactly: every term and partial sum is an integer
-    within the layer's worst-case bound, which `build` holds below 2^53."""
+def _limb_matmul(a: torch.Tensor, b: list[torch.Tensor], digits: int) -> torch.Tensor:
+    """The exact product of two matrices given as digits, in float64. `a` holds the left
+    matrix's `digits` digit planes stacked by rows (digit-major), so one int8 product per
+    digit of `b` multiplies them all. Each int8 product is an int32 sum of at most K terms
+    below 2^14 (K < 2^17 keeps it exact); the planes of one weight 2^(7 s) are summed in
+    int32 (a few such terms stay below 2^31), then added in float64 times 2^(7 s), exactly:
+    every term and partial sum is an integer within the layer's worst-case bound, which
+    `build` holds below 2^53."""
+    rows = a.shape[0] // digits
     by_shift: dict[int, torch.Tensor] = {}
-    for i, da in enumerate(a):
-        for j, db in enumerate(b):
-            part = torch._int_mm(da, db)
+    for j, db in enumerate(b):
+        planes = torch._int_mm(a, db).view(digits, rows, -1)
+        for i in range(digits):
             if i + j in by_shift:
-                by_shift[i + j].add_(part)
+                by_shift[i + j].add_(planes[i])
             else:
-                by_shift[i + j] = part
+                by_shift[i + j] = planes[i]       # each plane is read once: add in place
     acc = None
     for shift, part in sorted(by_shift.items()):
         if acc is None:
@@ -145,17 +148,16 @@ def _limb_matmul(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
 def _int8_conv(x: torch.Tensor, w_digits: list[torch.Tensor], kernel: tuple[int, int],
                stride: int, pad: int, digits: int) -> torch.Tensor:
     """A convolution (correlation) of integer x with a weight given as int8 digits, ordered
-    (kernel row, kernel column, C_in) x C_out; exact, in float64. The patches are gathered
-    channels-last: one contiguous copy per kernel tap."""
+    (kernel row, kernel column, C_in) x C_out; exact, in float64. The patches of every
+    digit plane are gathered at once, channels-last: one contiguous copy per kernel tap."""
     B, C, H, W = x.shape
     kh, kw = kernel
     Ho, Wo = (H + 2 * pad - kh) // stride + 1, (W + 2 * pad - kw) // stride + 1
-    patches = []
-    for d in _limbs(F.pad(x, (pad,) * 4).permute(0, 2, 3, 1), digits):   # NHWC digits
-        taps = [d[:, i:i + stride * (Ho - 1) + 1:stride, j:j + stride * (Wo - 1) + 1:stride]
-                for i in range(kh) for j in range(kw)]
-        patches.append(torch.cat(taps, dim=3).view(B * Ho * Wo, kh * kw * C))
-    out = _limb_matmul(patches, w_digits)               # (B Ho Wo, C_out)
+    planes = torch.cat(_limbs(F.pad(x, (pad,) * 4).permute(0, 2, 3, 1), digits))  # NHWC
+    taps = [planes[:, i:i + stride * (Ho - 1) + 1:stride, j:j + stride * (Wo - 1) + 1:stride]
+            for i in range(kh) for j in range(kw)]
+    patches = torch.cat(taps, dim=3).view(digits * B * Ho * Wo, kh * kw * C)
+    out = _limb_matmul(patches, w_digits, digits)       # (B Ho Wo, C_out)
     return out.view(B, Ho, Wo, -1).permute(0, 3, 1, 2)
 
 
