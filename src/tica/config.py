@@ -296,7 +296,7 @@ class TrainConfig:
     train_limit: int | None = option(None, "use a class-balanced subset of the training split")
     epoch_size: int = option(DEFAULT_EPOCH_SIZE, "photo folders: random crops per epoch")
     progress: bool = option(True, "show a progress bar")
-    # wall clock, for one-shot runs on a borrowed machine (tica_tools.plan sets these)
+    # wall clock, for runs with a time limit (a batch job, a spot instance; the plans set these)
     deadline_s: float | None = option(None, "stop after S seconds of wall time, then save and "
                                        "export", metavar="S")   # counted from clock_start, else
                                                                 # from the run's start

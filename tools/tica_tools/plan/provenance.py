@@ -20,8 +20,7 @@ def lease(status: dict, run: str) -> dict:
     own = runs[run]
     return {"plan": f"scripts/plans/{status['plan']}.json", "commit": status.get("commit"),
             "date": (status.get("started") or "")[:10], "runs": chain[::-1],
-            "where": "gpu" if str(own.get("device") or "").lower().startswith(("cuda", "nvidia"))
-            else "cpu",
+            "where": "gpu" if str(own.get("train_device") or "").startswith("cuda") else "cpu",
             "init": "shipped" if own.get("init") == "shipped" else "scratch",
             "minutes": round(sum(runs[n].get("minutes") or 0 for n in chain), 2),
             "steps": sum(runs[n].get("steps") or 0 for n in chain),

@@ -336,7 +336,8 @@ class PlanRunner:
         end = st.ended or (time.time() if st.started else None)
         steps = st.metrics.get("step")
         return {"state": st.state, "reason": st.reason, "model": c.model, "train_step": c.step,
-                "after": run.after, "init": c.init, "batch_size": c.batch_size, "steps": steps,
+                "after": run.after, "init": c.init, "train_device": c.device,
+                "batch_size": c.batch_size, "steps": steps,
                 "images_seen": steps * c.batch_size if steps else 0,
                 "gflop_per_image": st.metrics.get("gflop"),
                 "planned_steps": res.get("planned_steps"), "epoch": st.metrics.get("epoch"),
