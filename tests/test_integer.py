@@ -91,7 +91,7 @@ def test_int8_digit_products_are_exact_at_the_worst_case_magnitudes():
             expected = (F.conv_transpose2d(x, w, None, layer.stride, layer.padding,
                                            layer.output_padding) if layer.transposed
                         else F.conv2d(x, w, None, layer.stride, layer.padding))
-            got = integer._int8_linear(layer, x, 2 if first else 3)
+            got = integer._int8_linear(layer, x)
             assert got.dtype == torch.float64 and torch.equal(got, expected)
 
 
@@ -157,3 +157,35 @@ def test_the_gemm_form_a_gpu_runs_is_exactly_the_cpu_convolutions(monkeypatch):
         + layer.bias.view(1, -1, 1, 1)))
     assert torch.equal(int_hs(z), expected)
     assert torch.equal(expected, _int64_reference(int_hs, z))
+
+
+def test_digit_count_holds_every_value_in_as_few_digits_as_it_can():
+    from tica.nn import integer
+    cases = [([0, 127], 1), ([-128, 5], 1), ([128], 2), ([-129], 2), ([0, 2 ** 14 - 1], 2),
+             ([-(2 ** 14)], 2), ([2 ** 14], 3), ([2 ** 20 - 1], 3), ([-(2 ** 21) - 1], 4), ([], 1)]
+    for values, count in cases:
+        x = torch.tensor(values, dtype=torch.float64)
+        assert integer.digit_count(x) == count, values
+        if values:
+            digits = integer._limbs(x, count)
+            back = sum(d.double() * 2.0 ** (integer.LIMB_BITS * i) for i, d in enumerate(digits))
+            assert torch.equal(back, x) and all(d.dtype == torch.int8 for d in digits)
+
+
+def test_int8_products_are_exact_with_one_two_or_three_digits():
+    """Real z needs one digit and real activations two: each count, at its largest values,
+    gives the float64 convolution's integers (a plain and a transposed layer)."""
+    from tica.nn import integer
+    g = torch.Generator().manual_seed(5)
+    layers = IntegerHyperSynthesis.build(_trained_like_h_s()).layers
+    for layer in layers[:2]:
+        layer = dataclasses.replace(layer, limbs=[])
+        c_in = layer.weight.shape[0] if layer.transposed else layer.weight.shape[1]
+        for top in (2 ** 7, 2 ** 14, 2 ** 21):
+            x = torch.randint(-top, top, (3, c_in, 6, 5), generator=g).double()
+            x[0, 0, 0, 0], x[1, 1, 1, 1] = top - 1, -top
+            assert integer.digit_count(x) == {2 ** 7: 1, 2 ** 14: 2, 2 ** 21: 3}[top]
+            expected = (F.conv_transpose2d(x, layer.weight, None, layer.stride, layer.padding,
+                                           layer.output_padding) if layer.transposed
+                        else F.conv2d(x, layer.weight, None, layer.stride, layer.padding))
+            assert torch.equal(integer._int8_linear(layer, x), expected)

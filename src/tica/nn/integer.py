@@ -106,12 +106,14 @@ def requantize(acc: torch.Tensor, scale: torch.Tensor, last: bool) -> torch.Tens
 
 LIMB_BITS = 7                    # int8 digits: 7 bits each, the top one signed
 GEMM_ENV = "TICA_INTEGER_GEMM"   # int8 | float64: force a CPU path (default: the faster)
+MAX_INT8_TAPS = 2 ** 16          # int32 sums of two digit planes stay exact below this
+PRODUCT_ROWS = 4096              # rows of one int8 product: its operands stay in cache
 
 
 def _limbs(x: torch.Tensor, count: int) -> list[torch.Tensor]:
-    """Integer-valued x -> `count` int8 digits d_i with x = sum d_i 2^(7 i): every digit but
-    the top in [0, 127], the top signed (the caller's bound keeps it within int8)."""
-    v = x.to(torch.int64)
+    """Integer-valued x (|x| < 2^31) -> `count` int8 digits d_i with x = sum d_i 2^(7 i):
+    every digit but the top in [0, 127], the top signed (`digit_count` sizes it)."""
+    v = x.to(torch.int32)
     out = []
     for _ in range(count - 1):
         out.append((v & (2 ** LIMB_BITS - 1)).to(torch.int8))
@@ -119,23 +121,34 @@ def _limbs(x: torch.Tensor, count: int) -> list[torch.Tensor]:
     return out + [v.to(torch.int8)]
 
 
-def _limb_matmul(a: torch.Tensor, b: list[torch.Tensor], digits: int) -> torch.Tensor:
-    """The exact product of two matrices given as digits, in float64. `a` holds the left
-    matrix's `digits` digit planes stacked by rows (digit-major), so one int8 product per
-    digit of `b` multiplies them all. Each int8 product is an int32 sum of at most K terms
-    below 2^14 (K < 2^17 keeps it exact); the planes of one weight 2^(7 s) are summed in
-    int32 (a few such terms stay below 2^31), then added in float64 times 2^(7 s), exactly:
-    every term and partial sum is an integer within the layer's worst-case bound, which
-    `build` holds below 2^53."""
-    rows = a.shape[0] // digits
+def digit_count(x: torch.Tensor) -> int:
+    """The fewest 7-bit digits, the top one signed, that hold every value of integer x:
+    d digits hold [-2^(7 d), 2^(7 d)). The product is exact whatever the count; fewer
+    digits only make it cheaper (real activations need two, real z one)."""
+    if x.numel() == 0:
+        return 1
+    lo, hi = (float(v) for v in x.aminmax())
+    count = 1
+    while not -(2.0 ** (LIMB_BITS * count)) <= lo <= hi < 2.0 ** (LIMB_BITS * count):
+        count += 1
+    return count
+
+
+def _limb_matmul(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """The exact product of two matrices given as int8 digit planes (`a`'s rows by
+    `b`'s columns), in float64. Each int8 product is an int32 sum of K terms of at most
+    2^14; the planes of one weight 2^(7 s) (at most two: `b` has two digits) are summed in
+    int32, exact for K < MAX_INT8_TAPS, then added in float64 times 2^(7 s), exactly: every
+    term and partial sum is an integer within the layer's worst-case bound, which `build`
+    holds below 2^53."""
     by_shift: dict[int, torch.Tensor] = {}
-    for j, db in enumerate(b):
-        planes = torch._int_mm(a, db).view(digits, rows, -1)
-        for i in range(digits):
+    for i, da in enumerate(a):
+        for j, db in enumerate(b):
+            plane = torch._int_mm(da, db)
             if i + j in by_shift:
-                by_shift[i + j].add_(planes[i])
+                by_shift[i + j].add_(plane)
             else:
-                by_shift[i + j] = planes[i]       # each plane is read once: add in place
+                by_shift[i + j] = plane
     acc = None
     for shift, part in sorted(by_shift.items()):
         if acc is None:
@@ -145,20 +158,34 @@ def _limb_matmul(a: torch.Tensor, b: list[torch.Tensor], digits: int) -> torch.T
     return acc
 
 
-def _int8_conv(x: torch.Tensor, w_digits: list[torch.Tensor], kernel: tuple[int, int],
-               stride: int, pad: int, digits: int) -> torch.Tensor:
-    """A convolution (correlation) of integer x with a weight given as int8 digits, ordered
-    (kernel row, kernel column, C_in) x C_out; exact, in float64. The patches of every
-    digit plane are gathered at once, channels-last: one contiguous copy per kernel tap."""
-    B, C, H, W = x.shape
+def _digit_planes(x: torch.Tensor, pad: tuple[int, int, int, int]) -> list[torch.Tensor]:
+    """Integer x (B, C, H, W), zero-padded by `pad` (left, right, top, bottom) -> its int8
+    digit planes, channels-last and contiguous, as few as its values need."""
+    return [d.contiguous() for d in _limbs(F.pad(x, pad).permute(0, 2, 3, 1), digit_count(x))]
+
+
+def _int8_conv(planes: list[torch.Tensor], w_digits: list[torch.Tensor],
+               kernel: tuple[int, int], stride: int) -> torch.Tensor:
+    """A valid convolution (correlation) of an integer input given as digit planes (B, H,
+    W, C each: `_digit_planes`, or a window of them) with a weight given as int8 digits,
+    ordered (kernel row, kernel column, C_in) x C_out; exact, in float64, (B, C_out, Ho,
+    Wo). The patches are gathered a few images at a time (about PRODUCT_ROWS rows), so
+    that each product reads them from cache."""
+    B, H, W, C = planes[0].shape
     kh, kw = kernel
-    Ho, Wo = (H + 2 * pad - kh) // stride + 1, (W + 2 * pad - kw) // stride + 1
-    planes = torch.cat(_limbs(F.pad(x, (pad,) * 4).permute(0, 2, 3, 1), digits))  # NHWC
-    taps = [planes[:, i:i + stride * (Ho - 1) + 1:stride, j:j + stride * (Wo - 1) + 1:stride]
-            for i in range(kh) for j in range(kw)]
-    patches = torch.cat(taps, dim=3).view(digits * B * Ho * Wo, kh * kw * C)
-    out = _limb_matmul(patches, w_digits, digits)       # (B Ho Wo, C_out)
-    return out.view(B, Ho, Wo, -1).permute(0, 3, 1, 2)
+    Ho, Wo = (H - kh) // stride + 1, (W - kw) // stride + 1
+    out = torch.empty(B, Ho, Wo, w_digits[0].shape[1], dtype=torch.float64)
+    step = max(1, PRODUCT_ROWS // max(1, Ho * Wo))
+    for b in range(0, B, step):
+        patches = []
+        for plane in planes:           # (n, Ho, Wo, kh, kw, C) as a view, then one copy
+            part = plane[b:b + step]
+            n, sb, sh, sw = len(part), part.stride(0), part.stride(1), part.stride(2)
+            patches.append(part.as_strided((n, Ho, Wo, kh, kw, C),
+                                           (sb, stride * sh, stride * sw, sh, sw, 1))
+                           .reshape(-1, kh * kw * C))
+        out[b:b + step] = _limb_matmul(patches, w_digits).view(-1, Ho, Wo, out.shape[3])
+    return out.permute(0, 3, 1, 2)
 
 
 def _weight_digits(w: torch.Tensor) -> list[torch.Tensor]:
@@ -167,7 +194,7 @@ def _weight_digits(w: torch.Tensor) -> list[torch.Tensor]:
     return [d.contiguous() for d in _limbs(w.permute(0, 2, 3, 1).flatten(1).t(), 2)]
 
 
-def _int8_linear(layer: _IntLayer, x: torch.Tensor, digits: int) -> torch.Tensor:
+def _int8_linear(layer: _IntLayer, x: torch.Tensor) -> torch.Tensor:
     """The layer's exact accumulator (no bias) by int8 digit products on the CPU: the same
     integers as the float64 convolution. A stride-s transposed layer runs as s^2 ordinary
     convolutions, one per output phase (polyphase): output o of phase r = (o + p) mod s
@@ -176,7 +203,7 @@ def _int8_linear(layer: _IntLayer, x: torch.Tensor, digits: int) -> torch.Tensor
     if not layer.transposed:
         if not layer.limbs:
             layer.limbs = _weight_digits(layer.weight)
-        return _int8_conv(x, layer.limbs, (k, k), s, p, digits)
+        return _int8_conv(_digit_planes(x, (p,) * 4), layer.limbs, (k, k), s)
     B, _, H, W = x.shape
     Ho = (H - 1) * s - 2 * p + k + layer.output_padding
     Wo = (W - 1) * s - 2 * p + k + layer.output_padding
@@ -184,14 +211,17 @@ def _int8_linear(layer: _IntLayer, x: torch.Tensor, digits: int) -> torch.Tensor
         phases = [(rh, rw, layer.weight[:, :, rh::s, rw::s].flip(2, 3).transpose(0, 1))
                   for rh in range(s) for rw in range(s)]
         layer.limbs = [(rh, rw, tuple(t.shape[-2:]), _weight_digits(t)) for rh, rw, t in phases]
-    out = x.new_zeros(B, layer.weight.shape[1], Ho, Wo)
+    out = x.new_empty(B, layer.weight.shape[1], Ho, Wo)
+    reach = -(-k // s) - 1                    # the most taps of a phase, less one
+    planes = _digit_planes(x, (reach,) * 4)   # split once for all the phases
     for rh, rw, (mh, mw), w_digits in layer.limbs:
         oh, ow = (rh - p) % s, (rw - p) % s               # the first output of this phase
         uh, uw = (oh + p - rh) // s, (ow + p - rw) // s   # ... and its u
-        full = _int8_conv(F.pad(x, (mw - 1, mw - 1, mh - 1, mh - 1)), w_digits, (mh, mw), 1,
-                          0, digits)
         nh, nw = len(range(oh, Ho, s)), len(range(ow, Wo, s))
-        out[:, :, oh::s, ow::s] = full[:, :, uh:uh + nh, uw:uw + nw]
+        # only the window whose valid correlation gives outputs uh.., uw.. of the full one
+        top, left = reach - (mh - 1) + uh, reach - (mw - 1) + uw
+        window = [d[:, top:top + nh + mh - 1, left:left + nw + mw - 1] for d in planes]
+        out[:, :, oh::s, ow::s] = _int8_conv(window, w_digits, (mh, mw), 1)
     return out
 
 
@@ -269,13 +299,12 @@ class IntegerHyperSynthesis:
         return self._copies[device]
 
     @staticmethod
-    def _linear(layer: _IntLayer, x: torch.Tensor, first: bool = False) -> torch.Tensor:
+    def _linear(layer: _IntLayer, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
             acc = _gemm_linear(layer, x)
         elif int8_gemm() and layer.weight.shape[int(not layer.transposed)] * layer.weight[
-                0, 0].numel() < 2 ** 17:             # K < 2^17: the int32 sums stay exact
-            # z is below 2^12 in size: two digits; hidden activations below 2^20: three
-            acc = _int8_linear(layer, x, 2 if first else 3)
+                0, 0].numel() < MAX_INT8_TAPS:
+            acc = _int8_linear(layer, x)
         elif layer.transposed:       # the CPU's float64 convolutions are GEMMs
             acc = F.conv_transpose2d(x, layer.weight, None, layer.stride, layer.padding,
                                      layer.output_padding)
@@ -308,12 +337,11 @@ class IntegerHyperSynthesis:
         for i, (layer, shape) in enumerate(zip(layers, self.layer_shapes())):
             last = i == len(layers) - 1
             keep = then if last else None
-            x = run_in_bands(functools.partial(self._layer, layer, i == 0, last, keep), x,
+            x = run_in_bands(functools.partial(self._layer, layer, last, keep), x,
                              geometry_of=LayerShapes([shape]), label="h_s", unfolded=True)
         return x
 
-    def _layer(self, layer: _IntLayer, first: bool, last: bool, keep, x: torch.Tensor
-               ) -> torch.Tensor:
+    def _layer(self, layer: _IntLayer, last: bool, keep, x: torch.Tensor) -> torch.Tensor:
         scale = torch.pow(2.0, layer.exponent.double()).view(1, -1, 1, 1)
-        out = requantize(self._linear(layer, x, first), scale, last)
+        out = requantize(self._linear(layer, x), scale, last)
         return out if keep is None else keep(out)
