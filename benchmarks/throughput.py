@@ -11,7 +11,9 @@ Writes DIR/throughput.{md,json} (default docs/benchmarks; a GPU run: throughput_
   2. images/s to classify from the stream, to decode (reconstruct) and to encode, for a
      stream of one image (batch 1) and of 256 (batch 256);
   3. where classify-from-stream's time goes at batch 256: entropy decoding, the integer h_s
-     and the ViT, each timed alone, as shares of the whole.
+     and the ViT, each timed alone, as shares of the whole; and the whole of decoding
+     (`api.decompress`: the container, entropy decoding and the h_s) in latent symbols/s per
+     core, and its time against the ViT's.
 --images-from reads the images from the .npz that `benchmarks/cross_device.py prepare` writes
 (for a machine without the data sets); otherwise they come from $TICA_DATA (default
 ../shared/data).
@@ -157,10 +159,15 @@ def breakdown_section(model, x: torch.Tensor, quality: float, repeats: int,
         "integer_h_s": timed(lambda: [model._hyper_decode(b[1], quality) for b in batches],
                              repeats, device),
         "vit": timed(lambda: [model.classify_latent(b[3]) for b in batches], repeats, device),
+        "decompress": timed(lambda: list(api.decompress(model, data, budget=None)), repeats,
+                            device),
         "classify_from_stream": timed(lambda: api.classify_logits(model, data, budget=None),
                                       repeats, device)}
     total, n = parts["classify_from_stream"], len(stream.payloads)
-    return {"images": n, "batch": size, "seconds": parts,
+    latent = model.config.M * h * w
+    return {"images": n, "batch": size, "seconds": parts, "latent_symbols": latent,
+            "decompress_msym_s_per_core": n * latent / parts["decompress"]
+            / parallel.available_cores() / 1e6,
             "share": {k: v / total for k, v in parts.items() if k != "classify_from_stream"},
             "img_s": {k: n / v for k, v in parts.items()}}
 
@@ -196,17 +203,20 @@ def render(result: dict) -> str:
               f"stream into ({'/'.join(map(str, batch))} images); shares of the whole call "
               "(the rest: container, batching, copies).", "",
               "| images | whole call, images/s | entropy decoding | integer h_s | ViT | "
-              "coder vs ViT |", "|---|---:|---:|---:|---:|---:|"]
+              "decoding (`api.decompress`) | its M latent symbols/s per core | "
+              "decoding vs ViT |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for label, r in result["cases"].items():
         b = r["breakdown"]
-        ratio = b["seconds"]["entropy_decode"] / b["seconds"]["vit"]
+        ratio = b["seconds"]["decompress"] / b["seconds"]["vit"]
         lines.append(f"| {label} | {b['img_s']['classify_from_stream']:,.0f} | "
                      f"{100 * b['share']['entropy_decode']:.0f}% "
                      f"({b['img_s']['entropy_decode']:,.0f}/s) | "
                      f"{100 * b['share']['integer_h_s']:.0f}% "
                      f"({b['img_s']['integer_h_s']:,.0f}/s) | "
                      f"{100 * b['share']['vit']:.0f}% ({b['img_s']['vit']:,.0f}/s) | "
-                     f"{ratio:.2f}x |")
+                     f"{100 * b['share']['decompress']:.0f}% "
+                     f"({b['img_s']['decompress']:,.0f}/s) | "
+                     f"{b['decompress_msym_s_per_core']:.1f} | {ratio:.2f}x |")
     return "\n".join(lines) + "\n"
 
 

@@ -31,7 +31,10 @@ def test_the_gpu_check_runs_here_and_finds_the_streams_alike(tmp_path):
     for case in ("32x32", "224x224"):
         coder = throughput["cases"][case]["coder"]
         assert coder["threads_1"]["decode_msym_s_per_core"] > 0
-        shares = throughput["cases"][case]["breakdown"]["share"]
-        assert set(shares) == {"entropy_decode", "integer_h_s", "vit"}
+        breakdown = throughput["cases"][case]["breakdown"]
+        assert set(breakdown["share"]) == {"entropy_decode", "integer_h_s", "vit", "decompress"}
+        assert 0 < breakdown["share"]["decompress"] < 1
+        assert breakdown["decompress_msym_s_per_core"] > 0
+        assert breakdown["latent_symbols"] == {"32x32": 96 * 8 * 8, "224x224": 192 * 14 * 14}[case]
     table = (tmp_path / "out" / "throughput.md").read_text()
     assert "| 32x32 | tica-cifar q4 | 64 image(s) |" in table

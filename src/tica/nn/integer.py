@@ -134,13 +134,13 @@ def digit_count(x: torch.Tensor) -> int:
     return count
 
 
-def _limb_matmul(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-    """The exact product of two matrices given as int8 digit planes (`a`'s rows by
-    `b`'s columns), in float64. Each int8 product is an int32 sum of K terms of at most
-    2^14; the planes of one weight 2^(7 s) (at most two: `b` has two digits) are summed in
-    int32, exact for K < MAX_INT8_TAPS, then added in float64 times 2^(7 s), exactly: every
-    term and partial sum is an integer within the layer's worst-case bound, which `build`
-    holds below 2^53."""
+def _limb_matmul(a: list[torch.Tensor], b: list[torch.Tensor], out: torch.Tensor) -> None:
+    """The exact product of two matrices given as int8 digit planes (`a`'s rows by `b`'s
+    columns), written into `out` (float64). Each int8 product is an int32 sum of K terms
+    of at most 2^14; the planes of one weight 2^(7 s) (at most two: a weight below 2^14
+    has two digits) are summed in int32, exact for K < MAX_INT8_TAPS, then added in
+    float64 times 2^(7 s), exactly: every term and partial sum is an integer within the
+    layer's worst-case bound, which `build` holds below 2^53."""
     by_shift: dict[int, torch.Tensor] = {}
     for i, da in enumerate(a):
         for j, db in enumerate(b):
@@ -149,28 +149,28 @@ def _limb_matmul(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
                 by_shift[i + j].add_(plane)
             else:
                 by_shift[i + j] = plane
-    acc = None
-    for shift, part in sorted(by_shift.items()):
-        if acc is None:
-            acc = part.double().mul_(2.0 ** (LIMB_BITS * shift))
+    for k, (shift, part) in enumerate(sorted(by_shift.items())):
+        if k == 0:
+            out.copy_(part).mul_(2.0 ** (LIMB_BITS * shift))
         else:
-            acc.add_(part.double(), alpha=2.0 ** (LIMB_BITS * shift))
-    return acc
+            out.add_(part, alpha=2.0 ** (LIMB_BITS * shift))    # int32 read as float64
 
 
 def _digit_planes(x: torch.Tensor, pad: tuple[int, int, int, int]) -> list[torch.Tensor]:
     """Integer x (B, C, H, W), zero-padded by `pad` (left, right, top, bottom) -> its int8
-    digit planes, channels-last and contiguous, as few as its values need."""
-    return [d.contiguous() for d in _limbs(F.pad(x, pad).permute(0, 2, 3, 1), digit_count(x))]
+    digit planes, channels-last and contiguous, as few as its values need (the digits of
+    zero are zeros: each plane is padded, a byte a value rather than eight)."""
+    return [F.pad(d, (0, 0, *pad)).contiguous()
+            for d in _limbs(x.permute(0, 2, 3, 1), digit_count(x))]
 
 
 def _int8_conv(planes: list[torch.Tensor], w_digits: list[torch.Tensor],
                kernel: tuple[int, int], stride: int) -> torch.Tensor:
     """A valid convolution (correlation) of an integer input given as digit planes (B, H,
     W, C each: `_digit_planes`, or a window of them) with a weight given as int8 digits,
-    ordered (kernel row, kernel column, C_in) x C_out; exact, in float64, (B, C_out, Ho,
-    Wo). The patches are gathered a few images at a time (about PRODUCT_ROWS rows), so
-    that each product reads them from cache."""
+    ordered (kernel row, kernel column, C_in) x C_out; exact, in float64, channels-last
+    (B, Ho, Wo, C_out). The patches are gathered a few images at a time (about
+    PRODUCT_ROWS rows), so that each product reads them from cache."""
     B, H, W, C = planes[0].shape
     kh, kw = kernel
     Ho, Wo = (H - kh) // stride + 1, (W - kw) // stride + 1
@@ -184,26 +184,28 @@ def _int8_conv(planes: list[torch.Tensor], w_digits: list[torch.Tensor],
             patches.append(part.as_strided((n, Ho, Wo, kh, kw, C),
                                            (sb, stride * sh, stride * sw, sh, sw, 1))
                            .reshape(-1, kh * kw * C))
-        out[b:b + step] = _limb_matmul(patches, w_digits).view(-1, Ho, Wo, out.shape[3])
-    return out.permute(0, 3, 1, 2)
+        _limb_matmul(patches, w_digits, out[b:b + step].view(-1, out.shape[3]))
+    return out
 
 
 def _weight_digits(w: torch.Tensor) -> list[torch.Tensor]:
     """A conv weight (C_out, C_in, kh, kw) as the (kh kw C_in, C_out) digits _int8_conv
-    reads (|w| < 2^14: two digits)."""
-    return [d.contiguous() for d in _limbs(w.permute(0, 2, 3, 1).flatten(1).t(), 2)]
+    reads (|w| < 2^WEIGHT_BITS: at most two digits)."""
+    return [d.contiguous() for d in _limbs(w.permute(0, 2, 3, 1).flatten(1).t(), digit_count(w))]
 
 
 def _int8_linear(layer: _IntLayer, x: torch.Tensor) -> torch.Tensor:
     """The layer's exact accumulator (no bias) by int8 digit products on the CPU: the same
     integers as the float64 convolution. A stride-s transposed layer runs as s^2 ordinary
     convolutions, one per output phase (polyphase): output o of phase r = (o + p) mod s
-    sums x[u - m] w[r + s m], a full correlation of x with that phase's taps, reversed."""
+    sums x[u - m] w[r + s m], a full correlation of x with that phase's taps, reversed,
+    computed only on the window of it that the layer keeps."""
     k, s, p = layer.weight.shape[-1], layer.stride, layer.padding
     if not layer.transposed:
         if not layer.limbs:
             layer.limbs = _weight_digits(layer.weight)
-        return _int8_conv(_digit_planes(x, (p,) * 4), layer.limbs, (k, k), s)
+        out = _int8_conv(_digit_planes(x, (p,) * 4), layer.limbs, (k, k), s)
+        return out.permute(0, 3, 1, 2)
     B, _, H, W = x.shape
     Ho = (H - 1) * s - 2 * p + k + layer.output_padding
     Wo = (W - 1) * s - 2 * p + k + layer.output_padding
@@ -211,7 +213,7 @@ def _int8_linear(layer: _IntLayer, x: torch.Tensor) -> torch.Tensor:
         phases = [(rh, rw, layer.weight[:, :, rh::s, rw::s].flip(2, 3).transpose(0, 1))
                   for rh in range(s) for rw in range(s)]
         layer.limbs = [(rh, rw, tuple(t.shape[-2:]), _weight_digits(t)) for rh, rw, t in phases]
-    out = x.new_empty(B, layer.weight.shape[1], Ho, Wo)
+    out = x.new_empty(B, Ho, Wo, layer.weight.shape[1])      # channels-last
     reach = -(-k // s) - 1                    # the most taps of a phase, less one
     planes = _digit_planes(x, (reach,) * 4)   # split once for all the phases
     for rh, rw, (mh, mw), w_digits in layer.limbs:
@@ -221,15 +223,15 @@ def _int8_linear(layer: _IntLayer, x: torch.Tensor) -> torch.Tensor:
         # only the window whose valid correlation gives outputs uh.., uw.. of the full one
         top, left = reach - (mh - 1) + uh, reach - (mw - 1) + uw
         window = [d[:, top:top + nh + mh - 1, left:left + nw + mw - 1] for d in planes]
-        out[:, :, oh::s, ow::s] = _int8_conv(window, w_digits, (mh, mw), 1)
-    return out
+        out[:, oh::s, ow::s] = _int8_conv(window, w_digits, (mh, mw), 1)
+    return out.permute(0, 3, 1, 2)
 
 
 @functools.cache
 def int8_gemm() -> bool:
     """Whether the CPU path multiplies in int8 digits: $TICA_INTEGER_GEMM if set, else
-    whether six int8 products of a layer's shape (the most a layer needs) take less time
-    than one float64 product here (AVX-512 VNNI: about 15x per product; older vector
+    whether four int8 products of a layer's shape (what a hidden layer of real data needs:
+    two digits of weight by two of activation) take less time than one float64 product here (AVX-512 VNNI: about 15x per product; older vector
     units may not gain). Measured once per process, in a few milliseconds."""
     forced = os.environ.get(GEMM_ENV, "").strip().lower()
     if forced in ("int8", "float64"):
@@ -249,7 +251,7 @@ def int8_gemm() -> bool:
         return min(times)
 
     try:
-        return 6 * best(lambda: torch._int_mm(a, b)) < best(lambda: ad @ bd)
+        return 4 * best(lambda: torch._int_mm(a, b)) < best(lambda: ad @ bd)
     except (RuntimeError, AttributeError):        # a build without int8 products
         return False
 
@@ -310,7 +312,7 @@ class IntegerHyperSynthesis:
                                      layer.output_padding)
         else:
             acc = F.conv2d(x, layer.weight, None, layer.stride, layer.padding)
-        return acc + layer.bias.view(1, -1, 1, 1)
+        return acc.add_(layer.bias.view(1, -1, 1, 1))            # acc is a new tensor
 
     def layer_shapes(self) -> list[tuple[int, int, int, int, bool]]:
         """(kernel, stride, C_in, C_out, transposed) of each layer (tica.nn.bands)."""
