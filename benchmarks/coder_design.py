@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,20 +29,11 @@ from tica.data import load_split
 from tica.entropy import parallel
 from tica.entropy.payload import PayloadDecoder, encode_payloads, z_index
 from tica.nn import integer
+from tica_tools.timing import median_seconds as timed
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 import constriction_reference as reference  # noqa: E402
-
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - start)
-    return statistics.median(runs)
 
 
 def coder_rows(model, x: torch.Tensor, repeats: int) -> list[tuple[str, float, float]]:

@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -36,6 +34,7 @@ from tica import api
 from tica.cli import data_root
 from tica.entropy import parallel
 from tica.entropy.payload import PayloadDecoder, encode_payloads
+from tica_tools.timing import median_seconds as timed
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {"32x32": ("tica-cifar", 4.0, "cifar"), "224x224": ("tica-photo", 2.0, "photos")}
@@ -69,20 +68,6 @@ def machine(device: torch.device) -> dict:
     if device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(device)
     return out
-
-
-def timed(fn, repeats: int, device: torch.device) -> float:
-    """Median seconds of fn() over `repeats` runs after a warm-up."""
-    def once() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
-    once()
-    return statistics.median(once() for _ in range(repeats))
 
 
 def coder_section(model, x: torch.Tensor, quality: float, repeats: int) -> dict:

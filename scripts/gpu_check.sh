@@ -28,7 +28,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 
 run_check() {      # CHECK: the prepared folder, OUT: where results go
-    export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+    export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/tools${PYTHONPATH:+:$PYTHONPATH}
     [ -f "$CHECK/images.npz" ] || { echo "gpu_check: no $CHECK: run 'prepare' first" >&2; exit 1; }
     "$PY3" scripts/build_kernel.py
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true

@@ -27,6 +27,22 @@ def count_macs(fn: Callable[[], object]) -> float:
     return counter.get_total_flops() / 2
 
 
+def median_seconds(fn: Callable[[], object], repeats: int,
+                   device: torch.device | None = None) -> float:
+    """Median seconds of one call of `fn` over `repeats` calls after a warm-up; on a CUDA
+    device each call is timed to its end (synchronized)."""
+    def once() -> float:
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+    once()
+    return statistics.median(once() for _ in range(repeats))
+
+
 def interleaved_median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Median ms per call of each function, run in turn `repeats` times after a warm-up."""
     times: dict[str, list[float]] = {k: [] for k in fns}

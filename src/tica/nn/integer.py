@@ -151,7 +151,9 @@ def _limb_matmul(a: list[torch.Tensor], b: list[torch.Tensor], out: torch.Tensor
                 by_shift[i + j] = plane
     for k, (shift, part) in enumerate(sorted(by_shift.items())):
         if k == 0:
-            out.copy_(part).mul_(2.0 ** (LIMB_BITS * shift))
+            out.copy_(part)
+            if shift:
+                out.mul_(2.0 ** (LIMB_BITS * shift))
         else:
             out.add_(part, alpha=2.0 ** (LIMB_BITS * shift))    # int32 read as float64
 

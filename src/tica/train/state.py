@@ -93,7 +93,8 @@ def start_model(cfg: TrainConfig, resume: bool, device: torch.device, main: bool
         start_step = int(meta["step"])
     else:
         if resume and main:
-            print(f"tica train: no checkpoint in {cfg.run_dir}, starting from scratch", file=sys.stderr)
+            begin = f"from {cfg.init}" if cfg.init else "from scratch"
+            print(f"tica train: no checkpoint in {cfg.run_dir}, starting {begin}", file=sys.stderr)
         model, saved = build_initial_model(cfg), None
     if device.type == "cuda":
         model.to(device, memory_format=torch.channels_last).train()
