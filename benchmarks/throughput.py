@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from tica import api
 from tica.cli import data_root
 from tica.entropy import parallel
 from tica.entropy.payload import PayloadDecoder, encode_payloads
-from tica_tools.timing import median_seconds as timed
+from tica_tools.timing import cpu_name, median_seconds as timed
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {"32x32": ("tica-cifar", 4.0, "cifar"), "224x224": ("tica-photo", 2.0, "photos")}
@@ -55,15 +54,7 @@ def load_images(args) -> dict[str, torch.Tensor]:
 
 
 def machine(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")]
-        flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split()
-        cpu = names[0] if names else cpu
-        cpu += ", AVX-512" if "avx512f" in flags else ", AVX2" if "avx2" in flags else ""
-    except (OSError, StopIteration):
-        pass
-    out = {"cpu": cpu, "cores": parallel.available_cores(), "torch": torch.__version__,
+    out = {"cpu": cpu_name(), "cores": parallel.available_cores(), "torch": torch.__version__,
            "torch_threads": torch.get_num_threads(), "device": str(device)}
     if device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(device)

@@ -8,8 +8,11 @@ noisy machine slows both paths alike."""
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -18,6 +21,28 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tica import api
 from tica.evaluate import classify_pixels, quantize_8bit
+
+
+def cpu_name() -> str:
+    """The CPU's model name and its widest vector unit (AVX-512 or AVX2) where the system
+    says, else what `platform` knows: one description for every benchmark's header."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return cpu
+    names = [l.split(":", 1)[1].strip() for l in info if l.startswith("model name")]
+    flags = next((l.split() for l in info if l.startswith("flags")), [])
+    cpu = names[0] if names else cpu
+    return cpu + (", AVX-512" if "avx512f" in flags else ", AVX2" if "avx2" in flags else "")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def count_macs(fn: Callable[[], object]) -> float:

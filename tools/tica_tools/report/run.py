@@ -4,8 +4,6 @@ docs/RESULTS.md. `benchmarks/run_all.py` is its command line."""
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ from tica.data import load_split
 from tica.evaluate import split_batches, write_results
 from tica.image import read_image
 from tica.registry import find_weights
+from ..timing import cpu_name, usable_cores
 from .analysis import accuracy_margins, bd_rates, published_curves, variable_rate_cost
 from .cache import Cache
 from .claims import state_claims
@@ -210,12 +209,4 @@ def budgets() -> dict[str, dict]:
 
 def machine() -> str:
     """The CPU, its cores and torch's threads, for the page's header."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    return f"{cpu_name()}, {usable_cores()} cores, {torch.get_num_threads()} torch threads"
