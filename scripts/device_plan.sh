@@ -20,10 +20,10 @@
 #   then, for each command's returned folder RESULTS:
 #       .venv/bin/python scripts/join_parts.py RESULTS runs/continue-PART
 #       (rejoins parts, checks every file against plan.json's sha256, loads each model),
-#       evaluate on the held-out splits (tica eval --weights, every rate point), and ship
-#       only what beats the shipped model: scripts/ship_weights.py --codec ... --model ...
-#       --plan-status RESULTS/plan.json (the manifest accumulates each lease: plan, commit,
-#       minutes, images, the plan's FLOP rate).
+#       and ship only what beats the shipped model on held-out data, every rate point:
+#       scripts/ship_weights.py --codec ... --model ... --plan-status RESULTS/plan.json
+#       --only-if-better DATA (the manifest accumulates each lease: plan, commit, minutes,
+#       images, the plan's FLOP rate).
 #
 # STARTING OVER: scripts/plans/gpu.json trains every model from scratch in one command
 # (tica-cifar step 1 -> step 2 and its no-FAM ablation, vit-pixel-cifar, hyperprior-cifar,

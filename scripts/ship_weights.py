@@ -11,6 +11,13 @@ with its float32 original on the images of DIR (e.g. ../shared/data/kodak) from 
 streams, so "half precision if quality allows" is a measured statement.
 `--rehash` recomputes every entry's SHA-256 and model id from the files.
 
+--only-if-better DATA evaluates each codec, as it would ship (float16), and the preset's
+shipped codec on DATA's held-out split (an archive or folder; --limit N: a class-balanced
+subset) at every standard quality, from real streams, and ships it only if its curve is
+better (tica_tools.rd.curve_verdict: BD-rate of PSNR and top-1 at equal bpp, no worse on
+either and better on one); its manifest results are then those rows. Exit status 3 if any
+codec was kept out.
+
 --plan-status reads the plan.json of the plan that trained the files (each file's run is its
 name: tica-cifar, tica-cifar-step1, vit-pixel-cifar, ...) and writes its provenance: the
 plan, the commit, minutes, steps and images, with the runs it started from; a run that
@@ -22,15 +29,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 from tica.checkpoint import save_checkpoint
-from tica.evaluate import LearnedPipeline, evaluate
+from tica import api
+from tica.data import held_out_split, load_split
+from tica.evaluate import LearnedPipeline, evaluate, evaluate_codec
 from tica.image import read_image
 from tica.io import sha256_file
 from tica.registry import MANIFEST, load_checkpoint, manifest_json, write_manifest
 from tica_tools.plan.provenance import accumulate, lease
+from tica_tools.rd import curve_verdict
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "tica" / "weights"
 
@@ -68,29 +80,78 @@ def _put(entries: list[dict], entry: dict) -> None:
     entries.append(entry)
 
 
-def _ship_codec(src: str, args: argparse.Namespace, entries: list[dict], images: list) -> None:
-    """Ship one --codec PATH: float16 into the package, its entry into `entries`."""
+def curve_rows(model, split) -> list[dict]:
+    """bpp, PSNR and top-1 of `model` on `split` at each of its standard qualities."""
+    rows = []
+    for q in model.config.standard_qualities:
+        r = evaluate_codec(model, split, quality=q).to_dict()
+        rows.append({"quality": q, "bpp": r["bpp"], "psnr": r["psnr"], "top1": r["top1"]})
+    return rows
+
+
+def better_than_shipped(model, args: argparse.Namespace) -> tuple[bool, dict]:
+    """Evaluate `model` as it would ship (float16) against its preset's shipped codec on
+    --only-if-better's held-out split; print both curves and the verdict. (better, results
+    for the manifest)."""
+    split_name = args.split or held_out_split(args.only_if_better)
+    split = load_split(args.only_if_better, split_name, limit=args.limit)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(model, Path(tmp) / "candidate.safetensors", model.weights_info, half=True)
+        candidate = load_checkpoint(Path(tmp) / "candidate.safetensors")
+    shipped = api.load(model.config.name)
+    old, new = curve_rows(shipped, split), curve_rows(candidate, split)
+    verdict = curve_verdict(old, new)
+    print(f"{model.config.name} on {len(split)} images of {split_name}:")
+    print("| quality | shipped bpp | PSNR | top-1 | candidate bpp | PSNR | top-1 |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for a, b in zip(old, new):
+        top = [f"{100 * r['top1']:.2f}%" if r["top1"] is not None else "-" for r in (a, b)]
+        print(f"| {a['quality']:g} | {a['bpp']:.4f} | {a['psnr']:.2f} | {top[0]} | "
+              f"{b['bpp']:.4f} | {b['psnr']:.2f} | {top[1]} |")
+    accuracy = (f", top-1 {verdict['bd_top1_points']:+.2f} points at equal bpp"
+                if verdict["bd_top1_points"] is not None else "")
+    print(f"BD-rate (PSNR) {verdict['bd_rate_psnr']:+.2f}%{accuracy}: "
+          f"{'better, shipping' if verdict['better'] else 'not better, not shipped'}")
+    count = f"{len(split) // 1000}k" if len(split) % 1000 == 0 else str(len(split))
+    data = Path(str(args.only_if_better)).name.split(".")[0].removesuffix("-jpeg")
+    key = f"{data}_{split_name}_{count}"           # e.g. cifar10_test_10k
+    results = {key: {f"q{r['quality']:g}": {"bpp": round(r["bpp"], 4), "psnr": round(r["psnr"], 2),
+                                            **({"top1": round(r["top1"], 4)}
+                                               if r["top1"] is not None else {})}
+                     for r in new}, "vs_previous": verdict}
+    return verdict["better"], results
+
+
+def _ship_codec(src: str, args: argparse.Namespace, entries: list[dict], images: list) -> bool:
+    """Ship one --codec PATH: float16 into the package, its entry into `entries`. False if
+    --only-if-better kept it out."""
     model = load_checkpoint(src)
     info = model.weights_info
     if not model.is_updated or not model.config.rate_levels:
         raise SystemExit(f"{src}: a shipped codec needs coding tables (a step-2 export) and "
                          f"variable rate (rate_levels >= 2)")
+    results = args.results
+    if args.only_if_better:
+        better, results = better_than_shipped(model, args)
+        if not better:
+            return False
     target = f"{model.config.name}.safetensors"
     trained = _trained(model.config.name, args, entries)
     if trained:
         info = replace(info, trained=trained)
     save_checkpoint(model, WEIGHTS / target, info, half=True)
     shipped = load_checkpoint(WEIGHTS / target)       # the id of what users will load
-    _put(entries, _entry(shipped, target, "codec", trained, args.results))
+    _put(entries, _entry(shipped, target, "codec", trained, results))
     print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB, id {shipped.model_id:04x}")
     if args.check:
         full, half = (evaluate(LearnedPipeline(m), images) for m in (model, shipped))
         print(f"  float32: {full.bpp:.4f} bpp, {full.psnr_per_image:.3f} dB; float16: "
               f"{half.bpp:.4f} bpp ({100 * (half.bpp / full.bpp - 1):+.2f}%), "
               f"{half.psnr_per_image:.3f} dB ({half.psnr_per_image - full.psnr_per_image:+.3f})")
+    return True
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--codec", action="append", default=[],
                         help="a variable-rate step-2 export (repeatable)")
@@ -106,14 +167,17 @@ def main() -> None:
                         help="JSON headline numbers for these artifacts (e.g. from make report)")
     parser.add_argument("--check", metavar="DIR", help="compare float16 with float32 on these images")
     parser.add_argument("--rehash", action="store_true", help="refresh every entry's sha256 and id")
-    args = parser.parse_args()
+    parser.add_argument("--only-if-better", metavar="DATA", help="ship a codec only if its curve "
+                        "beats the shipped one's on DATA's held-out split")
+    parser.add_argument("--split", help="with --only-if-better: the split (default: held out)")
+    parser.add_argument("--limit", type=int, help="with --only-if-better: a class-balanced subset")
+    args = parser.parse_args(argv)
     path = WEIGHTS / MANIFEST
     manifest = manifest_json(path)
     entries = manifest["weights"]
     images = ([(read_image(f)[None], None) for f in sorted(Path(args.check).glob("*.png"))]
               if args.check else [])
-    for spec in args.codec:
-        _ship_codec(spec, args, entries, images)
+    kept_out = [spec for spec in args.codec if not _ship_codec(spec, args, entries, images)]
     for role, sources in (("classifier", args.model), ("step1", [args.step1] if args.step1 else [])):
         for src in sources:
             model = load_checkpoint(src)
@@ -131,7 +195,8 @@ def main() -> None:
                 e["model_id"] = f"{load_checkpoint(WEIGHTS / e['file']).model_id:04x}"
     entries.sort(key=lambda e: (e["preset"], e["role"]))
     write_manifest(manifest, path)
+    return 3 if kept_out else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

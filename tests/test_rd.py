@@ -35,3 +35,23 @@ def test_values_between_and_beyond_points():
     assert monotone_upper(([3.0, 1.0, 2.0, 4.0], [0.6, 0.5, 0.4, 0.55])) == ([1.0, 3.0], [0.5, 0.6])
     assert shared_range(curve, ([2.0, 8.0], [0, 1])) == (2.0, 4.0)
     assert shared_range(curve, ([5.0, 8.0], [0, 1])) is None
+
+
+def _rows(psnr_shift=0.0, top1_shift=0.0, labelled=True):
+    bpp = [0.3, 0.6, 1.0, 1.7, 2.8, 4.0]
+    return [{"bpp": b, "psnr": 18 + 4 * math.log2(b / 0.3) + psnr_shift,
+             "top1": (0.55 + 0.06 * math.log2(b / 0.3) + top1_shift) if labelled else None}
+            for b in bpp]
+
+
+def test_curve_verdict_wants_no_loss_on_either_curve_and_a_gain_on_one():
+    from tica_tools.rd import curve_verdict
+    better = curve_verdict(_rows(), _rows(psnr_shift=0.3, top1_shift=0.01))
+    assert better["better"] and better["bd_rate_psnr"] < 0
+    assert better["bd_top1_points"] == pytest.approx(1.0, abs=1e-6)
+    assert curve_verdict(_rows(), _rows(top1_shift=0.005))["better"]          # same PSNR
+    assert not curve_verdict(_rows(), _rows())["better"]                      # no gain
+    assert not curve_verdict(_rows(), _rows(psnr_shift=0.5, top1_shift=-0.002))["better"]
+    assert not curve_verdict(_rows(), _rows(psnr_shift=-0.2, top1_shift=0.02))["better"]
+    unlabelled = curve_verdict(_rows(labelled=False), _rows(psnr_shift=0.2, labelled=False))
+    assert unlabelled["better"] and unlabelled["bd_top1_points"] is None

@@ -106,3 +106,30 @@ def test_the_manifest_is_read_and_written_by_one_pair_of_functions(tmp_path):
         write_manifest({"format": "other", "weights": []}, tmp_path / "x.json")
     assert not (tmp_path / "x.json").exists()
     assert manifest_json(tmp_path / "none.json")["weights"] == []
+
+
+@pytest.mark.real_data("cifar10-jpeg.tar.gz")
+def test_ship_only_if_better_keeps_out_a_codec_no_better_than_the_shipped_one(tmp_path, capsys):
+    """scripts/ship_weights.py --only-if-better, on a copy of the package's weights folder:
+    the shipped tica-cifar offered again is no better than itself, so nothing changes."""
+    import importlib.util
+    import shutil
+    from conftest import DATA
+
+    spec = importlib.util.spec_from_file_location("ship_weights", REPO / "scripts" / "ship_weights.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    weights = tmp_path / "weights"
+    shutil.copytree(Path(tica.__file__).parent / "weights", weights)
+    ship.WEIGHTS = weights
+    before = {p.name: p.read_bytes() for p in weights.iterdir()}
+    candidate = tmp_path / "candidate.safetensors"
+    shutil.copy(weights / "tica-cifar.safetensors", candidate)
+    status = ship.main(["--codec", str(candidate), "--only-if-better",
+                        str(DATA / "cifar10-jpeg.tar.gz"), "--limit", "20"])
+    out = capsys.readouterr().out
+    assert status == 3 and "not better, not shipped" in out
+    gaps = re.search(r"BD-rate \(PSNR\) ([-+]\d+\.\d+)%, top-1 ([-+]\d+\.\d+) points", out)
+    assert gaps and abs(float(gaps[1])) < 0.01 and abs(float(gaps[2])) < 0.01
+    assert "tica-cifar on 20 images of test:" in out
+    assert {p.name: p.read_bytes() for p in weights.iterdir()} == before

@@ -107,3 +107,22 @@ def rate_at(curve: tuple[Sequence[float], Sequence[float]], value: float) -> flo
     if not v[0] <= value <= v[-1]:
         return float("nan")
     return float(np.exp(np.interp(value, v, np.log(r))))
+
+
+def curve_verdict(anchor: Sequence[dict], test: Sequence[dict]) -> dict:
+    """Whether codec `test`'s curve beats `anchor`'s, from evaluation rows (dicts with bpp,
+    psnr and top1, None where the images have no labels; tica.evaluate's EvalResult): the
+    BD-rate of PSNR (percent, negative: fewer bits at equal PSNR) and, with labels, the
+    average top-1 difference at equal bpp over the shared bpp range (points, BD-PSNR's
+    method on accuracy). Better means no worse on either and better on one."""
+    def curve(rows, key):
+        return [r["bpp"] for r in rows], [r[key] for r in rows]
+
+    out = {"bd_rate_psnr": bd_rate(curve(anchor, "psnr"), curve(test, "psnr")),
+           "bd_top1_points": None}
+    labelled = all(r.get("top1") is not None for r in list(anchor) + list(test))
+    if labelled:
+        out["bd_top1_points"] = 100 * bd_psnr(curve(anchor, "top1"), curve(test, "top1"))
+    gains = [-out["bd_rate_psnr"]] + ([out["bd_top1_points"]] if labelled else [])
+    out["better"] = all(g >= 0 for g in gains) and any(g > 0 for g in gains)
+    return out
