@@ -116,7 +116,8 @@ def test_ship_only_if_better_keeps_out_a_codec_no_better_than_the_shipped_one(tm
     import shutil
     from conftest import DATA
 
-    spec = importlib.util.spec_from_file_location("ship_weights", REPO / "scripts" / "ship_weights.py")
+    spec = importlib.util.spec_from_file_location("ship_weights",
+                                                  REPO / "scripts" / "ship_weights.py")
     ship = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ship)
     weights = tmp_path / "weights"

@@ -233,8 +233,9 @@ def _int8_linear(layer: _IntLayer, x: torch.Tensor) -> torch.Tensor:
 def int8_gemm() -> bool:
     """Whether the CPU path multiplies in int8 digits: $TICA_INTEGER_GEMM if set, else
     whether four int8 products of a layer's shape (what a hidden layer of real data needs:
-    two digits of weight by two of activation) take less time than one float64 product here (AVX-512 VNNI: about 15x per product; older vector
-    units may not gain). Measured once per process, in a few milliseconds."""
+    two digits of weight by two of activation) take less time than one float64 product
+    here (AVX-512 VNNI: about 15x per product; older vector units may not gain). Measured
+    once per process, in a few milliseconds."""
     forced = os.environ.get(GEMM_ENV, "").strip().lower()
     if forced in ("int8", "float64"):
         return forced == "int8"
