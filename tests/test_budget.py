@@ -72,6 +72,8 @@ def _counted_gflop(fn) -> float:
     ("tica-cifar", {"act": "gdn", "res_blocks": 1}, (32, 48)), ("tica-cifar", {"fam": False}, (32, 32)),
     ("hyperprior-cifar", {}, (32, 32)), ("tica-photo", {}, (96, 160)),
     ("tica-cifar", {}, (256, 320)),                    # 64x80 tokens: attention in 8x8 windows
+    ("tica-cifar", {"distill_token": True}, (32, 32)),
+    ("tica-cifar", {"distill_token": True}, (256, 320)),
 ])
 def test_estimate_matches_counted_flops(name, overrides, size, monkeypatch):
     """With the float64 and symbol weights at 1 and 0, the estimate is exactly the

@@ -42,6 +42,27 @@ def test_models_without_a_term_leave_it_out():
     assert set(terms) == {"ce", "acc", "loss"}
 
 
+def test_a_distillation_head_learns_the_teachers_labels_and_the_class_head_the_true_ones():
+    import torch.nn.functional as F
+    x = torch.rand(3, 3, 4, 4)
+    logits = torch.tensor([[3.0, 0.0, 1.0], [0.0, 2.0, 0.0], [1.0, 1.0, 4.0]])
+    dist = torch.tensor([[0.0, 5.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0]])
+    labels, teacher = torch.tensor([0, 1, 0]), torch.tensor([1, 1, 2])
+    out = {"logits": logits, "logits_dist": dist}
+    terms = rda_loss(out, x, labels, 2.0, 0.0, label_smoothing=0.0, teacher_labels=teacher,
+                     distill=0.25)
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    taught = F.cross_entropy(dist, teacher, reduction="none")
+    assert terms["loss"].item() == pytest.approx(2.0 * (0.75 * ce + 0.25 * taught).mean().item())
+    assert terms["ce"].item() == pytest.approx(ce.mean().item())
+    predicted = ((logits + dist) / 2).argmax(1)                  # [1, 1, 2]: the heads' mean
+    assert terms["acc"].item() == pytest.approx((predicted == labels).float().mean().item())
+    assert terms["agree"].item() == 1.0
+    alone = rda_loss(out, x, labels, 1.0, 0.0, label_smoothing=0.0)   # no teacher: labels
+    both = (ce + F.cross_entropy(dist, labels, reduction="none")) / 2
+    assert alone["loss"].item() == pytest.approx(both.mean().item())
+
+
 def test_cosine_schedule_warms_up_then_decays_to_the_floor():
     lrs = [schedule_lr("cosine", s, 100, 10, 1.0, 0.01) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)

@@ -16,8 +16,9 @@ def _inputs(name: str) -> torch.Tensor:
 
 def _loss(out: dict, model) -> torch.Tensor:
     loss = torch.zeros(())
-    if "logits" in out:
-        loss = loss + out["logits"].square().mean()
+    for key in ("logits", "logits_dist"):
+        if key in out:
+            loss = loss + out[key].square().mean()
     if "x_hat" in out:
         loss = loss + out["x_hat"].square().mean()
     if out.get("likelihoods"):
@@ -113,7 +114,7 @@ def test_paper_preset_matches_spec():
 
 @pytest.mark.parametrize("overrides", [
     {"res_blocks": 1}, {"res_blocks": 2, "act": "gdn"}, {"act": "gelu"}, {"stages": 3, "res_blocks": 1},
-    {"rate_levels": 3}, {"rate_levels": 2, "res_blocks": 1}])
+    {"rate_levels": 3}, {"rate_levels": 2, "res_blocks": 1}, {"distill_token": True}])
 def test_design_options_train_every_parameter(overrides):
     """The options of the design sweep (docs/design.md) and variable rate: shapes hold and
     every parameter gets a gradient (the gains through per-image qualities)."""
@@ -150,3 +151,32 @@ def test_hyper_proxy_ste_feeds_h_s_the_rounded_z_it_decodes_from():
     assert "hyper_proxy" in base.replace(hyper_proxy="ste").identity_json()
     with pytest.raises(tica.ConfigError):
         base.replace(hyper_proxy="round")
+
+
+def test_a_distillation_token_adds_a_head_whose_mean_with_the_class_head_is_the_prediction():
+    model = tica.create_model("vit-pixel-cifar", distill_token=True, drop_path=0.0).eval()
+    x = _inputs("vit-pixel-cifar")
+    with torch.no_grad():
+        out = model(x)
+        assert torch.allclose(model.classify_pixels(x), (out["logits"] + out["logits_dist"]) / 2)
+        assert not torch.allclose(out["logits"], out["logits_dist"])     # two heads of their own
+        big = torch.rand(1, 3, 256, 320)                  # 64x80 tokens: attention in windows
+        assert model.classify_pixels(big).shape == (1, 10)
+    with pytest.raises(tica.ConfigError, match="distill_token"):
+        tica.create_model("hyperprior-cifar", distill_token=True)
+
+
+def test_a_distillation_token_added_to_trained_weights_starts_as_the_class_token():
+    from tica.train.state import _transplant
+    source = tica.load("tica-cifar")
+    model = _transplant(source, {"distill_token": True}, seed=0).eval()
+    vit, old = model.vit, source.vit
+    assert torch.equal(vit.dist_token, old.cls_token)
+    assert torch.equal(vit.head_dist.weight, old.head.weight)
+    assert torch.equal(vit.pos_embed[:, 1], old.pos_embed[:, 0])
+    assert torch.equal(vit.pos_embed[:, 2:], old.pos_embed[:, 1:])
+    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = source.latent(x, 4.0)
+        moved = (model.classify_latent(y) - source.classify_latent(y)).abs().max()
+    assert 0 < moved < 0.2

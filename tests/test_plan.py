@@ -529,6 +529,10 @@ def test_the_distillation_trial_is_at_equal_cost_and_waits_for_its_teacher(tmp_p
         assert plain.config.teacher is None and taught.config.init == plain.config.init == "shipped"
         same = ("epochs", "batch_size", "lr", "optimizer", "schedule_by_deadline", "alpha", "beta")
         assert all(getattr(taught.config, k) == getattr(plain.config, k) for k in same)
+    token, taught = runs["tica-cifar-distill-token"], runs["tica-cifar-distill"]
+    assert token.after == "teacher-cifar" and token.config.model_overrides["distill_token"]
+    assert not taught.config.model_overrides.get("distill_token")
+    assert all(getattr(token.config, k) == getattr(taught.config, k) for k in same + ("distill",))
     (tmp_path / "two.json").write_text(json.dumps({"name": "two", "runs": [
         {"name": "a", "model": "teacher-cifar"},
         {"name": "b", "model": "vit-pixel-cifar", "init": "@a", "teacher": "@a"}]}))

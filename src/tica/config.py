@@ -49,7 +49,8 @@ def quality_from_code(code: int) -> float:
 
 
 # ModelConfig fields newer than the first weights, at their neutral value
-_LATER_FIELDS = {"rate_levels": 0, "res_blocks": 0, "hyper_proxy": "noise", "entropy_gain": False}
+_LATER_FIELDS = {"rate_levels": 0, "res_blocks": 0, "hyper_proxy": "noise", "entropy_gain": False,
+                 "distill_token": False}
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     drop_path: float = 0.1
     patch_size: int = 4             # vit-pixel only: side of a pixel patch
+    # DeiT's distillation token: a second class token with a head of its own that learns the
+    # teacher's labels (TrainConfig.teacher); a prediction is the mean of the two heads'
+    distill_token: bool = False
     # feature aggregation module: sources are the projected tokens and these blocks (1-based)
     fam: bool = True
     fam_blocks: tuple[int, ...] = (1, 2, 3)
@@ -131,6 +135,8 @@ class ModelConfig:
             problems.append(f"rate_levels must be 0 (fixed rate) or 2..{MAX_RATE_LEVELS}")
         if not 0 < self.scale_min < self.scale_max:
             problems.append("need 0 < scale_min < scale_max")
+        if self.distill_token and self.arch not in ("tica", "vit-pixel"):
+            problems.append("distill_token needs a Vision Transformer (arch tica or vit-pixel)")
         if problems:
             raise ConfigError(f"invalid config {self.name!r}: " + "; ".join(problems))
 

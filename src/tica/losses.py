@@ -42,19 +42,28 @@ def rda_loss(out: dict, x: torch.Tensor, labels: torch.Tensor | None, alpha: Wei
     one per image (B,) when a variable-rate model trains each image at its own rate point;
     the rate counts `rate_weight` times, the hyper-latent's share of it `z_rate_weight`
     times more. With `teacher_labels` the classification term is (1 - distill) * CE(labels)
-    + distill * CE(teacher_labels) (DeiT's hard distillation). The reported `ce`, `mse` and
-    `bpp` are unweighted batch means (`ce` against the true labels)."""
+    + distill * CE(teacher_labels) (DeiT's hard distillation): the teacher's labels go to the
+    distillation head where the model has one ("logits_dist"), else to the class head; a
+    distillation head with no teacher learns the labels too. The reported `ce`, `mse` and
+    `bpp` are unweighted batch means (`ce`: the class head against the true labels); `acc`
+    and `agree` are the model's predictions (the heads' mean)."""
     terms: dict[str, torch.Tensor] = {}
     loss = x.new_zeros(())
     if "logits" in out and labels is not None and _active(alpha):
         logits = out["logits"].float()
+        dist = out["logits_dist"].float() if out.get("logits_dist") is not None else None
+        predicted = logits if dist is None else (logits + dist) / 2
         ce = F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="none")
         terms["ce"] = ce.mean()
-        terms["acc"] = (logits.argmax(1) == labels).float().mean()
+        terms["acc"] = (predicted.argmax(1) == labels).float().mean()
         if teacher_labels is not None:
-            taught = F.cross_entropy(logits, teacher_labels, reduction="none")
-            terms["agree"] = (logits.argmax(1) == teacher_labels).float().mean()
+            student = logits if dist is None else dist
+            taught = F.cross_entropy(student, teacher_labels, reduction="none")
+            terms["agree"] = (predicted.argmax(1) == teacher_labels).float().mean()
             ce = (1 - distill) * ce + distill * taught
+        elif dist is not None:
+            ce = (ce + F.cross_entropy(dist, labels, label_smoothing=label_smoothing,
+                                       reduction="none")) / 2
         loss = loss + _weighted(ce, alpha)
     if "x_hat" in out and _active(beta):
         mse = (out["x_hat"].float() * 255 - x.float() * 255).square().flatten(1).mean(1)

@@ -28,7 +28,7 @@ class TicaModel(CompressionModel):
         c = config
         self.tokens = LatentTokens(c.M, c.embed_dim)
         self.vit = VisionTransformer(c.embed_dim, c.depth, c.num_heads, c.mlp_ratio,
-                                     c.drop_path, c.num_classes, c.latent_grid)
+                                     c.drop_path, c.num_classes, c.latent_grid, c.distill_token)
         self.fam = FeatureAggregation(c.embed_dim, 1 + len(c.fam_blocks)) if c.fam else None
         self.g_s = synthesis(c.stages, c.embed_dim if c.fam else c.M, c.N, 3, c.act, c.res_blocks)
 
@@ -41,7 +41,7 @@ class TicaModel(CompressionModel):
         flops = 2.0 * tokens * c.M * c.embed_dim                          # LatentTokens.proj
         if op == "classify":
             blocks = cost.windowed_vit_flops(self.vit, grid, c, c.depth, classify=True)
-            return flops + blocks + 2.0 * c.embed_dim * c.num_classes
+            return flops + blocks + 2.0 * c.embed_dim * c.num_classes * self.vit.prefix  # heads
         blocks = max(self._fam_blocks) if self._fam_blocks else c.depth   # as forward_intermediates
         if self.fam is not None:
             sources = 1 + len(c.fam_blocks)
@@ -63,12 +63,15 @@ class TicaModel(CompressionModel):
 
     def forward(self, x: torch.Tensor, entropy: bool = True,
                 quality: float | torch.Tensor | None = None) -> dict:
-        """Training/eval pass: {"logits", "x_hat", "likelihoods"} (likelihoods None in step 1)."""
+        """Training/eval pass: {"logits", "x_hat", "likelihoods"} (likelihoods None in step 1),
+        and "logits_dist" with a distillation token ("logits": the class head's alone)."""
         y_hat, likelihoods = self.encode_latent(x, entropy, quality)
         tokens, grid = self.tokens(y_hat)
         feats, inter = self.vit.forward_intermediates(tokens, grid, self._fam_blocks)
         x_hat = self._synthesize(y_hat, tokens, inter, grid, tuple(x.shape[-2:]))
-        return {"logits": self.vit.forward_head(feats), "x_hat": x_hat, "likelihoods": likelihoods}
+        logits, dist = self.vit.forward_heads(feats)
+        out = {"logits": logits, "x_hat": x_hat, "likelihoods": likelihoods}
+        return out if dist is None else {**out, "logits_dist": dist}
 
     def classify_latent(self, y_hat: torch.Tensor) -> torch.Tensor:
         """Logits from the quantized latent: entropy decoder + ViT only, never g_s."""

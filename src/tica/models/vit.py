@@ -63,35 +63,48 @@ class PatchTokens(nn.Module):
 
 
 class VisionTransformer(nn.Module):
+    """The blocks over [class token, (distillation token,) patch tokens] + position.
+
+    With `distill_token` (DeiT, Touvron et al. 2021) a second prefix token has a head of its
+    own, `head_dist`, trained on a teacher's labels; `forward_heads` gives both heads' logits
+    for training, and a prediction (`forward_head`) is their mean."""
+
     def __init__(self, dim: int, depth: int, num_heads: int, mlp_ratio: float,
-                 drop_path: float, num_classes: int, grid: tuple[int, int]) -> None:
+                 drop_path: float, num_classes: int, grid: tuple[int, int],
+                 distill_token: bool = False) -> None:
         super().__init__()
         self.grid = grid
         self.attention = "auto"                      # one of ATTENTION_MODES; not a weight
         self.global_limit = int(ATTENTION_SHARE * (2 + mlp_ratio) * dim)   # tokens, "auto"
+        self.prefix = 2 if distill_token else 1      # tokens before the patch tokens
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid[0] * grid[1], dim))
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, dim)) if distill_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.prefix + grid[0] * grid[1], dim))
         rates = torch.linspace(0, drop_path, depth).tolist()
         self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, r) for r in rates)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, num_classes)
+        self.head_dist = nn.Linear(dim, num_classes) if distill_token else None
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for token in (self.cls_token, self.dist_token):
+            if token is not None:
+                nn.init.trunc_normal_(token, std=0.02)
         self.apply(_init_weights)
 
     def _pos(self, grid: tuple[int, int]) -> torch.Tensor:
         """Position embedding for a token grid, bicubically resized from the trained grid."""
         if grid == self.grid:
             return self.pos_embed
-        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        cls_pos, patch_pos = self.pos_embed[:, :self.prefix], self.pos_embed[:, self.prefix:]
         D = patch_pos.shape[-1]
         patch_pos = patch_pos.reshape(1, *self.grid, D).permute(0, 3, 1, 2)
         patch_pos = F.interpolate(patch_pos, size=grid, mode="bicubic", align_corners=False)
         return torch.cat([cls_pos, patch_pos.flatten(2).transpose(1, 2)], dim=1)
 
     def _prepare(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
-        return torch.cat([cls, tokens], dim=1) + self._pos(grid)    # (B, 1+N, D)
+        first = [t.expand(tokens.shape[0], -1, -1) for t in (self.cls_token, self.dist_token)
+                 if t is not None]
+        return torch.cat([*first, tokens], dim=1) + self._pos(grid)    # (B, prefix+N, D)
 
     def window(self, grid: tuple[int, int]) -> tuple[int, int] | None:
         """The window attention runs in on `grid`, or None for global attention."""
@@ -105,15 +118,15 @@ class VisionTransformer(nn.Module):
         return window
 
     def sequences(self, grid: tuple[int, int], classify: bool = False) -> tuple[int, int]:
-        """(how many sequences, tokens in each, class token included) for one image's grid:
+        """(how many sequences, tokens in each, prefix tokens included) for one image's grid:
         what the blocks cost (tica.cost.vit_flops per sequence)."""
         window = self.window(grid)
         if classify and self.pooled(grid):
-            return 1, 1 + window[0] * window[1]
+            return 1, self.prefix + window[0] * window[1]
         if window is None:
-            return 1, 1 + grid[0] * grid[1]
+            return 1, self.prefix + grid[0] * grid[1]
         count = len(window_origins(grid[0], window[0])) * len(window_origins(grid[1], window[1]))
-        return count, 1 + window[0] * window[1]
+        return count, self.prefix + window[0] * window[1]
 
     def pooled(self, grid: tuple[int, int]) -> bool:
         """Whether classification pools `grid` down to the trained grid ("pool" mode only)."""
@@ -131,7 +144,7 @@ class VisionTransformer(nn.Module):
     def forward_intermediates(self, tokens: torch.Tensor, grid: tuple[int, int],
                               indices: tuple[int, ...], stop_early: bool = False
                               ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-        """Final normed features and the outputs (class token dropped, (B, N, D)) of the
+        """Final normed features and the outputs (prefix tokens dropped, (B, N, D)) of the
         blocks in `indices` (1-based). With stop_early, stops after the last needed block
         and returns None for the features."""
         window = self.window(grid)
@@ -140,7 +153,7 @@ class VisionTransformer(nn.Module):
         windows = _Windows(grid, window)
         feats, taken = self._run(windows.split(tokens), window, indices, stop_early)
         if feats is not None:
-            feats = windows.merge(feats, with_class=True)
+            feats = windows.merge(feats, prefix=self.prefix)
         return feats, [windows.merge(t) for t in taken]
 
     def _run(self, tokens: torch.Tensor, grid: tuple[int, int], indices: tuple[int, ...],
@@ -151,12 +164,37 @@ class VisionTransformer(nn.Module):
         for i, block in enumerate(self.blocks[:last], start=1):
             x = block(x)
             if i in wanted:
-                taken.append(x[:, 1:])
+                taken.append(x[:, self.prefix:])
         return (None if stop_early else self.norm(x)), taken
 
+    def forward_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The class head's logits and the distillation head's (None without the token),
+        from the features (B, prefix+N, D): what training reads."""
+        logits = self.head(x[:, 0])
+        return logits, (self.head_dist(x[:, 1]) if self.head_dist is not None else None)
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x[:, 0]                                                 # class token
-        return x if pre_logits else self.head(x)
+        """Logits (with a distillation token, the mean of the two heads', as DeiT predicts);
+        pre_logits: the prefix tokens' mean feature (B, D)."""
+        if pre_logits:
+            return x[:, :self.prefix].mean(1)
+        logits, dist = self.forward_heads(x)
+        return logits if dist is None else (logits + dist) / 2
+
+
+def with_distill_token(state: dict[str, torch.Tensor], prefix: str = "vit."
+                       ) -> dict[str, torch.Tensor]:
+    """A trained ViT's state (keys under `prefix`, no distillation token) with one added
+    the way it can continue training: the token, its position and its head start as copies
+    of the class token's, so the model starts near the trained one (the copy takes a second
+    share of attention: the shipped tica-cifar's logits move by at most 0.04)."""
+    out = dict(state)
+    pos = state[prefix + "pos_embed"]                               # (1, 1+N, D)
+    out[prefix + "pos_embed"] = torch.cat([pos[:, :1], pos], dim=1)  # (1, 2+N, D)
+    out[prefix + "dist_token"] = state[prefix + "cls_token"].clone()
+    for name in ("weight", "bias"):
+        out[f"{prefix}head_dist.{name}"] = state[f"{prefix}head.{name}"].clone()
+    return out
 
 
 class _Windows:
@@ -174,18 +212,18 @@ class _Windows:
         parts = [x[:, y:y + wh, c:c + ww] for y, c in self.origins]
         return torch.stack(parts, dim=1).reshape(B * len(parts), wh * ww, D)
 
-    def merge(self, x: torch.Tensor, with_class: bool = False) -> torch.Tensor:
-        """(B * windows, [1 +] wh*ww, D) -> (B, [1 +] h*w, D): later windows overwrite the
-        tokens they share with earlier ones; the class token is the windows' mean."""
+    def merge(self, x: torch.Tensor, prefix: int = 0) -> torch.Tensor:
+        """(B * windows, prefix + wh*ww, D) -> (B, prefix + h*w, D): later windows overwrite
+        the tokens they share with earlier ones; each prefix token is the windows' mean."""
         n, (wh, ww) = len(self.origins), self.window
-        x = x.reshape(-1, n, *x.shape[1:])                          # (B, n, [1+]L, D)
-        cls, x = (x[:, :, 0], x[:, :, 1:]) if with_class else (None, x)
+        x = x.reshape(-1, n, *x.shape[1:])                          # (B, n, prefix+L, D)
+        cls, x = (x[:, :, :prefix], x[:, :, prefix:]) if prefix else (None, x)
         B, D = x.shape[0], x.shape[-1]
         out = x.new_empty(B, *self.grid, D)
         for i, (y, c) in enumerate(self.origins):
             out[:, y:y + wh, c:c + ww] = x[:, i].reshape(B, wh, ww, D)
         out = out.reshape(B, -1, D)
-        return out if cls is None else torch.cat([cls.mean(dim=1, keepdim=True), out], dim=1)
+        return out if cls is None else torch.cat([cls.mean(dim=1), out], dim=1)
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -18,6 +18,7 @@ from ..data import TrainingData, batch_generator, data_kind, split_classes
 from ..errors import CheckpointError, ConfigError, TicaError
 from ..io import atomic_write
 from ..models import CompressionModel
+from ..models.vit import with_distill_token
 from ..registry import build_model, get_config, load_checkpoint, shipped_init
 
 
@@ -148,10 +149,13 @@ def _transplant(source: nn.Module, overrides: dict, seed: int) -> nn.Module:
     """A model of source's config with `overrides`, holding every source tensor whose name
     and shape still fit; the rest keep their seeded initialisation. This is how an ablation
     starts from trained weights (e.g. step 2 with fam=False from a step-1 network with FAM:
-    g_a and the ViT carry over, g_s starts fresh)."""
+    g_a and the ViT carry over, g_s starts fresh; a distillation token added to a trained ViT
+    starts as its class token)."""
     model = build_model(source.config.replace(**overrides), seed=seed)
-    mine = model.state_dict()
-    kept = {k: v for k, v in source.state_dict().items() if k in mine and mine[k].shape == v.shape}
+    mine, theirs = model.state_dict(), source.state_dict()
+    if model.config.distill_token and not source.config.distill_token:
+        theirs = with_distill_token(theirs)          # the token starts as the class token
+    kept = {k: v for k, v in theirs.items() if k in mine and mine[k].shape == v.shape}
     if not kept:
         raise TicaError(f"no weights of {source.config.name} fit the overridden config {overrides}")
     model.load_state_dict(kept, strict=False)
