@@ -1,8 +1,9 @@
-"""Build the entropy coder's C kernel in place (src/tica/entropy/_rans*.so) for the Python
-that runs this, with the C compiler alone: for a machine that runs tica from a checkout
-(PYTHONPATH=src) without pip installing it. `pip install` builds the same file itself.
+"""Build tica's C kernels in place (src/tica/entropy/_rans*.so, the entropy coder, and
+src/tica/nn/_intops*.so, the integer h_s's epilogue) for the Python that runs this, with the
+C compiler alone: for a machine that runs tica from a checkout (PYTHONPATH=src) without pip
+installing it. `pip install` builds the same files itself.
 
-    python3 scripts/build_kernel.py        prints the file it wrote
+    python3 scripts/build_kernel.py        prints the files it wrote
 """
 
 from __future__ import annotations
@@ -13,20 +14,22 @@ import sys
 import sysconfig
 from pathlib import Path
 
-SOURCE = Path(__file__).resolve().parents[1] / "src" / "tica" / "entropy" / "_rans.c"
+SRC = Path(__file__).resolve().parents[1] / "src" / "tica"
+SOURCES = [SRC / "entropy" / "_rans.c", SRC / "nn" / "_intops.c"]
 
 
 def main() -> int:
-    target = SOURCE.with_name("_rans" + sysconfig.get_config_var("EXT_SUFFIX"))
     compiler = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
-    command = [*compiler.split()[:1], "-O3", "-shared", "-fPIC",
-               f"-I{sysconfig.get_paths()['include']}", str(SOURCE), "-o", str(target)]
-    try:
-        subprocess.run(command, check=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        print(f"build_kernel: error: {' '.join(command)} failed: {exc}", file=sys.stderr)
-        return 1
-    print(target)
+    for source in SOURCES:
+        target = source.with_name(source.stem + sysconfig.get_config_var("EXT_SUFFIX"))
+        command = [*compiler.split()[:1], "-O3", "-shared", "-fPIC",
+                   f"-I{sysconfig.get_paths()['include']}", str(source), "-o", str(target)]
+        try:
+            subprocess.run(command, check=True)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            print(f"build_kernel: error: {' '.join(command)} failed: {exc}", file=sys.stderr)
+            return 1
+        print(target)
     return 0
 
 

@@ -50,8 +50,10 @@ def problems(wheel: Path, max_mb: float) -> tuple[list[str], list[str]]:
                 bad.append(f"{path} does not match the manifest's sha256")
         notes.append(f"manifest: {len(listed)} weights files, all present and matching"
                      if listed and not any("manifest" in b for b in bad) else "manifest: checked")
-        if not any(re.fullmatch(r"tica/entropy/_rans\.[^/]+\.(so|pyd)", n) for n in names):
-            bad.append("the entropy coder's compiled kernel (tica/entropy/_rans) is missing")
+        for kernel, what in (("tica/entropy/_rans", "the entropy coder's compiled kernel"),
+                             ("tica/nn/_intops", "the integer h_s's compiled epilogue")):
+            if not any(re.fullmatch(re.escape(kernel) + r"\.[^/]+\.(so|pyd)", n) for n in names):
+                bad.append(f"{what} ({kernel}) is missing")
         if "tica/serve/demo.html" not in names:
             bad.append("tica/serve/demo.html is missing")
         dist_info = next((n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA")), None)

@@ -152,9 +152,9 @@ def test_the_gemm_form_a_gpu_runs_is_exactly_the_cpu_convolutions(monkeypatch):
     z = torch.randint(-30, 31, (3, 32, 5, 7)).double()
     z[0, 0, 0, 0], z[1, 3, 4, 6] = 2 ** 12 - 1, -(2 ** 12 - 1)
     expected = int_hs(z)
+    monkeypatch.setattr(IntegerHyperSynthesis, "_int8", staticmethod(lambda layer, x: False))
     monkeypatch.setattr(IntegerHyperSynthesis, "_linear", staticmethod(
-        lambda layer, x, first=False: integer._gemm_linear(layer, x)
-        + layer.bias.view(1, -1, 1, 1)))
+        lambda layer, x: integer._gemm_linear(layer, x) + layer.bias.view(1, -1, 1, 1)))
     assert torch.equal(int_hs(z), expected)
     assert torch.equal(expected, _int64_reference(int_hs, z))
 
@@ -189,3 +189,47 @@ def test_int8_products_are_exact_with_one_two_or_three_digits():
                                            layer.output_padding) if layer.transposed
                         else F.conv2d(x, layer.weight, None, layer.stride, layer.padding))
             assert torch.equal(integer._int8_linear(layer, x), expected)
+
+
+def test_the_compiled_epilogue_gives_requantizes_integers_at_the_extremes():
+    """tica.nn._intops.hidden_layer (recombine the int32 parts, bias, ReLU, shift, clamp in
+    one pass) against `requantize` in float64: negative and huge accumulators, right and
+    left shifts, the clamp; and it refuses buffers that do not fit."""
+    from tica.nn import _intops, integer
+    g = torch.Generator().manual_seed(7)
+    rows, cols = 37, 11
+    parts = [torch.randint(-2 ** 30, 2 ** 30, (rows, cols), generator=g, dtype=torch.int32)
+             for _ in range(3)]
+    parts[2][0] = 2 ** 31 - 1                    # 2^31 * 2^14 + ...: near 2^45
+    bias = torch.randint(-2 ** 40, 2 ** 40, (cols,), generator=g).double()
+    rshift = torch.tensor([0, 1, 7, 14, 30, 40, -1, -3, -12, -40, 62], dtype=torch.int64)
+    out = torch.empty(rows, cols, dtype=torch.int32)
+    top = _intops.hidden_layer([p.numpy() for p in parts], [0, 1, 2], bias.numpy(),
+                               rshift.numpy(), 2 ** integer.ACT_BITS - 1, cols, out.numpy())
+    acc = parts[0].double() + parts[1].double() * 2 ** 7 + parts[2].double() * 2 ** 14 + bias
+    expected = integer.requantize(acc, torch.pow(2.0, (rshift + integer.ACT_FRAC_BITS).double()),
+                                  last=False)
+    assert torch.equal(out.double(), expected) and top == int(expected.max())
+    assert 0 < int((expected == 0).sum()) and 0 < int((expected == 2 ** integer.ACT_BITS - 1).sum())
+    with pytest.raises(ValueError, match="cols"):
+        _intops.hidden_layer([parts[0].numpy()], [0], bias.numpy(), rshift.numpy(), 255, cols + 1,
+                             out.numpy())
+    with pytest.raises(ValueError, match="shifts"):
+        _intops.hidden_layer([parts[0].numpy()], [7], bias.numpy(), rshift.numpy(), 255, cols,
+                             out.numpy())
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_hidden_layers_end_alike_compiled_or_in_torch(compiled, monkeypatch):
+    """The int8 path's hidden layers end in _intops or, where it is not built, in torch:
+    the same integers as the int64 reference, at real and worst-case magnitudes."""
+    from tica.nn import integer
+    monkeypatch.setenv(integer.GEMM_ENV, "int8")
+    integer.int8_gemm.cache_clear()
+    if not compiled:
+        monkeypatch.setattr(integer, "_intops", None)
+    int_hs = IntegerHyperSynthesis.build(_trained_like_h_s())
+    z = torch.randint(-20, 21, (3, 32, 5, 6)).double()
+    z[0, 0, 0, 0], z[2, 7, 4, 5] = 2 ** 12 - 1, -(2 ** 12 - 1)
+    assert torch.equal(int_hs(z), _int64_reference(int_hs, z))
+    integer.int8_gemm.cache_clear()

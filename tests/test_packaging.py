@@ -143,6 +143,7 @@ def _fake_wheel(path: Path, extra_files: dict[str, bytes] | None = None, drop: s
     files["tica/weights/manifest.json"] = json.dumps(manifest).encode()
     files["tica/serve/demo.html"] = b"<html></html>"
     files["tica/entropy/_rans.cpython-311-x86_64-linux-gnu.so"] = b"\x7fELF"
+    files["tica/nn/_intops.cpython-311-x86_64-linux-gnu.so"] = b"\x7fELF"
     files["tica/__init__.py"] = b""
     meta = ["Metadata-Version: 2.4", "Name: tica", "Version: 0.1.0"]
     meta += [f"Requires-Dist: {r}" for r in PROJECT["dependencies"]]
@@ -176,6 +177,9 @@ def test_wheel_check_passes_a_good_wheel_and_names_each_problem(tmp_path):
     pure = _fake_wheel(tmp_path / "pure.whl", drop="tica/entropy/_rans.cpython-311-x86_64-linux-gnu.so")
     assert _check_wheel(pure)[2] == [
         "the entropy coder's compiled kernel (tica/entropy/_rans) is missing"]
+    pure = _fake_wheel(tmp_path / "pure.whl", drop="tica/nn/_intops.cpython-311-x86_64-linux-gnu.so")
+    assert _check_wheel(pure)[2] == [
+        "the integer h_s's compiled epilogue (tica/nn/_intops) is missing"]
 
 
 def test_the_lazy_web_modules_are_imported_only_by_each_other():

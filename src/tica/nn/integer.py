@@ -13,7 +13,8 @@ or a GPU alike. `build` checks that bound for each layer from the worst case, no
 On a CPU with fast int8 matrix products the same integers are multiplied as 7-bit digits
 ("limbs") instead: int8 products of each pair of digits, summed in int32 and recombined
 in float64, give the exact products again, so the numbers are identical and only the speed
-changes (`int8_gemm`).
+changes (`int8_gemm`); a hidden layer's end (recombination, bias, ReLU, fixed point) then
+runs in one pass in C (`_intops`, int64) and hands the next layer int32 activations.
 
 Layout of the fixed point: z_hat enters as plain integers (exponent 0). Each output
 channel o of a layer has a power-of-two weight exponent e_o chosen so |w_int| < 2^WEIGHT_BITS;
@@ -37,6 +38,11 @@ from torch import nn
 
 from ..config import Z_INPUT_BITS
 from .bands import LayerShapes, run_in_bands
+
+try:
+    from . import _intops           # a hidden layer's end in one pass (C, tica/nn/_intops.c)
+except ImportError:                 # a checkout whose kernel is not built: torch does it
+    _intops = None
 
 WEIGHT_BITS = 14        # |w_int| < 2^14
 ACT_FRAC_BITS = 8       # hidden activations in steps of 1/256
@@ -134,13 +140,16 @@ def digit_count(x: torch.Tensor) -> int:
     return count
 
 
-def _limb_matmul(a: list[torch.Tensor], b: list[torch.Tensor], out: torch.Tensor) -> None:
+def _limb_matmul(a: list[torch.Tensor], b: list[torch.Tensor], out: torch.Tensor,
+                 hidden: tuple | None = None) -> None:
     """The exact product of two matrices given as int8 digit planes (`a`'s rows by `b`'s
     columns), written into `out` (float64). Each int8 product is an int32 sum of K terms
     of at most 2^14; the planes of one weight 2^(7 s) (at most two: a weight below 2^14
     has two digits) are summed in int32, exact for K < MAX_INT8_TAPS, then added in
     float64 times 2^(7 s), exactly: every term and partial sum is an integer within the
-    layer's worst-case bound, which `build` holds below 2^53."""
+    layer's worst-case bound, which `build` holds below 2^53. With `hidden` (the layer's
+    bias, 2^E and E - ACT_FRAC_BITS per output column) `out` is int32 and receives the
+    layer's activations instead, as `requantize` computes them (`_intops` in one pass)."""
     by_shift: dict[int, torch.Tensor] = {}
     for i, da in enumerate(a):
         for j, db in enumerate(b):
@@ -149,6 +158,18 @@ def _limb_matmul(a: list[torch.Tensor], b: list[torch.Tensor], out: torch.Tensor
                 by_shift[i + j].add_(plane)
             else:
                 by_shift[i + j] = plane
+    if hidden is not None and _intops is not None:
+        bias, _, rshift = hidden
+        parts = sorted(by_shift.items())
+        _intops.hidden_layer([p.numpy() for _, p in parts], [s for s, _ in parts],
+                             bias.numpy(), rshift.numpy(), 2 ** ACT_BITS - 1, out.shape[1],
+                             out.numpy())
+        return
+    if hidden is not None:
+        acc = torch.empty(out.shape, dtype=torch.float64)
+        _limb_matmul(a, b, acc)
+        out.copy_(requantize(acc.add_(hidden[0]), hidden[1], last=False))
+        return
     for k, (shift, part) in enumerate(sorted(by_shift.items())):
         if k == 0:
             out.copy_(part)
@@ -167,16 +188,19 @@ def _digit_planes(x: torch.Tensor, pad: tuple[int, int, int, int]) -> list[torch
 
 
 def _int8_conv(planes: list[torch.Tensor], w_digits: list[torch.Tensor],
-               kernel: tuple[int, int], stride: int) -> torch.Tensor:
+               kernel: tuple[int, int], stride: int, hidden: tuple | None = None
+               ) -> torch.Tensor:
     """A valid convolution (correlation) of an integer input given as digit planes (B, H,
     W, C each: `_digit_planes`, or a window of them) with a weight given as int8 digits,
     ordered (kernel row, kernel column, C_in) x C_out; exact, in float64, channels-last
-    (B, Ho, Wo, C_out). The patches are gathered a few images at a time (about
-    PRODUCT_ROWS rows), so that each product reads them from cache."""
+    (B, Ho, Wo, C_out), or with `hidden` (_limb_matmul) the int32 activations. The patches
+    are gathered a few images at a time (about PRODUCT_ROWS rows), so that each product
+    reads them from cache."""
     B, H, W, C = planes[0].shape
     kh, kw = kernel
     Ho, Wo = (H - kh) // stride + 1, (W - kw) // stride + 1
-    out = torch.empty(B, Ho, Wo, w_digits[0].shape[1], dtype=torch.float64)
+    out = torch.empty(B, Ho, Wo, w_digits[0].shape[1],
+                      dtype=torch.float64 if hidden is None else torch.int32)
     step = max(1, PRODUCT_ROWS // max(1, Ho * Wo))
     for b in range(0, B, step):
         patches = []
@@ -186,7 +210,7 @@ def _int8_conv(planes: list[torch.Tensor], w_digits: list[torch.Tensor],
             patches.append(part.as_strided((n, Ho, Wo, kh, kw, C),
                                            (sb, stride * sh, stride * sw, sh, sw, 1))
                            .reshape(-1, kh * kw * C))
-        _limb_matmul(patches, w_digits, out[b:b + step].view(-1, out.shape[3]))
+        _limb_matmul(patches, w_digits, out[b:b + step].view(-1, out.shape[3]), hidden)
     return out
 
 
@@ -196,17 +220,22 @@ def _weight_digits(w: torch.Tensor) -> list[torch.Tensor]:
     return [d.contiguous() for d in _limbs(w.permute(0, 2, 3, 1).flatten(1).t(), digit_count(w))]
 
 
-def _int8_linear(layer: _IntLayer, x: torch.Tensor) -> torch.Tensor:
+def _int8_linear(layer: _IntLayer, x: torch.Tensor, hidden: bool = False) -> torch.Tensor:
     """The layer's exact accumulator (no bias) by int8 digit products on the CPU: the same
-    integers as the float64 convolution. A stride-s transposed layer runs as s^2 ordinary
+    integers as the float64 convolution; with `hidden`, the hidden layer's int32
+    activations (bias, ReLU and fixed point applied: `requantize`'s integers). A stride-s transposed layer runs as s^2 ordinary
     convolutions, one per output phase (polyphase): output o of phase r = (o + p) mod s
     sums x[u - m] w[r + s m], a full correlation of x with that phase's taps, reversed,
     computed only on the window of it that the layer keeps."""
     k, s, p = layer.weight.shape[-1], layer.stride, layer.padding
+    end = None
+    if hidden:
+        end = (layer.bias, torch.pow(2.0, layer.exponent.double()),
+               layer.exponent - ACT_FRAC_BITS)
     if not layer.transposed:
         if not layer.limbs:
             layer.limbs = _weight_digits(layer.weight)
-        out = _int8_conv(_digit_planes(x, (p,) * 4), layer.limbs, (k, k), s)
+        out = _int8_conv(_digit_planes(x, (p,) * 4), layer.limbs, (k, k), s, end)
         return out.permute(0, 3, 1, 2)
     B, _, H, W = x.shape
     Ho = (H - 1) * s - 2 * p + k + layer.output_padding
@@ -215,7 +244,8 @@ def _int8_linear(layer: _IntLayer, x: torch.Tensor) -> torch.Tensor:
         phases = [(rh, rw, layer.weight[:, :, rh::s, rw::s].flip(2, 3).transpose(0, 1))
                   for rh in range(s) for rw in range(s)]
         layer.limbs = [(rh, rw, tuple(t.shape[-2:]), _weight_digits(t)) for rh, rw, t in phases]
-    out = x.new_empty(B, Ho, Wo, layer.weight.shape[1])      # channels-last
+    out = torch.empty(B, Ho, Wo, layer.weight.shape[1],       # channels-last
+                      dtype=torch.float64 if end is None else torch.int32)
     reach = -(-k // s) - 1                    # the most taps of a phase, less one
     planes = _digit_planes(x, (reach,) * 4)   # split once for all the phases
     for rh, rw, (mh, mw), w_digits in layer.limbs:
@@ -225,7 +255,7 @@ def _int8_linear(layer: _IntLayer, x: torch.Tensor) -> torch.Tensor:
         # only the window whose valid correlation gives outputs uh.., uw.. of the full one
         top, left = reach - (mh - 1) + uh, reach - (mw - 1) + uw
         window = [d[:, top:top + nh + mh - 1, left:left + nw + mw - 1] for d in planes]
-        out[:, oh::s, ow::s] = _int8_conv(window, w_digits, (mh, mw), 1)
+        out[:, oh::s, ow::s] = _int8_conv(window, w_digits, (mh, mw), 1, end)
     return out.permute(0, 3, 1, 2)
 
 
@@ -235,7 +265,9 @@ def int8_gemm() -> bool:
     whether four int8 products of a layer's shape (what a hidden layer of real data needs:
     two digits of weight by two of activation) take less time than one float64 product
     here (AVX-512 VNNI: about 15x per product; older vector units may not gain). Measured
-    once per process, in a few milliseconds."""
+    once per process, in a few milliseconds, on one thread and interleaved: what the
+    hardware does, not how busy the machine is (on a loaded machine, two threads' int8
+    product waited for a descheduled thread and measured 2x where one thread's was 16x)."""
     forced = os.environ.get(GEMM_ENV, "").strip().lower()
     if forced in ("int8", "float64"):
         return forced == "int8"
@@ -243,20 +275,20 @@ def int8_gemm() -> bool:
     a = torch.randint(-64, 64, (1024, 1152), generator=g, dtype=torch.int8)
     b = torch.randint(-64, 64, (1152, 128), generator=g, dtype=torch.int8)
     ad, bd = a.double(), b.double()
-
-    def best(fn) -> float:
-        fn()
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
+    threads = torch.get_num_threads()
     try:
-        return 4 * best(lambda: torch._int_mm(a, b)) < best(lambda: ad @ bd)
+        torch.set_num_threads(1)
+        int8, float64 = [], []
+        for _ in range(5):
+            for fn, times in ((lambda: torch._int_mm(a, b), int8), (lambda: ad @ bd, float64)):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+        return 4 * min(int8[1:]) < min(float64[1:])          # the first round warms up
     except (RuntimeError, AttributeError):        # a build without int8 products
         return False
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _gemm_linear(layer: _IntLayer, x: torch.Tensor) -> torch.Tensor:
@@ -304,12 +336,20 @@ class IntegerHyperSynthesis:
         return self._copies[device]
 
     @staticmethod
-    def _linear(layer: _IntLayer, x: torch.Tensor) -> torch.Tensor:
+    def _int8(layer: _IntLayer, x: torch.Tensor) -> bool:
+        """Whether this layer runs as int8 digit products: on a CPU that gains from them,
+        with few enough taps for their int32 sums."""
+        return x.device.type == "cpu" and int8_gemm() and layer.weight.shape[
+            int(not layer.transposed)] * layer.weight[0, 0].numel() < MAX_INT8_TAPS
+
+    @classmethod
+    def _linear(cls, layer: _IntLayer, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
             acc = _gemm_linear(layer, x)
-        elif int8_gemm() and layer.weight.shape[int(not layer.transposed)] * layer.weight[
-                0, 0].numel() < MAX_INT8_TAPS:
+        elif cls._int8(layer, x):
             acc = _int8_linear(layer, x)
+        elif x.dtype != torch.float64:   # int32 activations from an int8 layer before
+            return cls._linear(layer, x.double())
         elif layer.transposed:       # the CPU's float64 convolutions are GEMMs
             acc = F.conv_transpose2d(x, layer.weight, None, layer.stride, layer.padding,
                                      layer.output_padding)
@@ -347,6 +387,8 @@ class IntegerHyperSynthesis:
         return x
 
     def _layer(self, layer: _IntLayer, last: bool, keep, x: torch.Tensor) -> torch.Tensor:
+        if not last and self._int8(layer, x):
+            return _int8_linear(layer, x, hidden=True)      # int32 activations, the same
         scale = torch.pow(2.0, layer.exponent.double()).view(1, -1, 1, 1)
         out = requantize(self._linear(layer, x), scale, last)
         return out if keep is None else keep(out)
