@@ -158,25 +158,23 @@ def _limb_matmul(a: list[torch.Tensor], b: list[torch.Tensor], out: torch.Tensor
                 by_shift[i + j].add_(plane)
             else:
                 by_shift[i + j] = plane
+    parts = sorted(by_shift.items())
     if hidden is not None and _intops is not None:
         bias, _, rshift = hidden
-        parts = sorted(by_shift.items())
         _intops.hidden_layer([p.numpy() for _, p in parts], [s for s, _ in parts],
                              bias.numpy(), rshift.numpy(), 2 ** ACT_BITS - 1, out.shape[1],
                              out.numpy())
         return
-    if hidden is not None:
-        acc = torch.empty(out.shape, dtype=torch.float64)
-        _limb_matmul(a, b, acc)
-        out.copy_(requantize(acc.add_(hidden[0]), hidden[1], last=False))
-        return
-    for k, (shift, part) in enumerate(sorted(by_shift.items())):
+    acc = out if hidden is None else torch.empty(out.shape, dtype=torch.float64)
+    for k, (shift, part) in enumerate(parts):
         if k == 0:
-            out.copy_(part)
+            acc.copy_(part)
             if shift:
-                out.mul_(2.0 ** (LIMB_BITS * shift))
+                acc.mul_(2.0 ** (LIMB_BITS * shift))
         else:
-            out.add_(part, alpha=2.0 ** (LIMB_BITS * shift))    # int32 read as float64
+            acc.add_(part, alpha=2.0 ** (LIMB_BITS * shift))    # int32 read as float64
+    if hidden is not None:
+        out.copy_(requantize(acc.add_(hidden[0]), hidden[1], last=False))
 
 
 def _digit_planes(x: torch.Tensor, pad: tuple[int, int, int, int]) -> list[torch.Tensor]:
