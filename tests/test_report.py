@@ -271,6 +271,13 @@ def test_the_fam_claim_compares_the_no_fam_point_at_equal_bpp():
     assert "**does not hold**" in fam_claim(better, kodak)
     outside = tica + [{"pipeline": TICA_NOFAM, "quality": 1, "bpp": 9.0, "psnr": 26.0}]
     assert "**holds**" in fam_claim(outside, kodak) and "9.00 bpp" not in fam_claim(outside, kodak)
+    assert "On CIFAR-10 the comparison is at equal budget" in claim
+    continued = {"tica-cifar": {"images_seen": 3000, "leases": [
+        {"where": "gpu", "images_seen": 2000}, {"where": "cpu", "images_seen": 1000}]}}
+    claim = fam_claim(worse, kodak, continued)
+    assert "it is not at equal budget any more" in claim and "on 1,000 more images" in claim
+    from tica_tools.report.claims import cifar_budget_note
+    assert "minutes of one GPU (the device plan) and CPU runs" in cifar_budget_note(continued)
 
 
 def test_an_interrupted_section_keeps_the_results_it_had_not_reached(tmp_path, cifar_images):
