@@ -21,7 +21,8 @@ from pathlib import Path
 from PIL import Image
 
 from tica.cli import data_root
-from tica_tools.timing import cpu_name, usable_cores
+from tica.entropy.parallel import available_cores
+from tica_tools.timing import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 # runs `tica ARGS` in this process and prints its peak resident memory (KiB) last
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                 "classify": run(["classify", str(stream)])}
         stream_bytes = stream.stat().st_size
     result = {"size": [args.width, args.height], "stream_bytes": stream_bytes,
-              "machine": f"{cpu_name()}, {usable_cores()} cores", "runs": rows}
+              "machine": f"{cpu_name()}, {available_cores()} cores", "runs": rows}
     lines = [f"# A {args.width}x{args.height} photograph through the CLI", "",
              f"Each command in a process of its own on {result['machine']}; the stream is "
              f"{stream_bytes:,} bytes ({8 * stream_bytes / (args.width * args.height):.3f} bpp). "

@@ -8,7 +8,6 @@ noisy machine slows both paths alike."""
 
 from __future__ import annotations
 
-import os
 import platform
 import statistics
 import time
@@ -35,14 +34,6 @@ def cpu_name() -> str:
     flags = next((l.split() for l in info if l.startswith("flags")), [])
     cpu = names[0] if names else cpu
     return cpu + (", AVX-512" if "avx512f" in flags else ", AVX2" if "avx2" in flags else "")
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity), else the machine's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def count_macs(fn: Callable[[], object]) -> float:

@@ -15,10 +15,12 @@ import torch
 
 from tica import api
 from tica.data import load_split
+from tica.entropy.parallel import available_cores
 from tica.evaluate import split_batches, write_results
 from tica.image import read_image
 from tica.registry import find_weights
-from ..timing import cpu_name, usable_cores
+
+from ..timing import cpu_name
 from .analysis import accuracy_margins, bd_rates, published_curves, variable_rate_cost
 from .cache import Cache
 from .claims import state_claims
@@ -209,4 +211,4 @@ def budgets() -> dict[str, dict]:
 
 def machine() -> str:
     """The CPU, its cores and torch's threads, for the page's header."""
-    return f"{cpu_name()}, {usable_cores()} cores, {torch.get_num_threads()} torch threads"
+    return f"{cpu_name()}, {available_cores()} cores, {torch.get_num_threads()} torch threads"
