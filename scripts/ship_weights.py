@@ -12,11 +12,14 @@ streams, so "half precision if quality allows" is a measured statement.
 `--rehash` recomputes every entry's SHA-256 and model id from the files.
 
 --only-if-better DATA evaluates each codec, as it would ship (float16), and the preset's
-shipped codec on DATA's held-out split (an archive or folder; --limit N: a class-balanced
-subset) at every standard quality, from real streams, and ships it only if its curve is
-better (tica_tools.rd.curve_verdict: BD-rate of PSNR and top-1 at equal bpp, no worse on
-either and better on one); its manifest results are then those rows. Exit status 3 if any
-codec was kept out.
+shipped codec on DATA (tica.evaluate.eval_data: a data set's held-out split, an archive or
+folder, --limit N a class-balanced subset; or a folder of images such as Kodak) at every
+standard quality, from real streams. Per data set, tica_tools.rd.curve_verdict compares the
+curves (BD-rate of PSNR, and top-1 at equal bpp where there are labels). Repeat the option
+for several data sets (e.g. Imagenette's validation split and Kodak): the codec ships only
+if it is worse on none and better on one, and its manifest results are then those rows,
+one key per data set (e.g. imagenette_val_1k, kodak_24). Exit status 3 if any codec was
+kept out.
 
 --plan-status reads the plan.json of the plan that trained the files (each file's run is its
 name: tica-cifar, tica-cifar-step1, vit-pixel-cifar, ...) and writes its provenance: the
@@ -36,8 +39,7 @@ from pathlib import Path
 
 from tica.checkpoint import save_checkpoint
 from tica import api
-from tica.data import held_out_split, load_split
-from tica.evaluate import LearnedPipeline, evaluate, evaluate_codec
+from tica.evaluate import EvalData, LearnedPipeline, eval_data, evaluate, evaluate_curve
 from tica.image import read_image
 from tica.io import sha256_file
 from tica.registry import MANIFEST, load_checkpoint, manifest_json, write_manifest
@@ -80,46 +82,46 @@ def _put(entries: list[dict], entry: dict) -> None:
     entries.append(entry)
 
 
-def curve_rows(model, split) -> list[dict]:
-    """bpp, PSNR and top-1 of `model` on `split` at each of its standard qualities."""
-    rows = []
-    for q in model.config.standard_qualities:
-        r = evaluate_codec(model, split, quality=q).to_dict()
-        rows.append({"quality": q, "bpp": r["bpp"], "psnr": r["psnr"], "top1": r["top1"]})
-    return rows
+def curve_rows(model, data: EvalData) -> list[dict]:
+    """bpp, PSNR and top-1 (None without labels) of `model` on `data` at each of its
+    standard qualities."""
+    return [{"quality": r.quality, "bpp": r.bpp, "psnr": r.psnr, "top1": r.top1}
+            for r in evaluate_curve(model, data)]
 
 
 def better_than_shipped(model, args: argparse.Namespace) -> tuple[bool, dict]:
     """Evaluate `model` as it would ship (float16) against its preset's shipped codec on
-    --only-if-better's held-out split; print both curves and the verdict. (better, results
-    for the manifest)."""
-    split_name = args.split or held_out_split(args.only_if_better)
-    split = load_split(args.only_if_better, split_name, limit=args.limit)
+    each --only-if-better data set; print both curves and each verdict. (better: no worse on
+    any data set and better on one; results for the manifest, one key per data set)."""
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(model, Path(tmp) / "candidate.safetensors", model.weights_info, half=True)
         candidate = load_checkpoint(Path(tmp) / "candidate.safetensors")
     shipped = api.load(model.config.name)
-    old, new = curve_rows(shipped, split), curve_rows(candidate, split)
-    verdict = curve_verdict(old, new)
-    print(f"{model.config.name} on {len(split)} images of {split_name}:")
-    print("| quality | shipped bpp | PSNR | top-1 | candidate bpp | PSNR | top-1 |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for a, b in zip(old, new):
-        top = [f"{100 * r['top1']:.2f}%" if r["top1"] is not None else "-" for r in (a, b)]
-        print(f"| {a['quality']:g} | {a['bpp']:.4f} | {a['psnr']:.2f} | {top[0]} | "
-              f"{b['bpp']:.4f} | {b['psnr']:.2f} | {top[1]} |")
-    accuracy = (f", top-1 {verdict['bd_top1_points']:+.2f} points at equal bpp"
-                if verdict["bd_top1_points"] is not None else "")
-    print(f"BD-rate (PSNR) {verdict['bd_rate_psnr']:+.2f}%{accuracy}: "
-          f"{'better, shipping' if verdict['better'] else 'not better, not shipped'}")
-    count = f"{len(split) // 1000}k" if len(split) % 1000 == 0 else str(len(split))
-    data = Path(str(args.only_if_better)).name.split(".")[0].removesuffix("-jpeg")
-    key = f"{data}_{split_name}_{count}"           # e.g. cifar10_test_10k
-    results = {key: {f"q{r['quality']:g}": {"bpp": round(r["bpp"], 4), "psnr": round(r["psnr"], 2),
-                                            **({"top1": round(r["top1"], 4)}
-                                               if r["top1"] is not None else {})}
-                     for r in new}, "vs_previous": verdict}
-    return verdict["better"], results
+    results, verdicts = {}, []
+    for source in args.only_if_better:
+        data = eval_data(source, args.split, limit=args.limit)
+        old, new = curve_rows(shipped, data), curve_rows(candidate, data)
+        verdict = curve_verdict(old, new)
+        print(f"{model.config.name} on {data.count} images of {data.name}:")
+        print("| quality | shipped bpp | PSNR | top-1 | candidate bpp | PSNR | top-1 |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+        for a, b in zip(old, new):
+            top = [f"{100 * r['top1']:.2f}%" if r["top1"] is not None else "-" for r in (a, b)]
+            print(f"| {a['quality']:g} | {a['bpp']:.4f} | {a['psnr']:.2f} | {top[0]} | "
+                  f"{b['bpp']:.4f} | {b['psnr']:.2f} | {top[1]} |")
+        accuracy = (f", top-1 {verdict['bd_top1_points']:+.2f} points at equal bpp"
+                    if verdict["bd_top1_points"] is not None else "")
+        print(f"BD-rate (PSNR) {verdict['bd_rate_psnr']:+.2f}%{accuracy}")
+        results[data.name] = {f"q{r['quality']:g}": {"bpp": round(r["bpp"], 4),
+                                                     "psnr": round(r["psnr"], 2),
+                                                     **({"top1": round(r["top1"], 4)}
+                                                        if r["top1"] is not None else {})}
+                              for r in new}
+        results[data.name]["vs_previous"] = verdict
+        verdicts.append(verdict)
+    better = not any(v["worse"] for v in verdicts) and any(v["better"] for v in verdicts)
+    print(f"{model.config.name}: {'better, shipping' if better else 'not better, not shipped'}")
+    return better, results
 
 
 def _ship_codec(src: str, args: argparse.Namespace, entries: list[dict], images: list) -> bool:
@@ -167,10 +169,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="JSON headline numbers for these artifacts (e.g. from make report)")
     parser.add_argument("--check", metavar="DIR", help="compare float16 with float32 on these images")
     parser.add_argument("--rehash", action="store_true", help="refresh every entry's sha256 and id")
-    parser.add_argument("--only-if-better", metavar="DATA", help="ship a codec only if its curve "
-                        "beats the shipped one's on DATA's held-out split")
+    parser.add_argument("--only-if-better", metavar="DATA", action="append", default=[],
+                        help="ship a codec only if its curve beats the shipped one's on DATA's "
+                        "held-out split or folder of images (repeatable: no worse on any, "
+                        "better on one)")
     parser.add_argument("--split", help="with --only-if-better: the split (default: held out)")
-    parser.add_argument("--limit", type=int, help="with --only-if-better: a class-balanced subset")
+    parser.add_argument("--limit", type=int, help="with --only-if-better: a class-balanced "
+                        "subset (a folder of images: its first N)")
     args = parser.parse_args(argv)
     path = WEIGHTS / MANIFEST
     manifest = manifest_json(path)

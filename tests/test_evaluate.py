@@ -88,6 +88,53 @@ def test_eval_cli_scores_a_pixel_classifier_on_clean_images(archive, capsys):
     assert "no --quality" in capsys.readouterr().err
 
 
+def test_eval_cli_on_a_folder_of_images_of_any_sizes(tmp_path, capsys):
+    """A folder of images without labels (Kodak's shape): each image coded alone at its own
+    size, bytes and pixels from real streams, no accuracy; a classifier needs labels."""
+    from PIL import Image
+    from tica.cli import main
+    from tica.evaluate import eval_data
+
+    g = torch.Generator().manual_seed(3)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    images = [torch.rand(3, 32, 48, generator=g), torch.rand(3, 40, 32, generator=g)]
+    for i, x in enumerate(images):
+        rgb = (x * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        Image.fromarray(rgb).save(folder / f"im{i}.png")
+    (folder / "notes.txt").write_text("not an image")         # not an image file: skipped
+    data = eval_data(folder)
+    assert (data.name, data.count, data.split) == ("photos_2", 2, None)
+    assert main(["eval", "--data", str(folder), "--quality", "3", "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    model = tica.load("tica-cifar")
+    streams = [tica.compress(model, (x * 255).round() / 255, quality=3) for x in images]
+    assert result["images"] == 2 and result["top1"] is None and result["quality"] == 3
+    assert result["bpp"] == pytest.approx(8 * sum(map(len, streams)) / (32 * 48 + 40 * 32))
+    assert 0 < result["z_fraction"] < 1 and result["psnr"] > 10
+    assert main(["eval", "--data", str(folder), "--limit", "1", "--quality", "3",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["images"] == 1
+    assert main(["eval", "--data", str(folder), "--model", "vit-pixel-cifar"]) == 1
+    assert "needs labelled data" in capsys.readouterr().err
+    assert main(["eval", "--data", str(folder), "--split", "val"]) == 1
+    assert "drop --split" in capsys.readouterr().err
+    (folder / "im2.png").write_bytes(b"\x89PNG broken")
+    assert main(["eval", "--data", str(folder), "--quality", "3"]) == 1
+    assert "im2.png" in capsys.readouterr().err
+
+
+def test_z_bytes_from_the_payloads_are_z_coded_alone(tica_cifar, cifar_images):
+    """What the side information costs, read from real payloads, is z's own code."""
+    from tica.entropy.payload import z_payloads
+    x = cifar_images[:5]
+    payloads = tica_cifar.compress(x)
+    z = tica_cifar.analyze(x)[0].int().numpy()
+    expected = [len(p) for p in z_payloads(z, tica_cifar.entropy_bottleneck.tables)]
+    assert tica_cifar.z_bytes(payloads, (32, 32)) == expected
+    assert all(0 < e < len(p) for e, p in zip(expected, payloads))
+
+
 @pytest.fixture(scope="module")
 def classifier():
     return tica.create_model("vit-pixel-cifar").eval()

@@ -436,6 +436,21 @@ def test_the_gpu_plans_continue_every_shipped_model_from_its_weights(tmp_path):
     assert covered == {e.name for e in read_manifest() if e.role in ("codec", "classifier")}
 
 
+def test_the_cpu_plans_continue_one_shipped_codec_each_resumably(tmp_path):
+    """The CPU leases: each codec trains on from its shipped weights, alone on the CPU in
+    bf16, resumable, checkpointed often enough that an interruption loses minutes."""
+    from tica.registry import shipped_init
+    for name, model in (("cpu-continue-cifar", "tica-cifar"), ("cpu-continue-photo", "tica-photo")):
+        plan = load_plan(PLANS / f"{name}.json", runs_dir=tmp_path, data_root="DATA")
+        (run,) = plan.runs
+        c = run.config
+        assert (plan.name, run.name, c.model, c.device, c.init) == (name, model, model, "cpu",
+                                                                    "shipped")
+        assert c.resumable and c.bf16 and c.checkpoint_every <= 200 and c.latent_std == 0
+        assert c.lr_schedule == "wsd" and c.schedule_by_deadline and plan.deadline_s <= 5400
+        assert shipped_init(c.model, c.init).file.is_file()
+
+
 def test_a_plan_keeps_only_the_runs_it_names(tmp_path):
     (tmp_path / "part.json").write_text(json.dumps(
         {"base": str(PLANS / "gpu.json"), "name": "part", "only": ["vit-pixel-cifar"]}))

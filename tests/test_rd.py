@@ -50,8 +50,11 @@ def test_curve_verdict_wants_no_loss_on_either_curve_and_a_gain_on_one():
     assert better["better"] and better["bd_rate_psnr"] < 0
     assert better["bd_top1_points"] == pytest.approx(1.0, abs=1e-6)
     assert curve_verdict(_rows(), _rows(top1_shift=0.005))["better"]          # same PSNR
-    assert not curve_verdict(_rows(), _rows())["better"]                      # no gain
-    assert not curve_verdict(_rows(), _rows(psnr_shift=0.5, top1_shift=-0.002))["better"]
-    assert not curve_verdict(_rows(), _rows(psnr_shift=-0.2, top1_shift=0.02))["better"]
+    same = curve_verdict(_rows(), _rows())                                    # no gain
+    assert not same["better"] and not same["worse"]
+    for mixed in (curve_verdict(_rows(), _rows(psnr_shift=0.5, top1_shift=-0.002)),
+                  curve_verdict(_rows(), _rows(psnr_shift=-0.2, top1_shift=0.02))):
+        assert not mixed["better"] and mixed["worse"]
     unlabelled = curve_verdict(_rows(labelled=False), _rows(psnr_shift=0.2, labelled=False))
     assert unlabelled["better"] and unlabelled["bd_top1_points"] is None
+    assert curve_verdict(_rows(labelled=False), _rows(psnr_shift=-0.1, labelled=False))["worse"]

@@ -351,13 +351,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_classifier(model, split, args: argparse.Namespace) -> int:
+def _eval_classifier(model, data, args: argparse.Namespace) -> int:
     """A pixel classifier (vit-pixel-*): top-1 / top-5 on the clean images, one row."""
-    from .evaluate import Uncompressed, evaluate, split_batches
+    from .evaluate import Uncompressed, evaluate
 
     if args.quality not in (None, "all"):
         raise TicaError(f"{api.describe(model)} is a pixel classifier: it has no --quality")
-    r = evaluate(Uncompressed(model, name=model.config.name), split_batches(split)).to_dict()
+    if data.split is None:
+        raise TicaError(f"{api.describe(model)} is a classifier: it needs labelled data "
+                        f"(a class-per-folder split), and {args.data} is a folder of images")
+    r = evaluate(Uncompressed(model, name=model.config.name), data.batches()).to_dict()
     if args.json:
         print(json.dumps({"results": [r]}))
     else:
@@ -367,32 +370,29 @@ def _eval_classifier(model, split, args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .data import held_out_split, load_split
-    from .evaluate import evaluate_codec
+    from .evaluate import eval_data, evaluate_curve
 
-    split = load_split(args.data, args.split or held_out_split(args.data), limit=args.limit)
+    data = eval_data(args.data, args.split, limit=args.limit)
     model = api.load(args.model, weights=args.weights, untrained=args.untrained,
                      device=args.device)
     if not isinstance(model, CompressionModel):
-        return _eval_classifier(model, split, args)
+        return _eval_classifier(model, data, args)
+    qualities = None                                # the standard points
     if args.quality not in (None, "all"):
         try:
             qualities = [float(q) for q in args.quality.split(",")]
         except ValueError:
             raise TicaError(f"--quality takes numbers or 'all', got {args.quality!r}") from None
-    else:
-        qualities = model.config.standard_qualities or [None]      # [None]: a fixed rate
     results = []
-    for q in qualities:
-        q = model.check_quality(q) if q is not None else None
-        results.append(evaluate_codec(model, split, quality=q).to_dict())
+    for result in evaluate_curve(model, data, qualities):
+        results.append(r := result.to_dict())
         if not args.json:
-            r = results[-1]
             top = (f"top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  " if r["top1"] is not None
                    else "")
             z = f"  z {100 * r['z_fraction']:.1f}% of payload" if r["z_fraction"] is not None else ""
-            print(f"{api.describe(model, q)}: {top}bpp {r['bpp']:.4f}  PSNR {r['psnr']:.2f} dB  "
-                  f"MS-SSIM {r['ms_ssim']:.4f}{z}  ({r['images']} images, {r['seconds']:.0f} s)")
+            print(f"{api.describe(model, r['quality'])}: {top}bpp {r['bpp']:.4f}  "
+                  f"PSNR {r['psnr']:.2f} dB  MS-SSIM {r['ms_ssim']:.4f}{z}  "
+                  f"({r['images']} images, {r['seconds']:.0f} s)")
     if args.json:
         print(json.dumps({"results": results}))
     return 0
@@ -495,9 +495,11 @@ def _train_parser(sub) -> None:
 def _eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="top-1/top-5, bpp, PSNR, MS-SSIM over a split, from real bitstreams")
     p.add_argument("--data", required=True, metavar="DIR_OR_ARCHIVE",
-                   help="an ImageFolder split's folder or archive (e.g. cifar10-jpeg.tar.gz)")
+                   help="an ImageFolder split's folder or archive (e.g. cifar10-jpeg.tar.gz), "
+                   "or a folder of images of any sizes, without labels (e.g. kodak/)")
     p.add_argument("--split", help="default: the held-out split, test or val")
-    p.add_argument("--limit", type=int, help="evaluate a class-balanced subset")
+    p.add_argument("--limit", type=int, help="evaluate a class-balanced subset (a folder of "
+                   "images: its first N by name)")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="the preset whose shipped weights to evaluate (default %(default)s)")
     p.add_argument("--weights", metavar="FILE", help="a tica checkpoint to evaluate instead")

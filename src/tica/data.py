@@ -67,6 +67,27 @@ def extract_archive(archive: str | Path) -> Path:
 HELD_OUT_SPLITS = ("test", "val")     # CIFAR-10 has a test split, Imagenette a val split
 
 
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files directly in `folder`, sorted by name (no sub-folders)."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def is_image_folder(data: str | Path) -> bool:
+    """Whether `data` is a plain folder of images (e.g. Kodak: any sizes, no labels) rather
+    than a class-per-folder data set or its archive."""
+    path = Path(data)
+    return (path.is_dir() and not any(p.is_dir() for p in path.iterdir())
+            and bool(image_files(path)))
+
+
+def data_name(data: str | Path) -> str:
+    """A data set's short name, its file or folder name up to the first '-' or '.':
+    cifar10-jpeg.tar.gz -> cifar10, imagenette-224.tar.gz -> imagenette, kodak -> kodak."""
+    name = Path(str(data).rstrip("/")).name
+    return name.replace(".", "-").split("-")[0] or name
+
+
 def _data_folder(data: str | Path) -> Path:
     path = Path(data)
     if not path.exists():
@@ -197,7 +218,7 @@ class RandomCrops:
     """Random crops of a folder of photographs, for training a natural-image codec."""
 
     def __init__(self, folder: str | Path, crop: int = 256) -> None:
-        self.files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.files = image_files(folder)
         if not self.files:
             raise TicaError(f"no images in {folder}")
         self.images = [torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1)

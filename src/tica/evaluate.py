@@ -15,13 +15,16 @@ import math
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 from . import api, bitstream
-from .data import ImageFolderSplit
+from .data import (ImageFolderSplit, data_name, held_out_split, image_files, is_image_folder,
+                   load_split)
+from .errors import TicaError
+from .image import read_image
 from .extras import require
 from .io import atomic_write
 from .losses import psnr
@@ -112,7 +115,9 @@ class Pipeline:
     name: str = "pipeline"
     quality: float | None = None
 
-    def run(self, x: torch.Tensor) -> Coded:            # x (B, 3, H, W) in [0, 1]
+    def run(self, x: torch.Tensor, classify: bool = True) -> Coded:
+        """x (B, 3, H, W) in [0, 1]; `classify` False: the images have no labels, and the
+        logits (None) need not be computed."""
         raise NotImplementedError
 
 
@@ -122,9 +127,9 @@ class Uncompressed(Pipeline):
     def __init__(self, classifier, name: str = "uncompressed") -> None:
         self.classifier, self.name = classifier, name
 
-    def run(self, x: torch.Tensor) -> Coded:
+    def run(self, x: torch.Tensor, classify: bool = True) -> Coded:
         n = [3 * x.shape[-1] * x.shape[-2]] * len(x)
-        return Coded(n, n, None, classify_pixels(self.classifier, x))
+        return Coded(n, n, None, classify_pixels(self.classifier, x) if classify else None)
 
 
 class LearnedPipeline(Pipeline):
@@ -143,7 +148,7 @@ class LearnedPipeline(Pipeline):
         else:
             self.coding_quality = self.quality = model.check_quality(quality)
 
-    def run(self, x: torch.Tensor) -> Coded:
+    def run(self, x: torch.Tensor, classify: bool = True) -> Coded:
         q = self.coding_quality
         # a batch of the evaluation's own images: no per-request budget (tica.cost) applies
         stream = bitstream.unpack(api.compress(self.model, x, quality=q, budget=None))
@@ -152,14 +157,16 @@ class LearnedPipeline(Pipeline):
                   for size, payload, code in zip(stream.sizes, stream.payloads,
                                                  stream.quality_codes or [None] * len(x))]
         x_hat = quantize_8bit(torch.stack(api.reconstruct(self.model, stream, budget=None)))
-        if self.classifier is not None:
+        if not classify:
+            logits = None
+        elif self.classifier is not None:
             logits = classify_pixels(self.classifier, x_hat)
         elif api.can_classify(self.model):
             logits = api.classify_logits(self.model, stream, budget=None)
         else:
             logits = None
         return Coded(nbytes, [len(p) for p in stream.payloads], x_hat, logits,
-                     self.model.z_bytes(x, q))
+                     self.model.z_bytes(stream.payloads, x.shape[-2:]))
 
 
 # ---- the evaluator ---------------------------------------------------------------------------
@@ -194,6 +201,42 @@ def split_batches(split: ImageFolderSplit, batch: int = 250
         yield split.images[s:s + batch].float().div(255), split.labels[s:s + batch]
 
 
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor | None]]
+
+
+@dataclass
+class EvalData:
+    """What an evaluation runs over: a labelled split (same-size images, in batches) or a
+    plain folder of images (any sizes, one at a time, no labels: Kodak). `batches()` starts
+    a fresh pass; `name` is the results' key, e.g. cifar10_test_10k or kodak_24."""
+
+    name: str
+    count: int
+    batches: Callable[[], Batches]
+    split: ImageFolderSplit | None = None        # the labelled split, when there is one
+
+
+def eval_data(data: str | Path, split: str | None = None, limit: int | None = None,
+              batch: int = 250) -> EvalData:
+    """`data` as an evaluation reads it: a class-per-folder data set or its archive (its
+    held-out split unless `split` names one; `limit`: a class-balanced subset), or a folder
+    of images (`limit`: the first images by name; a file that is not a readable image is an
+    ImageError naming it)."""
+    def count(n: int) -> str:
+        return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+    if is_image_folder(data):
+        if split is not None:
+            raise TicaError(f"{data} is a folder of images without splits: drop --split")
+        files = image_files(data)[:limit]
+        return EvalData(f"{data_name(data)}_{count(len(files))}", len(files),
+                        lambda: ((read_image(f)[None], None) for f in files))
+    split = split or held_out_split(data)
+    loaded = load_split(data, split, limit=limit)
+    return EvalData(f"{data_name(data)}_{split}_{count(len(loaded))}", len(loaded),
+                    lambda: split_batches(loaded, batch), loaded)
+
+
 @torch.no_grad()
 def evaluate(pipeline: Pipeline, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]]
              ) -> EvalResult:
@@ -204,7 +247,7 @@ def evaluate(pipeline: Pipeline, batches: Iterable[tuple[torch.Tensor, torch.Ten
     z_bytes: int | None = None
     psnrs: list[float] = []
     for x, labels in batches:
-        coded = pipeline.run(x)
+        coded = pipeline.run(x, classify=labels is not None)
         n += len(x)
         pixels += len(x) * x.shape[-1] * x.shape[-2]
         bits += 8 * sum(coded.nbytes)
@@ -240,6 +283,18 @@ def evaluate_codec(model, split: ImageFolderSplit, batch: int = 250, quality: in
                    ) -> EvalResult:
     """A tica-family model from real single-image bitstreams over a labelled split."""
     return evaluate(LearnedPipeline(model, quality=quality), split_batches(split, batch))
+
+
+def evaluate_curve(model, data: EvalData, qualities: Iterable[float | None] | None = None
+                   ) -> Iterator[EvalResult]:
+    """A tica-family model's rate points on `data`, one EvalResult per quality as it is
+    measured: `qualities` (checked against the model), default its standard points (one
+    point, None, for a fixed-rate model)."""
+    if qualities is None:
+        qualities = model.config.standard_qualities or [None]
+    for q in qualities:
+        q = model.check_quality(q) if q is not None else None
+        yield evaluate(LearnedPipeline(model, quality=q), data.batches())
 
 
 def write_results(results: list[dict], path: str | Path) -> None:

@@ -150,7 +150,7 @@ class ClassicalPipeline(Pipeline):
         self.codec, self.quality, self.classifier = codec, quality, classifier
         self.name = name or codec.name
 
-    def run(self, x: torch.Tensor) -> Coded:
+    def run(self, x: torch.Tensor, classify: bool = True) -> Coded:
         rgb = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         nbytes, payload, decoded = [], [], []
         for img in rgb:
@@ -159,5 +159,6 @@ class ClassicalPipeline(Pipeline):
             payload.append(self.codec.payload(data))
             decoded.append(torch.from_numpy(out.copy()).permute(2, 0, 1))
         x_hat = torch.stack(decoded).float() / 255
-        logits = classify_pixels(self.classifier, x_hat) if self.classifier is not None else None
+        logits = (classify_pixels(self.classifier, x_hat)
+                  if classify and self.classifier is not None else None)
         return Coded(nbytes, payload, x_hat, logits)

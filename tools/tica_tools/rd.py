@@ -114,7 +114,8 @@ def curve_verdict(anchor: Sequence[dict], test: Sequence[dict]) -> dict:
     psnr and top1, None where the images have no labels; tica.evaluate's EvalResult): the
     BD-rate of PSNR (percent, negative: fewer bits at equal PSNR) and, with labels, the
     average top-1 difference at equal bpp over the shared bpp range (points, BD-PSNR's
-    method on accuracy). Better means no worse on either and better on one."""
+    method on accuracy). Better means no worse on either and better on one; worse, worse on
+    one."""
     def curve(rows, key):
         return [r["bpp"] for r in rows], [r[key] for r in rows]
 
@@ -125,4 +126,5 @@ def curve_verdict(anchor: Sequence[dict], test: Sequence[dict]) -> dict:
         out["bd_top1_points"] = 100 * bd_psnr(curve(anchor, "top1"), curve(test, "top1"))
     gains = [-out["bd_rate_psnr"]] + ([out["bd_top1_points"]] if labelled else [])
     out["better"] = all(g >= 0 for g in gains) and any(g > 0 for g in gains)
+    out["worse"] = any(g < 0 for g in gains)
     return out

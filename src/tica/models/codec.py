@@ -314,12 +314,14 @@ class CompressionModel(nn.Module):
         return encode_payloads(z_int.int().numpy(), symbols, indexes,
                                self.entropy_bottleneck.tables, self.gaussian_conditional.tables)
 
-    @torch.no_grad()
-    def z_bytes(self, x: torch.Tensor, quality: float | None = None) -> list[int]:
-        """Bytes the hyper-latent z alone takes in each image's payload (what the side
-        information costs)."""
-        z_int = self.analyze(x, quality)[0].int().numpy()
-        return [len(p) for p in z_payloads(z_int, self.entropy_bottleneck.tables)]
+    def z_bytes(self, payloads: list[bytes], image_size: tuple[int, int]) -> list[int]:
+        """Bytes the hyper-latent z alone takes in each payload of images of one size (what
+        the side information costs): z decoded from the payloads and coded alone."""
+        self._require_update()
+        h, w = self.latent_grid(image_size)
+        tables = self.entropy_bottleneck.tables
+        z = PayloadDecoder(payloads).decode_z((self.config.N, h // 2, w // 2), tables)
+        return [len(p) for p in z_payloads(z, tables)]
 
     @torch.no_grad()
     def decompress(self, payloads: list[bytes], image_size: tuple[int, int],
