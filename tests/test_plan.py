@@ -498,6 +498,11 @@ def test_the_manifest_accumulates_what_each_lease_trained(smoke):
         ["scratch"] + ["shipped"] * (len(earlier) - 1) + ["shipped"]
     assert total["leases"][0]["plan"] == earlier[0]["plan"] and total["plan"] == again["plan"]
     assert total["minutes"] == pytest.approx(shipped["minutes"] + 1.5)
+    assert total["where"] == "+".join(dict.fromkeys(e["where"] for e in total["leases"]))
+    assert sum(total["minutes_on"].values()) == pytest.approx(total["minutes"])
+    mixed = accumulate(total, dict(again, where="gpu", minutes=2.0))
+    assert mixed["where"].split("+")[-1] in ("cpu", "gpu") and "gpu" in mixed["where"]
+    assert mixed["minutes_on"]["gpu"] >= 2.0 and mixed["minutes_on"]["cpu"] >= 1.5
     assert total["images_seen"] == shipped["images_seen"] + 1000
     third = accumulate(total, dict(again, commit="abc1234"))
     assert len(third["leases"]) == len(earlier) + 2 and third["commit"] == "abc1234"

@@ -30,13 +30,19 @@ def lease(status: dict, run: str) -> dict:
 
 def accumulate(earlier: dict | None, new: dict) -> dict:
     """A file's `trained` after lease `new`: its leases so far (a lease from shipped weights
-    continues `earlier`'s; one from scratch starts over) and their totals; `plan` and
-    `commit` are the latest lease's."""
+    continues `earlier`'s; one from scratch starts over) and their totals; `where` names
+    every kind of machine the leases ran on, in order ("gpu+cpu"), with the minutes on
+    each; `plan` and `commit` are the latest lease's."""
     leases = []
     if new["init"] == "shipped" and earlier:
         leases = list(earlier.get("leases") or [_as_lease(earlier)])
     leases.append(new)
-    return {"where": new["where"], "plan": new["plan"], "commit": new["commit"],
+    minutes_on: dict[str, float] = {}
+    for e in leases:
+        where = e.get("where") or "unknown"
+        minutes_on[where] = round(minutes_on.get(where, 0) + (e.get("minutes") or 0), 2)
+    return {"where": "+".join(minutes_on), "minutes_on": minutes_on,
+            "plan": new["plan"], "commit": new["commit"],
             "minutes": round(sum(e.get("minutes") or 0 for e in leases), 2),
             "steps": sum(e.get("steps") or 0 for e in leases),
             "images_seen": sum(e.get("images_seen") or 0 for e in leases),
