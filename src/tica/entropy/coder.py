@@ -105,17 +105,6 @@ class CodingTables:
     def __len__(self) -> int:
         return self.lengths.size
 
-    def bits(self, index: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """The exact cost in bits of coding each of `values` with its table `index` (same
-        shapes): -log2 of its coded probability; infinity for a value its table does not
-        hold (it would escape)."""
-        index = np.asarray(index, np.int64)
-        k = np.asarray(values, np.int64) - self.offsets[index]
-        inside = (k >= 0) & (k < self.lengths[index])
-        k = np.where(inside, k, 0)
-        freq = (self.cdf[index, k + 1].astype(np.int64) - self.cdf[index, k]).astype(np.float64)
-        return np.where(inside, PRECISION - np.log2(np.maximum(freq, 1.0)), np.inf)
-
     def segment(self, index: np.ndarray, batch: int) -> tuple:
         """The kernel's description of symbols coded with table `index`: (n,) shared by
         every image of the batch, or (B, n) one row per image."""

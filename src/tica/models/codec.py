@@ -41,7 +41,6 @@ from ..config import ModelConfig
 from ..entropy import EntropyBottleneck, GaussianConditional, quantize
 from ..entropy.coder import MAX_ABS_VALUE
 from ..entropy.payload import PayloadDecoder, clamp_z, encode_payloads, z_payloads
-from ..entropy.rdo import DEFAULT_LAMBDA, rd_round
 from ..errors import ConfigError, NotUpdatedError
 from ..io import WeightsInfo
 from ..nn.bands import pad_to, run_in_bands
@@ -58,8 +57,6 @@ class CompressionModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        # the encoder's rounding of y (tica.entropy.rdo): None, to the nearest integer
-        self.rd_lambda: float | None = DEFAULT_LAMBDA
         c = config
         self.g_a = analysis(c.stages, 3, c.N, c.M, c.act, c.res_blocks)
         self.h_a = hyper_analysis(c.M, c.N)
@@ -292,8 +289,7 @@ class CompressionModel(nn.Module):
         z_int = clamp_z(self.h_a(self.hyper_input(y, gain)))
         y = self._gained(y, gain)
         indexes, means = self._hyper_decode(z_int, quality)
-        symbols = rd_round(y.float().to(means.device) - means, indexes,
-                           self.gaussian_conditional.tables, self.rd_lambda)
+        symbols = torch.round(y.float().to(means.device) - means)
         return z_int.cpu(), indexes, means.cpu(), symbols.cpu()
 
     @torch.no_grad()
