@@ -16,7 +16,6 @@ from tica.nn.integer import IntegerHyperSynthesis
 
 def _int64_reference(int_hs: IntegerHyperSynthesis, z: torch.Tensor) -> torch.Tensor:
     """The same network in int64 arithmetic (im2col + integer matmul), slow but obviously exact."""
-    from tica.nn.integer import ACT_BITS, ACT_FRAC_BITS
     x = z.long()
     for i, layer in enumerate(int_hs.layers):
         w, b = layer.weight.long(), layer.bias.long()
@@ -38,10 +37,10 @@ def _int64_reference(int_hs: IntegerHyperSynthesis, z: torch.Tensor) -> torch.Te
         e = layer.exponent.view(1, -1, 1, 1)
         if i == len(int_hs.layers) - 1:
             return acc.double() / torch.pow(2.0, e.double())
-        shift = e - ACT_FRAC_BITS
+        shift = e - layer.act_frac_bits
         acc = acc.clamp_min(0)
         x = torch.where(shift >= 0, acc >> shift.clamp_min(0), acc << (-shift).clamp_min(0))
-        x = x.clamp(max=2 ** ACT_BITS - 1)
+        x = x.clamp(max=2 ** layer.act_bits - 1)
 
 
 def _trained_like_h_s():
@@ -67,6 +66,64 @@ def test_matches_an_int64_reference_exactly(gemm):
     from tica.nn import integer
     assert integer.int8_gemm() is (gemm == "int8")
     assert torch.equal(int_hs(z), _int64_reference(int_hs, z))
+
+
+@pytest.mark.parametrize("widths", [(7, 8, 20), (7, 5, 7), (10, 3, 9)])
+def test_a_narrow_integer_h_s_is_exact_and_is_what_its_training_sees(gemm, widths):
+    """A model's narrower h_s (ModelConfig.hs_format): weights and activations within their
+    widths, exact against the int64 reference on every CPU path (7, 5, 7: one int8 digit
+    each), and the float h_s quantized as it is (quantized_h_s, what training runs) within
+    float rounding of it, where the unquantized float h_s is not."""
+    from tica.nn.integer import quantized_h_s
+    weight_bits, frac_bits, act_bits = widths
+    h_s = _trained_like_h_s().double()
+    int_hs = IntegerHyperSynthesis.build(h_s, *widths)
+    assert all(int(l.weight.abs().max()) < 2 ** weight_bits for l in int_hs.layers)
+    assert int(int_hs.layers[0].weight.abs().max()) >= 2 ** (weight_bits - 1)   # the range used
+    z = torch.randint(-4, 5, (3, 32, 5, 3)).double()
+    exact = int_hs(z)
+    assert torch.equal(exact, _int64_reference(int_hs, z))
+    with torch.no_grad():
+        trained = quantized_h_s(h_s, z, *widths)
+        plain = h_s(z)
+    # in float64 every value is a dyadic number the sums hold exactly: the same numbers
+    assert torch.equal(trained, exact) and not torch.equal(plain, exact)
+    with pytest.raises(ValueError, match="widths"):
+        IntegerHyperSynthesis.build(h_s, 15, 8, 20)
+
+
+def test_quantization_aware_h_s_passes_gradients_straight_through():
+    from tica.nn.integer import quantized_h_s
+    h_s = _trained_like_h_s().train()
+    z = torch.randint(-4, 5, (2, 32, 4, 4)).float()
+    quantized_h_s(h_s, z, 7, 5, 7).square().mean().backward()
+    for layer in (h_s[0], h_s[2], h_s[4]):
+        assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+
+
+def test_a_model_with_a_narrow_h_s_codes_exactly_and_keeps_old_ids():
+    """hs_* fields at their defaults leave the config's identity (and every shipped id) as it
+    was; narrowed, the model trains through the quantized h_s and its streams decode to the
+    encoder's latent exactly."""
+    from tica.config import ModelConfig
+    from tica.errors import ConfigError
+    base = tica.create_model("tica-cifar", N=32, M=48).eval()
+    assert "hs_weight_bits" not in base.config.identity_json()
+    narrow = tica.create_model("tica-cifar", N=32, M=48, hs_weight_bits=7, hs_act_frac_bits=5,
+                               hs_act_bits=7).eval()
+    assert '"hs_act_bits":7' in narrow.config.identity_json()
+    narrow.update()
+    assert [l.act_bits for l in narrow.integer_h_s.layers] == [7, 7, 7]
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    payloads = narrow.compress(x)
+    assert torch.equal(narrow.decompress(payloads, (32, 32)), narrow.latent(x))
+    z = torch.randint(-3, 4, (2, 32, 4, 4)).float()
+    from tica.nn.integer import quantized_h_s
+    assert torch.equal(narrow.hyper_synthesis(z), quantized_h_s(narrow.h_s, z, 7, 5, 7))
+    assert torch.equal(base.hyper_synthesis(z), base.h_s(z))
+    for bad in ({"hs_weight_bits": 15}, {"hs_act_bits": 0}, {"hs_act_frac_bits": 9, "hs_act_bits": 7}):
+        with pytest.raises(ConfigError, match="hs_"):
+            ModelConfig(name="x", **bad)
 
 
 def test_int8_digit_products_are_exact_at_the_worst_case_magnitudes():

@@ -440,7 +440,8 @@ def test_the_cpu_plans_continue_one_shipped_codec_each_resumably(tmp_path):
     """The CPU leases: each codec trains on from its shipped weights, alone on the CPU in
     bf16, resumable, checkpointed often enough that an interruption loses minutes."""
     from tica.registry import shipped_init
-    for name, model in (("cpu-continue-cifar", "tica-cifar"), ("cpu-continue-photo", "tica-photo")):
+    for name, model in (("cpu-continue-cifar", "tica-cifar"), ("cpu-continue-photo", "tica-photo"),
+                        ("cpu-qat-cifar", "tica-cifar")):
         plan = load_plan(PLANS / f"{name}.json", runs_dir=tmp_path, data_root="DATA")
         (run,) = plan.runs
         c = run.config
@@ -449,6 +450,11 @@ def test_the_cpu_plans_continue_one_shipped_codec_each_resumably(tmp_path):
         assert c.resumable and c.bf16 and c.checkpoint_every <= 200 and c.latent_std == 0
         assert c.lr_schedule == "wsd" and c.schedule_by_deadline and plan.deadline_s <= 5400
         assert shipped_init(c.model, c.init).file.is_file()
+    qat = load_plan(PLANS / "cpu-qat-cifar.json", runs_dir=tmp_path, data_root="DATA").runs[0]
+    assert {k: qat.config.model_overrides[k] for k in ("hs_weight_bits", "hs_act_frac_bits",
+                                                       "hs_act_bits")} == {
+        "hs_weight_bits": 7, "hs_act_frac_bits": 5, "hs_act_bits": 7}
+    assert qat.config.lr == 1.5e-4 and qat.threads == 1       # cpu-continue-cifar's rates
 
 
 def test_a_plan_keeps_only_the_runs_it_names(tmp_path):

@@ -33,6 +33,10 @@ TOP_K = 5                           # classes a classification answer lists unle
 # z_hat is clamped to (-2^12, 2^12): what a payload codes (tica.entropy) and what the integer
 # h_s accepts (tica.nn.integer), written once below both
 Z_INPUT_BITS = 12
+# the integer h_s's fixed point (tica.nn.integer): weights below 2^14 per output channel,
+# hidden activations in steps of 2^-8 below 2^20 / 2^8 (what every model before these
+# fields were configurable computes); a model may narrow them (ModelConfig.hs_*)
+HS_WEIGHT_BITS, HS_ACT_FRAC_BITS, HS_ACT_BITS = 14, 8, 20
 ACTIVATIONS = ("leaky_relu", "gdn", "gelu")
 LATENT_PROXIES = ("noise", "ste")
 MAX_RATE_LEVELS = 16
@@ -50,7 +54,8 @@ def quality_from_code(code: int) -> float:
 
 # ModelConfig fields newer than the first weights, at their neutral value
 _LATER_FIELDS = {"rate_levels": 0, "res_blocks": 0, "hyper_proxy": "noise", "entropy_gain": False,
-                 "distill_token": False}
+                 "distill_token": False, "hs_weight_bits": HS_WEIGHT_BITS,
+                 "hs_act_frac_bits": HS_ACT_FRAC_BITS, "hs_act_bits": HS_ACT_BITS}
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,14 @@ class ModelConfig:
     # un-gained y, h_s predicts its mean and scale, and both are multiplied by the gain, as a
     # quantisation step would). Without it h_s must learn each quality's scales from z alone.
     entropy_gain: bool = False
+    # the integer h_s the decoder runs (tica.nn.integer): |weights| below 2^hs_weight_bits,
+    # hidden activations in steps of 2^-hs_act_frac_bits below 2^hs_act_bits of them. At 7,
+    # 5, 7 every value is one int8 digit and a layer one int8 product (about 3x faster than
+    # the default); a model trained with narrower ones sees them in training (the float h_s
+    # quantized as the integer one is, straight-through gradients)
+    hs_weight_bits: int = HS_WEIGHT_BITS
+    hs_act_frac_bits: int = HS_ACT_FRAC_BITS
+    hs_act_bits: int = HS_ACT_BITS
     # entropy models
     scale_min: float = 0.11
     scale_max: float = 256.0
@@ -135,6 +148,11 @@ class ModelConfig:
             problems.append(f"rate_levels must be 0 (fixed rate) or 2..{MAX_RATE_LEVELS}")
         if not 0 < self.scale_min < self.scale_max:
             problems.append("need 0 < scale_min < scale_max")
+        if not 2 <= self.hs_weight_bits <= HS_WEIGHT_BITS:
+            problems.append(f"hs_weight_bits must lie in 2..{HS_WEIGHT_BITS}")
+        if not 1 <= self.hs_act_bits <= HS_ACT_BITS or not 0 <= self.hs_act_frac_bits <= self.hs_act_bits:
+            problems.append(f"need 1 <= hs_act_bits <= {HS_ACT_BITS} and 0 <= hs_act_frac_bits <= "
+                            f"hs_act_bits")
         if self.distill_token and self.arch not in ("tica", "vit-pixel"):
             problems.append("distill_token needs a Vision Transformer (arch tica or vit-pixel)")
         if problems:
@@ -174,6 +192,11 @@ class ModelConfig:
             raise ConfigError(f"quality {q:g} is outside {self.name}'s range "
                               f"{rng[0]:g}..{rng[1]:g} (1 = lowest rate)")
         return quality_from_code(quality_code(q))
+
+    @property
+    def hs_format(self) -> tuple[int, int, int]:
+        """The integer h_s's (weight bits, activation fraction bits, activation bits)."""
+        return self.hs_weight_bits, self.hs_act_frac_bits, self.hs_act_bits
 
     @property
     def stride(self) -> int:

@@ -107,7 +107,7 @@ class _HyperIndexes(nn.Module):
             self.register_buffer(f"w{i}", w.contiguous())
             self.register_buffer(f"b{i}", layer.bias.view(1, -1, 1, 1).clone())
             self.register_buffer(f"e{i}", torch.pow(2.0, layer.exponent.double()).view(1, -1, 1, 1))
-            self.specs.append((layer.transposed, pad))
+            self.specs.append((layer.transposed, pad, layer.act_frac_bits, layer.act_bits))
         self.register_buffer("bounds", model.gaussian_conditional.scale_bounds.double().clone())
         gain = model.entropy_gain(quality, 1)     # exact dyadic numbers, or none
         self.register_buffer("gain", gain if gain is not None
@@ -115,11 +115,12 @@ class _HyperIndexes(nn.Module):
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = z
-        for i, (transposed, pad) in enumerate(self.specs):
+        for i, (transposed, pad, frac_bits, act_bits) in enumerate(self.specs):
             if transposed:
                 x = _zero_upsample(x)
             acc = _conv_matmul(x, getattr(self, f"w{i}"), pad) + getattr(self, f"b{i}")
-            x = requantize(acc, getattr(self, f"e{i}"), last=i == len(self.specs) - 1)
+            x = requantize(acc, getattr(self, f"e{i}"), i == len(self.specs) - 1, frac_bits,
+                           act_bits)
         scales, means = x.chunk(2, dim=1)
         scales, means = scales * self.gain, means * self.gain
         index = (scales.unsqueeze(-1) > self.bounds).to(torch.int64).sum(-1)   # = bucketize

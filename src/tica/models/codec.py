@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .. import cost
-from ..config import ModelConfig
+from ..config import HS_ACT_BITS, HS_ACT_FRAC_BITS, HS_WEIGHT_BITS, ModelConfig
 from ..entropy import EntropyBottleneck, GaussianConditional, quantize
 from ..entropy.coder import MAX_ABS_VALUE
 from ..entropy.payload import PayloadDecoder, clamp_z, encode_payloads, z_payloads
@@ -45,7 +45,7 @@ from ..errors import ConfigError, NotUpdatedError
 from ..io import WeightsInfo
 from ..nn.bands import pad_to, run_in_bands
 from ..nn.conv import analysis, hyper_analysis, hyper_synthesis, nhwc
-from ..nn.integer import IntegerHyperSynthesis
+from ..nn.integer import IntegerHyperSynthesis, quantized_h_s
 
 Likelihoods = dict[str, torch.Tensor]
 ENTROPY_GAIN_STEPS = 256    # entropy_gain models code with the gain rounded to 1/256
@@ -182,7 +182,7 @@ class CompressionModel(nn.Module):
         z_hat, z_lik = self.entropy_bottleneck(z, "noise" if self.training else "round")
         if self.training and self.config.hyper_proxy == "ste":
             z_hat = quantize(z.float(), "ste")
-        scales, means = self.h_s(z_hat).float().chunk(2, dim=1)
+        scales, means = self.hyper_synthesis(z_hat).float().chunk(2, dim=1)
         if self.config.entropy_gain and gain is not None:
             scales, means = scales * gain, means * gain
         if self.training:
@@ -194,6 +194,14 @@ class CompressionModel(nn.Module):
         if inv_gain is not None:
             y_net = y_net * inv_gain
         return y_net, {"y": y_lik, "z": z_lik}
+
+    def hyper_synthesis(self, z_hat: torch.Tensor) -> torch.Tensor:
+        """The float h_s as training and the float forward see it: as it is, or, for a model
+        whose integer h_s is narrower than the default (ModelConfig.hs_format), quantized
+        as that integer h_s is (tica.nn.integer.quantized_h_s)."""
+        if self.config.hs_format == (HS_WEIGHT_BITS, HS_ACT_FRAC_BITS, HS_ACT_BITS):
+            return self.h_s(z_hat)
+        return quantized_h_s(self.h_s, z_hat, *self.config.hs_format)
 
     def aux_loss(self) -> torch.Tensor:
         return self.entropy_bottleneck.aux_loss()
@@ -214,7 +222,7 @@ class CompressionModel(nn.Module):
         self._int_h_s, self._fingerprint = None, None
         self.entropy_bottleneck.tables        # raise NotUpdatedError now if tables are empty
         self.gaussian_conditional.tables
-        self._int_h_s = IntegerHyperSynthesis.build(self.h_s)
+        self._int_h_s = IntegerHyperSynthesis.build(self.h_s, *self.config.hs_format)
 
     @property
     def is_updated(self) -> bool:

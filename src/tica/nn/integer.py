@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Z_INPUT_BITS
+from ..config import HS_ACT_BITS, HS_ACT_FRAC_BITS, HS_WEIGHT_BITS, Z_INPUT_BITS
 from .bands import LayerShapes, run_in_bands
 
 try:
@@ -44,9 +44,9 @@ try:
 except ImportError:                 # a checkout whose kernel is not built: torch does it
     _intops = None
 
-WEIGHT_BITS = 14        # |w_int| < 2^14
-ACT_FRAC_BITS = 8       # hidden activations in steps of 1/256
-ACT_BITS = 20           # hidden activations clamped to [0, 2^20) (i.e. < 4096.0)
+WEIGHT_BITS = HS_WEIGHT_BITS          # |w_int| < 2^14 (a model may narrow all three:
+ACT_FRAC_BITS = HS_ACT_FRAC_BITS      # hidden activations in steps of 1/256
+ACT_BITS = HS_ACT_BITS                # ... clamped to [0, 2^20) (i.e. < 4096.0)
 MAX_EXACT = 2.0 ** 53   # float64 represents every integer below this exactly
 MAX_WEIGHT_EXP = 40
 
@@ -60,21 +60,33 @@ class _IntLayer:
     stride: int
     padding: int
     output_padding: int
+    # a hidden layer's activations: steps of 2^-act_frac_bits, clamped below 2^act_bits
+    act_frac_bits: int = ACT_FRAC_BITS
+    act_bits: int = ACT_BITS
     # the weight as int8 digits (_int8_linear): a convolution's digits, or per output phase
     # of a transposed layer (row phase, column phase, kernel, digits); built on first use
     limbs: list = field(default_factory=list)
+    # a hidden layer's end for _limb_matmul (bias, 2^E, E - act_frac_bits, act_frac_bits,
+    # act_bits); built on first use
+    epilogue: tuple | None = None
 
 
-def _quantize_layer(layer: nn.Conv2d | nn.ConvTranspose2d, in_exponent: int, in_bound: float
-                    ) -> tuple[_IntLayer, float]:
+def _weight_exponents(per_out: torch.Tensor, weight_bits: int) -> torch.Tensor:
+    """Each output channel's power-of-two weight exponent: the largest that keeps its
+    weights (C_out, C_in, k, k) below 2^weight_bits once scaled and rounded."""
+    peak = per_out.abs().flatten(1).amax(1).clamp_min(2.0 ** -MAX_WEIGHT_EXP)
+    return torch.floor(torch.log2((2.0 ** weight_bits - 1) / peak)).clamp(max=MAX_WEIGHT_EXP)
+
+
+def _quantize_layer(layer: nn.Conv2d | nn.ConvTranspose2d, in_exponent: int, in_bound: float,
+                    weight_bits: int = WEIGHT_BITS) -> tuple[_IntLayer, float]:
     """Fixed-point copy of one float layer and the worst-case |accumulator| it can reach."""
     transposed = isinstance(layer, nn.ConvTranspose2d)
     w = layer.weight.detach().double().cpu()
     b = layer.bias.detach().double().cpu() if layer.bias is not None else torch.zeros(
         w.shape[1] if transposed else w.shape[0], dtype=torch.float64)
     per_out = w.transpose(0, 1) if transposed else w              # (C_out, C_in, k, k)
-    peak = per_out.abs().flatten(1).amax(1).clamp_min(2.0 ** -MAX_WEIGHT_EXP)
-    exp_w = torch.floor(torch.log2((2.0 ** WEIGHT_BITS - 1) / peak)).clamp(max=MAX_WEIGHT_EXP)
+    exp_w = _weight_exponents(per_out.detach(), weight_bits)
     # Keep the bias inside the exact range too: |b| * 2^(exp_w + in_exponent) < 2^50.
     bias_room = 50 - in_exponent - torch.ceil(torch.log2(b.abs() + 1))
     exp_w = torch.minimum(exp_w, bias_room)
@@ -98,16 +110,67 @@ def _quantize_layer(layer: nn.Conv2d | nn.ConvTranspose2d, in_exponent: int, in_
     ), bound
 
 
-def requantize(acc: torch.Tensor, scale: torch.Tensor, last: bool) -> torch.Tensor:
+def requantize(acc: torch.Tensor, scale: torch.Tensor, last: bool,
+               frac_bits: int = ACT_FRAC_BITS, act_bits: int = ACT_BITS) -> torch.Tensor:
     """A layer's exact accumulator -> its output, given scale = 2^E per output channel
     (1, C, 1, 1): the last layer's divided by it (h_s's scales and means), a hidden one
-    ReLU'd, shifted to ACT_FRAC_BITS fractional bits and clamped to [0, 2^ACT_BITS). Every
+    ReLU'd, shifted to `frac_bits` fractional bits and clamped to [0, 2^act_bits). Every
     step is exact: power-of-two divisions and a floor of integers. The edge export
     (tica.export) runs this same function."""
     if last:
         return acc / scale
-    shift = scale / 2.0 ** ACT_FRAC_BITS
-    return torch.floor(acc.clamp_min(0) / shift).clamp(max=2.0 ** ACT_BITS - 1)
+    shift = scale / 2.0 ** frac_bits
+    return torch.floor(acc.clamp_min(0) / shift).clamp(max=2.0 ** act_bits - 1)
+
+
+class _FloorStraight(torch.autograd.Function):
+    """floor(x) forward, identity backward (a straight-through estimator)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.floor(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def _round_straight(x: torch.Tensor) -> torch.Tensor:
+    return torch.round(x) + (x - x.detach()) if x.requires_grad else torch.round(x)
+
+
+def quantized_h_s(h_s: nn.Sequential, z_hat: torch.Tensor, weight_bits: int, frac_bits: int,
+                  act_bits: int) -> torch.Tensor:
+    """The float h_s (conv/ReLU/.../conv) computing what the integer one built with these
+    widths computes, up to float rounding: each layer's weights rounded per output channel
+    as `build` rounds them, each hidden activation floored to 2^-frac_bits and clamped below
+    2^(act_bits - frac_bits), with straight-through gradients (the clamp's outside the
+    range are zero). Training a model with narrow widths through this (quantization-aware
+    training) lets its integer h_s cost no rate for its speed."""
+    convs = [m for m in h_s if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    x, in_exponent = z_hat, 0
+    step, top = 2.0 ** -frac_bits, (2.0 ** act_bits - 1) * 2.0 ** -frac_bits
+    for i, layer in enumerate(convs):
+        transposed = isinstance(layer, nn.ConvTranspose2d)
+        w, b = layer.weight, layer.bias
+        shape = (1, -1, 1, 1) if transposed else (-1, 1, 1, 1)
+        exponent = _weight_exponents((w.transpose(0, 1) if transposed else w).detach().float(),
+                                     weight_bits)
+        scale = torch.pow(2.0, exponent).to(w.dtype)
+        w = _round_straight(w * scale.view(shape)) / scale.view(shape)
+        if b is not None:         # the bias in the accumulator's fixed point, as `build` has it
+            bias_scale = torch.pow(2.0, exponent + in_exponent).to(b.dtype)
+            b = _round_straight(b * bias_scale) / bias_scale
+        if transposed:
+            x = F.conv_transpose2d(x, w.to(x.dtype), b, layer.stride, layer.padding,
+                                   layer.output_padding)
+        else:
+            x = F.conv2d(x, w.to(x.dtype), b, layer.stride, layer.padding)
+        in_exponent = frac_bits
+        if i < len(convs) - 1:
+            x = x.clamp(0, top)
+            x = _FloorStraight.apply(x / step) * step
+    return x
 
 
 LIMB_BITS = 7                    # int8 digits: 7 bits each, the top one signed
@@ -160,9 +223,9 @@ def _limb_matmul(a: list[torch.Tensor], b: list[torch.Tensor], out: torch.Tensor
                 by_shift[i + j] = plane
     parts = sorted(by_shift.items())
     if hidden is not None and _intops is not None:
-        bias, _, rshift = hidden
+        bias, _, rshift, _, act_bits = hidden
         _intops.hidden_layer([p.numpy() for _, p in parts], [s for s, _ in parts],
-                             bias.numpy(), rshift.numpy(), 2 ** ACT_BITS - 1, out.shape[1],
+                             bias.numpy(), rshift.numpy(), 2 ** act_bits - 1, out.shape[1],
                              out.numpy())
         return
     acc = out if hidden is None else torch.empty(out.shape, dtype=torch.float64)
@@ -174,7 +237,8 @@ def _limb_matmul(a: list[torch.Tensor], b: list[torch.Tensor], out: torch.Tensor
         else:
             acc.add_(part, alpha=2.0 ** (LIMB_BITS * shift))    # int32 read as float64
     if hidden is not None:
-        out.copy_(requantize(acc.add_(hidden[0]), hidden[1], last=False))
+        bias, scale, _, frac_bits, act_bits = hidden
+        out.copy_(requantize(acc.add_(bias), scale, False, frac_bits, act_bits))
 
 
 def _digit_planes(x: torch.Tensor, pad: tuple[int, int, int, int]) -> list[torch.Tensor]:
@@ -228,8 +292,11 @@ def _int8_linear(layer: _IntLayer, x: torch.Tensor, hidden: bool = False) -> tor
     k, s, p = layer.weight.shape[-1], layer.stride, layer.padding
     end = None
     if hidden:
-        end = (layer.bias, torch.pow(2.0, layer.exponent.double()),
-               layer.exponent - ACT_FRAC_BITS)
+        if layer.epilogue is None:        # one assignment: safe if threads race here
+            layer.epilogue = (layer.bias, torch.pow(2.0, layer.exponent.double()),
+                              layer.exponent - layer.act_frac_bits, layer.act_frac_bits,
+                              layer.act_bits)
+        end = layer.epilogue
     if not layer.transposed:
         if not layer.limbs:
             layer.limbs = _weight_digits(layer.weight)
@@ -314,23 +381,34 @@ class IntegerHyperSynthesis:
         self._copies: dict[torch.device, list[_IntLayer]] = {torch.device("cpu"): layers}
 
     @classmethod
-    def build(cls, h_s: nn.Sequential) -> "IntegerHyperSynthesis":
+    def build(cls, h_s: nn.Sequential, weight_bits: int = WEIGHT_BITS,
+              frac_bits: int = ACT_FRAC_BITS, act_bits: int = ACT_BITS
+              ) -> "IntegerHyperSynthesis":
+        """The integer copy of a float h_s with these widths (ModelConfig.hs_format):
+        weights below 2^weight_bits per output channel, hidden activations in steps of
+        2^-frac_bits clamped below 2^act_bits of them."""
         convs = [m for m in h_s if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
         acts = [m for m in h_s if not isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
         if not all(isinstance(a, nn.ReLU) for a in acts) or len(acts) != len(convs) - 1:
             raise ValueError("IntegerHyperSynthesis needs conv/ReLU/.../conv")
+        if not (2 <= weight_bits <= WEIGHT_BITS and 1 <= act_bits <= ACT_BITS
+                and 0 <= frac_bits <= act_bits):
+            raise ValueError(f"integer h_s widths out of range: weights {weight_bits} bits, "
+                             f"activations {act_bits} bits with {frac_bits} fractional")
         layers, in_exp, in_bound = [], 0, float(2 ** Z_INPUT_BITS)
         for layer in convs:
-            int_layer, _ = _quantize_layer(layer, in_exp, in_bound)
-            layers.append(int_layer)
-            in_exp, in_bound = ACT_FRAC_BITS, float(2 ** ACT_BITS)
+            int_layer, _ = _quantize_layer(layer, in_exp, in_bound, weight_bits)
+            layers.append(dataclasses.replace(int_layer, act_frac_bits=frac_bits,
+                                              act_bits=act_bits))
+            in_exp, in_bound = frac_bits, float(2 ** act_bits)
         return cls(layers)
 
     def _layers_on(self, device: torch.device) -> list[_IntLayer]:
         if device not in self._copies:
             self._copies[device] = [dataclasses.replace(
                 layer, weight=layer.weight.to(device), bias=layer.bias.to(device),
-                exponent=layer.exponent.to(device)) for layer in self.layers]
+                exponent=layer.exponent.to(device), limbs=[], epilogue=None)
+                for layer in self.layers]
         return self._copies[device]
 
     @staticmethod
@@ -388,5 +466,5 @@ class IntegerHyperSynthesis:
         if not last and self._int8(layer, x):
             return _int8_linear(layer, x, hidden=True)      # int32 activations, the same
         scale = torch.pow(2.0, layer.exponent.double()).view(1, -1, 1, 1)
-        out = requantize(self._linear(layer, x), scale, last)
+        out = requantize(self._linear(layer, x), scale, last, layer.act_frac_bits, layer.act_bits)
         return out if keep is None else keep(out)
