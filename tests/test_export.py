@@ -117,3 +117,23 @@ def test_the_edge_and_the_model_write_the_same_payload_bytes(cifar_export, cifar
             assert edge == served
             same += 1
     assert same >= 3
+
+
+def test_a_narrow_integer_h_s_exports_with_its_own_widths(tmp_path, cifar_images):
+    """A model whose integer h_s is narrower (ModelConfig.hs_*) exports the same widths: the
+    edge's indexes and means equal the model's own for the same z."""
+    model = tica.create_model("tica-cifar", N=32, M=48, hs_weight_bits=7, hs_act_frac_bits=5,
+                              hs_act_bits=7).eval()
+    model.update()
+    meta = export_onnx(model, tmp_path)
+    assert meta["check"]["index_equal"] and meta["check"]["mean_equal"]
+    z_int, indexes, means, _ = model.analyze(cifar_images[:4])
+    encoder = EdgeEncoder(tmp_path)
+    for i in range(4):                                  # the edge codes one image at a time
+        onnx_index, onnx_mean = encoder.hyper(z_int[i:i + 1].numpy())
+        assert np.array_equal(onnx_index, indexes[i:i + 1])
+        assert np.array_equal(onnx_mean, means[i:i + 1].numpy())
+    wide = tica.create_model("tica-cifar", N=32, M=48).eval()
+    wide.load_state_dict(model.state_dict())
+    wide.update()              # the same weights with the default widths: other numbers
+    assert not torch.equal(wide.analyze(cifar_images[:4])[2], means)
