@@ -88,7 +88,7 @@ def test_eval_cli_scores_a_pixel_classifier_on_clean_images(archive, capsys):
     assert "no --quality" in capsys.readouterr().err
 
 
-def test_eval_cli_on_a_folder_of_images_of_any_sizes(tmp_path, capsys):
+def test_eval_cli_on_a_folder_of_images_of_any_sizes(tmp_path, archive, capsys):
     """A folder of images without labels (Kodak's shape): each image coded alone at its own
     size, bytes and pixels from real streams, no accuracy; a classifier needs labels."""
     from PIL import Image
@@ -119,6 +119,9 @@ def test_eval_cli_on_a_folder_of_images_of_any_sizes(tmp_path, capsys):
     assert "needs labelled data" in capsys.readouterr().err
     assert main(["eval", "--data", str(folder), "--split", "val"]) == 1
     assert "drop --split" in capsys.readouterr().err
+    for data in (folder, archive):
+        assert main(["eval", "--data", str(data), "--limit", "0"]) == 1
+        assert "--limit must be at least 1" in capsys.readouterr().err
     (folder / "im2.png").write_bytes(b"\x89PNG broken")
     assert main(["eval", "--data", str(folder), "--quality", "3"]) == 1
     assert "im2.png" in capsys.readouterr().err

@@ -225,6 +225,8 @@ def eval_data(data: str | Path, split: str | None = None, limit: int | None = No
     def count(n: int) -> str:
         return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
+    if limit is not None and limit < 1:
+        raise TicaError(f"--limit must be at least 1, got {limit}")
     if is_image_folder(data):
         if split is not None:
             raise TicaError(f"{data} is a folder of images without splits: drop --split")
@@ -238,8 +240,7 @@ def eval_data(data: str | Path, split: str | None = None, limit: int | None = No
 
 
 @torch.no_grad()
-def evaluate(pipeline: Pipeline, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]]
-             ) -> EvalResult:
+def evaluate(pipeline: Pipeline, batches: Batches) -> EvalResult:
     """Run `pipeline` over (images in [0, 1], labels or None) batches and score it."""
     start = time.perf_counter()
     n = pixels = correct1 = correct5 = labelled = 0
