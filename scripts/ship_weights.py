@@ -31,6 +31,9 @@ continued the shipped weights (init "shipped") adds its lease to the file's hist
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import hashlib
 import json
 import sys
 import tempfile
@@ -124,19 +127,39 @@ def better_than_shipped(model, args: argparse.Namespace) -> tuple[bool, dict]:
     return better, results
 
 
-def _ship_codec(src: str, args: argparse.Namespace, entries: list[dict], images: list) -> bool:
-    """Ship one --codec PATH: float16 into the package, its entry into `entries`. False if
-    --only-if-better kept it out."""
+def _verdict(src: str, args: argparse.Namespace) -> tuple[bool, dict]:
+    """Whether --codec PATH ships, and its manifest results: --only-if-better's evaluation
+    (the slow part, done before the manifest is read), else --results."""
     model = load_checkpoint(src)
-    info = model.weights_info
     if not model.is_updated or not model.config.rate_levels:
         raise SystemExit(f"{src}: a shipped codec needs coding tables (a step-2 export) and "
                          f"variable rate (rate_levels >= 2)")
-    results = args.results
-    if args.only_if_better:
-        better, results = better_than_shipped(model, args)
-        if not better:
-            return False
+    return better_than_shipped(model, args) if args.only_if_better else (True, args.results)
+
+
+def _lock_file(manifest: Path) -> Path:
+    key = hashlib.sha256(str(manifest.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"tica-manifest-{key}.lock"
+
+
+@contextlib.contextmanager
+def _manifest_lock(path: Path):
+    """One shipping at a time edits the manifest (read, change, write): two run side by side
+    (e.g. one codec's evaluation finishing while another's writes) would otherwise drop
+    each other's entries. An exclusive lock on a file of the temporary directory."""
+    with open(_lock_file(path), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _ship_codec(src: str, args: argparse.Namespace, entries: list[dict], images: list,
+                results: dict) -> None:
+    """Ship one --codec PATH: float16 into the package, its entry into `entries`."""
+    model = load_checkpoint(src)
+    info = model.weights_info
     target = f"{model.config.name}.safetensors"
     trained = _trained(model.config.name, args, entries)
     if trained:
@@ -150,7 +173,6 @@ def _ship_codec(src: str, args: argparse.Namespace, entries: list[dict], images:
         print(f"  float32: {full.bpp:.4f} bpp, {full.psnr_per_image:.3f} dB; float16: "
               f"{half.bpp:.4f} bpp ({100 * (half.bpp / full.bpp - 1):+.2f}%), "
               f"{half.psnr_per_image:.3f} dB ({half.psnr_per_image - full.psnr_per_image:+.3f})")
-    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,11 +200,22 @@ def main(argv: list[str] | None = None) -> int:
                         "subset (a folder of images: its first N)")
     args = parser.parse_args(argv)
     path = WEIGHTS / MANIFEST
-    manifest = manifest_json(path)
-    entries = manifest["weights"]
     images = ([(read_image(f)[None], None) for f in sorted(Path(args.check).glob("*.png"))]
               if args.check else [])
-    kept_out = [spec for spec in args.codec if not _ship_codec(spec, args, entries, images)]
+    verdicts = {spec: _verdict(spec, args) for spec in args.codec}
+    kept_out = [spec for spec, (ships, _) in verdicts.items() if not ships]
+    with _manifest_lock(path):
+        _edit(path, args, verdicts, images)
+    return 3 if kept_out else 0
+
+
+def _edit(path: Path, args: argparse.Namespace, verdicts: dict, images: list) -> None:
+    """Read the manifest, ship what passed into it and the package, write it back."""
+    manifest = manifest_json(path)
+    entries = manifest["weights"]
+    for spec, (ships, results) in verdicts.items():
+        if ships:
+            _ship_codec(spec, args, entries, images, results)
     for role, sources in (("classifier", args.model), ("step1", [args.step1] if args.step1 else [])):
         for src in sources:
             model = load_checkpoint(src)
@@ -200,7 +233,6 @@ def main(argv: list[str] | None = None) -> int:
                 e["model_id"] = f"{load_checkpoint(WEIGHTS / e['file']).model_id:04x}"
     entries.sort(key=lambda e: (e["preset"], e["role"]))
     write_manifest(manifest, path)
-    return 3 if kept_out else 0
 
 
 if __name__ == "__main__":

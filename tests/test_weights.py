@@ -134,3 +134,26 @@ def test_ship_only_if_better_keeps_out_a_codec_no_better_than_the_shipped_one(tm
     assert gaps and abs(float(gaps[1])) < 0.01 and abs(float(gaps[2])) < 0.01
     assert "tica-cifar on 20 images of cifar10_test_20:" in out
     assert {p.name: p.read_bytes() for p in weights.iterdir()} == before
+
+
+def test_one_shipping_at_a_time_edits_the_manifest(tmp_path):
+    """scripts/ship_weights.py evaluates first and then reads, changes and writes the
+    manifest under an exclusive lock: a second shipping waits rather than writing back a
+    manifest read before the first one's entry."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    spec = importlib.util.spec_from_file_location("ship_weights",
+                                                  REPO / "scripts" / "ship_weights.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    manifest = tmp_path / "manifest.json"
+    probe = ("import fcntl, sys; f = open(sys.argv[1], 'w')\n"
+             "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept OSError:\n"
+             "    sys.exit(7)\n")
+    with ship._manifest_lock(manifest):
+        lock = ship._lock_file(manifest)
+        held = subprocess.run([sys.executable, "-c", probe, str(lock)])
+    free = subprocess.run([sys.executable, "-c", probe, str(lock)])
+    assert (held.returncode, free.returncode) == (7, 0)
