@@ -506,6 +506,12 @@ def test_the_manifest_accumulates_what_each_lease_trained(smoke):
     assert total["minutes"] == pytest.approx(shipped["minutes"] + 1.5)
     assert total["where"] == "+".join(dict.fromkeys(e["where"] for e in total["leases"]))
     assert sum(total["minutes_on"].values()) == pytest.approx(total["minutes"])
+    photo = {"where": "gpu", "plan": "p", "commit": "abc1234", "minutes": 5.0, "steps": 10,
+             "images_seen": 300, "labelled_images_seen": 100}
+    photo_total = accumulate(photo, dict(again, images_seen=50))
+    assert photo_total["leases"][0]["labelled_images_seen"] == 100
+    assert (photo_total["images_seen"], photo_total["labelled_images_seen"]) == (350, 150)
+    assert "labelled_images_seen" not in total        # no lease counted them apart
     mixed = accumulate(total, dict(again, where="gpu", minutes=2.0))
     assert mixed["where"].split("+")[-1] in ("cpu", "gpu") and "gpu" in mixed["where"]
     assert mixed["minutes_on"]["gpu"] >= 2.0 and mixed["minutes_on"]["cpu"] >= 1.5

@@ -46,10 +46,20 @@ def accumulate(earlier: dict | None, new: dict) -> dict:
             "minutes": round(sum(e.get("minutes") or 0 for e in leases), 2),
             "steps": sum(e.get("steps") or 0 for e in leases),
             "images_seen": sum(e.get("images_seen") or 0 for e in leases),
-            "leases": leases}
+            **_labelled(leases), "leases": leases}
+
+
+def _labelled(leases: list[dict]) -> dict:
+    """{"labelled_images_seen": total} where a lease counted its labelled images apart
+    (a codec also trained on unlabelled crops, as tica-photo's first step did), else {}."""
+    if not any("labelled_images_seen" in e for e in leases):
+        return {}
+    return {"labelled_images_seen": sum(e.get("labelled_images_seen", e.get("images_seen") or 0)
+                                        for e in leases)}
 
 
 def _as_lease(trained: dict) -> dict:
     """An entry written before leases were kept, as its one lease."""
-    keep = ("plan", "commit", "where", "minutes", "steps", "images_seen", "steps_note")
+    keep = ("plan", "commit", "where", "minutes", "steps", "images_seen", "labelled_images_seen",
+            "steps_note")
     return {"init": "scratch", **{k: trained[k] for k in keep if k in trained}}
