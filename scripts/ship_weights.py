@@ -104,7 +104,7 @@ def better_than_shipped(model, args: argparse.Namespace) -> tuple[bool, dict]:
     for source in args.only_if_better:
         data = eval_data(source, args.split, limit=args.limit)
         old, new = curve_rows(shipped, data), curve_rows(candidate, data)
-        verdict = curve_verdict(old, new)
+        verdict = curve_verdict(old, new, top1_resolution=100 / data.count)
         print(f"{model.config.name} on {data.count} images of {data.name}:")
         print("| quality | shipped bpp | PSNR | top-1 | candidate bpp | PSNR | top-1 |")
         print("|---:|---:|---:|---:|---:|---:|---:|")
@@ -112,7 +112,8 @@ def better_than_shipped(model, args: argparse.Namespace) -> tuple[bool, dict]:
             top = [f"{100 * r['top1']:.2f}%" if r["top1"] is not None else "-" for r in (a, b)]
             print(f"| {a['quality']:g} | {a['bpp']:.4f} | {a['psnr']:.2f} | {top[0]} | "
                   f"{b['bpp']:.4f} | {b['psnr']:.2f} | {top[1]} |")
-        accuracy = (f", top-1 {verdict['bd_top1_points']:+.2f} points at equal bpp"
+        accuracy = (f", top-1 {verdict['bd_top1_points']:+.4f} points at equal bpp (one image: "
+                    f"{100 / data.count:.4f})"
                     if verdict["bd_top1_points"] is not None else "")
         print(f"BD-rate (PSNR) {verdict['bd_rate_psnr']:+.2f}%{accuracy}")
         results[data.name] = {f"q{r['quality']:g}": {"bpp": round(r["bpp"], 4),

@@ -58,3 +58,12 @@ def test_curve_verdict_wants_no_loss_on_either_curve_and_a_gain_on_one():
     unlabelled = curve_verdict(_rows(labelled=False), _rows(psnr_shift=0.2, labelled=False))
     assert unlabelled["better"] and unlabelled["bd_top1_points"] is None
     assert curve_verdict(_rows(labelled=False), _rows(psnr_shift=-0.1, labelled=False))["worse"]
+    # a top-1 difference under one image of the split is not measurable: neither way
+    tiny = curve_verdict(_rows(), _rows(psnr_shift=0.2, top1_shift=-0.00004))
+    assert tiny["worse"] and not tiny["better"]
+    measured = curve_verdict(_rows(), _rows(psnr_shift=0.2, top1_shift=-0.00004),
+                             top1_resolution=0.01)
+    assert measured["better"] and not measured["worse"]
+    assert measured["bd_top1_points"] == pytest.approx(-0.004, abs=1e-6)
+    assert curve_verdict(_rows(), _rows(psnr_shift=0.2, top1_shift=-0.0002),
+                         top1_resolution=0.01)["worse"]

@@ -109,13 +109,15 @@ def rate_at(curve: tuple[Sequence[float], Sequence[float]], value: float) -> flo
     return float(np.exp(np.interp(value, v, np.log(r))))
 
 
-def curve_verdict(anchor: Sequence[dict], test: Sequence[dict]) -> dict:
+def curve_verdict(anchor: Sequence[dict], test: Sequence[dict], top1_resolution: float = 0.0
+                  ) -> dict:
     """Whether codec `test`'s curve beats `anchor`'s, from evaluation rows (dicts with bpp,
     psnr and top1, None where the images have no labels; tica.evaluate's EvalResult): the
     BD-rate of PSNR (percent, negative: fewer bits at equal PSNR) and, with labels, the
     average top-1 difference at equal bpp over the shared bpp range (points, BD-PSNR's
     method on accuracy). Better means no worse on either and better on one; worse, worse on
-    one."""
+    one. A top-1 difference smaller than `top1_resolution` points (one image of the split:
+    100 / its size) is below what the split can measure and counts as none."""
     def curve(rows, key):
         return [r["bpp"] for r in rows], [r[key] for r in rows]
 
@@ -124,7 +126,10 @@ def curve_verdict(anchor: Sequence[dict], test: Sequence[dict]) -> dict:
     labelled = all(r.get("top1") is not None for r in list(anchor) + list(test))
     if labelled:
         out["bd_top1_points"] = 100 * bd_psnr(curve(anchor, "top1"), curve(test, "top1"))
-    gains = [-out["bd_rate_psnr"]] + ([out["bd_top1_points"]] if labelled else [])
+    top1 = out["bd_top1_points"]
+    if labelled and abs(top1) < top1_resolution:
+        top1 = 0.0
+    gains = [-out["bd_rate_psnr"]] + ([top1] if labelled else [])
     out["better"] = all(g >= 0 for g in gains) and any(g > 0 for g in gains)
     out["worse"] = any(g < 0 for g in gains)
     return out
