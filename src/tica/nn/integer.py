@@ -123,20 +123,9 @@ def requantize(acc: torch.Tensor, scale: torch.Tensor, last: bool,
     return torch.floor(acc.clamp_min(0) / shift).clamp(max=2.0 ** act_bits - 1)
 
 
-class _FloorStraight(torch.autograd.Function):
-    """floor(x) forward, identity backward (a straight-through estimator)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return torch.floor(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
-
-
-def _round_straight(x: torch.Tensor) -> torch.Tensor:
-    return torch.round(x) + (x - x.detach()) if x.requires_grad else torch.round(x)
+def _straight(rounded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`rounded` (a rounding of x) forward, identity gradient backward (straight-through)."""
+    return rounded + (x - x.detach()) if x.requires_grad else rounded
 
 
 def quantized_h_s(h_s: nn.Sequential, z_hat: torch.Tensor, weight_bits: int, frac_bits: int,
@@ -157,10 +146,10 @@ def quantized_h_s(h_s: nn.Sequential, z_hat: torch.Tensor, weight_bits: int, fra
         exponent = _weight_exponents((w.transpose(0, 1) if transposed else w).detach().float(),
                                      weight_bits)
         scale = torch.pow(2.0, exponent).to(w.dtype)
-        w = _round_straight(w * scale.view(shape)) / scale.view(shape)
+        w = _straight(torch.round(w * scale.view(shape)), w * scale.view(shape)) / scale.view(shape)
         if b is not None:         # the bias in the accumulator's fixed point, as `build` has it
             bias_scale = torch.pow(2.0, exponent + in_exponent).to(b.dtype)
-            b = _round_straight(b * bias_scale) / bias_scale
+            b = _straight(torch.round(b * bias_scale), b * bias_scale) / bias_scale
         if transposed:
             x = F.conv_transpose2d(x, w.to(x.dtype), b, layer.stride, layer.padding,
                                    layer.output_padding)
@@ -169,7 +158,7 @@ def quantized_h_s(h_s: nn.Sequential, z_hat: torch.Tensor, weight_bits: int, fra
         in_exponent = frac_bits
         if i < len(convs) - 1:
             x = x.clamp(0, top)
-            x = _FloorStraight.apply(x / step) * step
+            x = _straight(torch.floor(x / step), x / step) * step
     return x
 
 
