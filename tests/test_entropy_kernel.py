@@ -11,8 +11,9 @@ from hypothesis import given, settings, strategies as st
 import constriction_reference as reference
 from tica.entropy import EntropyBottleneck, GaussianConditional
 from tica.entropy import parallel
-from tica.entropy.coder import (PRECISION, BatchDecoder, CodingTables, SymbolDecoder,
-                                SymbolEncoder, cumulative_table, encode_batch)
+from tica.entropy.coder import (LOOKUP_BITS, PRECISION, BatchDecoder, CodingTables,
+                                SymbolDecoder, SymbolEncoder, cumulative_table, encode_batch,
+                                lookup_table)
 from tica.entropy.payload import PayloadDecoder, encode_payload, encode_payloads
 from tica.errors import BitstreamError, CheckpointError, ConfigError
 
@@ -111,6 +112,37 @@ def test_a_batch_codes_as_its_images_do_whatever_the_thread_count(gaussian, fact
             assert np.array_equal(reader.decode_y(y_index, gaussian), symbols)
         finally:
             parallel.MIN_SYMBOLS_PER_RANGE = saved
+
+
+def test_the_lookup_starts_each_slice_at_its_entry_and_decoding_needs_nothing_of_it(
+        gaussian, factorized):
+    """Each slice of the quantiles starts at the entry its first quantile decodes to (a
+    binary search's answer); and decoding finds every symbol from any lookup, right or
+    wrong (all zeros, all past the end, random): the lookup buys speed, never the answer."""
+    for tables in (gaussian, factorized):
+        assert tables.lookup.shape == (len(tables), 2 ** LOOKUP_BITS)
+        for t in range(len(tables)):
+            row = tables.cdf[t, :tables.lengths[t] + 1].astype(np.int64)
+            for k in range(0, 2 ** LOOKUP_BITS, 7):
+                q = k << (PRECISION - LOOKUP_BITS)
+                assert tables.lookup[t, k] == np.searchsorted(row, q, side="right") - 1
+    rng = np.random.default_rng(5)
+    z = rng.integers(-6, 7, (3, 8, 4, 4))
+    y_index = rng.integers(0, len(gaussian), (3, 12, 8, 8))
+    symbols = np.round(rng.normal(0, 20, y_index.shape)).astype(np.int64)
+    symbols[1, 0, 0, 0] = 5000                                        # an escape
+    payloads = encode_payloads(z, symbols, y_index, factorized, gaussian)
+    saved = gaussian.lookup, factorized.lookup
+    try:
+        for wrong in (np.zeros_like, lambda a: np.full_like(a, 2 ** 16 - 1),
+                      lambda a: rng.integers(0, 2 ** 16, a.shape).astype(np.uint16)):
+            gaussian.lookup, factorized.lookup = wrong(saved[0]), wrong(saved[1])
+            reader = PayloadDecoder(payloads)
+            assert np.array_equal(reader.decode_z(z.shape[1:], factorized), z)
+            assert np.array_equal(reader.decode_y(y_index, gaussian), symbols)
+    finally:
+        gaussian.lookup, factorized.lookup = saved
+    assert np.array_equal(lookup_table(gaussian.cdf, gaussian.lengths), gaussian.lookup)
 
 
 def test_ranges_split_evenly_and_keep_small_batches_whole():

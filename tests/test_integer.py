@@ -260,14 +260,17 @@ def test_the_compiled_epilogue_gives_requantizes_integers_at_the_extremes():
     parts[2][0] = 2 ** 31 - 1                    # 2^31 * 2^14 + ...: near 2^45
     bias = torch.randint(-2 ** 40, 2 ** 40, (cols,), generator=g).double()
     rshift = torch.tensor([0, 1, 7, 14, 30, 40, -1, -3, -12, -40, 62], dtype=torch.int64)
-    out = torch.empty(rows, cols, dtype=torch.int32)
-    top = _intops.hidden_layer([p.numpy() for p in parts], [0, 1, 2], bias.numpy(),
-                               rshift.numpy(), 2 ** integer.ACT_BITS - 1, cols, out.numpy())
     acc = parts[0].double() + parts[1].double() * 2 ** 7 + parts[2].double() * 2 ** 14 + bias
-    expected = integer.requantize(acc, torch.pow(2.0, (rshift + integer.ACT_FRAC_BITS).double()),
-                                  last=False)
-    assert torch.equal(out.double(), expected) and top == int(expected.max())
-    assert 0 < int((expected == 0).sum()) and 0 < int((expected == 2 ** integer.ACT_BITS - 1).sum())
+    # every kind of shift, then only right shifts below 63 (the kernel's branchless loop)
+    for shifts in (rshift, torch.tensor([0, 1, 7, 14, 30, 40, 2, 3, 12, 33, 62])):
+        out = torch.empty(rows, cols, dtype=torch.int32)
+        _intops.hidden_layer([p.numpy() for p in parts], [0, 1, 2], bias.numpy(),
+                             shifts.numpy(), 2 ** integer.ACT_BITS - 1, cols, out.numpy())
+        expected = integer.requantize(
+            acc, torch.pow(2.0, (shifts + integer.ACT_FRAC_BITS).double()), last=False)
+        assert torch.equal(out.double(), expected)
+        assert 0 < int((expected == 0).sum())
+        assert 0 < int((expected == 2 ** integer.ACT_BITS - 1).sum())
     with pytest.raises(ValueError, match="cols"):
         _intops.hidden_layer([parts[0].numpy()], [0], bias.numpy(), rshift.numpy(), 255, cols + 1,
                              out.numpy())
@@ -289,4 +292,89 @@ def test_hidden_layers_end_alike_compiled_or_in_torch(compiled, monkeypatch):
     z = torch.randint(-20, 21, (3, 32, 5, 6)).double()
     z[0, 0, 0, 0], z[2, 7, 4, 5] = 2 ** 12 - 1, -(2 ** 12 - 1)
     assert torch.equal(int_hs(z), _int64_reference(int_hs, z))
+    integer.int8_gemm.cache_clear()
+
+
+def _table_choice(parts, shifts, bias, scale, gain, bounds, half):
+    """_intops.last_layer's output for these parts, and the same computed in torch."""
+    from tica.nn import _intops
+    rows, cols = parts[0].shape
+    out = torch.empty(rows, cols, dtype=torch.int32)
+    _intops.last_layer([p.numpy() for p in parts], shifts, bias.numpy(), scale.numpy(),
+                       gain.numpy(), bounds.numpy(), half, cols, out.numpy())
+    acc = sum(p.double() * 2.0 ** (7 * s) for p, s in zip(parts, shifts)) + bias
+    v = acc / scale * gain
+    expected = torch.cat([torch.bucketize(v[:, :half].contiguous(), bounds).int(),
+                          v[:, half:].float().view(torch.int32)], dim=1)
+    return out, expected, v
+
+
+def test_the_compiled_table_choice_is_bucketizes_and_the_means_are_torchs():
+    """tica.nn._intops.last_layer (the last layer's table indexes and means in one pass)
+    against torch.bucketize and .float(): scales exactly on a bound, between, below the first
+    and past the last, zero and negative; bounds its buckets serve, bounds from zero (binary
+    search), bounds too far apart for buckets, no bounds; with and without a gain."""
+    from tica.entropy import GaussianConditional
+    g = torch.Generator().manual_seed(11)
+    rows, cols, half = 53, 12, 6
+    real = GaussianConditional().scale_bounds
+    dyadic = torch.tensor([0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 64.0], dtype=torch.float64)
+    for bounds in (real, dyadic, torch.cat([torch.zeros(1, dtype=torch.float64), dyadic]),
+                   torch.tensor([1e-300, 1.0, 1e300], dtype=torch.float64),
+                   torch.zeros(0, dtype=torch.float64)):
+        for gain in (torch.ones(cols, dtype=torch.float64),
+                     torch.round(torch.rand(cols, generator=g, dtype=torch.float64) * 512) / 256):
+            parts = [torch.randint(-2 ** 20, 2 ** 20, (rows, cols), generator=g,
+                                   dtype=torch.int32), torch.randint(-3, 4, (rows, cols),
+                                                                     generator=g, dtype=torch.int32)]
+            parts[0][:4, :half] = torch.tensor([0, -1, 2 ** 20, -2 ** 20], dtype=torch.int32)[:, None]
+            # exactly on the dyadic bounds: acc = bound * 2^12 / gain where that is an integer
+            on = (dyadic * 2 ** 12).to(torch.int32)
+            parts[0][4:4 + len(on), 0], parts[1][4:4 + len(on), 0] = on, 0
+            bias = torch.randint(-2 ** 10, 2 ** 10, (cols,), generator=g).double()
+            bias[0] = 0
+            scale = torch.pow(2.0, torch.randint(8, 16, (cols,), generator=g).double())
+            scale[0] = 2.0 ** 12
+            out, expected, v = _table_choice(parts, [0, 1], bias, scale, gain, bounds, half)
+            assert torch.equal(out, expected), (bounds, gain)
+    out, expected, v = _table_choice(parts, [0, 1], bias, scale, torch.ones(cols).double(),
+                                     dyadic, half)
+    assert torch.equal(out, expected)
+    on_bound = torch.isin(v[:, 0], dyadic)
+    assert int(on_bound.sum()) == len(dyadic)                   # some scales are bounds
+    from tica.nn import _intops
+    with pytest.raises(ValueError, match="gain"):
+        _intops.last_layer([parts[0].numpy()], [0], bias.numpy(), scale.numpy(),
+                           gain[:-1].numpy(), real.numpy(), half, cols,
+                           torch.empty(rows, cols, dtype=torch.int32).numpy())
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_the_table_choice_is_the_same_compiled_or_in_torch(compiled, monkeypatch):
+    """The decoder's table indexes and means from z (`_hyper_decode`) on the int8 path,
+    whose last layer ends in _intops, and on the float64 path, which ends in torch: the
+    same numbers, with an entropy gain at several qualities and without one."""
+    from tica.nn import integer
+    monkeypatch.setenv(integer.GEMM_ENV, "float64")
+    integer.int8_gemm.cache_clear()
+    models = [tica.create_model("tica-cifar", N=32, M=48, seed=seed, rate_levels=4,
+                                entropy_gain=gain).eval() for seed, gain in ((3, True), (4, False))]
+    with torch.no_grad():
+        models[0].log_gain.copy_(torch.linspace(-2.0, 1.0, 4)[:, None].expand_as(models[0].log_gain))
+    z = torch.randint(-20, 21, (3, 32, 4, 5)).double()
+    z[0, 0, 0, 0], z[2, 7, 3, 4] = 2 ** 12 - 1, -(2 ** 12 - 1)
+    want = []
+    for model in models:
+        model.update()
+        want.append([model._hyper_decode(z, q) for q in (1.0, 2.37, 4.0)])
+    monkeypatch.setenv(integer.GEMM_ENV, "int8")
+    integer.int8_gemm.cache_clear()
+    if not compiled:
+        monkeypatch.setattr(integer, "_intops", None)
+    for model, expected in zip(models, want):
+        for q, (indexes, means) in zip((1.0, 2.37, 4.0), expected):
+            got_indexes, got_means = model._hyper_decode(z, q)
+            assert got_indexes.dtype == indexes.dtype and (got_indexes == indexes).all()
+            assert got_means.dtype == torch.float32 and torch.equal(got_means, means)
+        assert len(set(int(i.sum()) for i, _ in expected)) > 1 or model is models[1]
     integer.int8_gemm.cache_clear()

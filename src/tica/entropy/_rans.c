@@ -31,14 +31,18 @@
 #define MAX_ABS_VALUE (1 << 20)  /* values are clamped to +-this before coding */
 #define REFILL (1ull << 32)
 
+#define MAX_LOOKUP_BITS 16
+
 typedef struct {
-    Py_buffer cdf, lengths, offsets, index;
+    Py_buffer cdf, lengths, offsets, index, lookup;
     const uint32_t *cdf_p;      /* (T, width): row t is its table's left cumulatives, */
     const int32_t *len_p;       /*   cdf[t][lengths[t] + 1] == 2^24 */
     const int32_t *off_p;       /* value coded by entry 0 of each table */
     const int32_t *idx_p;       /* table index of each symbol: (n,) shared or (B, n) */
+    const uint16_t *look_p;     /* (T, 2^lookup_bits): per slice of the quantiles, the entry
+                                   its smallest quantile decodes to (where a search starts) */
     Py_ssize_t width, tables, n;
-    int per_image;
+    int per_image, lookup_bits;
 } Segment;
 
 /* ---- the coder --------------------------------------------------------------------- */
@@ -94,21 +98,29 @@ static inline uint32_t dec_uniform(Decoder *d, uint32_t range) {
     return last;
 }
 
-static inline uint32_t dec_table(Decoder *d, const uint32_t *cdf, int32_t length) {
+/* The entry lo whose interval holds the quantile, cdf[lo] <= q < cdf[lo + 1] (cdf[0] == 0
+ * and cdf[length + 1] == 2^24 > q bound it), found from the lookup's entry for the
+ * quantile's slice: the last entry that starts at or before the slice's first quantile.
+ * A table's likely entries span whole slices, so the scan rarely takes a step; it needs
+ * nothing of the lookup to stop, and a wrong entry there costs steps, never the answer. */
+static inline uint32_t dec_table(Decoder *d, const uint32_t *cdf, int32_t length,
+                                 const uint16_t *lookup, int shift) {
     uint32_t q = (uint32_t)(d->state & QUANTILE_MASK);
-    int32_t lo = 0, hi = length + 1;      /* cdf[lo] <= q < cdf[hi] */
-    while (hi - lo > 1) {
-        int32_t mid = (lo + hi) >> 1;
-        if (cdf[mid] <= q) lo = mid; else hi = mid;
-    }
+    uint32_t lo = lookup[q >> shift];
+    lo = lo <= (uint32_t)length ? lo : (uint32_t)length;
+    while (lo > 0 && cdf[lo] > q)
+        lo--;
+    while (cdf[lo + 1] <= q)
+        lo++;
     dec_advance(d, q, cdf[lo], cdf[lo + 1] - cdf[lo]);
-    return (uint32_t)lo;
+    return lo;
 }
 
 /* ---- one segment of one image --------------------------------------------------------- */
 
 typedef struct {               /* per-thread scratch, sized for the largest segment */
     int32_t *symbols, *order, *escaped;
+    int32_t *steps;             /* decoding: the table of each step, in decoding order */
     uint32_t *u;
     int64_t *bounds;
 } Scratch;
@@ -118,13 +130,15 @@ static int scratch_alloc(Scratch *s, Py_ssize_t n, Py_ssize_t tables) {
     s->symbols = malloc(m * sizeof(int32_t));
     s->order = malloc(m * sizeof(int32_t));
     s->escaped = malloc(m * sizeof(int32_t));
+    s->steps = malloc(m * sizeof(int32_t));
     s->u = malloc(m * sizeof(uint32_t));
     s->bounds = malloc(((size_t)tables + 1) * sizeof(int64_t));
-    return s->symbols && s->order && s->escaped && s->u && s->bounds ? 0 : -1;
+    return s->symbols && s->order && s->escaped && s->steps && s->u && s->bounds ? 0 : -1;
 }
 
 static void scratch_free(Scratch *s) {
-    free(s->symbols); free(s->order); free(s->escaped); free(s->u); free(s->bounds);
+    free(s->symbols); free(s->order); free(s->escaped); free(s->steps); free(s->u);
+    free(s->bounds);
 }
 
 /* order: the symbols' positions grouped by table (stable); bounds[t]..bounds[t+1] is
@@ -196,16 +210,21 @@ static int64_t unzigzag(uint32_t u) {
     return u % 2 == 0 ? (int64_t)(u / 2) + 1 : -(((int64_t)u + 1) / 2);
 }
 
-/* Decode image b's symbols of one segment into out (n,) as values. */
-static int decode_segment(Decoder *d, const Segment *g, int32_t *out, Py_ssize_t b, Scratch *s) {
+/* Image b's table indexes of one segment, grouped by table into s (order, bounds), and
+ * the table of each decoding step (s->steps). -2 if an index is out of range. */
+static int decode_plan(const Segment *g, Py_ssize_t b, Scratch *s) {
     const int32_t *idx = g->idx_p + (g->per_image ? b * g->n : 0);
     if (group_by_table(idx, g->n, g->tables, s)) return -2;
-    for (Py_ssize_t t = 0; t < g->tables; t++) {
-        const uint32_t *cdf = g->cdf_p + t * g->width;
-        int32_t len = g->len_p[t];
+    for (Py_ssize_t t = 0; t < g->tables; t++)
         for (int64_t j = s->bounds[t]; j < s->bounds[t + 1]; j++)
-            out[s->order[j]] = (int32_t)dec_table(d, cdf, len);
-    }
+            s->steps[j] = (int32_t)t;
+    return 0;
+}
+
+/* The table entries decoded, image b's escapes: their overflows, and every value. */
+static void decode_escapes(Decoder *d, const Segment *g, int32_t *out, Py_ssize_t b,
+                           Scratch *s) {
+    const int32_t *idx = g->idx_p + (g->per_image ? b * g->n : 0);
     Py_ssize_t escapes = 0;
     for (Py_ssize_t i = 0; i < g->n; i++) {
         int32_t t = idx[i];
@@ -222,6 +241,42 @@ static int decode_segment(Decoder *d, const Segment *g, int32_t *out, Py_ssize_t
         int64_t overflow = unzigzag(u), base = g->off_p[t];
         out[i] = (int32_t)(overflow < 0 ? base + overflow : base + g->len_p[t] - 1 + overflow);
     }
+}
+
+#define LANES 4                 /* images decoded side by side by one thread */
+
+/* Decode `lanes` (1..LANES) images b, b + 1, ...'s symbols of one segment into out (lanes,
+ * n) as values, d[l] and s[l] image b + l's decoder and scratch. Each image's symbols come
+ * in its own order; the images' steps are interleaved, LANES at a time, so that their
+ * independent chains (quantile, entry, next state) overlap in the processor instead of
+ * each waiting for its last step. */
+static int decode_segments(Decoder *d, const Segment *g, int32_t *out, Py_ssize_t b,
+                           Py_ssize_t lanes, Scratch *s) {
+    for (Py_ssize_t l = 0; l < lanes; l++)
+        if (decode_plan(g, b + l, &s[l])) return -2;
+    const uint32_t *cdf = g->cdf_p;
+    const int32_t *len = g->len_p;
+    const uint16_t *look = g->look_p;
+    int bits = g->lookup_bits, shift = PRECISION - bits;
+    Py_ssize_t width = g->width, n = g->n;
+#define STEP(l)                                                                             \
+    do {                                                                                   \
+        int32_t t = s[l].steps[j];                                                         \
+        out[(l) * n + s[l].order[j]] = (int32_t)dec_table(                                 \
+            &d[l], cdf + t * width, len[t], look + ((Py_ssize_t)t << bits), shift);        \
+    } while (0)
+    if (lanes == LANES) {
+        for (Py_ssize_t j = 0; j < n; j++) {
+            STEP(0); STEP(1); STEP(2); STEP(3);
+        }
+    } else {
+        for (Py_ssize_t j = 0; j < n; j++)
+            for (Py_ssize_t l = 0; l < lanes; l++)
+                STEP(l);
+    }
+#undef STEP
+    for (Py_ssize_t l = 0; l < lanes; l++)
+        decode_escapes(&d[l], g, out + l * n, b + l, &s[l]);
     return 0;
 }
 
@@ -231,6 +286,7 @@ static void release_segments(Segment *g, Py_ssize_t count) {
     for (Py_ssize_t k = 0; k < count; k++) {
         PyBuffer_Release(&g[k].cdf); PyBuffer_Release(&g[k].lengths);
         PyBuffer_Release(&g[k].offsets); PyBuffer_Release(&g[k].index);
+        PyBuffer_Release(&g[k].lookup);
     }
 }
 
@@ -239,19 +295,24 @@ static int fail(const char *message) {
     return -1;
 }
 
-/* (cdf, width, lengths, offsets, index, n, per_image), every array C-contiguous */
+/* (cdf, width, lengths, offsets, index, n, per_image, lookup, lookup_bits), every array
+ * C-contiguous; the lookup (uint16, T x 2^lookup_bits) serves decoding alone */
 static int parse_segment(PyObject *item, Segment *g, Py_ssize_t batch) {
     memset(g, 0, sizeof(*g));
-    if (!PyArg_ParseTuple(item, "y*ny*y*y*np", &g->cdf, &g->width, &g->lengths, &g->offsets,
-                          &g->index, &g->n, &g->per_image))
+    if (!PyArg_ParseTuple(item, "y*ny*y*y*npy*i", &g->cdf, &g->width, &g->lengths,
+                          &g->offsets, &g->index, &g->n, &g->per_image, &g->lookup,
+                          &g->lookup_bits))
         return -1;
+    g->look_p = g->lookup.buf;
     g->tables = g->lengths.len / (Py_ssize_t)sizeof(int32_t);
     g->cdf_p = g->cdf.buf; g->len_p = g->lengths.buf;
     g->off_p = g->offsets.buf; g->idx_p = g->index.buf;
     if (g->tables < 1 || g->width < 2 || g->n < 0
         || g->offsets.len != g->lengths.len
         || g->cdf.len != g->tables * g->width * (Py_ssize_t)sizeof(uint32_t)
-        || g->index.len != (g->per_image ? batch : 1) * g->n * (Py_ssize_t)sizeof(int32_t))
+        || g->index.len != (g->per_image ? batch : 1) * g->n * (Py_ssize_t)sizeof(int32_t)
+        || g->lookup_bits < 0 || g->lookup_bits > MAX_LOOKUP_BITS
+        || g->lookup.len != (g->tables << g->lookup_bits) * (Py_ssize_t)sizeof(uint16_t))
         return fail("segment arrays have inconsistent sizes");
     for (Py_ssize_t t = 0; t < g->tables; t++)
         if (g->len_p[t] < 1 || g->len_p[t] + 2 > g->width
@@ -449,8 +510,9 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
         fail("the output array has the wrong size");
         status = 1;
     }
-    Scratch sc = {0};
-    if (!status && scratch_alloc(&sc, g.n, g.tables)) { PyErr_NoMemory(); status = 1; }
+    Scratch sc[LANES] = {{0}};
+    for (int l = 0; l < LANES && !status; l++)
+        if (scratch_alloc(&sc[l], g.n, g.tables)) { PyErr_NoMemory(); status = 1; }
     if (!status) {
         const uint32_t *words = st.words.buf;
         const int64_t *starts = st.starts.buf;
@@ -458,16 +520,22 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
         int64_t *positions = st.positions.buf;
         int32_t *o = out.buf;
         Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t b = begin; b < end && !status; b++) {
-            Decoder d = {words + starts[b], positions[b], states[b]};
-            status = decode_segment(&d, &g, o + b * g.n, b, &sc);
-            states[b] = d.state;
-            positions[b] = d.pos;
+        for (Py_ssize_t b = begin; b < end && !status; b += LANES) {
+            Py_ssize_t lanes = end - b < LANES ? end - b : LANES;
+            Decoder d[LANES];
+            for (Py_ssize_t l = 0; l < lanes; l++)
+                d[l] = (Decoder){words + starts[b + l], positions[b + l], states[b + l]};
+            status = decode_segments(d, &g, o + b * g.n, b, lanes, sc);
+            for (Py_ssize_t l = 0; l < lanes; l++) {
+                states[b + l] = d[l].state;
+                positions[b + l] = d[l].pos;
+            }
         }
         Py_END_ALLOW_THREADS
         if (status) PyErr_SetString(PyExc_ValueError, status_message(status));
     }
-    scratch_free(&sc);
+    for (int l = 0; l < LANES; l++)
+        scratch_free(&sc[l]);
     PyBuffer_Release(&out);
     batch_release(&st);
     release_segments(&g, 1);

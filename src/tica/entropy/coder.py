@@ -37,6 +37,7 @@ except ImportError as exc:                  # a checkout run without installing
 PRECISION = 24              # bits of the integer frequencies (the ANS precision)
 MAX_ESCAPE_BITS = 23        # an escaped overflow has at most this many bits
 MAX_ABS_VALUE = 2 ** 20     # values are clamped to +-this before coding
+LOOKUP_BITS = 8             # decoding finds a quantile's entry from its top 8 bits
 
 
 def quantize_pmf(pmf: np.ndarray, tail: float) -> np.ndarray:
@@ -80,6 +81,19 @@ def cumulative_table(freqs: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(cdf, np.uint32)
 
 
+def lookup_table(cdf: np.ndarray, lengths: np.ndarray, bits: int = LOOKUP_BITS) -> np.ndarray:
+    """(T, 2^bits) uint16: per table, for each slice of the quantiles (their top `bits`
+    bits), the last entry that starts at or before the slice's first quantile. Decoding
+    starts its search there (tica/entropy/_rans.c, dec_table), so it takes about one step
+    instead of a binary search; the answer does not depend on it."""
+    edges = np.arange(1 << bits, dtype=np.int64) << (PRECISION - bits)
+    out = np.empty((len(lengths), 1 << bits), np.uint16)
+    for t, length in enumerate(lengths):
+        row = cdf[t, :int(length) + 1].astype(np.int64)
+        out[t] = np.minimum(np.searchsorted(row, edges, side="right") - 1, 2 ** 16 - 1)
+    return out
+
+
 class CodingTables:
     """A stack of discrete distributions, one row per table index.
 
@@ -99,6 +113,7 @@ class CodingTables:
             raise CheckpointError("coding table lengths do not fit their frequencies: the "
                                   "checkpoint is corrupt")
         self.cdf = cumulative_table(self.freqs, self.lengths)
+        self.lookup = lookup_table(self.cdf, self.lengths)
         self._lengths32 = np.ascontiguousarray(self.lengths, np.int32)
         self._offsets32 = np.ascontiguousarray(self.offsets, np.int32)
 
@@ -114,7 +129,7 @@ class CodingTables:
             raise ValueError(f"{index.shape[0]} rows of table indexes for {batch} images")
         flat = np.ascontiguousarray(index, np.int32)
         return (self.cdf, self.cdf.shape[1], self._lengths32, self._offsets32, flat,
-                index.shape[-1], per_image)
+                index.shape[-1], per_image, self.lookup, LOOKUP_BITS)
 
 
 class TableOwner(nn.Module):

@@ -45,7 +45,7 @@ from ..errors import ConfigError, NotUpdatedError
 from ..io import WeightsInfo
 from ..nn.bands import pad_to, run_in_bands
 from ..nn.conv import analysis, hyper_analysis, hyper_synthesis, nhwc
-from ..nn.integer import IntegerHyperSynthesis, quantized_h_s
+from ..nn.integer import IntegerHyperSynthesis, TablesAndMeans, quantized_h_s
 
 Likelihoods = dict[str, torch.Tensor]
 ENTROPY_GAIN_STEPS = 256    # entropy_gain models code with the gain rounded to 1/256
@@ -263,19 +263,12 @@ class CompressionModel(nn.Module):
         """Integer z_hat -> (table indexes (B, M, h, w) int32 on the CPU, means float32),
         exactly; the integer h_s runs on the model's device (a GPU, or the CPU)."""
         device = self.coding_device
-        gain = self.entropy_gain(quality, 1)    # one quality for the batch: one row of gains
-        gain = None if gain is None else gain.to(device)
-
-        def tables_and_means(params: torch.Tensor) -> torch.Tensor:
-            scales, means = params.chunk(2, dim=1)                  # exact float64
-            if gain is not None:
-                scales, means = scales * gain, means * gain
-            indexes = self.gaussian_conditional.indexes(scales)     # exact comparisons
-            return torch.cat([indexes.float(), means.float()], dim=1)
-
-        picked = self._require_update()(z_int.to(device), then=tables_and_means)
-        indexes, means = picked.chunk(2, dim=1)
-        return indexes.to(torch.int32).cpu().numpy(), means.contiguous()
+        # one quality for the batch: one row of gains; exact comparisons of exact scales
+        keep = TablesAndMeans(self.gaussian_conditional.scale_bounds.to(device),
+                              self.entropy_gain(quality, 1))
+        picked = self._require_update()(z_int.to(device), then=keep)
+        indexes, means = TablesAndMeans.split(picked)
+        return indexes.cpu().numpy(), means
 
     @property
     def coding_device(self) -> torch.device:

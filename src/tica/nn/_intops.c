@@ -1,21 +1,156 @@
-/* The end of one hidden layer of the exact integer h_s (tica/nn/integer.py), in one pass.
+/* The end of each layer of the exact integer h_s (tica/nn/integer.py), in one pass.
  *
  * A layer's accumulator arrives as int32 partial sums of int8 digit products, one array
- * per weight 2^(7 s) of the digits that made it. This recombines them, adds the bias,
- * applies ReLU, shifts to the activations' fixed point (a floor) and clamps, all in int64,
- * and writes the int32 activations the next layer splits into digits: the integers that
- * `requantize` computes in float64, without its passes over memory. Every value is an
- * integer below 2^53 (IntegerHyperSynthesis.build checks the worst case), so int64 holds
- * the accumulator exactly. The GIL is released while it runs. */
+ * per weight 2^(7 s) of the digits that made it. `hidden_layer` recombines them, adds the
+ * bias, applies ReLU, shifts to the activations' fixed point (a floor) and clamps, all in
+ * int64, and writes the int32 activations the next layer splits into digits: the integers
+ * that `requantize` computes in float64, without its passes over memory. `last_layer` ends
+ * the last layer the way decoding uses it: each scale's table index and each mean, as
+ * `TablesAndMeans` computes them in torch. Every value is an integer below 2^53
+ * (IntegerHyperSynthesis.build checks the worst case), so int64 holds the accumulator
+ * exactly and float64 its quotient by a power of two. The GIL is released while they run. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
+#include <math.h>
 
 #define MAX_PARTS 8
 
-/* hidden_layer(parts, shifts, bias, rshift, act_max, cols, out) -> the largest activation
+/* The row loops, compiled for the baseline x86-64 and for AVX2 and AVX-512 machines, the
+ * widest the CPU runs picked when the module loads (GCC's function multiversioning). The
+ * same numbers on each: integer operations, exact conversions, and one rounding per
+ * floating-point operation (no contraction into FMA: -ffp-contract=off). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 \
+    && defined(__linux__)
+#define WIDE_VECTORS __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+#else
+#define WIDE_VECTORS
+#endif
+
+typedef struct {               /* a layer's accumulator as parts: sum part[k] 2^shift[k] */
+    Py_buffer bufs[MAX_PARTS];
+    const int32_t *part[MAX_PARTS];
+    int shift[MAX_PARTS];
+    Py_ssize_t count, got;
+} Parts;
+
+static void parts_release(Parts *p) {
+    for (Py_ssize_t k = 0; k < p->got; k++)
+        PyBuffer_Release(&p->bufs[k]);
+    p->got = 0;
+}
+
+/* Read the parts (int32 buffers of `len` bytes each) and their shifts (0..4: 2^31 parts
+ * times 2^28, eight of them, sum below 2^63); -1 with an exception set if they do not fit. */
+static int parts_get(Parts *p, PyObject *parts_obj, PyObject *shifts_obj, Py_ssize_t len) {
+    memset(p, 0, sizeof(*p));
+    PyObject *parts = PySequence_Fast(parts_obj, "parts must be a sequence");
+    if (!parts)
+        return -1;
+    PyObject *shifts = PySequence_Fast(shifts_obj, "shifts must be a sequence");
+    if (!shifts) {
+        Py_DECREF(parts);
+        return -1;
+    }
+    int status = -1;
+    p->count = PySequence_Fast_GET_SIZE(parts);
+    if (p->count < 1 || p->count > MAX_PARTS || PySequence_Fast_GET_SIZE(shifts) != p->count) {
+        PyErr_SetString(PyExc_ValueError, "1..8 parts, one shift each");
+        goto done;
+    }
+    for (; p->got < p->count; p->got++) {
+        long s = PyLong_AsLong(PySequence_Fast_GET_ITEM(shifts, p->got));
+        if (s < 0 || s > 4) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "shifts lie in 0..4");
+            goto done;
+        }
+        p->shift[p->got] = 7 * (int)s;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(parts, p->got), &p->bufs[p->got],
+                               PyBUF_SIMPLE))
+            goto done;
+        p->part[p->got] = p->bufs[p->got].buf;
+        if (p->bufs[p->got].len != len) {
+            p->got++;
+            PyErr_SetString(PyExc_ValueError, "every part has out's size");
+            goto done;
+        }
+    }
+    status = 0;
+done:
+    if (status)
+        parts_release(p);
+    Py_DECREF(parts);
+    Py_DECREF(shifts);
+    return status;
+}
+
+/* Row i0 / cols of the accumulator, columns [c0, c1), into acc[0 .. c1 - c0): the bias plus
+ * each part times its weight, column by column (loops the compiler vectorises). */
+static inline void accumulate_row(const Parts *p, Py_ssize_t i0, Py_ssize_t c0, Py_ssize_t c1,
+                                  const int64_t *bias, int64_t *acc) {
+    const int32_t *first = p->part[0] + i0;
+    int shift = p->shift[0];
+    for (Py_ssize_t c = c0; c < c1; c++)
+        acc[c - c0] = bias[c] + (int64_t)first[c] * ((int64_t)1 << shift);
+    for (Py_ssize_t k = 1; k < p->count; k++) {
+        const int32_t *part = p->part[k] + i0;
+        shift = p->shift[k];
+        for (Py_ssize_t c = c0; c < c1; c++)
+            acc[c - c0] += (int64_t)part[c] * ((int64_t)1 << shift);
+    }
+}
+
+/* Get obj's buffer into view and check its byte size (none if bytes < 0); -1 with an
+ * exception set otherwise. */
+static int get_sized(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t bytes,
+                     const char *what) {
+    if (PyObject_GetBuffer(obj, view, writable ? PyBUF_WRITABLE : PyBUF_SIMPLE))
+        return -1;
+    if (bytes >= 0 && view->len != bytes) {
+        PyErr_Format(PyExc_ValueError, "%s does not match cols", what);
+        return -1;
+    }
+    return 0;
+}
+
+static void release(Py_buffer *view) {
+    if (view->obj)
+        PyBuffer_Release(view);
+}
+
+/* hidden_layer's rows: acc is a row's scratch, add the bias as integers. */
+static WIDE_VECTORS void hidden_rows(const Parts *p, Py_ssize_t n, Py_ssize_t cols,
+                                     const int64_t *add, int64_t *acc, const int64_t *r,
+                                     int plain, int64_t act_max, int32_t *o) {
+    for (Py_ssize_t i0 = 0; i0 < n; i0 += cols) {
+        accumulate_row(p, i0, 0, cols, add, acc);
+        int32_t *row = o + i0;
+        if (plain) {
+            for (Py_ssize_t c = 0; c < cols; c++) {
+                int64_t v = (acc[c] > 0 ? acc[c] : 0) >> r[c];      /* ReLU, floor */
+                row[c] = (int32_t)(v < act_max ? v : act_max);
+            }
+            continue;
+        }
+        for (Py_ssize_t c = 0; c < cols; c++) {
+            int64_t a = acc[c] > 0 ? acc[c] : 0;                     /* ReLU */
+            int64_t v;
+            if (r[c] >= 0)
+                v = r[c] >= 63 ? 0 : a >> r[c];                      /* floor: a >= 0 */
+            else if (a == 0)
+                v = 0;
+            else            /* a >= 1 times 2^32 or more passes any int32 act_max */
+                v = (a > act_max || -r[c] >= 32) ? act_max : a << -r[c];
+            row[c] = (int32_t)(v < act_max ? v : act_max);
+        }
+    }
+}
+
+/* hidden_layer(parts, shifts, bias, rshift, act_max, cols, out) -> None
  *   parts:  sequence of int32 buffers of rows * cols values, row-major
  *   shifts: sequence of ints, part k weighs 2^(7 shifts[k]) (0 <= shifts[k] <= 4)
  *   bias:   float64 buffer of cols integers
@@ -29,107 +164,231 @@ static PyObject *hidden_layer(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOOLnO", &parts_obj, &shifts_obj, &bias_obj, &rshift_obj,
                           &act_max, &cols, &out_obj))
         return NULL;
-    PyObject *parts = PySequence_Fast(parts_obj, "parts must be a sequence");
-    PyObject *shifts = parts ? PySequence_Fast(shifts_obj, "shifts must be a sequence") : NULL;
-    if (!parts || !shifts) {
-        Py_XDECREF(parts);
+    if (cols < 1 || act_max < 0 || act_max > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "hidden_layer: cols >= 1, 0 <= act_max < 2^31");
         return NULL;
     }
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(parts), got = 0;
-    Py_buffer bufs[MAX_PARTS], bias = {0}, rshift = {0}, out = {0};
-    int shift_of[MAX_PARTS];
+    Py_buffer bias = {0}, rshift = {0}, out = {0};
+    Parts p = {0};
     PyObject *result = NULL;
-    if (count < 1 || count > MAX_PARTS || PySequence_Fast_GET_SIZE(shifts) != count || cols < 1
-        || act_max < 0 || act_max > INT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "hidden_layer: 1..8 parts, one shift each, cols >= 1, "
-                                          "0 <= act_max < 2^31");
-        goto done;
-    }
-    if (PyObject_GetBuffer(bias_obj, &bias, PyBUF_SIMPLE)
-        || PyObject_GetBuffer(rshift_obj, &rshift, PyBUF_SIMPLE)
-        || PyObject_GetBuffer(out_obj, &out, PyBUF_WRITABLE))
+    if (get_sized(bias_obj, &bias, 0, cols * (Py_ssize_t)sizeof(double), "bias")
+        || get_sized(rshift_obj, &rshift, 0, cols * (Py_ssize_t)sizeof(int64_t), "rshift")
+        || get_sized(out_obj, &out, 1, -1, "out"))
         goto done;
     Py_ssize_t n = out.len / (Py_ssize_t)sizeof(int32_t);
-    if (bias.len != cols * (Py_ssize_t)sizeof(double)
-        || rshift.len != cols * (Py_ssize_t)sizeof(int64_t) || n % cols) {
-        PyErr_SetString(PyExc_ValueError, "hidden_layer: buffer sizes do not match cols");
+    if (n % cols) {
+        PyErr_SetString(PyExc_ValueError, "hidden_layer: out's size does not match cols");
         goto done;
     }
-    for (; got < count; got++) {
-        long s = PyLong_AsLong(PySequence_Fast_GET_ITEM(shifts, got));
-        if (s < 0 || s > 4) {      /* 2^31 parts times 2^28: eight sum below 2^63 */
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "hidden_layer: shifts lie in 0..4");
-            goto done;
-        }
-        shift_of[got] = 7 * (int)s;
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(parts, got), &bufs[got], PyBUF_SIMPLE))
-            goto done;
-        if (bufs[got].len != out.len) {
-            got++;
-            PyErr_SetString(PyExc_ValueError, "hidden_layer: every part has out's size");
-            goto done;
-        }
-    }
+    if (parts_get(&p, parts_obj, shifts_obj, out.len))
+        goto done;
     const double *b = bias.buf;
     const int64_t *r = rshift.buf;
     int32_t *o = out.buf;
-    const int32_t *part[MAX_PARTS];
-    for (Py_ssize_t k = 0; k < count; k++)
-        part[k] = bufs[k].buf;
-    int64_t top = 0;
-    int64_t *add = malloc((size_t)cols * sizeof(int64_t));   /* bias, as an integer */
+    int64_t *add = malloc(2 * (size_t)cols * sizeof(int64_t));  /* bias as integers, a row */
     if (!add) {
         PyErr_NoMemory();
         goto done;
     }
-    Py_BEGIN_ALLOW_THREADS
-    {
-        for (Py_ssize_t c = 0; c < cols; c++)
-            add[c] = (int64_t)b[c];
-        for (Py_ssize_t i0 = 0; i0 < n; i0 += cols) {
-            for (Py_ssize_t c = 0; c < cols; c++) {
-                Py_ssize_t i = i0 + c;
-                int64_t acc = add[c];
-                for (Py_ssize_t k = 0; k < count; k++)
-                    acc += (int64_t)part[k][i] * ((int64_t)1 << shift_of[k]);
-                acc = acc > 0 ? acc : 0;                         /* ReLU */
-                int64_t v;
-                if (r[c] >= 0)
-                    v = r[c] >= 63 ? 0 : acc >> r[c];            /* floor: acc >= 0 */
-                else if (acc == 0)
-                    v = 0;
-                else            /* acc >= 1 times 2^32 or more passes any int32 act_max */
-                    v = (acc > act_max || -r[c] >= 32) ? act_max : acc << -r[c];
-                v = v < act_max ? v : act_max;
-                o[i] = (int32_t)v;
-                top = v > top ? v : top;
-            }
-        }
+    int64_t *acc = add + cols;
+    int plain = 1;                  /* every shift a right shift below 63: one branchless loop */
+    for (Py_ssize_t c = 0; c < cols; c++) {
+        add[c] = (int64_t)b[c];
+        plain &= r[c] >= 0 && r[c] < 63;
     }
+    Py_BEGIN_ALLOW_THREADS
+    hidden_rows(&p, n, cols, add, acc, r, plain, act_max, o);
     Py_END_ALLOW_THREADS
     free(add);
-    result = PyLong_FromLongLong(top);
+    result = Py_NewRef(Py_None);
 done:
-    for (Py_ssize_t k = 0; k < got; k++)
-        PyBuffer_Release(&bufs[k]);
-    if (bias.obj)
-        PyBuffer_Release(&bias);
-    if (rshift.obj)
-        PyBuffer_Release(&rshift);
-    if (out.obj)
-        PyBuffer_Release(&out);
-    Py_DECREF(parts);
-    Py_DECREF(shifts);
+    parts_release(&p);
+    release(&bias);
+    release(&rshift);
+    release(&out);
+    return result;
+}
+
+/* ---- the table index of a scale: the number of ascending bounds below it ---------- */
+
+#define SUB_BITS 6              /* a bucket: 1/64 of an octave (the tables' steps are 1/6) */
+#define MAX_BUCKETS (1 << 16)
+
+typedef struct {
+    const double *bounds;
+    Py_ssize_t count;
+    double *padded;             /* the bounds, then +inf */
+    int32_t *first;             /* per bucket: the number of bounds below its smallest value */
+    uint64_t key0;
+    Py_ssize_t keys;            /* 0: no buckets (a bound <= 0, or too many): binary search */
+} Buckets;
+
+static uint64_t bits_of(double v) {
+    uint64_t u;
+    memcpy(&u, &v, sizeof(u));
+    return u;
+}
+
+/* Positive doubles order as their bits do, so the top bits of a double (exponent and
+ * SUB_BITS of mantissa) name the bucket it lies in, and each bucket's smallest value is
+ * those bits followed by zeros. -1 (no memory) or 0. */
+static int buckets_init(Buckets *t, const double *bounds, Py_ssize_t count) {
+    memset(t, 0, sizeof(*t));
+    t->bounds = bounds;
+    t->count = count;
+    t->padded = malloc(((size_t)count + 1) * sizeof(double));
+    if (!t->padded)
+        return -1;
+    memcpy(t->padded, bounds, (size_t)count * sizeof(double));
+    t->padded[count] = INFINITY;
+    if (count < 1 || !(bounds[0] > 0) || !isfinite(bounds[count - 1]))
+        return 0;
+    t->key0 = bits_of(bounds[0]) >> (52 - SUB_BITS);
+    Py_ssize_t keys = (Py_ssize_t)((bits_of(bounds[count - 1]) >> (52 - SUB_BITS)) - t->key0) + 1;
+    if (keys > MAX_BUCKETS)
+        return 0;
+    t->first = malloc((size_t)keys * sizeof(int32_t));
+    if (!t->first)
+        return -1;
+    Py_ssize_t below = 0;
+    for (Py_ssize_t k = 0; k < keys; k++) {
+        uint64_t edge_bits = (t->key0 + (uint64_t)k) << (52 - SUB_BITS);
+        double edge;
+        memcpy(&edge, &edge_bits, sizeof(edge));
+        while (below < count && bounds[below] < edge)
+            below++;
+        t->first[k] = (int32_t)below;
+    }
+    t->keys = keys;
+    return 0;
+}
+
+static void buckets_free(Buckets *t) {
+    free(t->padded);
+    free(t->first);
+}
+
+/* The number of bounds below v (torch.bucketize's index, right=False). */
+static inline int32_t bucket_index(const Buckets *t, double v) {
+    const double *bd = t->bounds;
+    Py_ssize_t nb = t->count;
+    if (nb < 1 || !(v > bd[0]))
+        return 0;
+    if (v > bd[nb - 1])
+        return (int32_t)nb;
+    if (t->keys) {              /* bd[0] < v <= bd[nb - 1], so v > 0 and its bucket exists */
+        int32_t i = t->first[(bits_of(v) >> (52 - SUB_BITS)) - t->key0];
+        while (t->padded[i] < v)            /* the bounds in v's bucket below v: rarely any */
+            i++;
+        return i;
+    }
+    const double *base = bd;    /* binary search: the bounds before base are all below v */
+    Py_ssize_t len = nb;
+    while (len > 1) {
+        Py_ssize_t step = len >> 1;
+        base = base[step - 1] < v ? base + step : base;
+        len -= step;
+    }
+    return (int32_t)(base - bd) + (*base < v);
+}
+
+/* last_layer's rows: acc and v are a row's scratch, add the bias as integers. */
+static WIDE_VECTORS void last_rows(const Parts *p, Py_ssize_t n, Py_ssize_t cols,
+                                   Py_ssize_t half, const int64_t *add, int64_t *acc,
+                                   const double *sc, const double *g, const Buckets *buckets,
+                                   double *v, int32_t *o) {
+    for (Py_ssize_t i0 = 0; i0 < n; i0 += cols) {
+        accumulate_row(p, i0, 0, cols, add, acc);
+        for (Py_ssize_t c = 0; c < cols; c++)       /* exact quotient, then times the gain */
+            v[c] = (double)acc[c] / sc[c] * g[c];
+        int32_t *row = o + i0;
+        for (Py_ssize_t c = 0; c < half; c++)
+            row[c] = bucket_index(buckets, v[c]);
+        for (Py_ssize_t c = half; c < cols; c++) {
+            float m = (float)v[c];
+            memcpy(&row[c], &m, sizeof(m));
+        }
+    }
+}
+
+/* last_layer(parts, shifts, bias, scale, gain, bounds, half, cols, out) -> None
+ *   parts, shifts, bias: as hidden_layer's
+ *   scale:  float64 buffer of cols powers of two 2^E: the output is v = acc / scale * gain
+ *   gain:   float64 buffer of cols factors (the entropy gain; ones for none)
+ *   bounds: float64 buffer of ascending table bounds
+ *   half:   the columns before it are scales, the rest means
+ *   out:    writable int32 buffer of rows * cols values: a scale's column receives its
+ *           table index, the number of bounds below v (torch.bucketize), a mean's the bits
+ *           of v as a float32 (rounded to nearest, as torch's .float()) */
+static PyObject *last_layer(PyObject *self, PyObject *args) {
+    PyObject *parts_obj, *shifts_obj, *bias_obj, *scale_obj, *gain_obj, *bounds_obj, *out_obj;
+    Py_ssize_t half, cols;
+    if (!PyArg_ParseTuple(args, "OOOOOOnnO", &parts_obj, &shifts_obj, &bias_obj, &scale_obj,
+                          &gain_obj, &bounds_obj, &half, &cols, &out_obj))
+        return NULL;
+    if (cols < 1 || half < 0 || half > cols) {
+        PyErr_SetString(PyExc_ValueError, "last_layer: cols >= 1, 0 <= half <= cols");
+        return NULL;
+    }
+    Py_buffer bias = {0}, scale = {0}, gain = {0}, bounds = {0}, out = {0};
+    Parts p = {0};
+    PyObject *result = NULL;
+    Py_ssize_t bytes = cols * (Py_ssize_t)sizeof(double);
+    if (get_sized(bias_obj, &bias, 0, bytes, "bias")
+        || get_sized(scale_obj, &scale, 0, bytes, "scale")
+        || get_sized(gain_obj, &gain, 0, bytes, "gain")
+        || get_sized(bounds_obj, &bounds, 0, -1, "bounds")
+        || get_sized(out_obj, &out, 1, -1, "out"))
+        goto done;
+    Py_ssize_t n = out.len / (Py_ssize_t)sizeof(int32_t);
+    Py_ssize_t nb = bounds.len / (Py_ssize_t)sizeof(double);
+    if (n % cols || out.len % sizeof(int32_t) || bounds.len % sizeof(double)) {
+        PyErr_SetString(PyExc_ValueError, "last_layer: out's size does not match cols");
+        goto done;
+    }
+    if (parts_get(&p, parts_obj, shifts_obj, out.len))
+        goto done;
+    const double *b = bias.buf, *sc = scale.buf, *g = gain.buf;
+    int32_t *o = out.buf;
+    Buckets buckets = {0};
+    int64_t *add = malloc(2 * (size_t)cols * sizeof(int64_t));   /* bias as integers, a row */
+    double *v = malloc((size_t)cols * sizeof(double));
+    if (!add || !v || buckets_init(&buckets, bounds.buf, nb)) {
+        free(add);
+        free(v);
+        buckets_free(&buckets);
+        PyErr_NoMemory();
+        goto done;
+    }
+    int64_t *acc = add + cols;
+    for (Py_ssize_t c = 0; c < cols; c++)
+        add[c] = (int64_t)b[c];
+    Py_BEGIN_ALLOW_THREADS
+    last_rows(&p, n, cols, half, add, acc, sc, g, &buckets, v, o);
+    Py_END_ALLOW_THREADS
+    free(add);
+    free(v);
+    buckets_free(&buckets);
+    result = Py_NewRef(Py_None);
+done:
+    parts_release(&p);
+    release(&bias);
+    release(&scale);
+    release(&gain);
+    release(&bounds);
+    release(&out);
     return result;
 }
 
 static PyMethodDef methods[] = {
     {"hidden_layer", hidden_layer, METH_VARARGS,
-     "hidden_layer(parts, shifts, bias, rshift, act_max, cols, out) -> the largest value"},
+     "hidden_layer(parts, shifts, bias, rshift, act_max, cols, out): a hidden layer's end"},
+    {"last_layer", last_layer, METH_VARARGS,
+     "last_layer(parts, shifts, bias, scale, gain, bounds, half, cols, out): table indexes "
+     "and means"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_intops",
-                                    "The integer h_s's hidden-layer epilogue.", -1, methods};
+                                    "The integer h_s's layer ends.", -1, methods};
 
 PyMODINIT_FUNC PyInit__intops(void) { return PyModule_Create(&module); }

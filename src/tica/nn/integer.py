@@ -66,9 +66,8 @@ class _IntLayer:
     # the weight as int8 digits (_int8_linear): a convolution's digits, or per output phase
     # of a transposed layer (row phase, column phase, kernel, digits); built on first use
     limbs: list = field(default_factory=list)
-    # a hidden layer's end for _limb_matmul (bias, 2^E, E - act_frac_bits, act_frac_bits,
-    # act_bits); built on first use
-    epilogue: tuple | None = None
+    # a hidden layer's end for _limb_matmul (_HiddenEnd); built on first use
+    epilogue: "_HiddenEnd | None" = None
 
 
 def _weight_exponents(per_out: torch.Tensor, weight_bits: int) -> torch.Tensor:
@@ -193,15 +192,15 @@ def digit_count(x: torch.Tensor) -> int:
 
 
 def _limb_matmul(a: list[torch.Tensor], b: list[torch.Tensor], out: torch.Tensor,
-                 hidden: tuple | None = None) -> None:
+                 end: "_HiddenEnd | _TablesEnd | None" = None) -> None:
     """The exact product of two matrices given as int8 digit planes (`a`'s rows by `b`'s
     columns), written into `out` (float64). Each int8 product is an int32 sum of K terms
     of at most 2^14; the planes of one weight 2^(7 s) (at most two: a weight below 2^14
     has two digits) are summed in int32, exact for K < MAX_INT8_TAPS, then added in
     float64 times 2^(7 s), exactly: every term and partial sum is an integer within the
-    layer's worst-case bound, which `build` holds below 2^53. With `hidden` (the layer's
-    bias, 2^E and E - ACT_FRAC_BITS per output column) `out` is int32 and receives the
-    layer's activations instead, as `requantize` computes them (`_intops` in one pass)."""
+    layer's worst-case bound, which `build` holds below 2^53. With `end` (a hidden layer's,
+    or the last layer's table choice) `out` is int32 and receives what that end makes of
+    the product (`_intops` in one pass; a hidden end in torch where it is not built)."""
     by_shift: dict[int, torch.Tensor] = {}
     for i, da in enumerate(a):
         for j, db in enumerate(b):
@@ -211,13 +210,10 @@ def _limb_matmul(a: list[torch.Tensor], b: list[torch.Tensor], out: torch.Tensor
             else:
                 by_shift[i + j] = plane
     parts = sorted(by_shift.items())
-    if hidden is not None and _intops is not None:
-        bias, _, rshift, _, act_bits = hidden
-        _intops.hidden_layer([p.numpy() for _, p in parts], [s for s, _ in parts],
-                             bias.numpy(), rshift.numpy(), 2 ** act_bits - 1, out.shape[1],
-                             out.numpy())
+    if end is not None and _intops is not None:
+        end.compiled([p.numpy() for _, p in parts], [s for s, _ in parts], out.numpy())
         return
-    acc = out if hidden is None else torch.empty(out.shape, dtype=torch.float64)
+    acc = out if end is None else torch.empty(out.shape, dtype=torch.float64)
     for k, (shift, part) in enumerate(parts):
         if k == 0:
             acc.copy_(part)
@@ -225,33 +221,106 @@ def _limb_matmul(a: list[torch.Tensor], b: list[torch.Tensor], out: torch.Tensor
                 acc.mul_(2.0 ** (LIMB_BITS * shift))
         else:
             acc.add_(part, alpha=2.0 ** (LIMB_BITS * shift))    # int32 read as float64
-    if hidden is not None:
-        bias, scale, _, frac_bits, act_bits = hidden
-        out.copy_(requantize(acc.add_(bias), scale, False, frac_bits, act_bits))
+    if end is not None:
+        end.in_torch(acc, out)
 
 
-def _digit_planes(x: torch.Tensor, pad: tuple[int, int, int, int]) -> list[torch.Tensor]:
+@dataclass(frozen=True)
+class _HiddenEnd:
+    """A hidden layer's end: bias, ReLU, floor to the activations' fixed point, clamp."""
+    bias: torch.Tensor          # float64 integers (C_out,)
+    scale: torch.Tensor         # 2^E per output channel, float64
+    rshift: torch.Tensor        # E - frac_bits, int64
+    frac_bits: int
+    act_bits: int
+
+    def compiled(self, parts: list, shifts: list[int], out) -> None:
+        _intops.hidden_layer(parts, shifts, self.bias.numpy(), self.rshift.numpy(),
+                             2 ** self.act_bits - 1, out.shape[1], out)
+
+    def in_torch(self, acc: torch.Tensor, out: torch.Tensor) -> None:
+        out.copy_(requantize(acc.add_(self.bias), self.scale, False, self.frac_bits,
+                             self.act_bits))
+
+
+@dataclass(frozen=True)
+class _TablesEnd:
+    """The last layer's end as decoding uses it (`TablesAndMeans`), compiled only."""
+    bias: torch.Tensor          # float64 integers (2M,)
+    scale: torch.Tensor         # 2^E per output channel, float64 (2M,)
+    gain: torch.Tensor          # float64 (2M,): the entropy gain of each channel, or ones
+    bounds: torch.Tensor        # float64 ascending
+
+    def compiled(self, parts: list, shifts: list[int], out) -> None:
+        _intops.last_layer(parts, shifts, self.bias.numpy(), self.scale.numpy(),
+                           self.gain.numpy(), self.bounds.numpy(), len(self.bias) // 2,
+                           out.shape[1], out)
+
+
+@dataclass(frozen=True)
+class TablesAndMeans:
+    """What decoding keeps of h_s's output (B, 2M, h, w), scales then means, each times the
+    entropy `gain` (float64 (1 or B, M, 1, 1), or None): each scale's table index, the
+    number of `bounds` (float64, ascending) below it (torch.bucketize), and each mean as a
+    float32. One int32 tensor (B, 2M, h, w) holds both, the M indexes and then the M means'
+    float32 bits (`split` parts them), so that a layer's end can write it in one pass: the
+    integer h_s's CPU path does (`_intops.last_layer`), any other path calls this."""
+    bounds: torch.Tensor
+    gain: torch.Tensor | None = None
+
+    def __call__(self, params: torch.Tensor) -> torch.Tensor:
+        scales, means = params.chunk(2, dim=1)                  # exact float64
+        if self.gain is not None:
+            gain = self.gain.to(params.device)
+            scales, means = scales * gain, means * gain
+        indexes = torch.bucketize(scales.contiguous(), self.bounds.to(params.device))
+        return torch.cat([indexes.int(), means.float().view(torch.int32)], dim=1)
+
+    @staticmethod
+    def split(picked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This end's int32 output -> (table indexes int32, means float32), contiguous."""
+        indexes, means = picked.chunk(2, dim=1)
+        return indexes.contiguous(), means.contiguous().view(torch.float32)
+
+    def compiled_end(self, layer: _IntLayer) -> _TablesEnd | None:
+        """The compiled form for this layer, if `_intops` is built and one gain serves the
+        whole batch."""
+        if _intops is None or (self.gain is not None and self.gain.shape[0] != 1):
+            return None
+        half = layer.bias.numel() // 2
+        gain = (torch.ones(half, dtype=torch.float64) if self.gain is None
+                else self.gain.detach().double().cpu().flatten())
+        if gain.numel() != half:
+            return None
+        return _TablesEnd(layer.bias, torch.pow(2.0, layer.exponent.double()),
+                          torch.cat([gain, gain]), self.bounds.detach().double().cpu().contiguous())
+
+
+def _digit_planes(x: torch.Tensor, pad: tuple[int, int, int, int],
+                  in_bits: int | None = None) -> list[torch.Tensor]:
     """Integer x (B, C, H, W), zero-padded by `pad` (left, right, top, bottom) -> its int8
     digit planes, channels-last and contiguous, as few as its values need (the digits of
-    zero are zeros: each plane is padded, a byte a value rather than eight)."""
-    return [F.pad(d, (0, 0, *pad)).contiguous()
-            for d in _limbs(x.permute(0, 2, 3, 1), digit_count(x))]
+    zero are zeros: each plane is padded, a byte a value rather than eight). `in_bits`:
+    x is known to lie in [0, 2^in_bits) (a hidden layer's activations), so that one digit
+    holds it when in_bits <= 7 without looking."""
+    count = 1 if in_bits is not None and in_bits <= LIMB_BITS else digit_count(x)
+    return [F.pad(d, (0, 0, *pad)).contiguous() for d in _limbs(x.permute(0, 2, 3, 1), count)]
 
 
 def _int8_conv(planes: list[torch.Tensor], w_digits: list[torch.Tensor],
-               kernel: tuple[int, int], stride: int, hidden: tuple | None = None
-               ) -> torch.Tensor:
+               kernel: tuple[int, int], stride: int,
+               end: "_HiddenEnd | _TablesEnd | None" = None) -> torch.Tensor:
     """A valid convolution (correlation) of an integer input given as digit planes (B, H,
     W, C each: `_digit_planes`, or a window of them) with a weight given as int8 digits,
     ordered (kernel row, kernel column, C_in) x C_out; exact, in float64, channels-last
-    (B, Ho, Wo, C_out), or with `hidden` (_limb_matmul) the int32 activations. The patches
+    (B, Ho, Wo, C_out), or with `end` (_limb_matmul) what it makes, int32. The patches
     are gathered a few images at a time (about PRODUCT_ROWS rows), so that each product
     reads them from cache."""
     B, H, W, C = planes[0].shape
     kh, kw = kernel
     Ho, Wo = (H - kh) // stride + 1, (W - kw) // stride + 1
     out = torch.empty(B, Ho, Wo, w_digits[0].shape[1],
-                      dtype=torch.float64 if hidden is None else torch.int32)
+                      dtype=torch.float64 if end is None else torch.int32)
     step = max(1, PRODUCT_ROWS // max(1, Ho * Wo))
     for b in range(0, B, step):
         patches = []
@@ -261,7 +330,7 @@ def _int8_conv(planes: list[torch.Tensor], w_digits: list[torch.Tensor],
             patches.append(part.as_strided((n, Ho, Wo, kh, kw, C),
                                            (sb, stride * sh, stride * sw, sh, sw, 1))
                            .reshape(-1, kh * kw * C))
-        _limb_matmul(patches, w_digits, out[b:b + step].view(-1, out.shape[3]), hidden)
+        _limb_matmul(patches, w_digits, out[b:b + step].view(-1, out.shape[3]), end)
     return out
 
 
@@ -271,25 +340,31 @@ def _weight_digits(w: torch.Tensor) -> list[torch.Tensor]:
     return [d.contiguous() for d in _limbs(w.permute(0, 2, 3, 1).flatten(1).t(), digit_count(w))]
 
 
-def _int8_linear(layer: _IntLayer, x: torch.Tensor, hidden: bool = False) -> torch.Tensor:
+def _hidden_end(layer: _IntLayer) -> _HiddenEnd:
+    """The layer's end as a hidden layer (`requantize`'s integers), built on first use."""
+    if layer.epilogue is None:            # one assignment: safe if threads race here
+        layer.epilogue = _HiddenEnd(layer.bias, torch.pow(2.0, layer.exponent.double()),
+                                    layer.exponent - layer.act_frac_bits,
+                                    layer.act_frac_bits, layer.act_bits)
+    return layer.epilogue
+
+
+def _int8_linear(layer: _IntLayer, x: torch.Tensor, end: _HiddenEnd | _TablesEnd | None = None,
+                 in_bits: int | None = None) -> torch.Tensor:
     """The layer's exact accumulator (no bias) by int8 digit products on the CPU: the same
-    integers as the float64 convolution; with `hidden`, the hidden layer's int32
-    activations (bias, ReLU and fixed point applied: `requantize`'s integers). A stride-s transposed layer runs as s^2 ordinary
+    integers as the float64 convolution; with `end`, what that end makes of it, int32: a
+    hidden layer's activations (`_hidden_end`: bias, ReLU and fixed point applied,
+    `requantize`'s integers) or the last layer's table indexes and means (`_TablesEnd`);
+    `in_bits` as `_digit_planes` has it.
+    A stride-s transposed layer runs as s^2 ordinary
     convolutions, one per output phase (polyphase): output o of phase r = (o + p) mod s
     sums x[u - m] w[r + s m], a full correlation of x with that phase's taps, reversed,
     computed only on the window of it that the layer keeps."""
     k, s, p = layer.weight.shape[-1], layer.stride, layer.padding
-    end = None
-    if hidden:
-        if layer.epilogue is None:        # one assignment: safe if threads race here
-            layer.epilogue = (layer.bias, torch.pow(2.0, layer.exponent.double()),
-                              layer.exponent - layer.act_frac_bits, layer.act_frac_bits,
-                              layer.act_bits)
-        end = layer.epilogue
     if not layer.transposed:
         if not layer.limbs:
             layer.limbs = _weight_digits(layer.weight)
-        out = _int8_conv(_digit_planes(x, (p,) * 4), layer.limbs, (k, k), s, end)
+        out = _int8_conv(_digit_planes(x, (p,) * 4, in_bits), layer.limbs, (k, k), s, end)
         return out.permute(0, 3, 1, 2)
     B, _, H, W = x.shape
     Ho = (H - 1) * s - 2 * p + k + layer.output_padding
@@ -301,7 +376,7 @@ def _int8_linear(layer: _IntLayer, x: torch.Tensor, hidden: bool = False) -> tor
     out = torch.empty(B, Ho, Wo, layer.weight.shape[1],       # channels-last
                       dtype=torch.float64 if end is None else torch.int32)
     reach = -(-k // s) - 1                    # the most taps of a phase, less one
-    planes = _digit_planes(x, (reach,) * 4)   # split once for all the phases
+    planes = _digit_planes(x, (reach,) * 4, in_bits)   # split once for all the phases
     for rh, rw, (mh, mw), w_digits in layer.limbs:
         oh, ow = (rh - p) % s, (rw - p) % s               # the first output of this phase
         uh, uw = (oh + p - rh) // s, (ow + p - rw) // s   # ... and its u
@@ -447,13 +522,19 @@ class IntegerHyperSynthesis:
         for i, (layer, shape) in enumerate(zip(layers, self.layer_shapes())):
             last = i == len(layers) - 1
             keep = then if last else None
-            x = run_in_bands(functools.partial(self._layer, layer, last, keep), x,
+            in_bits = layers[i - 1].act_bits if i else None      # activations' bound
+            x = run_in_bands(functools.partial(self._layer, layer, last, keep, in_bits), x,
                              geometry_of=LayerShapes([shape]), label="h_s", unfolded=True)
         return x
 
-    def _layer(self, layer: _IntLayer, last: bool, keep, x: torch.Tensor) -> torch.Tensor:
-        if not last and self._int8(layer, x):
-            return _int8_linear(layer, x, hidden=True)      # int32 activations, the same
+    def _layer(self, layer: _IntLayer, last: bool, keep, in_bits: int | None,
+               x: torch.Tensor) -> torch.Tensor:
+        if not last and self._int8(layer, x):     # int32 activations, the same integers
+            return _int8_linear(layer, x, _hidden_end(layer), in_bits)
+        end = (keep.compiled_end(layer) if last and isinstance(keep, TablesAndMeans)
+               and self._int8(layer, x) else None)
+        if end is not None:                  # indexes and means in the product's own pass
+            return _int8_linear(layer, x, end, in_bits)
         scale = torch.pow(2.0, layer.exponent.double()).view(1, -1, 1, 1)
         out = requantize(self._linear(layer, x), scale, last, layer.act_frac_bits, layer.act_bits)
         return out if keep is None else keep(out)
