@@ -14,7 +14,9 @@ On a CPU with fast int8 matrix products the same integers are multiplied as 7-bi
 ("limbs") instead: int8 products of each pair of digits, summed in int32 and recombined
 in float64, give the exact products again, so the numbers are identical and only the speed
 changes (`int8_gemm`); a hidden layer's end (recombination, bias, ReLU, fixed point) then
-runs in one pass in C (`_intops`, int64) and hands the next layer int32 activations.
+runs in one pass in C (`_intops`, int64) and hands the next layer int32 activations, and the
+last layer's end picks each symbol's coding table and mean in its own pass
+(`TablesAndMeans`: what decoding keeps of h_s).
 
 Layout of the fixed point: z_hat enters as plain integers (exponent 0). Each output
 channel o of a layer has a power-of-two weight exponent e_o chosen so |w_int| < 2^WEIGHT_BITS;
@@ -355,8 +357,7 @@ def _int8_linear(layer: _IntLayer, x: torch.Tensor, end: _HiddenEnd | _TablesEnd
     integers as the float64 convolution; with `end`, what that end makes of it, int32: a
     hidden layer's activations (`_hidden_end`: bias, ReLU and fixed point applied,
     `requantize`'s integers) or the last layer's table indexes and means (`_TablesEnd`);
-    `in_bits` as `_digit_planes` has it.
-    A stride-s transposed layer runs as s^2 ordinary
+    `in_bits` as `_digit_planes` has it. A stride-s transposed layer runs as s^2 ordinary
     convolutions, one per output phase (polyphase): output o of phase r = (o + p) mod s
     sums x[u - m] w[r + s m], a full correlation of x with that phase's taps, reversed,
     computed only on the window of it that the layer keeps."""
