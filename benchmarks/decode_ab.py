@@ -1,15 +1,15 @@
 """Decoding speed of this checkout against another, side by side: one worker process per
 checkout, each timing the same calls on the same stream in turn, round after round, so a
-busy machine slows both alike. On one thread (torch and the coder), so the numbers are per
-core: the whole of decoding (`api.decompress`: container, entropy decoding, integer h_s),
+busy machine slows both alike. On one thread (torch and the coder) unless --threads says
+otherwise, so the numbers are per core: the whole of decoding (`api.decompress`: container, entropy decoding, integer h_s),
 the integer h_s with the table choice (`_hyper_decode`) and entropy decoding alone.
 
     python benchmarks/decode_ab.py --against OTHER_CHECKOUT [--images 256] [--photos 64]
-                                   [--rounds 7]
+                                   [--rounds 7] [--threads 1]
 
 OTHER_CHECKOUT is a checkout with its kernels built (`git worktree add /tmp/old COMMIT;
 python /tmp/old/scripts/build_kernel.py`). Prints a Markdown table: median seconds per call
-of each, latent symbols/s per core and the ratio.
+of each, latent symbols/s per thread given and the ratio.
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ CASES = {"32x32": ("tica-cifar", 4.0, "cifar10-jpeg.tar.gz", "test"),
 WORKER = r"""
 import json, sys, time
 import torch
-torch.set_num_threads(1)
+threads = int(sys.argv[2])
+torch.set_num_threads(threads)
 import tica
 from tica import api
 from tica.data import load_split
 from tica.entropy import parallel
 from tica.entropy.payload import PayloadDecoder
-parallel.set_threads(1)
+parallel.set_threads(threads)
 cases = json.loads(sys.argv[1])
 jobs = {}
 for label, (preset, quality, archive, split, limit) in cases.items():
@@ -71,10 +72,10 @@ for line in sys.stdin:
 """
 
 
-def start(checkout: Path, cases: dict) -> subprocess.Popen:
+def start(checkout: Path, cases: dict, threads: int) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=f"{checkout / 'src'}{os.pathsep}{ROOT / 'tools'}",
-               OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(cases)], env=env,
+               OMP_NUM_THREADS=str(threads))
+    return subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(cases), str(threads)], env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
@@ -84,13 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=256, help="CIFAR-10 test images")
     p.add_argument("--photos", type=int, default=64, help="Imagenette validation images")
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--threads", type=int, default=1, help="torch's and the coder's threads")
     p.add_argument("--data", type=Path, default=Path(os.environ.get(
         "TICA_DATA", ROOT.parent / "shared" / "data")))
     args = p.parse_args(argv)
     limits = {"32x32": args.images, "224x224": args.photos}
     cases = {k: (preset, q, str(args.data / archive), split, limits[k])
              for k, (preset, q, archive, split) in CASES.items()}
-    workers = {"this": start(ROOT, cases), "other": start(args.against.resolve(), cases)}
+    workers = {"this": start(ROOT, cases, args.threads),
+               "other": start(args.against.resolve(), cases, args.threads)}
     symbols = {k: json.loads(w.stdout.readline()) for k, w in workers.items()}
     times: dict[str, dict[str, list[float]]] = {k: {} for k in workers}
     for _ in range(args.rounds + 1):                      # the first round warms up
@@ -108,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         label, part = key.split("|")
         a, b = (statistics.median(times[n][key][1:]) for n in ("other", "this"))
         n = symbols["this"][label]
-        print(f"| {label} | {part} | {a:.4f} | {b:.4f} | {n / a / 1e6:.1f} | {n / b / 1e6:.1f} "
+        per_core = 1e6 * args.threads
+        print(f"| {label} | {part} | {a:.4f} | {b:.4f} | {n / a / per_core:.1f} | "
+              f"{n / b / per_core:.1f} "
               f"| {a / b:.2f}x |")
     return 0
 
