@@ -40,6 +40,8 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from torch import nn
+
 from tica.checkpoint import save_checkpoint
 from tica import api
 from tica.evaluate import EvalData, LearnedPipeline, eval_data, evaluate, evaluate_curve
@@ -128,14 +130,16 @@ def better_than_shipped(model, args: argparse.Namespace) -> tuple[bool, dict]:
     return better, results
 
 
-def _verdict(src: str, args: argparse.Namespace) -> tuple[bool, dict]:
-    """Whether --codec PATH ships, and its manifest results: --only-if-better's evaluation
-    (the slow part, done before the manifest is read), else --results."""
+def _verdict(src: str, args: argparse.Namespace) -> tuple[nn.Module, bool, dict]:
+    """--codec PATH's model, whether it ships, and its manifest results: --only-if-better's
+    evaluation (the slow part, done before the manifest is read), else --results."""
     model = load_checkpoint(src)
     if not model.is_updated or not model.config.rate_levels:
         raise SystemExit(f"{src}: a shipped codec needs coding tables (a step-2 export) and "
                          f"variable rate (rate_levels >= 2)")
-    return better_than_shipped(model, args) if args.only_if_better else (True, args.results)
+    ships, results = (better_than_shipped(model, args) if args.only_if_better
+                      else (True, args.results))
+    return model, ships, results
 
 
 def _lock_file(manifest: Path) -> Path:
@@ -156,10 +160,9 @@ def _manifest_lock(path: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _ship_codec(src: str, args: argparse.Namespace, entries: list[dict], images: list,
+def _ship_codec(model: nn.Module, args: argparse.Namespace, entries: list[dict], images: list,
                 results: dict) -> None:
-    """Ship one --codec PATH: float16 into the package, its entry into `entries`."""
-    model = load_checkpoint(src)
+    """Ship one --codec's model: float16 into the package, its entry into `entries`."""
     info = model.weights_info
     target = f"{model.config.name}.safetensors"
     trained = _trained(model.config.name, args, entries)
@@ -204,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     images = ([(read_image(f)[None], None) for f in sorted(Path(args.check).glob("*.png"))]
               if args.check else [])
     verdicts = {spec: _verdict(spec, args) for spec in args.codec}
-    kept_out = [spec for spec, (ships, _) in verdicts.items() if not ships]
+    kept_out = [spec for spec, (_, ships, _) in verdicts.items() if not ships]
     with _manifest_lock(path):
         _edit(path, args, verdicts, images)
     return 3 if kept_out else 0
@@ -214,9 +217,9 @@ def _edit(path: Path, args: argparse.Namespace, verdicts: dict, images: list) ->
     """Read the manifest, ship what passed into it and the package, write it back."""
     manifest = manifest_json(path)
     entries = manifest["weights"]
-    for spec, (ships, results) in verdicts.items():
+    for model, ships, results in verdicts.values():
         if ships:
-            _ship_codec(spec, args, entries, images, results)
+            _ship_codec(model, args, entries, images, results)
     for role, sources in (("classifier", args.model), ("step1", [args.step1] if args.step1 else [])):
         for src in sources:
             model = load_checkpoint(src)

@@ -264,7 +264,7 @@ class CompressionModel(nn.Module):
         exactly; the integer h_s runs on the model's device (a GPU, or the CPU)."""
         device = self.coding_device
         # one quality for the batch: one row of gains; exact comparisons of exact scales
-        keep = TablesAndMeans(self.gaussian_conditional.scale_bounds.to(device),
+        keep = TablesAndMeans(self.gaussian_conditional.scale_bounds,
                               self.entropy_gain(quality, 1))
         picked = self._require_update()(z_int.to(device), then=keep)
         indexes, means = TablesAndMeans.split(picked)
