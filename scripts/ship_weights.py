@@ -3,7 +3,7 @@
     python scripts/ship_weights.py --codec runs/vr/model.safetensors [--codec ...]
                                    [--step1 runs/step1/model.safetensors]
                                    [--model runs/vit-pixel-cifar/model.safetensors]
-                                   [--plan-status OUT/plan.json | --trained '{...}']
+                                   [--plan-status OUT/plan.json ... | --trained '{...}']
 
 A codec's preset comes from the checkpoint's own config; a shipped codec is variable-rate
 (the rate is chosen when coding) and replaces its preset's earlier codec, entry and file. --check DIR compares each codec in float16
@@ -25,7 +25,9 @@ kept out.
 name: tica-cifar, tica-cifar-step1, vit-pixel-cifar, ...) and writes its provenance: the
 plan, the commit, minutes, steps and images, with the runs it started from; a run that
 continued the shipped weights (init "shipped") adds its lease to the file's history
-(tica_tools.plan.provenance), so the manifest says what the weights hold in all.
+(tica_tools.plan.provenance), so the manifest says what the weights hold in all. Repeat it
+for a run that trained on from an earlier lease's export (init that file): the plans in the
+order they ran, each checked to start from the export of the one before.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from tica.evaluate import EvalData, LearnedPipeline, eval_data, evaluate, evalua
 from tica.image import read_image
 from tica.io import sha256_file
 from tica.registry import MANIFEST, load_checkpoint, manifest_json, write_manifest
-from tica_tools.plan.provenance import accumulate, lease
+from tica_tools.plan.provenance import chain
 from tica_tools.rd import curve_verdict
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "tica" / "weights"
@@ -60,7 +62,7 @@ def _trained(name: str, args: argparse.Namespace, entries: list[dict]) -> dict:
     if args.trained or not args.plan_status:
         return args.trained
     earlier = next((e["trained"] for e in entries if e["name"] == name), None)
-    return accumulate(earlier, lease(args.plan_status, name))
+    return chain(earlier, args.plan_status, name)
 
 
 def _entry(model, target: str, role: str, trained: dict, results: dict) -> dict:
@@ -189,8 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trained", type=json.loads, default={},
                         help="JSON provenance for these artifacts: where, minutes, steps, images")
     parser.add_argument("--plan-status", type=lambda p: json.loads(Path(p).read_text()),
-                        metavar="PLAN_JSON", help="the plan.json of the plan that trained them: "
-                        "their provenance, accumulated over leases")
+                        action="append", default=[], metavar="PLAN_JSON",
+                        help="the plan.json of the plan that trained them: their provenance, "
+                        "accumulated over leases (repeatable: plans that trained on from one "
+                        "another's export, in order)")
     parser.add_argument("--results", type=json.loads, default={},
                         help="JSON headline numbers for these artifacts (e.g. from make report)")
     parser.add_argument("--check", metavar="DIR", help="compare float16 with float32 on these images")

@@ -521,6 +521,44 @@ def test_the_manifest_accumulates_what_each_lease_trained(smoke):
     assert third["images_seen"] == shipped["images_seen"] + 2000
 
 
+def test_leases_that_train_on_from_one_another_chain_by_their_files(tmp_path):
+    """A lease that starts from an earlier lease's export (never shipped) adds both leases
+    to the shipped file's history, given the plans in order, and only if the file it
+    started from is, by SHA-256, what the earlier plan exported for that run."""
+    from tica.io import sha256_file
+    from tica_tools.plan.provenance import chain
+    export = tmp_path / "tica-photo.safetensors"
+    export.write_bytes(b"the first lease's export")
+
+    def status(plan, init, minutes, images):
+        return {"plan": plan, "commit": "c0ffee1", "started": "2026-12-05T06:00:00Z",
+                "runs": {"tica-photo": {"init": init, "train_device": "cpu", "minutes": minutes,
+                                        "steps": images // 32, "images_seen": images}},
+                "files": {"tica-photo.safetensors": {"run": "tica-photo",
+                                                      "sha256": sha256_file(export)}}}
+    first, second = status("one", "shipped", 85.0, 3200), status("two", str(export), 80.0, 6400)
+    shipped = {"where": "gpu", "plan": "p", "commit": "abc1234", "minutes": 5.0, "steps": 10,
+               "images_seen": 300}
+    total = chain(shipped, [first, second], "tica-photo")
+    assert [e["init"] for e in total["leases"]] == ["scratch", "shipped", "file"]
+    assert total["leases"][2]["init_file"] == str(export)
+    assert [e["plan"] for e in total["leases"][1:]] == ["scripts/plans/one.json",
+                                                         "scripts/plans/two.json"]
+    assert (total["minutes"], total["images_seen"]) == (170.0, 9900)
+    assert total["minutes_on"] == {"gpu": 5.0, "cpu": 165.0}
+    assert chain(shipped, [first], "tica-photo")["images_seen"] == 3500
+    with pytest.raises(ConfigError, match="trained it first"):
+        chain(shipped, [second], "tica-photo")          # the lease it continued is missing
+    with pytest.raises(ConfigError, match="not from plan one's export"):
+        chain(shipped, [first, first], "tica-photo")    # both continued the shipped file
+    export.write_bytes(b"some other weights")
+    with pytest.raises(ConfigError, match="SHA-256 differs"):
+        chain(shipped, [first, second], "tica-photo")
+    export.unlink()
+    with pytest.raises(ConfigError, match="not here"):
+        chain(shipped, [first, second], "tica-photo")
+
+
 def test_a_continuation_call_sends_only_the_weights_its_plan_starts_from(tmp_path):
     """device_plan.sh light-for PLAN: every shipped weight file leaves git's index except the
     ones the plan's runs start from, which travel; restore puts everything back."""

@@ -1,16 +1,24 @@
 """What trained a shipped file, from a plan's plan.json, accumulated over leases: a model
 that trains on from its shipped weights (init "shipped") adds its lease to the file's
-history; one trained from scratch starts a new history. The manifest's `trained` then says
-how much compute the weights hold in all, and exactly which plans and commits gave it."""
+history; one trained from scratch starts a new history. A lease may also train on from an
+earlier lease's export that was never shipped (init a file): `chain` then takes the plans
+in order and checks, by SHA-256, that each starts from the export of the one before. The
+manifest's `trained` then says how much compute the weights hold in all, and exactly which
+plans and commits gave it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tica.errors import ConfigError
+from tica.io import sha256_file
+from tica.registry import SHIPPED_INITS
 
 
 def lease(status: dict, run: str) -> dict:
     """One plan run's share of a file's training: the run and the runs it started from
-    (its `after` chain), with the plan, the commit, when, where, minutes and images."""
+    (its `after` chain), with the plan, the commit, when, where, minutes and images, and what
+    the chain's first run started from (a later run's init is its predecessor's export)."""
     runs, chain, name = status.get("runs", {}), [], run
     while name is not None:
         if name not in runs:
@@ -21,20 +29,64 @@ def lease(status: dict, run: str) -> dict:
     return {"plan": f"scripts/plans/{status['plan']}.json", "commit": status.get("commit"),
             "date": (status.get("started") or "")[:10], "runs": chain[::-1],
             "where": "gpu" if str(own.get("train_device") or "").startswith("cuda") else "cpu",
-            "init": "shipped" if own.get("init") == "shipped" else "scratch",
+            **_init(runs[chain[-1]].get("init")),     # where the chain began
             "minutes": round(sum(runs[n].get("minutes") or 0 for n in chain), 2),
             "steps": sum(runs[n].get("steps") or 0 for n in chain),
             "images_seen": sum(runs[n].get("images_seen") or 0 for n in chain),
             "aggregate_tflop_s": status.get("aggregate_tflop_s")}
 
 
+def _init(init: str | None) -> dict:
+    """What a run started from, as a lease records it: "shipped", a file (with its path),
+    else "scratch" (nothing, or the package's step-1 weights, a new history)."""
+    if init == "shipped":
+        return {"init": "shipped"}
+    if init and init not in SHIPPED_INITS:
+        return {"init": "file", "init_file": init}
+    return {"init": "scratch"}
+
+
+def chain(earlier: dict | None, statuses: list[dict], run: str) -> dict:
+    """A file's `trained` after the leases of `statuses` (plan.json contents, in the order
+    they ran): the first continues `earlier` (the shipped entry's) or starts over, as
+    `accumulate` says; each later one must have started from the file the one before it
+    exported for `run` (init a file of that SHA-256), else its lease would claim compute
+    the weights do not hold."""
+    trained = earlier
+    for k, status in enumerate(statuses):
+        new = lease(status, run)
+        if k and new["init"] != "file":
+            raise ConfigError(f"plan {status.get('plan')}: run {run!r} started from "
+                              f"{new['init']}, not from plan {statuses[k - 1].get('plan')}'s "
+                              "export: give only the plans that trained one another, in order")
+        if new["init"] == "file":
+            _check_started_from(new["init_file"], statuses[k - 1] if k else None, status, run)
+        trained = accumulate(trained, new)
+    return trained
+
+
+def _check_started_from(path: str, before: dict | None, status: dict, run: str) -> None:
+    plan = status.get("plan")
+    if before is None:
+        raise ConfigError(f"plan {plan}: run {run!r} started from the file {path}; give the "
+                          "plan.json of the plan that trained it first (--plan-status, in order)")
+    made = [f.get("sha256") for f in before.get("files", {}).values() if f.get("run") == run]
+    if not Path(path).is_file():
+        raise ConfigError(f"plan {plan}: run {run!r} started from {path}, which is not here to "
+                          f"check against plan {before.get('plan')}'s export")
+    if sha256_file(path) not in made:
+        raise ConfigError(f"plan {plan}: run {run!r} started from {path}, which is not what "
+                          f"plan {before.get('plan')} exported for it (SHA-256 differs)")
+
+
 def accumulate(earlier: dict | None, new: dict) -> dict:
     """A file's `trained` after lease `new`: its leases so far (a lease from shipped weights
-    continues `earlier`'s; one from scratch starts over) and their totals; `where` names
+    or from an earlier lease's file continues `earlier`'s; one from scratch starts over)
+    and their totals; `where` names
     every kind of machine the leases ran on, in order ("gpu+cpu"), with the minutes on
     each; `plan` and `commit` are the latest lease's."""
     leases = []
-    if new["init"] == "shipped" and earlier:
+    if new["init"] in ("shipped", "file") and earlier:
         leases = list(earlier.get("leases") or [_as_lease(earlier)])
     leases.append(new)
     minutes_on: dict[str, float] = {}
