@@ -15,20 +15,28 @@ import sysconfig
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "tica"
-SOURCES = [SRC / "entropy" / "_rans.c", SRC / "nn" / "_intops.c"]
+# each source with the flags pyproject.toml gives it: OpenMP where the compiler has it
+# (else without: the coder's threads are then Python's, the layer ends run on one)
+SOURCES = {SRC / "entropy" / "_rans.c": ["-fopenmp"], SRC / "nn" / "_intops.c": ["-fopenmp"]}
 
 
 def main() -> int:
     compiler = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
-    for source in SOURCES:
+    for source, extra in SOURCES.items():
         target = source.with_name(source.stem + sysconfig.get_config_var("EXT_SUFFIX"))
+        partial = target.with_name(target.name + ".partial")    # a running process may
         command = [*compiler.split()[:1], "-O3", "-ffp-contract=off", "-shared", "-fPIC",
-                   f"-I{sysconfig.get_paths()['include']}", str(source), "-o", str(target)]
-        try:
-            subprocess.run(command, check=True)
-        except (OSError, subprocess.CalledProcessError) as exc:
-            print(f"build_kernel: error: {' '.join(command)} failed: {exc}", file=sys.stderr)
-            return 1
+                   f"-I{sysconfig.get_paths()['include']}", str(source), "-o", str(partial)]
+        for flags in ([extra, []] if extra else [[]]):
+            try:
+                subprocess.run(command[:1] + flags + command[1:], check=True)
+                os.replace(partial, target)             # have the old one mapped
+                break
+            except (OSError, subprocess.CalledProcessError) as exc:
+                if flags == []:
+                    print(f"build_kernel: error: {' '.join(command)} failed: {exc}",
+                          file=sys.stderr)
+                    return 1
         print(target)
     return 0
 

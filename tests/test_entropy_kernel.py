@@ -92,7 +92,15 @@ def test_the_cumulative_tables_are_constrictions_quantisation(gaussian):
         assert np.abs(np.diff(cdf[t, : n + 1]) - scaled).max() < 1
 
 
-def test_a_batch_codes_as_its_images_do_whatever_the_thread_count(gaussian, factorized, threads):
+@pytest.mark.parametrize("own_team", [True, False])
+def test_a_batch_codes_as_its_images_do_whatever_the_thread_count(gaussian, factorized, threads,
+                                                                  own_team, monkeypatch):
+    """The same payloads and symbols on any number of threads: the kernel's own OpenMP
+    team (where it is built with it) or, without, ranges on the coder's pool."""
+    from tica.entropy import coder
+    if own_team and not coder._rans.openmp:
+        pytest.skip("the rANS kernel was built without OpenMP")
+    monkeypatch.setattr(coder._rans, "openmp", int(own_team))
     rng = np.random.default_rng(3)
     B, z_shape, y_shape = 37, (8, 3, 4), (12, 6, 8)
     z = rng.integers(-4, 5, (B, *z_shape))
@@ -112,6 +120,29 @@ def test_a_batch_codes_as_its_images_do_whatever_the_thread_count(gaussian, fact
             assert np.array_equal(reader.decode_y(y_index, gaussian), symbols)
         finally:
             parallel.MIN_SYMBOLS_PER_RANGE = saved
+
+
+def test_a_bad_image_in_the_middle_of_a_parallel_batch_is_refused(gaussian, threads):
+    """One image's out-of-range table index, coded among others on several threads (the
+    kernel's team or the pool), is a typed error, whichever thread met it."""
+    rng = np.random.default_rng(9)
+    B, n = 23, 40
+    values = rng.integers(-3, 4, (B, n))
+    index = rng.integers(0, len(gaussian), (B, n))
+    index[13, 17] = len(gaussian)
+    threads(4)
+    parallel.MIN_SYMBOLS_PER_RANGE, saved = 1, parallel.MIN_SYMBOLS_PER_RANGE
+    try:
+        with pytest.raises(ValueError, match="out of range"):
+            encode_batch([(values, index, gaussian)], B)
+        index[13, 17] = 0
+        payloads = encode_batch([(values, index, gaussian)], B)
+        reader = BatchDecoder(payloads)
+        index[13, 17] = -1
+        with pytest.raises(ValueError, match="out of range"):
+            reader.decode(index, gaussian)
+    finally:
+        parallel.MIN_SYMBOLS_PER_RANGE = saved
 
 
 def test_the_lookup_starts_each_slice_at_its_entry_and_decoding_needs_nothing_of_it(

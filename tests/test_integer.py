@@ -279,6 +279,40 @@ def test_the_compiled_epilogue_gives_requantizes_integers_at_the_extremes():
                              out.numpy())
 
 
+def test_the_layer_ends_give_the_same_integers_on_any_number_of_workers():
+    """hidden_layer and last_layer share their rows among `workers` threads where built with
+    OpenMP (at least 16,384 values each): the same output on 1, 2, 3 or 64 workers, rows
+    that do not divide evenly included."""
+    from tica.entropy import GaussianConditional
+    from tica.nn import _intops
+    g = torch.Generator().manual_seed(5)
+    rows, cols, half = 4099, 24, 12
+    parts = [torch.randint(-2 ** 24, 2 ** 24, (rows, cols), generator=g, dtype=torch.int32),
+             torch.randint(-2 ** 10, 2 ** 10, (rows, cols), generator=g, dtype=torch.int32)]
+    bias = torch.randint(-2 ** 20, 2 ** 20, (cols,), generator=g).double()
+    rshift = torch.randint(0, 20, (cols,), generator=g)
+    scale = torch.pow(2.0, torch.randint(8, 16, (cols,), generator=g).double())
+    gain = torch.ones(cols, dtype=torch.float64)
+    bounds = GaussianConditional().scale_bounds.double()
+    args = [p.numpy() for p in parts], [0, 1], bias.numpy()
+    hidden, last = [], []
+    for workers in (1, 2, 3, 64):
+        out = torch.full((rows, cols), -7, dtype=torch.int32)
+        _intops.hidden_layer(*args, rshift.numpy(), 2 ** 8 - 1, cols, out.numpy(), workers)
+        hidden.append(out)
+        out = torch.full((rows, cols), -7, dtype=torch.int32)
+        _intops.last_layer(*args, scale.numpy(), gain.numpy(), bounds.numpy(), half, cols,
+                           out.numpy(), workers)
+        last.append(out)
+    _, expected, _ = _table_choice(parts, [0, 1], bias, scale, gain, bounds, half)
+    assert torch.equal(last[0], expected)
+    assert 0 < int((hidden[0] == 255).sum()) and 0 < int((hidden[0] == 0).sum())
+    for out in hidden[1:]:
+        assert torch.equal(out, hidden[0])
+    for out in last[1:]:
+        assert torch.equal(out, last[0])
+
+
 @pytest.mark.parametrize("compiled", [True, False])
 def test_hidden_layers_end_alike_compiled_or_in_torch(compiled, monkeypatch):
     """The int8 path's hidden layers end in _intops or, where it is not built, in torch:

@@ -16,13 +16,23 @@
  * ANS is a stack: the encoder pushes the segments and their parts in reverse.
  *
  * Every function codes a range [begin, end) of the images of a batch with the GIL
- * released, so that threads code disjoint ranges in parallel. */
+ * released, so that threads code disjoint ranges in parallel: Python's threads, or, built
+ * with OpenMP, the kernel's own over `threads` workers. Those are the OpenMP runtime's
+ * that torch loaded (the same shared library, found by its name), so the workers that
+ * finish a torch op and wait spinning for the next are the ones that code, rather than
+ * threads that compete with them for the cores. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#define THREAD_NUM() omp_get_thread_num()
+#else
+#define THREAD_NUM() 0
+#endif
 
 #define PRECISION 24
 #define QUANTILE_MASK ((1u << PRECISION) - 1u)
@@ -353,14 +363,27 @@ static const char *status_message(int status) {
     }
 }
 
-/* encode(segments, values, batch, begin, end) -> list of bytes, one per image of
- * [begin, end). values: one int32 array (B, n) per segment, in decoding order. */
+/* How many of `workers` threads code `items` units of work: one without OpenMP. */
+static int team_size(Py_ssize_t workers, Py_ssize_t items) {
+#ifdef _OPENMP
+    Py_ssize_t n = workers < items ? workers : items;
+    return n < 1 ? 1 : n > 1024 ? 1024 : (int)n;
+#else
+    (void)workers; (void)items;
+    return 1;
+#endif
+}
+
+/* encode(segments, values, batch, begin, end[, threads]) -> list of bytes, one per image
+ * of [begin, end). values: one int32 array (B, n) per segment, in decoding order. */
 static PyObject *py_encode(PyObject *self, PyObject *args) {
     PyObject *segs, *vals;
-    Py_ssize_t batch, begin, end, largest_n, largest_t;
-    if (!PyArg_ParseTuple(args, "OOnnn", &segs, &vals, &batch, &begin, &end)) return NULL;
+    Py_ssize_t batch, begin, end, largest_n, largest_t, workers = 1;
+    if (!PyArg_ParseTuple(args, "OOnnn|n", &segs, &vals, &batch, &begin, &end, &workers))
+        return NULL;
     if (begin < 0 || end > batch || begin > end)
         return PyErr_Format(PyExc_ValueError, "bad image range %zd..%zd of %zd", begin, end, batch);
+    int nt = team_size(workers, end - begin);
     Segment *g;
     Py_ssize_t count = parse_segments(segs, &g, batch, &largest_n, &largest_t);
     if (count < 0) return NULL;
@@ -384,14 +407,22 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
     Py_XDECREF(fast);
     Py_ssize_t images = end - begin;
     Encoder *enc = ok ? calloc(images > 0 ? (size_t)images : 1, sizeof(Encoder)) : NULL;
-    Scratch s = {0};
+    Scratch *s = ok ? calloc((size_t)nt, sizeof(Scratch)) : NULL;
     int status = 0;
-    if (ok && (!enc || scratch_alloc(&s, largest_n, largest_t))) status = -1;
+    for (int t = 0; ok && !status && t < nt; t++)
+        if (!enc || !s || scratch_alloc(&s[t], largest_n, largest_t)) status = -1;
     if (ok && !status) {
         Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t b = begin; b < end && !status; b++)
-            for (Py_ssize_t k = count - 1; k >= 0 && !status; k--)
-                status = encode_segment(&enc[b - begin], &g[k], vb[k].buf, b, &s);
+        #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+        for (Py_ssize_t b = begin; b < end; b++) {
+            int st = 0;
+            for (Py_ssize_t k = count - 1; k >= 0 && !st; k--)
+                st = encode_segment(&enc[b - begin], &g[k], vb[k].buf, b, &s[THREAD_NUM()]);
+            if (st) {
+                #pragma omp atomic write
+                status = st;
+            }
+        }
         Py_END_ALLOW_THREADS
     }
     PyObject *result = NULL;
@@ -417,7 +448,8 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
     }
     for (Py_ssize_t i = 0; enc && i < images; i++) free(enc[i].words);
     free(enc);
-    scratch_free(&s);
+    for (int t = 0; s && t < nt; t++) scratch_free(&s[t]);
+    free(s);
     for (Py_ssize_t k = 0; k < got; k++) PyBuffer_Release(&vb[k]);
     free(vb);
     release_segments(g, count);
@@ -488,16 +520,19 @@ static PyObject *py_decoder_init(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(bad);
 }
 
-/* decode(segment, words, starts, states, positions, out, batch, begin, end): decode images
- * [begin, end)'s symbols of one segment into out (B, n) int32, advancing their states. */
+/* decode(segment, words, starts, states, positions, out, batch, begin, end[, threads]):
+ * decode images [begin, end)'s symbols of one segment into out (B, n) int32, advancing
+ * their states. */
 static PyObject *py_decode(PyObject *self, PyObject *args) {
     PyObject *seg, *w, *s, *st_, *p, *out_obj;
-    Py_ssize_t batch, begin, end;
-    if (!PyArg_ParseTuple(args, "OOOOOOnnn", &seg, &w, &s, &st_, &p, &out_obj, &batch,
-                          &begin, &end))
+    Py_ssize_t batch, begin, end, workers = 1;
+    if (!PyArg_ParseTuple(args, "OOOOOOnnn|n", &seg, &w, &s, &st_, &p, &out_obj, &batch,
+                          &begin, &end, &workers))
         return NULL;
     if (begin < 0 || end > batch || begin > end)
         return PyErr_Format(PyExc_ValueError, "bad image range %zd..%zd of %zd", begin, end, batch);
+    Py_ssize_t groups = (end - begin + LANES - 1) / LANES;     /* LANES images at a time */
+    int nt = team_size(workers, groups);
     Segment g;
     if (parse_segment(seg, &g, batch)) { release_segments(&g, 1); return NULL; }
     BatchState st;
@@ -510,8 +545,9 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
         fail("the output array has the wrong size");
         status = 1;
     }
-    Scratch sc[LANES] = {{0}};
-    for (int l = 0; l < LANES && !status; l++)
+    Scratch *sc = status ? NULL : calloc((size_t)nt * LANES, sizeof(Scratch));
+    if (!status && !sc) { PyErr_NoMemory(); status = 1; }
+    for (int l = 0; l < nt * LANES && !status; l++)
         if (scratch_alloc(&sc[l], g.n, g.tables)) { PyErr_NoMemory(); status = 1; }
     if (!status) {
         const uint32_t *words = st.words.buf;
@@ -520,22 +556,29 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
         int64_t *positions = st.positions.buf;
         int32_t *o = out.buf;
         Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t b = begin; b < end && !status; b += LANES) {
+        #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+        for (Py_ssize_t k = 0; k < groups; k++) {
+            Py_ssize_t b = begin + k * LANES;
             Py_ssize_t lanes = end - b < LANES ? end - b : LANES;
             Decoder d[LANES];
             for (Py_ssize_t l = 0; l < lanes; l++)
                 d[l] = (Decoder){words + starts[b + l], positions[b + l], states[b + l]};
-            status = decode_segments(d, &g, o + b * g.n, b, lanes, sc);
+            int bad = decode_segments(d, &g, o + b * g.n, b, lanes, sc + THREAD_NUM() * LANES);
             for (Py_ssize_t l = 0; l < lanes; l++) {
                 states[b + l] = d[l].state;
                 positions[b + l] = d[l].pos;
+            }
+            if (bad) {
+                #pragma omp atomic write
+                status = bad;
             }
         }
         Py_END_ALLOW_THREADS
         if (status) PyErr_SetString(PyExc_ValueError, status_message(status));
     }
-    for (int l = 0; l < LANES; l++)
+    for (int l = 0; sc && l < nt * LANES; l++)
         scratch_free(&sc[l]);
+    free(sc);
     PyBuffer_Release(&out);
     batch_release(&st);
     release_segments(&g, 1);
@@ -553,4 +596,14 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_rans",
                                     "The rANS kernel of tica's entropy coder.", -1, methods};
 
-PyMODINIT_FUNC PyInit__rans(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__rans(void) {
+    PyObject *m = PyModule_Create(&module);
+#ifdef _OPENMP
+    int openmp = 1;
+#else
+    int openmp = 0;
+#endif
+    /* whether `threads` is honoured: else callers run ranges on threads of their own */
+    if (m && PyModule_AddIntConstant(m, "openmp", openmp)) Py_CLEAR(m);
+    return m;
+}

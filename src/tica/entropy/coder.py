@@ -181,7 +181,8 @@ def encode_batch(segments: Sequence[Segment], batch: int) -> list[bytes]:
         symbols += vals.shape[1]
     if batch == 0:
         return []
-    parts = map_ranges(lambda b, e: _rans.encode(specs, values, batch, b, e), batch, symbols)
+    parts = map_ranges(lambda b, e, n: _rans.encode(specs, values, batch, b, e, n), batch,
+                       symbols, own_team=bool(_rans.openmp))
     return [payload for part in parts for payload in part]
 
 
@@ -214,9 +215,10 @@ class BatchDecoder:
         spec = tables.segment(index, self.batch)
         out = np.empty((self.batch, spec[5]), np.int32)
         if self.batch:
-            map_ranges(lambda b, e: _rans.decode(spec, self._words, self._starts, self._states,
-                                                 self._positions, out, self.batch, b, e),
-                       self.batch, spec[5])
+            map_ranges(lambda b, e, n: _rans.decode(spec, self._words, self._starts,
+                                                    self._states, self._positions, out,
+                                                    self.batch, b, e, n),
+                       self.batch, spec[5], own_team=bool(_rans.openmp))
         return out
 
     def finish(self) -> None:

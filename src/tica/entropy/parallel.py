@@ -1,6 +1,7 @@
 """The one pool of threads the entropy coder runs on, shared by the API, the CLI and the
 server. The rANS kernel releases the GIL, so threads code disjoint ranges of a batch's
-images at once.
+images at once: its own OpenMP team where it was built with OpenMP (the workers torch's
+ops use, see _rans.c), else this module's pool.
 
 The number of threads is, in order: `set_threads(n)`, the TICA_CODER_THREADS environment
 variable, or the cores this process may run on.
@@ -85,13 +86,17 @@ def ranges(batch: int, symbols_per_image: int, parts: int) -> list[tuple[int, in
     return [(bounds[k], bounds[k + 1]) for k in range(parts)]
 
 
-def map_ranges(fn: Callable[[int, int], T], batch: int, symbols_per_image: int) -> list[T]:
-    """fn(begin, end) over ranges covering the batch, on the pool where that pays; the
-    results in range order. An exception in any range is raised here."""
+def map_ranges(fn: Callable[[int, int, int], T], batch: int, symbols_per_image: int,
+               own_team: bool = False) -> list[T]:
+    """fn(begin, end, workers) over ranges covering the batch, the results in range order;
+    an exception in any range is raised here. A kernel with a team of threads of its own
+    (`own_team`: the rANS kernel built with OpenMP) gets the whole batch in one call and
+    the number of workers that pays; else each range runs on this pool's threads, one
+    worker each."""
     n = threads()
     spans = ranges(batch, symbols_per_image, n)
-    if len(spans) == 1:
-        return [fn(*spans[0])]
+    if own_team or len(spans) == 1:
+        return [fn(0, batch, len(spans))]
     pool = _get_pool(n)
-    futures = [pool.submit(fn, begin, end) for begin, end in spans]
+    futures = [pool.submit(fn, begin, end, 1) for begin, end in spans]
     return [f.result() for f in futures]

@@ -8,7 +8,9 @@
  * the last layer the way decoding uses it: each scale's table index and each mean, as
  * `TablesAndMeans` computes them in torch. Every value is an integer below 2^53
  * (IntegerHyperSynthesis.build checks the worst case), so int64 holds the accumulator
- * exactly and float64 its quotient by a power of two. The GIL is released while they run. */
+ * exactly and float64 its quotient by a power of two. The GIL is released while they run;
+ * built with OpenMP, the rows are shared among `workers` threads of the runtime torch
+ * loaded (the workers its int8 products just ran on, see tica/entropy/_rans.c). */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -16,8 +18,33 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#define THREAD_NUM() omp_get_thread_num()
+#else
+#define THREAD_NUM() 0
+#endif
 
 #define MAX_PARTS 8
+#define MIN_VALUES_PER_WORKER 16384     /* below this a worker costs more than it saves */
+
+/* How many of `workers` threads end a layer of n values: one without OpenMP. */
+static int team_size(Py_ssize_t workers, Py_ssize_t n) {
+#ifdef _OPENMP
+    Py_ssize_t worth = n / MIN_VALUES_PER_WORKER;
+    Py_ssize_t t = workers < worth ? workers : worth;
+    return t < 1 ? 1 : t > 1024 ? 1024 : (int)t;
+#else
+    (void)workers; (void)n;
+    return 1;
+#endif
+}
+
+/* Thread t of nt's share of `rows` rows: rows [*first, *stop). */
+static void share(Py_ssize_t rows, int t, int nt, Py_ssize_t *first, Py_ssize_t *stop) {
+    *first = rows * t / nt;
+    *stop = rows * (t + 1) / nt;
+}
 
 /* The row loops, compiled for the baseline x86-64 and for AVX2 and AVX-512 machines, the
  * widest the CPU runs picked when the module loads (GCC's function multiversioning). The
@@ -122,11 +149,11 @@ static void release(Py_buffer *view) {
         PyBuffer_Release(view);
 }
 
-/* hidden_layer's rows: acc is a row's scratch, add the bias as integers. */
-static WIDE_VECTORS void hidden_rows(const Parts *p, Py_ssize_t n, Py_ssize_t cols,
-                                     const int64_t *add, int64_t *acc, const int64_t *r,
-                                     int plain, int64_t act_max, int32_t *o) {
-    for (Py_ssize_t i0 = 0; i0 < n; i0 += cols) {
+/* hidden_layer's rows [first, stop): acc is a row's scratch, add the bias as integers. */
+static WIDE_VECTORS void hidden_rows(const Parts *p, Py_ssize_t first, Py_ssize_t stop,
+                                     Py_ssize_t cols, const int64_t *add, int64_t *acc,
+                                     const int64_t *r, int plain, int64_t act_max, int32_t *o) {
+    for (Py_ssize_t i0 = first * cols; i0 < stop * cols; i0 += cols) {
         accumulate_row(p, i0, 0, cols, add, acc);
         int32_t *row = o + i0;
         if (plain) {
@@ -160,9 +187,9 @@ static WIDE_VECTORS void hidden_rows(const Parts *p, Py_ssize_t n, Py_ssize_t co
 static PyObject *hidden_layer(PyObject *self, PyObject *args) {
     PyObject *parts_obj, *shifts_obj, *bias_obj, *rshift_obj, *out_obj;
     long long act_max;
-    Py_ssize_t cols;
-    if (!PyArg_ParseTuple(args, "OOOOLnO", &parts_obj, &shifts_obj, &bias_obj, &rshift_obj,
-                          &act_max, &cols, &out_obj))
+    Py_ssize_t cols, workers = 1;
+    if (!PyArg_ParseTuple(args, "OOOOLnO|n", &parts_obj, &shifts_obj, &bias_obj, &rshift_obj,
+                          &act_max, &cols, &out_obj, &workers))
         return NULL;
     if (cols < 1 || act_max < 0 || act_max > INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "hidden_layer: cols >= 1, 0 <= act_max < 2^31");
@@ -185,19 +212,26 @@ static PyObject *hidden_layer(PyObject *self, PyObject *args) {
     const double *b = bias.buf;
     const int64_t *r = rshift.buf;
     int32_t *o = out.buf;
-    int64_t *add = malloc(2 * (size_t)cols * sizeof(int64_t));  /* bias as integers, a row */
+    int nt = team_size(workers, n);
+    /* the bias as integers, then a row's scratch per thread */
+    int64_t *add = malloc((1 + (size_t)nt) * (size_t)cols * sizeof(int64_t));
     if (!add) {
         PyErr_NoMemory();
         goto done;
     }
-    int64_t *acc = add + cols;
     int plain = 1;                  /* every shift a right shift below 63: one branchless loop */
     for (Py_ssize_t c = 0; c < cols; c++) {
         add[c] = (int64_t)b[c];
         plain &= r[c] >= 0 && r[c] < 63;
     }
     Py_BEGIN_ALLOW_THREADS
-    hidden_rows(&p, n, cols, add, acc, r, plain, act_max, o);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int t = THREAD_NUM();
+        Py_ssize_t first, stop;
+        share(n / cols, t, nt, &first, &stop);
+        hidden_rows(&p, first, stop, cols, add, add + (1 + t) * cols, r, plain, act_max, o);
+    }
     Py_END_ALLOW_THREADS
     free(add);
     result = Py_NewRef(Py_None);
@@ -292,12 +326,13 @@ static inline int32_t bucket_index(const Buckets *t, double v) {
     return (int32_t)(base - bd) + (*base < v);
 }
 
-/* last_layer's rows: acc and v are a row's scratch, add the bias as integers. */
-static WIDE_VECTORS void last_rows(const Parts *p, Py_ssize_t n, Py_ssize_t cols,
-                                   Py_ssize_t half, const int64_t *add, int64_t *acc,
-                                   const double *sc, const double *g, const Buckets *buckets,
-                                   double *v, int32_t *o) {
-    for (Py_ssize_t i0 = 0; i0 < n; i0 += cols) {
+/* last_layer's rows [first, stop): acc and v are a row's scratch, add the bias as
+ * integers. */
+static WIDE_VECTORS void last_rows(const Parts *p, Py_ssize_t first, Py_ssize_t stop,
+                                   Py_ssize_t cols, Py_ssize_t half, const int64_t *add,
+                                   int64_t *acc, const double *sc, const double *g,
+                                   const Buckets *buckets, double *v, int32_t *o) {
+    for (Py_ssize_t i0 = first * cols; i0 < stop * cols; i0 += cols) {
         accumulate_row(p, i0, 0, cols, add, acc);
         for (Py_ssize_t c = 0; c < cols; c++)       /* exact quotient, then times the gain */
             v[c] = (double)acc[c] / sc[c] * g[c];
@@ -322,9 +357,9 @@ static WIDE_VECTORS void last_rows(const Parts *p, Py_ssize_t n, Py_ssize_t cols
  *           of v as a float32 (rounded to nearest, as torch's .float()) */
 static PyObject *last_layer(PyObject *self, PyObject *args) {
     PyObject *parts_obj, *shifts_obj, *bias_obj, *scale_obj, *gain_obj, *bounds_obj, *out_obj;
-    Py_ssize_t half, cols;
-    if (!PyArg_ParseTuple(args, "OOOOOOnnO", &parts_obj, &shifts_obj, &bias_obj, &scale_obj,
-                          &gain_obj, &bounds_obj, &half, &cols, &out_obj))
+    Py_ssize_t half, cols, workers = 1;
+    if (!PyArg_ParseTuple(args, "OOOOOOnnO|n", &parts_obj, &shifts_obj, &bias_obj, &scale_obj,
+                          &gain_obj, &bounds_obj, &half, &cols, &out_obj, &workers))
         return NULL;
     if (cols < 1 || half < 0 || half > cols) {
         PyErr_SetString(PyExc_ValueError, "last_layer: cols >= 1, 0 <= half <= cols");
@@ -351,8 +386,10 @@ static PyObject *last_layer(PyObject *self, PyObject *args) {
     const double *b = bias.buf, *sc = scale.buf, *g = gain.buf;
     int32_t *o = out.buf;
     Buckets buckets = {0};
-    int64_t *add = malloc(2 * (size_t)cols * sizeof(int64_t));   /* bias as integers, a row */
-    double *v = malloc((size_t)cols * sizeof(double));
+    int nt = team_size(workers, n);
+    /* the bias as integers, then a row's scratch per thread (acc, and v) */
+    int64_t *add = malloc((1 + (size_t)nt) * (size_t)cols * sizeof(int64_t));
+    double *v = malloc((size_t)nt * (size_t)cols * sizeof(double));
     if (!add || !v || buckets_init(&buckets, bounds.buf, nb)) {
         free(add);
         free(v);
@@ -360,11 +397,17 @@ static PyObject *last_layer(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    int64_t *acc = add + cols;
     for (Py_ssize_t c = 0; c < cols; c++)
         add[c] = (int64_t)b[c];
     Py_BEGIN_ALLOW_THREADS
-    last_rows(&p, n, cols, half, add, acc, sc, g, &buckets, v, o);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int t = THREAD_NUM();
+        Py_ssize_t first, stop;
+        share(n / cols, t, nt, &first, &stop);
+        last_rows(&p, first, stop, cols, half, add, add + (1 + t) * cols, sc, g, &buckets,
+                  v + t * cols, o);
+    }
     Py_END_ALLOW_THREADS
     free(add);
     free(v);
@@ -382,13 +425,24 @@ done:
 
 static PyMethodDef methods[] = {
     {"hidden_layer", hidden_layer, METH_VARARGS,
-     "hidden_layer(parts, shifts, bias, rshift, act_max, cols, out): a hidden layer's end"},
+     "hidden_layer(parts, shifts, bias, rshift, act_max, cols, out[, workers]): a hidden "
+     "layer's end"},
     {"last_layer", last_layer, METH_VARARGS,
-     "last_layer(parts, shifts, bias, scale, gain, bounds, half, cols, out): table indexes "
-     "and means"},
+     "last_layer(parts, shifts, bias, scale, gain, bounds, half, cols, out[, workers]): "
+     "table indexes and means"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_intops",
                                     "The integer h_s's layer ends.", -1, methods};
 
-PyMODINIT_FUNC PyInit__intops(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__intops(void) {
+    PyObject *m = PyModule_Create(&module);
+#ifdef _OPENMP
+    int openmp = 1;
+#else
+    int openmp = 0;
+#endif
+    /* whether `workers` is honoured */
+    if (m && PyModule_AddIntConstant(m, "openmp", openmp)) Py_CLEAR(m);
+    return m;
+}

@@ -238,7 +238,7 @@ class _HiddenEnd:
 
     def compiled(self, parts: list, shifts: list[int], out) -> None:
         _intops.hidden_layer(parts, shifts, self.bias.numpy(), self.rshift.numpy(),
-                             2 ** self.act_bits - 1, out.shape[1], out)
+                             2 ** self.act_bits - 1, out.shape[1], out, torch.get_num_threads())
 
     def in_torch(self, acc: torch.Tensor, out: torch.Tensor) -> None:
         out.copy_(requantize(acc.add_(self.bias), self.scale, False, self.frac_bits,
@@ -256,7 +256,7 @@ class _TablesEnd:
     def compiled(self, parts: list, shifts: list[int], out) -> None:
         _intops.last_layer(parts, shifts, self.bias.numpy(), self.scale.numpy(),
                            self.gain.numpy(), self.bounds.numpy(), len(self.bias) // 2,
-                           out.shape[1], out)
+                           out.shape[1], out, torch.get_num_threads())
 
 
 @dataclass(frozen=True)
