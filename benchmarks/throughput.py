@@ -115,7 +115,7 @@ def breakdown_section(model, x: torch.Tensor, quality: float, repeats: int,
     h, w = model.latent_grid(stream.sizes[0])
     z_shape = (model.config.N, h // 2, w // 2)
     tables = model.entropy_bottleneck.tables, model.gaussian_conditional.tables
-    size = api._batch_size(model, None)
+    size = api._batch_size(model, None, stream.sizes[0])
     batches = []                                    # (payloads, z, indexes, y_hat) per batch
     for start in range(0, len(stream.payloads), size):
         payloads = list(stream.payloads[start:start + size])

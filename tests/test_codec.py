@@ -60,6 +60,28 @@ def test_classify_never_runs_the_pixel_decoder(tica_cifar, cifar_images, monkeyp
     assert abs(sum(q.prob for q in everything) - 1) < 1e-4
 
 
+def test_a_cpu_decodes_in_batches_of_about_cpu_positions_latent_positions(tica_cifar):
+    """With no batch size named, a CPU decodes images of one size in batches holding about
+    CPU_POSITIONS latent positions (at most CPU_BATCH images, at least one): 64 CIFAR
+    images, 20 at 224x224, one photo of a million pixels; a stream of mixed sizes is cut
+    per size."""
+    from tica import api
+    assert tica_cifar.latent_grid((32, 32)) == (8, 8)
+    assert api._batch_size(tica_cifar, None, (32, 32)) == 64             # 4,096 positions
+    assert api._batch_size(tica_cifar, None, (64, 64)) == 16
+    assert api._batch_size(tica_cifar, None, (96, 96)) == 7              # 4,032
+    assert api._batch_size(tica_cifar, None, (1024, 1024)) == 1
+    assert api._batch_size(tica_cifar, None, (8, 8)) == api.CPU_BATCH
+    assert api._batch_size(tica_cifar, 7, (64, 64)) == 7                 # named: as named
+    photo = tica.create_model("tica-photo")
+    assert api._batch_size(photo, None, (224, 224)) == 20                # 14 x 14 each
+    images = [torch.rand(3, 32, 32) for _ in range(70)] + [torch.rand(3, 64, 64)
+                                                            for _ in range(17)]
+    data = tica.compress(tica_cifar, images)
+    parts = [len(part) for part, _, _ in tica.decompress(tica_cifar, data)]
+    assert parts == [64, 6, 16, 1]
+
+
 def test_coding_before_update_names_the_fix():
     model = tica.create_model("tica-cifar").eval()
     with pytest.raises(tica.NotUpdatedError, match=r"update\(\)"):

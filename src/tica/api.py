@@ -48,14 +48,26 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise ConfigError(f"unknown device {device!r}: use one of {', '.join(DEVICES)}") from None
 
 
-# images per forward pass when the caller names no batch size: a GPU wants large batches
+# images per forward pass when the caller names no batch size: a GPU wants large batches;
+# a CPU decodes fastest with about CPU_POSITIONS latent positions a batch (64 CIFAR images,
+# 20 at 224x224: docs/design.md, "Two cores for decoding"), what the h_s and the ViT hold
+# of a batch staying in cache
 CPU_BATCH, GPU_BATCH = 64, 512
+CPU_POSITIONS = 4096
 
 
-def _batch_size(model: nn.Module, batch_size: int | None) -> int:
+def _batch_size(model: nn.Module, batch_size: int | None,
+                size: tuple[int, int] | None = None) -> int:
+    """The caller's batch size, else a GPU's, else a CPU's: for decoding images of `size`,
+    as many as hold about CPU_POSITIONS latent positions (at most CPU_BATCH, at least 1)."""
     if batch_size is not None:
         return batch_size
-    return GPU_BATCH if next(model.parameters()).device.type == "cuda" else CPU_BATCH
+    if next(model.parameters()).device.type == "cuda":
+        return GPU_BATCH
+    if size is None:
+        return CPU_BATCH
+    h, w = model.latent_grid(size)
+    return max(1, min(CPU_BATCH, CPU_POSITIONS // max(1, h * w)))
 
 
 def load(name: str | None = None, *, weights: str | Path | None = None,
@@ -307,15 +319,16 @@ def decompress(model: nn.Module, data: bytes | Stream, limits: Limits = Limits()
     decoded (not on the first next())."""
     codec = _codec(model)
     stream = parse_within(model, data, "decompress", limits, budget)
-    return _decompress(codec, stream, _batch_size(codec, batch_size))
+    return _decompress(codec, stream, batch_size)
 
 
 @torch.no_grad()
-def _decompress(codec: CompressionModel, stream: Stream, batch_size: int):
+def _decompress(codec: CompressionModel, stream: Stream, batch_size: int | None):
     keys = list(zip(stream.sizes, stream_qualities(stream)))
     for (size, quality), idx in _groups(keys).items():
-        for start in range(0, len(idx), batch_size):
-            part = idx[start:start + batch_size]
+        step = _batch_size(codec, batch_size, size)
+        for start in range(0, len(idx), step):
+            part = idx[start:start + step]
             y_hat = codec.decompress([stream.payloads[i] for i in part], size, quality)
             yield part, size, y_hat.to(next(codec.parameters()).device)
 
