@@ -278,6 +278,15 @@ def test_the_fam_claim_compares_the_no_fam_point_at_equal_bpp():
     assert "it is not at equal budget any more" in claim and "on 1,000 more images" in claim
     from tica_tools.report.claims import cifar_budget_note
     assert "minutes of one GPU (the device plan) and CPU runs" in cifar_budget_note(continued)
+    # Kodak curves that share no PSNR range: FAM's must beat every no-FAM point outright
+    apart = [{"anchor": PHOTO_NOFAM, "bd_rate_percent": float("nan"), "psnr_range": (26.4, 24.8)}]
+    rows = [{"pipeline": "tica-photo", "bpp": b, "psnr": p} for b, p in ((0.2, 26.4), (0.9, 29.9))]
+    nofam = [{"pipeline": PHOTO_NOFAM, "bpp": b, "psnr": p} for b, p in ((0.7, 23.4), (1.1, 24.8))]
+    claim = fam_claim(worse, apart, None, rows + nofam)
+    assert "**holds**" in claim and "share no PSNR range" in claim and "beaten" in claim
+    cheap = nofam + [{"pipeline": PHOTO_NOFAM, "bpp": 0.1, "psnr": 20.0}]   # fewer bits than any
+    assert "**does not hold**" in fam_claim(worse, apart, None, rows + cheap)
+    assert "**does not hold**" in fam_claim(worse, apart, None, [])
 
 
 def test_an_interrupted_section_keeps_the_results_it_had_not_reached(tmp_path, cifar_images):
