@@ -435,14 +435,4 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_intops",
                                     "The integer h_s's layer ends.", -1, methods};
 
-PyMODINIT_FUNC PyInit__intops(void) {
-    PyObject *m = PyModule_Create(&module);
-#ifdef _OPENMP
-    int openmp = 1;
-#else
-    int openmp = 0;
-#endif
-    /* whether `workers` is honoured */
-    if (m && PyModule_AddIntConstant(m, "openmp", openmp)) Py_CLEAR(m);
-    return m;
-}
+PyMODINIT_FUNC PyInit__intops(void) { return PyModule_Create(&module); }
