@@ -612,6 +612,34 @@ def test_the_distillation_trial_is_at_equal_cost_and_waits_for_its_teacher(tmp_p
         load_plan(tmp_path / "two.json", runs_dir=tmp_path, data_root="DATA")
 
 
+def test_the_cpu_distillation_trial_runs_both_arms_after_the_teacher_at_equal_cost(tmp_path):
+    """cpu-distill-trial.json: the teacher alone on both threads, then the two arms side by
+    side on one thread each, from the shipped file, the same recipe but the teacher; the
+    plain arm waits (`after`) without taking the teacher's export."""
+    plan = load_plan(PLANS / "cpu-distill-trial.json", runs_dir=tmp_path, data_root="DATA")
+    runs = {r.name: r for r in plan.runs}
+    teacher, taught, plain = (runs[n] for n in ("teacher-cifar", "tica-cifar-distill",
+                                                  "tica-cifar-plain"))
+    assert teacher.after is None and teacher.threads == 2 and teacher.config.init is None
+    assert taught.after == plain.after == "teacher-cifar" and plan.max_parallel == 2
+    assert taught.config.teacher == str(tmp_path / "teacher-cifar" / EXPORT_FILE)
+    assert plain.config.teacher is None and taught.threads == plain.threads == 1
+    a, b = taught.config.to_dict(), plain.config.to_dict()
+    differ = {k for k in a if a[k] != b[k]} - {"run_dir", "export_dir"}
+    assert differ == {"teacher"} and a["init"] == "shipped" and a["deadline_s"] == 4500
+    for bad, match in (({"after": ["a"]}, "names one run"), ({"after": "a", "init": "@a"}, "waits")):
+        (tmp_path / "bad.json").write_text(json.dumps({"name": "bad", "runs": [
+            {"name": "a", "model": "teacher-cifar"},
+            {"name": "b", "model": "vit-pixel-cifar", **bad}]}))
+        with pytest.raises(ConfigError, match=match):
+            load_plan(tmp_path / "bad.json", runs_dir=tmp_path, data_root="DATA")
+    (tmp_path / "order.json").write_text(json.dumps({"name": "order", "runs": [
+        {"name": "a", "model": "teacher-cifar"},
+        {"name": "b", "model": "vit-pixel-cifar", "after": "c"}]}))
+    with pytest.raises(ConfigError, match="does not have"):
+        load_plan(tmp_path / "order.json", runs_dir=tmp_path, data_root="DATA")
+
+
 def test_the_batch_sweep_runs_see_equal_images_from_the_shipped_weights(tmp_path):
     plan = load_plan(PLANS / "gpu-sweep-cifar.json", runs_dir=tmp_path, data_root="DATA")
     configs = [r.config for r in plan.runs]

@@ -18,7 +18,8 @@ for start side by side, each in its own process (`python -m tica_tools.plan chil
               {"name": "tica-cifar", "init": "@tica-cifar-step1", "step": 2, ...}]}
 
 Run keys beyond TrainConfig: `publish` (false: not copied to the output folder), `limit_s`
-(seconds from the run's own start), `threads`. A run's `deadline_s` counts from the plan's
+(seconds from the run's own start), `threads`, `after` (a run to wait for without starting
+from its export: runs that would slow each other down, one after the other). A run's `deadline_s` counts from the plan's
 start. "{data}" in a value is the data root (`data_root`, else $TICA_DATA). Keys starting
 with "_" are comments. A plan may extend another: `"base": "gpu.json"`, with `set` (fields
 forced on every run), `set_model` (model overrides merged into every run's), `patch` ({run

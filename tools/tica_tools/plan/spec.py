@@ -22,7 +22,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")   # fits a tar header
 _PLAN_KEYS = {"name", "base", "deadline_s", "grace_s", "kill_after_s", "min_start_s",
               "max_parallel", "threads", "limits", "defaults", "runs", "set", "set_model", "patch",
               "only"}
-_RUN_KEYS = {"name", "publish", "limit_s", "threads"}
+_RUN_KEYS = {"name", "publish", "limit_s", "threads", "after"}
 _RESERVED = {"run_dir", "export_dir", "clock_start", "progress"}     # the plan sets these
 
 
@@ -216,11 +216,13 @@ def _resolve_run(fields: dict, spec: dict, runs_dir: Path, data_root: str | None
     if _RESERVED & set(fields):
         raise ConfigError(f"run {name}: {sorted(_RESERVED & set(fields))} are set by the plan")
     fields = {k: _fill_data(v, data_root) for k, v in fields.items()}
-    after = None
+    after = extra.get("after")              # wait for that run, take nothing from it
+    if after is not None and not isinstance(after, str):
+        raise ConfigError(f"run {name}: after names one run, not {after!r}")
     for key in ("init", "teacher"):         # "@run": that run's export, so wait for it
         if isinstance(fields.get(key), str) and fields[key].startswith("@"):
             if after is not None:
-                raise ConfigError(f"run {name}: init and teacher both name a run; a run waits "
+                raise ConfigError(f"run {name}: init, teacher and after name a run; a run waits "
                                   f"for one (start from a file or a shipped model instead)")
             after = fields[key][1:]
             fields[key] = str(runs_dir / after / EXPORT_FILE)
