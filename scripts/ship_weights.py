@@ -56,13 +56,14 @@ from tica_tools.rd import curve_verdict
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "tica" / "weights"
 
 
-def _trained(name: str, args: argparse.Namespace, entries: list[dict]) -> dict:
-    """The provenance of artifact `name`: --trained as given, else from --plan-status,
+def _trained(name: str, args: argparse.Namespace, entries: list[dict], source: str) -> dict:
+    """The provenance of artifact `name` (shipped from the file `source`): --trained as
+    given, else from --plan-status (the run that exported `source`, else the run `name`),
     continuing the shipped entry's history where the run continued its weights."""
     if args.trained or not args.plan_status:
         return args.trained
     earlier = next((e["trained"] for e in entries if e["name"] == name), None)
-    return chain(earlier, args.plan_status, name)
+    return chain(earlier, args.plan_status, name, source)
 
 
 def _entry(model, target: str, role: str, trained: dict, results: dict) -> dict:
@@ -163,11 +164,11 @@ def _manifest_lock(path: Path):
 
 
 def _ship_codec(model: nn.Module, args: argparse.Namespace, entries: list[dict], images: list,
-                results: dict) -> None:
+                results: dict, source: str) -> None:
     """Ship one --codec's model: float16 into the package, its entry into `entries`."""
     info = model.weights_info
     target = f"{model.config.name}.safetensors"
-    trained = _trained(model.config.name, args, entries)
+    trained = _trained(model.config.name, args, entries, source)
     if trained:
         info = replace(info, trained=trained)
     save_checkpoint(model, WEIGHTS / target, info, half=True)
@@ -221,14 +222,14 @@ def _edit(path: Path, args: argparse.Namespace, verdicts: dict, images: list) ->
     """Read the manifest, ship what passed into it and the package, write it back."""
     manifest = manifest_json(path)
     entries = manifest["weights"]
-    for model, ships, results in verdicts.values():
+    for source, (model, ships, results) in verdicts.items():
         if ships:
-            _ship_codec(model, args, entries, images, results)
+            _ship_codec(model, args, entries, images, results, source)
     for role, sources in (("classifier", args.model), ("step1", [args.step1] if args.step1 else [])):
         for src in sources:
             model = load_checkpoint(src)
             target = f"{model.config.name}{'-step1' if role == 'step1' else ''}.safetensors"
-            trained = _trained(Path(target).stem, args, entries)
+            trained = _trained(Path(target).stem, args, entries, src)
             info = replace(model.weights_info, **({"trained": trained} if trained else {}))
             save_checkpoint(model, WEIGHTS / target, info, half=True)
             _put(entries, _entry(load_checkpoint(WEIGHTS / target), target, role, trained,

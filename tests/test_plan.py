@@ -612,6 +612,46 @@ def test_the_distillation_trial_is_at_equal_cost_and_waits_for_its_teacher(tmp_p
         load_plan(tmp_path / "two.json", runs_dir=tmp_path, data_root="DATA")
 
 
+def test_a_trial_arm_ships_under_its_model_name_with_its_own_lease(tmp_path):
+    """The arms of a trial are runs named apart (tica-cifar-plain, tica-cifar-distill) that
+    waited for a teacher without starting from it: the file shipped finds its run by
+    SHA-256, and its lease is that run's alone, from the shipped weights; a run that did
+    start from the one it waited for still chains to it."""
+    from tica.io import sha256_file
+    from tica_tools.plan.provenance import chain, lease
+    plain, taught = tmp_path / "plain.safetensors", tmp_path / "taught.safetensors"
+    plain.write_bytes(b"plain arm")
+    taught.write_bytes(b"distilled arm")
+    runs = tmp_path / "runs"
+    status = {"plan": "trial", "commit": "c0ffee1", "started": "2026-12-05T12:00:00Z", "runs": {
+        "teacher-cifar": {"init": None, "train_device": "cpu", "minutes": 25.0, "steps": 1700,
+                          "images_seen": 435200},
+        "tica-cifar-distill": {"init": "shipped", "after": "teacher-cifar", "train_device": "cpu",
+                               "minutes": 50.0, "steps": 3000, "images_seen": 384000},
+        "tica-cifar-plain": {"init": "shipped", "after": "teacher-cifar", "train_device": "cpu",
+                             "minutes": 50.0, "steps": 3300, "images_seen": 422400},
+        "step2": {"init": str(runs / "step1" / "model.safetensors"), "after": "step1",
+                  "train_device": "cpu", "minutes": 2.0, "steps": 20, "images_seen": 640},
+        "step1": {"init": None, "train_device": "cpu", "minutes": 1.0, "steps": 10,
+                  "images_seen": 320}},
+        "files": {"tica-cifar-plain.safetensors": {"run": "tica-cifar-plain",
+                                                   "sha256": sha256_file(plain)},
+                  "tica-cifar-distill.safetensors": {"run": "tica-cifar-distill",
+                                                     "sha256": sha256_file(taught)}}}
+    assert lease(status, "tica-cifar-plain")["runs"] == ["tica-cifar-plain"]
+    assert lease(status, "step2")["runs"] == ["step1", "step2"]
+    shipped = {"where": "gpu", "plan": "p", "commit": "abc1234", "minutes": 5.0, "steps": 10,
+               "images_seen": 300}
+    for source, run, images in ((plain, "tica-cifar-plain", 422400),
+                                (taught, "tica-cifar-distill", 384000)):
+        total = chain(shipped, [status], "tica-cifar", source)
+        assert total["leases"][-1]["runs"] == [run] and total["leases"][-1]["init"] == "shipped"
+        assert (total["minutes"], total["images_seen"]) == (55.0, 300 + images)
+    with pytest.raises(ConfigError, match="no run 'tica-cifar'"):
+        chain(shipped, [status], "tica-cifar", tmp_path / "elsewhere.json"
+              if (tmp_path / "elsewhere.json").write_text("{}") else None)
+
+
 def test_the_cpu_distillation_trial_runs_both_arms_after_the_teacher_at_equal_cost(tmp_path):
     """cpu-distill-trial.json: the teacher alone on both threads, then the two arms side by
     side on one thread each, from the shipped file, the same recipe but the teacher; the

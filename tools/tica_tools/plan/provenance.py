@@ -24,7 +24,7 @@ def lease(status: dict, run: str) -> dict:
         if name not in runs:
             raise ConfigError(f"plan {status.get('plan')}: no run {name!r} in its plan.json")
         chain.append(name)
-        name = runs[name].get("after")
+        name = _started_from(runs[name])
     own = runs[run]
     return {"plan": f"scripts/plans/{status['plan']}.json", "commit": status.get("commit"),
             "date": (status.get("started") or "")[:10], "runs": chain[::-1],
@@ -34,6 +34,22 @@ def lease(status: dict, run: str) -> dict:
             "steps": sum(runs[n].get("steps") or 0 for n in chain),
             "images_seen": sum(runs[n].get("images_seen") or 0 for n in chain),
             "aggregate_tflop_s": status.get("aggregate_tflop_s")}
+
+
+def _started_from(run: dict) -> str | None:
+    """The run whose export `run` started from: the one it waited for, if its init is that
+    run's export (RUNS/NAME/model.safetensors); a run that only waited (`after`, or a teacher
+    it distilled from) started from its own init."""
+    after, init = run.get("after"), run.get("init")
+    return after if after and isinstance(init, str) and Path(init).parent.name == after else None
+
+
+def run_of(status: dict, name: str, sha256: str | None) -> str:
+    """The run of `status` that exported the file of this `sha256` (a plan may train a model
+    under another name, e.g. the arms of a trial), else the run called `name`."""
+    made = [f.get("run") for f in status.get("files", {}).values()
+            if sha256 and f.get("sha256") == sha256]
+    return made[0] if made else name
 
 
 def _init(init: str | None) -> dict:
@@ -46,31 +62,42 @@ def _init(init: str | None) -> dict:
     return {"init": "scratch"}
 
 
-def chain(earlier: dict | None, statuses: list[dict], run: str) -> dict:
+def chain(earlier: dict | None, statuses: list[dict], run: str, source: str | Path | None = None
+          ) -> dict:
     """A file's `trained` after the leases of `statuses` (plan.json contents, in the order
     they ran): the first continues `earlier` (the shipped entry's) or starts over, as
     `accumulate` says; each later one must have started from the file the one before it
-    exported for `run` (init a file of that SHA-256), else its lease would claim compute
-    the weights do not hold."""
+    exported (init a file of that SHA-256), else its lease would claim compute the weights
+    do not hold. Each plan's run is the one that exported the file (`source`, then each
+    lease's init file, by SHA-256), else the run called `run`."""
+    names, sha = [run] * len(statuses), sha256_file(source) if source else None
+    for k in reversed(range(len(statuses))):
+        names[k] = run_of(statuses[k], run, sha)
+        first = lease(statuses[k], names[k])
+        init = first.get("init_file")
+        sha = sha256_file(init) if init and Path(init).is_file() else None
     trained = earlier
     for k, status in enumerate(statuses):
-        new = lease(status, run)
+        new = lease(status, names[k])
         if k and new["init"] != "file":
-            raise ConfigError(f"plan {status.get('plan')}: run {run!r} started from "
+            raise ConfigError(f"plan {status.get('plan')}: run {names[k]!r} started from "
                               f"{new['init']}, not from plan {statuses[k - 1].get('plan')}'s "
                               "export: give only the plans that trained one another, in order")
         if new["init"] == "file":
-            _check_started_from(new["init_file"], statuses[k - 1] if k else None, status, run)
+            _check_started_from(new["init_file"], statuses[k - 1] if k else None, status,
+                                names[k], names[k - 1] if k else None)
         trained = accumulate(trained, new)
     return trained
 
 
-def _check_started_from(path: str, before: dict | None, status: dict, run: str) -> None:
+def _check_started_from(path: str, before: dict | None, status: dict, run: str,
+                        before_run: str | None) -> None:
     plan = status.get("plan")
     if before is None:
         raise ConfigError(f"plan {plan}: run {run!r} started from the file {path}; give the "
                           "plan.json of the plan that trained it first (--plan-status, in order)")
-    made = [f.get("sha256") for f in before.get("files", {}).values() if f.get("run") == run]
+    made = [f.get("sha256") for f in before.get("files", {}).values()
+            if f.get("run") == before_run]
     if not Path(path).is_file():
         raise ConfigError(f"plan {plan}: run {run!r} started from {path}, which is not here to "
                           f"check against plan {before.get('plan')}'s export")
