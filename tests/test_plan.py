@@ -627,6 +627,7 @@ def test_a_trial_arm_ships_under_its_model_name_with_its_own_lease(tmp_path):
         "teacher-cifar": {"init": None, "train_device": "cpu", "minutes": 25.0, "steps": 1700,
                           "images_seen": 435200},
         "tica-cifar-distill": {"init": "shipped", "after": "teacher-cifar", "train_device": "cpu",
+                               "teacher": str(runs / "teacher-cifar" / "model.safetensors"),
                                "minutes": 50.0, "steps": 3000, "images_seen": 384000},
         "tica-cifar-plain": {"init": "shipped", "after": "teacher-cifar", "train_device": "cpu",
                              "minutes": 50.0, "steps": 3300, "images_seen": 422400},
@@ -642,11 +643,14 @@ def test_a_trial_arm_ships_under_its_model_name_with_its_own_lease(tmp_path):
     assert lease(status, "step2")["runs"] == ["step1", "step2"]
     shipped = {"where": "gpu", "plan": "p", "commit": "abc1234", "minutes": 5.0, "steps": 10,
                "images_seen": 300}
-    for source, run, images in ((plain, "tica-cifar-plain", 422400),
-                                (taught, "tica-cifar-distill", 384000)):
+    for source, run, images, minutes in ((plain, "tica-cifar-plain", 422400, 55.0),
+                                         (taught, "tica-cifar-distill", 384000, 80.0)):
         total = chain(shipped, [status], "tica-cifar", source)
         assert total["leases"][-1]["runs"] == [run] and total["leases"][-1]["init"] == "shipped"
-        assert (total["minutes"], total["images_seen"]) == (55.0, 300 + images)
+        assert (total["minutes"], total["images_seen"]) == (minutes, 300 + images)
+    teachers = lease(status, "tica-cifar-distill")["teachers"]     # its minutes are the file's
+    assert teachers == {"teacher-cifar": {"model": None, "minutes": 25.0, "images_seen": 435200}}
+    assert "teachers" not in lease(status, "tica-cifar-plain")
     with pytest.raises(ConfigError, match="no run 'tica-cifar'"):
         chain(shipped, [status], "tica-cifar", tmp_path / "elsewhere.json"
               if (tmp_path / "elsewhere.json").write_text("{}") else None)

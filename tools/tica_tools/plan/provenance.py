@@ -26,14 +26,30 @@ def lease(status: dict, run: str) -> dict:
         chain.append(name)
         name = _started_from(runs[name])
     own = runs[run]
+    taught = _teachers(runs, chain)
     return {"plan": f"scripts/plans/{status['plan']}.json", "commit": status.get("commit"),
             "date": (status.get("started") or "")[:10], "runs": chain[::-1],
             "where": "gpu" if str(own.get("train_device") or "").startswith("cuda") else "cpu",
             **_init(runs[chain[-1]].get("init")),     # where the chain began
-            "minutes": round(sum(runs[n].get("minutes") or 0 for n in chain), 2),
+            "minutes": round(sum(runs[n].get("minutes") or 0 for n in chain + list(taught)), 2),
             "steps": sum(runs[n].get("steps") or 0 for n in chain),
             "images_seen": sum(runs[n].get("images_seen") or 0 for n in chain),
+            **({"teachers": taught} if taught else {}),
             "aggregate_tflop_s": status.get("aggregate_tflop_s")}
+
+
+def _teachers(runs: dict, chain: list[str]) -> dict:
+    """The plan's runs that the runs of `chain` distilled from (their export the teacher),
+    with their minutes, which the lease's minutes include: the machine time behind the
+    file. Their images are the teacher's own and not counted as the file's."""
+    taught = {}
+    for name in chain:
+        teacher, after = runs[name].get("teacher"), runs[name].get("after")
+        if after and isinstance(teacher, str) and Path(teacher).parent.name == after:
+            taught[after] = {"model": runs[after].get("model"),
+                             "minutes": runs[after].get("minutes"),
+                             "images_seen": runs[after].get("images_seen")}
+    return taught
 
 
 def _started_from(run: dict) -> str | None:

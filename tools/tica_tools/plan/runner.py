@@ -255,7 +255,7 @@ class PlanRunner:
         st.metrics, st.exports = {}, 0
         deadline = f", deadline {cfg.deadline_s:.0f} s" if cfg.deadline_s is not None else ""
         self.log(f"start {run.name} (pid {st.proc.pid}{deadline}"
-                 + (f", from {run.after})" if run.after else ")"))
+                 + (f", after {run.after})" if run.after else ")"))
         return 1
 
     # -- following runs ------------------------------------------------------------------
@@ -336,7 +336,7 @@ class PlanRunner:
         end = st.ended or (time.time() if st.started else None)
         steps = st.metrics.get("step")
         return {"state": st.state, "reason": st.reason, "model": c.model, "train_step": c.step,
-                "after": run.after, "init": c.init, "train_device": c.device,
+                "after": run.after, "init": c.init, "teacher": c.teacher, "train_device": c.device,
                 "batch_size": c.batch_size, "steps": steps,
                 "images_seen": steps * c.batch_size if steps else 0,
                 "gflop_per_image": st.metrics.get("gflop"),
