@@ -19,11 +19,11 @@ for start side by side, each in its own process (`python -m tica_tools.plan chil
 
 Run keys beyond TrainConfig: `publish` (false: not copied to the output folder), `limit_s`
 (seconds from the run's own start), `threads`, `after` (a run to wait for without starting
-from its export: runs that would slow each other down, one after the other). A run's `deadline_s` counts from the plan's
-start. "{data}" in a value is the data root (`data_root`, else $TICA_DATA). Keys starting
-with "_" are comments. A plan may extend another: `"base": "gpu.json"`, with `set` (fields
-forced on every run), `set_model` (model overrides merged into every run's), `patch` ({run
-name: fields}) and any top-level key.
+from its export: runs that would slow each other down, one after the other). A run's
+`deadline_s` counts from the plan's start. "{data}" in a value is the data root
+(`data_root`, else $TICA_DATA). Keys starting with "_" are comments. A plan may extend
+another: `"base": "gpu.json"`, with `set` (fields forced on every run), `set_model` (model
+overrides merged into every run's), `patch` ({run name: fields}) and any top-level key.
 
 The output folder gets each published run's latest export, float16 and coding-ready, as
 NAME.safetensors, or NAME.safetensors.part0, .part1, ... where larger than max_file_bytes,

@@ -222,8 +222,9 @@ def _resolve_run(fields: dict, spec: dict, runs_dir: Path, data_root: str | None
     for key in ("init", "teacher"):         # "@run": that run's export, so wait for it
         if isinstance(fields.get(key), str) and fields[key].startswith("@"):
             if after is not None:
-                raise ConfigError(f"run {name}: init, teacher and after name a run; a run waits "
-                                  f"for one (start from a file or a shipped model instead)")
+                raise ConfigError(f"run {name}: more than one of init, teacher and after names "
+                                  "a run; a run waits for one (start from a file or a shipped "
+                                  "model instead)")
             after = fields[key][1:]
             fields[key] = str(runs_dir / after / EXPORT_FILE)
     publish = bool(extra.get("publish", True))
