@@ -34,8 +34,7 @@ def compare(data_source: str, specs: list[str], limit: int | None = None,
     curves, seconds = {}, {}
     for spec in specs:
         start = time.perf_counter()
-        curves[spec] = [{"quality": r.quality, "bpp": r.bpp, "psnr": r.psnr, "top1": r.top1}
-                        for r in evaluate_curve(load_codec(spec), data)]
+        curves[spec] = [r.to_dict() for r in evaluate_curve(load_codec(spec), data)]
         seconds[spec] = time.perf_counter() - start
         print(f"{spec}: {seconds[spec]:.0f} s", file=sys.stderr)
     lines = [f"{data.count} images of {data.name}, every standard quality, real streams:", "",

@@ -651,9 +651,10 @@ def test_a_trial_arm_ships_under_its_model_name_with_its_own_lease(tmp_path):
     teachers = lease(status, "tica-cifar-distill")["teachers"]     # its minutes are the file's
     assert teachers == {"teacher-cifar": {"model": None, "minutes": 25.0, "images_seen": 435200}}
     assert "teachers" not in lease(status, "tica-cifar-plain")
+    elsewhere = tmp_path / "elsewhere.json"          # no run of the plan exported it
+    elsewhere.write_text("{}")
     with pytest.raises(ConfigError, match="no run 'tica-cifar'"):
-        chain(shipped, [status], "tica-cifar", tmp_path / "elsewhere.json"
-              if (tmp_path / "elsewhere.json").write_text("{}") else None)
+        chain(shipped, [status], "tica-cifar", elsewhere)
 
 
 def test_the_cpu_distillation_trial_runs_both_arms_after_the_teacher_at_equal_cost(tmp_path):

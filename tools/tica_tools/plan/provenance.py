@@ -44,8 +44,8 @@ def _teachers(runs: dict, chain: list[str]) -> dict:
     file. Their images are the teacher's own and not counted as the file's."""
     taught = {}
     for name in chain:
-        teacher, after = runs[name].get("teacher"), runs[name].get("after")
-        if after and isinstance(teacher, str) and Path(teacher).parent.name == after:
+        after = runs[name].get("after")
+        if _export_of(runs[name].get("teacher"), after):
             taught[after] = {"model": runs[after].get("model"),
                              "minutes": runs[after].get("minutes"),
                              "images_seen": runs[after].get("images_seen")}
@@ -56,8 +56,14 @@ def _started_from(run: dict) -> str | None:
     """The run whose export `run` started from: the one it waited for, if its init is that
     run's export (RUNS/NAME/model.safetensors); a run that only waited (`after`, or a teacher
     it distilled from) started from its own init."""
-    after, init = run.get("after"), run.get("init")
-    return after if after and isinstance(init, str) and Path(init).parent.name == after else None
+    after = run.get("after")
+    return after if _export_of(run.get("init"), after) else None
+
+
+def _export_of(path, run: str | None) -> bool:
+    """Whether `path` (a run's init or teacher, as plan.json records it) is plan run `run`'s
+    export: the plan resolves "@run" to RUNS/run/model.safetensors."""
+    return bool(run) and isinstance(path, str) and Path(path).parent.name == run
 
 
 def run_of(status: dict, name: str, sha256: str | None) -> str:
@@ -86,38 +92,42 @@ def chain(earlier: dict | None, statuses: list[dict], run: str, source: str | Pa
     exported (init a file of that SHA-256), else its lease would claim compute the weights
     do not hold. Each plan's run is the one that exported the file (`source`, then each
     lease's init file, by SHA-256), else the run called `run`."""
-    names, sha = [run] * len(statuses), sha256_file(source) if source else None
-    for k in reversed(range(len(statuses))):
+    count = len(statuses)
+    names, leases, init_shas = [run] * count, [{}] * count, [None] * count
+    sha = sha256_file(source) if source else None
+    for k in reversed(range(count)):            # each run found by the file it exported
         names[k] = run_of(statuses[k], run, sha)
-        first = lease(statuses[k], names[k])
-        init = first.get("init_file")
-        sha = sha256_file(init) if init and Path(init).is_file() else None
+        leases[k] = lease(statuses[k], names[k])
+        init = leases[k].get("init_file")
+        sha = init_shas[k] = sha256_file(init) if init and Path(init).is_file() else None
     trained = earlier
     for k, status in enumerate(statuses):
-        new = lease(status, names[k])
+        new = leases[k]
         if k and new["init"] != "file":
             raise ConfigError(f"plan {status.get('plan')}: run {names[k]!r} started from "
                               f"{new['init']}, not from plan {statuses[k - 1].get('plan')}'s "
                               "export: give only the plans that trained one another, in order")
         if new["init"] == "file":
-            _check_started_from(new["init_file"], statuses[k - 1] if k else None, status,
-                                names[k], names[k - 1] if k else None)
+            _check_started_from(new["init_file"], init_shas[k], statuses[k - 1] if k else None,
+                                status, names[k], names[k - 1] if k else None)
         trained = accumulate(trained, new)
     return trained
 
 
-def _check_started_from(path: str, before: dict | None, status: dict, run: str,
+def _check_started_from(path: str, sha: str | None, before: dict | None, status: dict, run: str,
                         before_run: str | None) -> None:
+    """`path` (of SHA-256 `sha`, None where it is not here) is what plan `before` exported
+    for `before_run`."""
     plan = status.get("plan")
     if before is None:
         raise ConfigError(f"plan {plan}: run {run!r} started from the file {path}; give the "
                           "plan.json of the plan that trained it first (--plan-status, in order)")
     made = [f.get("sha256") for f in before.get("files", {}).values()
             if f.get("run") == before_run]
-    if not Path(path).is_file():
+    if sha is None:
         raise ConfigError(f"plan {plan}: run {run!r} started from {path}, which is not here to "
                           f"check against plan {before.get('plan')}'s export")
-    if sha256_file(path) not in made:
+    if sha not in made:
         raise ConfigError(f"plan {plan}: run {run!r} started from {path}, which is not what "
                           f"plan {before.get('plan')} exported for it (SHA-256 differs)")
 
