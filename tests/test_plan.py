@@ -398,6 +398,22 @@ def test_pack_split_shrinks_a_labelled_split_and_keeps_its_classes(tmp_path):
     assert abs(packed.images[5].float().mean().item() - 202) < 3
 
 
+def test_pack_split_lossless_keeps_the_resized_pixels_exactly(tmp_path):
+    from tica_tools.plan import main, pack_split
+    src = tmp_path / "set" / "train" / "dog"
+    src.mkdir(parents=True)
+    g = torch.Generator().manual_seed(1)
+    noisy = (torch.rand(48, 48, 3, generator=g) * 255).byte().numpy()
+    Image.fromarray(noisy).save(src / "0.png")
+    n, lossless = pack_split(tmp_path / "set", tmp_path / "exact", side=32, quality=None)
+    assert main(["pack-split", str(tmp_path / "set"), str(tmp_path / "lossy"), "32", "50"]) == 0
+    lossy = sum(f.stat().st_size for f in (tmp_path / "lossy").rglob("*.*"))
+    assert n == 1 and 0 < lossy < lossless
+    resized = Image.fromarray(noisy).resize((32, 32), Image.BICUBIC)
+    exact = Image.open(next((tmp_path / "exact" / "train" / "dog").iterdir())).convert("RGB")
+    assert np.array_equal(np.asarray(exact), np.asarray(resized))
+
+
 def test_pack_photos_halves_the_photographs_lossless_or_at_a_quality(tmp_path):
     from tica_tools.plan import pack_photos
     src = tmp_path / "photos"

@@ -117,7 +117,7 @@ def shipped_files(plan_path: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """python -m tica_tools.plan run PLAN [options] | child SPEC | shipped-files PLAN
-    | pack-photos SRC DEST [SCALE [QUALITY]] | pack-split SRC DEST [SIDE] | travel-size [CARRY..]"""
+    | pack-photos SRC DEST [SCALE [QUALITY]] | pack-split SRC DEST [SIDE [QUALITY|lossless]] | travel-size [CARRY..]"""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args[:1] == ["run"]:
@@ -132,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                                   int(args[4]) if len(args) == 5 else None)
             print(f"{n} photos, {size / 2**20:.1f} MiB in {args[2]}")
             return 0
-        if args[:1] == ["pack-split"] and len(args) in (3, 4):
-            n, size = pack_split(args[1], args[2], int(args[3]) if len(args) == 4 else 160)
+        if args[:1] == ["pack-split"] and len(args) in (3, 4, 5):
+            quality = 75 if len(args) < 5 else None if args[4] == "lossless" else int(args[4])
+            n, size = pack_split(args[1], args[2], int(args[3]) if len(args) >= 4 else 160, quality)
             print(f"{n} images, {size / 2**20:.1f} MiB in {args[2]}")
             return 0
         if args[:1] == ["travel-size"]:

@@ -9,12 +9,31 @@ from pathlib import Path
 from tica.errors import TicaError
 
 
+def _save(img, stem: Path, quality: int | None) -> int:
+    """`img` saved as stem.webp, lossless unless a `quality` is given (PNG, or JPEG at that
+    quality, where Pillow lacks WebP). Returns the file's bytes."""
+    from PIL import features
+    if features.check("webp"):
+        target = stem.with_suffix(".webp")
+        if quality is None:
+            img.save(target, "WEBP", lossless=True, quality=100, method=4)
+        else:
+            img.save(target, "WEBP", quality=quality, method=4)
+    elif quality is None:
+        target = stem.with_suffix(".png")
+        img.save(target, "PNG", compress_level=9)
+    else:
+        target = stem.with_suffix(".jpg")
+        img.save(target, "JPEG", quality=quality)
+    return target.stat().st_size
+
+
 def pack_photos(src: str | Path, dest: str | Path, scale: int = 2, quality: int | None = None
                 ) -> tuple[int, int]:
-    """The photographs of `src`, each shrunk `scale` times (box filter), as WebP (PNG where
-    Pillow lacks WebP) in `dest`, lossless unless a `quality` is given: how natural-image
-    training data travels to a machine with a size limit. Returns (files, bytes)."""
-    from PIL import Image, features
+    """The photographs of `src`, each shrunk `scale` times (box filter), as WebP in `dest`,
+    lossless unless a `quality` is given: how natural-image training data travels to a
+    machine with a size limit. Returns (files, bytes)."""
+    from PIL import Image
 
     from tica.data import IMAGE_SUFFIXES
     src, dest = Path(src), Path(dest)
@@ -22,42 +41,30 @@ def pack_photos(src: str | Path, dest: str | Path, scale: int = 2, quality: int 
     if not files:
         raise TicaError(f"no photographs in {src}")
     dest.mkdir(parents=True, exist_ok=True)
-    webp = features.check("webp")
     total = 0
     for f in files:
         img = Image.open(f).convert("RGB")
-        img = img.reduce(scale) if scale > 1 else img
-        target = dest / (f.stem + (".webp" if webp else ".png"))
-        if webp:
-            if quality is None:
-                img.save(target, "WEBP", lossless=True, quality=100, method=4)
-            else:
-                img.save(target, "WEBP", quality=quality, method=4)
-        else:
-            img.save(target, "PNG", compress_level=9)
-        total += target.stat().st_size
+        total += _save(img.reduce(scale) if scale > 1 else img, dest / f.stem, quality)
     return len(files), total
 
 
-def pack_split(data: str | Path, dest: str | Path, side: int = 160, quality: int = 75,
+def pack_split(data: str | Path, dest: str | Path, side: int = 160, quality: int | None = 75,
                split: str = "train") -> tuple[int, int]:
     """An ImageFolder split of `data` (a folder or an archive) resized to side x side
-    (bicubic) and stored as lossy WebP (JPEG where Pillow lacks WebP) at `quality` in
-    dest/SPLIT/CLASS/: Imagenette's 8,669 training images at 160x160 and quality 75 take
-    ~35 MiB instead of 104. Returns (files, bytes)."""
-    from PIL import Image, features
+    (bicubic) and stored as WebP at `quality` (lossless where None) in dest/SPLIT/CLASS/:
+    Imagenette's 8,669 training images at 160x160 and quality 75 take ~35 MiB instead of
+    104; lossless, the codec's reconstruction target carries no artifacts of its own.
+    Returns (files, bytes)."""
+    from PIL import Image
 
     from tica.data import split_files
     files, labels, classes = split_files(data, split)
-    fmt, suffix = ("WEBP", ".webp") if features.check("webp") else ("JPEG", ".jpg")
     total = 0
     for f, label in zip(files, labels):
         folder = Path(dest) / split / classes[label]
         folder.mkdir(parents=True, exist_ok=True)
         img = Image.open(f).convert("RGB").resize((side, side), Image.BICUBIC)
-        target = folder / (f.stem + suffix)
-        img.save(target, fmt, quality=quality)
-        total += target.stat().st_size
+        total += _save(img, folder / f.stem, quality)
     return len(files), total
 
 
