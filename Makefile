@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: setup run test test-all wheel bench report clean
 
-$(STAMP): pyproject.toml tools/pyproject.toml constraints.txt src/tica/entropy/_rans.c src/tica/nn/_intops.c
+$(STAMP): pyproject.toml setup.py tools/pyproject.toml constraints.txt src/tica/entropy/_rans.c src/tica/nn/_intops.c
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	# constraints.txt pins torch: an unpinned resolve would pull a CUDA build of several GB.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from tica.errors import MissingExtraError, TicaError
 from tica.extras import require
@@ -196,3 +198,61 @@ def test_the_lazy_web_modules_are_imported_only_by_each_other():
                 base = package[: len(package) - (node.level - 1)]
                 target = ".".join(base + tuple(filter(None, [node.module])))
                 assert target not in lazy, f"{rel} imports {target} at module level"
+
+
+def _load_extension(name: str, path: Path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_compiler_without_openmp_builds_kernels_that_code_the_same_bytes(tmp_path, monkeypatch):
+    """pip's build on a compiler that refuses -fopenmp (Apple's clang, out of the box) falls
+    back to the kernels without it, says so, and they write and read the same streams."""
+    import sysconfig
+
+    import tica
+    from tica.entropy import coder, parallel
+    from tica.nn import integer
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    cc = tmp_path / "cc"
+    cc.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && '
+                  '{ echo "cc: OpenMP is not supported" >&2; exit 1; }; done\n'
+                  f'exec {compiler} "$@"\n')
+    cc.chmod(0o755)
+    built = subprocess.run([sys.executable, "setup.py", "build_ext", "--build-lib",
+                            str(tmp_path / "lib"), "--build-temp", str(tmp_path / "tmp")],
+                           cwd=REPO, env={**os.environ, "CC": str(cc)},
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert built.stderr.count("refused OpenMP") + built.stdout.count("refused OpenMP") == 2
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    rans = _load_extension("_rans", tmp_path / "lib/tica/entropy" / f"_rans{suffix}")
+    intops = _load_extension("_intops", tmp_path / "lib/tica/nn" / f"_intops{suffix}")
+    assert rans.openmp == 0
+
+    model = tica.load("tica-cifar")
+    g = torch.Generator().manual_seed(0)
+    images = torch.nn.functional.interpolate(torch.rand(6, 3, 8, 8, generator=g), size=32,
+                                             mode="bilinear")
+    stream = tica.compress(model, images, quality=4)
+    logits = tica.classify_logits(model, stream)
+    pixels = tica.reconstruct(model, stream)
+    monkeypatch.setattr(coder, "_rans", rans)
+    calls = []
+
+    class Counted:                  # the built layer ends, each call counted
+        def __getattr__(self, name):
+            return lambda *a, **k: (calls.append(name), getattr(intops, name)(*a, **k))[1]
+    monkeypatch.setattr(integer, "_intops", Counted())
+    parallel.set_threads(2)
+    try:
+        assert tica.compress(model, images, quality=4) == stream
+        assert torch.equal(tica.classify_logits(model, stream), logits)
+        assert all(torch.equal(a, b) for a, b in zip(tica.reconstruct(model, stream), pixels,
+                                                       strict=True))
+        assert "last_layer" in calls
+    finally:
+        parallel.set_threads(None)
