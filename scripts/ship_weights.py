@@ -18,8 +18,9 @@ standard quality, from real streams. Per data set, tica_tools.rd.curve_verdict c
 curves (BD-rate of PSNR, and top-1 at equal bpp where there are labels). Repeat the option
 for several data sets (e.g. Imagenette's validation split and Kodak): the codec ships only
 if it is worse on none and better on one, and its manifest results are then those rows,
-one key per data set (e.g. imagenette_val_1k, kodak_24). Exit status 3 if any codec was
-kept out.
+one key per data set (e.g. imagenette_val_1k, kodak_24). Several --codec of one preset are
+a trial's arms: the shipped curve is measured once, and at most one arm ships (the best that
+passes; `gate`). Exit status 3 if a preset's codecs were all kept out.
 
 --plan-status reads the plan.json of the plan that trained the files (each file's run is its
 name: tica-cifar, tica-cifar-step1, vit-pixel-cifar, ...) and writes its provenance: the
@@ -97,52 +98,99 @@ def curve_rows(model, data: EvalData) -> list[dict]:
             for r in evaluate_curve(model, data)]
 
 
-def better_than_shipped(model, args: argparse.Namespace) -> tuple[bool, dict]:
-    """Evaluate `model` as it would ship (float16) against its preset's shipped codec on
-    each --only-if-better data set; print both curves and each verdict. (better: no worse on
-    any data set and better on one; results for the manifest, one key per data set)."""
+def _label(i: int, count: int) -> str:
+    return "candidate" if count == 1 else f"candidate {i + 1}"
+
+
+def gate(models: list[nn.Module], sources: list[str], args: argparse.Namespace
+         ) -> list[tuple[bool, dict]]:
+    """Evaluate codecs of one preset as they would ship (float16) against the preset's
+    shipped codec on each --only-if-better data set; print the curves and each verdict. A
+    codec passes when it is no worse on any data set and better on one. Of several (a
+    trial's arms) at most one ships: a passing arm that the gate finds worse than another
+    passing arm on some data set drops out, and of those left (all the passing ones where
+    each is worse than another somewhere) the one with the lowest mean BD-rate against the
+    shipped file ships. Returns (ships, manifest results: one key per data set) per codec."""
+    name = models[0].config.name
     with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(model, Path(tmp) / "candidate.safetensors", model.weights_info, half=True)
-        candidate = load_checkpoint(Path(tmp) / "candidate.safetensors")
-    shipped = api.load(model.config.name)
-    results, verdicts = {}, []
+        candidates = []
+        for i, model in enumerate(models):
+            save_checkpoint(model, Path(tmp) / f"{i}.safetensors", model.weights_info, half=True)
+            candidates.append(load_checkpoint(Path(tmp) / f"{i}.safetensors"))
+    shipped = api.load(name)
+    n = len(models)
+    results: list[dict] = [{} for _ in models]
+    verdicts: list[list[dict]] = [[] for _ in models]
+    curves: list[list[tuple[list[dict], float]]] = [[] for _ in models]
     for source in args.only_if_better:
         data = eval_data(source, args.split, limit=args.limit)
-        old, new = curve_rows(shipped, data), curve_rows(candidate, data)
-        verdict = curve_verdict(old, new, top1_resolution=100 / data.count)
-        print(f"{model.config.name} on {data.count} images of {data.name}:")
-        print("| quality | shipped bpp | PSNR | top-1 | candidate bpp | PSNR | top-1 |")
-        print("|---:|---:|---:|---:|---:|---:|---:|")
-        for a, b in zip(old, new):
-            top = [f"{100 * r['top1']:.2f}%" if r["top1"] is not None else "-" for r in (a, b)]
-            print(f"| {a['quality']:g} | {a['bpp']:.4f} | {a['psnr']:.2f} | {top[0]} | "
-                  f"{b['bpp']:.4f} | {b['psnr']:.2f} | {top[1]} |")
-        accuracy = (f", top-1 {verdict['bd_top1_points']:+.4f} points at equal bpp (one image: "
-                    f"{100 / data.count:.4f})"
-                    if verdict["bd_top1_points"] is not None else "")
-        print(f"BD-rate (PSNR) {verdict['bd_rate_psnr']:+.2f}%{accuracy}")
-        results[data.name] = {f"q{r['quality']:g}": {"bpp": round(r["bpp"], 4),
-                                                     "psnr": round(r["psnr"], 2),
-                                                     **({"top1": round(r["top1"], 4)}
-                                                        if r["top1"] is not None else {})}
-                              for r in new}
-        results[data.name]["vs_previous"] = verdict
-        verdicts.append(verdict)
-    better = not any(v["worse"] for v in verdicts) and any(v["better"] for v in verdicts)
-    print(f"{model.config.name}: {'better, shipping' if better else 'not better, not shipped'}")
-    return better, results
+        resolution = 100 / data.count
+        old = curve_rows(shipped, data)
+        new = [curve_rows(c, data) for c in candidates]
+        print(f"{name} on {data.count} images of {data.name}:")
+        print("| quality | shipped bpp | PSNR | top-1 | "
+              + " | ".join(f"{_label(i, n)} bpp | PSNR | top-1" for i in range(n)) + " |")
+        print("|---:|---:|---:|---:|" + "---:|---:|---:|" * n)
+        for q, rows in enumerate(zip(old, *new)):
+            cells = [f"{r['bpp']:.4f} | {r['psnr']:.2f} | "
+                     + (f"{100 * r['top1']:.2f}%" if r["top1"] is not None else "-")
+                     for r in rows]
+            print(f"| {old[q]['quality']:g} | " + " | ".join(cells) + " |")
+        for i, rows in enumerate(new):
+            verdict = curve_verdict(old, rows, top1_resolution=resolution)
+            accuracy = (f", top-1 {verdict['bd_top1_points']:+.4f} points at equal bpp (one "
+                        f"image: {resolution:.4f})" if verdict["bd_top1_points"] is not None
+                        else "")
+            who = "" if n == 1 else f"{_label(i, n)} ({sources[i]}): "
+            print(f"{who}BD-rate (PSNR) {verdict['bd_rate_psnr']:+.2f}%{accuracy}")
+            results[i][data.name] = {f"q{r['quality']:g}": {
+                "bpp": round(r["bpp"], 4), "psnr": round(r["psnr"], 2),
+                **({"top1": round(r["top1"], 4)} if r["top1"] is not None else {})}
+                for r in rows}
+            results[i][data.name]["vs_previous"] = verdict
+            verdicts[i].append(verdict)
+            curves[i].append((rows, resolution))
+    passing = [i for i in range(n) if not any(v["worse"] for v in verdicts[i])
+               and any(v["better"] for v in verdicts[i])]
+    beaten = {i for i in passing for j in passing if j != i and any(
+        curve_verdict(a, b, top1_resolution=res)["worse"]
+        for (a, res), (b, _) in zip(curves[j], curves[i]))}
+    left = [i for i in passing if i not in beaten] or passing
+    chosen = min(left, key=lambda i: sum(v["bd_rate_psnr"] for v in verdicts[i]), default=None)
+    for i in range(n):
+        who = name if n == 1 else f"{name} {_label(i, n)} ({sources[i]})"
+        print(f"{who}: " + ("better, shipping" if i == chosen else
+                            f"better, but {_label(chosen, n)} is the better arm: not shipped"
+                            if i in passing else "not better, not shipped"))
+    return [(i == chosen, results[i]) for i in range(n)]
 
 
-def _verdict(src: str, args: argparse.Namespace) -> tuple[nn.Module, bool, dict]:
-    """--codec PATH's model, whether it ships, and its manifest results: --only-if-better's
-    evaluation (the slow part, done before the manifest is read), else --results."""
+def _load_codec(src: str) -> nn.Module:
     model = load_checkpoint(src)
     if not model.is_updated or not model.config.rate_levels:
         raise SystemExit(f"{src}: a shipped codec needs coding tables (a step-2 export) and "
                          f"variable rate (rate_levels >= 2)")
-    ships, results = (better_than_shipped(model, args) if args.only_if_better
-                      else (True, args.results))
-    return model, ships, results
+    return model
+
+
+def _verdicts(args: argparse.Namespace) -> dict[str, tuple[nn.Module, bool, dict]]:
+    """Each --codec's model, whether it ships, and its manifest results: --only-if-better's
+    evaluation (the slow part, done before the manifest is read), one gate per preset, else
+    --results (and then one codec a preset)."""
+    models = {src: _load_codec(src) for src in args.codec}
+    presets: dict[str, list[str]] = {}
+    for src, model in models.items():
+        presets.setdefault(model.config.name, []).append(src)
+    out = {}
+    for preset, sources in presets.items():
+        if len(sources) > 1 and not args.only_if_better:
+            raise SystemExit(f"{', '.join(sources)} are all {preset}: one ships, so name the "
+                             "held-out data that chooses it (--only-if-better DATA)")
+        outcomes = (gate([models[s] for s in sources], sources, args) if args.only_if_better
+                    else [(True, args.results)])
+        out.update({s: (models[s], ships, results)
+                    for s, (ships, results) in zip(sources, outcomes)})
+    return out
 
 
 def _lock_file(manifest: Path) -> Path:
@@ -211,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     path = WEIGHTS / MANIFEST
     images = ([(read_image(f)[None], None) for f in sorted(Path(args.check).glob("*.png"))]
               if args.check else [])
-    verdicts = {spec: _verdict(spec, args) for spec in args.codec}
-    kept_out = [spec for spec, (_, ships, _) in verdicts.items() if not ships]
+    verdicts = _verdicts(args)
+    shipping = {m.config.name for m, ships, _ in verdicts.values() if ships}
+    kept_out = {m.config.name for m, _, _ in verdicts.values()} - shipping
     with _manifest_lock(path):
         _edit(path, args, verdicts, images)
     return 3 if kept_out else 0

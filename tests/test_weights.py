@@ -108,21 +108,28 @@ def test_the_manifest_is_read_and_written_by_one_pair_of_functions(tmp_path):
     assert manifest_json(tmp_path / "none.json")["weights"] == []
 
 
-@pytest.mark.real_data("cifar10-jpeg.tar.gz")
-def test_ship_only_if_better_keeps_out_a_codec_no_better_than_the_shipped_one(tmp_path, capsys):
-    """scripts/ship_weights.py --only-if-better, on a copy of the package's weights folder:
-    the shipped tica-cifar offered again is no better than itself, so nothing changes."""
+def _ship_module(tmp_path):
+    """scripts/ship_weights.py, writing into a copy of the package's weights folder."""
     import importlib.util
     import shutil
-    from conftest import DATA
-
     spec = importlib.util.spec_from_file_location("ship_weights",
                                                   REPO / "scripts" / "ship_weights.py")
     ship = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ship)
-    weights = tmp_path / "weights"
-    shutil.copytree(Path(tica.__file__).parent / "weights", weights)
-    ship.WEIGHTS = weights
+    ship.WEIGHTS = tmp_path / "weights"
+    shutil.copytree(Path(tica.__file__).parent / "weights", ship.WEIGHTS)
+    return ship
+
+
+@pytest.mark.real_data("cifar10-jpeg.tar.gz")
+def test_ship_only_if_better_keeps_out_a_codec_no_better_than_the_shipped_one(tmp_path, capsys):
+    """scripts/ship_weights.py --only-if-better, on a copy of the package's weights folder:
+    the shipped tica-cifar offered again is no better than itself, so nothing changes."""
+    import shutil
+    from conftest import DATA
+
+    ship = _ship_module(tmp_path)
+    weights = ship.WEIGHTS
     before = {p.name: p.read_bytes() for p in weights.iterdir()}
     candidate = tmp_path / "candidate.safetensors"
     shutil.copy(weights / "tica-cifar.safetensors", candidate)
@@ -134,6 +141,45 @@ def test_ship_only_if_better_keeps_out_a_codec_no_better_than_the_shipped_one(tm
     assert gaps and abs(float(gaps[1])) < 0.01 and abs(float(gaps[2])) < 0.01
     assert "tica-cifar on 20 images of cifar10_test_20:" in out
     assert {p.name: p.read_bytes() for p in weights.iterdir()} == before
+
+
+def test_of_a_trials_arms_the_best_that_passes_ships_and_the_others_stay_out(tmp_path, capsys,
+                                                                             monkeypatch):
+    """Several codecs of one preset: the shipped curve is measured once per data set, each
+    arm gets the gate's verdict, and of the arms that pass only the one no other beats
+    ships; an arm that fails stays out. Curves stand in for the evaluation here."""
+    import shutil
+    from types import SimpleNamespace
+    ship = _ship_module(tmp_path)
+
+    def curve(psnr_gain, top1_gain):
+        return [{"quality": q, "bpp": 0.25 * q, "psnr": 20 + q + psnr_gain,
+                 "top1": 0.6 + 0.02 * q + top1_gain} for q in range(1, 9)]
+    # per data set: shipped, then arms 1, 2, 3 (the order gate evaluates them in)
+    calls = iter([curve(0, 0), curve(0.2, 0.01), curve(0.5, 0.01), curve(0.8, -0.05)] * 2)
+    monkeypatch.setattr(ship, "curve_rows", lambda model, data: next(calls))
+    monkeypatch.setattr(ship, "eval_data", lambda source, split, limit: SimpleNamespace(
+        count=1000, name=f"set_{Path(source).name}"))
+    arms = []
+    for i in range(3):
+        arms.append(tmp_path / f"arm{i + 1}.safetensors")
+        shutil.copy(ship.WEIGHTS / "tica-cifar.safetensors", arms[-1])
+    status = ship.main([a for arm in arms for a in ("--codec", str(arm))]
+                       + ["--only-if-better", "a", "--only-if-better", "b"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert f"tica-cifar candidate 2 ({arms[1]}): better, shipping" in out
+    assert (f"tica-cifar candidate 1 ({arms[0]}): better, but candidate 2 is the better arm: "
+            "not shipped") in out
+    assert f"tica-cifar candidate 3 ({arms[2]}): not better, not shipped" in out
+    assert out.count("tica-cifar on 1000 images of set_") == 2
+    assert next(calls, None) is None                              # shipped measured twice only
+    entry = next(e for e in json.loads((ship.WEIGHTS / "manifest.json").read_text())["weights"]
+                 if e["file"] == "tica-cifar.safetensors")
+    assert entry["results"]["set_a"]["q1"]["psnr"] == 21.5        # arm 2's curve
+    assert entry["results"]["set_b"]["vs_previous"]["bd_top1_points"] > 0.9
+    with pytest.raises(SystemExit, match="one ships"):           # no data to choose one
+        ship.main(["--codec", str(arms[0]), "--codec", str(arms[1])])
 
 
 def test_one_shipping_at_a_time_edits_the_manifest(tmp_path):
