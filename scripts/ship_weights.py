@@ -150,6 +150,13 @@ def gate(models: list[nn.Module], sources: list[str], args: argparse.Namespace
             results[i][data.name]["vs_previous"] = verdict
             verdicts[i].append(verdict)
             curves[i].append((rows, resolution))
+        for i in range(n):                   # a trial's arms against each other
+            for j in range(i + 1, n):
+                v = curve_verdict(new[i], new[j], top1_resolution=resolution)
+                top1 = (f", top-1 {v['bd_top1_points']:+.4f} points at equal bpp"
+                        if v["bd_top1_points"] is not None else "")
+                print(f"{_label(j, n)} against {_label(i, n)}: BD-rate (PSNR) "
+                      f"{v['bd_rate_psnr']:+.2f}%{top1}")
     passing = [i for i in range(n) if not any(v["worse"] for v in verdicts[i])
                and any(v["better"] for v in verdicts[i])]
     beaten = {i for i in passing for j in passing if j != i and any(

@@ -173,6 +173,7 @@ def test_of_a_trials_arms_the_best_that_passes_ships_and_the_others_stay_out(tmp
             "not shipped") in out
     assert f"tica-cifar candidate 3 ({arms[2]}): not better, not shipped" in out
     assert out.count("tica-cifar on 1000 images of set_") == 2
+    assert out.count("candidate 2 against candidate 1: BD-rate (PSNR) -") == 2
     assert next(calls, None) is None                              # shipped measured twice only
     entry = next(e for e in json.loads((ship.WEIGHTS / "manifest.json").read_text())["weights"]
                  if e["file"] == "tica-cifar.safetensors")
