@@ -405,13 +405,15 @@ def test_pack_split_lossless_keeps_the_resized_pixels_exactly(tmp_path):
     g = torch.Generator().manual_seed(1)
     noisy = (torch.rand(48, 48, 3, generator=g) * 255).byte().numpy()
     Image.fromarray(noisy).save(src / "0.png")
+    Image.fromarray(noisy[::-1].copy()).save(src / "0.1.png")         # a dot in the name
     n, lossless = pack_split(tmp_path / "set", tmp_path / "exact", side=32, quality=None)
     assert main(["pack-split", str(tmp_path / "set"), str(tmp_path / "lossy"), "32", "50"]) == 0
     lossy = sum(f.stat().st_size for f in (tmp_path / "lossy").rglob("*.*"))
-    assert n == 1 and 0 < lossy < lossless
+    assert n == 2 and 0 < lossy < lossless
+    packed = {p.stem: p for p in (tmp_path / "exact" / "train" / "dog").iterdir()}
+    assert sorted(packed) == ["0", "0.1"]
     resized = Image.fromarray(noisy).resize((32, 32), Image.BICUBIC)
-    exact = Image.open(next((tmp_path / "exact" / "train" / "dog").iterdir())).convert("RGB")
-    assert np.array_equal(np.asarray(exact), np.asarray(resized))
+    assert np.array_equal(np.asarray(Image.open(packed["0"]).convert("RGB")), np.asarray(resized))
 
 
 def test_pack_photos_halves_the_photographs_lossless_or_at_a_quality(tmp_path):

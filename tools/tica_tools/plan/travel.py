@@ -10,20 +10,21 @@ from tica.errors import TicaError
 
 
 def _save(img, stem: Path, quality: int | None) -> int:
-    """`img` saved as stem.webp, lossless unless a `quality` is given (PNG, or JPEG at that
-    quality, where Pillow lacks WebP). Returns the file's bytes."""
+    """`img` saved as STEM.webp, lossless unless a `quality` is given (PNG, or JPEG at that
+    quality, where Pillow lacks WebP); a dot in the stem stays (a.b -> a.b.webp). Returns
+    the file's bytes."""
     from PIL import features
     if features.check("webp"):
-        target = stem.with_suffix(".webp")
+        target = stem.with_name(stem.name + ".webp")
         if quality is None:
             img.save(target, "WEBP", lossless=True, quality=100, method=4)
         else:
             img.save(target, "WEBP", quality=quality, method=4)
     elif quality is None:
-        target = stem.with_suffix(".png")
+        target = stem.with_name(stem.name + ".png")
         img.save(target, "PNG", compress_level=9)
     else:
-        target = stem.with_suffix(".jpg")
+        target = stem.with_name(stem.name + ".jpg")
         img.save(target, "JPEG", quality=quality)
     return target.stat().st_size
 
