@@ -120,8 +120,7 @@ def gate(models: list[nn.Module], sources: list[str], args: argparse.Namespace
     shipped = api.load(name)
     n = len(models)
     results: list[dict] = [{} for _ in models]
-    verdicts: list[list[dict]] = [[] for _ in models]
-    curves: list[list[tuple[list[dict], float]]] = [[] for _ in models]
+    against: dict[tuple[int, int], list[dict]] = {}     # (i, j): arm i's verdicts against j's
     for source in args.only_if_better:
         data = eval_data(source, args.split, limit=args.limit)
         resolution = 100 / data.count
@@ -148,20 +147,22 @@ def gate(models: list[nn.Module], sources: list[str], args: argparse.Namespace
                 **({"top1": round(r["top1"], 4)} if r["top1"] is not None else {})}
                 for r in rows}
             results[i][data.name]["vs_previous"] = verdict
-            verdicts[i].append(verdict)
-            curves[i].append((rows, resolution))
         for i in range(n):                   # a trial's arms against each other
-            for j in range(i + 1, n):
-                v = curve_verdict(new[i], new[j], top1_resolution=resolution)
-                top1 = (f", top-1 {v['bd_top1_points']:+.4f} points at equal bpp"
-                        if v["bd_top1_points"] is not None else "")
-                print(f"{_label(j, n)} against {_label(i, n)}: BD-rate (PSNR) "
-                      f"{v['bd_rate_psnr']:+.2f}%{top1}")
+            for j in range(n):
+                if i == j:
+                    continue
+                v = curve_verdict(new[j], new[i], top1_resolution=resolution)
+                against.setdefault((i, j), []).append(v)
+                if i > j:
+                    top1 = (f", top-1 {v['bd_top1_points']:+.4f} points at equal bpp"
+                            if v["bd_top1_points"] is not None else "")
+                    print(f"{_label(i, n)} against {_label(j, n)}: BD-rate (PSNR) "
+                          f"{v['bd_rate_psnr']:+.2f}%{top1}")
+    verdicts = [[r["vs_previous"] for r in rows.values()] for rows in results]
     passing = [i for i in range(n) if not any(v["worse"] for v in verdicts[i])
                and any(v["better"] for v in verdicts[i])]
-    beaten = {i for i in passing for j in passing if j != i and any(
-        curve_verdict(a, b, top1_resolution=res)["worse"]
-        for (a, res), (b, _) in zip(curves[j], curves[i]))}
+    beaten = {i for i in passing for j in passing
+              if j != i and any(v["worse"] for v in against[i, j])}
     left = [i for i in passing if i not in beaten] or passing
     chosen = min(left, key=lambda i: sum(v["bd_rate_psnr"] for v in verdicts[i]), default=None)
     for i in range(n):
