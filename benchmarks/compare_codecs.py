@@ -34,7 +34,8 @@ def compare(data_source: str, specs: list[str], limit: int | None = None,
     curves, seconds = {}, {}
     for spec in specs:
         start = time.perf_counter()
-        curves[spec] = [r.to_dict() for r in evaluate_curve(load_codec(spec), data)]
+        curves[spec] = [{**r.to_dict(), "per_image": r.per_image}
+                        for r in evaluate_curve(load_codec(spec), data)]
         seconds[spec] = time.perf_counter() - start
         print(f"{spec}: {seconds[spec]:.0f} s", file=sys.stderr)
     lines = [f"{data.count} images of {data.name}, every standard quality, real streams:", "",
@@ -49,8 +50,9 @@ def compare(data_source: str, specs: list[str], limit: int | None = None,
     lines += ["", f"| codec | BD-rate (PSNR) vs {specs[0]} | top-1 at equal bpp (points) | "
               "verdict |", "|---|---:|---:|---|"]
     for spec in specs[1:]:
-        v = curve_verdict(curves[specs[0]], curves[spec], top1_resolution=100 / data.count)
-        top1 = f"{v['bd_top1_points']:+.3f}" if v["bd_top1_points"] is not None else "-"
+        v = curve_verdict(curves[specs[0]], curves[spec])
+        top1 = (f"{v['bd_top1_points']:+.3f} [{v['bd_top1_interval'][0]:+.2f}, "
+                f"{v['bd_top1_interval'][1]:+.2f}]" if "bd_top1_interval" in v else "-")
         verdict = "better" if v["better"] else "worse" if v["worse"] else "same"
         lines.append(f"| {spec} | {v['bd_rate_psnr']:+.2f}% | {top1} | {verdict} |")
     return "\n".join(lines) + "\n"

@@ -15,7 +15,9 @@ streams, so "half precision if quality allows" is a measured statement.
 shipped codec on DATA (tica.evaluate.eval_data: a data set's held-out split, an archive or
 folder, --limit N a class-balanced subset; or a folder of images such as Kodak) at every
 standard quality, from real streams. Per data set, tica_tools.rd.curve_verdict compares the
-curves (BD-rate of PSNR, and top-1 at equal bpp where there are labels). Repeat the option
+curves (BD-rate of PSNR, and top-1 at equal bpp where there are labels, counted only when
+a paired bootstrap over the images says it is not chance: tica_tools.rd.curve_verdict,
+docs/design.md "The accuracy gate"). Repeat the option
 for several data sets (e.g. Imagenette's validation split and Kodak): the codec ships only
 if it is worse on none and better on one, and its manifest results are then those rows,
 one key per data set (e.g. imagenette_val_1k, kodak_24). Several --codec of one preset are
@@ -93,9 +95,20 @@ def _put(entries: list[dict], entry: dict) -> None:
 
 def curve_rows(model, data: EvalData) -> list[dict]:
     """bpp, PSNR and top-1 (None without labels) of `model` on `data` at each of its
-    standard qualities."""
-    return [{"quality": r.quality, "bpp": r.bpp, "psnr": r.psnr, "top1": r.top1}
-            for r in evaluate_curve(model, data)]
+    standard qualities, with each image's record (the gate's paired test)."""
+    return [{"quality": r.quality, "bpp": r.bpp, "psnr": r.psnr, "top1": r.top1,
+             "per_image": r.per_image} for r in evaluate_curve(model, data)]
+
+
+def _accuracy(verdict: dict) -> str:
+    """A verdict's top-1 difference at equal bpp and its paired 95% interval, as printed."""
+    if verdict["bd_top1_points"] is None:
+        return ""
+    text = f", top-1 {verdict['bd_top1_points']:+.4f} points at equal bpp"
+    if "bd_top1_interval" not in verdict:
+        return text
+    low, high = verdict["bd_top1_interval"]
+    return text + f" [{low:+.2f}, {high:+.2f}]" + (" (chance)" if low <= 0 <= high else "")
 
 
 def _label(i: int, count: int) -> str:
@@ -123,7 +136,7 @@ def gate(models: list[nn.Module], sources: list[str], args: argparse.Namespace
     against: dict[tuple[int, int], list[dict]] = {}     # (i, j): arm i's verdicts against j's
     for source in args.only_if_better:
         data = eval_data(source, args.split, limit=args.limit)
-        resolution = 100 / data.count
+        resolution = 100 / data.count          # the rule for rows without per-image records
         old = curve_rows(shipped, data)
         new = [curve_rows(c, data) for c in candidates]
         print(f"{name} on {data.count} images of {data.name}:")
@@ -137,9 +150,7 @@ def gate(models: list[nn.Module], sources: list[str], args: argparse.Namespace
             print(f"| {old[q]['quality']:g} | " + " | ".join(cells) + " |")
         for i, rows in enumerate(new):
             verdict = curve_verdict(old, rows, top1_resolution=resolution)
-            accuracy = (f", top-1 {verdict['bd_top1_points']:+.4f} points at equal bpp (one "
-                        f"image: {resolution:.4f})" if verdict["bd_top1_points"] is not None
-                        else "")
+            accuracy = _accuracy(verdict)
             who = "" if n == 1 else f"{_label(i, n)} ({sources[i]}): "
             print(f"{who}BD-rate (PSNR) {verdict['bd_rate_psnr']:+.2f}%{accuracy}")
             results[i][data.name] = {f"q{r['quality']:g}": {
@@ -154,10 +165,8 @@ def gate(models: list[nn.Module], sources: list[str], args: argparse.Namespace
                 v = curve_verdict(new[j], new[i], top1_resolution=resolution)
                 against.setdefault((i, j), []).append(v)
                 if i > j:
-                    top1 = (f", top-1 {v['bd_top1_points']:+.4f} points at equal bpp"
-                            if v["bd_top1_points"] is not None else "")
                     print(f"{_label(i, n)} against {_label(j, n)}: BD-rate (PSNR) "
-                          f"{v['bd_rate_psnr']:+.2f}%{top1}")
+                          f"{v['bd_rate_psnr']:+.2f}%{_accuracy(v)}")
     verdicts = [[r["vs_previous"] for r in rows.values()] for rows in results]
     passing = [i for i in range(n) if not any(v["worse"] for v in verdicts[i])
                and any(v["better"] for v in verdicts[i])]

@@ -176,9 +176,17 @@ def test_codec_then_classifier_and_uncompressed(cifar_images, classifier, hyperp
     logits = classifier.classify_pixels((x_hat * 255).round() / 255)
     assert piped.top1 == pytest.approx(float((logits.argmax(1) == labels).float().mean()))
     assert piped.bpp > piped.bpp_payload > 0 and piped.quality == 2
+    # each image's record, in order: what the paired accuracy test resamples
+    record = piped.per_image
+    assert record.correct == (logits.argmax(1) == labels).tolist()
+    assert sum(record.bits) / sum(record.pixels) == pytest.approx(piped.bpp)
+    assert record.bits == [8 * len(tica.compress(hyperprior_cifar, x[i:i + 1]))
+                           for i in range(len(x))]
+    assert "per_image" not in piped.to_dict()
     # no labels (Kodak): accuracy is not applicable, the rest is measured
     unlabelled = evaluate(LearnedPipeline(hyperprior_cifar), [(x, None)])
     assert unlabelled.top1 is None and unlabelled.bpp == pytest.approx(piped.bpp)
+    assert unlabelled.per_image.correct is None and unlabelled.per_image.bits == record.bits
 
 
 def test_results_files_round_trip(tmp_path, cifar_images, classifier):

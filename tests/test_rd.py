@@ -67,3 +67,80 @@ def test_curve_verdict_wants_no_loss_on_either_curve_and_a_gain_on_one():
     assert measured["bd_top1_points"] == pytest.approx(-0.004, abs=1e-6)
     assert curve_verdict(_rows(), _rows(psnr_shift=0.2, top1_shift=-0.0002),
                          top1_resolution=0.01)["worse"]
+
+
+def _paired_rows(right, bpp_scale=1.0, psnr_shift=0.0):
+    """Evaluation rows of 1,000 images at six rates with per-image records: `right` a
+    (qualities, images) array of 0/1 answers; every image costs the same bits at a rate."""
+    import numpy as np
+    from tica.evaluate import PerImage
+    n = right.shape[1]
+    rows = []
+    for q, b in enumerate([0.3, 0.6, 1.0, 1.7, 2.8, 4.0]):
+        bits = [round(b * bpp_scale * 1024)] * n
+        rows.append({"bpp": sum(bits) / (1024 * n), "psnr": 18 + 4 * math.log2(b / 0.3) + psnr_shift,
+                     "top1": float(right[q].mean()),
+                     "per_image": PerImage(bits, [1024] * n, [bool(v) for v in right[q]])})
+    return rows
+
+
+def _answers(seed=1, n=1000):
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    p = np.array([0.55, 0.62, 0.68, 0.73, 0.77, 0.80])
+    return (rng.random((6, n)) < p[:, None]).astype(int)
+
+
+def _flip(right, lost, won=0):
+    """The same answers with `lost` right images turned wrong and `won` wrong ones right at
+    every rate (two codecs of similar accuracy disagree both ways on some images)."""
+    out = right.copy()
+    for q in range(len(out)):
+        out[q, right[q].nonzero()[0][:lost]] = 0
+        out[q, (1 - right[q]).nonzero()[0][:won]] = 1
+    return out
+
+
+def test_a_paired_test_tells_a_few_images_from_a_real_loss_of_accuracy():
+    """With per-image records the gate asks whether a top-1 difference at equal bpp is more
+    than chance on these images (paired bootstrap), rather than more than one image."""
+    from tica_tools.rd import curve_verdict, paired_top1_interval
+    right = _answers()
+    anchor = _paired_rows(right)
+    same = paired_top1_interval(anchor, _paired_rows(right))
+    assert same == (0.0, 0.0)                             # the same answers: no doubt at all
+    # 30 images lost and 27 won at every rate (-0.3 points): within chance, so a codec
+    # with fewer bits at equal PSNR passes; the one-image rule would have kept it out
+    few = curve_verdict(anchor, _paired_rows(_flip(right, 30, 27), psnr_shift=0.2))
+    assert few["bd_top1_points"] == pytest.approx(-0.3, abs=1e-6)
+    low, high = few["bd_top1_interval"]
+    assert low < -0.3 < high and 0 <= high and few["better"] and not few["worse"]
+    assert "paired bootstrap over 1000 images" in few["top1_test"]
+    # the same -0.3 points lost without a single image won at any rate is no chance
+    assert curve_verdict(anchor, _paired_rows(_flip(right, 3), psnr_shift=0.2))["worse"]
+    # 45 lost and 20 won at every rate (-2.5 points): kept out despite the PSNR gain
+    many = curve_verdict(anchor, _paired_rows(_flip(right, 45, 20), psnr_shift=0.2))
+    assert many["bd_top1_interval"][1] < 0 and many["worse"] and not many["better"]
+    # and gains count the same way: better even at equal PSNR
+    won = curve_verdict(_paired_rows(_flip(right, 45, 20)), anchor)
+    assert won["bd_top1_interval"][0] > 0 and won["better"]
+    # the interval is the same on every run (a fixed draw), and it is paired: answers of
+    # the same accuracy drawn independently look far noisier than 57 disagreements a rate
+    again = curve_verdict(anchor, _paired_rows(_flip(right, 30, 27), psnr_shift=0.2))
+    assert again["bd_top1_interval"] == few["bd_top1_interval"]
+    unpaired = paired_top1_interval(anchor, _paired_rows(_answers(seed=2)))
+    assert unpaired[1] - unpaired[0] > 2 * (high - low)
+
+
+def test_a_paired_test_refuses_curves_of_different_images():
+    from tica.evaluate import PerImage
+    from tica_tools.rd import paired_top1_interval
+    right = _answers()
+    other = _paired_rows(right[:, :999])
+    with pytest.raises(TicaError, match="same images"):
+        paired_top1_interval(_paired_rows(right), other)
+    unlabelled = _paired_rows(right)
+    unlabelled[2]["per_image"] = PerImage(unlabelled[2]["per_image"].bits,
+                                          unlabelled[2]["per_image"].pixels, None)
+    with pytest.raises(TicaError, match="same labelled images"):
+        paired_top1_interval(unlabelled, _paired_rows(right))

@@ -139,6 +139,7 @@ def test_ship_only_if_better_keeps_out_a_codec_no_better_than_the_shipped_one(tm
     assert status == 3 and "not better, not shipped" in out
     gaps = re.search(r"BD-rate \(PSNR\) ([-+]\d+\.\d+)%, top-1 ([-+]\d+\.\d+) points", out)
     assert gaps and abs(float(gaps[1])) < 0.01 and abs(float(gaps[2])) < 0.01
+    assert "points at equal bpp [+0.00, +0.00] (chance)" in out      # the paired test ran
     assert "tica-cifar on 20 images of cifar10_test_20:" in out
     assert {p.name: p.read_bytes() for p in weights.iterdir()} == before
 

@@ -13,7 +13,7 @@ import io
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -190,9 +190,23 @@ class EvalResult:
     images: int
     seconds: float
     z_fraction: float | None = None      # learned codecs: share of the payload bytes spent on z
+    per_image: PerImage | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The aggregate metrics (not `per_image`)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "per_image"}
+
+
+@dataclass
+class PerImage:
+    """What each image of an evaluation cost and got, in the data's order: its file or stream
+    bits, its pixels and (labelled data) whether its top-1 class was right. Two pipelines
+    evaluated on the same data can be compared image by image (a paired test:
+    tica_tools.rd.curve_verdict)."""
+
+    bits: list[int]
+    pixels: list[int]
+    correct: list[bool] | None
 
 
 def split_batches(split: ImageFolderSplit, batch: int = 250
@@ -247,17 +261,23 @@ def evaluate(pipeline: Pipeline, batches: Batches) -> EvalResult:
     bits = payload_bits = sq_err_sum = ssim_sum = 0.0
     z_bytes: int | None = None
     psnrs: list[float] = []
+    image_bits: list[int] = []
+    image_pixels: list[int] = []
+    right: list[bool] = []
     for x, labels in batches:
         coded = pipeline.run(x, classify=labels is not None)
         n += len(x)
         pixels += len(x) * x.shape[-1] * x.shape[-2]
         bits += 8 * sum(coded.nbytes)
+        image_bits += [8 * b for b in coded.nbytes]
+        image_pixels += [x.shape[-1] * x.shape[-2]] * len(x)
         payload_bits += 8 * sum(coded.payload)
         if coded.z_bytes is not None:
             z_bytes = (z_bytes or 0) + sum(coded.z_bytes)
         if coded.logits is not None and labels is not None:
             top = coded.logits.topk(min(5, coded.logits.shape[1]), dim=1).indices
             correct1 += int((top[:, 0] == labels).sum())
+            right += (top[:, 0] == labels).tolist()
             correct5 += int((top == labels[:, None]).any(1).sum())
             labelled += len(labels)
         if coded.x_hat is not None:
@@ -277,7 +297,8 @@ def evaluate(pipeline: Pipeline, batches: Batches) -> EvalResult:
         psnr_per_image=sum(psnrs) / len(psnrs) if decoded else None,
         ms_ssim=ssim_sum / n if decoded else None, images=n,
         seconds=time.perf_counter() - start,
-        z_fraction=8 * z_bytes / payload_bits if z_bytes is not None and payload_bits else None)
+        z_fraction=8 * z_bytes / payload_bits if z_bytes is not None and payload_bits else None,
+        per_image=PerImage(image_bits, image_pixels, right if labelled == n else None))
 
 
 def evaluate_codec(model, split: ImageFolderSplit, batch: int = 250, quality: int | None = None
@@ -304,7 +325,7 @@ def write_results(results: list[dict], path: str | Path) -> None:
     results = [{k: _finite(v) for k, v in r.items()} for r in results]
     atomic_write(path.with_suffix(".json"),
                  lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
-    columns = [f.name for f in fields(EvalResult)]
+    columns = [f.name for f in fields(EvalResult) if f.name != "per_image"]
     columns += sorted({k for r in results for k in r} - set(columns))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, columns, extrasaction="ignore")

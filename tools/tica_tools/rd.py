@@ -109,6 +109,52 @@ def rate_at(curve: tuple[Sequence[float], Sequence[float]], value: float) -> flo
     return float(np.exp(np.interp(value, v, np.log(r))))
 
 
+TOP1_RESAMPLES = 2000       # the paired bootstrap's resamples: its 2.5% tail holds 50 of them
+
+
+def _per_image(rows: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A curve's per-image record (tica.evaluate.PerImage, one a row): bits and correct as
+    (qualities, images) arrays, and the images' pixels."""
+    records = [r["per_image"] for r in rows]
+    pixels = np.asarray(records[0].pixels, float)
+    if any(list(rec.pixels) != records[0].pixels or rec.correct is None
+           or len(rec.bits) != len(pixels) for rec in records):
+        raise TicaError("a paired comparison needs every rate point on the same labelled images")
+    return (np.array([rec.bits for rec in records], float),
+            np.array([rec.correct for rec in records], float), pixels)
+
+
+def paired_top1_interval(anchor: Sequence[dict], test: Sequence[dict], level: float = 0.95,
+                         resamples: int = TOP1_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """The `level` interval of `test`'s top-1 difference from `anchor` at equal bpp (points,
+    curve_verdict's measure), from a paired bootstrap: the images are resampled with
+    replacement, the same draw for both curves (every image counts with its own bits and its
+    own right or wrong answer at each rate point), and the measure recomputed on each draw;
+    the interval is the draws' central `level` share. Both curves' rows carry `per_image`
+    records of the same images in the same order (tica.evaluate.EvalResult.per_image). A
+    fixed `seed`: the same evaluation always gets the same interval."""
+    bits_a, right_a, pixels = _per_image(anchor)
+    bits_t, right_t, pixels_t = _per_image(test)
+    if not np.array_equal(pixels, pixels_t):
+        raise TicaError("a paired comparison needs both curves on the same images")
+    n = len(pixels)
+    draws = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=resamples)
+    area = draws @ pixels
+    bpp_a, bpp_t = (draws @ bits_a.T) / area[:, None], (draws @ bits_t.T) / area[:, None]
+    top_a, top_t = (draws @ right_a.T) / n, (draws @ right_t.T) / n
+    diffs = []
+    for d in range(resamples):
+        try:
+            diffs.append(100 * bd_psnr((bpp_a[d], top_a[d]), (bpp_t[d], top_t[d])))
+        except TicaError:                  # a draw whose curves share no rate range
+            continue
+    if len(diffs) < resamples // 2:
+        raise TicaError("the curves share no rate range on most resamples: no interval")
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(diffs, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def curve_verdict(anchor: Sequence[dict], test: Sequence[dict], top1_resolution: float = 0.0
                   ) -> dict:
     """Whether codec `test`'s curve beats `anchor`'s, from evaluation rows (dicts with bpp,
@@ -116,8 +162,14 @@ def curve_verdict(anchor: Sequence[dict], test: Sequence[dict], top1_resolution:
     BD-rate of PSNR (percent, negative: fewer bits at equal PSNR) and, with labels, the
     average top-1 difference at equal bpp over the shared bpp range (points, BD-PSNR's
     method on accuracy). Better means no worse on either and better on one; worse, worse on
-    one. A top-1 difference smaller than `top1_resolution` points (one image of the split:
-    100 / its size) is below what the split can measure and counts as none."""
+    one.
+
+    A top-1 difference counts only where the images can tell it from chance. Rows with
+    `per_image` records (the same labelled images for both curves) get a paired test: the
+    difference counts when its 95% paired-bootstrap interval (paired_top1_interval,
+    `bd_top1_interval` in the result) leaves out zero. Rows without them fall back to a
+    resolution: a difference smaller than `top1_resolution` points (one image of the
+    split: 100 / its size) counts as none."""
     def curve(rows, key):
         return [r["bpp"] for r in rows], [r[key] for r in rows]
 
@@ -127,7 +179,15 @@ def curve_verdict(anchor: Sequence[dict], test: Sequence[dict], top1_resolution:
     if labelled:
         out["bd_top1_points"] = 100 * bd_psnr(curve(anchor, "top1"), curve(test, "top1"))
     top1 = out["bd_top1_points"]
-    if labelled and abs(top1) < top1_resolution:
+    paired = labelled and all(r.get("per_image") is not None for r in list(anchor) + list(test))
+    if paired:
+        low, high = paired_top1_interval(anchor, test)
+        out["bd_top1_interval"] = [round(low, 4), round(high, 4)]
+        out["top1_test"] = (f"paired bootstrap over {len(anchor[0]['per_image'].pixels)} "
+                            f"images, {TOP1_RESAMPLES} resamples, 95%")
+        if low <= 0 <= high:
+            top1 = 0.0
+    elif labelled and abs(top1) < top1_resolution:
         top1 = 0.0
     gains = [-out["bd_rate_psnr"]] + ([top1] if labelled else [])
     out["better"] = all(g >= 0 for g in gains) and any(g > 0 for g in gains)
