@@ -47,8 +47,8 @@ def compare(data_source: str, specs: list[str], limit: int | None = None,
                  + (f"{100 * r['top1']:.2f}%" if r["top1"] is not None else "-")
                  for r in curves[spec]]
         lines.append(f"| {spec} | " + " | ".join(cells) + " |")
-    lines += ["", f"| codec | BD-rate (PSNR) vs {specs[0]} | top-1 at equal bpp, points [95% paired interval] | "
-              "verdict |", "|---|---:|---:|---|"]
+    lines += ["", f"| codec | BD-rate (PSNR) vs {specs[0]} | top-1 at equal bpp, points "
+              "[95% paired interval] | verdict |", "|---|---:|---:|---|"]
     for spec in specs[1:]:
         v = curve_verdict(curves[specs[0]], curves[spec])
         top1 = "-" if v["bd_top1_points"] is None else f"{v['bd_top1_points']:+.3f}"
