@@ -192,9 +192,14 @@ class EvalResult:
     z_fraction: float | None = None      # learned codecs: share of the payload bytes spent on z
     per_image: PerImage | None = field(default=None, repr=False, compare=False)
 
+    @classmethod
+    def metric_names(cls) -> list[str]:
+        """The aggregate metrics' names: every field but `per_image` (a results file's columns)."""
+        return [f.name for f in fields(cls) if f.name != "per_image"]
+
     def to_dict(self) -> dict:
         """The aggregate metrics (not `per_image`)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "per_image"}
+        return {name: getattr(self, name) for name in self.metric_names()}
 
 
 @dataclass
@@ -257,8 +262,8 @@ def eval_data(data: str | Path, split: str | None = None, limit: int | None = No
 def evaluate(pipeline: Pipeline, batches: Batches) -> EvalResult:
     """Run `pipeline` over (images in [0, 1], labels or None) batches and score it."""
     start = time.perf_counter()
-    n = pixels = correct1 = correct5 = labelled = 0
-    bits = payload_bits = sq_err_sum = ssim_sum = 0.0
+    correct5 = 0
+    payload_bits = sq_err_sum = ssim_sum = 0.0
     z_bytes: int | None = None
     psnrs: list[float] = []
     image_bits: list[int] = []
@@ -266,9 +271,6 @@ def evaluate(pipeline: Pipeline, batches: Batches) -> EvalResult:
     right: list[bool] = []
     for x, labels in batches:
         coded = pipeline.run(x, classify=labels is not None)
-        n += len(x)
-        pixels += len(x) * x.shape[-1] * x.shape[-2]
-        bits += 8 * sum(coded.nbytes)
         image_bits += [8 * b for b in coded.nbytes]
         image_pixels += [x.shape[-1] * x.shape[-2]] * len(x)
         payload_bits += 8 * sum(coded.payload)
@@ -276,21 +278,21 @@ def evaluate(pipeline: Pipeline, batches: Batches) -> EvalResult:
             z_bytes = (z_bytes or 0) + sum(coded.z_bytes)
         if coded.logits is not None and labels is not None:
             top = coded.logits.topk(min(5, coded.logits.shape[1]), dim=1).indices
-            correct1 += int((top[:, 0] == labels).sum())
             right += (top[:, 0] == labels).tolist()
             correct5 += int((top == labels[:, None]).any(1).sum())
-            labelled += len(labels)
         if coded.x_hat is not None:
             mse = ((coded.x_hat * 255 - x * 255) ** 2).flatten(1).mean(1)      # (B,)
             sq_err_sum += float(mse.sum())
             psnrs += psnr(mse).tolist()
             ssim_sum += float(ms_ssim_any_size(coded.x_hat, x).sum())
+    n = len(image_bits)
     if n == 0:
         raise ValueError("no images to evaluate")
     decoded = bool(psnrs)
+    bits, pixels, labelled = sum(image_bits), sum(image_pixels), len(right)
     return EvalResult(
         pipeline=pipeline.name, quality=pipeline.quality,
-        top1=correct1 / labelled if labelled else None,
+        top1=sum(right) / labelled if labelled else None,
         top5=correct5 / labelled if labelled else None,
         bpp=bits / pixels, bpp_payload=payload_bits / pixels,
         psnr=float(psnr(torch.tensor(sq_err_sum / n))) if decoded else None,
@@ -325,7 +327,7 @@ def write_results(results: list[dict], path: str | Path) -> None:
     results = [{k: _finite(v) for k, v in r.items()} for r in results]
     atomic_write(path.with_suffix(".json"),
                  lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
-    columns = [f.name for f in fields(EvalResult) if f.name != "per_image"]
+    columns = EvalResult.metric_names()
     columns += sorted({k for r in results for k in r} - set(columns))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, columns, extrasaction="ignore")
