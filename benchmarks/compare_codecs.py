@@ -16,10 +16,10 @@ import argparse
 import sys
 import time
 from tica import api
-from tica.evaluate import eval_data, evaluate_curve
+from tica.evaluate import eval_data
 from tica.output import write_output
 from tica.registry import load_checkpoint
-from tica_tools.rd import curve_verdict
+from tica_tools.rd import curve_rows, curve_verdict, curves_table, top1_gap_text
 
 
 def load_codec(spec: str):
@@ -31,31 +31,19 @@ def compare(data_source: str, specs: list[str], limit: int | None = None,
             split: str | None = None) -> str:
     """The Markdown tables: each codec's curve, then each one's verdict against the first."""
     data = eval_data(data_source, split, limit=limit)
-    curves, seconds = {}, {}
+    curves = {}
     for spec in specs:
         start = time.perf_counter()
-        curves[spec] = [{**r.to_dict(), "per_image": r.per_image}
-                        for r in evaluate_curve(load_codec(spec), data)]
-        seconds[spec] = time.perf_counter() - start
-        print(f"{spec}: {seconds[spec]:.0f} s", file=sys.stderr)
+        curves[spec] = curve_rows(load_codec(spec), data)
+        print(f"{spec}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
     lines = [f"{data.count} images of {data.name}, every standard quality, real streams:", "",
-             "| codec | " + " | ".join(f"q{r['quality']:g} bpp / PSNR / top-1"
-                                       for r in curves[specs[0]]) + " |",
-             "|---|" + "---|" * len(curves[specs[0]])]
-    for spec in specs:
-        cells = [f"{r['bpp']:.3f} / {r['psnr']:.2f} / "
-                 + (f"{100 * r['top1']:.2f}%" if r["top1"] is not None else "-")
-                 for r in curves[spec]]
-        lines.append(f"| {spec} | " + " | ".join(cells) + " |")
-    lines += ["", f"| codec | BD-rate (PSNR) vs {specs[0]} | top-1 at equal bpp, points "
-              "[95% paired interval] | verdict |", "|---|---:|---:|---|"]
+             *curves_table(curves), "",
+             f"| codec | BD-rate (PSNR) vs {specs[0]} | top-1 at equal bpp [95% paired "
+             "interval] | verdict |", "|---|---:|---:|---|"]
     for spec in specs[1:]:
         v = curve_verdict(curves[specs[0]], curves[spec])
-        top1 = "-" if v["bd_top1_points"] is None else f"{v['bd_top1_points']:+.3f}"
-        if "bd_top1_interval" in v:
-            top1 += f" [{v['bd_top1_interval'][0]:+.2f}, {v['bd_top1_interval'][1]:+.2f}]"
         verdict = "better" if v["better"] else "worse" if v["worse"] else "same"
-        lines.append(f"| {spec} | {v['bd_rate_psnr']:+.2f}% | {top1} | {verdict} |")
+        lines.append(f"| {spec} | {v['bd_rate_psnr']:+.2f}% | {top1_gap_text(v)} | {verdict} |")
     return "\n".join(lines) + "\n"
 
 

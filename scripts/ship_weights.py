@@ -49,12 +49,12 @@ from torch import nn
 
 from tica.checkpoint import save_checkpoint
 from tica import api
-from tica.evaluate import EvalData, LearnedPipeline, eval_data, evaluate, evaluate_curve
+from tica.evaluate import LearnedPipeline, eval_data, evaluate
 from tica.image import read_image
 from tica.io import sha256_file
 from tica.registry import MANIFEST, load_checkpoint, manifest_json, write_manifest
 from tica_tools.plan.provenance import chain
-from tica_tools.rd import curve_verdict
+from tica_tools.rd import curve_rows, curve_verdict, curves_table, top1_gap_text
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "tica" / "weights"
 
@@ -93,22 +93,10 @@ def _put(entries: list[dict], entry: dict) -> None:
     entries.append(entry)
 
 
-def curve_rows(model, data: EvalData) -> list[dict]:
-    """bpp, PSNR and top-1 (None without labels) of `model` on `data` at each of its
-    standard qualities, with each image's record (the gate's paired test)."""
-    return [{"quality": r.quality, "bpp": r.bpp, "psnr": r.psnr, "top1": r.top1,
-             "per_image": r.per_image} for r in evaluate_curve(model, data)]
-
-
 def _accuracy(verdict: dict) -> str:
-    """A verdict's top-1 difference at equal bpp and its paired 95% interval, as printed."""
-    if verdict["bd_top1_points"] is None:
-        return ""
-    text = f", top-1 {verdict['bd_top1_points']:+.4f} points at equal bpp"
-    if "bd_top1_interval" not in verdict:
-        return text
-    low, high = verdict["bd_top1_interval"]
-    return text + f" [{low:+.2f}, {high:+.2f}]" + (" (chance)" if low <= 0 <= high else "")
+    """A verdict's top-1 difference at equal bpp, as the gate's verdict lines print it."""
+    gap = top1_gap_text(verdict)
+    return "" if gap == "-" else f", top-1 at equal bpp {gap}"
 
 
 def _label(i: int, count: int) -> str:
@@ -140,14 +128,8 @@ def gate(models: list[nn.Module], sources: list[str], args: argparse.Namespace
         old = curve_rows(shipped, data)
         new = [curve_rows(c, data) for c in candidates]
         print(f"{name} on {data.count} images of {data.name}:")
-        print("| quality | shipped bpp | PSNR | top-1 | "
-              + " | ".join(f"{_label(i, n)} bpp | PSNR | top-1" for i in range(n)) + " |")
-        print("|---:|---:|---:|---:|" + "---:|---:|---:|" * n)
-        for q, rows in enumerate(zip(old, *new)):
-            cells = [f"{r['bpp']:.4f} | {r['psnr']:.2f} | "
-                     + (f"{100 * r['top1']:.2f}%" if r["top1"] is not None else "-")
-                     for r in rows]
-            print(f"| {old[q]['quality']:g} | " + " | ".join(cells) + " |")
+        labels = ["shipped"] + [_label(i, n) for i in range(n)]
+        print("\n".join(curves_table(dict(zip(labels, [old, *new])))))
         for i, rows in enumerate(new):
             verdict = curve_verdict(old, rows, top1_resolution=resolution)
             accuracy = _accuracy(verdict)

@@ -137,10 +137,15 @@ def test_ship_only_if_better_keeps_out_a_codec_no_better_than_the_shipped_one(tm
                         str(DATA / "cifar10-jpeg.tar.gz"), "--limit", "20"])
     out = capsys.readouterr().out
     assert status == 3 and "not better, not shipped" in out
-    gaps = re.search(r"BD-rate \(PSNR\) ([-+]\d+\.\d+)%, top-1 ([-+]\d+\.\d+) points", out)
+    gaps = re.search(r"BD-rate \(PSNR\) ([-+]\d+\.\d+)%, top-1 at equal bpp ([-+]\d+\.\d+) "
+                     r"points", out)
     assert gaps and abs(float(gaps[1])) < 0.01 and abs(float(gaps[2])) < 0.01
-    assert "points at equal bpp [+0.00, +0.00] (chance)" in out      # the paired test ran
+    assert "points [+0.00, +0.00] (chance)" in out                  # the paired test ran
     assert "tica-cifar on 20 images of cifar10_test_20:" in out
+    # the curves side by side, a row a quality: the same file, the same numbers twice
+    rows = re.findall(r"^\| (\d) \| ([\d.]+ / [\d.]+ / [\d.]+%) \| ([\d.]+ / [\d.]+ / [\d.]+%) \|$",
+                      out, re.M)
+    assert [int(r[0]) for r in rows] == list(range(1, 9)) and all(r[1] == r[2] for r in rows)
     assert {p.name: p.read_bytes() for p in weights.iterdir()} == before
 
 
@@ -205,3 +210,24 @@ def test_one_shipping_at_a_time_edits_the_manifest(tmp_path):
         held = subprocess.run([sys.executable, "-c", probe, str(lock)])
     free = subprocess.run([sys.executable, "-c", probe, str(lock)])
     assert (held.returncode, free.returncode) == (7, 0)
+
+
+def test_compare_codecs_prints_the_gates_table_and_verdicts(tmp_path, capsys):
+    """benchmarks/compare_codecs.py: the curves side by side (the gate's table) and each
+    codec's verdict against the first, with the paired interval; --out writes the same."""
+    import importlib.util
+    from conftest import DATA
+    spec = importlib.util.spec_from_file_location("compare_codecs",
+                                                  REPO / "benchmarks" / "compare_codecs.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    shipped = Path(tica.__file__).parent / "weights" / "tica-cifar.safetensors"
+    out = tmp_path / "table.md"
+    assert compare.main([str(DATA / "cifar10-jpeg.tar.gz"), "shipped:tica-cifar", str(shipped),
+                         "--limit", "10", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert out.read_text() == text and text.startswith("10 images of cifar10_test_10")
+    rows = re.findall(r"^\| (\d) \| ([\d.]+ / [\d.]+ / [\d.]+%) \| ([\d.]+ / [\d.]+ / [\d.]+%) \|$",
+                      text, re.M)
+    assert [int(r[0]) for r in rows] == list(range(1, 9)) and all(r[1] == r[2] for r in rows)
+    assert f"| {shipped} | +0.00% | +0.000 points [+0.00, +0.00] (chance) | same |" in text

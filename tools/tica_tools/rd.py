@@ -193,3 +193,37 @@ def curve_verdict(anchor: Sequence[dict], test: Sequence[dict], top1_resolution:
     out["better"] = all(g >= 0 for g in gains) and any(g > 0 for g in gains)
     out["worse"] = any(g < 0 for g in gains)
     return out
+
+
+def curve_rows(model, data) -> list[dict]:
+    """bpp, PSNR and top-1 (None without labels) of codec `model` on `data`
+    (tica.evaluate.EvalData) at each of its standard qualities, real streams, with each
+    image's record (`per_image`: the paired test's input): what curve_verdict compares."""
+    from tica.evaluate import evaluate_curve
+    return [{"quality": r.quality, "bpp": r.bpp, "psnr": r.psnr, "top1": r.top1,
+             "per_image": r.per_image} for r in evaluate_curve(model, data)]
+
+
+def top1_gap_text(verdict: dict) -> str:
+    """A verdict's top-1 difference at equal bpp as printed: points, its paired 95%
+    interval where it has one (and "chance" where that holds zero); "-" without labels."""
+    if verdict["bd_top1_points"] is None:
+        return "-"
+    text = f"{verdict['bd_top1_points']:+.3f} points"
+    if "bd_top1_interval" not in verdict:
+        return text
+    low, high = verdict["bd_top1_interval"]
+    return text + f" [{low:+.2f}, {high:+.2f}]" + (" (chance)" if low <= 0 <= high else "")
+
+
+def curves_table(curves: dict[str, Sequence[dict]]) -> list[str]:
+    """Codecs' curves (curve_rows, the same qualities) side by side as Markdown lines: a row
+    a quality, bpp / PSNR / top-1 a column per codec (the keys name them)."""
+    names = list(curves)
+    lines = ["| q | " + " | ".join(f"{name} bpp / PSNR / top-1" for name in names) + " |",
+             "|---:|" + "---|" * len(names)]
+    for rows in zip(*curves.values()):
+        cells = [f"{r['bpp']:.4f} / {r['psnr']:.2f} / "
+                 + (f"{100 * r['top1']:.2f}%" if r["top1"] is not None else "-") for r in rows]
+        lines.append(f"| {rows[0]['quality']:g} | " + " | ".join(cells) + " |")
+    return lines
