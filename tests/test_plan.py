@@ -342,6 +342,9 @@ def test_a_rerun_plan_keeps_finished_runs_and_resumes_the_stopped_one(smoke, tmp
     for name, st in again["runs"].items():
         if name == "vit-pixel-cifar":            # stopped at its deadline: resumed, not redone
             assert st["state"] == "stopped" and st["steps"] > first["runs"][name]["steps"]
+            # its minutes count the first start's training loop too, as its steps do
+            assert st["minutes_this_start"] < st["minutes"]
+            assert st["minutes"] <= st["minutes_this_start"] + first["runs"][name]["minutes"] + 0.01
         else:
             assert st["state"] == "done" and st["reason"] == "finished earlier" and st["rc"] is None
     assert len(again["files"]) == len(first["files"])          # everything published again

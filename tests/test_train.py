@@ -105,10 +105,16 @@ def test_resume_continues_exactly(tmp_path):
     straight = train(_cfg(tmp_path / "a", max_steps=6, step=2))
     first = _cfg(tmp_path / "b", max_steps=3, step=2, checkpoint_every=3)
     train(first)
-    assert int(load_state(Path(first.run_dir) / STATE_FILE)[0]["step"]) == 3
+    meta = load_state(Path(first.run_dir) / STATE_FILE)[0]
+    assert int(meta["step"]) == 3
     resumed = train(_cfg(tmp_path / "b", max_steps=6, step=2, checkpoint_every=3), resume=True)
     assert resumed.steps == straight.steps == 6
     assert _digest(resumed.model) == _digest(straight.model)
+    # the time behind the state adds up over sessions: the resumed run knows its first part's
+    assert resumed.first_step == 3 and resumed.earlier_s == pytest.approx(float(meta["train_s"]))
+    assert straight.earlier_s == 0 and 0 < resumed.earlier_s
+    total = float(load_state(Path(first.run_dir) / STATE_FILE)[0]["train_s"])
+    assert resumed.earlier_s < total <= resumed.earlier_s + resumed.wall_s + 0.001
 
 
 _KILL_SCRIPT = """

@@ -33,6 +33,7 @@ class TrainResult:
     planned_steps: int = 0         # the step it would have ended at
     wall_s: float = 0.0            # of the training loop, this session
     first_step: int = 0            # where this session started (> 0 when resumed)
+    earlier_s: float = 0.0         # of the training loop, the sessions before (resumed)
 
 
 
@@ -80,6 +81,12 @@ class _Run:
     total_steps: int                 # the schedule's length
     last_step: int                   # where this run ends (max_steps may cut it short)
     bf16: bool                       # autocasting to bf16: asked for, and native here
+    earlier_s: float = 0.0           # seconds of training loop in the sessions before this one
+    loop_start: float = 0.0          # perf_counter when this session's loop began
+
+    def train_s(self) -> float:
+        """Seconds of training loop behind the current step, over every session."""
+        return self.earlier_s + (time.perf_counter() - self.loop_start)
 
     @property
     def autocast(self):
@@ -111,7 +118,7 @@ def _build_run(cfg: TrainConfig, resume: bool) -> _Run:
     clock = Clock(cfg, world)
     main = rank == 0
     run_dir = open_run_dir(cfg) if main else Path(cfg.run_dir)
-    model, saved, start_step = start_model(cfg, resume, device, main)
+    model, saved, start_step, earlier_s = start_model(cfg, resume, device, main)
     data = on_device(training_data(cfg, model.config.img_size), device)
     calibrate(cfg, model, data, saved, device, run_dir / "metrics.jsonl", main)
     eval_split = held_out_data(cfg, model.config.img_size) if main else None
@@ -121,7 +128,7 @@ def _build_run(cfg: TrainConfig, resume: bool) -> _Run:
     last_step = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
     return _Run(cfg, rank, world, device, clock, run_dir, model, data, eval_split, objective,
                 optimizer, clipped, ema_state, start_step, steps_per_epoch, total_steps,
-                last_step, cfg.bf16 and native_bf16(device))
+                last_step, cfg.bf16 and native_bf16(device), earlier_s)
 
 
 def _progress_bar(run: _Run):
@@ -200,7 +207,7 @@ def _after_step(run: _Run, step: int) -> None:
     cfg = run.cfg
     epoch_end = step % run.steps_per_epoch == 0
     if cfg.resumable and (step % cfg.checkpoint_every == 0 or epoch_end or step == run.last_step):
-        save_state(run.state_path, run.model, run.optimizer, run.ema_state, step, cfg)
+        save_state(run.state_path, run.model, run.optimizer, run.ema_state, step, cfg, run.train_s())
     if epoch_end and run.eval_split is not None:
         log_metrics(run.metrics, {"step": step, "eval": evaluate_estimate(run.model, run.eval_split, cfg)})
     if run.clock.export_due():
@@ -214,12 +221,13 @@ def _finish(run: _Run, step: int, stopped: str | None, run_start: float) -> Trai
     wall = time.perf_counter() - run_start
     if run.main:
         export_run(run.model, run.ema_state, run.cfg, step, final=True)
-        done = {"step": step, "done": True, "wall_s": wall, "world": run.world, "bf16": run.bf16}
+        done = {"step": step, "done": True, "wall_s": wall, "earlier_wall_s": run.earlier_s,
+                "world": run.world, "bf16": run.bf16}
         if stopped:
             done.update(stopped=stopped, planned_steps=run.last_step)
         log_metrics(run.metrics, done)
     return TrainResult(run.run_dir / "model.safetensors", run.model, step, stopped, run.last_step,
-                       wall, run.start_step)
+                       wall, run.start_step, run.earlier_s)
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
@@ -235,6 +243,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     if cfg.compile:
         compile_objective(run.objective)
     window, run_start, step, stopped = _Window(), time.perf_counter(), run.start_step, None
+    run.loop_start = run_start
     run.clock.begin()
     try:
         while step < run.last_step:
@@ -249,7 +258,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                 progress.update(1)
             _after_step(run, step)
         if run.main and stopped and cfg.resumable and step > run.start_step:
-            save_state(run.state_path, run.model, run.optimizer, run.ema_state, step, cfg)
+            save_state(run.state_path, run.model, run.optimizer, run.ema_state, step, cfg,
+                       run.train_s())
     finally:
         if progress is not None:
             progress.close()

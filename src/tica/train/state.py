@@ -27,7 +27,10 @@ STATE_FORMAT = "tica-train-state"
 
 
 def save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-               ema: dict[str, torch.Tensor] | None, step: int, cfg: TrainConfig) -> None:
+               ema: dict[str, torch.Tensor] | None, step: int, cfg: TrainConfig,
+               train_s: float = 0.0) -> None:
+    """The training state at `step`; `train_s`: seconds of training loop behind it, over every
+    session of the run (what a resumed run's provenance adds to its own)."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     for i, st in opt["state"].items():
@@ -35,7 +38,8 @@ def save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
             tensors[f"optim.{i}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
     for k, v in (ema or {}).items():
         tensors[f"ema.{k}"] = v.detach().cpu().contiguous()
-    meta = {"format": STATE_FORMAT, "step": str(step), "train_config": json.dumps(cfg.to_dict()),
+    meta = {"format": STATE_FORMAT, "step": str(step), "train_s": f"{train_s:.3f}",
+            "train_config": json.dumps(cfg.to_dict()),
             "model_config": model.config.to_json()}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
@@ -83,15 +87,17 @@ def open_run_dir(cfg: TrainConfig) -> Path:
 
 
 def start_model(cfg: TrainConfig, resume: bool, device: torch.device, main: bool):
-    """(model on the device in train mode, saved state or None, first step): from the
-    run's checkpoint when resuming, else from `init` or the preset. Channels-last on CUDA."""
+    """(model on the device in train mode, saved state or None, first step, seconds of
+    training loop before it): from the run's checkpoint when resuming, else from `init` or
+    the preset. Channels-last on CUDA."""
     state_path = Path(cfg.run_dir) / STATE_FILE
-    start_step = 0
+    start_step, earlier_s = 0, 0.0
     if resume and state_path.exists():
         meta, saved = load_state(state_path)
         model = build_model(ModelConfig.from_dict(json.loads(meta["model_config"])), seed=cfg.seed)
         model.load_state_dict(saved["model"])
         start_step = int(meta["step"])
+        earlier_s = float(meta.get("train_s", 0.0))    # states written before it kept none
     else:
         if resume and main:
             begin = f"from {cfg.init}" if cfg.init else "from scratch"
@@ -101,7 +107,7 @@ def start_model(cfg: TrainConfig, resume: bool, device: torch.device, main: bool
         model.to(device, memory_format=torch.channels_last).train()
     else:
         model.to(device).train()
-    return model, saved, start_step
+    return model, saved, start_step, earlier_s
 
 
 def build_initial_model(cfg: TrainConfig) -> nn.Module:

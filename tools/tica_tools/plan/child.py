@@ -27,6 +27,7 @@ def run_child(spec_path: str) -> int:
     images = (result.steps - result.first_step) * cfg.batch_size
     summary = {"complete": result.stopped is None, "stopped": result.stopped, "steps": result.steps,
                "planned_steps": result.planned_steps, "wall_s": round(result.wall_s, 2),
+               "earlier_wall_s": round(result.earlier_s, 2),
                "img_s": images / max(result.wall_s, 1e-9), "device": device,
                "weights": str(result.weights)}
     atomic_write(Path(cfg.run_dir) / RESULT_FILE,

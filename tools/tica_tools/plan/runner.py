@@ -24,9 +24,10 @@ from .spec import (EXPORT_FILE, RESULT_FILE, STATUS_FILE, STATUS_FORMAT, Plan, P
 
 def aggregate_tflop_s(runs, elapsed_s: float) -> float | None:
     """The plan's training FLOP rate: each run's images/s (its mean over the run once it has
-    ended, else its latest) times its FLOPs per image, times its minutes, over the plan's
-    wall time. None before any run has both."""
-    flops = [(r.get("img_s_mean") or r.get("img_s") or 0) * 60 * (r.get("minutes") or 0)
+    ended, else its latest) times its FLOPs per image, times its minutes in this start of the
+    plan, over this start's wall time. None before any run has both."""
+    flops = [(r.get("img_s_mean") or r.get("img_s") or 0) * 60
+             * (r.get("minutes_this_start", r.get("minutes")) or 0)
              * r["gflop_per_image"] for r in runs if r.get("gflop_per_image")]
     return round(sum(flops) / 1e3 / max(elapsed_s, 1e-9), 3) if flops else None
 
@@ -335,6 +336,9 @@ class PlanRunner:
         st, c, res = self.states[run.name], run.config, self.states[run.name].result
         end = st.ended or (time.time() if st.started else None)
         steps = st.metrics.get("step")
+        # a resumed run: its earlier starts' training loops count too (their steps do)
+        this_start = round((end - st.started) / 60, 2) if st.started else None
+        earlier = (res.get("earlier_wall_s") or 0) / 60
         return {"state": st.state, "reason": st.reason, "model": c.model, "train_step": c.step,
                 "after": run.after, "init": c.init, "teacher": c.teacher, "train_device": c.device,
                 "batch_size": c.batch_size, "steps": steps,
@@ -342,7 +346,8 @@ class PlanRunner:
                 "gflop_per_image": st.metrics.get("gflop"),
                 "planned_steps": res.get("planned_steps"), "epoch": st.metrics.get("epoch"),
                 "img_s": st.metrics.get("img_s"), "img_s_mean": res.get("img_s"),
-                "minutes": round((end - st.started) / 60, 2) if st.started else None,
+                "minutes": round(this_start + earlier, 2) if this_start is not None else None,
+                "minutes_this_start": this_start,
                 "started_s": round(st.started - self.t0, 1) if st.started else None,
                 "ended_s": round(st.ended - self.t0, 1) if st.ended and st.started else None,
                 "rc": st.rc, "interim_exports": st.exports, "device": res.get("device"),
