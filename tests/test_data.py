@@ -11,7 +11,7 @@ from PIL import Image
 
 from tica.data import (RandomCrops, augment, extract_archive, load_split, read_shards,
                        resolve_split, synthetic_split, write_shards)
-from tica.errors import TicaError
+from tica.errors import ConfigError, TicaError
 
 
 def test_archive_is_extracted_once_and_splits_resolve(archive):
@@ -82,6 +82,44 @@ def test_augment_crops_and_flips_deterministically():
     c = augment(batch, pad=0, generator=torch.Generator().manual_seed(1))
     for img, orig in zip(c, batch):
         assert torch.equal(img, orig) or torch.equal(img, orig.flip(-1))
+
+
+def test_resized_crops_keep_the_asked_share_of_each_image_and_flip_half():
+    """augment="resized": on images whose channels hold their own x and y coordinates, every
+    output is one crop inside the image (coordinates monotone along each axis), of at
+    least min_area of it and at most all of it, mirrored for about half the images; the
+    same generator gives the same batch, and the training data applies it."""
+    from tica.config import TrainConfig
+    from tica.data import augmenter, resized_crop, training_data
+    B, H, W, min_area = 256, 48, 64, 0.35
+    xs = torch.linspace(0, 1, W).expand(H, W)
+    ys = torch.linspace(0, 1, H)[:, None].expand(H, W)
+    batch = torch.stack([xs, ys, xs * ys])[None].repeat(B, 1, 1, 1)
+    out = resized_crop(batch, min_area, generator=torch.Generator().manual_seed(0))
+    again = augmenter("resized", min_area)(batch, torch.Generator().manual_seed(0))
+    assert out.shape == batch.shape and torch.equal(out, again)
+    x_span = out[:, 0, :, -1] - out[:, 0, :, 0]              # per row: right edge - left edge
+    y_span = out[:, 1, -1, :] - out[:, 1, 0, :]
+    assert torch.allclose(x_span, x_span[:, :1], atol=1e-5)  # the same span on every row
+    steps = out[:, 0, 0, 1:] - out[:, 0, 0, :-1]
+    flipped = x_span[:, 0] < 0
+    assert torch.all(torch.where(flipped[:, None], steps <= 1e-6, steps >= -1e-6))
+    assert (y_span > 0).all() and 0.35 < flipped.float().mean() < 0.65
+    # the crop's share of the image: the spans of its pixel centres, widened by a pixel
+    area = (x_span[:, 0].abs() * W / (W - 1)) * (y_span[:, 0] * H / (H - 1))
+    assert area.min() > 0.95 * min_area and area.max() <= 1.0 + 1e-4
+    assert (area < 0.6).any() and (area > 0.85).any()        # the whole range is drawn
+    assert out.min() >= 0 and out.max() <= 1
+    cfg = TrainConfig(data="synthetic", train_limit=16, augment="resized", min_area=0.5)
+    data = training_data(cfg, 16)
+    x, labels = data.get(0, 4, 4, 0, 1, torch.Generator().manual_seed(3))
+    expect = resized_crop(data.images[data._perm[:4]].float() / 255, 0.5,
+                          generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(x, expect) and data.to(torch.device("cpu")).augment is data.augment
+    with pytest.raises(ConfigError):
+        TrainConfig(augment="rotate")
+    with pytest.raises(ConfigError):
+        TrainConfig(augment="resized", min_area=0)
 
 
 def test_random_crops_of_photos(tmp_path):

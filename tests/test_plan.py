@@ -478,6 +478,19 @@ def test_the_cpu_plans_continue_one_shipped_codec_each_resumably(tmp_path):
     assert qat.config.lr == 1.5e-4 and qat.threads == 1       # cpu-continue-cifar's rates
 
 
+def test_the_augmentation_trial_differs_in_its_augmentation_alone(tmp_path):
+    """cpu-augment-trial.json: two arms from the shipped tica-photo, side by side on a
+    thread each, the same config but for the augmentation."""
+    import dataclasses
+    plan = load_plan(PLANS / "cpu-augment-trial.json", runs_dir=tmp_path, data_root="DATA")
+    crop, resized = plan.runs
+    assert (crop.config.augment, resized.config.augment) == ("crop", "resized")
+    assert plan.max_parallel == 2 and crop.threads == resized.threads == 1
+    same = {f.name for f in dataclasses.fields(TrainConfig)} - {"augment", "run_dir", "export_dir"}
+    assert {k: getattr(crop.config, k) for k in same} == {k: getattr(resized.config, k) for k in same}
+    assert crop.config.init == "shipped" and crop.config.model == "tica-photo"
+
+
 def test_a_plan_keeps_only_the_runs_it_names(tmp_path):
     (tmp_path / "part.json").write_text(json.dumps(
         {"base": str(PLANS / "gpu.json"), "name": "part", "only": ["vit-pixel-cifar"]}))

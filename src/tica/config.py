@@ -27,6 +27,7 @@ DEFAULT_MODEL = "tica-cifar"        # the preset `tica` and TrainConfig use when
 STEPS = (1, 2)                      # the paper's two training steps
 OPTIMIZERS = ("adamw", "adam")
 LR_SCHEDULES = ("cosine", "wsd")    # tica.losses.schedule_lr
+AUGMENTS = ("crop", "resized")      # tica.data.augmenter
 DEFAULT_EPOCH_SIZE = 10000          # photo folders: random crops per training epoch
 SHARD_IMAGES = 10000                # images per WebDataset shard (tica shards)
 TOP_K = 5                           # classes a classification answer lists unless asked
@@ -297,6 +298,11 @@ class TrainConfig:
                                       "the highest point")
     beta_max: float | None = option(None, "variable rate: MSE weight of the highest point")
     label_smoothing: float = 0.1
+    augment: str = option("crop", "labelled training images: crop (a random crop of the image "
+                          "padded by 4, and a flip) or resized (a random crop of min_area..1 of "
+                          "the area, aspect 3/4..4/3, scaled back to size, and a flip: DeiT's, "
+                          "for a ViT that overfits a small split)", choices=AUGMENTS)
+    min_area: float = option(0.35, "augment=resized: the smallest share of the image a crop keeps")
     # distillation (DeiT, hard labels): the classification loss is (1 - distill) * CE(labels)
     # + distill * CE(the teacher's top class), the teacher frozen, on the same images
     teacher: str | None = option(None, "distil from this classifier (weights file; a fast "
@@ -345,6 +351,10 @@ class TrainConfig:
             raise ConfigError("optimizer must be adamw or adam")
         if not 0 <= self.distill <= 1:
             raise ConfigError("distill must lie in [0, 1]")
+        if self.augment not in AUGMENTS:
+            raise ConfigError(f"augment must be one of {AUGMENTS}")
+        if not 0 < self.min_area <= 1:
+            raise ConfigError("min_area must lie in (0, 1]")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}")
         if self.batch_size < 1 or self.epochs <= 0:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -214,6 +215,43 @@ def augment(batch: torch.Tensor, pad: int = 4, generator: torch.Generator | None
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
+def resized_crop(batch: torch.Tensor, min_area: float = 0.35,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random resized crop and horizontal flip (DeiT's augmentation, at a milder smallest
+    area), a whole float batch at once: each image keeps a crop of min_area..1 of its area
+    (log-uniform aspect 3/4..4/3, inside the image), scaled back to the image's size
+    (bilinear), mirrored half the time. Where `batch` is, with no read-back."""
+    B, C, H, W = batch.shape
+    dev = batch.device
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(B, generator=generator, device=dev)
+
+    area = uniform(min_area, 1.0)
+    aspect = torch.exp(uniform(math.log(3 / 4), math.log(4 / 3)))
+    w = torch.sqrt(area * aspect).clamp(max=1.0)           # the crop's share of each side
+    h = torch.sqrt(area / aspect).clamp(max=1.0)
+    cx, cy = (1 - w) * uniform(-1.0, 1.0), (1 - h) * uniform(-1.0, 1.0)   # its centre, in [-1, 1]
+    sign = torch.where(torch.rand(B, generator=generator, device=dev) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(B, 2, 3, device=dev, dtype=batch.dtype)
+    theta[:, 0, 0], theta[:, 0, 2] = w * sign, cx
+    theta[:, 1, 1], theta[:, 1, 2] = h, cy
+    grid = F.affine_grid(theta, [B, C, H, W], align_corners=False)
+    return F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]   # (batch, generator) -> batch
+
+
+def augmenter(kind: str = "crop", min_area: float = 0.35) -> Augment:
+    """The training augmentation TrainConfig.augment names, as (batch, generator) -> batch."""
+    if kind == "crop":
+        return lambda x, g: augment(x, generator=g)
+    if kind == "resized":
+        return lambda x, g: resized_crop(x, min_area, generator=g)
+    raise ConfigError(f"unknown augmentation {kind!r}")
+
+
 class RandomCrops:
     """Random crops of a folder of photographs, for training a natural-image codec."""
 
@@ -346,8 +384,10 @@ class SplitData:
     each global batch. `to(device)` makes it resident on a GPU (uint8: CIFAR-10's 45,000
     training images are 138 MB): batches are then gathered and augmented there."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, seed: int) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, seed: int,
+                 augment: Augment | None = None) -> None:
         self.images, self.labels, self.seed = images, labels, seed
+        self.augment = augment or augmenter()
         self.device = images.device
         self._perm, self._perm_epoch = torch.empty(0, dtype=torch.long), -1
 
@@ -355,10 +395,10 @@ class SplitData:
         return len(self.labels)
 
     def to(self, device: torch.device) -> "SplitData":
-        return SplitData(self.images.to(device), self.labels.to(device), self.seed)
+        return SplitData(self.images.to(device), self.labels.to(device), self.seed, self.augment)
 
     def batch(self, indices: torch.Tensor, generator: torch.Generator):
-        x = augment(self.images[indices].float().div_(255), generator=generator)
+        x = self.augment(self.images[indices].float().div_(255), generator)
         return x, self.labels[indices]
 
     def get(self, step: int, steps_per_epoch: int, batch_size: int, rank: int, world: int,
@@ -415,8 +455,9 @@ class ShardData:
     samples. Position is a function of the step, so resume replays the same batches."""
 
     def __init__(self, shards: list[str], count: int, size: int, seed: int,
-                 buffer: int = 2000) -> None:
+                 buffer: int = 2000, augment: Augment | None = None) -> None:
         self.shards, self.count, self.size, self.seed = shards, count, size, seed
+        self.augment = augment or augmenter()
         self.buffer = max(1, min(buffer, count))
         self.device = torch.device("cpu")
         self._stream, self._position = None, (-1, -1)
@@ -460,7 +501,7 @@ class ShardData:
         samples = [next(self._stream) for _ in range(max(1, batch_size // world))]
         self._position = (epoch, batch_index + 1)
         x = torch.stack([self._fit(img) for img, _ in samples]).clamp(0, 255).div_(255)
-        return augment(x, generator=generator), torch.tensor([label for _, label in samples])
+        return self.augment(x, generator), torch.tensor([label for _, label in samples])
 
 
 def data_kind(data: str | None) -> str:
@@ -482,17 +523,19 @@ def data_kind(data: str | None) -> str:
 def training_data(cfg: TrainConfig, img_size: int) -> TrainingData:
     """The training data `cfg.data` names, as the loop draws it, on the CPU."""
     kind = data_kind(cfg.data)
+    aug = augmenter(cfg.augment, cfg.min_area)
     if kind == "synthetic":
         split = synthetic_split(n=cfg.train_limit or 256, size=img_size)
-        return SplitData(split.images, split.labels, cfg.seed)
+        return SplitData(split.images, split.labels, cfg.seed, aug)
     if kind == "shards":
         path = Path(cfg.data)
         count = json.loads((path / "train.json").read_text())["count"]
-        return ShardData([str(s) for s in sorted(path.glob("train-*.tar"))], count, img_size, cfg.seed)
+        return ShardData([str(s) for s in sorted(path.glob("train-*.tar"))], count, img_size,
+                         cfg.seed, augment=aug)
     if kind == "photos":
         return CropData(cfg.data, img_size, cfg.epoch_size)
     split = load_split(cfg.data, "train", limit=cfg.train_limit)
-    return SplitData(split.images, split.labels, cfg.seed)
+    return SplitData(split.images, split.labels, cfg.seed, aug)
 
 
 def held_out_data(cfg: TrainConfig, img_size: int) -> ImageFolderSplit | None:
