@@ -95,8 +95,9 @@ def _put(entries: list[dict], entry: dict) -> None:
 
 def _accuracy(verdict: dict) -> str:
     """A verdict's top-1 difference at equal bpp, as the gate's verdict lines print it."""
-    gap = top1_gap_text(verdict)
-    return "" if gap == "-" else f", top-1 at equal bpp {gap}"
+    if verdict["bd_top1_points"] is None:
+        return ""
+    return f", top-1 at equal bpp {top1_gap_text(verdict)}"
 
 
 def _label(i: int, count: int) -> str:
