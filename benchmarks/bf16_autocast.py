@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 import tica
 from tica_tools.report.run import machine as report_machine
+from tica.io import atomic_write_text
 from tica.train.distributed import native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,8 +85,8 @@ def main() -> int:
                      f"{r['bf16_img_s']:.1f} | {r['bf16_vs_fp32']:.2f}x |")
         print(lines[-1], flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "bf16_autocast.md").write_text("\n".join(lines) + "\n")
-    (OUT / "bf16_autocast.json").write_text(json.dumps(
+    atomic_write_text(OUT / "bf16_autocast.md", "\n".join(lines) + "\n")
+    atomic_write_text(OUT / "bf16_autocast.json", json.dumps(
         {"machine": machine, "native_bf16": native, "rows": rows}, indent=1) + "\n")
     return 0
 

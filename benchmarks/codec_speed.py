@@ -28,6 +28,7 @@ from tica.cli import data_root
 import tica
 from tica_tools.timing import cpu_name, photo_timing_models
 from tica.image import read_image
+from tica.io import atomic_write_text
 from tica.models.codec import pad_to
 from tica.nn.conv import GDN, nhwc
 
@@ -207,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     report = render(kodak, batch, kclass, args.threads, len(kodak_images))
     print(report)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "codec_speed.md").write_text(report)
-    (args.out / "codec_speed.json").write_text(json.dumps(
+    atomic_write_text(args.out / "codec_speed.md", report)
+    atomic_write_text(args.out / "codec_speed.json", json.dumps(
         {"threads": args.threads, "kodak": kodak, "batch32": batch, "kodak_classify": kclass},
         indent=2))
     return 0

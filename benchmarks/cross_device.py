@@ -31,6 +31,7 @@ from PIL import Image
 import tica
 from tica import api
 from tica.cli import data_root
+from tica.io import atomic_write_bytes, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {"cifar": ("tica-cifar", 4.0), "photos": ("tica-photo", 2.0)}
@@ -79,7 +80,7 @@ def prepare(args) -> int:
     for key, (preset, quality) in CASES.items():
         model = tica.load(preset)
         data = api.compress(model, images[key][0].float() / 255, quality=quality, budget=None)
-        (args.dir / f"cpu_{key}.tica").write_bytes(data)
+        atomic_write_bytes(args.dir / f"cpu_{key}.tica", data)
         print(f"{args.dir}/cpu_{key}.tica: {len(images[key][0])} images, {len(data)} bytes")
     return 0
 
@@ -96,7 +97,7 @@ def run(args) -> int:
             out["from_cpu"].update({f"{key}_logits": logits,
                                     f"{key}_pixels": pixels[:PIXELS_BACK[key]]})
             data = api.compress(model, images[key][0].float() / 255, quality=quality, budget=None)
-            (args.out / f"gpu_{key}.tica").write_bytes(data)
+            atomic_write_bytes(args.out / f"gpu_{key}.tica", data)
             logits, pixels = decoded(model, data)
             out["from_gpu"].update({f"{key}_logits": logits,
                                     f"{key}_pixels": pixels[:PIXELS_BACK[key]]})
@@ -158,8 +159,8 @@ def compare(args) -> int:
     text = "\n".join(lines) + "\n"
     out = args.docs
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cross_device.md").write_text(text)
-    (out / "cross_device.json").write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out / "cross_device.md", text)
+    atomic_write_text(out / "cross_device.json", json.dumps(result, indent=1) + "\n")
     print(text)
     for problem in bad:
         print(f"cross_device: {problem}", file=sys.stderr)

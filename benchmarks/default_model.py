@@ -22,6 +22,7 @@ import torch
 from tica.cli import data_root
 import tica
 from tica.image import read_image
+from tica.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ("tica-cifar", "tica-photo")
@@ -65,7 +66,7 @@ def main() -> None:
             rows.append({"side": side, "preset": name, "points": points, "classify_gflop": gflop})
             cells = " | ".join(f"{p['bpp']:.2f} / {p['psnr']:.2f} dB" for p in points.values())
             print(f"| {side} | {name} | {cells} | {gflop:.2f} |")
-    args.out.write_text(json.dumps({"photos": len(photos), "rows": rows}, indent=1) + "\n")
+    atomic_write_text(args.out, json.dumps({"photos": len(photos), "rows": rows}, indent=1) + "\n")
     print(f"wrote {args.out}")
 
 

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from tica.cli import data_root
+from tica.io import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs" / "results" / "design_sweep.json"
@@ -123,7 +124,7 @@ def main() -> None:
         results = [x for x in results if not (x["name"] == name and x["budget_min"] == args.minutes)]
         results.append(r)
         OUT.parent.mkdir(parents=True, exist_ok=True)
-        OUT.write_text(json.dumps(results, indent=1))
+        atomic_write_text(OUT, json.dumps(results, indent=1))
         print(f"{name}: {r['steps']} steps, {r['images']} images in {r['cpu_min']:.1f} CPU-min: "
               f"top-1 {100 * r['top1']:.1f}%, PSNR {r['psnr']:.2f} dB", flush=True)
     print(table(results, args.minutes))
@@ -138,7 +139,7 @@ def write_page(text: str) -> None:
     start, end = page.find(MARKERS[0]), page.find(MARKERS[1])
     if start < 0 or end < start:
         return
-    PAGE.write_text(page[:start + len(MARKERS[0])] + "\n" + text + "\n" + page[end:])
+    atomic_write_text(PAGE, page[:start + len(MARKERS[0])] + "\n" + text + "\n" + page[end:])
 
 
 def table(results: list[dict], minutes: float) -> str:

@@ -31,6 +31,7 @@ from tica.cli import data_root
 import tica
 from tica.data import load_split
 from tica.image import read_image
+from tica.io import atomic_write_text
 from tica.losses import psnr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,7 +141,7 @@ def main() -> None:
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     results.update(cases(args))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    atomic_write_text(args.out, json.dumps(results, indent=1) + "\n")
     print(table(results))
 
 

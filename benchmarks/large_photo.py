@@ -22,6 +22,7 @@ from PIL import Image
 
 from tica.cli import data_root
 from tica.entropy.parallel import available_cores
+from tica.io import atomic_write_text
 from tica_tools.timing import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"| tica {name} | {r['seconds']:.1f} | {r['peak_gib']:.2f} |" for name, r in rows.items()]
     text = "\n".join(lines) + "\n"
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "large_photo.md").write_text(text)
-    (args.out / "large_photo.json").write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(args.out / "large_photo.md", text)
+    atomic_write_text(args.out / "large_photo.json", json.dumps(result, indent=1) + "\n")
     print(text)
     return 0
 

@@ -43,6 +43,7 @@ import tica
 from tica.cost import DEFAULT_MAX_GFLOP
 from tica.data import load_split
 from tica.image import encode_png
+from tica.io import atomic_write_text
 from tica.serve import ServeConfig
 from tica.entropy.parallel import available_cores
 from tica_tools.timing import cpu_name
@@ -221,8 +222,9 @@ def throughput_and_soak(args, model, streams: list[bytes], expected: list[int]) 
     print(soak)
     report = render(rows, soak, args)
     print(report)
-    (args.out / "load.md").write_text(report)
-    (args.out / "load.json").write_text(json.dumps({"throughput": rows, "soak": soak}, indent=1))
+    atomic_write_text(args.out / "load.md", report)
+    atomic_write_text(args.out / "load.json",
+                      json.dumps({"throughput": rows, "soak": soak}, indent=1))
     return server_errors == lost == mismatched == 0 and corrupt_ok == n_corrupt
 
 
@@ -319,8 +321,9 @@ def mixed(args, model, streams: list[bytes], expected: list[int]) -> bool:
                   "encode_gflop": photo.cost(size, "encode")}
     report = render_mixed(runs, heavy_info, args)
     print(report)
-    (args.out / "load_mixed.md").write_text(report)
-    (args.out / "load_mixed.json").write_text(json.dumps({"heavy": heavy_info, "runs": runs}, indent=1))
+    atomic_write_text(args.out / "load_mixed.md", report)
+    atomic_write_text(args.out / "load_mixed.json",
+                      json.dumps({"heavy": heavy_info, "runs": runs}, indent=1))
     fair = runs[:2]
     return (all(r["other_5xx"] == 0 and r["small_mismatched"] == 0 for r in runs)
             and all(r["small_within_5s"] == r["small_requests"] for r in fair))

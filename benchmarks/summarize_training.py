@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from tica.io import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -36,13 +38,22 @@ def _length(cfg: dict, train: list[dict], done: list[dict]) -> str:
             + (f" (the {cfg['epochs']:g}-epoch plan would have been {steps:,} steps)" if steps else ""))
 
 
+def wall_s(done: list[dict]) -> float | None:
+    """A run's training time in all: its last start's and, for a resumed run, the time its
+    earlier starts trained (the `earlier_wall_s` the last `done` record carries)."""
+    if not done:
+        return None
+    return done[-1]["wall_s"] + (done[-1].get("earlier_wall_s") or 0)
+
+
 def summarize(run: Path) -> list[str]:
     records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     cfg = json.loads((run / "config.json").read_text())
     done = [r for r in records if r.get("done")]
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval" in r]
-    wall = f"{done[-1]['wall_s'] / 60:.0f} min" if done else "unfinished"
+    seconds = wall_s(done)
+    wall = f"{seconds / 60:.0f} min" if seconds is not None else "unfinished"
     img_s = sum(r["img_s"] for r in train) / max(1, len(train))
     weights = (f"alpha {cfg['alpha']}-{cfg['alpha_max'] or cfg['alpha']}, beta {cfg['beta']}-"
                f"{cfg['beta_max'] or cfg['beta']} over 8 rate points" if cfg.get("beta_max")
@@ -79,7 +90,7 @@ def main() -> int:
              + " ".join(str(r) for r in runs) + "` from the runs' metrics.jsonl.", ""]
     for run in runs:
         lines += summarize(run)
-    (ROOT / "docs" / "training.md").write_text("\n".join(lines))
+    atomic_write_text(ROOT / "docs" / "training.md", "\n".join(lines))
     print("\n".join(lines))
     return 0
 

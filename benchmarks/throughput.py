@@ -33,6 +33,7 @@ from tica import api
 from tica.cli import data_root
 from tica.entropy import parallel
 from tica.entropy.payload import PayloadDecoder, encode_payloads
+from tica.io import atomic_write_text
 from tica_tools.timing import cpu_name, median_seconds as timed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -223,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     name = "throughput" + ("" if device.type == "cpu" else f"_{device.type}")
     args.out.mkdir(parents=True, exist_ok=True)
     text = render(result)
-    (args.out / f"{name}.md").write_text(text)
-    (args.out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(args.out / f"{name}.md", text)
+    atomic_write_text(args.out / f"{name}.json", json.dumps(result, indent=1) + "\n")
     print(text)
     return 0
 

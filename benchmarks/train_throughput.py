@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 from tica.cli import data_root
+from tica.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(data_root()) / "cifar10-jpeg.tar.gz"
@@ -67,8 +68,8 @@ def main() -> int:
     lines += [f"| {r['setting']} | {r['img_s']:.1f} | {r['img_s'] / base:.2f}x |" for r in rows]
     out = ROOT / "docs" / "benchmarks"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train_throughput.md").write_text("\n".join(lines) + "\n")
-    (out / "train_throughput.json").write_text(json.dumps(rows, indent=2))
+    atomic_write_text(out / "train_throughput.md", "\n".join(lines) + "\n")
+    atomic_write_text(out / "train_throughput.json", json.dumps(rows, indent=2))
     print("\n".join(lines))
     return 0
 

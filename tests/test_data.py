@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tica.data import (RandomCrops, augment, extract_archive, load_split, read_shards,
+from tica.data import (RandomCrops, extract_archive, load_split, padded_crop, read_shards,
                        resolve_split, synthetic_split, write_shards)
 from tica.errors import ConfigError, TicaError
 
@@ -75,11 +75,11 @@ def test_two_loaders_caching_one_split_at_once_both_succeed(archive, monkeypatch
 
 def test_augment_crops_and_flips_deterministically():
     batch = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
-    a = augment(batch, pad=2, generator=torch.Generator().manual_seed(0))
-    b = augment(batch, pad=2, generator=torch.Generator().manual_seed(0))
+    a = padded_crop(batch, pad=2, generator=torch.Generator().manual_seed(0))
+    b = padded_crop(batch, pad=2, generator=torch.Generator().manual_seed(0))
     assert a.shape == batch.shape and torch.equal(a, b)
     # with no padding, augmentation can only flip
-    c = augment(batch, pad=0, generator=torch.Generator().manual_seed(1))
+    c = padded_crop(batch, pad=0, generator=torch.Generator().manual_seed(1))
     for img, orig in zip(c, batch):
         assert torch.equal(img, orig) or torch.equal(img, orig.flip(-1))
 

@@ -275,7 +275,7 @@ def test_request_stop_ends_a_run_like_a_deadline(tmp_path):
 def test_augment_is_unchanged_on_the_cpu():
     """The device-friendly flip (torch.where) draws and returns what the masked flip did."""
     import torch.nn.functional as F
-    from tica.data import augment
+    from tica.data import padded_crop
 
     def before(batch, pad, generator):
         B, _, H, W = batch.shape
@@ -290,7 +290,7 @@ def test_augment_is_unchanged_on_the_cpu():
         return out
 
     x = torch.rand(16, 3, 32, 32)
-    a = augment(x, generator=torch.Generator().manual_seed(5))
+    a = padded_crop(x, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, before(x, 4, torch.Generator().manual_seed(5)))
 
 

@@ -115,6 +115,16 @@ def test_resume_continues_exactly(tmp_path):
     assert straight.earlier_s == 0 and 0 < resumed.earlier_s
     total = float(load_state(Path(first.run_dir) / STATE_FILE)[0]["train_s"])
     assert resumed.earlier_s < total <= resumed.earlier_s + resumed.wall_s + 0.001
+    # and the training summary (docs/training.md) counts both starts
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "summarize_training", Path(__file__).parents[1] / "benchmarks" / "summarize_training.py")
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    done = [r for r in _metrics(first.run_dir) if r.get("done")]
+    assert len(done) == 2 and done[-1]["earlier_wall_s"] == pytest.approx(resumed.earlier_s)
+    assert summary.wall_s(done) == pytest.approx(resumed.earlier_s + resumed.wall_s)
+    assert summary.wall_s(done) > done[-1]["wall_s"] and summary.wall_s([]) is None
 
 
 _KILL_SCRIPT = """

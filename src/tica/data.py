@@ -30,7 +30,7 @@ from PIL import Image
 from .config import DEFAULT_EPOCH_SIZE, SHARD_IMAGES, TrainConfig
 from .errors import ConfigError, TicaError
 from .extras import require
-from .io import atomic_write
+from .io import atomic_write, atomic_write_text
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff"}
 
@@ -196,7 +196,7 @@ def synthetic_split(n: int = 64, size: int = 32, num_classes: int = 10, seed: in
     return ImageFolderSplit(images, labels, tuple(f"class_{i}" for i in range(num_classes)))
 
 
-def augment(batch: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None
+def padded_crop(batch: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None
             ) -> torch.Tensor:
     """Random crop with reflect padding and horizontal flip, a whole float batch at once.
 
@@ -246,7 +246,7 @@ Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]   # (batch, ge
 def augmenter(kind: str = "crop", min_area: float = 0.35) -> Augment:
     """The training augmentation TrainConfig.augment names, as (batch, generator) -> batch."""
     if kind == "crop":
-        return lambda x, g: augment(x, generator=g)
+        return lambda x, g: padded_crop(x, generator=g)
     if kind == "resized":
         return lambda x, g: resized_crop(x, min_area, generator=g)
     raise ConfigError(f"unknown augmentation {kind!r}")
@@ -335,7 +335,7 @@ def write_shards(data: str | Path, split: str, out_dir: str | Path,
     files, labels, classes = _list_images(root)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "classes.txt").write_text("\n".join(classes) + "\n")
+    atomic_write_text(out_dir / "classes.txt", "\n".join(classes) + "\n")
     order = np.random.default_rng(0).permutation(len(files))     # shuffle across shards
     pattern = str(out_dir / f"{split}-%06d.tar")
     with wds.ShardWriter(pattern, maxcount=per_shard, verbose=0) as sink:
@@ -343,7 +343,8 @@ def write_shards(data: str | Path, split: str, out_dir: str | Path,
             f = files[i]
             sink.write({"__key__": f"{n:08d}", f.suffix.lower().lstrip("."): f.read_bytes(),
                         "cls": str(labels[i]).encode()})
-    (out_dir / f"{split}.json").write_text(json.dumps({"count": len(files), "classes": classes}))
+    atomic_write_text(out_dir / f"{split}.json",
+                      json.dumps({"count": len(files), "classes": classes}))
     return sorted(out_dir.glob(f"{split}-*.tar"))
 
 

@@ -26,7 +26,7 @@ from .data import (ImageFolderSplit, data_name, held_out_split, image_files, is_
 from .errors import TicaError
 from .image import read_image
 from .extras import require
-from .io import atomic_write
+from .io import atomic_write_text
 from .losses import psnr
 
 MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -325,8 +325,7 @@ def write_results(results: list[dict], path: str | Path) -> None:
     """`path`.json (a list of result dicts) and `path`.csv, each written atomically."""
     path = Path(path)
     results = [{k: _finite(v) for k, v in r.items()} for r in results]
-    atomic_write(path.with_suffix(".json"),
-                 lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
+    atomic_write_text(path.with_suffix(".json"), json.dumps(results, indent=1))
     columns = EvalResult.metric_names()
     columns += sorted({k for r in results for k in r} - set(columns))
     buf = io.StringIO()
@@ -334,7 +333,7 @@ def write_results(results: list[dict], path: str | Path) -> None:
     writer.writeheader()
     for r in results:
         writer.writerow({k: "" if r.get(k) is None else r[k] for k in columns})
-    atomic_write(path.with_suffix(".csv"), lambda tmp: Path(tmp).write_text(buf.getvalue()))
+    atomic_write_text(path.with_suffix(".csv"), buf.getvalue())
 
 
 def _finite(value):

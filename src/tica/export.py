@@ -36,7 +36,7 @@ from .config import quality_code
 from .entropy.coder import CodingTables
 from .entropy.payload import clamp_z, encode_payload
 from .errors import CheckpointError, TicaError
-from .io import atomic_write, sha256_file
+from .io import atomic_write, atomic_write_text, sha256_file
 from .models import CompressionModel
 from .nn.integer import IntegerHyperSynthesis, requantize
 
@@ -165,7 +165,7 @@ def export_onnx(model: CompressionModel, out_dir: str | Path, quality: float | N
             "model_id": f"{model.model_id:04x}", "stride": s, "N": model.config.N,
             "M": model.config.M, "files": {f: sha256_file(out / f) for f in
                                            ("analysis.onnx", "hyper.onnx", "tables.npz")}}
-    atomic_write(out / "edge.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
+    atomic_write_text(out / "edge.json", json.dumps(meta, indent=1))
     if check:
         meta["check"] = check_export(model, out, quality)
     return meta

@@ -35,6 +35,16 @@ def atomic_write(path: str | Path, write) -> None:
             os.unlink(tmp)
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file (a report, a table, JSON) atomically."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a binary file (a stream) atomically."""
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import OutputError
-from .io import atomic_write
+from .io import atomic_write_bytes
 
 STDOUT = "-"
 
@@ -74,7 +74,7 @@ def write_output(target: str | Path, data: bytes, inputs: Iterable[str | Path] =
             raise OutputError(f"cannot write to standard output: {exc.strerror or exc}") from None
         return "standard output"
     try:
-        atomic_write(real, lambda tmp: Path(tmp).write_bytes(data))
+        atomic_write_bytes(real, data)
     except OSError as exc:
         raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
     return str(target)

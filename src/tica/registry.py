@@ -14,7 +14,7 @@ from torch import nn
 from .checkpoint import read_checkpoint
 from .config import ARCHS, DEFAULT_MODEL, IMAGENETTE_LABELS, ModelConfig  # noqa: F401 (DEFAULT_MODEL: re-exported)
 from .errors import CheckpointError, ConfigError, TicaError
-from .io import atomic_write
+from .io import atomic_write_text
 from .models import ConvTeacher, HyperpriorCodec, PixelViT, TicaModel
 
 # config.ARCHS names the architectures (ModelConfig checks against it); their classes, in
@@ -140,7 +140,7 @@ def write_manifest(data: dict, path: Path | None = None) -> None:
     path = path or weights_root() / MANIFEST
     if data.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"format is not {MANIFEST_FORMAT}")
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1) + "\n"))
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
     read_manifest(path)
 
 

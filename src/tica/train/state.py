@@ -16,7 +16,7 @@ from torch import nn
 from ..config import ModelConfig, TrainConfig
 from ..data import TrainingData, batch_generator, data_kind, split_classes
 from ..errors import CheckpointError, ConfigError, TicaError
-from ..io import atomic_write
+from ..io import atomic_write, atomic_write_text
 from ..models import CompressionModel
 from ..models.vit import with_distill_token
 from ..registry import build_model, get_config, load_checkpoint, shipped_init
@@ -80,8 +80,7 @@ def open_run_dir(cfg: TrainConfig) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in run_dir.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
-    atomic_write(run_dir / "config.json",
-                 lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=2)))
+    atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
     return run_dir
 
 

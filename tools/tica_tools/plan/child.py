@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 from tica.config import TrainConfig
-from tica.io import atomic_write
+from tica.io import atomic_write_text
 from .spec import RESULT_FILE
 
 
@@ -30,7 +30,6 @@ def run_child(spec_path: str) -> int:
                "earlier_wall_s": round(result.earlier_s, 2),
                "img_s": images / max(result.wall_s, 1e-9), "device": device,
                "weights": str(result.weights)}
-    atomic_write(Path(cfg.run_dir) / RESULT_FILE,
-                 lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    atomic_write_text(Path(cfg.run_dir) / RESULT_FILE, json.dumps(summary, indent=2))
     print(f"tica plan: {json.dumps(summary)}", flush=True)
     return 0

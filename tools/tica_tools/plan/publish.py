@@ -11,7 +11,7 @@ import tarfile
 from pathlib import Path
 
 from tica.errors import CheckpointError
-from tica.io import atomic_write, sha256_bytes
+from tica.io import atomic_write, atomic_write_bytes, sha256_bytes
 from .spec import PACK_INDEX, STATUS_FILE, Limits, layout, pack_bytes
 
 _PUBLISHED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*\.safetensors)(?:\.part(\d+))?$")
@@ -174,7 +174,7 @@ class Publisher:
         step = self.limits.max_file_bytes
         for i, fname in enumerate(names):
             chunk = data[i * step:(i + 1) * step]
-            atomic_write(self.out / fname, lambda tmp, c=chunk: Path(tmp).write_bytes(c))
+            atomic_write_bytes(self.out / fname, chunk)
         old = self.files.get(name, {}).get("names", [])
         for fname in set(old) - set(names):
             (self.out / fname).unlink(missing_ok=True)
@@ -231,6 +231,6 @@ def join_parts(folder: str | Path, dest: str | Path) -> list[Path]:
         weights[name] = data
     out = []
     for name, data in sorted(weights.items()):
-        atomic_write(dest / name, lambda tmp, d=data: Path(tmp).write_bytes(d))
+        atomic_write_bytes(dest / name, data)
         out.append(dest / name)
     return out

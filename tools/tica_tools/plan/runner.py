@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from tica.io import atomic_write
+from tica.io import atomic_write_text
 from tica.errors import ConfigError, TicaError
 from .publish import Publisher
 from .spec import (EXPORT_FILE, RESULT_FILE, STATUS_FILE, STATUS_FORMAT, Plan, PlanRun,
@@ -243,7 +243,7 @@ class PlanRunner:
         (run.run_dir / RESULT_FILE).unlink(missing_ok=True)
         spec_path = run.run_dir / "plan-run.json"
         spec = {"config": cfg.to_dict(), "resume": self.resume, "threads": run.threads}
-        atomic_write(spec_path, lambda tmp: Path(tmp).write_text(json.dumps(spec, indent=2)))
+        atomic_write_text(spec_path, json.dumps(spec, indent=2))
         package_root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "OMP_NUM_THREADS": str(run.threads), "MKL_NUM_THREADS": str(run.threads),
                "PYTHONUNBUFFERED": "1",
@@ -367,7 +367,7 @@ class PlanRunner:
                   "events": self.events[-100:]}
         if final or time.time() - self._status_at >= 5.0:
             text = json.dumps(status, indent=1)
-            atomic_write(self.out / STATUS_FILE, lambda tmp: Path(tmp).write_text(text))
+            atomic_write_text(self.out / STATUS_FILE, text)
             self._status_at = time.time()
         return status
 

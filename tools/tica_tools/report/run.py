@@ -18,6 +18,7 @@ from tica.data import load_split
 from tica.entropy.parallel import available_cores
 from tica.evaluate import split_batches, write_results
 from tica.image import read_image
+from tica.io import atomic_write_text
 from tica.registry import find_weights
 
 from ..timing import cpu_name
@@ -77,7 +78,7 @@ def run_report(options: ReportOptions) -> Path:
     page = render(cifar.results, kodak.results, comparisons["accuracy_margins"],
                   comparisons["bd_rates"], compute, [n for s in sections for n in s.notes], meta)
     page_path = options.out.parent / "RESULTS.md"
-    page_path.write_text(page)
+    atomic_write_text(page_path, page)
     options.log(f"wrote {page_path} in {meta['minutes']:.1f} min")
     return page_path
 
@@ -184,7 +185,8 @@ def write_comparisons(out: Path, cifar: list[dict], kodak: list[dict],
     comparisons = {"accuracy_margins": accuracy_margins(cifar),
                    "imagenette_accuracy_margins": accuracy_margins(imagenette),
                    "bd_rates": bd_rates(kodak), "variable_rate_cost": variable_rate_cost(cifar)}
-    (out / "comparisons.json").write_text(json.dumps(comparisons, indent=1, default=lambda v: None))
+    atomic_write_text(out / "comparisons.json",
+                      json.dumps(comparisons, indent=1, default=lambda v: None))
     return comparisons
 
 
