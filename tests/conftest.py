@@ -150,3 +150,12 @@ def live_server():
     server = ServerProcess()
     yield server.url
     server.stop()
+
+
+def load_module(path: Path, name: str | None = None):
+    """A script or extension file (benchmarks/, scripts/, a built kernel) as a module."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name or Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

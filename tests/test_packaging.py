@@ -201,11 +201,8 @@ def test_the_lazy_web_modules_are_imported_only_by_each_other():
 
 
 def _load_extension(name: str, path: Path):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from conftest import load_module
+    return load_module(path, name)
 
 
 def test_a_compiler_without_openmp_builds_kernels_that_code_the_same_bytes(tmp_path, monkeypatch):

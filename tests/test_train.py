@@ -116,11 +116,8 @@ def test_resume_continues_exactly(tmp_path):
     total = float(load_state(Path(first.run_dir) / STATE_FILE)[0]["train_s"])
     assert resumed.earlier_s < total <= resumed.earlier_s + resumed.wall_s + 0.001
     # and the training summary (docs/training.md) counts both starts
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "summarize_training", Path(__file__).parents[1] / "benchmarks" / "summarize_training.py")
-    summary = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(summary)
+    from conftest import load_module
+    summary = load_module(Path(__file__).parents[1] / "benchmarks" / "summarize_training.py")
     done = [r for r in _metrics(first.run_dir) if r.get("done")]
     assert len(done) == 2 and done[-1]["earlier_wall_s"] == pytest.approx(resumed.earlier_s)
     assert summary.wall_s(done) == pytest.approx(resumed.earlier_s + resumed.wall_s)

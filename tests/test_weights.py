@@ -110,12 +110,9 @@ def test_the_manifest_is_read_and_written_by_one_pair_of_functions(tmp_path):
 
 def _ship_module(tmp_path):
     """scripts/ship_weights.py, writing into a copy of the package's weights folder."""
-    import importlib.util
+    from conftest import load_module
     import shutil
-    spec = importlib.util.spec_from_file_location("ship_weights",
-                                                  REPO / "scripts" / "ship_weights.py")
-    ship = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ship)
+    ship = load_module(REPO / "scripts" / "ship_weights.py")
     ship.WEIGHTS = tmp_path / "weights"
     shutil.copytree(Path(tica.__file__).parent / "weights", ship.WEIGHTS)
     return ship
@@ -193,14 +190,11 @@ def test_one_shipping_at_a_time_edits_the_manifest(tmp_path):
     """scripts/ship_weights.py evaluates first and then reads, changes and writes the
     manifest under an exclusive lock: a second shipping waits rather than writing back a
     manifest read before the first one's entry."""
-    import importlib.util
+    from conftest import load_module
     import subprocess
     import sys
 
-    spec = importlib.util.spec_from_file_location("ship_weights",
-                                                  REPO / "scripts" / "ship_weights.py")
-    ship = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ship)
+    ship = load_module(REPO / "scripts" / "ship_weights.py")
     manifest = tmp_path / "manifest.json"
     probe = ("import fcntl, sys; f = open(sys.argv[1], 'w')\n"
              "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept OSError:\n"
@@ -215,12 +209,9 @@ def test_one_shipping_at_a_time_edits_the_manifest(tmp_path):
 def test_compare_codecs_prints_the_gates_table_and_verdicts(tmp_path, capsys):
     """benchmarks/compare_codecs.py: the curves side by side (the gate's table) and each
     codec's verdict against the first, with the paired interval; --out writes the same."""
-    import importlib.util
+    from conftest import load_module
     from conftest import DATA
-    spec = importlib.util.spec_from_file_location("compare_codecs",
-                                                  REPO / "benchmarks" / "compare_codecs.py")
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
+    compare = load_module(REPO / "benchmarks" / "compare_codecs.py")
     shipped = Path(tica.__file__).parent / "weights" / "tica-cifar.safetensors"
     out = tmp_path / "table.md"
     assert compare.main([str(DATA / "cifar10-jpeg.tar.gz"), "shipped:tica-cifar", str(shipped),
