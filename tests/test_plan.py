@@ -491,6 +491,23 @@ def test_the_augmentation_trial_differs_in_its_augmentation_alone(tmp_path):
     assert crop.config.init == "shipped" and crop.config.model == "tica-photo"
 
 
+def test_the_top_quality_trial_differs_in_its_highest_rate_point_alone(tmp_path):
+    """cpu-photo-hq.json: two arms from the shipped tica-photo, a thread each, the same
+    config but for beta_max: the shipped eight points, and the same lowest point with the
+    highest 2.7x higher (the points between geometric)."""
+    import dataclasses
+    plan = load_plan(PLANS / "cpu-photo-hq.json", runs_dir=tmp_path, data_root="DATA")
+    crop, hq = plan.runs
+    assert (crop.config.beta_max, hq.config.beta_max) == (0.0483, 0.13)
+    assert plan.max_parallel == 2 and crop.threads == hq.threads == 1
+    same = {f.name for f in dataclasses.fields(TrainConfig)} - {"beta_max", "run_dir", "export_dir"}
+    assert {k: getattr(crop.config, k) for k in same} == {k: getattr(hq.config, k) for k in same}
+    assert crop.config.init == "shipped" and crop.config.augment == "crop"
+    low, high = crop.config.rate_points(8), hq.config.rate_points(8)
+    assert low[0] == high[0] == (1, 0.0018) and high[-1][1] == pytest.approx(0.13)
+    assert all(b > a for (_, a), (_, b) in zip(low[1:], high[1:]))
+
+
 def test_a_plan_keeps_only_the_runs_it_names(tmp_path):
     (tmp_path / "part.json").write_text(json.dumps(
         {"base": str(PLANS / "gpu.json"), "name": "part", "only": ["vit-pixel-cifar"]}))
