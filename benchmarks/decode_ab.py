@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     for w in workers.values():
         w.stdin.close()
         w.wait()
-    print(f"| images | part | other: s | this: s | other: M latent symbols/s | "
-          f"this: M latent symbols/s | this / other |\n|---|---|---:|---:|---:|---:|---:|")
+    print("| images | part | other: s | this: s | other: M latent symbols/s | "
+          "this: M latent symbols/s | this / other |\n|---|---|---:|---:|---:|---:|---:|")
     for key in times["this"]:
         label, part = key.split("|")
         a, b = (statistics.median(times[n][key][1:]) for n in ("other", "this"))

@@ -72,7 +72,6 @@ def test_curve_verdict_wants_no_loss_on_either_curve_and_a_gain_on_one():
 def _paired_rows(right, bpp_scale=1.0, psnr_shift=0.0):
     """Evaluation rows of 1,000 images at six rates with per-image records: `right` a
     (qualities, images) array of 0/1 answers; every image costs the same bits at a rate."""
-    import numpy as np
     from tica.evaluate import PerImage
     n = right.shape[1]
     rows = []
