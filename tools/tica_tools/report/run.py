@@ -186,8 +186,20 @@ def write_comparisons(out: Path, cifar: list[dict], kodak: list[dict],
                    "imagenette_accuracy_margins": accuracy_margins(imagenette),
                    "bd_rates": bd_rates(kodak), "variable_rate_cost": variable_rate_cost(cifar)}
     atomic_write_text(out / "comparisons.json",
-                      json.dumps(comparisons, indent=1, default=lambda v: None))
+                      json.dumps(_rounded(comparisons), indent=1, default=lambda v: None))
     return comparisons
+
+
+def _rounded(value, digits: int = 10):
+    """`value` with every float to `digits` significant digits: the file is then the same
+    on every CPU (BD-rate integrals differ in their last bits between vector units)."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v, digits) for v in value]
+    return value
 
 
 def write_plots(out: Path, cifar: list[dict], kodak: list[dict], imagenette: list[dict]) -> None:
