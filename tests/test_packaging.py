@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import load_module
 from tica.errors import MissingExtraError, TicaError
 from tica.extras import require
 
@@ -200,11 +201,6 @@ def test_the_lazy_web_modules_are_imported_only_by_each_other():
                 assert target not in lazy, f"{rel} imports {target} at module level"
 
 
-def _load_extension(name: str, path: Path):
-    from conftest import load_module
-    return load_module(path, name)
-
-
 def test_a_compiler_without_openmp_builds_kernels_that_code_the_same_bytes(tmp_path, monkeypatch):
     """pip's build on a compiler that refuses -fopenmp (Apple's clang, out of the box) falls
     back to the kernels without it, says so, and they write and read the same streams."""
@@ -226,8 +222,8 @@ def test_a_compiler_without_openmp_builds_kernels_that_code_the_same_bytes(tmp_p
     assert built.returncode == 0, built.stderr[-2000:]
     assert built.stderr.count("refused OpenMP") + built.stdout.count("refused OpenMP") == 2
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
-    rans = _load_extension("_rans", tmp_path / "lib/tica/entropy" / f"_rans{suffix}")
-    intops = _load_extension("_intops", tmp_path / "lib/tica/nn" / f"_intops{suffix}")
+    rans = load_module(tmp_path / "lib/tica/entropy" / f"_rans{suffix}", "_rans")
+    intops = load_module(tmp_path / "lib/tica/nn" / f"_intops{suffix}", "_intops")
     assert rans.openmp == 0
 
     model = tica.load("tica-cifar")

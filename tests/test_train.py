@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import tica
+from conftest import load_module
 from tica.config import TrainConfig
 from tica.errors import ConfigError, TicaError
 from tica.train import STATE_FILE, load_state, train
@@ -116,7 +117,6 @@ def test_resume_continues_exactly(tmp_path):
     total = float(load_state(Path(first.run_dir) / STATE_FILE)[0]["train_s"])
     assert resumed.earlier_s < total <= resumed.earlier_s + resumed.wall_s + 0.001
     # and the training summary (docs/training.md) counts both starts
-    from conftest import load_module
     summary = load_module(Path(__file__).parents[1] / "benchmarks" / "summarize_training.py")
     done = [r for r in _metrics(first.run_dir) if r.get("done")]
     assert len(done) == 2 and done[-1]["earlier_wall_s"] == pytest.approx(resumed.earlier_s)

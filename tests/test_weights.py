@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import tica
+from conftest import DATA, load_module
 from tica.registry import load_checkpoint
 from tica.errors import ConfigError
 from tica.registry import (MANIFEST, find_weights, list_models, read_manifest, standard_qualities,
@@ -110,7 +111,6 @@ def test_the_manifest_is_read_and_written_by_one_pair_of_functions(tmp_path):
 
 def _ship_module(tmp_path):
     """scripts/ship_weights.py, writing into a copy of the package's weights folder."""
-    from conftest import load_module
     import shutil
     ship = load_module(REPO / "scripts" / "ship_weights.py")
     ship.WEIGHTS = tmp_path / "weights"
@@ -123,7 +123,6 @@ def test_ship_only_if_better_keeps_out_a_codec_no_better_than_the_shipped_one(tm
     """scripts/ship_weights.py --only-if-better, on a copy of the package's weights folder:
     the shipped tica-cifar offered again is no better than itself, so nothing changes."""
     import shutil
-    from conftest import DATA
 
     ship = _ship_module(tmp_path)
     weights = ship.WEIGHTS
@@ -190,7 +189,6 @@ def test_one_shipping_at_a_time_edits_the_manifest(tmp_path):
     """scripts/ship_weights.py evaluates first and then reads, changes and writes the
     manifest under an exclusive lock: a second shipping waits rather than writing back a
     manifest read before the first one's entry."""
-    from conftest import load_module
     import subprocess
     import sys
 
@@ -209,8 +207,6 @@ def test_one_shipping_at_a_time_edits_the_manifest(tmp_path):
 def test_compare_codecs_prints_the_gates_table_and_verdicts(tmp_path, capsys):
     """benchmarks/compare_codecs.py: the curves side by side (the gate's table) and each
     codec's verdict against the first, with the paired interval; --out writes the same."""
-    from conftest import load_module
-    from conftest import DATA
     compare = load_module(REPO / "benchmarks" / "compare_codecs.py")
     shipped = Path(tica.__file__).parent / "weights" / "tica-cifar.safetensors"
     out = tmp_path / "table.md"
