@@ -4,8 +4,9 @@ feeds, on real CIFAR-10 test images (tica-cifar, 32x32, q4) and Imagenette valid
 
     python benchmarks/throughput.py [--device auto|cpu|cuda] [--images N] [--photos N]
                                     [--repeats 3] [--images-from FILE.npz] [--out DIR]
+                                    [--name STEM]
 
-Writes DIR/throughput.{md,json} (default docs/benchmarks; a GPU run: throughput_cuda.*):
+Writes DIR/NAME.{md,json} (default docs/benchmarks/throughput.*; a GPU run: throughput_cuda.*):
   1. the coder alone: symbols/s per core, encode and decode, on one thread and on all of
      them, coding the real symbols of those images (z and y, escapes included);
   2. images/s to classify from the stream, to decode (reconstruct) and to encode, for a
@@ -205,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--images-from", dest="images_from", metavar="FILE.npz")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
+    p.add_argument("--name", help="the files' stem (default throughput, on a GPU "
+                   "throughput_cuda): e.g. throughput_avx2 for a CPU without AVX-512")
     args = p.parse_args(argv)
     device = api.resolve_device(args.device)
     images = load_images(args)
@@ -221,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                 "speed": speed_section(model, x, quality, args.repeats, device),
                 "breakdown": breakdown_section(model, x[:BIG_BATCH], quality, args.repeats,
                                                device)}
-    name = "throughput" + ("" if device.type == "cpu" else f"_{device.type}")
+    name = args.name or "throughput" + ("" if device.type == "cpu" else f"_{device.type}")
     args.out.mkdir(parents=True, exist_ok=True)
     text = render(result)
     atomic_write_text(args.out / f"{name}.md", text)

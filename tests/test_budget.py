@@ -81,7 +81,7 @@ def test_estimate_matches_counted_flops(name, overrides, size, monkeypatch):
     integer h_s as the float64 convolutions it is counted as (int8 digit products are the
     same integers in more, cheaper products)."""
     from tica.nn import integer
-    monkeypatch.setattr(integer, "int8_gemm", lambda: False)
+    monkeypatch.setattr(integer, "digit_gemm", lambda: (None, 0.0))
     monkeypatch.setattr(cost, "FLOAT64_WEIGHT", 1.0)
     monkeypatch.setattr(cost, "SYMBOL_FLOPS", 0.0)
     monkeypatch.setattr(bands, "BAND_BYTES", 1 << 40)   # whole: bands re-run their halos

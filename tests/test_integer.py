@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import tica
+from tica.nn import integer
 from tica.nn.integer import IntegerHyperSynthesis
 
 
@@ -48,14 +49,12 @@ def _trained_like_h_s():
     return model.h_s
 
 
-@pytest.fixture(params=["float64", "int8"])
+@pytest.fixture(params=["float64", "int8", "float32"])
 def gemm(request, monkeypatch):
-    """Each CPU path in turn: float64 convolutions, or products of int8 digits."""
-    from tica.nn import integer
+    """Each CPU path in turn: float64 convolutions, or products of digits as int8 or as
+    float32 matrix products."""
     monkeypatch.setenv(integer.GEMM_ENV, request.param)
-    integer.int8_gemm.cache_clear()
-    yield request.param
-    integer.int8_gemm.cache_clear()
+    return request.param
 
 
 def test_matches_an_int64_reference_exactly(gemm):
@@ -63,8 +62,7 @@ def test_matches_an_int64_reference_exactly(gemm):
     int_hs = IntegerHyperSynthesis.build(h_s)
     z = torch.randint(-20, 21, (2, 32, 5, 3)).double()
     z[0, 0, 0, 0], z[1, 5, 4, 2] = 2 ** 12 - 1, -(2 ** 12 - 1)        # z at its limits
-    from tica.nn import integer
-    assert integer.int8_gemm() is (gemm == "int8")
+    assert integer.digit_gemm()[0] == (None if gemm == "float64" else gemm)
     assert torch.equal(int_hs(z), _int64_reference(int_hs, z))
 
 
@@ -126,17 +124,17 @@ def test_a_model_with_a_narrow_h_s_codes_exactly_and_keeps_old_ids():
             ModelConfig(name="x", **bad)
 
 
-def test_int8_digit_products_are_exact_at_the_worst_case_magnitudes():
+@pytest.mark.parametrize("digit_gemm", integer.DIGIT_GEMMS)
+def test_digit_products_are_exact_at_the_worst_case_magnitudes(digit_gemm):
     """Weights at +-(2^14 - 1), hidden activations up to 2^20 - 1 and z at +-(2^12 - 1):
-    each layer's int8-digit product (the transposed one by phases, odd and non-square
-    grids) equals the float64 convolution, bit for bit."""
-    from tica.nn import integer
+    each layer's digit product, int8 or float32 (the transposed one by phases, odd and
+    non-square grids) equals the float64 convolution, bit for bit."""
     g = torch.Generator().manual_seed(3)
     for layer in IntegerHyperSynthesis.build(_trained_like_h_s()).layers:
         w = layer.weight.clone()
         w.view(-1)[:: 7] = 2 ** 14 - 1
         w.view(-1)[3:: 11] = -(2 ** 14 - 1)
-        layer = dataclasses.replace(layer, weight=w, limbs=[])
+        layer = dataclasses.replace(layer, weight=w, limbs={})
         c_in = w.shape[0] if layer.transposed else w.shape[1]
         for first in (True, False):
             if first:
@@ -148,22 +146,19 @@ def test_int8_digit_products_are_exact_at_the_worst_case_magnitudes():
             expected = (F.conv_transpose2d(x, w, None, layer.stride, layer.padding,
                                            layer.output_padding) if layer.transposed
                         else F.conv2d(x, w, None, layer.stride, layer.padding))
-            got = integer._int8_linear(layer, x)
+            got = integer._digit_linear(layer, x, integer.input_digits(x), digit_gemm)
             assert got.dtype == torch.float64 and torch.equal(got, expected)
 
 
 def test_streams_are_the_same_bytes_on_either_cpu_path(monkeypatch, cifar_images):
-    from tica.nn import integer
     streams = []
-    for path in ("float64", "int8"):
+    for path in ("float64", "int8", "float32"):
         monkeypatch.setenv(integer.GEMM_ENV, path)
-        integer.int8_gemm.cache_clear()
         model = tica.load("tica-cifar")
         streams.append(tica.compress(model, cifar_images[:6], quality=2.5))
         assert torch.equal(torch.cat([y for _, _, y in tica.decompress(model, streams[0])]),
                            torch.cat([y for _, _, y in tica.decompress(model, streams[-1])]))
-    integer.int8_gemm.cache_clear()
-    assert streams[0] == streams[1]
+    assert streams[0] == streams[1] == streams[2]
 
 
 def test_close_to_the_float_network():
@@ -203,13 +198,13 @@ def test_the_gemm_form_a_gpu_runs_is_exactly_the_cpu_convolutions(monkeypatch):
     """On a GPU each layer runs as unfold/fold around a float64 GEMM (no convolution
     algorithm whose intermediates are not integers); run here, it gives the same numbers
     bit for bit, on odd and non-square grids and with z at its limits."""
-    from tica.nn import integer
 
     int_hs = IntegerHyperSynthesis.build(_trained_like_h_s())
     z = torch.randint(-30, 31, (3, 32, 5, 7)).double()
     z[0, 0, 0, 0], z[1, 3, 4, 6] = 2 ** 12 - 1, -(2 ** 12 - 1)
     expected = int_hs(z)
-    monkeypatch.setattr(IntegerHyperSynthesis, "_int8", staticmethod(lambda layer, x: False))
+    monkeypatch.setattr(IntegerHyperSynthesis, "_digits",
+                        staticmethod(lambda layer, x, in_bits=None: None))
     monkeypatch.setattr(IntegerHyperSynthesis, "_linear", staticmethod(
         lambda layer, x: integer._gemm_linear(layer, x) + layer.bias.view(1, -1, 1, 1)))
     assert torch.equal(int_hs(z), expected)
@@ -217,7 +212,6 @@ def test_the_gemm_form_a_gpu_runs_is_exactly_the_cpu_convolutions(monkeypatch):
 
 
 def test_digit_count_holds_every_value_in_as_few_digits_as_it_can():
-    from tica.nn import integer
     cases = [([0, 127], 1), ([-128, 5], 1), ([128], 2), ([-129], 2), ([0, 2 ** 14 - 1], 2),
              ([-(2 ** 14)], 2), ([2 ** 14], 3), ([2 ** 20 - 1], 3), ([-(2 ** 21) - 1], 4), ([], 1)]
     for values, count in cases:
@@ -229,14 +223,15 @@ def test_digit_count_holds_every_value_in_as_few_digits_as_it_can():
             assert torch.equal(back, x) and all(d.dtype == torch.int8 for d in digits)
 
 
-def test_int8_products_are_exact_with_one_two_or_three_digits():
+@pytest.mark.parametrize("digit_gemm", integer.DIGIT_GEMMS)
+def test_digit_products_are_exact_with_one_two_or_three_digits(digit_gemm):
     """Real z needs one digit and real activations two: each count, at its largest values,
-    gives the float64 convolution's integers (a plain and a transposed layer)."""
-    from tica.nn import integer
+    gives the float64 convolution's integers (a plain and a transposed layer), by int8
+    products and by float32 ones."""
     g = torch.Generator().manual_seed(5)
     layers = IntegerHyperSynthesis.build(_trained_like_h_s()).layers
     for layer in layers[:2]:
-        layer = dataclasses.replace(layer, limbs=[])
+        layer = dataclasses.replace(layer, limbs={})
         c_in = layer.weight.shape[0] if layer.transposed else layer.weight.shape[1]
         for top in (2 ** 7, 2 ** 14, 2 ** 21):
             x = torch.randint(-top, top, (3, c_in, 6, 5), generator=g).double()
@@ -245,14 +240,15 @@ def test_int8_products_are_exact_with_one_two_or_three_digits():
             expected = (F.conv_transpose2d(x, layer.weight, None, layer.stride, layer.padding,
                                            layer.output_padding) if layer.transposed
                         else F.conv2d(x, layer.weight, None, layer.stride, layer.padding))
-            assert torch.equal(integer._int8_linear(layer, x), expected)
+            assert torch.equal(integer._digit_linear(layer, x, integer.digit_count(x),
+                                                     digit_gemm), expected)
 
 
 def test_the_compiled_epilogue_gives_requantizes_integers_at_the_extremes():
     """tica.nn._intops.hidden_layer (recombine the int32 parts, bias, ReLU, shift, clamp in
     one pass) against `requantize` in float64: negative and huge accumulators, right and
     left shifts, the clamp; and it refuses buffers that do not fit."""
-    from tica.nn import _intops, integer
+    from tica.nn import _intops
     g = torch.Generator().manual_seed(7)
     rows, cols = 37, 11
     parts = [torch.randint(-2 ** 30, 2 ** 30, (rows, cols), generator=g, dtype=torch.int32)
@@ -313,20 +309,18 @@ def test_the_layer_ends_give_the_same_integers_on_any_number_of_workers():
         assert torch.equal(out, last[0])
 
 
+@pytest.mark.parametrize("digit_gemm", integer.DIGIT_GEMMS)
 @pytest.mark.parametrize("compiled", [True, False])
-def test_hidden_layers_end_alike_compiled_or_in_torch(compiled, monkeypatch):
-    """The int8 path's hidden layers end in _intops or, where it is not built, in torch:
+def test_hidden_layers_end_alike_compiled_or_in_torch(compiled, digit_gemm, monkeypatch):
+    """The digit paths' hidden layers end in _intops or, where it is not built, in torch:
     the same integers as the int64 reference, at real and worst-case magnitudes."""
-    from tica.nn import integer
-    monkeypatch.setenv(integer.GEMM_ENV, "int8")
-    integer.int8_gemm.cache_clear()
+    monkeypatch.setenv(integer.GEMM_ENV, digit_gemm)
     if not compiled:
         monkeypatch.setattr(integer, "_intops", None)
     int_hs = IntegerHyperSynthesis.build(_trained_like_h_s())
     z = torch.randint(-20, 21, (3, 32, 5, 6)).double()
     z[0, 0, 0, 0], z[2, 7, 4, 5] = 2 ** 12 - 1, -(2 ** 12 - 1)
     assert torch.equal(int_hs(z), _int64_reference(int_hs, z))
-    integer.int8_gemm.cache_clear()
 
 
 def _table_choice(parts, shifts, bias, scale, gain, bounds, half):
@@ -383,14 +377,14 @@ def test_the_compiled_table_choice_is_bucketizes_and_the_means_are_torchs():
                            torch.empty(rows, cols, dtype=torch.int32).numpy())
 
 
+@pytest.mark.parametrize("digit_gemm", integer.DIGIT_GEMMS)
 @pytest.mark.parametrize("compiled", [True, False])
-def test_the_table_choice_is_the_same_compiled_or_in_torch(compiled, monkeypatch):
-    """The decoder's table indexes and means from z (`_hyper_decode`) on the int8 path,
-    whose last layer ends in _intops, and on the float64 path, which ends in torch: the
-    same numbers, with an entropy gain at several qualities and without one."""
-    from tica.nn import integer
+def test_the_table_choice_is_the_same_compiled_or_in_torch(compiled, digit_gemm, monkeypatch):
+    """The decoder's table indexes and means from z (`_hyper_decode`) on a digit path
+    (int8 or float32), whose last layer ends in _intops, and on the float64 path, which
+    ends in torch: the same numbers, with an entropy gain at several qualities and without
+    one."""
     monkeypatch.setenv(integer.GEMM_ENV, "float64")
-    integer.int8_gemm.cache_clear()
     models = [tica.create_model("tica-cifar", N=32, M=48, seed=seed, rate_levels=4,
                                 entropy_gain=gain).eval() for seed, gain in ((3, True), (4, False))]
     with torch.no_grad():
@@ -401,8 +395,7 @@ def test_the_table_choice_is_the_same_compiled_or_in_torch(compiled, monkeypatch
     for model in models:
         model.update()
         want.append([model._hyper_decode(z, q) for q in (1.0, 2.37, 4.0)])
-    monkeypatch.setenv(integer.GEMM_ENV, "int8")
-    integer.int8_gemm.cache_clear()
+    monkeypatch.setenv(integer.GEMM_ENV, digit_gemm)
     if not compiled:
         monkeypatch.setattr(integer, "_intops", None)
     for model, expected in zip(models, want):
@@ -411,4 +404,75 @@ def test_the_table_choice_is_the_same_compiled_or_in_torch(compiled, monkeypatch
             assert got_indexes.dtype == indexes.dtype and (got_indexes == indexes).all()
             assert got_means.dtype == torch.float32 and torch.equal(got_means, means)
         assert len(set(int(i.sum()) for i, _ in expected)) > 1 or model is models[1]
-    integer.int8_gemm.cache_clear()
+
+
+def test_float32_products_sum_at_most_f32_taps_at_a_time(monkeypatch):
+    """A float32 digit product is exact because it sums at most F32_TAPS products at a time:
+    1,024 products of -128 * -128 reach 2^24 exactly, and one more product of 1 lies past
+    float32's 24 bits. Summed in one float32 product the 1 is lost; in slices of F32_TAPS,
+    added in int32, it is kept."""
+    k = integer.F32_TAPS + 1
+    a = torch.full((3, k), -128, dtype=torch.int8)
+    b = torch.full((k, 2), -128, dtype=torch.int8)
+    a[:, -1], b[-1] = 1, 1
+    exact = torch.full((3, 2), integer.F32_TAPS * 2 ** 14 + 1, dtype=torch.int32)
+    assert torch.equal((a.long() @ b.long()).int(), exact)
+    assert torch.equal(integer._digit_product(a.float(), b.float()), exact)
+    monkeypatch.setattr(integer, "F32_TAPS", 2 * k)
+    assert not torch.equal(integer._digit_product(a.float(), b.float()), exact)
+
+
+def test_each_layer_takes_digits_only_where_its_products_cost_less(monkeypatch):
+    """With float32 digit products measured at 2.4 to a float64 one: the layers of a model
+    with a narrow h_s (7-bit weights and activations: one digit each) take them, a layer
+    whose weights need two digits takes them against inputs of one digit (two products)
+    and float64 against inputs of two (four); where torch's float32 products are set to
+    round (bfloat16 or TF32), float32 is never taken, measured or forced, and int8 is
+    where it was measured fast enough."""
+    monkeypatch.delenv(integer.GEMM_ENV, raising=False)
+    monkeypatch.setattr(integer, "_measured_gemms", lambda: (("float32", 2.4), ("int8", 0.1)))
+    narrow = tica.create_model("tica-cifar", N=32, M=48, hs_weight_bits=7, hs_act_frac_bits=5,
+                               hs_act_bits=7).eval()
+    narrow.update()
+    first, hidden = narrow.integer_h_s.layers[:2]
+    z = torch.randint(-20, 21, (2, 32, 4, 4)).double()
+    act = torch.randint(0, 128, (2, hidden.weight.shape[0], 4, 4), dtype=torch.int32)
+    assert IntegerHyperSynthesis._digits(first, z) == ("float32", 1)
+    assert IntegerHyperSynthesis._digits(hidden, act, 7) == ("float32", 1)
+    wide = IntegerHyperSynthesis.build(_trained_like_h_s()).layers[1]       # 14-bit weights
+    act = torch.randint(0, 2 ** 13, (2, wide.weight.shape[0], 4, 4)).double()
+    assert integer.digit_count(wide.weight) == 2 and integer.input_digits(act) == 2
+    assert IntegerHyperSynthesis._digits(wide, act) is None
+    assert IntegerHyperSynthesis._digits(wide, act.clamp(max=127)) == ("float32", 1)
+    reference = IntegerHyperSynthesis.build(_trained_like_h_s())
+    precision = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert integer.digit_gemm() == (None, 0.0)       # int8 measured slower than float64
+        monkeypatch.setattr(integer, "_measured_gemms", lambda: (("float32", 9.0), ("int8", 3.0)))
+        assert integer.digit_gemm() == ("int8", 3.0)
+        monkeypatch.setenv(integer.GEMM_ENV, "float32")
+        assert integer.digit_gemm() == (None, 0.0)
+        assert torch.equal(reference(z), _int64_reference(reference, z))
+    finally:
+        torch.set_float32_matmul_precision(precision)
+    assert integer.digit_gemm() == ("float32", float("inf"))
+
+
+def test_float32_digits_wait_for_ieee_float32_products(monkeypatch):
+    """The CPU backend's own precision setting decides before the global ones: bf16 or tf32
+    there keeps float32 digit products out (the float64 path, the same numbers), ieee
+    lets them in."""
+    monkeypatch.setenv(integer.GEMM_ENV, "float32")
+    matmul = torch.backends.mkldnn.matmul
+    before = matmul.fp32_precision
+    z = torch.randint(-20, 21, (2, 32, 4, 4)).double()
+    reference = IntegerHyperSynthesis.build(_trained_like_h_s())
+    try:
+        for setting, taken in (("bf16", None), ("tf32", None), ("ieee", "float32")):
+            matmul.fp32_precision = setting
+            assert integer.digit_gemm()[0] == taken, setting
+            assert torch.equal(reference(z), _int64_reference(reference, z))
+    finally:
+        matmul.fp32_precision = before
+    assert integer.digit_gemm()[0] == "float32"

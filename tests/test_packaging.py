@@ -240,7 +240,8 @@ def test_a_compiler_without_openmp_builds_kernels_that_code_the_same_bytes(tmp_p
         def __getattr__(self, name):
             return lambda *a, **k: (calls.append(name), getattr(intops, name)(*a, **k))[1]
     monkeypatch.setattr(integer, "_intops", Counted())
-    monkeypatch.setattr(integer, "int8_gemm", lambda: True)   # the built ends' path, on any CPU
+    # the built ends, on any CPU: the digit path float32 products take everywhere
+    monkeypatch.setattr(integer, "digit_gemm", lambda: ("float32", float("inf")))
     parallel.set_threads(2)
     try:
         assert tica.compress(model, images, quality=4) == stream

@@ -10,10 +10,13 @@ activation is a fixed-point integer, so encoder and decoder compute identical nu
 How it stays fast: all values are integers whose partial sums stay below 2^53, so a
 float64 convolution computes them *exactly*, whatever order the kernel sums in, on the CPU
 or a GPU alike. `build` checks that bound for each layer from the worst case, not from data.
-On a CPU with fast int8 matrix products the same integers are multiplied as 7-bit digits
-("limbs") instead: int8 products of each pair of digits, summed in int32 and recombined
-in float64, give the exact products again, so the numbers are identical and only the speed
-changes (`int8_gemm`); a hidden layer's end (recombination, bias, ReLU, fixed point) then
+On a CPU the same integers are usually multiplied faster as 7-bit digits ("limbs"):
+products of each pair of digits, summed in int32 and recombined in float64, give the exact
+products again, so the numbers are identical and only the speed changes. A digit product
+runs as an int8 matrix product where the CPU has fast ones (AVX-512 VNNI, AMX), else as a
+float32 one, exact too: a sum of at most F32_TAPS products of digits stays within float32's
+24 bits (`digit_gemm` measures which, and how many digit products cost one float64 one;
+each layer takes the digits when its own count of them is cheaper); a hidden layer's end (recombination, bias, ReLU, fixed point) then
 runs in one pass in C (`_intops`, int64) and hands the next layer int32 activations, and the
 last layer's end picks each symbol's coding table and mean in its own pass
 (`TablesAndMeans`: what decoding keeps of h_s).
@@ -65,9 +68,11 @@ class _IntLayer:
     # a hidden layer's activations: steps of 2^-act_frac_bits, clamped below 2^act_bits
     act_frac_bits: int = ACT_FRAC_BITS
     act_bits: int = ACT_BITS
-    # the weight as int8 digits (_int8_linear): a convolution's digits, or per output phase
-    # of a transposed layer (row phase, column phase, kernel, digits); built on first use
-    limbs: list = field(default_factory=list)
+    # the weight as digits (_digit_linear), by their dtype (int8 or float32): a
+    # convolution's digits, or per output phase of a transposed layer (row phase, column
+    # phase, kernel, digits); built on first use
+    limbs: dict = field(default_factory=dict)
+    weight_digits: int = 0      # how many digits the weight splits into (0: not counted yet)
     # a hidden layer's end for _limb_matmul (_HiddenEnd); built on first use
     epilogue: "_HiddenEnd | None" = None
 
@@ -164,9 +169,13 @@ def quantized_h_s(h_s: nn.Sequential, z_hat: torch.Tensor, weight_bits: int, fra
 
 
 LIMB_BITS = 7                    # int8 digits: 7 bits each, the top one signed
-GEMM_ENV = "TICA_INTEGER_GEMM"   # int8 | float64: force a CPU path (default: the faster)
+GEMM_ENV = "TICA_INTEGER_GEMM"   # int8 | float32 | float64: force a CPU path (default: the
+                                 # fastest, measured)
+DIGIT_GEMMS = ("int8", "float32")    # how a digit product can run (`_digit_product`)
 MAX_INT8_TAPS = 2 ** 16          # int32 sums of two digit planes stay exact below this
-PRODUCT_ROWS = 4096              # rows of one int8 product: its operands stay in cache
+F32_TAPS = 1024                  # float32 sums this many digit products exactly (2^10 2^14)
+PRODUCT_ROWS = 4096              # rows of one int8 product (a quarter of it in float32):
+                                 # a few images' patches at a time, read from cache
 
 
 def _limbs(x: torch.Tensor, count: int) -> list[torch.Tensor]:
@@ -193,11 +202,26 @@ def digit_count(x: torch.Tensor) -> int:
     return count
 
 
+def _digit_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The exact int32 product of two digit planes (rows by columns), int8 or float32 alike:
+    an int8 matrix product, or float32 ones over at most F32_TAPS taps at a time, each of
+    whose partial sums is an integer of at most 2^10 * 2^14 = 2^24 (every digit lies in
+    [-128, 128)), so float32 holds it exactly whatever order the library sums in; the
+    slices' sums are added in int32."""
+    if a.dtype == torch.int8:
+        return torch._int_mm(a, b)
+    out = None
+    for k in range(0, a.shape[1], F32_TAPS):
+        part = torch.mm(a[:, k:k + F32_TAPS], b[k:k + F32_TAPS]).to(torch.int32)
+        out = part if out is None else out.add_(part)
+    return out
+
+
 def _limb_matmul(a: list[torch.Tensor], b: list[torch.Tensor], out: torch.Tensor,
                  end: "_HiddenEnd | _TablesEnd | None" = None) -> None:
-    """The exact product of two matrices given as int8 digit planes (`a`'s rows by `b`'s
-    columns), written into `out` (float64). Each int8 product is an int32 sum of K terms
-    of at most 2^14; the planes of one weight 2^(7 s) (at most two: a weight below 2^14
+    """The exact product of two matrices given as digit planes (`a`'s rows by `b`'s
+    columns; int8 or float32, `_digit_product`), written into `out` (float64). Each
+    digit product is an int32 sum of K terms of at most 2^14; the planes of one weight 2^(7 s) (at most two: a weight below 2^14
     has two digits) are summed in int32, exact for K < MAX_INT8_TAPS, then added in
     float64 times 2^(7 s), exactly: every term and partial sum is an integer within the
     layer's worst-case bound, which `build` holds below 2^53. With `end` (a hidden layer's,
@@ -206,7 +230,7 @@ def _limb_matmul(a: list[torch.Tensor], b: list[torch.Tensor], out: torch.Tensor
     by_shift: dict[int, torch.Tensor] = {}
     for i, da in enumerate(a):
         for j, db in enumerate(b):
-            plane = torch._int_mm(da, db)
+            plane = _digit_product(da, db)
             if i + j in by_shift:
                 by_shift[i + j].add_(plane)
             else:
@@ -298,32 +322,38 @@ class TablesAndMeans:
                           torch.cat([gain, gain]), self.bounds.detach().double().cpu().contiguous())
 
 
-def _digit_planes(x: torch.Tensor, pad: tuple[int, int, int, int],
-                  in_bits: int | None = None) -> list[torch.Tensor]:
-    """Integer x (B, C, H, W), zero-padded by `pad` (left, right, top, bottom) -> its int8
-    digit planes, channels-last and contiguous, as few as its values need (the digits of
-    zero are zeros: each plane is padded, a byte a value rather than eight). `in_bits`:
-    x is known to lie in [0, 2^in_bits) (a hidden layer's activations), so that one digit
-    holds it when in_bits <= 7 without looking."""
-    count = 1 if in_bits is not None and in_bits <= LIMB_BITS else digit_count(x)
-    return [F.pad(d, (0, 0, *pad)).contiguous() for d in _limbs(x.permute(0, 2, 3, 1), count)]
+def input_digits(x: torch.Tensor, in_bits: int | None = None) -> int:
+    """How many digits `_digit_planes` splits x into. `in_bits`: x is known to lie in
+    [0, 2^in_bits) (a hidden layer's activations), so that one digit holds it when
+    in_bits <= 7 without looking."""
+    return 1 if in_bits is not None and in_bits <= LIMB_BITS else digit_count(x)
 
 
-def _int8_conv(planes: list[torch.Tensor], w_digits: list[torch.Tensor],
-               kernel: tuple[int, int], stride: int,
-               end: "_HiddenEnd | _TablesEnd | None" = None) -> torch.Tensor:
+def _digit_planes(x: torch.Tensor, pad: tuple[int, int, int, int], count: int,
+                  dtype: torch.dtype = torch.int8) -> list[torch.Tensor]:
+    """Integer x (B, C, H, W), zero-padded by `pad` (left, right, top, bottom) -> its
+    `count` digit planes (`input_digits`) as `dtype` (int8, or float32 for float32
+    products), channels-last and contiguous (the digits of zero are zeros: each plane is
+    padded, not x)."""
+    return [F.pad(d.to(dtype), (0, 0, *pad)).contiguous()
+            for d in _limbs(x.permute(0, 2, 3, 1), count)]
+
+
+def _digit_conv(planes: list[torch.Tensor], w_digits: list[torch.Tensor],
+                kernel: tuple[int, int], stride: int,
+                end: "_HiddenEnd | _TablesEnd | None" = None) -> torch.Tensor:
     """A valid convolution (correlation) of an integer input given as digit planes (B, H,
-    W, C each: `_digit_planes`, or a window of them) with a weight given as int8 digits,
-    ordered (kernel row, kernel column, C_in) x C_out; exact, in float64, channels-last
-    (B, Ho, Wo, C_out), or with `end` (_limb_matmul) what it makes, int32. The patches
-    are gathered a few images at a time (about PRODUCT_ROWS rows), so that each product
-    reads them from cache."""
+    W, C each: `_digit_planes`, or a window of them) with a weight given as digits of the
+    same dtype, ordered (kernel row, kernel column, C_in) x C_out; exact, in float64,
+    channels-last (B, Ho, Wo, C_out), or with `end` (_limb_matmul) what it makes, int32.
+    The patches are gathered a few images at a time (about PRODUCT_ROWS rows, a quarter
+    of that in float32: the same bytes), so that each product reads them from cache."""
     B, H, W, C = planes[0].shape
     kh, kw = kernel
     Ho, Wo = (H - kh) // stride + 1, (W - kw) // stride + 1
     out = torch.empty(B, Ho, Wo, w_digits[0].shape[1],
                       dtype=torch.float64 if end is None else torch.int32)
-    step = max(1, PRODUCT_ROWS // max(1, Ho * Wo))
+    step = max(1, PRODUCT_ROWS // (planes[0].element_size() * max(1, Ho * Wo)))
     for b in range(0, B, step):
         patches = []
         for plane in planes:           # (n, Ho, Wo, kh, kw, C) as a view, then one copy
@@ -336,10 +366,11 @@ def _int8_conv(planes: list[torch.Tensor], w_digits: list[torch.Tensor],
     return out
 
 
-def _weight_digits(w: torch.Tensor) -> list[torch.Tensor]:
-    """A conv weight (C_out, C_in, kh, kw) as the (kh kw C_in, C_out) digits _int8_conv
-    reads (|w| < 2^WEIGHT_BITS: at most two digits)."""
-    return [d.contiguous() for d in _limbs(w.permute(0, 2, 3, 1).flatten(1).t(), digit_count(w))]
+def _weight_digits(w: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
+    """A conv weight (C_out, C_in, kh, kw) as the (kh kw C_in, C_out) digits _digit_conv
+    reads, as `dtype` (|w| < 2^WEIGHT_BITS: at most two digits)."""
+    return [d.to(dtype).contiguous()
+            for d in _limbs(w.permute(0, 2, 3, 1).flatten(1).t(), digit_count(w))]
 
 
 def _hidden_end(layer: _IntLayer) -> _HiddenEnd:
@@ -351,74 +382,112 @@ def _hidden_end(layer: _IntLayer) -> _HiddenEnd:
     return layer.epilogue
 
 
-def _int8_linear(layer: _IntLayer, x: torch.Tensor, end: _HiddenEnd | _TablesEnd | None = None,
-                 in_bits: int | None = None) -> torch.Tensor:
-    """The layer's exact accumulator (no bias) by int8 digit products on the CPU: the same
-    integers as the float64 convolution; with `end`, what that end makes of it, int32: a
-    hidden layer's activations (`_hidden_end`: bias, ReLU and fixed point applied,
-    `requantize`'s integers) or the last layer's table indexes and means (`_TablesEnd`);
-    `in_bits` as `_digit_planes` has it. A stride-s transposed layer runs as s^2 ordinary
-    convolutions, one per output phase (polyphase): output o of phase r = (o + p) mod s
-    sums x[u - m] w[r + s m], a full correlation of x with that phase's taps, reversed,
-    computed only on the window of it that the layer keeps."""
+def _digit_linear(layer: _IntLayer, x: torch.Tensor, digits: int, gemm: str,
+                  end: _HiddenEnd | _TablesEnd | None = None) -> torch.Tensor:
+    """The layer's exact accumulator (no bias) by digit products on the CPU (x split into
+    `digits` digits, `input_digits`; the products int8 or float32 as `gemm` says): the
+    same integers as the float64 convolution; with `end`, what that end makes of it,
+    int32: a hidden layer's activations (`_hidden_end`: bias, ReLU and fixed point applied,
+    `requantize`'s integers) or the last layer's table indexes and means (`_TablesEnd`).
+    A stride-s transposed layer runs as s^2 ordinary convolutions, one per output phase
+    (polyphase): output o of phase r = (o + p) mod s sums x[u - m] w[r + s m], a full
+    correlation of x with that phase's taps, reversed, computed only on the window of it
+    that the layer keeps."""
+    dtype = torch.int8 if gemm == "int8" else torch.float32
     k, s, p = layer.weight.shape[-1], layer.stride, layer.padding
     if not layer.transposed:
-        if not layer.limbs:
-            layer.limbs = _weight_digits(layer.weight)
-        out = _int8_conv(_digit_planes(x, (p,) * 4, in_bits), layer.limbs, (k, k), s, end)
+        if dtype not in layer.limbs:          # one assignment: safe if threads race here
+            layer.limbs[dtype] = _weight_digits(layer.weight, dtype)
+        out = _digit_conv(_digit_planes(x, (p,) * 4, digits, dtype), layer.limbs[dtype],
+                          (k, k), s, end)
         return out.permute(0, 3, 1, 2)
     B, _, H, W = x.shape
     Ho = (H - 1) * s - 2 * p + k + layer.output_padding
     Wo = (W - 1) * s - 2 * p + k + layer.output_padding
-    if not layer.limbs:                       # one assignment: safe if threads race here
+    if dtype not in layer.limbs:
         phases = [(rh, rw, layer.weight[:, :, rh::s, rw::s].flip(2, 3).transpose(0, 1))
                   for rh in range(s) for rw in range(s)]
-        layer.limbs = [(rh, rw, tuple(t.shape[-2:]), _weight_digits(t)) for rh, rw, t in phases]
+        layer.limbs[dtype] = [(rh, rw, tuple(t.shape[-2:]), _weight_digits(t, dtype))
+                              for rh, rw, t in phases]
     out = torch.empty(B, Ho, Wo, layer.weight.shape[1],       # channels-last
                       dtype=torch.float64 if end is None else torch.int32)
     reach = -(-k // s) - 1                    # the most taps of a phase, less one
-    planes = _digit_planes(x, (reach,) * 4, in_bits)   # split once for all the phases
-    for rh, rw, (mh, mw), w_digits in layer.limbs:
+    planes = _digit_planes(x, (reach,) * 4, digits, dtype)   # split once for all the phases
+    for rh, rw, (mh, mw), w_digits in layer.limbs[dtype]:
         oh, ow = (rh - p) % s, (rw - p) % s               # the first output of this phase
         uh, uw = (oh + p - rh) // s, (ow + p - rw) // s   # ... and its u
         nh, nw = len(range(oh, Ho, s)), len(range(ow, Wo, s))
         # only the window whose valid correlation gives outputs uh.., uw.. of the full one
         top, left = reach - (mh - 1) + uh, reach - (mw - 1) + uw
         window = [d[:, top:top + nh + mh - 1, left:left + nw + mw - 1] for d in planes]
-        out[:, oh::s, ow::s] = _int8_conv(window, w_digits, (mh, mw), 1, end)
+        out[:, oh::s, ow::s] = _digit_conv(window, w_digits, (mh, mw), 1, end)
     return out.permute(0, 3, 1, 2)
 
 
+def _float32_exact() -> bool:
+    """Whether torch's float32 matrix products on the CPU are IEEE float32 (the default),
+    not reduced to bfloat16 or TF32 by a user's setting, which would round their sums: the
+    CPU backend's own setting, else the global one, else the legacy one (torch refuses to
+    read that one when the two APIs were mixed: then not taken as exact)."""
+    for precision in (getattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision",
+                              "none"), getattr(torch.backends, "fp32_precision", "none")):
+        if precision != "none":
+            return precision == "ieee"
+    try:
+        return torch.get_float32_matmul_precision() == "highest"
+    except RuntimeError:
+        return False
+
+
 @functools.cache
-def int8_gemm() -> bool:
-    """Whether the CPU path multiplies in int8 digits: $TICA_INTEGER_GEMM if set, else
-    whether four int8 products of a layer's shape (what a hidden layer of real data needs:
-    two digits of weight by two of activation) take less time than one float64 product
-    here (AVX-512 VNNI: about 15x per product; older vector units may not gain). Measured
-    once per process, in a few milliseconds, on one thread and interleaved: what the
-    hardware does, not how busy the machine is (on a loaded machine, two threads' int8
-    product waited for a descheduled thread and measured 2x where one thread's was 16x)."""
-    forced = os.environ.get(GEMM_ENV, "").strip().lower()
-    if forced in ("int8", "float64"):
-        return forced == "int8"
+def _measured_gemms() -> tuple[tuple[str, float], ...]:
+    """Each exact digit product this CPU runs (DIGIT_GEMMS) with how many of them take the
+    time of one float64 product of a layer's shape, the cheapest first. Measured once per
+    process, in a few milliseconds, on one thread and interleaved: what the hardware does,
+    not how busy the machine is (on a loaded machine, two threads' int8 product waited for
+    a descheduled thread and measured 2x where one thread's was 16x). Measured here: AVX-512
+    VNNI runs about 15 int8 products in a float64 one's time; AVX2 without VNNI about 3
+    float32 ones, and an int8 one takes ten times a float64's."""
     g = torch.Generator().manual_seed(0)
     a = torch.randint(-64, 64, (1024, 1152), generator=g, dtype=torch.int8)
     b = torch.randint(-64, 64, (1152, 128), generator=g, dtype=torch.int8)
-    ad, bd = a.double(), b.double()
+    operands = {"int8": (a, b), "float32": (a.float(), b.float()),
+                "float64": (a.double(), b.double())}
     threads = torch.get_num_threads()
+    times: dict[str, list[float]] = {name: [] for name in operands}
     try:
         torch.set_num_threads(1)
-        int8, float64 = [], []
         for _ in range(5):
-            for fn, times in ((lambda: torch._int_mm(a, b), int8), (lambda: ad @ bd, float64)):
+            for name, (x, y) in operands.items():
                 start = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - start)
-        return 4 * min(int8[1:]) < min(float64[1:])          # the first round warms up
-    except (RuntimeError, AttributeError):        # a build without int8 products
-        return False
+                try:
+                    _digit_product(x, y) if name != "float64" else x @ y
+                except (RuntimeError, AttributeError):   # a build without int8 products
+                    times[name].append(float("inf"))
+                    continue
+                times[name].append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(threads)
+    float64 = min(times.pop("float64")[1:])                 # the first round warms up
+    gains = [(name, float64 / min(t[1:])) for name, t in times.items()]
+    return tuple(sorted(gains, key=lambda g: -g[1]))
+
+
+def digit_gemm() -> tuple[str | None, float]:
+    """How this CPU multiplies the h_s's integers: (the digit product it runs fastest,
+    "int8" or "float32", and how many of them cost one float64 product), or (None, 0) for
+    float64 convolutions alone (no digit product is cheaper than a float64 one). $TICA_INTEGER_GEMM (int8 | float32 | float64) forces one;
+    otherwise measured once (`_measured_gemms`). float32 is never taken while torch's
+    float32 products are set to round (`_float32_exact`)."""
+    forced = os.environ.get(GEMM_ENV, "").strip().lower()
+    if forced == "float64":
+        return None, 0.0
+    if forced in DIGIT_GEMMS:
+        return (forced, float("inf")) if forced == "int8" or _float32_exact() else (None, 0.0)
+    for name, gain in _measured_gemms():
+        if gain > 1 and (name == "int8" or _float32_exact()):
+            return name, gain
+    return None, 0.0
 
 
 def _gemm_linear(layer: _IntLayer, x: torch.Tensor) -> torch.Tensor:
@@ -472,24 +541,36 @@ class IntegerHyperSynthesis:
         if device not in self._copies:
             self._copies[device] = [dataclasses.replace(
                 layer, weight=layer.weight.to(device), bias=layer.bias.to(device),
-                exponent=layer.exponent.to(device), limbs=[], epilogue=None)
+                exponent=layer.exponent.to(device), limbs={}, epilogue=None)
                 for layer in self.layers]
         return self._copies[device]
 
     @staticmethod
-    def _int8(layer: _IntLayer, x: torch.Tensor) -> bool:
-        """Whether this layer runs as int8 digit products: on a CPU that gains from them,
-        with few enough taps for their int32 sums."""
-        return x.device.type == "cpu" and int8_gemm() and layer.weight.shape[
-            int(not layer.transposed)] * layer.weight[0, 0].numel() < MAX_INT8_TAPS
+    def _digits(layer: _IntLayer, x: torch.Tensor,
+                in_bits: int | None = None) -> tuple[str, int] | None:
+        """(the digit product, x's digit count) if this layer runs as digit products: on a
+        CPU where its products (the weight's digits times x's, `input_digits`) cost less
+        than one float64 product (`digit_gemm`), with few enough taps for their int32
+        sums; else None (float64)."""
+        if x.device.type != "cpu" or layer.weight.shape[int(not layer.transposed)] * \
+                layer.weight[0, 0].numel() >= MAX_INT8_TAPS:
+            return None
+        gemm, gain = digit_gemm()
+        if gemm is None:
+            return None
+        if not layer.weight_digits:            # one assignment: safe if threads race here
+            layer.weight_digits = digit_count(layer.weight)
+        count = input_digits(x, in_bits)
+        return (gemm, count) if layer.weight_digits * count < gain else None
 
     @classmethod
     def _linear(cls, layer: _IntLayer, x: torch.Tensor) -> torch.Tensor:
+        digits = cls._digits(layer, x)
         if x.device.type != "cpu":
             acc = _gemm_linear(layer, x)
-        elif cls._int8(layer, x):
-            acc = _int8_linear(layer, x)
-        elif x.dtype != torch.float64:   # int32 activations from an int8 layer before
+        elif digits is not None:
+            acc = _digit_linear(layer, x, digits[1], digits[0])
+        elif x.dtype != torch.float64:   # int32 activations from a digit layer before
             return cls._linear(layer, x.double())
         elif layer.transposed:       # the CPU's float64 convolutions are GEMMs
             acc = F.conv_transpose2d(x, layer.weight, None, layer.stride, layer.padding,
@@ -530,12 +611,13 @@ class IntegerHyperSynthesis:
 
     def _layer(self, layer: _IntLayer, last: bool, keep, in_bits: int | None,
                x: torch.Tensor) -> torch.Tensor:
-        if not last and self._int8(layer, x):     # int32 activations, the same integers
-            return _int8_linear(layer, x, _hidden_end(layer), in_bits)
+        digits = self._digits(layer, x, in_bits)
+        if not last and digits is not None:     # int32 activations, the same integers
+            return _digit_linear(layer, x, digits[1], digits[0], _hidden_end(layer))
         end = (keep.compiled_end(layer) if last and isinstance(keep, TablesAndMeans)
-               and self._int8(layer, x) else None)
+               and digits is not None else None)
         if end is not None:                  # indexes and means in the product's own pass
-            return _int8_linear(layer, x, end, in_bits)
+            return _digit_linear(layer, x, digits[1], digits[0], end)
         scale = torch.pow(2.0, layer.exponent.double()).view(1, -1, 1, 1)
         out = requantize(self._linear(layer, x), scale, last, layer.act_frac_bits, layer.act_bits)
         return out if keep is None else keep(out)
