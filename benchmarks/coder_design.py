@@ -8,10 +8,11 @@ images (tica-cifar, q4): the table for docs/design.md, "The entropy coder".
    a batch per call, on one thread and on all cores.
 2. The integer h_s, which picks every symbol's table: float64 convolutions, the same
    integers as products of int8 digits (what a CPU with fast int8 products runs) and of
-   float32 digits (what one without them runs), the layers as unfold/fold around float64 GEMMs (what a GPU runs, exact by construction),
-   and a float32 convolution of the same shapes (not exact: a bound).
-3. One GEMM of h_s's size in float64, float32 and int8: what splitting the integers into
-   float32 or int8 limbs would start from.
+   float32 digits (what one without them runs), the layers as unfold/fold around float64
+   GEMMs (what a GPU runs, exact by construction), and a float32 convolution of the same
+   shapes (not exact: a bound).
+3. One GEMM of h_s's size in float64, float32 and int8: what the digit products start
+   from.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def gemm_rows(repeats: int) -> list[tuple[str, float]]:
     a8 = torch.randint(-64, 64, (m, k), dtype=torch.int8)
     b8 = torch.randint(-64, 64, (k, n), dtype=torch.int8)
     operands = {"float64 (exact)": (a8.double(), b8.double(), torch.matmul),
-                "float32 (exact in slices of 1,024 one-digit taps)": (a8.float(), b8.float(), torch.matmul),
+                "float32 (exact in slices of 1,024 one-digit taps)": (a8.float(), b8.float(),
+                                                                       torch.matmul),
                 "int8 -> int32 (torch._int_mm)": (a8, b8, torch._int_mm)}
     rows = []
     for name, (a, b, mm) in operands.items():

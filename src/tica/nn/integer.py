@@ -16,10 +16,10 @@ products again, so the numbers are identical and only the speed changes. A digit
 runs as an int8 matrix product where the CPU has fast ones (AVX-512 VNNI, AMX), else as a
 float32 one, exact too: a sum of at most F32_TAPS products of digits stays within float32's
 24 bits (`digit_gemm` measures which, and how many digit products cost one float64 one;
-each layer takes the digits when its own count of them is cheaper); a hidden layer's end (recombination, bias, ReLU, fixed point) then
-runs in one pass in C (`_intops`, int64) and hands the next layer int32 activations, and the
-last layer's end picks each symbol's coding table and mean in its own pass
-(`TablesAndMeans`: what decoding keeps of h_s).
+each layer takes the digits when its own count of them is cheaper). A hidden layer's end
+(recombination, bias, ReLU, fixed point) then runs in one pass in C (`_intops`, int64) and
+hands the next layer int32 activations, and the last layer's end picks each symbol's coding
+table and mean in its own pass (`TablesAndMeans`: what decoding keeps of h_s).
 
 Layout of the fixed point: z_hat enters as plain integers (exponent 0). Each output
 channel o of a layer has a power-of-two weight exponent e_o chosen so |w_int| < 2^WEIGHT_BITS;
@@ -219,14 +219,15 @@ def _digit_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _limb_matmul(a: list[torch.Tensor], b: list[torch.Tensor], out: torch.Tensor,
                  end: "_HiddenEnd | _TablesEnd | None" = None) -> None:
-    """The exact product of two matrices given as digit planes (`a`'s rows by `b`'s
-    columns; int8 or float32, `_digit_product`), written into `out` (float64). Each
-    digit product is an int32 sum of K terms of at most 2^14; the planes of one weight 2^(7 s) (at most two: a weight below 2^14
-    has two digits) are summed in int32, exact for K < MAX_INT8_TAPS, then added in
-    float64 times 2^(7 s), exactly: every term and partial sum is an integer within the
-    layer's worst-case bound, which `build` holds below 2^53. With `end` (a hidden layer's,
-    or the last layer's table choice) `out` is int32 and receives what that end makes of
-    the product (`_intops` in one pass; a hidden end in torch where it is not built)."""
+    """The exact product of two matrices given as digit planes (`a`'s rows by `b`'s columns; int8
+    or float32, `_digit_product`), written into `out` (float64). Each digit product is an
+    int32 sum of K terms of at most 2^14; the planes of one weight 2^(7 s) (at most two: a
+    weight below 2^14 has two digits) are summed in int32, exact for K < MAX_INT8_TAPS, then
+    added in float64 times 2^(7 s), exactly: every term and partial sum is an integer within
+    the layer's worst-case bound, which `build` holds below 2^53. With `end` (a hidden
+    layer's, or the last layer's table choice) `out` is int32 and receives what that end
+    makes of the product (`_intops` in one pass; a hidden end in torch where it is not
+    built)."""
     by_shift: dict[int, torch.Tensor] = {}
     for i, da in enumerate(a):
         for j, db in enumerate(b):
@@ -443,11 +444,13 @@ def _float32_exact() -> bool:
 def _measured_gemms() -> tuple[tuple[str, float], ...]:
     """Each exact digit product this CPU runs (DIGIT_GEMMS) with how many of them take the
     time of one float64 product of a layer's shape, the cheapest first. Measured once per
-    process, in a few milliseconds, on one thread and interleaved: what the hardware does,
-    not how busy the machine is (on a loaded machine, two threads' int8 product waited for
-    a descheduled thread and measured 2x where one thread's was 16x). Measured here: AVX-512
-    VNNI runs about 15 int8 products in a float64 one's time; AVX2 without VNNI about 3
-    float32 ones, and an int8 one takes ten times a float64's."""
+    process, on one thread and interleaved: what the hardware does, not how busy the
+    machine is (on a loaded machine, two threads' int8 product waited for a descheduled
+    thread and measured 2x where one thread's was 16x); a product that takes twice
+    float64's time is timed no further (a third of a second in all where int8 products are
+    a scalar loop). Measured: AVX-512 VNNI runs about 15 int8 products in a float64 one's
+    time; AVX2 without VNNI 2.1-2.5 float32 ones, and an int8 one there takes 11-14 times
+    a float64 one's."""
     g = torch.Generator().manual_seed(0)
     a = torch.randint(-64, 64, (1024, 1152), generator=g, dtype=torch.int8)
     b = torch.randint(-64, 64, (1152, 128), generator=g, dtype=torch.int8)
@@ -478,9 +481,10 @@ def _measured_gemms() -> tuple[tuple[str, float], ...]:
 def digit_gemm() -> tuple[str | None, float]:
     """How this CPU multiplies the h_s's integers: (the digit product it runs fastest,
     "int8" or "float32", and how many of them cost one float64 product), or (None, 0) for
-    float64 convolutions alone (no digit product is cheaper than a float64 one). $TICA_INTEGER_GEMM (int8 | float32 | float64) forces one;
-    otherwise measured once (`_measured_gemms`). float32 is never taken while torch's
-    float32 products are set to round (`_float32_exact`)."""
+    float64 convolutions alone (no digit product is cheaper than a float64 one).
+    $TICA_INTEGER_GEMM (int8 | float32 | float64) forces one; otherwise measured once
+    (`_measured_gemms`). float32 is never taken while torch's float32 products are set to
+    round (`_float32_exact`)."""
     forced = os.environ.get(GEMM_ENV, "").strip().lower()
     if forced == "float64":
         return None, 0.0
@@ -554,8 +558,8 @@ class IntegerHyperSynthesis:
         CPU where its products (the weight's digits times x's, `input_digits`) cost less
         than one float64 product (`digit_gemm`), with few enough taps for their int32
         sums; else None (float64)."""
-        if x.device.type != "cpu" or layer.weight.shape[int(not layer.transposed)] * \
-                layer.weight[0, 0].numel() >= MAX_INT8_TAPS:
+        taps = layer.weight.shape[int(not layer.transposed)] * layer.weight[0, 0].numel()
+        if x.device.type != "cpu" or taps >= MAX_INT8_TAPS:
             return None
         gemm, gain = digit_gemm()
         if gemm is None:
