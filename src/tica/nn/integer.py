@@ -72,9 +72,13 @@ class _IntLayer:
     # convolution's digits, or per output phase of a transposed layer (row phase, column
     # phase, kernel, digits); built on first use
     limbs: dict = field(default_factory=dict)
-    weight_digits: int = 0      # how many digits the weight splits into (0: not counted yet)
+    # how many digits the weight splits into (`digit_count`), derived from it
+    weight_digits: int = field(init=False)
     # a hidden layer's end for _limb_matmul (_HiddenEnd); built on first use
     epilogue: "_HiddenEnd | None" = None
+
+    def __post_init__(self) -> None:
+        self.weight_digits = digit_count(self.weight)
 
 
 def _weight_exponents(per_out: torch.Tensor, weight_bits: int) -> torch.Tensor:
@@ -564,18 +568,15 @@ class IntegerHyperSynthesis:
         gemm, gain = digit_gemm()
         if gemm is None:
             return None
-        if not layer.weight_digits:            # one assignment: safe if threads race here
-            layer.weight_digits = digit_count(layer.weight)
         count = input_digits(x, in_bits)
         return (gemm, count) if layer.weight_digits * count < gain else None
 
     @classmethod
     def _linear(cls, layer: _IntLayer, x: torch.Tensor) -> torch.Tensor:
-        digits = cls._digits(layer, x)
+        """The layer's exact accumulator where it takes no digits: float64 GEMMs on a GPU,
+        float64 convolutions on the CPU."""
         if x.device.type != "cpu":
             acc = _gemm_linear(layer, x)
-        elif digits is not None:
-            acc = _digit_linear(layer, x, digits[1], digits[0])
         elif x.dtype != torch.float64:   # int32 activations from a digit layer before
             return cls._linear(layer, x.double())
         elif layer.transposed:       # the CPU's float64 convolutions are GEMMs
@@ -618,12 +619,16 @@ class IntegerHyperSynthesis:
     def _layer(self, layer: _IntLayer, last: bool, keep, in_bits: int | None,
                x: torch.Tensor) -> torch.Tensor:
         digits = self._digits(layer, x, in_bits)
-        if not last and digits is not None:     # int32 activations, the same integers
-            return _digit_linear(layer, x, digits[1], digits[0], _hidden_end(layer))
-        end = (keep.compiled_end(layer) if last and isinstance(keep, TablesAndMeans)
-               and digits is not None else None)
-        if end is not None:                  # indexes and means in the product's own pass
-            return _digit_linear(layer, x, digits[1], digits[0], end)
+        if digits is None:
+            acc = self._linear(layer, x)
+        else:
+            gemm, count = digits
+            if not last:                     # int32 activations, the same integers
+                return _digit_linear(layer, x, count, gemm, _hidden_end(layer))
+            end = keep.compiled_end(layer) if isinstance(keep, TablesAndMeans) else None
+            if end is not None:              # indexes and means in the product's own pass
+                return _digit_linear(layer, x, count, gemm, end)
+            acc = _digit_linear(layer, x, count, gemm).add_(layer.bias.view(1, -1, 1, 1))
         scale = torch.pow(2.0, layer.exponent.double()).view(1, -1, 1, 1)
-        out = requantize(self._linear(layer, x), scale, last, layer.act_frac_bits, layer.act_bits)
+        out = requantize(acc, scale, last, layer.act_frac_bits, layer.act_bits)
         return out if keep is None else keep(out)
