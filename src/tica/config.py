@@ -56,7 +56,8 @@ def quality_from_code(code: int) -> float:
 # ModelConfig fields newer than the first weights, at their neutral value
 _LATER_FIELDS = {"rate_levels": 0, "res_blocks": 0, "hyper_proxy": "noise", "entropy_gain": False,
                  "distill_token": False, "hs_weight_bits": HS_WEIGHT_BITS,
-                 "hs_act_frac_bits": HS_ACT_FRAC_BITS, "hs_act_bits": HS_ACT_BITS}
+                 "hs_act_frac_bits": HS_ACT_FRAC_BITS, "hs_act_bits": HS_ACT_BITS,
+                 "hs_mid": 0, "hs_kernel": 3}
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,11 @@ class ModelConfig:
     hs_weight_bits: int = HS_WEIGHT_BITS
     hs_act_frac_bits: int = HS_ACT_FRAC_BITS
     hs_act_bits: int = HS_ACT_BITS
+    # h_s's shape: the width of its hidden layer after the transposed convolution (0: 3M/2)
+    # and the kernel of its last layer (3; 1 makes it a per-position map, about 2x fewer
+    # multiply-adds for tica-cifar: the decoder's integer h_s is most of its time on a CPU)
+    hs_mid: int = 0
+    hs_kernel: int = 3
     # entropy models
     scale_min: float = 0.11
     scale_max: float = 256.0
@@ -154,6 +160,8 @@ class ModelConfig:
         if not 1 <= self.hs_act_bits <= HS_ACT_BITS or not 0 <= self.hs_act_frac_bits <= self.hs_act_bits:
             problems.append(f"need 1 <= hs_act_bits <= {HS_ACT_BITS} and 0 <= hs_act_frac_bits <= "
                             f"hs_act_bits")
+        if self.hs_mid < 0 or self.hs_kernel not in (1, 3, 5):
+            problems.append("hs_mid must be 0 (3M/2) or positive, hs_kernel 1, 3 or 5")
         if self.distill_token and self.arch not in ("tica", "vit-pixel"):
             problems.append("distill_token needs a Vision Transformer (arch tica or vit-pixel)")
         if problems:
@@ -198,6 +206,11 @@ class ModelConfig:
     def hs_format(self) -> tuple[int, int, int]:
         """The integer h_s's (weight bits, activation fraction bits, activation bits)."""
         return self.hs_weight_bits, self.hs_act_frac_bits, self.hs_act_bits
+
+    @property
+    def hs_width(self) -> int:
+        """The width of h_s's hidden layer after its transposed convolution."""
+        return self.hs_mid or self.M * 3 // 2
 
     @property
     def stride(self) -> int:

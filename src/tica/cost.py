@@ -112,11 +112,11 @@ def hyper_flops(config: ModelConfig, grid: tuple[int, int]) -> tuple[float, floa
     """(h_a, h_s) on a latent grid (h, w) and the hyper-latent grid (h/2, w/2); h_s as the
     decoder runs it, in float64 (FLOAT64_WEIGHT)."""
     c, (h, w) = config, grid
-    latent, hyper, mid = h * w, (h // 2) * (w // 2), c.M * 3 // 2
+    latent, hyper, mid = h * w, (h // 2) * (w // 2), c.hs_width
     h_a = (conv_flops(latent, c.M, c.N, 3) + conv_flops(hyper, c.N, c.N, 5)
            + conv_flops(hyper, c.N, c.N, 5))
     h_s = (conv_flops(hyper, c.N, c.M, 5) + conv_flops(hyper, c.M, mid, 5)
-           + conv_flops(latent, mid, 2 * c.M, 3))
+           + conv_flops(latent, mid, 2 * c.M, c.hs_kernel))
     return h_a, FLOAT64_WEIGHT * h_s
 
 

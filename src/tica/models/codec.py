@@ -60,7 +60,7 @@ class CompressionModel(nn.Module):
         c = config
         self.g_a = analysis(c.stages, 3, c.N, c.M, c.act, c.res_blocks)
         self.h_a = hyper_analysis(c.M, c.N)
-        self.h_s = hyper_synthesis(c.N, c.M)
+        self.h_s = hyper_synthesis(c.N, c.M, c.hs_width, c.hs_kernel)
         self.entropy_bottleneck = EntropyBottleneck(c.N, tail_mass=c.tail_mass)
         self.gaussian_conditional = GaussianConditional(c.scale_min, c.scale_max,
                                                         c.scale_levels, c.tail_mass)
@@ -177,14 +177,7 @@ class CompressionModel(nn.Module):
         if not entropy:
             return y, None
         gain, inv_gain = self.gain_pair(quality, x.shape[0])
-        z = self.h_a(self.hyper_input(y, gain))
-        y = self._gained(y, gain)
-        z_hat, z_lik = self.entropy_bottleneck(z, "noise" if self.training else "round")
-        if self.training and self.config.hyper_proxy == "ste":
-            z_hat = quantize(z.float(), "ste")
-        scales, means = self.hyper_synthesis(z_hat).float().chunk(2, dim=1)
-        if self.config.entropy_gain and gain is not None:
-            scales, means = scales * gain, means * gain
+        y, scales, means, z_lik = self.hyperprior(y, gain)
         if self.training:
             y_rate = quantize(y, "noise")
             y_net = y_rate if self.config.latent_proxy == "noise" else quantize(y, "ste", means)
@@ -194,6 +187,21 @@ class CompressionModel(nn.Module):
         if inv_gain is not None:
             y_net = y_net * inv_gain
         return y_net, {"y": y_lik, "z": z_lik}
+
+    def hyperprior(self, y: torch.Tensor, gain: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The un-gained latent y (float32) and its gain -> (the gained y that is coded, the
+        Gaussian's scales and means for it, z's likelihoods): h_a, z's density and h_s, with
+        the training proxies in training mode (`encode_latent`)."""
+        z = self.h_a(self.hyper_input(y, gain))
+        y = self._gained(y, gain)
+        z_hat, z_lik = self.entropy_bottleneck(z, "noise" if self.training else "round")
+        if self.training and self.config.hyper_proxy == "ste":
+            z_hat = quantize(z.float(), "ste")
+        scales, means = self.hyper_synthesis(z_hat).float().chunk(2, dim=1)
+        if self.config.entropy_gain and gain is not None:
+            scales, means = scales * gain, means * gain
+        return y, scales, means, z_lik
 
     def hyper_synthesis(self, z_hat: torch.Tensor) -> torch.Tensor:
         """The float h_s as training and the float forward see it: as it is, or, for a model

@@ -1,0 +1,197 @@
+"""Refit a trained codec's hyperprior (h_a, h_s and z's density) on its own frozen latents.
+
+    python -m tica_tools.refit WEIGHTS DATA --minutes 30 --out refit.safetensors
+                               [--hs-mid 96] [--hs-kernel 1] [--lr 1e-3] [--threads 1]
+
+Why this is cheap and exact: with g_a (and everything after y) frozen, the hyperprior's
+parameters see only the rate. The distortion and the classifier read y + noise, or the
+straight-through rounded y, whose gradient with respect to the predicted mean is zero
+(`tica.entropy.quantize`), and the objective charges the rate with weight one at every rate
+point (`tica.losses.rda_loss`). So training h_a, h_s and the z density on the bits of y and
+z alone is the whole objective's gradient for them, and the latents y = g_a(x) of the
+training images (each image and its mirror image) can be computed once and kept, in float16:
+a step then costs the hyperprior's forward and backward passes, a small part of a full step.
+
+The h_s may take a new shape (`ModelConfig.hs_mid`, `hs_kernel`: fewer multiply-adds for the
+decoder's integer h_s); a layer whose shape is kept starts from the trained one, a new one
+from scratch. The means still move the decoder's rounding offsets, so a refit model is
+scored like any other: from real streams, its accuracy with them (scripts/ship_weights.py
+--only-if-better).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tica.checkpoint import save_checkpoint
+from tica.data import cache_dir, load_split
+from tica.entropy import quantize
+from tica.io import atomic_write
+from tica.models import CompressionModel
+from tica.models.codec import nhwc, pad_to
+from tica.registry import build_model, load_checkpoint
+
+HYPER = ("h_a.", "h_s.", "entropy_bottleneck.")
+
+
+@torch.no_grad()
+def latents(model: CompressionModel, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """g_a's un-gained latents of uint8 images (n, 3, H, W) and of their mirror images,
+    (2n, M, h, w) float16: the images first, then the mirrors."""
+    model.eval()
+    out = []
+    for flip in (False, True):
+        for i in range(0, len(images), batch):
+            x = images[i:i + batch].float() / 255
+            x = x.flip(-1) if flip else x
+            out.append(model.g_a(nhwc(pad_to(x, model.config.stride))).float().half())
+    return torch.cat(out)
+
+
+def cached_latents(model: CompressionModel, data: str, split: str = "train") -> torch.Tensor:
+    """`latents` of a data set's split, kept in the cache folder under the weights'
+    fingerprint and the split's files, so that the arms of a trial compute them once."""
+    images = load_split(data, split).images
+    key = hashlib.sha256(model.fingerprint + images[:64].numpy().tobytes()
+                         + str(images.shape).encode()).hexdigest()[:12]
+    path = cache_dir() / f"latents-{key}.npy"
+    if path.is_file():
+        return torch.from_numpy(np.load(path))
+    y = latents(model, images)
+    atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), y.numpy()))
+    return y
+
+
+def reshaped(model: CompressionModel, **hs) -> CompressionModel:
+    """A copy of `model` with h_s of another shape (ModelConfig fields hs_mid, hs_kernel):
+    every tensor whose shape is kept is copied, a reshaped layer starts from scratch."""
+    config = dataclasses.replace(model.config, **hs)
+    new = build_model(config)
+    own = new.state_dict()
+    kept = {k: v for k, v in model.state_dict().items() if own[k].shape == v.shape}
+    new.load_state_dict(kept, strict=False)
+    return new
+
+
+def hyper_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(the hyperprior's parameters, z's density quantiles); every other one is frozen."""
+    main, quantiles = [], []
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(HYPER))
+        if name.startswith(HYPER):
+            (quantiles if name.endswith("quantiles") else main).append(p)
+    return main, quantiles
+
+
+def rate_bits(model: CompressionModel, y: torch.Tensor, quality: torch.Tensor | None,
+              proxy: str = "noise") -> torch.Tensor:
+    """Bits of y and z per image (B,) for un-gained latents y at these qualities (B,), in
+    the model's training mode (z as its hyper proxy sees it). y's bits: "noise", those of
+    y + noise, as training charges them; "round", the bits of the symbols the coder writes,
+    round(y - mu), whose gradient teaches the scales the real rate, while the means (whose
+    symbols change in steps) learn from the noise proxy's gradient."""
+    gain = model.gains(quality)[0] if quality is not None else None
+    y, scales, means, z_lik = model.hyperprior(y, gain)
+    gc = model.gaussian_conditional
+    y_bits = -torch.log2(gc.likelihood(quantize(y, "noise"), scales, means)).flatten(1).sum(1)
+    if proxy == "round":
+        fixed = means.detach()
+        coded = -torch.log2(gc.likelihood(quantize(y, "round", fixed), scales, fixed))
+        y_bits = coded.flatten(1).sum(1) + y_bits - y_bits.detach()
+    elif proxy != "noise":
+        raise ValueError(f"unknown rate proxy {proxy!r}")
+    return y_bits - torch.log2(z_lik).flatten(1).sum(1)
+
+
+def refit(model: CompressionModel, y: torch.Tensor, seconds: float, batch: int = 128,
+          lr: float = 1e-3, warmup: int = 100, proxy: str = "noise", seed: int = 0,
+          max_steps: int | None = None, log=None) -> dict:
+    """Train the hyperprior on cached latents `y` for `seconds` of wall time (or `max_steps`,
+    whichever ends first): Adam at `lr`, warmed up for `warmup` steps, then cosine-annealed
+    to the end; each image at a rate
+    point drawn from 1..L (a fixed-rate model at its own). The quantiles learn at 1e-3 on
+    the auxiliary loss, as in training; y's rate by `proxy` (`rate_bits`). Returns steps, images and the last bpp."""
+    torch.manual_seed(seed)
+    main, quantiles = hyper_parameters(model)
+    optimizer = torch.optim.Adam([{"params": main, "lr": lr}, {"params": quantiles, "lr": 1e-3}])
+    model.train()
+    pixels = model.config.img_size ** 2
+    levels = model.config.rate_levels
+    start, step, history = time.perf_counter(), 0, []
+    while (progress := max((time.perf_counter() - start) / seconds,
+                           step / max_steps if max_steps else 0.0)) < 1:
+        group = optimizer.param_groups[0]
+        group["lr"] = lr * min(1.0, (step + 1) / warmup) * (
+            0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+        index = torch.randint(len(y), (batch,))
+        quality = (torch.randint(levels, (batch,)) + 1).float() if levels else None
+        bits = rate_bits(model, y[index].float(), quality, proxy)
+        loss = bits.mean() / pixels
+        optimizer.zero_grad(set_to_none=True)
+        (loss + model.aux_loss()).backward()
+        nn.utils.clip_grad_norm_(main, 1.0)
+        optimizer.step()
+        history.append(loss.item())
+        step += 1
+        if log and step % 100 == 0:
+            log({"step": step, "s": round(time.perf_counter() - start, 1), "bpp": round(float(np.mean(history[-100:])), 4),
+                 "lr": group["lr"]})
+    model.eval()
+    model.update()
+    return {"steps": step, "images_seen": step * batch,
+            "bpp_last_100": float(np.mean(history[-100:])) if history else math.nan}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("weights", help="a trained codec (safetensors)")
+    parser.add_argument("data", help="its training data (archive or folder; train split)")
+    parser.add_argument("--out", required=True, help="where the refit model goes (float32)")
+    parser.add_argument("--minutes", type=float, required=True, help="training wall time")
+    parser.add_argument("--hs-mid", type=int, help="h_s's hidden width (ModelConfig.hs_mid)")
+    parser.add_argument("--hs-kernel", type=int, help="h_s's last kernel (hs_kernel)")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--rate", choices=("noise", "round"), default="noise",
+                        help="y's rate: of y + noise (as training), or of the coded symbols")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_checkpoint(args.weights).float()
+    y = cached_latents(model, args.data)
+    shape = {k: v for k, v in (("hs_mid", args.hs_mid), ("hs_kernel", args.hs_kernel))
+             if v is not None}
+    model = reshaped(model, **shape) if shape else model
+    log_path = Path(args.out).with_suffix(".jsonl")
+    log_path.unlink(missing_ok=True)
+
+    def log(row: dict) -> None:
+        with open(log_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    t0 = time.perf_counter()
+    stats = refit(model, y, args.minutes * 60, args.batch, args.lr, proxy=args.rate,
+                  seed=args.seed, log=log)
+    stats.update(minutes=round((time.perf_counter() - t0) / 60, 2), latents=len(y),
+                 init=str(args.weights), rate=args.rate, **shape)
+    info = dataclasses.replace(model.weights_info, interim=False)
+    save_checkpoint(model, args.out, info)
+    Path(args.out).with_suffix(".json").write_text(json.dumps(stats, indent=1) + "\n")
+    print(json.dumps(stats))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
