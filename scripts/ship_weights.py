@@ -3,7 +3,8 @@
     python scripts/ship_weights.py --codec runs/vr/model.safetensors [--codec ...]
                                    [--step1 runs/step1/model.safetensors]
                                    [--model runs/vit-pixel-cifar/model.safetensors]
-                                   [--plan-status OUT/plan.json ... | --trained '{...}']
+                                   [--plan-status OUT/plan.json ... | --lease LEASE.json
+                                    | --trained '{...}']
 
 A codec's preset comes from the checkpoint's own config; a shipped codec is variable-rate
 (the rate is chosen when coding) and replaces its preset's earlier codec, entry and file. --check DIR compares each codec in float16
@@ -30,7 +31,8 @@ plan, the commit, minutes, steps and images, with the runs it started from; a ru
 continued the shipped weights (init "shipped") adds its lease to the file's history
 (tica_tools.plan.provenance), so the manifest says what the weights hold in all. Repeat it
 for a run that trained on from an earlier lease's export (init that file): the plans in the
-order they ran, each checked to start from the export of the one before.
+order they ran, each checked to start from the export of the one before. --lease FILE adds
+one lease that no plan ran (tica_tools.refit writes one) to the history the same way.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from tica.evaluate import LearnedPipeline, eval_data, evaluate
 from tica.image import read_image
 from tica.io import sha256_file
 from tica.registry import MANIFEST, load_checkpoint, manifest_json, write_manifest
-from tica_tools.plan.provenance import chain
+from tica_tools.plan.provenance import accumulate, chain
 from tica_tools.rd import curve_rows, curve_verdict, curves_table, top1_gap_text
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "tica" / "weights"
@@ -61,11 +63,13 @@ WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "tica" / "weights"
 
 def _trained(name: str, args: argparse.Namespace, entries: list[dict], source: str) -> dict:
     """The provenance of artifact `name` (shipped from the file `source`): --trained as
-    given, else from --plan-status (the run that exported `source`, else the run `name`),
-    continuing the shipped entry's history where the run continued its weights."""
-    if args.trained or not args.plan_status:
+    given, else --lease or --plan-status (the run that exported `source`, else the run
+    `name`), continuing the shipped entry's history where the lease continued its weights."""
+    if args.trained or not (args.plan_status or args.lease):
         return args.trained
     earlier = next((e["trained"] for e in entries if e["name"] == name), None)
+    if args.lease:
+        return accumulate(earlier, args.lease)
     return chain(earlier, args.plan_status, name, source)
 
 
@@ -244,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the plan.json of the plan that trained them: their provenance, "
                         "accumulated over leases (repeatable: plans that trained on from one "
                         "another's export, in order)")
+    parser.add_argument("--lease", type=lambda p: json.loads(Path(p).read_text()),
+                        metavar="LEASE_JSON", help="one lease's provenance that is not a plan's "
+                        "(e.g. tica_tools.refit's JSON), added to the shipped file's history")
     parser.add_argument("--results", type=json.loads, default={},
                         help="JSON headline numbers for these artifacts (e.g. from make report)")
     parser.add_argument("--check", metavar="DIR", help="compare float16 with float32 on these images")

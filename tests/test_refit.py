@@ -30,7 +30,7 @@ def test_the_hyperprior_learns_from_the_rate_alone(latent_proxy):
     assert model.g_a[0].weight.grad.abs().sum() > 0          # the rest did learn from it
     model.zero_grad()
     y = torch.randn(4, 48, 8, 8) * 3
-    rate_bits(model, y, torch.tensor([1.0, 2.0, 3.0, 4.0]), "round").sum().backward()
+    rate_bits(model, y, torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
     assert all(p.grad is not None and p.grad.any() for p in hyper)
     assert all(p.grad is None for n, p in model.named_parameters() if n.startswith("g_a."))
 
@@ -54,7 +54,7 @@ def test_refit_lowers_the_real_rate_and_streams_stay_exact():
 
     before = sizes()
     frozen = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("g_a.", "vit."))}
-    stats = refit(model, y, seconds=600, batch=16, warmup=5, proxy="round", max_steps=40)
+    stats = refit(model, y, seconds=600, batch=16, warmup=5, max_steps=40)
     after = sizes()
     assert stats["steps"] == 40 and stats["images_seen"] == 640
     assert all(a < b for a, b in zip(after, before)) and sum(after) < 0.7 * sum(before)
@@ -71,5 +71,32 @@ def test_reshaped_keeps_every_tensor_whose_shape_is_kept():
     changed = {k for k in new if new[k].shape != old[k].shape or not torch.equal(new[k], old[k])}
     assert changed == {"h_s.2.weight", "h_s.2.bias", "h_s.4.weight"}   # h_s.4.bias: (2M,)
     assert new["h_s.4.weight"].shape == (96, 24, 1, 1)
-    with pytest.raises(ValueError, match="proxy"):
-        rate_bits(model, torch.zeros(1, 48, 8, 8), torch.ones(1), "bits")
+
+
+def test_the_command_writes_a_reshaped_codec_and_its_lease(archive, tmp_path):
+    """`python -m tica_tools.refit`: the latents are cached once (a second run reads them),
+    the refit codec has the asked h_s, and its JSON is a lease for the manifest's history
+    (scripts/ship_weights.py --lease)."""
+    import json
+    from tica.checkpoint import save_checkpoint
+    from tica.registry import load_checkpoint
+    from tica_tools.refit import main
+    weights = tmp_path / "codec.safetensors"
+    model = tica.create_model("tica-cifar", **SMALL).eval()
+    model.update()
+    save_checkpoint(model, weights)
+    out = tmp_path / "refit.safetensors"
+    args = [str(weights), str(archive), "--out", str(out), "--minutes", "0.02", "--batch", "4",
+            "--hs-mid", "24", "--hs-kernel", "1"]
+    assert main(args) == 0
+    cached = list((tmp_path / "cache").glob("latents-*.npy"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    refit_model = load_checkpoint(out)
+    assert (refit_model.config.hs_width, refit_model.config.hs_kernel) == (24, 1)
+    assert refit_model.is_updated
+    lease = json.loads(out.with_suffix(".json").read_text())
+    assert lease["plan"] == "tica_tools.refit" and lease["init"] == "file"
+    assert lease["steps"] >= 1 and lease["latents_seen"] == 4 * lease["steps"]
+    assert lease["images_seen"] == 0 and "hs_mid 24, hs_kernel 1" in lease["steps_note"]
+    assert main(args) == 0 and cached[0].stat().st_mtime_ns == stamp     # read, not remade

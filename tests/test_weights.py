@@ -185,6 +185,29 @@ def test_of_a_trials_arms_the_best_that_passes_ships_and_the_others_stay_out(tmp
         ship.main(["--codec", str(arms[0]), "--codec", str(arms[1])])
 
 
+def test_a_lease_no_plan_ran_joins_the_shipped_files_history(tmp_path):
+    """--lease (e.g. tica_tools.refit's JSON) adds one lease to the shipped entry's history,
+    as a plan's lease would be: the earlier leases kept, the totals summed."""
+    import shutil
+    ship = _ship_module(tmp_path)
+    before = next(e for e in json.loads((ship.WEIGHTS / "manifest.json").read_text())["weights"]
+                  if e["name"] == "tica-cifar")["trained"]
+    codec = tmp_path / "refit.safetensors"
+    shutil.copy(ship.WEIGHTS / "tica-cifar.safetensors", codec)
+    lease = {"plan": "tica_tools.refit", "commit": "abc1234", "date": "2026-12-06",
+             "where": "cpu", "init": "shipped", "minutes": 30.0, "steps": 2000,
+             "images_seen": 0, "latents_seen": 256000, "steps_note": "hyperprior refit"}
+    (tmp_path / "lease.json").write_text(json.dumps(lease))
+    assert ship.main(["--codec", str(codec), "--lease", str(tmp_path / "lease.json")]) == 0
+    after = next(e for e in json.loads((ship.WEIGHTS / "manifest.json").read_text())["weights"]
+                 if e["name"] == "tica-cifar")["trained"]
+    assert after["leases"] == before["leases"] + [lease]
+    assert after["minutes"] == pytest.approx(before["minutes"] + 30.0)
+    assert (after["steps"], after["images_seen"]) == (before["steps"] + 2000,
+                                                      before["images_seen"])
+    assert after["plan"] == "tica_tools.refit" and after["commit"] == "abc1234"
+
+
 def test_one_shipping_at_a_time_edits_the_manifest(tmp_path):
     """scripts/ship_weights.py evaluates first and then reads, changes and writes the
     manifest under an exclusive lock: a second shipping waits rather than writing back a

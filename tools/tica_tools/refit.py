@@ -39,7 +39,8 @@ from tica.entropy import quantize
 from tica.io import atomic_write
 from tica.models import CompressionModel
 from tica.models.codec import nhwc, pad_to
-from tica.registry import build_model, load_checkpoint
+from tica.registry import build_model, load_checkpoint, weights_root
+from tica_tools.plan.runner import source_commit
 
 HYPER = ("h_a.", "h_s.", "entropy_bottleneck.")
 
@@ -72,6 +73,11 @@ def cached_latents(model: CompressionModel, data: str, split: str = "train") -> 
     return y
 
 
+def shipped_file(path: str | Path) -> bool:
+    """Whether `path` is one of the package's shipped weight files."""
+    return Path(path).resolve().parent == weights_root().resolve()
+
+
 def reshaped(model: CompressionModel, **hs) -> CompressionModel:
     """A copy of `model` with h_s of another shape (ModelConfig fields hs_mid, hs_kernel):
     every tensor whose shape is kept is copied, a reshaped layer starts from scratch."""
@@ -93,34 +99,26 @@ def hyper_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
     return main, quantiles
 
 
-def rate_bits(model: CompressionModel, y: torch.Tensor, quality: torch.Tensor | None,
-              proxy: str = "noise") -> torch.Tensor:
-    """Bits of y and z per image (B,) for un-gained latents y at these qualities (B,), in
-    the model's training mode (z as its hyper proxy sees it). y's bits: "noise", those of
-    y + noise, as training charges them; "round", the bits of the symbols the coder writes,
-    round(y - mu), whose gradient teaches the scales the real rate, while the means (whose
-    symbols change in steps) learn from the noise proxy's gradient."""
+def rate_bits(model: CompressionModel, y: torch.Tensor, quality: torch.Tensor | None
+              ) -> torch.Tensor:
+    """Bits of y and z per image (B,) for un-gained latents y at these qualities (B,), as
+    training charges them: y + noise, z as the model's hyper proxy sees it (training mode).
+    (Charging y's coded symbols instead, round(y - mu), tied with this in an equal-time
+    trial: docs/design.md.)"""
     gain = model.gains(quality)[0] if quality is not None else None
     y, scales, means, z_lik = model.hyperprior(y, gain)
-    gc = model.gaussian_conditional
-    y_bits = -torch.log2(gc.likelihood(quantize(y, "noise"), scales, means)).flatten(1).sum(1)
-    if proxy == "round":
-        fixed = means.detach()
-        coded = -torch.log2(gc.likelihood(quantize(y, "round", fixed), scales, fixed))
-        y_bits = coded.flatten(1).sum(1) + y_bits - y_bits.detach()
-    elif proxy != "noise":
-        raise ValueError(f"unknown rate proxy {proxy!r}")
-    return y_bits - torch.log2(z_lik).flatten(1).sum(1)
+    y_lik = model.gaussian_conditional.likelihood(quantize(y, "noise"), scales, means)
+    return sum(-torch.log2(lik).flatten(1).sum(1) for lik in (y_lik, z_lik))
 
 
 def refit(model: CompressionModel, y: torch.Tensor, seconds: float, batch: int = 128,
-          lr: float = 1e-3, warmup: int = 100, proxy: str = "noise", seed: int = 0,
-          max_steps: int | None = None, log=None) -> dict:
+          lr: float = 1e-3, warmup: int = 100, seed: int = 0, max_steps: int | None = None,
+          log=None) -> dict:
     """Train the hyperprior on cached latents `y` for `seconds` of wall time (or `max_steps`,
     whichever ends first): Adam at `lr`, warmed up for `warmup` steps, then cosine-annealed
     to the end; each image at a rate
     point drawn from 1..L (a fixed-rate model at its own). The quantiles learn at 1e-3 on
-    the auxiliary loss, as in training; y's rate by `proxy` (`rate_bits`). Returns steps, images and the last bpp."""
+    the auxiliary loss, as in training. Returns steps, images and the last bpp."""
     torch.manual_seed(seed)
     main, quantiles = hyper_parameters(model)
     optimizer = torch.optim.Adam([{"params": main, "lr": lr}, {"params": quantiles, "lr": 1e-3}])
@@ -135,7 +133,7 @@ def refit(model: CompressionModel, y: torch.Tensor, seconds: float, batch: int =
             0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
         index = torch.randint(len(y), (batch,))
         quality = (torch.randint(levels, (batch,)) + 1).float() if levels else None
-        bits = rate_bits(model, y[index].float(), quality, proxy)
+        bits = rate_bits(model, y[index].float(), quality)
         loss = bits.mean() / pixels
         optimizer.zero_grad(set_to_none=True)
         (loss + model.aux_loss()).backward()
@@ -161,8 +159,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hs-mid", type=int, help="h_s's hidden width (ModelConfig.hs_mid)")
     parser.add_argument("--hs-kernel", type=int, help="h_s's last kernel (hs_kernel)")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--rate", choices=("noise", "round"), default="noise",
-                        help="y's rate: of y + noise (as training), or of the coded symbols")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
@@ -182,14 +178,21 @@ def main(argv: list[str] | None = None) -> int:
             f.write(json.dumps(row) + "\n")
 
     t0 = time.perf_counter()
-    stats = refit(model, y, args.minutes * 60, args.batch, args.lr, proxy=args.rate,
-                  seed=args.seed, log=log)
-    stats.update(minutes=round((time.perf_counter() - t0) / 60, 2), latents=len(y),
-                 init=str(args.weights), rate=args.rate, **shape)
+    stats = refit(model, y, args.minutes * 60, args.batch, args.lr, seed=args.seed, log=log)
     info = dataclasses.replace(model.weights_info, interim=False)
     save_checkpoint(model, args.out, info)
-    Path(args.out).with_suffix(".json").write_text(json.dumps(stats, indent=1) + "\n")
-    print(json.dumps(stats))
+    what = ", ".join(f"{k} {v}" for k, v in shape.items()) or "h_s as it was"
+    lease = {"plan": "tica_tools.refit", "commit": source_commit(),
+             "date": time.strftime("%Y-%m-%d"), "runs": [Path(args.out).stem],
+             "where": "cpu", "init": "shipped" if shipped_file(args.weights) else "file",
+             "minutes": round((time.perf_counter() - t0) / 60, 2), "steps": stats["steps"],
+             "images_seen": 0, "latents_seen": stats["images_seen"],
+             "steps_note": f"hyperprior refit on the frozen latents of {len(y) // 2:,} "
+                           f"training images and their mirrors ({what}): h_a, h_s and z's density on the "
+                           f"rate alone, Adam {args.lr:g}, batch {args.batch}, cosine to the "
+                           f"deadline, {stats['steps']:,} steps"}
+    Path(args.out).with_suffix(".json").write_text(json.dumps(lease, indent=1) + "\n")
+    print(json.dumps(lease))
     return 0
 
 
