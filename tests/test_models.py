@@ -167,9 +167,9 @@ def test_a_distillation_token_adds_a_head_whose_mean_with_the_class_head_is_the_
 
 
 def test_a_distillation_token_added_to_trained_weights_starts_as_the_class_token():
-    from tica.train.state import _transplant
+    from tica.train.state import transplant
     source = tica.load("tica-cifar")
-    model = _transplant(source, {"distill_token": True}, seed=0).eval()
+    model = transplant(source, {"distill_token": True}, seed=0).eval()
     vit, old = model.vit, source.vit
     assert torch.equal(vit.dist_token, old.cls_token)
     assert torch.equal(vit.head_dist.weight, old.head.weight)

@@ -8,7 +8,8 @@ import torch
 import tica
 from tica.data import synthetic_split
 from tica.losses import rda_loss
-from tica_tools.refit import hyper_parameters, latents, rate_bits, refit, reshaped
+from tica.train.state import transplant
+from tica_tools.refit import hyper_parameters, latents, rate_bits, refit
 
 SMALL = {"N": 32, "M": 48, "rate_levels": 4, "hs_weight_bits": 7, "hs_act_frac_bits": 5,
          "hs_act_bits": 7}
@@ -63,9 +64,9 @@ def test_refit_lowers_the_real_rate_and_streams_stay_exact():
                        model.latent(x, quality=2))
 
 
-def test_reshaped_keeps_every_tensor_whose_shape_is_kept():
+def test_a_reshaped_h_s_keeps_every_tensor_whose_shape_is_kept():
     model = tica.create_model("tica-cifar", **SMALL)
-    narrow = reshaped(model, hs_mid=24, hs_kernel=1)
+    narrow = transplant(model, {"hs_mid": 24, "hs_kernel": 1}, seed=0)
     assert (narrow.config.hs_mid, narrow.config.hs_kernel) == (24, 1)
     old, new = model.state_dict(), narrow.state_dict()
     changed = {k for k in new if new[k].shape != old[k].shape or not torch.equal(new[k], old[k])}

@@ -14,7 +14,7 @@ a step then costs the hyperprior's forward and backward passes, a small part of 
 
 The h_s may take a new shape (`ModelConfig.hs_mid`, `hs_kernel`: fewer multiply-adds for the
 decoder's integer h_s); a layer whose shape is kept starts from the trained one, a new one
-from scratch. The means still move the decoder's rounding offsets, so a refit model is
+from scratch (`tica.train.state.transplant`). The means still move the decoder's rounding offsets, so a refit model is
 scored like any other: from real streams, its accuracy with them (scripts/ship_weights.py
 --only-if-better).
 """
@@ -39,7 +39,8 @@ from tica.entropy import quantize
 from tica.io import atomic_write
 from tica.models import CompressionModel
 from tica.models.codec import nhwc, pad_to
-from tica.registry import build_model, load_checkpoint, weights_root
+from tica.registry import load_checkpoint, weights_root
+from tica.train.state import transplant
 from tica_tools.plan.runner import source_commit
 
 HYPER = ("h_a.", "h_s.", "entropy_bottleneck.")
@@ -76,17 +77,6 @@ def cached_latents(model: CompressionModel, data: str, split: str = "train") -> 
 def shipped_file(path: str | Path) -> bool:
     """Whether `path` is one of the package's shipped weight files."""
     return Path(path).resolve().parent == weights_root().resolve()
-
-
-def reshaped(model: CompressionModel, **hs) -> CompressionModel:
-    """A copy of `model` with h_s of another shape (ModelConfig fields hs_mid, hs_kernel):
-    every tensor whose shape is kept is copied, a reshaped layer starts from scratch."""
-    config = dataclasses.replace(model.config, **hs)
-    new = build_model(config)
-    own = new.state_dict()
-    kept = {k: v for k, v in model.state_dict().items() if own[k].shape == v.shape}
-    new.load_state_dict(kept, strict=False)
-    return new
 
 
 def hyper_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -169,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     y = cached_latents(model, args.data)
     shape = {k: v for k, v in (("hs_mid", args.hs_mid), ("hs_kernel", args.hs_kernel))
              if v is not None}
-    model = reshaped(model, **shape) if shape else model
+    model = transplant(model, shape, args.seed) if shape else model
     log_path = Path(args.out).with_suffix(".jsonl")
     log_path.unlink(missing_ok=True)
 

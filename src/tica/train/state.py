@@ -128,7 +128,7 @@ def _initial_weights(cfg: TrainConfig) -> nn.Module:
         entry = shipped_init(cfg.model, cfg.init)      # "step1" / "shipped": the package's
         model = load_checkpoint(entry.file if entry else cfg.init)
         if cfg.model_overrides and model.config.replace(**cfg.model_overrides) != model.config:
-            model = _transplant(model, cfg.model_overrides, cfg.seed)
+            model = transplant(model, cfg.model_overrides, cfg.seed)
         return model
     return build_model(get_config(cfg.model, **cfg.model_overrides), seed=cfg.seed)
 
@@ -150,7 +150,7 @@ def load_teacher(cfg: TrainConfig, model: nn.Module, device: torch.device) -> nn
     return teacher
 
 
-def _transplant(source: nn.Module, overrides: dict, seed: int) -> nn.Module:
+def transplant(source: nn.Module, overrides: dict, seed: int) -> nn.Module:
     """A model of source's config with `overrides`, holding every source tensor whose name
     and shape still fit; the rest keep their seeded initialisation. This is how an ablation
     starts from trained weights (e.g. step 2 with fam=False from a step-1 network with FAM:
