@@ -17,6 +17,31 @@ def test_macs_are_counted_exactly():
     assert count_macs(lambda: conv(torch.zeros(1, 3, 10, 10))) == 10 * 10 * 8 * 3 * 9
 
 
+@pytest.mark.parametrize("gemm", ["int8", "float32", "float64"])
+def test_the_integer_h_s_counts_as_its_convolutions_on_every_path(gemm, monkeypatch):
+    """Whichever digit product the CPU runs (int8 products are invisible to the counter,
+    float32 ones are one per digit: the default h_s has two-digit weights), the count is
+    the h_s's convolutions, and the path the process chose is left as it was."""
+    monkeypatch.setenv("TICA_INTEGER_GEMM", gemm)
+    model = tica.create_model("tica-cifar", N=32, M=48).eval()
+    model.update()
+    z = torch.randint(-2, 3, (1, 32, 4, 4)).float()
+    convolutions = sum(count_macs(lambda m=m, x=x: m(x)) for m, x in _h_s_inputs(model, z))
+    assert count_macs(lambda: model.integer_h_s(z)) == convolutions > 0
+    import os
+    assert os.environ["TICA_INTEGER_GEMM"] == gemm
+
+
+def _h_s_inputs(model, z):
+    """Each convolution of the float h_s with the input it sees."""
+    x, out = z, []
+    for m in model.h_s:
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            out.append((m, x))
+        x = m(x)
+    return out
+
+
 def test_interleaved_timing_takes_the_median_of_interleaved_runs(monkeypatch):
     """On a fake clock each call advances by a known amount: the result is exactly the median
     of the timed runs (the warm-up not among them), and the paths take turns."""

@@ -8,6 +8,7 @@ noisy machine slows both paths alike."""
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -20,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tica import api
 from tica.evaluate import classify_pixels, quantize_8bit
+from tica.nn.integer import GEMM_ENV
 
 
 def cpu_name() -> str:
@@ -37,9 +39,20 @@ def cpu_name() -> str:
 
 
 def count_macs(fn: Callable[[], object]) -> float:
-    """Multiply-accumulates of one call of `fn`."""
-    with FlopCounterMode(display=False) as counter:
-        fn()
+    """Multiply-accumulates of one call of `fn`, the integer h_s counted as the
+    convolutions it computes: it runs on its float64 path while counted, since the CPU's
+    digit products would count it as nothing (int8 products, which the counter does not
+    see) or once per digit product (float32, where a weight has two digits)."""
+    before = os.environ.get(GEMM_ENV)
+    os.environ[GEMM_ENV] = "float64"
+    try:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+    finally:
+        if before is None:
+            del os.environ[GEMM_ENV]
+        else:
+            os.environ[GEMM_ENV] = before
     return counter.get_total_flops() / 2
 
 
