@@ -159,9 +159,9 @@ def test_library_refuses_before_any_decoding(cifar, monkeypatch):
     def never(*args, **kwargs):
         raise AssertionError("decoding started")
     monkeypatch.setattr(cifar, "decompress", never)
-    # entropy decoding alone is linear in the area: 1024x1024 fits, 4096x4096 does not
-    assert cifar.cost((1024, 1024), "decompress") < 250 < 2000 < cifar.cost((4096, 4096), "decompress")
-    huge = crafted(cifar, 4096)
+    # entropy decoding alone is linear in the area: 1024x1024 fits, two 4096x4096 do not
+    assert cifar.cost((1024, 1024), "decompress") < 250 < 2000 < 2 * cifar.cost((4096, 4096), "decompress")
+    huge = crafted(cifar, 4096, count=2)
     for call in (lambda: tica.classify(cifar, data), lambda: tica.reconstruct(cifar, data),
                  lambda: tica.decompress(cifar, huge)):             # raises on the call, not on next()
         t0 = time.perf_counter()
@@ -179,7 +179,7 @@ def test_compress_refuses_a_stream_its_decoder_would_refuse(cifar, monkeypatch):
     with pytest.raises(tica.BudgetError, match="2048x2048 with tica-cifar"):
         tica.compress(cifar, torch.zeros(1, 3, 2048, 2048).expand(4, -1, -1, -1))
     with pytest.raises(tica.BudgetError, match="64 image"):       # the total of a batch counts
-        tica.compress(cifar, torch.zeros(64, 3, 32, 32), budget=tica.Budget(max_gflop=30))
+        tica.compress(cifar, torch.zeros(64, 3, 32, 32), budget=tica.Budget(max_gflop=15))
 
 
 # ---- the default model -----------------------------------------------------------------------
@@ -324,8 +324,8 @@ def test_server_encode_picks_the_model_for_the_image(client, cifar, photo, photo
     r = client.post("/v1/encode?model=nope", content=small, headers=OCTET)
     assert r.status_code == 422 and r.json()["error"] == "UnknownModel"
     # a named model that would write a stream over the budget: refused before encoding
-    big = _png(Image.new("RGB", (4096, 1024), (128, 128, 128)))
-    assert max(cost.stream_cost(cifar, [(1024, 4096)], op) for op in cifar.operations) > 2000
+    big = _png(Image.new("RGB", (4096, 2048), (128, 128, 128)))
+    assert max(cost.stream_cost(cifar, [(2048, 4096)], op) for op in cifar.operations) > 2000
     t0 = time.perf_counter()
     r = client.post("/v1/encode?model=tica-cifar", content=big, headers=OCTET)
     assert r.status_code == 413 and r.json()["error"] == "BudgetError"

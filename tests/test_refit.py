@@ -85,7 +85,8 @@ def test_the_command_writes_a_reshaped_codec_and_its_lease(archive, tmp_path):
     weights = tmp_path / "codec.safetensors"
     model = tica.create_model("tica-cifar", **SMALL).eval()
     model.update()
-    save_checkpoint(model, weights)
+    from tica.io import WeightsInfo
+    save_checkpoint(model, weights, WeightsInfo(step=2, alpha=0.3, beta=1e-4, model="tica-cifar"))
     out = tmp_path / "refit.safetensors"
     args = [str(weights), str(archive), "--out", str(out), "--minutes", "0.02", "--batch", "4",
             "--hs-mid", "24", "--hs-kernel", "1"]
@@ -96,8 +97,10 @@ def test_the_command_writes_a_reshaped_codec_and_its_lease(archive, tmp_path):
     refit_model = load_checkpoint(out)
     assert (refit_model.config.hs_width, refit_model.config.hs_kernel) == (24, 1)
     assert refit_model.is_updated
+    known = load_checkpoint(weights).weights_info.to_metadata()      # the source's metadata
+    assert refit_model.weights_info.to_metadata() == known and known["step"] == 2
     lease = json.loads(out.with_suffix(".json").read_text())
-    assert lease["plan"] == "tica_tools.refit" and lease["init"] == "file"
+    assert lease["plan"] == "tools/tica_tools/refit.py" and lease["init"] == "file"
     assert lease["steps"] >= 1 and lease["latents_seen"] == 4 * lease["steps"]
     assert lease["images_seen"] == 0 and "hs_mid 24, hs_kernel 1" in lease["steps_note"]
     assert main(args) == 0 and cached[0].stat().st_mtime_ns == stamp     # read, not remade

@@ -159,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     y = cached_latents(model, args.data)
     shape = {k: v for k, v in (("hs_mid", args.hs_mid), ("hs_kernel", args.hs_kernel))
              if v is not None}
-    model = transplant(model, shape, args.seed) if shape else model
+    if shape:                       # what is known of the weights stays theirs
+        model, info = transplant(model, shape, args.seed), model.weights_info
+        model.weights_info = info
     log_path = Path(args.out).with_suffix(".jsonl")
     log_path.unlink(missing_ok=True)
 
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     info = dataclasses.replace(model.weights_info, interim=False)
     save_checkpoint(model, args.out, info)
     what = ", ".join(f"{k} {v}" for k, v in shape.items()) or "h_s as it was"
-    lease = {"plan": "tica_tools.refit", "commit": source_commit(),
+    lease = {"plan": "tools/tica_tools/refit.py", "commit": source_commit(),
              "date": time.strftime("%Y-%m-%d"), "runs": [Path(args.out).stem],
              "where": "cpu", "init": "shipped" if shipped_file(args.weights) else "file",
              "minutes": round((time.perf_counter() - t0) / 60, 2), "steps": stats["steps"],
