@@ -160,7 +160,8 @@ def test_library_refuses_before_any_decoding(cifar, monkeypatch):
         raise AssertionError("decoding started")
     monkeypatch.setattr(cifar, "decompress", never)
     # entropy decoding alone is linear in the area: 1024x1024 fits, two 4096x4096 do not
-    assert cifar.cost((1024, 1024), "decompress") < 250 < 2000 < 2 * cifar.cost((4096, 4096), "decompress")
+    assert cifar.cost((1024, 1024), "decompress") < 250 < 2000 \
+        < 2 * cifar.cost((4096, 4096), "decompress")
     huge = crafted(cifar, 4096, count=2)
     for call in (lambda: tica.classify(cifar, data), lambda: tica.reconstruct(cifar, data),
                  lambda: tica.decompress(cifar, huge)):             # raises on the call, not on next()

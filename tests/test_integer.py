@@ -119,8 +119,8 @@ def test_a_model_with_a_narrow_h_s_codes_exactly_and_keeps_old_ids():
     from tica.nn.integer import quantized_h_s
     assert torch.equal(narrow.hyper_synthesis(z), quantized_h_s(narrow.h_s, z, 7, 5, 7))
     assert torch.equal(base.hyper_synthesis(z), base.h_s(z))
-    for bad in ({"hs_weight_bits": 15}, {"hs_act_bits": 0}, {"hs_act_frac_bits": 9, "hs_act_bits": 7},
-                {"hs_mid": -1}, {"hs_kernel": 2}):
+    for bad in ({"hs_weight_bits": 15}, {"hs_act_bits": 0},
+                {"hs_act_frac_bits": 9, "hs_act_bits": 7}, {"hs_mid": -1}, {"hs_kernel": 2}):
         with pytest.raises(ConfigError, match="hs_"):
             ModelConfig(name="x", **bad)
 
@@ -134,7 +134,8 @@ def test_an_h_s_of_another_shape_codes_exactly(digit_gemm, monkeypatch):
     model = tica.create_model("tica-cifar", N=32, M=48, hs_mid=24, hs_kernel=1, hs_weight_bits=7,
                               hs_act_frac_bits=5, hs_act_bits=7).eval()
     assert '"hs_kernel":1' in model.config.identity_json()
-    assert [m.weight.shape for m in model.h_s if isinstance(m, torch.nn.Conv2d)][-1] == (96, 24, 1, 1)
+    last = [m for m in model.h_s if isinstance(m, torch.nn.Conv2d)][-1]
+    assert last.weight.shape == (96, 24, 1, 1)
     model.update()
     x = torch.rand(3, 3, 32, 48, generator=torch.Generator().manual_seed(1))
     payloads = model.compress(x)

@@ -14,8 +14,8 @@ a step then costs the hyperprior's forward and backward passes, a small part of 
 
 The h_s may take a new shape (`ModelConfig.hs_mid`, `hs_kernel`: fewer multiply-adds for the
 decoder's integer h_s); a layer whose shape is kept starts from the trained one, a new one
-from scratch (`tica.train.state.transplant`). The means still move the decoder's rounding offsets, so a refit model is
-scored like any other: from real streams, its accuracy with them (scripts/ship_weights.py
+from scratch (`tica.train.state.transplant`). The means still move the decoder's rounding
+offsets, so a refit model is scored like any other: from real streams, its accuracy with them (scripts/ship_weights.py
 --only-if-better).
 """
 
@@ -106,14 +106,14 @@ def refit(model: CompressionModel, y: torch.Tensor, seconds: float, batch: int =
           log=None) -> dict:
     """Train the hyperprior on cached latents `y` for `seconds` of wall time (or `max_steps`,
     whichever ends first): Adam at `lr`, warmed up for `warmup` steps, then cosine-annealed
-    to the end; each image at a rate
-    point drawn from 1..L (a fixed-rate model at its own). The quantiles learn at 1e-3 on
-    the auxiliary loss, as in training. Returns steps, images and the last bpp."""
+    to the end; each image at a rate point drawn from 1..L (a fixed-rate model at its own).
+    The quantiles learn at 1e-3 on the auxiliary loss, as in training. Returns steps,
+    images and the mean bpp of the last 100 steps."""
     torch.manual_seed(seed)
     main, quantiles = hyper_parameters(model)
     optimizer = torch.optim.Adam([{"params": main, "lr": lr}, {"params": quantiles, "lr": 1e-3}])
     model.train()
-    pixels = model.config.img_size ** 2
+    pixels = y.shape[-2] * y.shape[-1] * 4 ** model.config.stages     # of the images coded
     levels = model.config.rate_levels
     start, step, history = time.perf_counter(), 0, []
     while (progress := max((time.perf_counter() - start) / seconds,
@@ -132,8 +132,8 @@ def refit(model: CompressionModel, y: torch.Tensor, seconds: float, batch: int =
         history.append(loss.item())
         step += 1
         if log and step % 100 == 0:
-            log({"step": step, "s": round(time.perf_counter() - start, 1), "bpp": round(float(np.mean(history[-100:])), 4),
-                 "lr": group["lr"]})
+            log({"step": step, "s": round(time.perf_counter() - start, 1),
+                 "bpp": round(float(np.mean(history[-100:])), 4), "lr": group["lr"]})
     model.eval()
     model.update()
     return {"steps": step, "images_seen": step * batch,
@@ -180,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
              "minutes": round((time.perf_counter() - t0) / 60, 2), "steps": stats["steps"],
              "images_seen": 0, "latents_seen": stats["images_seen"],
              "steps_note": f"hyperprior refit on the frozen latents of {len(y) // 2:,} "
-                           f"training images and their mirrors ({what}): h_a, h_s and z's density on the "
-                           f"rate alone, Adam {args.lr:g}, batch {args.batch}, cosine to the "
+                           f"training images and their mirrors ({what}): h_a, h_s and z's "
+                           f"density on the rate alone, Adam {args.lr:g}, batch {args.batch}, cosine to the "
                            f"deadline, {stats['steps']:,} steps"}
     Path(args.out).with_suffix(".json").write_text(json.dumps(lease, indent=1) + "\n")
     print(json.dumps(lease))
