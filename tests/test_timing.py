@@ -84,3 +84,15 @@ def test_classify_from_bitstream_skips_the_decoder(tica_cifar, hyperprior_cifar)
         count_macs(lambda: classify_pixels(classifier, x_hat))
     assert by_path["decode (tica-cifar) + pixel ViT"].gmacs_per_image == pytest.approx(decode / n / 1e9)
     assert all(r.setting == "test" and r.ms_per_image > 0 for r in rows)
+
+
+def test_photo_timing_times_the_shipped_photo_codec_against_a_pixel_vit_of_its_size():
+    """The shipped tica-photo (it classifies) and a pixel ViT that sees as many tokens at
+    224x224 (16x16 patches against 16x downsampling) through a ViT of the same size."""
+    from tica_tools.timing import photo_timing_models
+    photo, pixel = photo_timing_models()
+    assert photo.model_id == tica.load("tica-photo").model_id and photo.is_updated
+    assert "classify" in photo.operations
+    c, p = photo.config, pixel.config
+    assert (p.depth, p.embed_dim, p.num_heads, p.patch_size) == (c.depth, c.embed_dim,
+                                                                 c.num_heads, 2 ** c.stages)

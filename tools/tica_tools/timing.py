@@ -122,13 +122,12 @@ def classify_paths(model, images: torch.Tensor, classifier, setting: str, repeat
 
 
 def photo_timing_models(classifier: str = "vit-pixel-cifar"):
-    """(tica-photo, pixel ViT) for timing at photo sizes: an untrained tica-photo (the shipped
-    one is a codec only, alpha = 0, and refuses to classify; speed depends on shapes only),
-    and a pixel ViT of its ViT's size on 16x16 patches, so both see the same token count."""
+    """(tica-photo, pixel ViT) for timing at photo sizes: the shipped tica-photo, and a
+    pixel ViT of its ViT's size on 16x16 patches, so both see the same token count (an
+    untrained one: speed depends on shapes only)."""
     from tica.registry import create_model
 
-    photo = create_model("tica-photo").eval()
-    photo.update()
+    photo = api.load("tica-photo")
     c = photo.config
     pixel = create_model(classifier, patch_size=16, img_size=256, depth=c.depth,
                          embed_dim=c.embed_dim, num_heads=c.num_heads).eval()
