@@ -162,7 +162,7 @@ def split_classes(data: str | Path, split: str = "train") -> tuple[str, ...]:
     return _list_images(resolve_split(data, split))[2]
 
 
-def _save_npy(path: str, array: np.ndarray) -> None:
+def save_npy(path: str, array: np.ndarray) -> None:
     with open(path, "wb") as f:            # a file object: np.save would append ".npy" to a name
         np.save(f, array)
 
@@ -180,7 +180,7 @@ def load_split(data: str | Path, split: str, limit: int | None = None) -> ImageF
         array = np.load(cached)
     else:
         array = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
-        atomic_write(cached, lambda tmp: _save_npy(tmp, array))   # a temporary name of its own
+        atomic_write(cached, lambda tmp: save_npy(tmp, array))   # a temporary name of its own
     images = torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
     return ImageFolderSplit(images, torch.tensor(labels), classes)
 

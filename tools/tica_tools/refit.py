@@ -15,8 +15,8 @@ a step then costs the hyperprior's forward and backward passes, a small part of 
 The h_s may take a new shape (`ModelConfig.hs_mid`, `hs_kernel`: fewer multiply-adds for the
 decoder's integer h_s); a layer whose shape is kept starts from the trained one, a new one
 from scratch (`tica.train.state.transplant`). The means still move the decoder's rounding
-offsets, so a refit model is scored like any other: from real streams, its accuracy with them (scripts/ship_weights.py
---only-if-better).
+offsets, so a refit model is scored like any other: from real streams, with its accuracy
+(scripts/ship_weights.py --only-if-better).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from tica.checkpoint import save_checkpoint
-from tica.data import cache_dir, load_split
+from tica.data import cache_dir, load_split, save_npy
 from tica.entropy import quantize
 from tica.io import atomic_write
 from tica.models import CompressionModel
@@ -62,7 +62,8 @@ def latents(model: CompressionModel, images: torch.Tensor, batch: int = 256) -> 
 
 def cached_latents(model: CompressionModel, data: str, split: str = "train") -> torch.Tensor:
     """`latents` of a data set's split, kept in the cache folder under the weights'
-    fingerprint and the split's files, so that the arms of a trial compute them once."""
+    fingerprint and the split's size and first images, so that the arms of a trial compute
+    them once."""
     images = load_split(data, split).images
     key = hashlib.sha256(model.fingerprint + images[:64].numpy().tobytes()
                          + str(images.shape).encode()).hexdigest()[:12]
@@ -70,7 +71,7 @@ def cached_latents(model: CompressionModel, data: str, split: str = "train") -> 
     if path.is_file():
         return torch.from_numpy(np.load(path))
     y = latents(model, images)
-    atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), y.numpy()))
+    atomic_write(path, lambda tmp: save_npy(tmp, y.numpy()))
     return y
 
 
@@ -181,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
              "images_seen": 0, "latents_seen": stats["images_seen"],
              "steps_note": f"hyperprior refit on the frozen latents of {len(y) // 2:,} "
                            f"training images and their mirrors ({what}): h_a, h_s and z's "
-                           f"density on the rate alone, Adam {args.lr:g}, batch {args.batch}, cosine to the "
-                           f"deadline, {stats['steps']:,} steps"}
+                           f"density on the rate alone, Adam {args.lr:g}, batch {args.batch}, "
+                           f"cosine to the deadline, {stats['steps']:,} steps"}
     Path(args.out).with_suffix(".json").write_text(json.dumps(lease, indent=1) + "\n")
     print(json.dumps(lease))
     return 0
