@@ -58,7 +58,7 @@ def test_two_loaders_caching_one_split_at_once_both_succeed(archive, monkeypatch
     # (two evaluations started together) once renamed the first one's temporary file away
     import tica.data as data
 
-    save, nested = data._save_npy, {}
+    save, nested = data.save_npy, {}
 
     def save_while_another_loads(path, array):
         if not nested:
@@ -66,7 +66,7 @@ def test_two_loaders_caching_one_split_at_once_both_succeed(archive, monkeypatch
             nested["split"] = load_split(archive, "test")   # the other loader, start to end
         save(path, array)
 
-    monkeypatch.setattr(data, "_save_npy", save_while_another_loads)
+    monkeypatch.setattr(data, "save_npy", save_while_another_loads)
     split = load_split(archive, "test")
     assert torch.equal(split.images, nested["split"].images)
     cache = Path(archive.parent / "cache")
