@@ -38,11 +38,12 @@ from tica.data import cache_dir, load_split, save_npy
 from tica.entropy import quantize
 from tica.io import atomic_write
 from tica.models import CompressionModel
-from tica.models.codec import nhwc, pad_to
 from tica.registry import load_checkpoint, weights_root
 from tica.train.state import transplant
 from tica_tools.plan.runner import source_commit
 
+# what the refit trains: the hyperprior, not the rate gains (training's hyper group has
+# them too, tica.train.objective._HYPER), which scale the latent the decoder sees
 HYPER = ("h_a.", "h_s.", "entropy_bottleneck.")
 
 
@@ -55,8 +56,7 @@ def latents(model: CompressionModel, images: torch.Tensor, batch: int = 256) -> 
     for flip in (False, True):
         for i in range(0, len(images), batch):
             x = images[i:i + batch].float() / 255
-            x = x.flip(-1) if flip else x
-            out.append(model.g_a(nhwc(pad_to(x, model.config.stride))).float().half())
+            out.append(model.encode_latent(x.flip(-1) if flip else x, entropy=False)[0].half())
     return torch.cat(out)
 
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Callable
+from unittest import mock
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -43,16 +44,9 @@ def count_macs(fn: Callable[[], object]) -> float:
     convolutions it computes: it runs on its float64 path while counted, since the CPU's
     digit products would count it as nothing (int8 products, which the counter does not
     see) or once per digit product (float32, where a weight has two digits)."""
-    before = os.environ.get(GEMM_ENV)
-    os.environ[GEMM_ENV] = "float64"
-    try:
-        with FlopCounterMode(display=False) as counter:
-            fn()
-    finally:
-        if before is None:
-            del os.environ[GEMM_ENV]
-        else:
-            os.environ[GEMM_ENV] = before
+    with mock.patch.dict(os.environ, {GEMM_ENV: "float64"}), \
+            FlopCounterMode(display=False) as counter:
+        fn()
     return counter.get_total_flops() / 2
 
 
