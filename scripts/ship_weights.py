@@ -32,7 +32,8 @@ continued the shipped weights (init "shipped") adds its lease to the file's hist
 (tica_tools.plan.provenance), so the manifest says what the weights hold in all. Repeat it
 for a run that trained on from an earlier lease's export (init that file): the plans in the
 order they ran, each checked to start from the export of the one before. --lease FILE adds
-one lease that no plan ran (tica_tools.refit writes one) to the history the same way.
+one lease that no plan ran (tica_tools.refit writes one) to the history the same way; a
+trial's arms each bring theirs (--lease per --codec, matched by the run the lease names).
 """
 
 from __future__ import annotations
@@ -69,8 +70,21 @@ def _trained(name: str, args: argparse.Namespace, entries: list[dict], source: s
         return args.trained
     earlier = next((e["trained"] for e in entries if e["name"] == name), None)
     if args.lease:
-        return accumulate(earlier, args.lease)
+        return accumulate(earlier, _lease_of(args.lease, source))
     return chain(earlier, args.plan_status, name, source)
+
+
+def _lease_of(leases: list[dict], source: str) -> dict:
+    """The --lease that trained the file `source`: the only one given, else the one whose
+    runs name the file (tica_tools.refit names its run after its output), as a trial's arms
+    each bring theirs."""
+    if len(leases) == 1:
+        return leases[0]
+    named = [e for e in leases if Path(source).stem in e.get("runs", ())]
+    if len(named) != 1:
+        raise SystemExit(f"{len(named)} of the --lease files name the run {Path(source).stem!r}"
+                         " in their runs: give one lease per --codec")
+    return named[0]
 
 
 def _entry(model, target: str, role: str, trained: dict, results: dict) -> dict:
@@ -249,8 +263,10 @@ def main(argv: list[str] | None = None) -> int:
                         "accumulated over leases (repeatable: plans that trained on from one "
                         "another's export, in order)")
     parser.add_argument("--lease", type=lambda p: json.loads(Path(p).read_text()),
-                        metavar="LEASE_JSON", help="one lease's provenance that is not a plan's "
-                        "(e.g. tica_tools.refit's JSON), added to the shipped file's history")
+                        action="append", default=[], metavar="LEASE_JSON",
+                        help="a lease's provenance that is not a plan's (e.g. "
+                        "tica_tools.refit's JSON), added to the shipped file's history "
+                        "(repeatable: one per --codec, matched by the run its runs name)")
     parser.add_argument("--results", type=json.loads, default={},
                         help="JSON headline numbers for these artifacts (e.g. from make report)")
     parser.add_argument("--check", metavar="DIR", help="compare float16 with float32 on these images")

@@ -57,7 +57,7 @@ def test_refit_lowers_the_real_rate_and_streams_stay_exact():
     frozen = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("g_a.", "vit."))}
     stats = refit(model, y, seconds=600, batch=16, warmup=5, max_steps=40)
     after = sizes()
-    assert stats["steps"] == 40 and stats["images_seen"] == 640
+    assert stats["steps"] == 40 and stats["latents_seen"] == 640
     assert all(a < b for a, b in zip(after, before)) and sum(after) < 0.7 * sum(before)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in frozen.items())
     assert torch.equal(model.decompress(model.compress(x, quality=2), (32, 32), quality=2),

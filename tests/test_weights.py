@@ -241,3 +241,17 @@ def test_compare_codecs_prints_the_gates_table_and_verdicts(tmp_path, capsys):
                       text, re.M)
     assert [int(r[0]) for r in rows] == list(range(1, 9)) and all(r[1] == r[2] for r in rows)
     assert f"| {shipped} | +0.00% | +0.000 points [+0.00, +0.00] (chance) | same |" in text
+
+
+def test_each_arm_of_a_trial_ships_with_its_own_lease(tmp_path):
+    """--lease per --codec: the one given whatever the file, else the lease whose runs name
+    the file; none or two naming it is an error, not a wrong history."""
+    ship = _ship_module(tmp_path)
+    wide, narrow = ({"runs": [name], "init": "file"} for name in ("m192k1", "m96k1"))
+    assert ship._lease_of([wide], "runs/x/anything.safetensors") is wide
+    assert ship._lease_of([wide, narrow], "runs/refit/m96k1.safetensors") is narrow
+    assert ship._lease_of([wide, narrow], "m192k1.safetensors") is wide
+    with pytest.raises(SystemExit, match="0 of the --lease files"):
+        ship._lease_of([wide, narrow], "runs/refit/other.safetensors")
+    with pytest.raises(SystemExit, match="2 of the --lease files"):
+        ship._lease_of([wide, dict(wide)], "m192k1.safetensors")

@@ -109,7 +109,7 @@ def refit(model: CompressionModel, y: torch.Tensor, seconds: float, batch: int =
     whichever ends first): Adam at `lr`, warmed up for `warmup` steps, then cosine-annealed
     to the end; each image at a rate point drawn from 1..L (a fixed-rate model at its own).
     The quantiles learn at 1e-3 on the auxiliary loss, as in training. Returns steps,
-    images and the mean bpp of the last 100 steps."""
+    latents seen and the mean bpp of the last 100 steps."""
     torch.manual_seed(seed)
     main, quantiles = hyper_parameters(model)
     optimizer = torch.optim.Adam([{"params": main, "lr": lr}, {"params": quantiles, "lr": 1e-3}])
@@ -137,7 +137,7 @@ def refit(model: CompressionModel, y: torch.Tensor, seconds: float, batch: int =
                  "bpp": round(float(np.mean(history[-100:])), 4), "lr": group["lr"]})
     model.eval()
     model.update()
-    return {"steps": step, "images_seen": step * batch,
+    return {"steps": step, "latents_seen": step * batch,
             "bpp_last_100": float(np.mean(history[-100:])) if history else math.nan}
 
 
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
              "date": time.strftime("%Y-%m-%d"), "runs": [Path(args.out).stem],
              "where": "cpu", "init": "shipped" if shipped_file(args.weights) else "file",
              "minutes": round((time.perf_counter() - t0) / 60, 2), "steps": stats["steps"],
-             "images_seen": 0, "latents_seen": stats["images_seen"],
+             "images_seen": 0, "latents_seen": stats["latents_seen"],
              "steps_note": f"hyperprior refit on the frozen latents of {len(y) // 2:,} "
                            f"training images and their mirrors ({what}): h_a, h_s and z's "
                            f"density on the rate alone, Adam {args.lr:g}, batch {args.batch}, "
