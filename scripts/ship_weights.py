@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                         action="append", default=[], metavar="LEASE_JSON",
                         help="a lease's provenance that is not a plan's (e.g. "
                         "tica_tools.refit's JSON), added to the shipped file's history "
-                        "(repeatable: one per --codec, matched by the run its runs name)")
+                        "(repeatable: one per --codec, matched by the run the lease names)")
     parser.add_argument("--results", type=json.loads, default={},
                         help="JSON headline numbers for these artifacts (e.g. from make report)")
     parser.add_argument("--check", metavar="DIR", help="compare float16 with float32 on these images")

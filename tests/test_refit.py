@@ -101,6 +101,7 @@ def test_the_command_writes_a_reshaped_codec_and_its_lease(archive, tmp_path):
     assert refit_model.weights_info.to_metadata() == known and known["step"] == 2
     lease = json.loads(out.with_suffix(".json").read_text())
     assert lease["plan"] == "tools/tica_tools/refit.py" and lease["init"] == "file"
+    assert lease["init_file"] == str(weights)              # which weights it started from
     assert lease["steps"] >= 1 and lease["latents_seen"] == 4 * lease["steps"]
     assert lease["images_seen"] == 0 and "hs_mid 24, hs_kernel 1" in lease["steps_note"]
     assert main(args) == 0 and cached[0].stat().st_mtime_ns == stamp     # read, not remade

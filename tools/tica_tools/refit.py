@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     what = ", ".join(f"{k} {v}" for k, v in shape.items()) or "h_s as it was"
     lease = {"plan": "tools/tica_tools/refit.py", "commit": source_commit(),
              "date": time.strftime("%Y-%m-%d"), "runs": [Path(args.out).stem],
-             "where": "cpu", "init": "shipped" if shipped_file(args.weights) else "file",
+             "where": "cpu", **({"init": "shipped"} if shipped_file(args.weights) else
+                                {"init": "file", "init_file": str(args.weights)}),
              "minutes": round((time.perf_counter() - t0) / 60, 2), "steps": stats["steps"],
              "images_seen": 0, "latents_seen": stats["latents_seen"],
              "steps_note": f"hyperprior refit on the frozen latents of {len(y) // 2:,} "
