@@ -4,7 +4,7 @@ costs the decoder on this CPU (the integer h_s alone and `api.decompress` of a 2
 stream at q4, one thread, the median of interleaved rounds).
 
     python benchmarks/hyper_refit.py runs/refit/a.safetensors [...] \\
-        --data ../shared/data/cifar10-jpeg.tar.gz --limit 2000
+        --data ../shared/data/cifar10-jpeg.tar.gz --limit 2000 [--speed-only] [--rounds 5]
 
 Prints Markdown tables (docs/design.md, "A hyperprior refit on frozen latents")."""
 
@@ -48,18 +48,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="held-out data (a class-per-folder "
                         "archive or folder)")
     parser.add_argument("--limit", type=int, help="a class-balanced subset of it")
+    parser.add_argument("--speed-only", action="store_true", help="only the decoding speed "
+                        "(the curves already measured, e.g. by scripts/ship_weights.py's gate)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     args = parser.parse_args(argv)
-    shipped = f"shipped:{load_codec(args.weights[0]).config.name}"
-    specs = [shipped, *args.weights]
-    print(compare(args.data, specs, args.limit))
+    refits = {spec: load_codec(spec) for spec in args.weights}
+    shipped = f"shipped:{refits[args.weights[0]].config.name}"
+    models = {shipped: load_codec(shipped), **refits}
+    if not args.speed_only:
+        print(compare(args.data, list(models), args.limit))
     split = load_split(args.data, held_out_split(args.data), limit=args.limit)
     images = split.images[:256].float() / 255
-    models = {spec: load_codec(spec) for spec in specs}
     print(f"Decoding on one thread of {cpu_name()}, 256 images at q4:\n")
     print("| codec | h_s (hs_mid, hs_kernel) | integer h_s images/s | "
           "decoding M latent symbols/s |")
     print("|---|---|---:|---:|")
-    for spec, (hs, dec) in decode_speed(models, images).items():
+    for spec, (hs, dec) in decode_speed(models, images, args.rounds).items():
         c = models[spec].config
         print(f"| {spec} | {c.hs_width}, {c.hs_kernel} | {hs:,.0f} | {dec / 1e6:.1f} |")
     return 0
