@@ -120,22 +120,25 @@ def test_a_model_with_a_narrow_h_s_codes_exactly_and_keeps_old_ids():
     assert torch.equal(narrow.hyper_synthesis(z), quantized_h_s(narrow.h_s, z, 7, 5, 7))
     assert torch.equal(base.hyper_synthesis(z), base.h_s(z))
     for bad in ({"hs_weight_bits": 15}, {"hs_act_bits": 0},
-                {"hs_act_frac_bits": 9, "hs_act_bits": 7}, {"hs_mid": -1}, {"hs_kernel": 2}):
+                {"hs_act_frac_bits": 9, "hs_act_bits": 7}, {"hs_mid": -1}, {"hs_kernel": 2},
+                {"hs_first_kernel": 4}):
         with pytest.raises(ConfigError, match="hs_"):
             ModelConfig(name="x", **bad)
 
 
 @pytest.mark.parametrize("digit_gemm", integer.DIGIT_GEMMS)
 def test_an_h_s_of_another_shape_codes_exactly(digit_gemm, monkeypatch):
-    """hs_mid and hs_kernel reshape h_s (a 1x1 last layer, a narrower hidden layer): the
-    defaults keep every id, and a reshaped model's streams decode to the encoder's latent
-    exactly, on digit products and on float64 alike."""
-    assert "hs_mid" not in tica.create_model("tica-cifar", N=32, M=48).config.identity_json()
-    model = tica.create_model("tica-cifar", N=32, M=48, hs_mid=24, hs_kernel=1, hs_weight_bits=7,
-                              hs_act_frac_bits=5, hs_act_bits=7).eval()
+    """hs_mid, hs_kernel and hs_first_kernel reshape h_s (a 1x1 last layer, a narrower
+    hidden layer, a 3x3 first layer): the defaults keep every id, and a reshaped model's
+    streams decode to the encoder's latent exactly, on digit products and on float64 alike."""
+    identity = tica.create_model("tica-cifar", N=32, M=48).config.identity_json()
+    assert "hs_mid" not in identity and "hs_first_kernel" not in identity
+    model = tica.create_model("tica-cifar", N=32, M=48, hs_mid=24, hs_kernel=1, hs_first_kernel=3,
+                              hs_weight_bits=7, hs_act_frac_bits=5, hs_act_bits=7).eval()
     assert '"hs_kernel":1' in model.config.identity_json()
-    last = [m for m in model.h_s if isinstance(m, torch.nn.Conv2d)][-1]
-    assert last.weight.shape == (96, 24, 1, 1)
+    assert '"hs_first_kernel":3' in model.config.identity_json()
+    convs = [m for m in model.h_s if isinstance(m, torch.nn.Conv2d)]
+    assert convs[0].weight.shape == (48, 32, 3, 3) and convs[-1].weight.shape == (96, 24, 1, 1)
     model.update()
     x = torch.rand(3, 3, 32, 48, generator=torch.Generator().manual_seed(1))
     payloads = model.compress(x)

@@ -66,12 +66,17 @@ def test_refit_lowers_the_real_rate_and_streams_stay_exact():
 
 def test_a_reshaped_h_s_keeps_every_tensor_whose_shape_is_kept():
     model = tica.create_model("tica-cifar", **SMALL)
+    old = model.state_dict()
+
+    def changed(shape: dict) -> set[str]:
+        new = transplant(model, shape, seed=0).state_dict()
+        return {k for k in new if new[k].shape != old[k].shape or not torch.equal(new[k], old[k])}
     narrow = transplant(model, {"hs_mid": 24, "hs_kernel": 1}, seed=0)
     assert (narrow.config.hs_mid, narrow.config.hs_kernel) == (24, 1)
-    old, new = model.state_dict(), narrow.state_dict()
-    changed = {k for k in new if new[k].shape != old[k].shape or not torch.equal(new[k], old[k])}
-    assert changed == {"h_s.2.weight", "h_s.2.bias", "h_s.4.weight"}   # h_s.4.bias: (2M,)
-    assert new["h_s.4.weight"].shape == (96, 24, 1, 1)
+    assert narrow.state_dict()["h_s.4.weight"].shape == (96, 24, 1, 1)
+    assert changed({"hs_mid": 24, "hs_kernel": 1}) == {"h_s.2.weight", "h_s.2.bias",
+                                                       "h_s.4.weight"}   # h_s.4.bias: (2M,)
+    assert changed({"hs_first_kernel": 3}) == {"h_s.0.weight"}         # its bias: (M,)
 
 
 def test_the_command_writes_a_reshaped_codec_and_its_lease(archive, tmp_path):
@@ -89,13 +94,14 @@ def test_the_command_writes_a_reshaped_codec_and_its_lease(archive, tmp_path):
     save_checkpoint(model, weights, WeightsInfo(step=2, alpha=0.3, beta=1e-4, model="tica-cifar"))
     out = tmp_path / "refit.safetensors"
     args = [str(weights), str(archive), "--out", str(out), "--minutes", "0.02", "--batch", "4",
-            "--hs-mid", "24", "--hs-kernel", "1"]
+            "--hs-mid", "24", "--hs-kernel", "1", "--hs-first-kernel", "3"]
     assert main(args) == 0
     cached = list((tmp_path / "cache").glob("latents-*.npy"))
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
     refit_model = load_checkpoint(out)
-    assert (refit_model.config.hs_width, refit_model.config.hs_kernel) == (24, 1)
+    c = refit_model.config
+    assert (c.hs_width, c.hs_kernel, c.hs_first_kernel) == (24, 1, 3)
     assert refit_model.is_updated
     known = load_checkpoint(weights).weights_info.to_metadata()      # the source's metadata
     assert refit_model.weights_info.to_metadata() == known and known["step"] == 2
@@ -103,5 +109,5 @@ def test_the_command_writes_a_reshaped_codec_and_its_lease(archive, tmp_path):
     assert lease["plan"] == "tools/tica_tools/refit.py" and lease["init"] == "file"
     assert lease["init_file"] == str(weights)              # which weights it started from
     assert lease["steps"] >= 1 and lease["latents_seen"] == 4 * lease["steps"]
-    assert lease["images_seen"] == 0 and "hs_mid 24, hs_kernel 1" in lease["steps_note"]
+    assert lease["images_seen"] == 0 and "hs_mid 24, hs_kernel 1, hs_first_kernel 3" in lease["steps_note"]
     assert main(args) == 0 and cached[0].stat().st_mtime_ns == stamp     # read, not remade
