@@ -109,5 +109,11 @@ def test_the_command_writes_a_reshaped_codec_and_its_lease(archive, tmp_path):
     assert lease["plan"] == "tools/tica_tools/refit.py" and lease["init"] == "file"
     assert lease["init_file"] == str(weights)              # which weights it started from
     assert lease["steps"] >= 1 and lease["latents_seen"] == 4 * lease["steps"]
-    assert lease["images_seen"] == 0 and "hs_mid 24, hs_kernel 1, hs_first_kernel 3" in lease["steps_note"]
-    assert main(args) == 0 and cached[0].stat().st_mtime_ns == stamp     # read, not remade
+    assert lease["images_seen"] == 0
+    assert "hs_mid 24, hs_kernel 1, hs_first_kernel 3" in lease["steps_note"]
+    by_steps = [a for a in args if a not in ("--minutes", "0.02")] + ["--steps", "3"]
+    assert main(by_steps) == 0 and cached[0].stat().st_mtime_ns == stamp   # read, not remade
+    lease = json.loads(out.with_suffix(".json").read_text())
+    assert lease["steps"] == 3 and lease["latents_seen"] == 12          # a count of steps
+    with pytest.raises(SystemExit):                                    # neither: refused
+        main([a for a in args if a not in ("--minutes", "0.02")])

@@ -1,6 +1,6 @@
 """Refit a trained codec's hyperprior (h_a, h_s and z's density) on its own frozen latents.
 
-    python -m tica_tools.refit WEIGHTS DATA --minutes 30 --out refit.safetensors
+    python -m tica_tools.refit WEIGHTS DATA --minutes 30 [--steps N] --out refit.safetensors
                                [--hs-mid 96] [--hs-kernel 1] [--hs-first-kernel 3]
                                [--lr 1e-3] [--threads 1]
 
@@ -147,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("weights", help="a trained codec (safetensors)")
     parser.add_argument("data", help="its training data (archive or folder; train split)")
     parser.add_argument("--out", required=True, help="where the refit model goes (float32)")
-    parser.add_argument("--minutes", type=float, required=True, help="training wall time")
+    parser.add_argument("--minutes", type=float, help="training wall time")
+    parser.add_argument("--steps", type=int, help="or a number of steps (with both: whichever "
+                        "ends first; the schedule follows the one further along)")
     parser.add_argument("--hs-mid", type=int, help="h_s's hidden width (ModelConfig.hs_mid)")
     parser.add_argument("--hs-kernel", type=int, help="h_s's last kernel (hs_kernel)")
     parser.add_argument("--hs-first-kernel", type=int,
@@ -157,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.minutes is None and args.steps is None:
+        parser.error("give --minutes, --steps or both")
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_checkpoint(args.weights).float()
@@ -174,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
             f.write(json.dumps(row) + "\n")
 
     t0 = time.perf_counter()
-    stats = refit(model, y, args.minutes * 60, args.batch, args.lr, seed=args.seed, log=log)
+    seconds = args.minutes * 60 if args.minutes is not None else math.inf
+    stats = refit(model, y, seconds, args.batch, args.lr, seed=args.seed, max_steps=args.steps,
+                  log=log)
     info = dataclasses.replace(model.weights_info, interim=False)
     save_checkpoint(model, args.out, info)
     what = ", ".join(f"{k} {v}" for k, v in shape.items()) or "h_s as it was"
