@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---:|---:|")
     for spec, (hs, dec) in decode_speed(models, images, args.rounds).items():
         c = models[spec].config
-        shape = f"{c.hs_first_kernel}x{c.hs_first_kernel}, {c.hs_width}, {c.hs_kernel}x{c.hs_kernel}"
+        first, last = c.hs_first_kernel, c.hs_kernel
+        shape = f"{first}x{first}, {c.hs_width}, {last}x{last}"
         print(f"| {spec} | {shape} | {hs:,.0f} | {dec / 1e6:.1f} |")
     return 0
 
