@@ -62,11 +62,13 @@ def latents(model: CompressionModel, images: torch.Tensor, batch: int = 256) -> 
 
 
 def cached_latents(model: CompressionModel, data: str, split: str = "train") -> torch.Tensor:
-    """`latents` of a data set's split, kept in the cache folder under the weights'
-    fingerprint and the split's size and first images, so that the arms of a trial compute
-    them once."""
+    """`latents` of a data set's split, kept in the cache folder under g_a's weights (all
+    the latents depend on: a refit model shares its source's) and the split's size and
+    first images, so that the arms of a trial, and refits of refits, compute them once."""
     images = load_split(data, split).images
-    key = hashlib.sha256(model.fingerprint + images[:64].numpy().tobytes()
+    g_a = b"".join(t.detach().float().cpu().numpy().tobytes()
+                   for t in model.g_a.state_dict().values())
+    key = hashlib.sha256(g_a + images[:64].numpy().tobytes()
                          + str(images.shape).encode()).hexdigest()[:12]
     path = cache_dir() / f"latents-{key}.npy"
     if path.is_file():
