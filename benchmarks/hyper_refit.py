@@ -60,13 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     split = load_split(args.data, held_out_split(args.data), limit=args.limit)
     images = split.images[:256].float() / 255
     print(f"Decoding on one thread of {cpu_name()}, 256 images at q4:\n")
-    print("| codec | h_s (first kernel, hs_mid, last kernel) | integer h_s images/s | "
+    print("| codec | h_s (first kernel, transposed kernel, hs_mid, last kernel) | "
+          "integer h_s images/s | "
           "decoding M latent symbols/s |")
     print("|---|---|---:|---:|")
     for spec, (hs, dec) in decode_speed(models, images, args.rounds).items():
         c = models[spec].config
-        first, last = c.hs_first_kernel, c.hs_kernel
-        shape = f"{first}x{first}, {c.hs_width}, {last}x{last}"
+        first, mid, last = c.hs_first_kernel, c.hs_mid_kernel, c.hs_kernel
+        shape = f"{first}x{first}, {mid}x{mid}, {c.hs_width}, {last}x{last}"
         print(f"| {spec} | {shape} | {hs:,.0f} | {dec / 1e6:.1f} |")
     return 0
 

@@ -76,6 +76,7 @@ def _counted_gflop(fn) -> float:
     ("tica-cifar", {"distill_token": True}, (256, 320)),
     ("tica-cifar", {"hs_mid": 40, "hs_kernel": 1}, (32, 48)),   # an h_s of another shape
     ("tica-cifar", {"hs_first_kernel": 3, "hs_kernel": 1}, (40, 72)),
+    ("tica-cifar", {"hs_mid_kernel": 3, "hs_kernel": 1}, (40, 72)),
 ])
 def test_estimate_matches_counted_flops(name, overrides, size, monkeypatch):
     """With the float64 and symbol weights at 1 and 0, the estimate is exactly the

@@ -121,24 +121,31 @@ def test_a_model_with_a_narrow_h_s_codes_exactly_and_keeps_old_ids():
     assert torch.equal(base.hyper_synthesis(z), base.h_s(z))
     for bad in ({"hs_weight_bits": 15}, {"hs_act_bits": 0},
                 {"hs_act_frac_bits": 9, "hs_act_bits": 7}, {"hs_mid": -1}, {"hs_kernel": 2},
-                {"hs_first_kernel": 4}):
+                {"hs_first_kernel": 4}, {"hs_mid_kernel": 4}, {"hs_mid_kernel": 1}):
         with pytest.raises(ConfigError, match="hs_"):
             ModelConfig(name="x", **bad)
 
 
 @pytest.mark.parametrize("digit_gemm", integer.DIGIT_GEMMS)
 def test_an_h_s_of_another_shape_codes_exactly(digit_gemm, monkeypatch):
-    """hs_mid, hs_kernel and hs_first_kernel reshape h_s (a 1x1 last layer, a narrower
-    hidden layer, a 3x3 first layer): the defaults keep every id, and a reshaped model's
-    streams decode to the encoder's latent exactly, on digit products and on float64 alike."""
+    """hs_mid, hs_kernel, hs_first_kernel and hs_mid_kernel reshape h_s (a 1x1 last layer, a
+    narrower hidden layer, a 3x3 first layer, a 3x3 transposed one): the defaults keep every
+    id, and a reshaped model's streams decode to the encoder's latent exactly, on digit
+    products and on float64 alike."""
     identity = tica.create_model("tica-cifar", N=32, M=48).config.identity_json()
     assert "hs_mid" not in identity and "hs_first_kernel" not in identity
     model = tica.create_model("tica-cifar", N=32, M=48, hs_mid=24, hs_kernel=1, hs_first_kernel=3,
-                              hs_weight_bits=7, hs_act_frac_bits=5, hs_act_bits=7).eval()
+                              hs_mid_kernel=3, hs_weight_bits=7, hs_act_frac_bits=5,
+                              hs_act_bits=7).eval()
     assert '"hs_kernel":1' in model.config.identity_json()
     assert '"hs_first_kernel":3' in model.config.identity_json()
+    assert '"hs_mid_kernel":3' in model.config.identity_json()
     convs = [m for m in model.h_s if isinstance(m, torch.nn.Conv2d)]
     assert convs[0].weight.shape == (48, 32, 3, 3) and convs[-1].weight.shape == (96, 24, 1, 1)
+    deconv = next(m for m in model.h_s if isinstance(m, torch.nn.ConvTranspose2d))
+    assert deconv.weight.shape == (48, 24, 3, 3)
+    z = torch.zeros(1, 32, 3, 5)
+    assert model.h_s(z).shape == (1, 96, 6, 10)                     # the grid doubled exactly
     model.update()
     x = torch.rand(3, 3, 32, 48, generator=torch.Generator().manual_seed(1))
     payloads = model.compress(x)
@@ -152,9 +159,13 @@ def test_an_h_s_of_another_shape_codes_exactly(digit_gemm, monkeypatch):
 def test_digit_products_are_exact_at_the_worst_case_magnitudes(digit_gemm):
     """Weights at +-(2^14 - 1), hidden activations up to 2^20 - 1 and z at +-(2^12 - 1):
     each layer's digit product, int8 or float32 (the transposed one by phases, odd and
-    non-square grids) equals the float64 convolution, bit for bit."""
+    non-square grids; a 3x3 transposed one too, whose phases have 4, 2 and 1 taps) equals the
+    float64 convolution, bit for bit."""
     g = torch.Generator().manual_seed(3)
-    for layer in IntegerHyperSynthesis.build(_trained_like_h_s()).layers:
+    small = tica.create_model("tica-cifar", N=32, M=48, hs_mid_kernel=3, hs_first_kernel=3).h_s
+    layers = (IntegerHyperSynthesis.build(_trained_like_h_s()).layers
+              + IntegerHyperSynthesis.build(small).layers[:2])
+    for layer in layers:
         w = layer.weight.clone()
         w.view(-1)[:: 7] = 2 ** 14 - 1
         w.view(-1)[3:: 11] = -(2 ** 14 - 1)

@@ -77,6 +77,7 @@ def test_a_reshaped_h_s_keeps_every_tensor_whose_shape_is_kept():
     assert changed({"hs_mid": 24, "hs_kernel": 1}) == {"h_s.2.weight", "h_s.2.bias",
                                                        "h_s.4.weight"}   # h_s.4.bias: (2M,)
     assert changed({"hs_first_kernel": 3}) == {"h_s.0.weight"}         # its bias: (M,)
+    assert changed({"hs_mid_kernel": 3}) == {"h_s.2.weight"}           # its bias: (mid,)
 
 
 def test_the_command_writes_a_reshaped_codec_and_its_lease(archive, tmp_path):
@@ -94,14 +95,14 @@ def test_the_command_writes_a_reshaped_codec_and_its_lease(archive, tmp_path):
     save_checkpoint(model, weights, WeightsInfo(step=2, alpha=0.3, beta=1e-4, model="tica-cifar"))
     out = tmp_path / "refit.safetensors"
     args = [str(weights), str(archive), "--out", str(out), "--minutes", "0.02", "--batch", "4",
-            "--hs-mid", "24", "--hs-kernel", "1", "--hs-first-kernel", "3"]
+            "--hs-mid", "24", "--hs-kernel", "1", "--hs-first-kernel", "3", "--hs-mid-kernel", "3"]
     assert main(args) == 0
     cached = list((tmp_path / "cache").glob("latents-*.npy"))
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
     refit_model = load_checkpoint(out)
     c = refit_model.config
-    assert (c.hs_width, c.hs_kernel, c.hs_first_kernel) == (24, 1, 3)
+    assert (c.hs_width, c.hs_kernel, c.hs_first_kernel, c.hs_mid_kernel) == (24, 1, 3, 3)
     assert refit_model.is_updated
     known = load_checkpoint(weights).weights_info.to_metadata()      # the source's metadata
     assert refit_model.weights_info.to_metadata() == known and known["step"] == 2
@@ -110,7 +111,7 @@ def test_the_command_writes_a_reshaped_codec_and_its_lease(archive, tmp_path):
     assert lease["init_file"] == str(weights)              # which weights it started from
     assert lease["steps"] >= 1 and lease["latents_seen"] == 4 * lease["steps"]
     assert lease["images_seen"] == 0
-    assert "hs_mid 24, hs_kernel 1, hs_first_kernel 3" in lease["steps_note"]
+    assert "hs_mid 24, hs_kernel 1, hs_first_kernel 3, hs_mid_kernel 3" in lease["steps_note"]
     by_steps = [a for a in args if a not in ("--minutes", "0.02")] + ["--steps", "3"]
     assert main(by_steps) == 0 and cached[0].stat().st_mtime_ns == stamp   # read, not remade
     lease = json.loads(out.with_suffix(".json").read_text())

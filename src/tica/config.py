@@ -57,7 +57,8 @@ def quality_from_code(code: int) -> float:
 _LATER_FIELDS = {"rate_levels": 0, "res_blocks": 0, "hyper_proxy": "noise", "entropy_gain": False,
                  "distill_token": False, "hs_weight_bits": HS_WEIGHT_BITS,
                  "hs_act_frac_bits": HS_ACT_FRAC_BITS, "hs_act_bits": HS_ACT_BITS,
-                 "hs_mid": 0, "hs_kernel": 3, "hs_first_kernel": 5}
+                 "hs_mid": 0, "hs_kernel": 3, "hs_first_kernel": 5,
+                 "hs_mid_kernel": 5}
 
 
 @dataclass(frozen=True)
@@ -116,12 +117,13 @@ class ModelConfig:
     hs_act_frac_bits: int = HS_ACT_FRAC_BITS
     hs_act_bits: int = HS_ACT_BITS
     # h_s's shape: the width of its hidden layer after the transposed convolution (0: 3M/2),
-    # the kernel of its last layer (3) and of its first (5, on z). The decoder's integer h_s
+    # the kernel of its last layer (3), of its first (5, on z) and of the transposed one (5). The decoder's integer h_s
     # is most of its time on a CPU: the shipped tica-cifar's, 96 wide with a 3x3 first and a
     # 1x1 last layer, costs 6.6 M multiply-adds an image where the default shape costs 26.4 M
     hs_mid: int = 0
     hs_kernel: int = 3
     hs_first_kernel: int = 5
+    hs_mid_kernel: int = 5
     # entropy models
     scale_min: float = 0.11
     scale_max: float = 256.0
@@ -165,6 +167,8 @@ class ModelConfig:
         if self.hs_mid < 0 or {self.hs_kernel, self.hs_first_kernel} - {1, 3, 5}:
             problems.append("hs_mid must be 0 (3M/2) or positive, hs_kernel and "
                             "hs_first_kernel 1, 3 or 5")
+        if self.hs_mid_kernel not in (3, 5):        # odd, to double the grid exactly
+            problems.append("hs_mid_kernel (the transposed layer's) must be 3 or 5")
         if self.distill_token and self.arch not in ("tica", "vit-pixel"):
             problems.append("distill_token needs a Vision Transformer (arch tica or vit-pixel)")
         if problems:

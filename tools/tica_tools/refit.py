@@ -2,6 +2,7 @@
 
     python -m tica_tools.refit WEIGHTS DATA --minutes 30 [--steps N] --out refit.safetensors
                                [--hs-mid 96] [--hs-kernel 1] [--hs-first-kernel 3]
+                               [--hs-mid-kernel 3]
                                [--lr 1e-3] [--threads 1]
 
 Why this is cheap and exact: with g_a (and everything after y) frozen, the hyperprior's
@@ -13,9 +14,9 @@ z alone is the whole objective's gradient for them, and the latents y = g_a(x) o
 training images (each image and its mirror image) can be computed once and kept, in float16:
 a step then costs the hyperprior's forward and backward passes, a small part of a full step.
 
-The h_s may take a new shape (`ModelConfig.hs_mid`, `hs_kernel`, `hs_first_kernel`: fewer
-multiply-adds for the decoder's integer h_s); a layer whose shape is kept starts from the
-trained one, a new one from scratch (`tica.train.state.transplant`). The means still move
+The h_s may take a new shape (`ModelConfig.hs_mid`, `hs_kernel`, `hs_first_kernel`,
+`hs_mid_kernel`: fewer multiply-adds for the decoder's integer h_s); a layer whose shape is
+kept starts from the trained one, a new one from scratch (`tica.train.state.transplant`). The means still move
 the decoder's rounding offsets, so a refit model is scored like any other: from real
 streams, with its accuracy (scripts/ship_weights.py --only-if-better).
 """
@@ -156,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hs-kernel", type=int, help="h_s's last kernel (hs_kernel)")
     parser.add_argument("--hs-first-kernel", type=int,
                         help="h_s's first kernel, on z (hs_first_kernel)")
+    parser.add_argument("--hs-mid-kernel", type=int,
+                        help="h_s's transposed layer's kernel (hs_mid_kernel)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
@@ -168,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     model = load_checkpoint(args.weights).float()
     y = cached_latents(model, args.data)
     shape = {k: v for k, v in (("hs_mid", args.hs_mid), ("hs_kernel", args.hs_kernel),
-                               ("hs_first_kernel", args.hs_first_kernel)) if v is not None}
+                               ("hs_first_kernel", args.hs_first_kernel),
+                               ("hs_mid_kernel", args.hs_mid_kernel)) if v is not None}
     if shape:                       # what is known of the weights stays theirs
         model, info = transplant(model, shape, args.seed), model.weights_info
         model.weights_info = info

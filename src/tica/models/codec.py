@@ -60,7 +60,8 @@ class CompressionModel(nn.Module):
         c = config
         self.g_a = analysis(c.stages, 3, c.N, c.M, c.act, c.res_blocks)
         self.h_a = hyper_analysis(c.M, c.N)
-        self.h_s = hyper_synthesis(c.N, c.M, c.hs_width, c.hs_kernel, c.hs_first_kernel)
+        self.h_s = hyper_synthesis(c.N, c.M, c.hs_width, c.hs_kernel, c.hs_first_kernel,
+                                   c.hs_mid_kernel)
         self.entropy_bottleneck = EntropyBottleneck(c.N, tail_mass=c.tail_mass)
         self.gaussian_conditional = GaussianConditional(c.scale_min, c.scale_max,
                                                         c.scale_levels, c.tail_mass)

@@ -145,9 +145,10 @@ def hyper_analysis(M: int, N: int) -> nn.Sequential:
 
 
 def hyper_synthesis(N: int, M: int, mid: int | None = None, kernel: int = 3,
-                    first: int = 5) -> nn.Sequential:
-    """h_s: conv (first x first) s1 N->M, deconv5x5 s2 M->mid, conv kxk s1 mid->2M (scales,
-    means); by default (SPEC 1) first = 5, mid = 1.5M and k = 3.
+                    first: int = 5, mid_kernel: int = 5) -> nn.Sequential:
+    """h_s: conv (first x first) s1 N->M, deconv (mid_kernel x mid_kernel) s2 M->mid, conv
+    kxk s1 mid->2M (scales, means); by default (SPEC 1) first = 5, mid_kernel = 5, mid = 1.5M
+    and k = 3.
 
     ReLU rather than LeakyReLU: the decoder re-runs this network in exact integer
     arithmetic (`IntegerHyperSynthesis`), where ReLU is exact and free.
@@ -155,6 +156,6 @@ def hyper_synthesis(N: int, M: int, mid: int | None = None, kernel: int = 3,
     mid = mid or M * 3 // 2
     return nn.Sequential(
         conv(N, M, first, 1), nn.ReLU(),
-        deconv(M, mid, 5, 2), nn.ReLU(),
+        deconv(M, mid, mid_kernel, 2), nn.ReLU(),
         conv(mid, 2 * M, kernel, 1),
     )
