@@ -115,7 +115,8 @@ def hyper_flops(config: ModelConfig, grid: tuple[int, int]) -> tuple[float, floa
     latent, hyper, mid = h * w, (h // 2) * (w // 2), c.hs_width
     h_a = (conv_flops(latent, c.M, c.N, 3) + conv_flops(hyper, c.N, c.N, 5)
            + conv_flops(hyper, c.N, c.N, 5))
-    h_s = (conv_flops(hyper, c.N, c.M, c.hs_first_kernel) + conv_flops(hyper, c.M, mid, c.hs_mid_kernel)
+    h_s = (conv_flops(hyper, c.N, c.M, c.hs_first_kernel)
+           + conv_flops(hyper, c.M, mid, c.hs_mid_kernel)
            + conv_flops(latent, mid, 2 * c.M, c.hs_kernel))
     return h_a, FLOAT64_WEIGHT * h_s
 

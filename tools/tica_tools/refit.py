@@ -16,9 +16,9 @@ a step then costs the hyperprior's forward and backward passes, a small part of 
 
 The h_s may take a new shape (`ModelConfig.hs_mid`, `hs_kernel`, `hs_first_kernel`,
 `hs_mid_kernel`: fewer multiply-adds for the decoder's integer h_s); a layer whose shape is
-kept starts from the trained one, a new one from scratch (`tica.train.state.transplant`). The means still move
-the decoder's rounding offsets, so a refit model is scored like any other: from real
-streams, with its accuracy (scripts/ship_weights.py --only-if-better).
+kept starts from the trained one, a new one from scratch (`tica.train.state.transplant`).
+The means still move the decoder's rounding offsets, so a refit model is scored like any
+other: from real streams, with its accuracy (scripts/ship_weights.py --only-if-better).
 """
 
 from __future__ import annotations
