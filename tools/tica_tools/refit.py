@@ -183,14 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         with open(log_path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
-    t0 = time.perf_counter()
+    t0, commit = time.perf_counter(), source_commit()   # the code it runs, not the code at its end
     seconds = args.minutes * 60 if args.minutes is not None else math.inf
     stats = refit(model, y, seconds, args.batch, args.lr, seed=args.seed, max_steps=args.steps,
                   log=log)
     info = dataclasses.replace(model.weights_info, interim=False)
     save_checkpoint(model, args.out, info)
     what = ", ".join(f"{k} {v}" for k, v in shape.items()) or "h_s as it was"
-    lease = {"plan": "tools/tica_tools/refit.py", "commit": source_commit(),
+    lease = {"plan": "tools/tica_tools/refit.py", "commit": commit,
              "date": time.strftime("%Y-%m-%d"), "runs": [Path(args.out).stem],
              "where": "cpu", **({"init": "shipped"} if shipped_file(args.weights) else
                                 {"init": "file", "init_file": str(args.weights)}),
