@@ -37,12 +37,12 @@ def proxy_bpp(models: dict, y: torch.Tensor, batch: int = 64) -> dict[str, list[
         was_training = model.training
         model.float().train()                       # the z proxy as training sees it
         torch.manual_seed(0)
-        levels = model.config.rate_levels or 1
+        levels = model.config.rate_levels
         pixels = y.shape[-2] * y.shape[-1] * 4 ** model.config.stages
         rows = []
-        for q in range(1, levels + 1):
-            bits = sum(rate_bits(model, part, torch.full((len(part),), float(q))).sum()
-                       for part in y.split(batch))
+        for q in range(1, max(levels, 1) + 1):          # a fixed-rate model: its one rate
+            bits = sum(rate_bits(model, part, torch.full((len(part),), float(q)) if levels
+                                 else None).sum() for part in y.split(batch))
             rows.append(float(bits) / len(y) / pixels)
         model.train(was_training)
         out[name] = rows

@@ -118,3 +118,24 @@ def test_the_command_writes_a_reshaped_codec_and_its_lease(archive, tmp_path):
     assert lease["steps"] == 3 and lease["latents_seen"] == 12          # a count of steps
     with pytest.raises(SystemExit):                                    # neither: refused
         main([a for a in args if a not in ("--minutes", "0.02")])
+
+
+def test_the_proxy_table_ranks_a_refit_with_the_same_draws(monkeypatch):
+    """benchmarks/hyper_refit.py --proxy: the same latents and noise give the same numbers
+    for the same weights, a refit that lowered the rate reads lower at every quality, and the
+    models are left in the mode they were in."""
+    from conftest import REPO, load_module
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))      # its sibling compare_codecs
+    bench = load_module(REPO / "benchmarks" / "hyper_refit.py")
+    torch.manual_seed(0)
+    model = tica.create_model("tica-cifar", **SMALL).eval()
+    y = model.g_a(torch.rand(8, 3, 32, 32)).detach()
+    refitted = tica.create_model("tica-cifar", **SMALL)
+    refitted.load_state_dict(model.state_dict())
+    refit(refitted, torch.cat([y, y.flip(-1)]).half(), seconds=60, batch=8, warmup=5,
+          max_steps=40)
+    refitted.eval()
+    table = bench.proxy_bpp({"a": model, "again": model, "refit": refitted}, y)
+    assert len(table["a"]) == 4 and table["a"] == table["again"]
+    assert all(r < a for r, a in zip(table["refit"], table["a"]))
+    assert not model.training and not refitted.training
