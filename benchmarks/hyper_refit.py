@@ -35,7 +35,7 @@ def proxy_bpp(models: dict, y: torch.Tensor, batch: int = 64) -> dict[str, list[
     out = {}
     for name, model in models.items():
         was_training = model.training
-        model.float().train()                       # the z proxy as training sees it
+        model.train()                               # the z proxy as training sees it
         torch.manual_seed(0)
         levels = model.config.rate_levels
         pixels = y.shape[-2] * y.shape[-1] * 4 ** model.config.stages
@@ -106,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     images = split.images[:256].float() / 255
     print(f"Decoding on one thread of {cpu_name()}, 256 images at q4:\n")
     print("| codec | h_s (first kernel, transposed kernel, hs_mid, last kernel) | "
-          "integer h_s images/s | "
-          "decoding M latent symbols/s |")
+          "integer h_s images/s | decoding M latent symbols/s |")
     print("|---|---|---:|---:|")
     for spec, (hs, dec) in decode_speed(models, images, args.rounds).items():
         c = models[spec].config
