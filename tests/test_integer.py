@@ -344,6 +344,71 @@ def test_the_layer_ends_give_the_same_integers_on_any_number_of_workers():
         assert torch.equal(out, last[0])
 
 
+def test_the_layer_ends_read_float32_parts_as_their_integers():
+    """A float32 digit product of one slice comes to the layer ends as it is (integers
+    within 2^24): hidden_layer and last_layer give, for float32 parts or a mix, what they
+    give for the same integers in int32; a part of another type is refused."""
+    from tica.entropy import GaussianConditional
+    from tica.nn import _intops
+    g = torch.Generator().manual_seed(9)
+    rows, cols, half = 301, 14, 7
+    parts = [torch.randint(-2 ** 24, 2 ** 24 + 1, (rows, cols), generator=g, dtype=torch.int32)
+             for _ in range(2)]
+    parts[0][0], parts[1][1] = 2 ** 24, -2 ** 24
+    bias = torch.randint(-2 ** 30, 2 ** 30, (cols,), generator=g).double()
+    rshift = torch.randint(0, 30, (cols,), generator=g)
+    scale = torch.pow(2.0, torch.randint(8, 16, (cols,), generator=g).double())
+    gain, bounds = torch.ones(cols, dtype=torch.float64), GaussianConditional().scale_bounds.double()
+
+    def ends(parts):
+        hidden, last = (torch.empty(rows, cols, dtype=torch.int32) for _ in range(2))
+        arrays = [p.numpy() for p in parts]
+        _intops.hidden_layer(arrays, [0, 1], bias.numpy(), rshift.numpy(), 2 ** 20 - 1, cols,
+                             hidden.numpy())
+        _intops.last_layer(arrays, [0, 1], bias.numpy(), scale.numpy(), gain.numpy(),
+                           bounds.numpy(), half, cols, last.numpy())
+        return hidden, last
+
+    expected = ends(parts)
+    assert 0 < int((expected[0] == 0).sum()) < rows * cols
+    for mixed in ([parts[0].float(), parts[1].float()], [parts[0], parts[1].float()]):
+        got = ends(mixed)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    out = torch.empty(rows, cols, dtype=torch.int32)
+    for wrong in (parts[0].double(), parts[0].to(torch.int64), parts[0].view(torch.uint8)):
+        with pytest.raises(ValueError, match="int32 or float32|size"):
+            _intops.hidden_layer([wrong.numpy()], [0], bias.numpy(), rshift.numpy(), 255, cols,
+                                 out.numpy())
+
+
+@pytest.mark.parametrize("digit_gemm", integer.DIGIT_GEMMS)
+def test_channels_of_zeros_are_left_out_exactly(digit_gemm, monkeypatch):
+    """A digit layer leaves out the input channels that are zero in the whole batch (most
+    of a real z's): the same numbers as the int64 reference with most channels of z zero,
+    with all of them zero, and where one image alone makes a channel live; the smaller
+    weights are kept per set of channels, at most MAX_KEPT_DIGITS per layer."""
+    monkeypatch.setenv(integer.GEMM_ENV, digit_gemm)
+    int_hs = IntegerHyperSynthesis.build(_trained_like_h_s())
+    g = torch.Generator().manual_seed(4)
+    z = torch.randint(-20, 21, (3, 32, 5, 6), generator=g).double()
+    z[:, 5:] = 0                           # 27 of 32 channels zero in every image
+    z[1, 9, 2, 3] = 2 ** 12 - 1            # ... but one in one image
+    for batch in (z, z[:1], torch.zeros_like(z)):
+        assert torch.equal(int_hs(batch), _int64_reference(int_hs, batch))
+    live = integer._live_channels(z)
+    assert live.tolist() == [True] * 5 + [False] * 4 + [True] + [False] * 22
+    assert integer._live_channels(torch.zeros(2, 4, 3, 3)).tolist() == [True] + [False] * 3
+    assert integer._live_channels(torch.ones(2, 4, 3, 3)) is None
+    first = int_hs.layers[0]
+    kept = [key for key in first.limbs if key[1] is not None]
+    assert len(kept) == 3                  # z's channels, z[:1]'s, and zeros'
+    for k in range(2 * integer.MAX_KEPT_DIGITS):
+        one = torch.zeros(1, 32, 2, 2)
+        one[0, k % 32] = 1
+        int_hs(one)
+        assert len(first.limbs) <= integer.MAX_KEPT_DIGITS
+
+
 @pytest.mark.parametrize("digit_gemm", integer.DIGIT_GEMMS)
 @pytest.mark.parametrize("compiled", [True, False])
 def test_hidden_layers_end_alike_compiled_or_in_torch(compiled, digit_gemm, monkeypatch):
@@ -441,20 +506,42 @@ def test_the_table_choice_is_the_same_compiled_or_in_torch(compiled, digit_gemm,
         assert len(set(int(i.sum()) for i, _ in expected)) > 1 or model is models[1]
 
 
-def test_float32_products_sum_at_most_f32_taps_at_a_time(monkeypatch):
-    """A float32 digit product is exact because it sums at most F32_TAPS products at a time:
+def test_float32_products_sum_exactly_over_their_weights_slices():
+    """A float32 digit product is exact because each float32 product sums a slice of taps
+    whose partial sums stay within 2^24: 128 times the column's |digits| over the slice.
     1,024 products of -128 * -128 reach 2^24 exactly, and one more product of 1 lies past
-    float32's 24 bits. Summed in one float32 product the 1 is lost; in slices of F32_TAPS,
-    added in int32, it is kept."""
+    float32's 24 bits: that weight takes two slices (and so would the default F32_TAPS
+    slicing); summed in one float32 product the 1 is lost. Real weights take one slice,
+    and their product is float32 (integers) where the sum of two slices is int32."""
     k = integer.F32_TAPS + 1
     a = torch.full((3, k), -128, dtype=torch.int8)
     b = torch.full((k, 2), -128, dtype=torch.int8)
     a[:, -1], b[-1] = 1, 1
     exact = torch.full((3, 2), integer.F32_TAPS * 2 ** 14 + 1, dtype=torch.int32)
     assert torch.equal((a.long() @ b.long()).int(), exact)
-    assert torch.equal(integer._digit_product(a.float(), b.float()), exact)
-    monkeypatch.setattr(integer, "F32_TAPS", 2 * k)
-    assert not torch.equal(integer._digit_product(a.float(), b.float()), exact)
+    slices = integer._float32_slices(b.float())
+    assert slices == ((0, integer.F32_TAPS), (integer.F32_TAPS, k))
+    for by in (slices, None):
+        got = integer._digit_product(a.float(), b.float(), by)
+        assert got.dtype == torch.int32 and torch.equal(got, exact)
+    assert not torch.equal(integer._digit_product(a.float(), b.float(), ((0, k),)).int(), exact)
+    # a column at the limit, 2^24 / 128 = 2^17 in |digits| over 1,153 taps: one slice, and
+    # the product of inputs at -128 with it exact in float32
+    w = torch.zeros(1153, 3)
+    w[:1024, 0] = -128.0
+    w[:, 1] = 113.0
+    assert integer._float32_slices(w) == ((0, 1153),)
+    x = torch.full((2, 1153), -128.0)
+    got = integer._digit_product(x, w, integer._float32_slices(w))
+    assert got.dtype == torch.float32
+    assert torch.equal(got.long(), x.long() @ w.long()) and got.abs().max() == 2 ** 24
+    w[-1, 0] = 1.0                 # one more: two slices
+    assert integer._float32_slices(w) == ((0, 1152), (1152, 1153))
+    # the shipped tica-cifar's weights: one slice each
+    for layer in tica.load("tica-cifar").integer_h_s.layers:
+        if not layer.transposed:
+            digits = integer._weight_digits(layer.weight, torch.float32)
+            assert all(len(s) == 1 for s in digits.slices)
 
 
 def test_each_layer_takes_digits_only_where_its_products_cost_less(monkeypatch):

@@ -59,7 +59,8 @@ static void share(Py_ssize_t rows, int t, int nt, Py_ssize_t *first, Py_ssize_t 
 
 typedef struct {               /* a layer's accumulator as parts: sum part[k] 2^shift[k] */
     Py_buffer bufs[MAX_PARTS];
-    const int32_t *part[MAX_PARTS];
+    const void *part[MAX_PARTS];
+    int is_float[MAX_PARTS];    /* float32 (integers within 2^24), else int32 */
     int shift[MAX_PARTS];
     Py_ssize_t count, got;
 } Parts;
@@ -70,8 +71,9 @@ static void parts_release(Parts *p) {
     p->got = 0;
 }
 
-/* Read the parts (int32 buffers of `len` bytes each) and their shifts (0..4: 2^31 parts
- * times 2^28, eight of them, sum below 2^63); -1 with an exception set if they do not fit. */
+/* Read the parts (int32 buffers of `len` bytes each, or float32 ones holding integers
+ * within 2^24) and their shifts (0..4: 2^31 parts times 2^28, eight of them, sum below
+ * 2^63); -1 with an exception set if they do not fit. */
 static int parts_get(Parts *p, PyObject *parts_obj, PyObject *shifts_obj, Py_ssize_t len) {
     memset(p, 0, sizeof(*p));
     PyObject *parts = PySequence_Fast(parts_obj, "parts must be a sequence");
@@ -88,20 +90,29 @@ static int parts_get(Parts *p, PyObject *parts_obj, PyObject *shifts_obj, Py_ssi
         PyErr_SetString(PyExc_ValueError, "1..8 parts, one shift each");
         goto done;
     }
-    for (; p->got < p->count; p->got++) {
-        long s = PyLong_AsLong(PySequence_Fast_GET_ITEM(shifts, p->got));
+    for (Py_ssize_t k = 0; k < p->count; k++) {
+        long s = PyLong_AsLong(PySequence_Fast_GET_ITEM(shifts, k));
         if (s < 0 || s > 4) {
             if (!PyErr_Occurred())
                 PyErr_SetString(PyExc_ValueError, "shifts lie in 0..4");
             goto done;
         }
-        p->shift[p->got] = 7 * (int)s;
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(parts, p->got), &p->bufs[p->got],
-                               PyBUF_SIMPLE))
+        p->shift[k] = 7 * (int)s;
+        Py_buffer *view = &p->bufs[k];
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(parts, k), view, PyBUF_FORMAT))
             goto done;
-        p->part[p->got] = p->bufs[p->got].buf;
-        if (p->bufs[p->got].len != len) {
-            p->got++;
+        p->got = k + 1;
+        p->part[k] = view->buf;
+        const char *format = view->format ? view->format : "B";
+        if (*format == '<' || *format == '=' || *format == '@')
+            format++;
+        p->is_float[k] = strcmp(format, "f") == 0;
+        int int32 = strcmp(format, "i") == 0 || (strcmp(format, "l") == 0 && sizeof(long) == 4);
+        if (view->itemsize != 4 || !(p->is_float[k] || int32)) {
+            PyErr_SetString(PyExc_ValueError, "every part is int32 or float32");
+            goto done;
+        }
+        if (view->len != len) {
             PyErr_SetString(PyExc_ValueError, "every part has out's size");
             goto done;
         }
@@ -116,18 +127,23 @@ done:
 }
 
 /* Row i0 / cols of the accumulator, columns [c0, c1), into acc[0 .. c1 - c0): the bias plus
- * each part times its weight, column by column (loops the compiler vectorises). */
+ * each part times its weight, column by column (loops the compiler vectorises; a float32
+ * part's integers convert to int32 exactly). */
 static inline void accumulate_row(const Parts *p, Py_ssize_t i0, Py_ssize_t c0, Py_ssize_t c1,
                                   const int64_t *bias, int64_t *acc) {
-    const int32_t *first = p->part[0] + i0;
-    int shift = p->shift[0];
     for (Py_ssize_t c = c0; c < c1; c++)
-        acc[c - c0] = bias[c] + (int64_t)first[c] * ((int64_t)1 << shift);
-    for (Py_ssize_t k = 1; k < p->count; k++) {
-        const int32_t *part = p->part[k] + i0;
-        shift = p->shift[k];
-        for (Py_ssize_t c = c0; c < c1; c++)
-            acc[c - c0] += (int64_t)part[c] * ((int64_t)1 << shift);
+        acc[c - c0] = bias[c];
+    for (Py_ssize_t k = 0; k < p->count; k++) {
+        int shift = p->shift[k];
+        if (p->is_float[k]) {
+            const float *part = (const float *)p->part[k] + i0;
+            for (Py_ssize_t c = c0; c < c1; c++)
+                acc[c - c0] += (int64_t)(int32_t)part[c] * ((int64_t)1 << shift);
+        } else {
+            const int32_t *part = (const int32_t *)p->part[k] + i0;
+            for (Py_ssize_t c = c0; c < c1; c++)
+                acc[c - c0] += (int64_t)part[c] * ((int64_t)1 << shift);
+        }
     }
 }
 
@@ -327,42 +343,53 @@ static inline int32_t bucket_index(const Buckets *t, double v) {
 }
 
 /* last_layer's rows [first, stop): acc and v are a row's scratch, add the bias as
- * integers. */
+ * integers, inv the scales' inverses. With plane > 0, row r (image r / plane, pixel
+ * r % plane) writes column c to out[image][c][pixel] (planar, channels first), else to
+ * out[r][c]. */
 static WIDE_VECTORS void last_rows(const Parts *p, Py_ssize_t first, Py_ssize_t stop,
-                                   Py_ssize_t cols, Py_ssize_t half, const int64_t *add,
-                                   int64_t *acc, const double *sc, const double *g,
-                                   const Buckets *buckets, double *v, int32_t *o) {
-    for (Py_ssize_t i0 = first * cols; i0 < stop * cols; i0 += cols) {
-        accumulate_row(p, i0, 0, cols, add, acc);
+                                   Py_ssize_t cols, Py_ssize_t half, Py_ssize_t plane,
+                                   const int64_t *add, int64_t *acc, const double *inv,
+                                   const double *g, const Buckets *buckets, double *v,
+                                   int32_t *o) {
+    for (Py_ssize_t r = first; r < stop; r++) {
+        accumulate_row(p, r * cols, 0, cols, add, acc);
         for (Py_ssize_t c = 0; c < cols; c++)       /* exact quotient, then times the gain */
-            v[c] = (double)acc[c] / sc[c] * g[c];
-        int32_t *row = o + i0;
+            v[c] = (double)acc[c] * inv[c] * g[c];
+        int32_t *row = o + r * cols;
+        Py_ssize_t step = 1;
+        if (plane > 0) {
+            row = o + (r / plane) * cols * plane + r % plane;
+            step = plane;
+        }
         for (Py_ssize_t c = 0; c < half; c++)
-            row[c] = bucket_index(buckets, v[c]);
+            row[c * step] = bucket_index(buckets, v[c]);
         for (Py_ssize_t c = half; c < cols; c++) {
             float m = (float)v[c];
-            memcpy(&row[c], &m, sizeof(m));
+            memcpy(&row[c * step], &m, sizeof(m));
         }
     }
 }
 
-/* last_layer(parts, shifts, bias, scale, gain, bounds, half, cols, out) -> None
+/* last_layer(parts, shifts, bias, scale, gain, bounds, half, cols, out[, workers[, plane]])
  *   parts, shifts, bias: as hidden_layer's
  *   scale:  float64 buffer of cols powers of two 2^E: the output is v = acc / scale * gain
+ *           (computed as acc times 2^-E: the same, exactly)
  *   gain:   float64 buffer of cols factors (the entropy gain; ones for none)
  *   bounds: float64 buffer of ascending table bounds
  *   half:   the columns before it are scales, the rest means
  *   out:    writable int32 buffer of rows * cols values: a scale's column receives its
  *           table index, the number of bounds below v (torch.bucketize), a mean's the bits
- *           of v as a float32 (rounded to nearest, as torch's .float()) */
+ *           of v as a float32 (rounded to nearest, as torch's .float())
+ *   plane:  0 (out row-major, as the parts), or the pixels of an image: out is (rows /
+ *           plane, cols, plane), each image's channels planar */
 static PyObject *last_layer(PyObject *self, PyObject *args) {
     PyObject *parts_obj, *shifts_obj, *bias_obj, *scale_obj, *gain_obj, *bounds_obj, *out_obj;
-    Py_ssize_t half, cols, workers = 1;
-    if (!PyArg_ParseTuple(args, "OOOOOOnnO|n", &parts_obj, &shifts_obj, &bias_obj, &scale_obj,
-                          &gain_obj, &bounds_obj, &half, &cols, &out_obj, &workers))
+    Py_ssize_t half, cols, workers = 1, plane = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOOnnO|nn", &parts_obj, &shifts_obj, &bias_obj, &scale_obj,
+                          &gain_obj, &bounds_obj, &half, &cols, &out_obj, &workers, &plane))
         return NULL;
-    if (cols < 1 || half < 0 || half > cols) {
-        PyErr_SetString(PyExc_ValueError, "last_layer: cols >= 1, 0 <= half <= cols");
+    if (cols < 1 || half < 0 || half > cols || plane < 0) {
+        PyErr_SetString(PyExc_ValueError, "last_layer: cols >= 1, 0 <= half <= cols, plane >= 0");
         return NULL;
     }
     Py_buffer bias = {0}, scale = {0}, gain = {0}, bounds = {0}, out = {0};
@@ -377,39 +404,53 @@ static PyObject *last_layer(PyObject *self, PyObject *args) {
         goto done;
     Py_ssize_t n = out.len / (Py_ssize_t)sizeof(int32_t);
     Py_ssize_t nb = bounds.len / (Py_ssize_t)sizeof(double);
-    if (n % cols || out.len % sizeof(int32_t) || bounds.len % sizeof(double)) {
-        PyErr_SetString(PyExc_ValueError, "last_layer: out's size does not match cols");
+    if (n % cols || out.len % sizeof(int32_t) || bounds.len % sizeof(double)
+        || (plane > 0 && (n / cols) % plane)) {
+        PyErr_SetString(PyExc_ValueError, "last_layer: out's size does not match cols and plane");
         goto done;
+    }
+    const double *b = bias.buf, *sc = scale.buf, *g = gain.buf;
+    for (Py_ssize_t c = 0; c < cols; c++) {
+        int e;
+        if (!(frexp(sc[c], &e) == 0.5 && e > -1021 && e < 1022)) {
+            PyErr_SetString(PyExc_ValueError, "last_layer: every scale is a power of two");
+            goto done;
+        }
     }
     if (parts_get(&p, parts_obj, shifts_obj, out.len))
         goto done;
-    const double *b = bias.buf, *sc = scale.buf, *g = gain.buf;
     int32_t *o = out.buf;
     Buckets buckets = {0};
     int nt = team_size(workers, n);
-    /* the bias as integers, then a row's scratch per thread (acc, and v) */
+    /* the bias as integers and the scales' inverses (exact: powers of two), then a row's
+     * scratch per thread (acc, and v) */
     int64_t *add = malloc((1 + (size_t)nt) * (size_t)cols * sizeof(int64_t));
+    double *inv = malloc((size_t)cols * sizeof(double));
     double *v = malloc((size_t)nt * (size_t)cols * sizeof(double));
-    if (!add || !v || buckets_init(&buckets, bounds.buf, nb)) {
+    if (!add || !inv || !v || buckets_init(&buckets, bounds.buf, nb)) {
         free(add);
+        free(inv);
         free(v);
         buckets_free(&buckets);
         PyErr_NoMemory();
         goto done;
     }
-    for (Py_ssize_t c = 0; c < cols; c++)
+    for (Py_ssize_t c = 0; c < cols; c++) {
         add[c] = (int64_t)b[c];
+        inv[c] = 1.0 / sc[c];
+    }
     Py_BEGIN_ALLOW_THREADS
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         int t = THREAD_NUM();
         Py_ssize_t first, stop;
         share(n / cols, t, nt, &first, &stop);
-        last_rows(&p, first, stop, cols, half, add, add + (1 + t) * cols, sc, g, &buckets,
-                  v + t * cols, o);
+        last_rows(&p, first, stop, cols, half, plane, add, add + (1 + t) * cols, inv, g,
+                  &buckets, v + t * cols, o);
     }
     Py_END_ALLOW_THREADS
     free(add);
+    free(inv);
     free(v);
     buckets_free(&buckets);
     result = Py_NewRef(Py_None);

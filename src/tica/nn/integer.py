@@ -68,9 +68,8 @@ class _IntLayer:
     # a hidden layer's activations: steps of 2^-act_frac_bits, clamped below 2^act_bits
     act_frac_bits: int = ACT_FRAC_BITS
     act_bits: int = ACT_BITS
-    # the weight as digits (_digit_linear), by their dtype (int8 or float32): a
-    # convolution's digits, or per output phase of a transposed layer (row phase, column
-    # phase, kernel, digits); built on first use
+    # the weight as digits (`_layer_digits`), by their dtype (int8 or float32) and the
+    # input channels they keep; built on first use
     limbs: dict = field(default_factory=dict)
     # how many digits the weight splits into (`digit_count`), derived from it
     weight_digits: int = field(init=False)
@@ -206,27 +205,58 @@ def digit_count(x: torch.Tensor) -> int:
     return count
 
 
-def _digit_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The exact int32 product of two digit planes (rows by columns), int8 or float32 alike:
-    an int8 matrix product, or float32 ones over at most F32_TAPS taps at a time, each of
-    whose partial sums is an integer of at most 2^10 * 2^14 = 2^24 (every digit lies in
-    [-128, 128)), so float32 holds it exactly whatever order the library sums in; the
-    slices' sums are added in int32."""
+def _float32_slices(w: torch.Tensor) -> tuple[tuple[int, int], ...]:
+    """Slices [k0, k1) of the taps (rows) of a weight's digit plane w (K, C_out) over which
+    one float32 product sums exactly: each partial sum of a column is an integer of at most
+    128 times the sum of its |digits| over the slice (an input digit lies in [-128, 128)),
+    kept within 2^24, which float32 holds exactly whatever order the library sums in. Real
+    weights take one slice; digits all at -128 take slices of 1,024 taps (F32_TAPS)."""
+    limit = 2.0 ** 24 / 128
+    cum = torch.cat([torch.zeros(1, w.shape[1], dtype=torch.float64),
+                     w.abs().double().cumsum(0)])          # (K + 1, C_out), nondecreasing
+    slices, k0 = [], 0
+    while k0 < w.shape[0]:          # the longest slice from k0 (one tap is 2^14 at most)
+        k1 = k0 + int(((cum[k0 + 1:] - cum[k0]).amax(1) <= limit).sum())
+        slices.append((k0, k1))
+        k0 = k1
+    return tuple(slices)
+
+
+@dataclass(frozen=True)
+class _WeightDigits:
+    """A weight as the digit planes a digit product reads ((K, C_out) each, int8 or
+    float32) and, for float32 ones, each plane's slices of taps (`_float32_slices`)."""
+    planes: tuple[torch.Tensor, ...]
+    slices: tuple[tuple[tuple[int, int], ...], ...]
+
+
+def _digit_product(a: torch.Tensor, b: torch.Tensor,
+                   slices: tuple[tuple[int, int], ...] | None = None) -> torch.Tensor:
+    """The exact product of two digit planes (rows by columns), int8 or float32 alike: an
+    int8 matrix product (int32), or float32 ones, one per slice of the taps (`slices`, of
+    b's: `_float32_slices`; by default of F32_TAPS taps, right for any digits: 2^10 * 2^14
+    = 2^24), each of whose partial sums float32 holds exactly. One slice: its float32
+    result, integers within 2^24; more: their sums added in int32."""
     if a.dtype == torch.int8:
         return torch._int_mm(a, b)
+    if slices is None:
+        slices = tuple((k, min(k + F32_TAPS, a.shape[1])) for k in range(0, a.shape[1], F32_TAPS))
+    if len(slices) == 1:
+        return torch.mm(a, b)
     out = None
-    for k in range(0, a.shape[1], F32_TAPS):
-        part = torch.mm(a[:, k:k + F32_TAPS], b[k:k + F32_TAPS]).to(torch.int32)
+    for k0, k1 in slices:
+        part = torch.mm(a[:, k0:k1], b[k0:k1]).to(torch.int32)
         out = part if out is None else out.add_(part)
     return out
 
 
-def _limb_matmul(a: list[torch.Tensor], b: list[torch.Tensor], out: torch.Tensor,
+def _limb_matmul(a: list[torch.Tensor], b: _WeightDigits, out: torch.Tensor,
                  end: "_HiddenEnd | _TablesEnd | None" = None) -> None:
     """The exact product of two matrices given as digit planes (`a`'s rows by `b`'s columns; int8
     or float32, `_digit_product`), written into `out` (float64). Each digit product is an
-    int32 sum of K terms of at most 2^14; the planes of one weight 2^(7 s) (at most two: a
-    weight below 2^14 has two digits) are summed in int32, exact for K < MAX_INT8_TAPS, then
+    exact integer sum of K terms of at most 2^14 (int32, or float32 within 2^24); the planes
+    of one weight 2^(7 s) (at most two: a weight below 2^14 has two digits) are summed in
+    int32, exact for K < MAX_INT8_TAPS, then
     added in float64 times 2^(7 s), exactly: every term and partial sum is an integer within
     the layer's worst-case bound, which `build` holds below 2^53. With `end` (a hidden
     layer's, or the last layer's table choice) `out` is int32 and receives what that end
@@ -234,10 +264,10 @@ def _limb_matmul(a: list[torch.Tensor], b: list[torch.Tensor], out: torch.Tensor
     built)."""
     by_shift: dict[int, torch.Tensor] = {}
     for i, da in enumerate(a):
-        for j, db in enumerate(b):
-            plane = _digit_product(da, db)
-            if i + j in by_shift:
-                by_shift[i + j].add_(plane)
+        for j, (db, slices) in enumerate(zip(b.planes, b.slices)):
+            plane = _digit_product(da, db, slices)
+            if i + j in by_shift:           # float32 sums could pass 2^24: in int32
+                by_shift[i + j] = by_shift[i + j].to(torch.int32).add_(plane.to(torch.int32))
             else:
                 by_shift[i + j] = plane
     parts = sorted(by_shift.items())
@@ -251,7 +281,7 @@ def _limb_matmul(a: list[torch.Tensor], b: list[torch.Tensor], out: torch.Tensor
             if shift:
                 acc.mul_(2.0 ** (LIMB_BITS * shift))
         else:
-            acc.add_(part, alpha=2.0 ** (LIMB_BITS * shift))    # int32 read as float64
+            acc.add_(part, alpha=2.0 ** (LIMB_BITS * shift))    # read as float64
     if end is not None:
         end.in_torch(acc, out)
 
@@ -264,6 +294,7 @@ class _HiddenEnd:
     rshift: torch.Tensor        # E - frac_bits, int64
     frac_bits: int
     act_bits: int
+    planar = False              # writes rows of pixels (channels-last)
 
     def compiled(self, parts: list, shifts: list[int], out) -> None:
         _intops.hidden_layer(parts, shifts, self.bias.numpy(), self.rshift.numpy(),
@@ -281,11 +312,14 @@ class _TablesEnd:
     scale: torch.Tensor         # 2^E per output channel, float64 (2M,)
     gain: torch.Tensor          # float64 (2M,): the entropy gain of each channel, or ones
     bounds: torch.Tensor        # float64 ascending
+    planar = True               # writes (B, 2M, h, w) itself, as decoding reads it
 
     def compiled(self, parts: list, shifts: list[int], out) -> None:
+        """out: (rows, 2M), or planar (images, 2M, h, w) for rows of their pixels."""
         _intops.last_layer(parts, shifts, self.bias.numpy(), self.scale.numpy(),
                            self.gain.numpy(), self.bounds.numpy(), len(self.bias) // 2,
-                           out.shape[1], out, torch.get_num_threads())
+                           out.shape[1], out, torch.get_num_threads(),
+                           out.shape[2] * out.shape[3] if out.ndim == 4 else 0)
 
 
 @dataclass(frozen=True)
@@ -335,28 +369,40 @@ def input_digits(x: torch.Tensor, in_bits: int | None = None) -> int:
 
 
 def _digit_planes(x: torch.Tensor, pad: tuple[int, int, int, int], count: int,
-                  dtype: torch.dtype = torch.int8) -> list[torch.Tensor]:
-    """Integer x (B, C, H, W), zero-padded by `pad` (left, right, top, bottom) -> its
-    `count` digit planes (`input_digits`) as `dtype` (int8, or float32 for float32
-    products), channels-last and contiguous (the digits of zero are zeros: each plane is
-    padded, not x)."""
-    return [F.pad(d.to(dtype), (0, 0, *pad)).contiguous()
-            for d in _limbs(x.permute(0, 2, 3, 1), count)]
+                  dtype: torch.dtype = torch.int8,
+                  live: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Integer x (B, C, H, W), its channels `live` (bool (C,), None: all), zero-padded by
+    `pad` (left, right, top, bottom) -> their `count` digit planes (`input_digits`) as
+    `dtype` (int8, or float32 for float32 products), channels-last and contiguous (the
+    digits of zero are zeros: each plane is padded, not x)."""
+    if live is not None:
+        x = x.index_select(1, live.nonzero().flatten())
+    x = x.permute(0, 2, 3, 1)
+    B, H, W, C = x.shape
+    left, right, top, bottom = pad
+    planes = []
+    for digit in [x] if count == 1 else _limbs(x, count):    # one digit: x, in [-128, 128)
+        plane = torch.zeros(B, top + H + bottom, left + W + right, C, dtype=dtype)
+        plane[:, top:top + H, left:left + W] = digit
+        planes.append(plane)
+    return planes
 
 
-def _digit_conv(planes: list[torch.Tensor], w_digits: list[torch.Tensor],
+def _digit_conv(planes: list[torch.Tensor], w_digits: _WeightDigits,
                 kernel: tuple[int, int], stride: int,
                 end: "_HiddenEnd | _TablesEnd | None" = None) -> torch.Tensor:
     """A valid convolution (correlation) of an integer input given as digit planes (B, H,
     W, C each: `_digit_planes`, or a window of them) with a weight given as digits of the
     same dtype, ordered (kernel row, kernel column, C_in) x C_out; exact, in float64,
-    channels-last (B, Ho, Wo, C_out), or with `end` (_limb_matmul) what it makes, int32.
+    channels-last (B, Ho, Wo, C_out), or with `end` (_limb_matmul) what it makes, int32,
+    channels-last or, for an end that is `planar`, (B, C_out, Ho, Wo).
     The patches are gathered a few images at a time (about PRODUCT_ROWS rows, a quarter
     of that in float32: the same bytes), so that each product reads them from cache."""
     B, H, W, C = planes[0].shape
     kh, kw = kernel
     Ho, Wo = (H - kh) // stride + 1, (W - kw) // stride + 1
-    out = torch.empty(B, Ho, Wo, w_digits[0].shape[1],
+    C_out, planar = w_digits.planes[0].shape[1], end is not None and end.planar
+    out = torch.empty((B, C_out, Ho, Wo) if planar else (B, Ho, Wo, C_out),
                       dtype=torch.float64 if end is None else torch.int32)
     step = max(1, PRODUCT_ROWS // (planes[0].element_size() * max(1, Ho * Wo)))
     for b in range(0, B, step):
@@ -367,15 +413,19 @@ def _digit_conv(planes: list[torch.Tensor], w_digits: list[torch.Tensor],
             patches.append(part.as_strided((n, Ho, Wo, kh, kw, C),
                                            (sb, stride * sh, stride * sw, sh, sw, 1))
                            .reshape(-1, kh * kw * C))
-        _limb_matmul(patches, w_digits, out[b:b + step].view(-1, out.shape[3]), end)
+        part = out[b:b + step]
+        _limb_matmul(patches, w_digits, part if planar else part.view(-1, C_out), end)
     return out
 
 
-def _weight_digits(w: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
+def _weight_digits(w: torch.Tensor, dtype: torch.dtype) -> _WeightDigits:
     """A conv weight (C_out, C_in, kh, kw) as the (kh kw C_in, C_out) digits _digit_conv
-    reads, as `dtype` (|w| < 2^WEIGHT_BITS: at most two digits)."""
-    return [d.to(dtype).contiguous()
-            for d in _limbs(w.permute(0, 2, 3, 1).flatten(1).t(), digit_count(w))]
+    reads, as `dtype` (|w| < 2^WEIGHT_BITS: at most two digits), with their float32 slices."""
+    planes = tuple(d.to(dtype).contiguous()
+                   for d in _limbs(w.permute(0, 2, 3, 1).flatten(1).t(), digit_count(w)))
+    slices = tuple(_float32_slices(d) if dtype == torch.float32 else ((0, len(d)),)
+                   for d in planes)
+    return _WeightDigits(planes, slices)
 
 
 def _hidden_end(layer: _IntLayer) -> _HiddenEnd:
@@ -387,6 +437,46 @@ def _hidden_end(layer: _IntLayer) -> _HiddenEnd:
     return layer.epilogue
 
 
+def _live_channels(x: torch.Tensor) -> torch.Tensor | None:
+    """The channels of x (B, C, H, W) that hold a nonzero value anywhere in it (bool (C,),
+    at least one), or None where all do. A channel of zeros adds nothing to a layer's
+    products, so the layer may leave it out, exactly: most of a trained hyper-latent z's
+    channels are zero in every image (110 of tica-cifar's 128), and some of the hidden
+    activations' (27 of 96 after its first layer)."""
+    live = x.abs().amax(dim=(0, 2, 3)) > 0
+    if bool(live.all()):
+        return None
+    live[0] = True                        # all zeros: one channel of them
+    return live
+
+
+MAX_KEPT_DIGITS = 16     # weights as digits kept per layer (by dtype and live channels)
+
+
+def _layer_digits(layer: _IntLayer, dtype: torch.dtype, live: torch.Tensor | None):
+    """The layer's weight as digits of `dtype` for the input channels `live` (None: all):
+    a convolution's `_WeightDigits`, or a transposed layer's per output phase (row phase,
+    column phase, kernel, digits). Built on first use and kept (MAX_KEPT_DIGITS, then
+    built again): an assignment or a clear, safe where threads race here."""
+    key = (dtype, None if live is None else live.numpy().tobytes())
+    digits = layer.limbs.get(key)
+    if digits is not None:
+        return digits
+    w = layer.weight if live is None else layer.weight[live] if layer.transposed \
+        else layer.weight[:, live]
+    if layer.transposed:
+        s = layer.stride
+        phases = [(rh, rw, w[:, :, rh::s, rw::s].flip(2, 3).transpose(0, 1))
+                  for rh in range(s) for rw in range(s)]
+        digits = [(rh, rw, tuple(t.shape[-2:]), _weight_digits(t, dtype)) for rh, rw, t in phases]
+    else:
+        digits = _weight_digits(w, dtype)
+    if len(layer.limbs) >= MAX_KEPT_DIGITS:
+        layer.limbs.clear()
+    layer.limbs[key] = digits
+    return digits
+
+
 def _digit_linear(layer: _IntLayer, x: torch.Tensor, digits: int, gemm: str,
                   end: _HiddenEnd | _TablesEnd | None = None) -> torch.Tensor:
     """The layer's exact accumulator (no bias) by digit products on the CPU (x split into
@@ -394,39 +484,39 @@ def _digit_linear(layer: _IntLayer, x: torch.Tensor, digits: int, gemm: str,
     same integers as the float64 convolution; with `end`, what that end makes of it,
     int32: a hidden layer's activations (`_hidden_end`: bias, ReLU and fixed point applied,
     `requantize`'s integers) or the last layer's table indexes and means (`_TablesEnd`).
+    Input channels that are zero throughout x are left out (`_live_channels`).
     A stride-s transposed layer runs as s^2 ordinary convolutions, one per output phase
     (polyphase): output o of phase r = (o + p) mod s sums x[u - m] w[r + s m], a full
     correlation of x with that phase's taps, reversed, computed only on the window of it
     that the layer keeps."""
     dtype = torch.int8 if gemm == "int8" else torch.float32
     k, s, p = layer.weight.shape[-1], layer.stride, layer.padding
+    live = _live_channels(x)
+    w_digits = _layer_digits(layer, dtype, live)
+    planar = end is not None and end.planar           # (B, C, H, W), else channels-last
     if not layer.transposed:
-        if dtype not in layer.limbs:          # one assignment: safe if threads race here
-            layer.limbs[dtype] = _weight_digits(layer.weight, dtype)
-        out = _digit_conv(_digit_planes(x, (p,) * 4, digits, dtype), layer.limbs[dtype],
-                          (k, k), s, end)
-        return out.permute(0, 3, 1, 2)
+        out = _digit_conv(_digit_planes(x, (p,) * 4, digits, dtype, live), w_digits, (k, k), s,
+                          end)
+        return out if planar else out.permute(0, 3, 1, 2)
     B, _, H, W = x.shape
     Ho = (H - 1) * s - 2 * p + k + layer.output_padding
     Wo = (W - 1) * s - 2 * p + k + layer.output_padding
-    if dtype not in layer.limbs:
-        phases = [(rh, rw, layer.weight[:, :, rh::s, rw::s].flip(2, 3).transpose(0, 1))
-                  for rh in range(s) for rw in range(s)]
-        layer.limbs[dtype] = [(rh, rw, tuple(t.shape[-2:]), _weight_digits(t, dtype))
-                              for rh, rw, t in phases]
-    out = torch.empty(B, Ho, Wo, layer.weight.shape[1],       # channels-last
+    C_out = layer.weight.shape[1]
+    out = torch.empty((B, C_out, Ho, Wo) if planar else (B, Ho, Wo, C_out),
                       dtype=torch.float64 if end is None else torch.int32)
+    phases = out if planar else out.permute(0, 3, 1, 2)
     reach = -(-k // s) - 1                    # the most taps of a phase, less one
-    planes = _digit_planes(x, (reach,) * 4, digits, dtype)   # split once for all the phases
-    for rh, rw, (mh, mw), w_digits in layer.limbs[dtype]:
+    planes = _digit_planes(x, (reach,) * 4, digits, dtype, live)   # once for all phases
+    for rh, rw, (mh, mw), phase_digits in w_digits:
         oh, ow = (rh - p) % s, (rw - p) % s               # the first output of this phase
         uh, uw = (oh + p - rh) // s, (ow + p - rw) // s   # ... and its u
         nh, nw = len(range(oh, Ho, s)), len(range(ow, Wo, s))
         # only the window whose valid correlation gives outputs uh.., uw.. of the full one
         top, left = reach - (mh - 1) + uh, reach - (mw - 1) + uw
         window = [d[:, top:top + nh + mh - 1, left:left + nw + mw - 1] for d in planes]
-        out[:, oh::s, ow::s] = _digit_conv(window, w_digits, (mh, mw), 1, end)
-    return out.permute(0, 3, 1, 2)
+        phase = _digit_conv(window, phase_digits, (mh, mw), 1, end)
+        phases[:, :, oh::s, ow::s] = phase if planar else phase.permute(0, 3, 1, 2)
+    return phases
 
 
 def _float32_exact() -> bool:
