@@ -477,6 +477,43 @@ def test_the_compiled_table_choice_is_bucketizes_and_the_means_are_torchs():
                            torch.empty(rows, cols, dtype=torch.int32).numpy())
 
 
+def test_the_table_choice_writes_planar_and_takes_every_path_alike():
+    """last_layer's planar output (images, cols, pixels) is its row-major output with each
+    image's channels first, for images whose pixels are no multiple of its blocks and rows
+    shared among workers; one part of weight 1 with a bias within 2^52 (summed in float64)
+    gives what torch's reference gives, as do a weight 2^7 and a bias past 2^52 (summed
+    in int64); a scale that is no power of two, or a plane that does not divide the rows,
+    is refused."""
+    from tica.entropy import GaussianConditional
+    from tica.nn import _intops
+    g = torch.Generator().manual_seed(13)
+    images, pixels, cols, half = 40, 37, 24, 12     # 35,520 values: two workers
+    rows = images * pixels
+    bounds = GaussianConditional().scale_bounds.double()
+    scale = torch.pow(2.0, torch.randint(4, 10, (cols,), generator=g).double())
+    gain = torch.round(torch.rand(cols, generator=g, dtype=torch.float64) * 512) / 256 + 0.5
+    part = torch.randint(-2 ** 14, 2 ** 14, (rows, cols), generator=g, dtype=torch.int32)
+    for shift, top in ((0, 2 ** 20), (0, 2 ** 53), (1, 2 ** 20)):
+        bias = torch.randint(-top, top, (cols,), generator=g).double()
+        for parts in ([part], [part.float()]):
+            got, expected, _ = _table_choice(parts, [shift], bias, scale, gain, bounds, half)
+            assert torch.equal(got, expected), (shift, top, parts[0].dtype)
+            for workers in (1, 3):
+                planar = torch.empty(images, cols, pixels, dtype=torch.int32)
+                _intops.last_layer([p.numpy() for p in parts], [shift], bias.numpy(),
+                                   scale.numpy(), gain.numpy(), bounds.numpy(), half, cols,
+                                   planar.numpy(), workers, pixels)
+                assert torch.equal(planar, expected.view(images, pixels, cols).transpose(1, 2))
+    args = [part.numpy()], [0], bias.numpy()
+    out = torch.empty(rows, cols, dtype=torch.int32).numpy()
+    with pytest.raises(ValueError, match="power of two"):
+        _intops.last_layer(*args, (scale * 3).numpy(), gain.numpy(), bounds.numpy(), half, cols,
+                           out)
+    with pytest.raises(ValueError, match="plane"):
+        _intops.last_layer(*args, scale.numpy(), gain.numpy(), bounds.numpy(), half, cols, out,
+                           1, pixels + 1)
+
+
 @pytest.mark.parametrize("digit_gemm", integer.DIGIT_GEMMS)
 @pytest.mark.parametrize("compiled", [True, False])
 def test_the_table_choice_is_the_same_compiled_or_in_torch(compiled, digit_gemm, monkeypatch):

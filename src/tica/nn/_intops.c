@@ -271,6 +271,7 @@ typedef struct {
     int32_t *first;             /* per bucket: the number of bounds below its smallest value */
     uint64_t key0;
     Py_ssize_t keys;            /* 0: no buckets (a bound <= 0, or too many): binary search */
+    int steps;                  /* the most bounds one bucket holds */
 } Buckets;
 
 static uint64_t bits_of(double v) {
@@ -308,7 +309,11 @@ static int buckets_init(Buckets *t, const double *bounds, Py_ssize_t count) {
         while (below < count && bounds[below] < edge)
             below++;
         t->first[k] = (int32_t)below;
+        if (k > 0 && t->first[k] - t->first[k - 1] > t->steps)
+            t->steps = t->first[k] - t->first[k - 1];
     }
+    if (count - t->first[keys - 1] > t->steps)
+        t->steps = (int)(count - t->first[keys - 1]);
     t->keys = keys;
     return 0;
 }
@@ -328,8 +333,8 @@ static inline int32_t bucket_index(const Buckets *t, double v) {
         return (int32_t)nb;
     if (t->keys) {              /* bd[0] < v <= bd[nb - 1], so v > 0 and its bucket exists */
         int32_t i = t->first[(bits_of(v) >> (52 - SUB_BITS)) - t->key0];
-        while (t->padded[i] < v)            /* the bounds in v's bucket below v: rarely any */
-            i++;
+        for (int k = 0; k < t->steps; k++)  /* the bounds in v's bucket below v: a fixed */
+            i += t->padded[i] < v;          /* count of steps, no branch to mispredict */
         return i;
     }
     const double *base = bd;    /* binary search: the bounds before base are all below v */
@@ -342,31 +347,59 @@ static inline int32_t bucket_index(const Buckets *t, double v) {
     return (int32_t)(base - bd) + (*base < v);
 }
 
-/* last_layer's rows [first, stop): acc and v are a row's scratch, add the bias as
- * integers, inv the scales' inverses. With plane > 0, row r (image r / plane, pixel
- * r % plane) writes column c to out[image][c][pixel] (planar, channels first), else to
- * out[r][c]. */
+#define BLOCK 16                /* rows last_layer ends at a time */
+
+/* last_layer's rows [first, stop), BLOCK at a time: acc is a row's scratch and v a
+ * block's, add the bias as integers (bias_d as float64 where it lies within 2^52, else
+ * NULL), inv the scales' inverses. With plane > 0, row r (image r / plane, pixel
+ * r % plane) writes column c to out[image][c][pixel] (planar, channels first: a block's
+ * pixels of one image side by side), else to out[r][c]. */
 static WIDE_VECTORS void last_rows(const Parts *p, Py_ssize_t first, Py_ssize_t stop,
                                    Py_ssize_t cols, Py_ssize_t half, Py_ssize_t plane,
-                                   const int64_t *add, int64_t *acc, const double *inv,
-                                   const double *g, const Buckets *buckets, double *v,
-                                   int32_t *o) {
-    for (Py_ssize_t r = first; r < stop; r++) {
-        accumulate_row(p, r * cols, 0, cols, add, acc);
-        for (Py_ssize_t c = 0; c < cols; c++)       /* exact quotient, then times the gain */
-            v[c] = (double)acc[c] * inv[c] * g[c];
-        int32_t *row = o + r * cols;
-        Py_ssize_t step = 1;
+                                   const int64_t *add, const double *bias_d, int64_t *acc,
+                                   const double *inv, const double *g,
+                                   const Buckets *buckets, double *v, int32_t *o) {
+    /* one part of weight 1 and a bias within 2^52: acc in float64 directly, exactly (an
+     * int32 plus such a bias lies within 2^53), in vector lanes that int64 lacks here */
+    int direct = p->count == 1 && p->shift[0] == 0 && bias_d != NULL;
+    for (Py_ssize_t r = first; r < stop;) {
+        Py_ssize_t n = stop - r < BLOCK ? stop - r : BLOCK;
+        if (plane > 0 && n > plane - r % plane)
+            n = plane - r % plane;                  /* a block within one image */
+        for (Py_ssize_t j = 0; j < n; j++) {
+            double *vj = v + j * cols;
+            Py_ssize_t i0 = (r + j) * cols;
+            if (direct && p->is_float[0]) {
+                const float *part = (const float *)p->part[0] + i0;
+                for (Py_ssize_t c = 0; c < cols; c++)
+                    vj[c] = ((double)part[c] + bias_d[c]) * inv[c] * g[c];
+            } else if (direct) {
+                const int32_t *part = (const int32_t *)p->part[0] + i0;
+                for (Py_ssize_t c = 0; c < cols; c++)
+                    vj[c] = ((double)part[c] + bias_d[c]) * inv[c] * g[c];
+            } else {
+                accumulate_row(p, i0, 0, cols, add, acc);
+                for (Py_ssize_t c = 0; c < cols; c++)  /* exact quotient, times the gain */
+                    vj[c] = (double)acc[c] * inv[c] * g[c];
+            }
+        }
+        /* out[r + j][c] at base + c * cs + j * rs */
+        Py_ssize_t cs = 1, rs = cols;
+        int32_t *base = o + r * cols;
         if (plane > 0) {
-            row = o + (r / plane) * cols * plane + r % plane;
-            step = plane;
+            base = o + (r / plane) * cols * plane + r % plane;
+            cs = plane;
+            rs = 1;
         }
         for (Py_ssize_t c = 0; c < half; c++)
-            row[c * step] = bucket_index(buckets, v[c]);
-        for (Py_ssize_t c = half; c < cols; c++) {
-            float m = (float)v[c];
-            memcpy(&row[c * step], &m, sizeof(m));
-        }
+            for (Py_ssize_t j = 0; j < n; j++)
+                base[c * cs + j * rs] = bucket_index(buckets, v[j * cols + c]);
+        for (Py_ssize_t c = half; c < cols; c++)
+            for (Py_ssize_t j = 0; j < n; j++) {
+                float m = (float)v[j * cols + c];
+                memcpy(&base[c * cs + j * rs], &m, sizeof(m));
+            }
+        r += n;
     }
 }
 
@@ -426,7 +459,7 @@ static PyObject *last_layer(PyObject *self, PyObject *args) {
      * scratch per thread (acc, and v) */
     int64_t *add = malloc((1 + (size_t)nt) * (size_t)cols * sizeof(int64_t));
     double *inv = malloc((size_t)cols * sizeof(double));
-    double *v = malloc((size_t)nt * (size_t)cols * sizeof(double));
+    double *v = malloc((size_t)nt * BLOCK * (size_t)cols * sizeof(double));
     if (!add || !inv || !v || buckets_init(&buckets, bounds.buf, nb)) {
         free(add);
         free(inv);
@@ -435,9 +468,11 @@ static PyObject *last_layer(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
+    int small_bias = 1;
     for (Py_ssize_t c = 0; c < cols; c++) {
         add[c] = (int64_t)b[c];
         inv[c] = 1.0 / sc[c];
+        small_bias &= fabs(b[c]) <= 4503599627370496.0;       /* 2^52 */
     }
     Py_BEGIN_ALLOW_THREADS
     #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -445,8 +480,8 @@ static PyObject *last_layer(PyObject *self, PyObject *args) {
         int t = THREAD_NUM();
         Py_ssize_t first, stop;
         share(n / cols, t, nt, &first, &stop);
-        last_rows(&p, first, stop, cols, half, plane, add, add + (1 + t) * cols, inv, g,
-                  &buckets, v + t * cols, o);
+        last_rows(&p, first, stop, cols, half, plane, add, small_bias ? b : NULL,
+                  add + (1 + t) * cols, inv, g, &buckets, v + t * BLOCK * cols, o);
     }
     Py_END_ALLOW_THREADS
     free(add);
