@@ -514,6 +514,59 @@ def test_the_table_choice_writes_planar_and_takes_every_path_alike():
                            1, pixels + 1)
 
 
+def test_the_sparse_convolution_is_the_dense_one_exactly():
+    """_intops.sparse_conv (a convolution by the input's nonzero values) against the int64
+    product of the unfolded input: mostly-zero inputs of digits at the extremes, a window
+    of a larger plane (strided), stride 2, workers; its refusals."""
+    from tica.nn import _intops
+    g = torch.Generator().manual_seed(21)
+    for kh, kw, stride, c_in, c_out in ((3, 3, 1, 7, 32), (2, 1, 1, 5, 3), (5, 5, 2, 4, 9)):
+        plane = torch.randint(-128, 128, (40, 13, 11, c_in), generator=g).float()
+        plane[torch.rand(plane.shape, generator=g) < 0.9] = 0
+        plane[0, 0, 0] = -128
+        w = torch.randint(-128, 128, (kh * kw * c_in, c_out), generator=g).float()
+        w[:, 0] = -128                          # a column at 2^17 / ... of |digits|
+        window = plane[:, 1:12, 2:10]           # not contiguous
+        B, H, W, C = window.shape
+        Ho, Wo = (H - kh) // stride + 1, (W - kw) // stride + 1
+        patches = window.as_strided(
+            (B, Ho, Wo, kh, kw, C), (window.stride(0), stride * window.stride(1),
+                                     stride * window.stride(2), window.stride(1),
+                                     window.stride(2), 1)).reshape(-1, kh * kw * C)
+        expected = patches.long() @ w.long()
+        for workers in (1, 2, 4):
+            out = torch.full((B * Ho * Wo, c_out), 7.0)
+            _intops.sparse_conv(window.numpy(), w.numpy(), kh, kw, stride, out.numpy(), workers)
+            assert torch.equal(out.long(), expected)
+    with pytest.raises(ValueError, match="does not match"):
+        _intops.sparse_conv(window.numpy(), w[:-1].numpy(), kh, kw, stride, out.numpy())
+    with pytest.raises(ValueError, match="float32"):
+        _intops.sparse_conv(window.double().numpy(), w.numpy(), kh, kw, stride, out.numpy())
+
+
+@pytest.mark.parametrize("share", [0.0, float("inf")])
+def test_digit_layers_give_the_same_numbers_sparse_or_dense(share, monkeypatch):
+    """A digit layer runs by its input's nonzero values where they are few enough
+    (SPARSE_SHARE): with every layer forced dense (0) or sparse (inf), the integer
+    h_s gives the int64 reference's numbers, and tica-cifar's decoder the same tables and
+    means, for real and mostly-zero inputs."""
+    monkeypatch.setenv(integer.GEMM_ENV, "float32")
+    monkeypatch.setattr(integer, "SPARSE_SHARE", share)
+    int_hs = IntegerHyperSynthesis.build(_trained_like_h_s())
+    g = torch.Generator().manual_seed(6)
+    z = torch.randint(-3, 4, (3, 32, 5, 6), generator=g).double()
+    z[torch.rand(z.shape, generator=g) < 0.8] = 0
+    assert torch.equal(int_hs(z), _int64_reference(int_hs, z))
+    model = tica.load("tica-cifar")
+    x = torch.rand(4, 3, 32, 32, generator=g)
+    z_int = model.analyze(x, 4.0)[0]
+    monkeypatch.setattr(integer, "SPARSE_SHARE", 0.0)
+    dense = model._hyper_decode(z_int, 4.0)
+    monkeypatch.setattr(integer, "SPARSE_SHARE", share)
+    got = model._hyper_decode(z_int, 4.0)
+    assert (got[0] == dense[0]).all() and torch.equal(got[1], dense[1])
+
+
 @pytest.mark.parametrize("digit_gemm", integer.DIGIT_GEMMS)
 @pytest.mark.parametrize("compiled", [True, False])
 def test_the_table_choice_is_the_same_compiled_or_in_torch(compiled, digit_gemm, monkeypatch):

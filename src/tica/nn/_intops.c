@@ -1,7 +1,10 @@
-/* The end of each layer of the exact integer h_s (tica/nn/integer.py), in one pass.
+/* The end of each layer of the exact integer h_s (tica/nn/integer.py), in one pass, and
+ * its products where the input is mostly zeros.
  *
- * A layer's accumulator arrives as int32 partial sums of int8 digit products, one array
- * per weight 2^(7 s) of the digits that made it. `hidden_layer` recombines them, adds the
+ * A layer's accumulator arrives as partial sums of digit products (int32, or float32 that
+ * hold integers within 2^24), one array per weight 2^(7 s) of the digits that made it.
+ * `sparse_conv` makes such a product from the input's nonzero values alone (a trained h_s's
+ * activations are 80-95% zeros on photographs). `hidden_layer` recombines them, adds the
  * bias, applies ReLU, shifts to the activations' fixed point (a floor) and clamps, all in
  * int64, and writes the int32 activations the next layer splits into digits: the integers
  * that `requantize` computes in float64, without its passes over memory. `last_layer` ends
@@ -499,16 +502,141 @@ done:
     return result;
 }
 
+/* ---- a convolution of a mostly-zero input, by its nonzero values alone ------------- */
+
+/* Output rows [first, stop) of sparse_conv: each the sum, over the taps and the nonzero
+ * values a of the input pixel under each (channels chan[e] and values val[e] for e in
+ * at[pixel] .. at[pixel + 1]), of a times that tap's and channel's row of the weight. */
+static WIDE_VECTORS void sparse_rows(Py_ssize_t first, Py_ssize_t stop, Py_ssize_t Ho,
+                                     Py_ssize_t Wo, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C,
+                                     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t stride,
+                                     Py_ssize_t C_out, const int64_t *at, const int32_t *chan,
+                                     const float *val, const float *w, float *out) {
+    for (Py_ssize_t r = first; r < stop; r++) {
+        Py_ssize_t b = r / (Ho * Wo), oy = r / Wo % Ho, ox = r % Wo;
+        float *acc = out + r * C_out;
+        for (Py_ssize_t o = 0; o < C_out; o++)
+            acc[o] = 0.0f;
+        for (Py_ssize_t dy = 0; dy < kh; dy++)
+            for (Py_ssize_t dx = 0; dx < kw; dx++) {
+                Py_ssize_t pixel = (b * H + oy * stride + dy) * W + ox * stride + dx;
+                const float *tap = w + (dy * kw + dx) * C * C_out;
+                for (int64_t e = at[pixel]; e < at[pixel + 1]; e++) {
+                    const float a = val[e], *row = tap + (Py_ssize_t)chan[e] * C_out;
+                    for (Py_ssize_t o = 0; o < C_out; o++)
+                        acc[o] += a * row[o];
+                }
+            }
+    }
+}
+
+/* sparse_conv(x, weight, kh, kw, stride, out[, workers]) -> None
+ *   x:      float32 array (B, H, W, C) of integers, any strides but unit ones along C
+ *   weight: float32 buffer (kh kw C, C_out) of integers, rows ordered (tap row, tap
+ *           column, channel)
+ *   out:    writable float32 buffer (B Ho Wo, C_out): the valid correlation of x with the
+ *           weight at `stride`, summed over x's nonzero values only. Exact where every
+ *           partial sum is an integer within 2^24, as the digit products ensure (an input
+ *           digit in [-128, 128), a weight whose columns' |digits| sum to 2^17 at most):
+ *           a sum of some of a column's products stays within that bound in any order. */
+static PyObject *sparse_conv(PyObject *self, PyObject *args) {
+    PyObject *x_obj, *w_obj, *out_obj;
+    Py_ssize_t kh, kw, stride, workers = 1;
+    if (!PyArg_ParseTuple(args, "OOnnnO|n", &x_obj, &w_obj, &kh, &kw, &stride, &out_obj,
+                          &workers))
+        return NULL;
+    Py_buffer x = {0}, w = {0}, out = {0};
+    PyObject *result = NULL;
+    int64_t *at = NULL;
+    int32_t *chan = NULL;
+    float *val = NULL;
+    if (PyObject_GetBuffer(x_obj, &x, PyBUF_STRIDES | PyBUF_FORMAT)
+        || get_sized(w_obj, &w, 0, -1, "weight") || get_sized(out_obj, &out, 1, -1, "out"))
+        goto done;
+    if (x.ndim != 4 || x.itemsize != 4 || !x.format || strcmp(x.format, "f") != 0
+        || x.strides[3] != 4 || kh < 1 || kw < 1 || stride < 1) {
+        PyErr_SetString(PyExc_ValueError, "sparse_conv: x is float32 (B, H, W, C), unit "
+                        "strides along C; kh, kw, stride >= 1");
+        goto done;
+    }
+    Py_ssize_t B = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3];
+    Py_ssize_t taps = kh * kw * C;
+    Py_ssize_t Ho = H >= kh ? (H - kh) / stride + 1 : 0, Wo = W >= kw ? (W - kw) / stride + 1 : 0;
+    Py_ssize_t C_out = taps > 0 ? w.len / 4 / taps : 0;
+    if (taps < 1 || C_out < 1 || w.len != taps * C_out * 4 || out.len != B * Ho * Wo * C_out * 4) {
+        PyErr_SetString(PyExc_ValueError, "sparse_conv: weight or out does not match x");
+        goto done;
+    }
+    /* the nonzero values of each input pixel, pixel by pixel (counted, then listed) */
+    Py_ssize_t pixels = B * H * W;
+    at = malloc(((size_t)pixels + 1) * sizeof(int64_t));
+    if (!at) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const char *base = x.buf;
+    int64_t nnz = 0;
+    at[0] = 0;
+    for (Py_ssize_t p = 0; p < pixels; p++) {
+        const float *px = (const float *)(base + p / (H * W) * x.strides[0]
+                                          + p / W % H * x.strides[1] + p % W * x.strides[2]);
+        for (Py_ssize_t c = 0; c < C; c++)
+            nnz += px[c] != 0.0f;
+        at[p + 1] = nnz;
+    }
+    chan = malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof(int32_t));
+    val = malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof(float));
+    if (!chan || !val) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t p = 0; p < pixels; p++) {
+        const float *px = (const float *)(base + p / (H * W) * x.strides[0]
+                                          + p / W % H * x.strides[1] + p % W * x.strides[2]);
+        int64_t e = at[p];
+        for (Py_ssize_t c = 0; c < C; c++)
+            if (px[c] != 0.0f) {
+                chan[e] = (int32_t)c;
+                val[e++] = px[c];
+            }
+    }
+    Py_ssize_t rows = B * Ho * Wo;
+    int nt = team_size(workers, rows * C_out);
+    const float *wp = w.buf;
+    float *op = out.buf;
+    Py_BEGIN_ALLOW_THREADS
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        Py_ssize_t first, stop;
+        share(rows, THREAD_NUM(), nt, &first, &stop);
+        sparse_rows(first, stop, Ho, Wo, H, W, C, kh, kw, stride, C_out, at, chan, val, wp, op);
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    free(at);
+    free(chan);
+    free(val);
+    release(&x);
+    release(&w);
+    release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"hidden_layer", hidden_layer, METH_VARARGS,
      "hidden_layer(parts, shifts, bias, rshift, act_max, cols, out[, workers]): a hidden "
      "layer's end"},
     {"last_layer", last_layer, METH_VARARGS,
-     "last_layer(parts, shifts, bias, scale, gain, bounds, half, cols, out[, workers]): "
-     "table indexes and means"},
+     "last_layer(parts, shifts, bias, scale, gain, bounds, half, cols, out[, workers[, "
+     "plane]]): table indexes and means"},
+    {"sparse_conv", sparse_conv, METH_VARARGS,
+     "sparse_conv(x, weight, kh, kw, stride, out[, workers]): a convolution by the input's "
+     "nonzero values"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_intops",
-                                    "The integer h_s's layer ends.", -1, methods};
+                                    "The integer h_s's layer ends and sparse convolution.",
+                                    -1, methods};
 
 PyMODINIT_FUNC PyInit__intops(void) { return PyModule_Create(&module); }

@@ -16,7 +16,10 @@ products again, so the numbers are identical and only the speed changes. A digit
 runs as an int8 matrix product where the CPU has fast ones (AVX-512 VNNI, AMX), else as a
 float32 one, exact too: a sum of at most F32_TAPS products of digits stays within float32's
 24 bits (`digit_gemm` measures which, and how many digit products cost one float64 one;
-each layer takes the digits when its own count of them is cheaper). A hidden layer's end
+each layer takes the digits when its own count of them is cheaper). Input channels that
+are zero in the whole batch are left out of a product (most of z's), and a one-digit input
+that is mostly zeros (a photograph's activations: 93-95%) is multiplied by its nonzero
+values alone (`_intops.sparse_conv`), exact in float32 in any order. A hidden layer's end
 (recombination, bias, ReLU, fixed point) then runs in one pass in C (`_intops`, int64) and
 hands the next layer int32 activations, and the last layer's end picks each symbol's coding
 table and mean in its own pass (`TablesAndMeans`: what decoding keeps of h_s).
@@ -405,6 +408,19 @@ def _digit_conv(planes: list[torch.Tensor], w_digits: _WeightDigits,
     out = torch.empty((B, C_out, Ho, Wo) if planar else (B, Ho, Wo, C_out),
                       dtype=torch.float64 if end is None else torch.int32)
     step = max(1, PRODUCT_ROWS // (planes[0].element_size() * max(1, Ho * Wo)))
+    if _sparse_enough(planes, w_digits, kernel, stride, B * Ho * Wo):
+        step = max(step, SPARSE_ROWS // max(1, Ho * Wo))
+        for b in range(0, B, step):
+            part, target = planes[0][b:b + step], out[b:b + step]
+            product = torch.empty(len(part) * Ho * Wo, C_out, dtype=torch.float32)
+            _intops.sparse_conv(part.numpy(), w_digits.planes[0].numpy(), kh, kw, stride,
+                                product.numpy(), torch.get_num_threads())
+            if end is None:
+                target.view(-1, C_out).copy_(product)
+            else:
+                end.compiled([product.numpy()], [0], (target if planar
+                                                      else target.view(-1, C_out)).numpy())
+        return out
     for b in range(0, B, step):
         patches = []
         for plane in planes:           # (n, Ho, Wo, kh, kw, C) as a view, then one copy
@@ -416,6 +432,27 @@ def _digit_conv(planes: list[torch.Tensor], w_digits: _WeightDigits,
         part = out[b:b + step]
         _limb_matmul(patches, w_digits, part if planar else part.view(-1, C_out), end)
     return out
+
+
+SPARSE_SHARE = 0.3        # a one-digit product with fewer nonzero input terms than this share
+                          # of its products runs by them alone (`_intops.sparse_conv`):
+                          # measured, docs/design.md
+SPARSE_ROWS = 16384       # output rows of one sparse product
+
+
+def _sparse_enough(planes: list[torch.Tensor], w_digits: _WeightDigits,
+                   kernel: tuple[int, int], stride: int, rows: int) -> bool:
+    """Whether a float32 digit product runs by the input's nonzero values alone: one digit
+    plane of input and of weight, summed exactly in one slice (so in any order), the
+    kernel built, and few enough of the products' terms nonzero (each nonzero input value
+    feeds about kh kw / stride^2 of the `rows` outputs; SPARSE_SHARE of the rows times
+    their taps at most) that skipping the zeros saves more than a dense product's speed."""
+    plane = planes[0]
+    if (_intops is None or len(planes) != 1 or len(w_digits.planes) != 1
+            or plane.dtype != torch.float32 or len(w_digits.slices[0]) != 1 or rows == 0):
+        return False
+    terms = int(torch.count_nonzero(plane)) * kernel[0] * kernel[1] / stride ** 2
+    return terms < SPARSE_SHARE * rows * w_digits.planes[0].shape[0]
 
 
 def _weight_digits(w: torch.Tensor, dtype: torch.dtype) -> _WeightDigits:
