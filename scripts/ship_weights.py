@@ -43,6 +43,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import re
 import sys
 import tempfile
 from dataclasses import replace
@@ -70,8 +71,20 @@ def _trained(name: str, args: argparse.Namespace, entries: list[dict], source: s
         return args.trained
     earlier = next((e["trained"] for e in entries if e["name"] == name), None)
     if args.lease:
-        return accumulate(earlier, _lease_of(args.lease, source))
-    return chain(earlier, args.plan_status, name, source)
+        return accumulate(earlier, _committed(_lease_of(args.lease, source)))
+    return _committed(chain(earlier, args.plan_status, name, source))
+
+
+def _committed(lease: dict) -> dict:
+    """`lease` if it names the commit its code ran at; SystemExit before anything is
+    written otherwise: a run from uncommitted changes ("-dirty") cannot be reproduced, and
+    the manifest would carry a history no commit holds."""
+    commit = str(lease.get("commit", ""))
+    if not re.fullmatch(r"[0-9a-f]{7,40}", commit):
+        raise SystemExit(f"the lease ran at commit {commit!r}, not a commit of this "
+                         "repository (uncommitted changes?): rerun it from a commit, or set "
+                         "its commit to the one whose code it ran")
+    return lease
 
 
 def _lease_of(leases: list[dict], source: str) -> dict:
@@ -279,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="with --only-if-better: a class-balanced "
                         "subset (a folder of images: its first N)")
     args = parser.parse_args(argv)
+    for lease in args.lease:          # refused before the gate runs, not after it
+        _committed(lease)
     path = WEIGHTS / MANIFEST
     images = ([(read_image(f)[None], None) for f in sorted(Path(args.check).glob("*.png"))]
               if args.check else [])

@@ -206,6 +206,11 @@ def test_a_lease_no_plan_ran_joins_the_shipped_files_history(tmp_path):
     assert (after["steps"], after["images_seen"]) == (before["steps"] + 2000,
                                                       before["images_seen"])
     assert after["plan"] == "tica_tools.refit" and after["commit"] == "abc1234"
+    (tmp_path / "dirty.json").write_text(json.dumps(dict(lease, commit="abc1234-dirty")))
+    manifest = (ship.WEIGHTS / "manifest.json").read_text()
+    with pytest.raises(SystemExit, match="'abc1234-dirty', not a commit"):
+        ship.main(["--codec", str(codec), "--lease", str(tmp_path / "dirty.json")])
+    assert (ship.WEIGHTS / "manifest.json").read_text() == manifest
 
 
 def test_one_shipping_at_a_time_edits_the_manifest(tmp_path):
