@@ -350,6 +350,62 @@ static inline int32_t bucket_index(const Buckets *t, double v) {
     return (int32_t)(base - bd) + (*base < v);
 }
 
+/* The table indexes of a row of scales v[0 .. n) into out: bucket_index of each. Where
+ * the CPU has AVX2 and each bucket holds one bound at most, four at a time without a branch
+ * on the values (the scalar one mispredicts where a channel's scales straddle the first
+ * bound): v clamped into [bd[0], bd[nb - 1]], its bucket's first entry and the one bound
+ * after it gathered, compared, then 0 below bd[0] and nb above bd[nb - 1], as there. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+__attribute__((target("avx2"))) static void bucket_row_avx2(const Buckets *t, const double *v,
+                                                            Py_ssize_t n, int32_t *out) {
+    const __m256d lo = _mm256_set1_pd(t->bounds[0]), hi = _mm256_set1_pd(t->bounds[t->count - 1]);
+    const __m256i key0 = _mm256_set1_epi64x((long long)t->key0);
+    const __m256i lanes = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);   /* 64-bit masks to 32 */
+    const __m128i top = _mm_set1_epi32((int)t->count);
+    Py_ssize_t c = 0;
+    for (; c + 4 <= n; c += 4) {
+        __m256d x = _mm256_loadu_pd(v + c);
+        __m256d in = _mm256_min_pd(_mm256_max_pd(x, lo), hi);        /* (NaN: lo) */
+        __m256i key = _mm256_sub_epi64(_mm256_srli_epi64(_mm256_castpd_si256(in), 52 - SUB_BITS),
+                                       key0);
+        __m128i i = _mm256_i64gather_epi32((const int *)t->first, key, 4);
+        for (int k = 0; k < t->steps; k++) {
+            __m256d below = _mm256_cmp_pd(_mm256_i32gather_pd(t->padded, i, 8), in, _CMP_LT_OQ);
+            i = _mm_sub_epi32(i, _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(
+                _mm256_castpd_si256(below), lanes)));                  /* +1 where below */
+        }
+        __m128i above = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(
+            _mm256_castpd_si256(_mm256_cmp_pd(x, hi, _CMP_GT_OQ)), lanes));
+        __m128i inside = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(
+            _mm256_castpd_si256(_mm256_cmp_pd(x, lo, _CMP_GT_OQ)), lanes));
+        i = _mm_and_si128(_mm_blendv_epi8(i, top, above), inside);
+        _mm_storeu_si128((__m128i *)(out + c), i);
+    }
+    for (; c < n; c++)
+        out[c] = bucket_index(t, v[c]);
+}
+
+static int has_avx2(void) {
+    static int known = -1;
+    if (known < 0)
+        known = __builtin_cpu_supports("avx2") ? 1 : 0;
+    return known;
+}
+#endif
+
+static void bucket_row(const Buckets *t, const double *v, Py_ssize_t n, int32_t *out) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (t->keys && t->steps <= 1 && has_avx2()) {
+        bucket_row_avx2(t, v, n, out);
+        return;
+    }
+#endif
+    for (Py_ssize_t c = 0; c < n; c++)
+        out[c] = bucket_index(t, v[c]);
+}
+
 #define BLOCK 16                /* rows last_layer ends at a time */
 
 /* last_layer's rows [first, stop), BLOCK at a time: acc is a row's scratch and v a
@@ -361,7 +417,8 @@ static WIDE_VECTORS void last_rows(const Parts *p, Py_ssize_t first, Py_ssize_t 
                                    Py_ssize_t cols, Py_ssize_t half, Py_ssize_t plane,
                                    const int64_t *add, const double *bias_d, int64_t *acc,
                                    const double *inv, const double *g,
-                                   const Buckets *buckets, double *v, int32_t *o) {
+                                   const Buckets *buckets, double *v, int32_t *picked,
+                                   int32_t *o) {
     /* one part of weight 1 and a bias within 2^52: acc in float64 directly, exactly (an
      * int32 plus such a bias lies within 2^53), in vector lanes that int64 lacks here */
     int direct = p->count == 1 && p->shift[0] == 0 && bias_d != NULL;
@@ -386,6 +443,8 @@ static WIDE_VECTORS void last_rows(const Parts *p, Py_ssize_t first, Py_ssize_t 
                     vj[c] = (double)acc[c] * inv[c] * g[c];
             }
         }
+        for (Py_ssize_t j = 0; j < n; j++)
+            bucket_row(buckets, v + j * cols, half, picked + j * half);
         /* out[r + j][c] at base + c * cs + j * rs */
         Py_ssize_t cs = 1, rs = cols;
         int32_t *base = o + r * cols;
@@ -396,7 +455,7 @@ static WIDE_VECTORS void last_rows(const Parts *p, Py_ssize_t first, Py_ssize_t 
         }
         for (Py_ssize_t c = 0; c < half; c++)
             for (Py_ssize_t j = 0; j < n; j++)
-                base[c * cs + j * rs] = bucket_index(buckets, v[j * cols + c]);
+                base[c * cs + j * rs] = picked[j * half + c];
         for (Py_ssize_t c = half; c < cols; c++)
             for (Py_ssize_t j = 0; j < n; j++) {
                 float m = (float)v[j * cols + c];
@@ -463,10 +522,12 @@ static PyObject *last_layer(PyObject *self, PyObject *args) {
     int64_t *add = malloc((1 + (size_t)nt) * (size_t)cols * sizeof(int64_t));
     double *inv = malloc((size_t)cols * sizeof(double));
     double *v = malloc((size_t)nt * BLOCK * (size_t)cols * sizeof(double));
-    if (!add || !inv || !v || buckets_init(&buckets, bounds.buf, nb)) {
+    int32_t *picked = malloc((size_t)nt * BLOCK * (size_t)cols * sizeof(int32_t));
+    if (!add || !inv || !v || !picked || buckets_init(&buckets, bounds.buf, nb)) {
         free(add);
         free(inv);
         free(v);
+        free(picked);
         buckets_free(&buckets);
         PyErr_NoMemory();
         goto done;
@@ -484,12 +545,14 @@ static PyObject *last_layer(PyObject *self, PyObject *args) {
         Py_ssize_t first, stop;
         share(n / cols, t, nt, &first, &stop);
         last_rows(&p, first, stop, cols, half, plane, add, small_bias ? b : NULL,
-                  add + (1 + t) * cols, inv, g, &buckets, v + t * BLOCK * cols, o);
+                  add + (1 + t) * cols, inv, g, &buckets, v + t * BLOCK * cols,
+                  picked + t * BLOCK * cols, o);
     }
     Py_END_ALLOW_THREADS
     free(add);
     free(inv);
     free(v);
+    free(picked);
     buckets_free(&buckets);
     result = Py_NewRef(Py_None);
 done:
