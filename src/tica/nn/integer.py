@@ -346,9 +346,10 @@ class TablesAndMeans:
 
     @staticmethod
     def split(picked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """This end's int32 output -> (table indexes int32, means float32), contiguous."""
+        """This end's int32 output -> (table indexes int32, contiguous for the coder; means
+        float32, a view of it: their one reader adds them to the symbols)."""
         indexes, means = picked.chunk(2, dim=1)
-        return indexes.contiguous(), means.contiguous().view(torch.float32)
+        return indexes.contiguous(), means.view(torch.float32)
 
     def compiled_end(self, layer: _IntLayer) -> _TablesEnd | None:
         """The compiled form for this layer, if `_intops` is built and one gain serves the
