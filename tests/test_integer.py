@@ -302,6 +302,13 @@ def test_the_compiled_epilogue_gives_requantizes_integers_at_the_extremes():
         assert torch.equal(out.double(), expected)
         assert 0 < int((expected == 0).sum())
         assert 0 < int((expected == 2 ** integer.ACT_BITS - 1).sum())
+        as_float = torch.empty(rows, cols, dtype=torch.float32)    # the same, as float32
+        _intops.hidden_layer([p.numpy() for p in parts], [0, 1, 2], bias.numpy(),
+                             shifts.numpy(), 2 ** integer.ACT_BITS - 1, cols, as_float.numpy())
+        assert torch.equal(as_float.double(), expected)
+    with pytest.raises(ValueError, match="float32 for act_max below 2"):
+        _intops.hidden_layer([parts[0].numpy()], [0], bias.numpy(), rshift.numpy(), 2 ** 24,
+                             cols, as_float.numpy())
     with pytest.raises(ValueError, match="cols"):
         _intops.hidden_layer([parts[0].numpy()], [0], bias.numpy(), rshift.numpy(), 255, cols + 1,
                              out.numpy())

@@ -171,10 +171,18 @@ static void release(Py_buffer *view) {
 /* hidden_layer's rows [first, stop): acc is a row's scratch, add the bias as integers. */
 static WIDE_VECTORS void hidden_rows(const Parts *p, Py_ssize_t first, Py_ssize_t stop,
                                      Py_ssize_t cols, const int64_t *add, int64_t *acc,
-                                     const int64_t *r, int plain, int64_t act_max, int32_t *o) {
+                                     const int64_t *r, int plain, int64_t act_max, int32_t *o,
+                                     float *of, int32_t *scratch) {
     for (Py_ssize_t i0 = first * cols; i0 < stop * cols; i0 += cols) {
         accumulate_row(p, i0, 0, cols, add, acc);
-        int32_t *row = o + i0;
+        int32_t *row = of ? scratch : o + i0;       /* float32 out: the row, then converted */
+        if (of && plain) {
+            for (Py_ssize_t c = 0; c < cols; c++) {
+                int64_t v = (acc[c] > 0 ? acc[c] : 0) >> r[c];
+                of[i0 + c] = (float)(int32_t)(v < act_max ? v : act_max);
+            }
+            continue;
+        }
         if (plain) {
             for (Py_ssize_t c = 0; c < cols; c++) {
                 int64_t v = (acc[c] > 0 ? acc[c] : 0) >> r[c];      /* ReLU, floor */
@@ -193,6 +201,9 @@ static WIDE_VECTORS void hidden_rows(const Parts *p, Py_ssize_t first, Py_ssize_
                 v = (a > act_max || -r[c] >= 32) ? act_max : a << -r[c];
             row[c] = (int32_t)(v < act_max ? v : act_max);
         }
+        if (of)
+            for (Py_ssize_t c = 0; c < cols; c++)
+                of[i0 + c] = (float)row[c];
     }
 }
 
@@ -202,7 +213,8 @@ static WIDE_VECTORS void hidden_rows(const Parts *p, Py_ssize_t first, Py_ssize_
  *   bias:   float64 buffer of cols integers
  *   rshift: int64 buffer of cols shifts: the activation is floor(relu(acc) / 2^rshift)
  *           (a negative one multiplies by 2^-rshift)
- *   out:    writable int32 buffer of rows * cols values */
+ *   out:    writable int32 buffer of rows * cols values, or float32 (exact: act_max is
+ *           below 2^24 there) */
 static PyObject *hidden_layer(PyObject *self, PyObject *args) {
     PyObject *parts_obj, *shifts_obj, *bias_obj, *rshift_obj, *out_obj;
     long long act_max;
@@ -219,8 +231,18 @@ static PyObject *hidden_layer(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     if (get_sized(bias_obj, &bias, 0, cols * (Py_ssize_t)sizeof(double), "bias")
         || get_sized(rshift_obj, &rshift, 0, cols * (Py_ssize_t)sizeof(int64_t), "rshift")
-        || get_sized(out_obj, &out, 1, -1, "out"))
+        || PyObject_GetBuffer(out_obj, &out, PyBUF_WRITABLE | PyBUF_FORMAT))
         goto done;
+    const char *format = out.format ? out.format : "B";
+    if (*format == '<' || *format == '=' || *format == '@')
+        format++;
+    int to_float = strcmp(format, "f") == 0;
+    if (out.itemsize != 4 || !(to_float || strcmp(format, "i") == 0)
+        || (to_float && act_max >= (1 << 24))) {
+        PyErr_SetString(PyExc_ValueError, "hidden_layer: out is int32, or float32 for "
+                        "act_max below 2^24");
+        goto done;
+    }
     Py_ssize_t n = out.len / (Py_ssize_t)sizeof(int32_t);
     if (n % cols) {
         PyErr_SetString(PyExc_ValueError, "hidden_layer: out's size does not match cols");
@@ -232,9 +254,12 @@ static PyObject *hidden_layer(PyObject *self, PyObject *args) {
     const int64_t *r = rshift.buf;
     int32_t *o = out.buf;
     int nt = team_size(workers, n);
-    /* the bias as integers, then a row's scratch per thread */
+    /* the bias as integers, then a row's scratch per thread (and int32 rows for float32) */
     int64_t *add = malloc((1 + (size_t)nt) * (size_t)cols * sizeof(int64_t));
-    if (!add) {
+    int32_t *rows = malloc((size_t)nt * (size_t)cols * sizeof(int32_t));
+    if (!add || !rows) {
+        free(add);
+        free(rows);
         PyErr_NoMemory();
         goto done;
     }
@@ -249,10 +274,12 @@ static PyObject *hidden_layer(PyObject *self, PyObject *args) {
         int t = THREAD_NUM();
         Py_ssize_t first, stop;
         share(n / cols, t, nt, &first, &stop);
-        hidden_rows(&p, first, stop, cols, add, add + (1 + t) * cols, r, plain, act_max, o);
+        hidden_rows(&p, first, stop, cols, add, add + (1 + t) * cols, r, plain, act_max,
+                    to_float ? NULL : o, to_float ? (float *)out.buf : NULL, rows + t * cols);
     }
     Py_END_ALLOW_THREADS
     free(add);
+    free(rows);
     result = Py_NewRef(Py_None);
 done:
     parts_release(&p);

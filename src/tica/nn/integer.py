@@ -21,8 +21,9 @@ are zero in the whole batch are left out of a product (most of z's), and a one-d
 that is mostly zeros (a photograph's activations: 93-95%) is multiplied by its nonzero
 values alone (`_intops.sparse_conv`), exact in float32 in any order. A hidden layer's end
 (recombination, bias, ReLU, fixed point) then runs in one pass in C (`_intops`, int64) and
-hands the next layer int32 activations, and the last layer's end picks each symbol's coding
-table and mean in its own pass (`TablesAndMeans`: what decoding keeps of h_s).
+hands the next layer its activations (int32, or float32 after float32 products), and the
+last layer's end picks each symbol's coding table and mean in its own pass
+(`TablesAndMeans`: what decoding keeps of h_s).
 
 Layout of the fixed point: z_hat enters as plain integers (exponent 0). Each output
 channel o of a layer has a power-of-two weight exponent e_o chosen so |w_int| < 2^WEIGHT_BITS;
@@ -382,6 +383,8 @@ def _digit_planes(x: torch.Tensor, pad: tuple[int, int, int, int], count: int,
     if live is not None:
         x = x.index_select(1, live.nonzero().flatten())
     x = x.permute(0, 2, 3, 1)
+    if count == 1 and not any(pad) and x.dtype == dtype and x.is_contiguous():
+        return [x]                          # a float32 layer's channels-last activations
     B, H, W, C = x.shape
     left, right, top, bottom = pad
     planes = []
@@ -390,6 +393,16 @@ def _digit_planes(x: torch.Tensor, pad: tuple[int, int, int, int], count: int,
         plane[:, top:top + H, left:left + W] = digit
         planes.append(plane)
     return planes
+
+
+def _out_dtype(end: "_HiddenEnd | _TablesEnd | None", dtype: torch.dtype) -> torch.dtype:
+    """What a digit product of `dtype` digits writes: float64 sums without an end; a
+    hidden end's activations as float32 where the products are float32 (the next layer's
+    digits as they are: activations below 2^24, exact), else int32; the tables' int32."""
+    if end is None:
+        return torch.float64
+    hidden_float = isinstance(end, _HiddenEnd) and dtype == torch.float32 and end.act_bits <= 24
+    return torch.float32 if hidden_float else torch.int32
 
 
 def _digit_conv(planes: list[torch.Tensor], w_digits: _WeightDigits,
@@ -407,7 +420,7 @@ def _digit_conv(planes: list[torch.Tensor], w_digits: _WeightDigits,
     Ho, Wo = (H - kh) // stride + 1, (W - kw) // stride + 1
     C_out, planar = w_digits.planes[0].shape[1], end is not None and end.planar
     out = torch.empty((B, C_out, Ho, Wo) if planar else (B, Ho, Wo, C_out),
-                      dtype=torch.float64 if end is None else torch.int32)
+                      dtype=_out_dtype(end, planes[0].dtype))
     step = max(1, PRODUCT_ROWS // (planes[0].element_size() * max(1, Ho * Wo)))
     if _sparse_enough(planes, w_digits, kernel, stride, B * Ho * Wo):
         step = max(step, SPARSE_ROWS // max(1, Ho * Wo))
@@ -541,7 +554,7 @@ def _digit_linear(layer: _IntLayer, x: torch.Tensor, digits: int, gemm: str,
     Wo = (W - 1) * s - 2 * p + k + layer.output_padding
     C_out = layer.weight.shape[1]
     out = torch.empty((B, C_out, Ho, Wo) if planar else (B, Ho, Wo, C_out),
-                      dtype=torch.float64 if end is None else torch.int32)
+                      dtype=_out_dtype(end, dtype))
     phases = out if planar else out.permute(0, 3, 1, 2)
     reach = -(-k // s) - 1                    # the most taps of a phase, less one
     planes = _digit_planes(x, (reach,) * 4, digits, dtype, live)   # once for all phases
@@ -705,7 +718,7 @@ class IntegerHyperSynthesis:
         float64 convolutions on the CPU."""
         if x.device.type != "cpu":
             acc = _gemm_linear(layer, x)
-        elif x.dtype != torch.float64:   # int32 activations from a digit layer before
+        elif x.dtype != torch.float64:   # activations from a digit layer before
             return cls._linear(layer, x.double())
         elif layer.transposed:       # the CPU's float64 convolutions are GEMMs
             acc = F.conv_transpose2d(x, layer.weight, None, layer.stride, layer.padding,
@@ -751,7 +764,7 @@ class IntegerHyperSynthesis:
             acc = self._linear(layer, x)
         else:
             gemm, count = digits
-            if not last:                     # int32 activations, the same integers
+            if not last:                     # activations, the same integers
                 return _digit_linear(layer, x, count, gemm, _hidden_end(layer))
             end = keep.compiled_end(layer) if isinstance(keep, TablesAndMeans) else None
             if end is not None:              # indexes and means in the product's own pass
