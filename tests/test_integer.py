@@ -695,3 +695,23 @@ def test_float32_digits_wait_for_ieee_float32_products(monkeypatch):
     finally:
         matmul.fp32_precision = before
     assert integer.digit_gemm()[0] == "float32"
+
+
+def test_the_layer_benchmark_times_every_way_on_real_images(capsys):
+    """benchmarks/hs_layers.py: a row per layer of both models with its live channels and
+    zeros (z's mostly dead channels, a photograph's mostly-zero activations), the three
+    ways checked to agree, and a total per model."""
+    from conftest import DATA, REPO, load_module
+    bench = load_module(REPO / "benchmarks" / "hs_layers.py")
+    assert bench.main(["--images", "8", "--photos", "1", "--rounds", "1",
+                       "--data", str(DATA)]) == 0
+    rows = [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| tica-")]
+    assert [(r[0], r[1]) for r in rows] == [
+        (f"{m} ({n})", layer) for m, n in (("tica-cifar", 8), ("tica-photo", 1))
+        for layer in ("1", "2 (transposed)", "3", "all")]
+    z_cifar, z_photo = rows[0], rows[4]
+    assert z_cifar[2] == "128x4x4" and int(z_cifar[3]) < 64
+    assert z_photo[2] == "128x7x7" and int(z_photo[3]) < 64
+    assert float(rows[6][4].rstrip("%")) > 50             # tica-photo's last layer's input
+    assert all(float(v) > 0 for r in rows for v in r[5:8])
