@@ -365,7 +365,8 @@ def test_the_layer_ends_read_float32_parts_as_their_integers():
     bias = torch.randint(-2 ** 30, 2 ** 30, (cols,), generator=g).double()
     rshift = torch.randint(0, 30, (cols,), generator=g)
     scale = torch.pow(2.0, torch.randint(8, 16, (cols,), generator=g).double())
-    gain, bounds = torch.ones(cols, dtype=torch.float64), GaussianConditional().scale_bounds.double()
+    gain = torch.ones(cols, dtype=torch.float64)
+    bounds = GaussianConditional().scale_bounds.double()
 
     def ends(parts):
         hidden, last = (torch.empty(rows, cols, dtype=torch.int32) for _ in range(2))
