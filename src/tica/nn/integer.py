@@ -534,9 +534,10 @@ def _digit_linear(layer: _IntLayer, x: torch.Tensor, digits: int, gemm: str,
                   end: _HiddenEnd | _TablesEnd | None = None) -> torch.Tensor:
     """The layer's exact accumulator (no bias) by digit products on the CPU (x split into
     `digits` digits, `input_digits`; the products int8 or float32 as `gemm` says): the
-    same integers as the float64 convolution; with `end`, what that end makes of it,
-    int32: a hidden layer's activations (`_hidden_end`: bias, ReLU and fixed point applied,
-    `requantize`'s integers) or the last layer's table indexes and means (`_TablesEnd`).
+    same integers as the float64 convolution; with `end`, what that end makes of it: a
+    hidden layer's activations (`_hidden_end`: bias, ReLU and fixed point applied,
+    `requantize`'s integers; int32, float32 after float32 products: `_out_dtype`) or the
+    last layer's table indexes and means (`_TablesEnd`, int32, planar).
     Input channels that are zero throughout x are left out (`_live_channels`).
     A stride-s transposed layer runs as s^2 ordinary convolutions, one per output phase
     (polyphase): output o of phase r = (o + p) mod s sums x[u - m] w[r + s m], a full
