@@ -620,6 +620,14 @@ static WIDE_VECTORS void sparse_rows(Py_ssize_t first, Py_ssize_t stop, Py_ssize
     }
 }
 
+/* The C values of pixel p (image p / (H W), row p / W % H, column p % W) of a strided
+ * (B, H, W, C) float32 buffer. */
+static const float *pixel_of(const Py_buffer *x, Py_ssize_t p) {
+    Py_ssize_t H = x->shape[1], W = x->shape[2];
+    return (const float *)((const char *)x->buf + p / (H * W) * x->strides[0]
+                           + p / W % H * x->strides[1] + p % W * x->strides[2]);
+}
+
 /* sparse_conv(x, weight, kh, kw, stride, out[, workers]) -> None
  *   x:      float32 array (B, H, W, C) of integers, any strides but unit ones along C
  *   weight: float32 buffer (kh kw C, C_out) of integers, rows ordered (tap row, tap
@@ -664,12 +672,10 @@ static PyObject *sparse_conv(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    const char *base = x.buf;
     int64_t nnz = 0;
     at[0] = 0;
     for (Py_ssize_t p = 0; p < pixels; p++) {
-        const float *px = (const float *)(base + p / (H * W) * x.strides[0]
-                                          + p / W % H * x.strides[1] + p % W * x.strides[2]);
+        const float *px = pixel_of(&x, p);
         for (Py_ssize_t c = 0; c < C; c++)
             nnz += px[c] != 0.0f;
         at[p + 1] = nnz;
@@ -681,8 +687,7 @@ static PyObject *sparse_conv(PyObject *self, PyObject *args) {
         goto done;
     }
     for (Py_ssize_t p = 0; p < pixels; p++) {
-        const float *px = (const float *)(base + p / (H * W) * x.strides[0]
-                                          + p / W % H * x.strides[1] + p % W * x.strides[2]);
+        const float *px = pixel_of(&x, p);
         int64_t e = at[p];
         for (Py_ssize_t c = 0; c < C; c++)
             if (px[c] != 0.0f) {
