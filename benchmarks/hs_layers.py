@@ -1,5 +1,6 @@
 """The integer h_s layer by layer, on one thread: how much of each layer's input is zero
-(whole channels, and values), and each layer's time with its products dense (float32 digit
+(whole channels, and values), and each layer's time with its products dense (the digit
+products this CPU runs fastest, `tica.nn.integer.digit_gemm`: int8, int16 or float32
 GEMMs), by the nonzero values alone (`_intops.sparse_conv`), and as the library chooses
 (`tica.nn.integer.SPARSE_SHARE`), on real images: tica-cifar on CIFAR-10 test images at q4,
 tica-photo on Imagenette validation images at q2. Every way gives the same integers (checked).
@@ -33,6 +34,7 @@ def layer_calls(model, z: torch.Tensor, quality: float) -> list[dict]:
     """Per layer of the model's integer h_s: its input's shape, live channels and zeros,
     and a call per way that runs the layer (with its end) on that input."""
     int_hs, x, rows = model.integer_h_s, z.double(), []
+    gemm = integer.digit_gemm()[0] or "float32"
     for i, layer in enumerate(int_hs.layers):
         last = i == len(int_hs.layers) - 1
         end = (TablesAndMeans(model.gaussian_conditional.scale_bounds,
@@ -47,9 +49,10 @@ def layer_calls(model, z: torch.Tensor, quality: float) -> list[dict]:
         for way, share in WAYS.items():
             def call(layer=layer, x=x, end=end, share=share):
                 saved = integer.SPARSE_SHARE
-                integer.SPARSE_SHARE = saved if share is None else share
+                integer.SPARSE_SHARE = (saved if share is None
+                                        else dict.fromkeys(saved, share))
                 try:
-                    return integer._digit_linear(layer, x, 1, "float32", end)
+                    return integer._digit_linear(layer, x, 1, gemm, end)
                 finally:
                     integer.SPARSE_SHARE = saved
             row["calls"][way] = call
@@ -71,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     counts = {"tica-cifar": args.images, "tica-photo": args.photos}
-    print(f"The integer h_s layer by layer, one thread of {cpu_name()}; ms per batch, the "
+    print(f"The integer h_s layer by layer, one thread of {cpu_name()}, "
+          f"{integer.digit_gemm()[0] or 'float32'} digit products; ms per batch, the "
           f"median of {args.rounds} interleaved rounds:\n")
     print("| model (batch) | layer | input | live channels | zeros among them | dense ms | "
           "by nonzero values ms | chosen ms |\n|---|---|---|---:|---:|---:|---:|---:|")

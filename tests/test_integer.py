@@ -448,14 +448,17 @@ def _table_choice(parts, shifts, bias, scale, gain, bounds, half):
 def test_the_compiled_table_choice_is_bucketizes_and_the_means_are_torchs():
     """tica.nn._intops.last_layer (the last layer's table indexes and means in one pass)
     against torch.bucketize and .float(): scales exactly on a bound, between, below the first
-    and past the last, zero and negative; bounds its buckets serve, bounds from zero (binary
-    search), bounds too far apart for buckets, no bounds; with and without a gain."""
+    and past the last, zero and negative; bounds its buckets serve (one gather each), two
+    bounds in one bucket (a search in it), bounds from zero (binary search), bounds too far
+    apart for buckets, no bounds; with and without a gain."""
     from tica.entropy import GaussianConditional
     g = torch.Generator().manual_seed(11)
     rows, cols, half = 53, 12, 6
     real = GaussianConditional().scale_bounds
     dyadic = torch.tensor([0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 64.0], dtype=torch.float64)
-    for bounds in (real, dyadic, torch.cat([torch.zeros(1, dtype=torch.float64), dyadic]),
+    crowded = torch.tensor([0.25, 0.25 + 2 ** -12, 0.5, 2.0], dtype=torch.float64)
+    for bounds in (real, dyadic, crowded,
+                   torch.cat([torch.zeros(1, dtype=torch.float64), dyadic]),
                    torch.tensor([1e-300, 1.0, 1e300], dtype=torch.float64),
                    torch.zeros(0, dtype=torch.float64)):
         for gain in (torch.ones(cols, dtype=torch.float64),
@@ -464,8 +467,9 @@ def test_the_compiled_table_choice_is_bucketizes_and_the_means_are_torchs():
                                    dtype=torch.int32), torch.randint(-3, 4, (rows, cols),
                                                                      generator=g, dtype=torch.int32)]
             parts[0][:4, :half] = torch.tensor([0, -1, 2 ** 20, -2 ** 20], dtype=torch.int32)[:, None]
-            # exactly on the dyadic bounds: acc = bound * 2^12 / gain where that is an integer
-            on = (dyadic * 2 ** 12).to(torch.int32)
+            # exactly on the dyadic bounds and the crowded ones: acc = bound * 2^12 / gain
+            # where that is an integer
+            on = (torch.cat([dyadic, crowded[1:2]]) * 2 ** 12).to(torch.int32)
             parts[0][4:4 + len(on), 0], parts[1][4:4 + len(on), 0] = on, 0
             bias = torch.randint(-2 ** 10, 2 ** 10, (cols,), generator=g).double()
             bias[0] = 0
@@ -490,8 +494,9 @@ def test_the_table_choice_writes_planar_and_takes_every_path_alike():
     image's channels first, for images whose pixels are no multiple of its blocks and rows
     shared among workers; one part of weight 1 with a bias within 2^52 (summed in float64)
     gives what torch's reference gives, as do a weight 2^7 and a bias past 2^52 (summed
-    in int64); a scale that is no power of two, or a plane that does not divide the rows,
-    is refused."""
+    in int64); parts laid out by columns (a transposed product) give the same; a scale
+    that is no power of two, a plane that does not divide the rows, or columns without a
+    plane, is refused."""
     from tica.entropy import GaussianConditional
     from tica.nn import _intops
     g = torch.Generator().manual_seed(13)
@@ -512,6 +517,20 @@ def test_the_table_choice_writes_planar_and_takes_every_path_alike():
                                    scale.numpy(), gain.numpy(), bounds.numpy(), half, cols,
                                    planar.numpy(), workers, pixels)
                 assert torch.equal(planar, expected.view(images, pixels, cols).transpose(1, 2))
+                # the parts as a transposed product gives them: (cols, rows)
+                by_columns = torch.empty(images, cols, pixels, dtype=torch.int32)
+                _intops.last_layer([p.t().contiguous().numpy() for p in parts], [shift],
+                                   bias.numpy(), scale.numpy(), gain.numpy(), bounds.numpy(),
+                                   half, cols, by_columns.numpy(), workers, pixels, True)
+                assert torch.equal(by_columns, planar)
+    # two parts by columns (summed in int64), one of them float32
+    two = [part, torch.randint(-3, 4, (rows, cols), generator=g, dtype=torch.int32).float()]
+    got, expected, _ = _table_choice(two, [0, 1], bias, scale, gain, bounds, half)
+    by_columns = torch.empty(images, cols, pixels, dtype=torch.int32)
+    _intops.last_layer([p.t().contiguous().numpy() for p in two], [0, 1], bias.numpy(),
+                       scale.numpy(), gain.numpy(), bounds.numpy(), half, cols,
+                       by_columns.numpy(), 2, pixels, True)
+    assert torch.equal(by_columns, expected.view(images, pixels, cols).transpose(1, 2))
     args = [part.numpy()], [0], bias.numpy()
     out = torch.empty(rows, cols, dtype=torch.int32).numpy()
     with pytest.raises(ValueError, match="power of two"):
@@ -520,6 +539,45 @@ def test_the_table_choice_writes_planar_and_takes_every_path_alike():
     with pytest.raises(ValueError, match="plane"):
         _intops.last_layer(*args, scale.numpy(), gain.numpy(), bounds.numpy(), half, cols, out,
                            1, pixels + 1)
+    with pytest.raises(ValueError, match="with columns"):   # columns need a plane
+        _intops.last_layer(*args, scale.numpy(), gain.numpy(), bounds.numpy(), half, cols, out,
+                           1, 0, True)
+
+
+def test_the_int16_product_is_the_int64_one_exactly():
+    """_intops.gemm_i16 against the int64 product: digits and weights at the extremes its
+    bound allows (a column's sum of |products| just below 2^31), taps odd and even,
+    columns and rows no multiple of its tiles, the product transposed, workers; the
+    weights `_int16_exact` takes whole and refuses; its refusals of wrong sizes."""
+    from tica.nn import _intops
+    g = torch.Generator().manual_seed(21)
+    cases = [(1, 1, 1), (5, 3, 17), (9, 96, 192), (103, 171, 40), (7, 511, 16)]
+    for rows, k, n in cases:
+        a = torch.randint(-128, 128, (rows, k), generator=g, dtype=torch.int16)
+        w = torch.randint(-2 ** 15 + 1, 2 ** 15, (k, n), generator=g, dtype=torch.int16)
+        if k == 511:                        # 511 * 128 * 32767 = 2^31 - 8,385,537
+            a[:], w[:, :8] = -128, -(2 ** 15 - 1)
+        else:                               # within the bound: |w| up to 2^31 / 128 / k
+            w = torch.div(w, -(-(2 ** 15) * k // 2 ** 24), rounding_mode="trunc")
+        expected = a.long() @ w.long()
+        assert int(expected.abs().max()) < 2 ** 31
+        packed = integer._pack_int16(w)
+        for workers, columns in ((1, False), (3, False), (1, True), (2, True)):
+            out = torch.empty((n, rows) if columns else (rows, n), dtype=torch.int32)
+            _intops.gemm_i16(a.numpy(), packed.numpy(), k, n, out.numpy(), workers, columns)
+            assert torch.equal((out.t() if columns else out).long(), expected), (rows, k, n)
+    assert integer._int16_exact(torch.full((4, 2, 1, 1), -127.0), False)
+    assert not integer._int16_exact(torch.full((4, 2 ** 10, 3, 3), 2.0 ** 14 - 1), False)
+    assert not integer._int16_exact(torch.full((1, 1, 1, 1), 2.0 ** 15), True)
+    out = torch.empty(4, 16, dtype=torch.int32)
+    a, packed = torch.zeros(4, 8, dtype=torch.int16), integer._pack_int16(
+        torch.zeros(8, 16, dtype=torch.int16))
+    with pytest.raises(ValueError, match="packed"):
+        _intops.gemm_i16(a.numpy(), packed.numpy(), 10, 16, out.numpy())
+    with pytest.raises(ValueError, match="a does not match"):
+        _intops.gemm_i16(a[:3].numpy(), packed.numpy(), 8, 16, out.numpy())
+    with pytest.raises(ValueError, match="k >= 1"):
+        _intops.gemm_i16(a.numpy(), packed.numpy(), 0, 16, out.numpy())
 
 
 def test_the_sparse_convolution_is_the_dense_one_exactly():
@@ -552,14 +610,15 @@ def test_the_sparse_convolution_is_the_dense_one_exactly():
         _intops.sparse_conv(window.double().numpy(), w.numpy(), kh, kw, stride, out.numpy())
 
 
+@pytest.mark.parametrize("gemm", ["float32", "int16"])
 @pytest.mark.parametrize("share", [0.0, float("inf")])
-def test_digit_layers_give_the_same_numbers_sparse_or_dense(share, monkeypatch):
+def test_digit_layers_give_the_same_numbers_sparse_or_dense(share, gemm, monkeypatch):
     """A digit layer runs by its input's nonzero values where they are few enough
-    (SPARSE_SHARE): with every layer forced dense (0) or sparse (inf), the integer
-    h_s gives the int64 reference's numbers, and tica-cifar's decoder the same tables and
-    means, for real and mostly-zero inputs."""
-    monkeypatch.setenv(integer.GEMM_ENV, "float32")
-    monkeypatch.setattr(integer, "SPARSE_SHARE", share)
+    (SPARSE_SHARE): with every layer forced dense (0) or sparse (inf), float32 or int16
+    products, the integer h_s gives the int64 reference's numbers, and tica-cifar's
+    decoder the same tables and means, for real and mostly-zero inputs."""
+    monkeypatch.setenv(integer.GEMM_ENV, gemm)
+    monkeypatch.setattr(integer, "SPARSE_SHARE", dict.fromkeys(integer.SPARSE_SHARE, share))
     int_hs = IntegerHyperSynthesis.build(_trained_like_h_s())
     g = torch.Generator().manual_seed(6)
     z = torch.randint(-3, 4, (3, 32, 5, 6), generator=g).double()
@@ -568,9 +627,9 @@ def test_digit_layers_give_the_same_numbers_sparse_or_dense(share, monkeypatch):
     model = tica.load("tica-cifar")
     x = torch.rand(4, 3, 32, 32, generator=g)
     z_int = model.analyze(x, 4.0)[0]
-    monkeypatch.setattr(integer, "SPARSE_SHARE", 0.0)
+    monkeypatch.setattr(integer, "SPARSE_SHARE", dict.fromkeys(integer.SPARSE_SHARE, 0.0))
     dense = model._hyper_decode(z_int, 4.0)
-    monkeypatch.setattr(integer, "SPARSE_SHARE", share)
+    monkeypatch.setattr(integer, "SPARSE_SHARE", dict.fromkeys(integer.SPARSE_SHARE, share))
     got = model._hyper_decode(z_int, 4.0)
     assert (got[0] == dense[0]).all() and torch.equal(got[1], dense[1])
 

@@ -128,11 +128,14 @@ static inline uint32_t dec_table(Decoder *d, const uint32_t *cdf, int32_t length
 
 /* ---- one segment of one image --------------------------------------------------------- */
 
+#define RUNS 4                  /* group_by_table's independent runs of positions */
+
 typedef struct {               /* per-thread scratch, sized for the largest segment */
     int32_t *symbols, *order, *escaped;
     int32_t *steps;             /* decoding: the table of each step, in decoding order */
     uint32_t *u;
     int64_t *bounds;
+    int32_t *cursors;           /* group_by_table's: RUNS rows of tables + 1 */
 } Scratch;
 
 static int scratch_alloc(Scratch *s, Py_ssize_t n, Py_ssize_t tables) {
@@ -143,28 +146,55 @@ static int scratch_alloc(Scratch *s, Py_ssize_t n, Py_ssize_t tables) {
     s->steps = malloc(m * sizeof(int32_t));
     s->u = malloc(m * sizeof(uint32_t));
     s->bounds = malloc(((size_t)tables + 1) * sizeof(int64_t));
-    return s->symbols && s->order && s->escaped && s->steps && s->u && s->bounds ? 0 : -1;
+    s->cursors = malloc(RUNS * ((size_t)tables + 1) * sizeof(int32_t));
+    return s->symbols && s->order && s->escaped && s->steps && s->u && s->bounds
+        && s->cursors ? 0 : -1;
 }
 
 static void scratch_free(Scratch *s) {
     free(s->symbols); free(s->order); free(s->escaped); free(s->steps); free(s->u);
-    free(s->bounds);
+    free(s->bounds); free(s->cursors);
 }
 
 /* order: the symbols' positions grouped by table (stable); bounds[t]..bounds[t+1] is
- * table t's group. -1 if an index is out of range. */
+ * table t's group. -1 if an index is out of range. The positions are taken as RUNS
+ * contiguous runs, one step of each in turn, each run counting and placing with its own
+ * cursors: one cursor would make each step wait for the last one's store to it (a
+ * trained model's indexes repeat, most of them 0), RUNS chains overlap. */
 static int group_by_table(const int32_t *idx, Py_ssize_t n, Py_ssize_t tables, Scratch *s) {
     int64_t *b = s->bounds;
-    memset(b, 0, ((size_t)tables + 1) * sizeof(int64_t));
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (idx[i] < 0 || idx[i] >= tables) return -1;
-        b[idx[i] + 1]++;
+    int32_t *cur = s->cursors;
+    Py_ssize_t w = tables + 1, len = n / RUNS, start[RUNS + 1];
+    for (int r = 0; r <= RUNS; r++)
+        start[r] = r * len;
+    start[RUNS] = n;                           /* the last run takes what n / RUNS leaves */
+    memset(cur, 0, RUNS * (size_t)w * sizeof(int32_t));
+    uint32_t outside = 0;                      /* one pass without a branch: vectors */
+    for (Py_ssize_t i = 0; i < n; i++)
+        outside |= (uint32_t)idx[i] >= (uint64_t)tables;
+    if (outside) return -1;
+    for (Py_ssize_t i = 0; i < len; i++)
+        for (int r = 0; r < RUNS; r++)
+            cur[r * w + idx[start[r] + i]]++;
+    for (Py_ssize_t i = start[RUNS - 1] + len; i < n; i++)
+        cur[(RUNS - 1) * w + idx[i]]++;
+    int64_t at = 0;                  /* cursors: where each run's first of each table goes */
+    for (Py_ssize_t t = 0; t < tables; t++) {
+        b[t] = at;
+        for (int r = 0; r < RUNS; r++) {
+            int32_t c = cur[r * w + t];
+            cur[r * w + t] = (int32_t)at;
+            at += c;
+        }
     }
-    for (Py_ssize_t t = 0; t < tables; t++) b[t + 1] += b[t];
-    /* fill using a running cursor per table: bounds shifted by one, then restored */
-    for (Py_ssize_t i = 0; i < n; i++) s->order[b[idx[i]]++] = (int32_t)i;
-    for (Py_ssize_t t = tables; t > 0; t--) b[t] = b[t - 1];
-    b[0] = 0;
+    b[tables] = at;
+    for (Py_ssize_t i = 0; i < len; i++)
+        for (int r = 0; r < RUNS; r++) {
+            Py_ssize_t k = start[r] + i;
+            s->order[cur[r * w + idx[k]]++] = (int32_t)k;
+        }
+    for (Py_ssize_t i = start[RUNS - 1] + len; i < n; i++)
+        s->order[cur[(RUNS - 1) * w + idx[i]]++] = (int32_t)i;
     return 0;
 }
 

@@ -293,12 +293,16 @@ done:
 
 #define SUB_BITS 6              /* a bucket: 1/64 of an octave (the tables' steps are 1/6) */
 #define MAX_BUCKETS (1 << 16)
+#define REM_BITS (52 - SUB_BITS)    /* the bits of a double below its bucket's */
+#define REM_MASK ((UINT64_C(1) << REM_BITS) - 1)
 
 typedef struct {
     const double *bounds;
     Py_ssize_t count;
     double *padded;             /* the bounds, then +inf */
     int32_t *first;             /* per bucket: the number of bounds below its smallest value */
+    uint64_t *packed;           /* per bucket where each holds one bound at most: first << 46,
+                                 * or'd with the low 46 bits of its bound's (all ones: none) */
     uint64_t key0;
     Py_ssize_t keys;            /* 0: no buckets (a bound <= 0, or too many): binary search */
     int steps;                  /* the most bounds one bucket holds */
@@ -325,7 +329,7 @@ static int buckets_init(Buckets *t, const double *bounds, Py_ssize_t count) {
     if (count < 1 || !(bounds[0] > 0) || !isfinite(bounds[count - 1]))
         return 0;
     t->key0 = bits_of(bounds[0]) >> (52 - SUB_BITS);
-    Py_ssize_t keys = (Py_ssize_t)((bits_of(bounds[count - 1]) >> (52 - SUB_BITS)) - t->key0) + 1;
+    Py_ssize_t keys = (Py_ssize_t)((bits_of(bounds[count - 1]) >> REM_BITS) - t->key0) + 1;
     if (keys > MAX_BUCKETS)
         return 0;
     t->first = malloc((size_t)keys * sizeof(int32_t));
@@ -333,7 +337,7 @@ static int buckets_init(Buckets *t, const double *bounds, Py_ssize_t count) {
         return -1;
     Py_ssize_t below = 0;
     for (Py_ssize_t k = 0; k < keys; k++) {
-        uint64_t edge_bits = (t->key0 + (uint64_t)k) << (52 - SUB_BITS);
+        uint64_t edge_bits = (t->key0 + (uint64_t)k) << REM_BITS;
         double edge;
         memcpy(&edge, &edge_bits, sizeof(edge));
         while (below < count && bounds[below] < edge)
@@ -345,12 +349,25 @@ static int buckets_init(Buckets *t, const double *bounds, Py_ssize_t count) {
     if (count - t->first[keys - 1] > t->steps)
         t->steps = (int)(count - t->first[keys - 1]);
     t->keys = keys;
+    if (t->steps > 1)
+        return 0;
+    t->packed = malloc((size_t)keys * sizeof(uint64_t));
+    if (!t->packed)
+        return -1;
+    for (Py_ssize_t k = 0; k < keys; k++) {
+        Py_ssize_t i = t->first[k];     /* the bound in bucket k, if any: bounds[first[k]] */
+        uint64_t rem = REM_MASK;
+        if (i < count && (bits_of(bounds[i]) >> REM_BITS) == t->key0 + (uint64_t)k)
+            rem = bits_of(bounds[i]) & REM_MASK;
+        t->packed[k] = ((uint64_t)t->first[k] << REM_BITS) | rem;
+    }
     return 0;
 }
 
 static void buckets_free(Buckets *t) {
     free(t->padded);
     free(t->first);
+    free(t->packed);
 }
 
 /* The number of bounds below v (torch.bucketize's index, right=False). */
@@ -362,7 +379,7 @@ static inline int32_t bucket_index(const Buckets *t, double v) {
     if (v > bd[nb - 1])
         return (int32_t)nb;
     if (t->keys) {              /* bd[0] < v <= bd[nb - 1], so v > 0 and its bucket exists */
-        int32_t i = t->first[(bits_of(v) >> (52 - SUB_BITS)) - t->key0];
+        int32_t i = t->first[(bits_of(v) >> REM_BITS) - t->key0];
         for (int k = 0; k < t->steps; k++)  /* the bounds in v's bucket below v: a fixed */
             i += t->padded[i] < v;          /* count of steps, no branch to mispredict */
         return i;
@@ -380,8 +397,10 @@ static inline int32_t bucket_index(const Buckets *t, double v) {
 /* The table indexes of a row of scales v[0 .. n) into out: bucket_index of each. Where
  * the CPU has AVX2 and each bucket holds one bound at most, four at a time without a branch
  * on the values (the scalar one mispredicts where a channel's scales straddle the first
- * bound): v clamped into [bd[0], bd[nb - 1]], its bucket's first entry and the one bound
- * after it gathered, compared, then 0 below bd[0] and nb above bd[nb - 1], as there. */
+ * bound): v clamped into [bd[0], bd[nb - 1]], its bucket's packed entry gathered (one
+ * gather: the count below the bucket and the bucket's bound, whose bits compare as the
+ * doubles do), plus one where v's low bits pass the bound's, then 0 below bd[0] and nb
+ * above bd[nb - 1], as there. */
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 
@@ -389,20 +408,18 @@ __attribute__((target("avx2"))) static void bucket_row_avx2(const Buckets *t, co
                                                             Py_ssize_t n, int32_t *out) {
     const __m256d lo = _mm256_set1_pd(t->bounds[0]), hi = _mm256_set1_pd(t->bounds[t->count - 1]);
     const __m256i key0 = _mm256_set1_epi64x((long long)t->key0);
-    const __m256i lanes = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);   /* 64-bit masks to 32 */
+    const __m256i low = _mm256_set1_epi64x((long long)REM_MASK);
+    const __m256i lanes = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);   /* 64-bit lanes to 32 */
     const __m128i top = _mm_set1_epi32((int)t->count);
     Py_ssize_t c = 0;
     for (; c + 4 <= n; c += 4) {
         __m256d x = _mm256_loadu_pd(v + c);
-        __m256d in = _mm256_min_pd(_mm256_max_pd(x, lo), hi);        /* (NaN: lo) */
-        __m256i key = _mm256_sub_epi64(_mm256_srli_epi64(_mm256_castpd_si256(in), 52 - SUB_BITS),
-                                       key0);
-        __m128i i = _mm256_i64gather_epi32((const int *)t->first, key, 4);
-        for (int k = 0; k < t->steps; k++) {
-            __m256d below = _mm256_cmp_pd(_mm256_i32gather_pd(t->padded, i, 8), in, _CMP_LT_OQ);
-            i = _mm_sub_epi32(i, _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(
-                _mm256_castpd_si256(below), lanes)));                  /* +1 where below */
-        }
+        __m256i in = _mm256_castpd_si256(_mm256_min_pd(_mm256_max_pd(x, lo), hi)); /* NaN: lo */
+        __m256i key = _mm256_sub_epi64(_mm256_srli_epi64(in, REM_BITS), key0);
+        __m256i e = _mm256_i64gather_epi64((const long long *)t->packed, key, 8);
+        __m256i past = _mm256_cmpgt_epi64(_mm256_and_si256(in, low), _mm256_and_si256(e, low));
+        __m256i i64 = _mm256_sub_epi64(_mm256_srli_epi64(e, REM_BITS), past);  /* +1 past */
+        __m128i i = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(i64, lanes));
         __m128i above = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(
             _mm256_castpd_si256(_mm256_cmp_pd(x, hi, _CMP_GT_OQ)), lanes));
         __m128i inside = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(
@@ -424,7 +441,7 @@ static int has_avx2(void) {
 
 static void bucket_row(const Buckets *t, const double *v, Py_ssize_t n, int32_t *out) {
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (t->keys && t->steps <= 1 && has_avx2()) {
+    if (t->packed && has_avx2()) {
         bucket_row_avx2(t, v, n, out);
         return;
     }
@@ -492,6 +509,61 @@ static WIDE_VECTORS void last_rows(const Parts *p, Py_ssize_t first, Py_ssize_t 
     }
 }
 
+/* last_layer's images [first, stop) from parts laid out by columns ((cols, rows), rows =
+ * images * plane), into the planar out: each column's run of an image's pixels is
+ * contiguous in both, so every pass runs along it in vector lanes with the column's
+ * constants; acc and v are a run's scratch. The same arithmetic as last_rows. */
+static WIDE_VECTORS void last_columns(const Parts *p, Py_ssize_t first, Py_ssize_t stop,
+                                      Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t half,
+                                      Py_ssize_t plane, const int64_t *add,
+                                      const double *bias_d, int64_t *acc, const double *inv,
+                                      const double *g, const Buckets *buckets, double *v,
+                                      int32_t *o) {
+    int direct = p->count == 1 && p->shift[0] == 0 && bias_d != NULL;
+    for (Py_ssize_t image = first; image < stop; image++)
+        for (Py_ssize_t c = 0; c < cols; c++) {
+            Py_ssize_t i0 = c * rows + image * plane;
+            const double ic = inv[c], gc = g[c];
+            if (direct) {
+                const double b = bias_d[c];
+                if (p->is_float[0]) {
+                    const float *part = (const float *)p->part[0] + i0;
+                    for (Py_ssize_t j = 0; j < plane; j++)
+                        v[j] = ((double)part[j] + b) * ic * gc;
+                } else {
+                    const int32_t *part = (const int32_t *)p->part[0] + i0;
+                    for (Py_ssize_t j = 0; j < plane; j++)
+                        v[j] = ((double)part[j] + b) * ic * gc;
+                }
+            } else {
+                for (Py_ssize_t j = 0; j < plane; j++)
+                    acc[j] = add[c];
+                for (Py_ssize_t k = 0; k < p->count; k++) {
+                    const int64_t w = (int64_t)1 << p->shift[k];
+                    if (p->is_float[k]) {
+                        const float *part = (const float *)p->part[k] + i0;
+                        for (Py_ssize_t j = 0; j < plane; j++)
+                            acc[j] += (int64_t)(int32_t)part[j] * w;
+                    } else {
+                        const int32_t *part = (const int32_t *)p->part[k] + i0;
+                        for (Py_ssize_t j = 0; j < plane; j++)
+                            acc[j] += (int64_t)part[j] * w;
+                    }
+                }
+                for (Py_ssize_t j = 0; j < plane; j++)
+                    v[j] = (double)acc[j] * ic * gc;
+            }
+            int32_t *dst = o + (image * cols + c) * plane;
+            if (c < half) {
+                bucket_row(buckets, v, plane, dst);
+            } else {
+                float *mean = (float *)dst;
+                for (Py_ssize_t j = 0; j < plane; j++)
+                    mean[j] = (float)v[j];
+            }
+        }
+}
+
 /* last_layer(parts, shifts, bias, scale, gain, bounds, half, cols, out[, workers[, plane]])
  *   parts, shifts, bias: as hidden_layer's
  *   scale:  float64 buffer of cols powers of two 2^E: the output is v = acc / scale * gain
@@ -503,15 +575,20 @@ static WIDE_VECTORS void last_rows(const Parts *p, Py_ssize_t first, Py_ssize_t 
  *           table index, the number of bounds below v (torch.bucketize), a mean's the bits
  *           of v as a float32 (rounded to nearest, as torch's .float())
  *   plane:  0 (out row-major, as the parts), or the pixels of an image: out is (rows /
- *           plane, cols, plane), each image's channels planar */
+ *           plane, cols, plane), each image's channels planar
+ *   columns: 0 (each part (rows, cols), row-major), or 1: each part is (cols, rows), a
+ *           product computed transposed (with plane > 0 only) */
 static PyObject *last_layer(PyObject *self, PyObject *args) {
     PyObject *parts_obj, *shifts_obj, *bias_obj, *scale_obj, *gain_obj, *bounds_obj, *out_obj;
     Py_ssize_t half, cols, workers = 1, plane = 0;
-    if (!PyArg_ParseTuple(args, "OOOOOOnnO|nn", &parts_obj, &shifts_obj, &bias_obj, &scale_obj,
-                          &gain_obj, &bounds_obj, &half, &cols, &out_obj, &workers, &plane))
+    int columns = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOOnnO|nnp", &parts_obj, &shifts_obj, &bias_obj,
+                          &scale_obj, &gain_obj, &bounds_obj, &half, &cols, &out_obj, &workers,
+                          &plane, &columns))
         return NULL;
-    if (cols < 1 || half < 0 || half > cols || plane < 0) {
-        PyErr_SetString(PyExc_ValueError, "last_layer: cols >= 1, 0 <= half <= cols, plane >= 0");
+    if (cols < 1 || half < 0 || half > cols || plane < 0 || (columns && plane == 0)) {
+        PyErr_SetString(PyExc_ValueError, "last_layer: cols >= 1, 0 <= half <= cols, plane >= 0"
+                        " (> 0 with columns)");
         return NULL;
     }
     Py_buffer bias = {0}, scale = {0}, gain = {0}, bounds = {0}, out = {0};
@@ -545,10 +622,11 @@ static PyObject *last_layer(PyObject *self, PyObject *args) {
     Buckets buckets = {0};
     int nt = team_size(workers, n);
     /* the bias as integers and the scales' inverses (exact: powers of two), then a row's
-     * scratch per thread (acc, and v) */
-    int64_t *add = malloc((1 + (size_t)nt) * (size_t)cols * sizeof(int64_t));
+     * (or a run's) scratch per thread (acc, and v) */
+    Py_ssize_t span = columns && plane > BLOCK * cols ? plane : BLOCK * cols;
+    int64_t *add = malloc((1 + (size_t)nt) * (size_t)span * sizeof(int64_t));
     double *inv = malloc((size_t)cols * sizeof(double));
-    double *v = malloc((size_t)nt * BLOCK * (size_t)cols * sizeof(double));
+    double *v = malloc((size_t)nt * (size_t)span * sizeof(double));
     int32_t *picked = malloc((size_t)nt * BLOCK * (size_t)cols * sizeof(int32_t));
     if (!add || !inv || !v || !picked || buckets_init(&buckets, bounds.buf, nb)) {
         free(add);
@@ -570,10 +648,17 @@ static PyObject *last_layer(PyObject *self, PyObject *args) {
     {
         int t = THREAD_NUM();
         Py_ssize_t first, stop;
-        share(n / cols, t, nt, &first, &stop);
-        last_rows(&p, first, stop, cols, half, plane, add, small_bias ? b : NULL,
-                  add + (1 + t) * cols, inv, g, &buckets, v + t * BLOCK * cols,
-                  picked + t * BLOCK * cols, o);
+        if (columns) {
+            share(n / cols / plane, t, nt, &first, &stop);
+            last_columns(&p, first, stop, n / cols, cols, half, plane, add,
+                         small_bias ? b : NULL, add + (1 + t) * span, inv, g, &buckets,
+                         v + t * span, o);
+        } else {
+            share(n / cols, t, nt, &first, &stop);
+            last_rows(&p, first, stop, cols, half, plane, add, small_bias ? b : NULL,
+                      add + (1 + t) * span, inv, g, &buckets, v + t * span,
+                      picked + t * BLOCK * cols, o);
+        }
     }
     Py_END_ALLOW_THREADS
     free(add);
@@ -718,13 +803,195 @@ done:
     return result;
 }
 
+/* ---- an int16 product, exact in int32 ------------------------------------------------ */
+
+/* out (rows, n) int32 = a (rows, k) int16 times a weight (k, n) int16 packed by
+ * `_pack_int16`'s layout: per block of 16 columns, per pair of taps, the 16 columns' two taps
+ * side by side (the operand of vpmaddwd, which multiplies int16 pairs and adds each
+ * pair's two products into an int32). Every sum is exact where the caller keeps each
+ * column's sum of |products| within 2^31 (tica.nn.integer's `_int16_exact`); in any order
+ * then. On AVX2: tiles of 4 rows by 16 columns in eight registers (six rows spilled them
+ * to memory), each tap pair one broadcast of a row's two taps and two multiply-adds: twice
+ * the float32 products' multiply-adds per instruction. Without AVX2: the same sums in a
+ * scalar loop. With `columns` the product is written transposed, a tile's columns as
+ * runs of its rows (for an end that reads by columns). */
+#define I16_ROWS 4
+#define I16_COLS 16
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* A tile row's 16 sums (lo, hi) into o, its first nr of them. */
+__attribute__((target("avx2"))) static inline void i16_store(int32_t *o, __m256i lo, __m256i hi,
+                                                             Py_ssize_t nr) {
+    if (nr == I16_COLS) {
+        _mm256_storeu_si256((__m256i *)o, lo);
+        _mm256_storeu_si256((__m256i *)(o + 8), hi);
+        return;
+    }
+    int32_t full[I16_COLS];
+    _mm256_storeu_si256((__m256i *)full, lo);
+    _mm256_storeu_si256((__m256i *)(full + 8), hi);
+    memcpy(o, full, (size_t)nr * sizeof(int32_t));
+}
+
+/* A tile's four rows of eight sums (columns j .. j + 8) into the transposed out (n, rows):
+ * each column's four sums side by side at out[(j + c) rows + i], the first mr of them. */
+__attribute__((target("avx2"))) static inline void i16_store_columns(
+        int32_t *out, Py_ssize_t rows, Py_ssize_t i, Py_ssize_t j, Py_ssize_t nr,
+        Py_ssize_t mr, __m256i r0, __m256i r1, __m256i r2, __m256i r3) {
+    __m256i t0 = _mm256_unpacklo_epi32(r0, r1), t1 = _mm256_unpackhi_epi32(r0, r1);
+    __m256i t2 = _mm256_unpacklo_epi32(r2, r3), t3 = _mm256_unpackhi_epi32(r2, r3);
+    __m256i u[4] = {_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2),
+                    _mm256_unpacklo_epi64(t1, t3), _mm256_unpackhi_epi64(t1, t3)};
+    for (int c = 0; c < 8 && c < nr; c++) {  /* u[c % 4]: columns c (low half), c + 4 */
+        __m128i four = c < 4 ? _mm256_castsi256_si128(u[c]) : _mm256_extracti128_si256(u[c - 4], 1);
+        int32_t *o = out + (j + c) * rows + i;
+        if (mr == 4) {
+            _mm_storeu_si128((__m128i *)o, four);
+        } else {
+            int32_t v[4];
+            _mm_storeu_si128((__m128i *)v, four);
+            memcpy(o, v, (size_t)mr * sizeof(int32_t));
+        }
+    }
+}
+
+__attribute__((target("avx2"))) static void i16_tiles_avx2(
+        const int16_t *a, const int16_t *packed, int32_t *out, Py_ssize_t rows, Py_ssize_t k,
+        Py_ssize_t n, Py_ssize_t tile0, Py_ssize_t tile1, int columns) {
+    Py_ssize_t pairs = k / 2, blocks = (n + I16_COLS - 1) / I16_COLS, stride = (k + 1) / 2 * 32;
+    for (Py_ssize_t tile = tile0; tile < tile1; tile++) {
+        Py_ssize_t i = tile * I16_ROWS, mr = rows - i < I16_ROWS ? rows - i : I16_ROWS;
+        const int16_t *r[I16_ROWS];          /* rows past the last read the last: not kept */
+        for (int q = 0; q < I16_ROWS; q++)
+            r[q] = a + (i + (q < mr ? q : mr - 1)) * k;
+        const int16_t *r0 = r[0], *r1 = r[1], *r2 = r[2], *r3 = r[3];
+        for (Py_ssize_t jb = 0; jb < blocks; jb++) {
+            const int16_t *b = packed + jb * stride;
+            /* eight named accumulators: an array of them would live in memory */
+            __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00,
+                    c21 = c00, c30 = c00, c31 = c00;
+            __m256i b0, b1, x;
+            int32_t two;
+#define I16_ROW(row, lo, hi, tap_pair)                                                      \
+            x = (tap_pair);                                                                 \
+            lo = _mm256_add_epi32(lo, _mm256_madd_epi16(x, b0));                            \
+            hi = _mm256_add_epi32(hi, _mm256_madd_epi16(x, b1));
+#define I16_PAIR(row, t) (memcpy(&two, (row) + 2 * (t), sizeof(two)), _mm256_set1_epi32(two))
+#define I16_LAST(row) _mm256_set1_epi32((int32_t)(uint16_t)(row)[k - 1])
+            for (Py_ssize_t t = 0; t < pairs; t++) {
+                b0 = _mm256_loadu_si256((const __m256i *)(b + t * 32));
+                b1 = _mm256_loadu_si256((const __m256i *)(b + t * 32 + 16));
+                I16_ROW(r0, c00, c01, I16_PAIR(r0, t))
+                I16_ROW(r1, c10, c11, I16_PAIR(r1, t))
+                I16_ROW(r2, c20, c21, I16_PAIR(r2, t))
+                I16_ROW(r3, c30, c31, I16_PAIR(r3, t))
+            }
+            if (k % 2) {                     /* the last tap alone: its pair's other is 0 */
+                b0 = _mm256_loadu_si256((const __m256i *)(b + pairs * 32));
+                b1 = _mm256_loadu_si256((const __m256i *)(b + pairs * 32 + 16));
+                I16_ROW(r0, c00, c01, I16_LAST(r0))
+                I16_ROW(r1, c10, c11, I16_LAST(r1))
+                I16_ROW(r2, c20, c21, I16_LAST(r2))
+                I16_ROW(r3, c30, c31, I16_LAST(r3))
+            }
+#undef I16_ROW
+#undef I16_PAIR
+#undef I16_LAST
+            Py_ssize_t nr = n - jb * I16_COLS < I16_COLS ? n - jb * I16_COLS : I16_COLS;
+            if (columns) {
+                i16_store_columns(out, rows, i, jb * I16_COLS, nr, mr, c00, c10, c20, c30);
+                i16_store_columns(out, rows, i, jb * I16_COLS + 8, nr - 8, mr, c01, c11, c21, c31);
+                continue;
+            }
+            int32_t *o = out + i * n + jb * I16_COLS;
+            i16_store(o, c00, c01, nr);
+            if (mr > 1) i16_store(o + n, c10, c11, nr);
+            if (mr > 2) i16_store(o + 2 * n, c20, c21, nr);
+            if (mr > 3) i16_store(o + 3 * n, c30, c31, nr);
+        }
+    }
+}
+#endif
+
+static void i16_tiles(const int16_t *a, const int16_t *packed, int32_t *out, Py_ssize_t rows,
+                      Py_ssize_t k, Py_ssize_t n, Py_ssize_t tile0, Py_ssize_t tile1,
+                      int columns) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (has_avx2()) {
+        i16_tiles_avx2(a, packed, out, rows, k, n, tile0, tile1, columns);
+        return;
+    }
+#endif
+    Py_ssize_t stride = (k + 1) / 2 * 32;
+    Py_ssize_t last = tile1 * I16_ROWS < rows ? tile1 * I16_ROWS : rows;
+    for (Py_ssize_t i = tile0 * I16_ROWS; i < last; i++)
+        for (Py_ssize_t j = 0; j < n; j++) {
+            const int16_t *b = packed + (j / I16_COLS) * stride + (j % I16_COLS) * 2;
+            int32_t sum = 0;
+            for (Py_ssize_t t = 0; t < k; t++)
+                sum += (int32_t)a[i * k + t] * b[(t / 2) * 32 + t % 2];
+            out[columns ? j * rows + i : i * n + j] = sum;
+        }
+}
+
+/* gemm_i16(a, packed, k, n, out[, workers[, columns]])
+ *   a:      int16 buffer of rows * k values (rows by taps, row-major)
+ *   packed: int16 buffer of ceil(n / 16) * ceil(k / 2) * 32 values (`_pack_int16`'s layout)
+ *   out:    writable int32 buffer of rows * n values: (rows, n), or with columns the
+ *           product transposed, (n, rows) */
+static PyObject *gemm_i16(PyObject *self, PyObject *args) {
+    PyObject *a_obj, *packed_obj, *out_obj;
+    Py_ssize_t k, n, workers = 1;
+    int columns = 0;
+    if (!PyArg_ParseTuple(args, "OOnnO|np", &a_obj, &packed_obj, &k, &n, &out_obj, &workers,
+                          &columns))
+        return NULL;
+    if (k < 1 || n < 1) {
+        PyErr_SetString(PyExc_ValueError, "gemm_i16: k >= 1 and n >= 1");
+        return NULL;
+    }
+    Py_buffer a = {0}, packed = {0}, out = {0};
+    PyObject *result = NULL;
+    Py_ssize_t blocks = (n + I16_COLS - 1) / I16_COLS, pairs = (k + 1) / 2;
+    if (get_sized(out_obj, &out, 1, -1, "out")
+        || get_sized(packed_obj, &packed, 0, blocks * pairs * 32 * 2, "packed weight"))
+        goto done;
+    Py_ssize_t rows = out.len / 4 / n;
+    if (out.len % (4 * n) || get_sized(a_obj, &a, 0, rows * k * 2, "a")) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "gemm_i16: out's size is no multiple of n");
+        goto done;
+    }
+    Py_ssize_t tiles = (rows + I16_ROWS - 1) / I16_ROWS;
+    int nt = team_size(workers, rows * n);
+    const int16_t *ap = a.buf, *bp = packed.buf;
+    int32_t *op = out.buf;
+    Py_BEGIN_ALLOW_THREADS
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        Py_ssize_t first, stop;
+        share(tiles, THREAD_NUM(), nt, &first, &stop);
+        i16_tiles(ap, bp, op, rows, k, n, first, stop, columns);
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    release(&a);
+    release(&packed);
+    release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"hidden_layer", hidden_layer, METH_VARARGS,
      "hidden_layer(parts, shifts, bias, rshift, act_max, cols, out[, workers]): a hidden "
      "layer's end"},
     {"last_layer", last_layer, METH_VARARGS,
      "last_layer(parts, shifts, bias, scale, gain, bounds, half, cols, out[, workers[, "
-     "plane]]): table indexes and means"},
+     "plane[, columns]]]): table indexes and means"},
+    {"gemm_i16", gemm_i16, METH_VARARGS,
+     "gemm_i16(a, packed, k, n, out[, workers[, columns]]): an int16 product, exact in "
+     "int32"},
     {"sparse_conv", sparse_conv, METH_VARARGS,
      "sparse_conv(x, weight, kh, kw, stride, out[, workers]): a convolution by the input's "
      "nonzero values"},

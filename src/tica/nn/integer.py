@@ -72,16 +72,19 @@ class _IntLayer:
     # a hidden layer's activations: steps of 2^-act_frac_bits, clamped below 2^act_bits
     act_frac_bits: int = ACT_FRAC_BITS
     act_bits: int = ACT_BITS
-    # the weight as digits (`_layer_digits`), by their dtype (int8 or float32) and the
-    # input channels they keep; built on first use
+    # the weight as digits (`_layer_digits`), by their dtype (int8, int16 or float32) and
+    # the input channels they keep; built on first use
     limbs: dict = field(default_factory=dict)
     # how many digits the weight splits into (`digit_count`), derived from it
     weight_digits: int = field(init=False)
+    # whether int16 products take the weight whole (`_int16_exact`), derived from it
+    int16_exact: bool = field(init=False)
     # a hidden layer's end for _limb_matmul (_HiddenEnd); built on first use
     epilogue: "_HiddenEnd | None" = None
 
     def __post_init__(self) -> None:
         self.weight_digits = digit_count(self.weight)
+        self.int16_exact = _int16_exact(self.weight, self.transposed)
 
 
 def _weight_exponents(per_out: torch.Tensor, weight_bits: int) -> torch.Tensor:
@@ -178,7 +181,8 @@ def quantized_h_s(h_s: nn.Sequential, z_hat: torch.Tensor, weight_bits: int, fra
 LIMB_BITS = 7                    # int8 digits: 7 bits each, the top one signed
 GEMM_ENV = "TICA_INTEGER_GEMM"   # int8 | float32 | float64: force a CPU path (default: the
                                  # fastest, measured)
-DIGIT_GEMMS = ("int8", "float32")    # how a digit product can run (`_digit_product`)
+DIGIT_GEMMS = ("int8", "int16", "float32")   # how a digit product can run (`_digit_product`)
+DIGIT_DTYPES = {"int8": torch.int8, "int16": torch.int16, "float32": torch.float32}
 MAX_INT8_TAPS = 2 ** 16          # int32 sums of two digit planes stay exact below this
 F32_TAPS = 1024                  # float32 sums this many digit products exactly (2^10 2^14)
 PRODUCT_ROWS = 4096              # rows of one int8 product (a quarter of it in float32):
@@ -209,6 +213,27 @@ def digit_count(x: torch.Tensor) -> int:
     return count
 
 
+def _int16_exact(weight: torch.Tensor, transposed: bool) -> bool:
+    """Whether an int16 product (`_intops.gemm_i16`) takes this conv weight whole (|w| <
+    2^15) with an input digit (in [-128, 128)) exactly: every partial sum of an output
+    channel within 128 times the sum of its |weights| over all its taps, below 2^31, which
+    int32 holds whatever order the kernel sums in. Real weights do by far; a layer whose
+    weights do not runs its products in float32."""
+    per_out = weight.abs().transpose(0, 1) if transposed else weight.abs()
+    return bool(weight.abs().max() < 2 ** 15) and float(per_out.flatten(1).sum(1).max()) \
+        * 128 < 2.0 ** 31
+
+
+def _pack_int16(w: torch.Tensor) -> torch.Tensor:
+    """A weight plane (K, N) as `_intops.gemm_i16` reads it: per block of 16 columns, per
+    pair of taps, each column's two taps side by side (K and N padded with zeros)."""
+    k, n = w.shape
+    k2, n2 = -(-k // 2) * 2, -(-n // 16) * 16
+    padded = torch.zeros(k2, n2, dtype=torch.int16)
+    padded[:k, :n] = w
+    return padded.view(k2 // 2, 2, n2 // 16, 16).permute(2, 0, 3, 1).contiguous()
+
+
 def _float32_slices(w: torch.Tensor) -> tuple[tuple[int, int], ...]:
     """Slices [k0, k1) of the taps (rows) of a weight's digit plane w (K, C_out) over which
     one float32 product sums exactly: each partial sum of a column is an integer of at most
@@ -228,21 +253,44 @@ def _float32_slices(w: torch.Tensor) -> tuple[tuple[int, int], ...]:
 
 @dataclass(frozen=True)
 class _WeightDigits:
-    """A weight as the digit planes a digit product reads ((K, C_out) each, int8 or
-    float32) and, for float32 ones, each plane's slices of taps (`_float32_slices`)."""
+    """A weight as the digit planes a digit product reads ((K, C_out) each, int8, int16 or
+    float32), for float32 ones each plane's slices of taps (`_float32_slices`), for int16
+    ones (one plane: the weight whole) that plane packed (`_pack_int16`)."""
     planes: tuple[torch.Tensor, ...]
     slices: tuple[tuple[tuple[int, int], ...], ...]
+    packed: tuple[torch.Tensor, ...] = ()
+    # an int16 weight as float32 for the product by nonzero values, where one float32 slice
+    # sums it exactly (`_float32_slices`), else None
+    sparse: torch.Tensor | None = None
+
+    def sparse_weight(self) -> torch.Tensor | None:
+        """The float32 weight `_intops.sparse_conv` multiplies by, if it can."""
+        if self.planes[0].dtype == torch.int16:
+            return self.sparse
+        ok = len(self.planes) == 1 and self.planes[0].dtype == torch.float32 \
+            and len(self.slices[0]) == 1
+        return self.planes[0] if ok else None
 
 
 def _digit_product(a: torch.Tensor, b: torch.Tensor,
-                   slices: tuple[tuple[int, int], ...] | None = None) -> torch.Tensor:
-    """The exact product of two digit planes (rows by columns), int8 or float32 alike: an
-    int8 matrix product (int32), or float32 ones, one per slice of the taps (`slices`, of
-    b's: `_float32_slices`; by default of F32_TAPS taps, right for any digits: 2^10 * 2^14
-    = 2^24), each of whose partial sums float32 holds exactly. One slice: its float32
-    result, integers within 2^24; more: their sums added in int32."""
+                   slices: tuple[tuple[int, int], ...] | None = None,
+                   packed: torch.Tensor | None = None, columns: bool = False) -> torch.Tensor:
+    """The exact product of two digit planes (rows by columns), int8, int16 or float32
+    alike: an int8 matrix product (int32); an int16 one (`_intops.gemm_i16`, int32; b
+    `packed` by `_pack_int16`, a weight `_int16_exact` takes whole); or float32 ones, one
+    per slice of the taps (`slices`, of b's: `_float32_slices`; by default of F32_TAPS
+    taps, right for any digits: 2^10 * 2^14 = 2^24), each of whose partial sums float32
+    holds exactly. One slice: its float32 result, integers within 2^24; more: their sums
+    added in int32. `columns` (int16 only): the product transposed, (columns, rows)."""
     if a.dtype == torch.int8:
         return torch._int_mm(a, b)
+    if a.dtype == torch.int16:
+        rows, n = a.shape[0], b.shape[1]
+        out = torch.empty((n, rows) if columns else (rows, n), dtype=torch.int32)
+        _intops.gemm_i16(a.contiguous().numpy(), (_pack_int16(b) if packed is None
+                                                  else packed).numpy(),
+                         b.shape[0], n, out.numpy(), torch.get_num_threads(), columns)
+        return out
     if slices is None:
         slices = tuple((k, min(k + F32_TAPS, a.shape[1])) for k in range(0, a.shape[1], F32_TAPS))
     if len(slices) == 1:
@@ -265,18 +313,32 @@ def _limb_matmul(a: list[torch.Tensor], b: _WeightDigits, out: torch.Tensor,
     the layer's worst-case bound, which `build` holds below 2^53. With `end` (a hidden
     layer's, or the last layer's table choice) `out` is int32 and receives what that end
     makes of the product (`_intops` in one pass; a hidden end in torch where it is not
-    built)."""
+    built).
+    An end that writes planar (the tables') takes float32 and int16 products computed
+    transposed, (columns, rows): each column's run of an image's pixels then lies
+    contiguous in the product as in `out`, and the end runs along it in vector lanes."""
+    columns = (end is not None and end.planar and _intops is not None
+               and all(da.dtype in (torch.float32, torch.int16) for da in a))
     by_shift: dict[int, torch.Tensor] = {}
     for i, da in enumerate(a):
         for j, (db, slices) in enumerate(zip(b.planes, b.slices)):
-            plane = _digit_product(da, db, slices)
+            if da.dtype == torch.int16:
+                plane = _digit_product(da, db, slices, b.packed[j], columns)
+            elif columns:
+                plane = _digit_product(db.t(), da.t(), slices)
+            else:
+                plane = _digit_product(da, db, slices)
             if i + j in by_shift:           # float32 sums could pass 2^24: in int32
                 by_shift[i + j] = by_shift[i + j].to(torch.int32).add_(plane.to(torch.int32))
             else:
                 by_shift[i + j] = plane
     parts = sorted(by_shift.items())
     if end is not None and _intops is not None:
-        end.compiled([p.numpy() for _, p in parts], [s for s, _ in parts], out.numpy())
+        arrays, shifts = [p.numpy() for _, p in parts], [s for s, _ in parts]
+        if columns:
+            end.compiled(arrays, shifts, out.numpy(), columns=True)
+        else:
+            end.compiled(arrays, shifts, out.numpy())
         return
     acc = out if end is None else torch.empty(out.shape, dtype=torch.float64)
     for k, (shift, part) in enumerate(parts):
@@ -318,12 +380,13 @@ class _TablesEnd:
     bounds: torch.Tensor        # float64 ascending
     planar = True               # writes (B, 2M, h, w) itself, as decoding reads it
 
-    def compiled(self, parts: list, shifts: list[int], out) -> None:
-        """out: (rows, 2M), or planar (images, 2M, h, w) for rows of their pixels."""
+    def compiled(self, parts: list, shifts: list[int], out, columns: bool = False) -> None:
+        """out: (rows, 2M), or planar (images, 2M, h, w) for rows of their pixels; parts
+        (rows, 2M), or with `columns` (2M, rows) (planar out only)."""
         _intops.last_layer(parts, shifts, self.bias.numpy(), self.scale.numpy(),
                            self.gain.numpy(), self.bounds.numpy(), len(self.bias) // 2,
                            out.shape[1], out, torch.get_num_threads(),
-                           out.shape[2] * out.shape[3] if out.ndim == 4 else 0)
+                           out.shape[2] * out.shape[3] if out.ndim == 4 else 0, columns)
 
 
 @dataclass(frozen=True)
@@ -424,10 +487,11 @@ def _digit_conv(planes: list[torch.Tensor], w_digits: _WeightDigits,
     step = max(1, PRODUCT_ROWS // (planes[0].element_size() * max(1, Ho * Wo)))
     if _sparse_enough(planes, w_digits, kernel, stride, B * Ho * Wo):
         step = max(step, SPARSE_ROWS // max(1, Ho * Wo))
+        weight = w_digits.sparse_weight()
         for b in range(0, B, step):
-            part, target = planes[0][b:b + step], out[b:b + step]
+            part, target = planes[0][b:b + step].float(), out[b:b + step]
             product = torch.empty(len(part) * Ho * Wo, C_out, dtype=torch.float32)
-            _intops.sparse_conv(part.numpy(), w_digits.planes[0].numpy(), kh, kw, stride,
+            _intops.sparse_conv(part.numpy(), weight.numpy(), kh, kw, stride,
                                 product.numpy(), torch.get_num_threads())
             if end is None:
                 target.view(-1, C_out).copy_(product)
@@ -448,32 +512,42 @@ def _digit_conv(planes: list[torch.Tensor], w_digits: _WeightDigits,
     return out
 
 
-SPARSE_SHARE = 0.3        # a one-digit product with fewer nonzero input terms than this share
-                          # of its products runs by them alone (`_intops.sparse_conv`):
-                          # measured, docs/design.md
+SPARSE_SHARE = {torch.float32: 0.3,    # a one-digit product with fewer nonzero input terms
+                torch.int16: 0.2}      # than this share of its products runs by them alone
+                                       # (`_intops.sparse_conv`), by the dense product's
+                                       # dtype: measured, docs/design.md
 SPARSE_ROWS = 16384       # output rows of one sparse product
 
 
 def _sparse_enough(planes: list[torch.Tensor], w_digits: _WeightDigits,
                    kernel: tuple[int, int], stride: int, rows: int) -> bool:
-    """Whether a float32 digit product runs by the input's nonzero values alone: one digit
-    plane of input and of weight, summed exactly in one slice (so in any order), the
-    kernel built, and few enough of the products' terms nonzero (each nonzero input value
-    feeds about kh kw / stride^2 of the `rows` outputs; SPARSE_SHARE of the rows times
-    their taps at most) that skipping the zeros saves more than a dense product's speed."""
+    """Whether a float32 or int16 digit product runs by the input's nonzero values alone:
+    one digit plane of input, a float32 weight summed exactly in one slice (so in any
+    order: `_WeightDigits.sparse_weight`), the kernel built, and few enough of the
+    products' terms nonzero (each nonzero input value feeds about kh kw / stride^2 of the
+    `rows` outputs; SPARSE_SHARE of the rows times their taps at most, by the dtype of
+    the dense product it replaces) that skipping the zeros saves more than a dense
+    product's speed."""
     plane = planes[0]
-    if (_intops is None or len(planes) != 1 or len(w_digits.planes) != 1
-            or plane.dtype != torch.float32 or len(w_digits.slices[0]) != 1 or rows == 0):
+    share = SPARSE_SHARE.get(plane.dtype)
+    if (_intops is None or len(planes) != 1 or share is None or rows == 0
+            or w_digits.sparse_weight() is None):
         return False
     # counted on the bits (20x faster than on float32 here; a -0.0 counts, for this choice)
-    nonzero = int(torch.count_nonzero(plane.view(torch.int32)))
-    terms = nonzero * kernel[0] * kernel[1] / stride ** 2
-    return terms < SPARSE_SHARE * rows * w_digits.planes[0].shape[0]
+    bits = plane.view(torch.int32) if plane.dtype == torch.float32 else plane
+    terms = int(torch.count_nonzero(bits)) * kernel[0] * kernel[1] / stride ** 2
+    return terms < share * rows * w_digits.planes[0].shape[0]
 
 
 def _weight_digits(w: torch.Tensor, dtype: torch.dtype) -> _WeightDigits:
     """A conv weight (C_out, C_in, kh, kw) as the (kh kw C_in, C_out) digits _digit_conv
-    reads, as `dtype` (|w| < 2^WEIGHT_BITS: at most two digits), with their float32 slices."""
+    reads, as `dtype` (|w| < 2^WEIGHT_BITS: at most two digits; int16: the weight whole,
+    packed), with their float32 slices."""
+    if dtype == torch.int16:
+        whole = w.permute(0, 2, 3, 1).flatten(1).t().to(dtype).contiguous()
+        as_float = whole.float()
+        return _WeightDigits((whole,), (((0, len(whole)),),), (_pack_int16(whole),),
+                             as_float if len(_float32_slices(as_float)) == 1 else None)
     planes = tuple(d.to(dtype).contiguous()
                    for d in _limbs(w.permute(0, 2, 3, 1).flatten(1).t(), digit_count(w)))
     slices = tuple(_float32_slices(d) if dtype == torch.float32 else ((0, len(d)),)
@@ -543,7 +617,9 @@ def _digit_linear(layer: _IntLayer, x: torch.Tensor, digits: int, gemm: str,
     (polyphase): output o of phase r = (o + p) mod s sums x[u - m] w[r + s m], a full
     correlation of x with that phase's taps, reversed, computed only on the window of it
     that the layer keeps."""
-    dtype = torch.int8 if gemm == "int8" else torch.float32
+    if gemm == "int16" and not layer.int16_exact:
+        gemm = "float32"                  # a weight past int16's bound (never a real one)
+    dtype = DIGIT_DTYPES[gemm]
     k, s, p = layer.weight.shape[-1], layer.stride, layer.padding
     live = _live_channels(x)
     w_digits = _layer_digits(layer, dtype, live)
@@ -604,6 +680,8 @@ def _measured_gemms() -> tuple[tuple[str, float], ...]:
     b = torch.randint(-64, 64, (1152, 128), generator=g, dtype=torch.int8)
     operands = {"int8": (a, b), "float32": (a.float(), b.float()),
                 "float64": (a.double(), b.double())}
+    if _intops is not None:                             # the kernel that runs them is built
+        operands["int16"] = (a.to(torch.int16), b.to(torch.int16))
     threads = torch.get_num_threads()
     times: dict[str, list[float]] = {name: [] for name in operands}
     try:
@@ -614,7 +692,7 @@ def _measured_gemms() -> tuple[tuple[str, float], ...]:
                     continue                  # twice float64's time: out, not worth timing
                 start = time.perf_counter()
                 try:
-                    _digit_product(x, y) if name != "float64" else x @ y
+                    _digit_product(x, y) if name != "float64" else x @ y   # int16: packs too
                 except (RuntimeError, AttributeError):   # a build without int8 products
                     times[name].append(float("inf"))
                     continue
@@ -628,20 +706,25 @@ def _measured_gemms() -> tuple[tuple[str, float], ...]:
 
 def digit_gemm() -> tuple[str | None, float]:
     """How this CPU multiplies the h_s's integers: (the digit product it runs fastest,
-    "int8" or "float32", and how many of them cost one float64 product), or (None, 0) for
-    float64 convolutions alone (no digit product is cheaper than a float64 one).
-    $TICA_INTEGER_GEMM (int8 | float32 | float64) forces one; otherwise measured once
-    (`_measured_gemms`). float32 is never taken while torch's float32 products are set to
-    round (`_float32_exact`)."""
+    "int8", "int16" or "float32", and how many of them cost one float64 product), or
+    (None, 0) for float64 convolutions alone (no digit product is cheaper than a float64
+    one). $TICA_INTEGER_GEMM (int8 | int16 | float32 | float64) forces one; otherwise
+    measured once (`_measured_gemms`). float32 is never taken while torch's float32
+    products are set to round (`_float32_exact`), nor int16 where its kernel is not built."""
     forced = os.environ.get(GEMM_ENV, "").strip().lower()
     if forced == "float64":
         return None, 0.0
     if forced in DIGIT_GEMMS:
-        return (forced, float("inf")) if forced == "int8" or _float32_exact() else (None, 0.0)
+        return (forced, float("inf")) if _gemm_usable(forced) else (None, 0.0)
     for name, gain in _measured_gemms():
-        if gain > 1 and (name == "int8" or _float32_exact()):
+        if gain > 1 and _gemm_usable(name):
             return name, gain
     return None, 0.0
+
+
+def _gemm_usable(name: str) -> bool:
+    return (name == "int8" or (name == "int16" and _intops is not None)
+            or (name == "float32" and _float32_exact()))
 
 
 def _gemm_linear(layer: _IntLayer, x: torch.Tensor) -> torch.Tensor:
@@ -713,7 +796,8 @@ class IntegerHyperSynthesis:
         if gemm is None:
             return None
         count = input_digits(x, in_bits)
-        return (gemm, count) if layer.weight_digits * count < gain else None
+        weight_digits = 1 if gemm == "int16" and layer.int16_exact else layer.weight_digits
+        return (gemm, count) if weight_digits * count < gain else None
 
     @classmethod
     def _linear(cls, layer: _IntLayer, x: torch.Tensor) -> torch.Tensor:
