@@ -580,6 +580,21 @@ def test_the_int16_product_is_the_int64_one_exactly():
         _intops.gemm_i16(a.numpy(), packed.numpy(), 0, 16, out.numpy())
 
 
+def test_a_mostly_zero_input_takes_float32_digits_for_its_sparse_product():
+    """With int16 products, an input whose live channels are mostly zeros (under int16's
+    SPARSE_SHARE) is sent to float32 digits (`_mostly_zeros`), whose product by nonzero
+    values is faster there; counted among the live channels only."""
+    x = torch.zeros(2, 4, 5, 5, dtype=torch.int32)
+    x[:, 0, :2] = 3                                  # 20 of 50 live values: 40%
+    live = torch.tensor([True, False, False, False])
+    share = integer.SPARSE_SHARE[torch.int16]
+    assert share < 0.4 and not integer._mostly_zeros(x, live)
+    assert integer._mostly_zeros(x, None) == (20 < share * x.numel())
+    x[:, 0, :2] = 0
+    x[0, 0, 0, 0] = 7                                # 1 of 50
+    assert integer._mostly_zeros(x, live) and integer._mostly_zeros(x.float(), live)
+
+
 def test_the_sparse_convolution_is_the_dense_one_exactly():
     """_intops.sparse_conv (a convolution by the input's nonzero values) against the int64
     product of the unfolded input: mostly-zero inputs of digits at the extremes, a window

@@ -539,6 +539,18 @@ def _sparse_enough(planes: list[torch.Tensor], w_digits: _WeightDigits,
     return terms < share * rows * w_digits.planes[0].shape[0]
 
 
+def _mostly_zeros(x: torch.Tensor, live: torch.Tensor | None) -> bool:
+    """Whether fewer of x's values in its `live` channels are nonzero than int16's
+    SPARSE_SHARE: a layer then takes float32 digits, whose product by nonzero values beats
+    a dense int16 one there (each nonzero value feeds about as many terms as a value does,
+    so this share is about the share of the products' terms that `_sparse_enough` counts)."""
+    if _intops is None or x.numel() == 0:
+        return False
+    bits = x.view(torch.int32) if x.dtype == torch.float32 else x
+    values = x.numel() if live is None else x.numel() // x.shape[1] * int(live.sum())
+    return int(torch.count_nonzero(bits)) < SPARSE_SHARE[torch.int16] * values
+
+
 def _weight_digits(w: torch.Tensor, dtype: torch.dtype) -> _WeightDigits:
     """A conv weight (C_out, C_in, kh, kw) as the (kh kw C_in, C_out) digits _digit_conv
     reads, as `dtype` (|w| < 2^WEIGHT_BITS: at most two digits; int16: the weight whole,
@@ -617,11 +629,12 @@ def _digit_linear(layer: _IntLayer, x: torch.Tensor, digits: int, gemm: str,
     (polyphase): output o of phase r = (o + p) mod s sums x[u - m] w[r + s m], a full
     correlation of x with that phase's taps, reversed, computed only on the window of it
     that the layer keeps."""
-    if gemm == "int16" and not layer.int16_exact:
-        gemm = "float32"                  # a weight past int16's bound (never a real one)
+    live = _live_channels(x)
+    if gemm == "int16" and (not layer.int16_exact or (digits == 1 and _mostly_zeros(x, live))):
+        gemm = "float32"     # a weight past int16's bound (never a real one), or an input
+                             # for float32's product by nonzero values (`_sparse_enough`)
     dtype = DIGIT_DTYPES[gemm]
     k, s, p = layer.weight.shape[-1], layer.stride, layer.padding
-    live = _live_channels(x)
     w_digits = _layer_digits(layer, dtype, live)
     planar = end is not None and end.planar           # (B, C, H, W), else channels-last
     if not layer.transposed:
