@@ -407,6 +407,18 @@ def test_channels_of_zeros_are_left_out_exactly(digit_gemm, monkeypatch):
     assert live.tolist() == [True] * 5 + [False] * 4 + [True] + [False] * 22
     assert integer._live_channels(torch.zeros(2, 4, 3, 3)).tolist() == [True] + [False] * 3
     assert integer._live_channels(torch.ones(2, 4, 3, 3)) is None
+    # the census in one pass (channels-last 32-bit activations) and in torch agree
+    acts = torch.zeros(4, 5, 6, 32, dtype=torch.int32)
+    acts[..., :3] = torch.randint(0, 3, (4, 5, 6, 3), generator=g, dtype=torch.int32)
+    acts[2, 1, 4, 20] = 9
+    for x in (acts.permute(0, 3, 1, 2), acts.float().permute(0, 3, 1, 2)):
+        live, nonzero = integer._census(x)
+        assert nonzero == int(torch.count_nonzero(acts)) > 1
+        assert live.tolist() == [bool(v) for v in acts.amax(dim=(0, 1, 2)) > 0]
+        in_torch = integer._census(x.contiguous())          # channels first: torch's pass
+        assert torch.equal(in_torch[0], live) and in_torch[1] == nonzero
+    assert integer._census(torch.zeros(2, 3, 1, 1, dtype=torch.int32).permute(0, 1, 2, 3)
+                           .contiguous(memory_format=torch.channels_last))[1] == 0
     first = int_hs.layers[0]
     kept = [key for key in first.limbs if key[1] is not None]
     assert len(kept) == 3                  # z's channels, z[:1]'s, and zeros'
@@ -586,13 +598,15 @@ def test_a_mostly_zero_input_takes_float32_digits_for_its_sparse_product():
     values is faster there; counted among the live channels only."""
     x = torch.zeros(2, 4, 5, 5, dtype=torch.int32)
     x[:, 0, :2] = 3                                  # 20 of 50 live values: 40%
-    live = torch.tensor([True, False, False, False])
+    live, nonzero = integer._census(x)
+    assert live.tolist() == [True, False, False, False] and nonzero == 20
     share = integer.SPARSE_SHARE[torch.int16]
-    assert share < 0.4 and not integer._mostly_zeros(x, live)
-    assert integer._mostly_zeros(x, None) == (20 < share * x.numel())
+    assert share < 0.4 and not integer._mostly_zeros(x, live, nonzero)
+    assert integer._mostly_zeros(x, None, nonzero) == (20 < share * x.numel())
     x[:, 0, :2] = 0
     x[0, 0, 0, 0] = 7                                # 1 of 50
-    assert integer._mostly_zeros(x, live) and integer._mostly_zeros(x.float(), live)
+    live, nonzero = integer._census(x)
+    assert nonzero == 1 and integer._mostly_zeros(x, live, nonzero)
 
 
 def test_the_sparse_convolution_is_the_dense_one_exactly():

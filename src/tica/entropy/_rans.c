@@ -169,9 +169,12 @@ static int group_by_table(const int32_t *idx, Py_ssize_t n, Py_ssize_t tables, S
         start[r] = r * len;
     start[RUNS] = n;                           /* the last run takes what n / RUNS leaves */
     memset(cur, 0, RUNS * (size_t)w * sizeof(int32_t));
-    uint32_t outside = 0;                      /* one pass without a branch: vectors */
+    /* one pass without a branch, in int32 compares (vectors; a table count past 2^31 - 1
+     * cannot be: its cursors would not fit in memory) */
+    const int32_t top = tables > INT32_MAX ? INT32_MAX : (int32_t)tables;
+    int32_t outside = 0;
     for (Py_ssize_t i = 0; i < n; i++)
-        outside |= (uint32_t)idx[i] >= (uint64_t)tables;
+        outside |= (idx[i] < 0) | (idx[i] >= top);
     if (outside) return -1;
     for (Py_ssize_t i = 0; i < len; i++)
         for (int r = 0; r < RUNS; r++)

@@ -982,6 +982,79 @@ done:
     return result;
 }
 
+/* ---- which channels of a layer's input hold anything, and how many values ------------- */
+
+/* Rows [first, stop) of x (rows, cols) 32-bit values: each column's values or'd into any,
+ * and the count of nonzero ones (by their bits: a float -0.0 counts). */
+static WIDE_VECTORS long long census_rows(const uint32_t *x, Py_ssize_t first, Py_ssize_t stop,
+                                          Py_ssize_t cols, uint32_t *any) {
+    long long count = 0;
+    for (Py_ssize_t r = first; r < stop; r++) {
+        const uint32_t *row = x + r * cols;
+        uint32_t nonzero = 0;
+        for (Py_ssize_t c = 0; c < cols; c++) {
+            any[c] |= row[c];
+            nonzero += row[c] != 0;
+        }
+        count += nonzero;
+    }
+    return count;
+}
+
+/* census(x, cols, live[, workers]) -> the number of nonzero values of x
+ *   x:    buffer of 32-bit values (int32, or float32 by their bits), rows * cols of them,
+ *         channels last (a column is a channel)
+ *   live: writable buffer of cols bytes: 1 where the column holds a nonzero value, else 0 */
+static PyObject *census(PyObject *self, PyObject *args) {
+    PyObject *x_obj, *live_obj;
+    Py_ssize_t cols, workers = 1;
+    if (!PyArg_ParseTuple(args, "OnO|n", &x_obj, &cols, &live_obj, &workers))
+        return NULL;
+    if (cols < 1) {
+        PyErr_SetString(PyExc_ValueError, "census: cols >= 1");
+        return NULL;
+    }
+    Py_buffer x = {0}, live = {0};
+    PyObject *result = NULL;
+    if (get_sized(x_obj, &x, 0, -1, "x") || get_sized(live_obj, &live, 1, cols, "live"))
+        goto done;
+    if (x.len % (4 * cols)) {
+        PyErr_SetString(PyExc_ValueError, "census: x is no whole number of rows of 32-bit values");
+        goto done;
+    }
+    Py_ssize_t rows = x.len / 4 / cols;
+    int nt = team_size(workers, rows * cols);
+    uint32_t *any = calloc((size_t)nt * (size_t)cols, sizeof(uint32_t));
+    if (!any) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    long long count = 0;
+    const uint32_t *v = x.buf;
+    Py_BEGIN_ALLOW_THREADS
+    #pragma omp parallel num_threads(nt) if (nt > 1) reduction(+ : count)
+    {
+        int t = THREAD_NUM();
+        Py_ssize_t first, stop;
+        share(rows, t, nt, &first, &stop);
+        count += census_rows(v, first, stop, cols, any + t * cols);
+    }
+    Py_END_ALLOW_THREADS
+    uint8_t *flags = live.buf;
+    for (Py_ssize_t c = 0; c < cols; c++) {
+        uint32_t bits = 0;
+        for (int t = 0; t < nt; t++)
+            bits |= any[t * cols + c];
+        flags[c] = bits != 0;
+    }
+    free(any);
+    result = PyLong_FromLongLong(count);
+done:
+    release(&x);
+    release(&live);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"hidden_layer", hidden_layer, METH_VARARGS,
      "hidden_layer(parts, shifts, bias, rshift, act_max, cols, out[, workers]): a hidden "
@@ -989,6 +1062,9 @@ static PyMethodDef methods[] = {
     {"last_layer", last_layer, METH_VARARGS,
      "last_layer(parts, shifts, bias, scale, gain, bounds, half, cols, out[, workers[, "
      "plane[, columns]]]): table indexes and means"},
+    {"census", census, METH_VARARGS,
+     "census(x, cols, live[, workers]): the channels holding a nonzero value, and how many "
+     "values do"},
     {"gemm_i16", gemm_i16, METH_VARARGS,
      "gemm_i16(a, packed, k, n, out[, workers[, columns]]): an int16 product, exact in "
      "int32"},

@@ -470,14 +470,16 @@ def _out_dtype(end: "_HiddenEnd | _TablesEnd | None", dtype: torch.dtype) -> tor
 
 def _digit_conv(planes: list[torch.Tensor], w_digits: _WeightDigits,
                 kernel: tuple[int, int], stride: int,
-                end: "_HiddenEnd | _TablesEnd | None" = None) -> torch.Tensor:
+                end: "_HiddenEnd | _TablesEnd | None" = None,
+                nonzero: int | None = None) -> torch.Tensor:
     """A valid convolution (correlation) of an integer input given as digit planes (B, H,
     W, C each: `_digit_planes`, or a window of them) with a weight given as digits of the
     same dtype, ordered (kernel row, kernel column, C_in) x C_out; exact, in float64,
     channels-last (B, Ho, Wo, C_out), or with `end` (_limb_matmul) what it makes, int32,
     channels-last or, for an end that is `planar`, (B, C_out, Ho, Wo).
     The patches are gathered a few images at a time (about PRODUCT_ROWS rows, a quarter
-    of that in float32: the same bytes), so that each product reads them from cache."""
+    of that in float32: the same bytes), so that each product reads them from cache.
+    `nonzero`: the input's count of nonzero values, if known (`_sparse_enough`)."""
     B, H, W, C = planes[0].shape
     kh, kw = kernel
     Ho, Wo = (H - kh) // stride + 1, (W - kw) // stride + 1
@@ -485,7 +487,7 @@ def _digit_conv(planes: list[torch.Tensor], w_digits: _WeightDigits,
     out = torch.empty((B, C_out, Ho, Wo) if planar else (B, Ho, Wo, C_out),
                       dtype=_out_dtype(end, planes[0].dtype))
     step = max(1, PRODUCT_ROWS // (planes[0].element_size() * max(1, Ho * Wo)))
-    if _sparse_enough(planes, w_digits, kernel, stride, B * Ho * Wo):
+    if _sparse_enough(planes, w_digits, kernel, stride, B * Ho * Wo, nonzero):
         step = max(step, SPARSE_ROWS // max(1, Ho * Wo))
         weight = w_digits.sparse_weight()
         for b in range(0, B, step):
@@ -520,35 +522,39 @@ SPARSE_ROWS = 16384       # output rows of one sparse product
 
 
 def _sparse_enough(planes: list[torch.Tensor], w_digits: _WeightDigits,
-                   kernel: tuple[int, int], stride: int, rows: int) -> bool:
+                   kernel: tuple[int, int], stride: int, rows: int,
+                   nonzero: int | None = None) -> bool:
     """Whether a float32 or int16 digit product runs by the input's nonzero values alone:
     one digit plane of input, a float32 weight summed exactly in one slice (so in any
     order: `_WeightDigits.sparse_weight`), the kernel built, and few enough of the
     products' terms nonzero (each nonzero input value feeds about kh kw / stride^2 of the
     `rows` outputs; SPARSE_SHARE of the rows times their taps at most, by the dtype of
     the dense product it replaces) that skipping the zeros saves more than a dense
-    product's speed."""
+    product's speed. `nonzero`: the input's count of nonzero values where known (the
+    layer's `_census`), else counted here."""
     plane = planes[0]
     share = SPARSE_SHARE.get(plane.dtype)
     if (_intops is None or len(planes) != 1 or share is None or rows == 0
             or w_digits.sparse_weight() is None):
         return False
     # counted on the bits (20x faster than on float32 here; a -0.0 counts, for this choice)
-    bits = plane.view(torch.int32) if plane.dtype == torch.float32 else plane
-    terms = int(torch.count_nonzero(bits)) * kernel[0] * kernel[1] / stride ** 2
+    if nonzero is None:
+        bits = plane.view(torch.int32) if plane.dtype == torch.float32 else plane
+        nonzero = int(torch.count_nonzero(bits))
+    terms = nonzero * kernel[0] * kernel[1] / stride ** 2
     return terms < share * rows * w_digits.planes[0].shape[0]
 
 
-def _mostly_zeros(x: torch.Tensor, live: torch.Tensor | None) -> bool:
+def _mostly_zeros(x: torch.Tensor, live: torch.Tensor | None, nonzero: int) -> bool:
     """Whether fewer of x's values in its `live` channels are nonzero than int16's
     SPARSE_SHARE: a layer then takes float32 digits, whose product by nonzero values beats
     a dense int16 one there (each nonzero value feeds about as many terms as a value does,
-    so this share is about the share of the products' terms that `_sparse_enough` counts)."""
+    so this share is about the share of the products' terms that `_sparse_enough` counts);
+    `nonzero`: x's count of nonzero values (`_census`)."""
     if _intops is None or x.numel() == 0:
         return False
-    bits = x.view(torch.int32) if x.dtype == torch.float32 else x
     values = x.numel() if live is None else x.numel() // x.shape[1] * int(live.sum())
-    return int(torch.count_nonzero(bits)) < SPARSE_SHARE[torch.int16] * values
+    return nonzero < SPARSE_SHARE[torch.int16] * values
 
 
 def _weight_digits(w: torch.Tensor, dtype: torch.dtype) -> _WeightDigits:
@@ -582,11 +588,27 @@ def _live_channels(x: torch.Tensor) -> torch.Tensor | None:
     products, so the layer may leave it out, exactly: most of a trained hyper-latent z's
     channels are zero in every image (110 of tica-cifar's 128), and some of the hidden
     activations' (27 of 96 after its first layer)."""
-    live = x.abs().amax(dim=(0, 2, 3)) > 0
+    return _census(x)[0]
+
+
+def _census(x: torch.Tensor) -> tuple[torch.Tensor | None, int]:
+    """x's live channels (`_live_channels`) and its count of nonzero values, which choose
+    a layer's products (`_mostly_zeros`, `_sparse_enough`): in one pass in C
+    (`_intops.census`) where x holds 32-bit values channels-last (a hidden layer's
+    activations; a float32 -0.0 counts there, never met), else in torch."""
+    rows = x.permute(0, 2, 3, 1)
+    if _intops is not None and x.element_size() == 4 and rows.is_contiguous() and x.numel():
+        flags = torch.empty(x.shape[1], dtype=torch.uint8)
+        nonzero = _intops.census(rows.numpy(), x.shape[1], flags.numpy(),
+                                 torch.get_num_threads())
+        live = flags.bool()
+    else:
+        live = x.abs().amax(dim=(0, 2, 3)) > 0
+        nonzero = int(torch.count_nonzero(x))
     if bool(live.all()):
-        return None
+        return None, nonzero
     live[0] = True                        # all zeros: one channel of them
-    return live
+    return live, nonzero
 
 
 MAX_KEPT_DIGITS = 16     # weights as digits kept per layer (by dtype and live channels)
@@ -629,8 +651,9 @@ def _digit_linear(layer: _IntLayer, x: torch.Tensor, digits: int, gemm: str,
     (polyphase): output o of phase r = (o + p) mod s sums x[u - m] w[r + s m], a full
     correlation of x with that phase's taps, reversed, computed only on the window of it
     that the layer keeps."""
-    live = _live_channels(x)
-    if gemm == "int16" and (not layer.int16_exact or (digits == 1 and _mostly_zeros(x, live))):
+    live, nonzero = _census(x)
+    if gemm == "int16" and (not layer.int16_exact
+                            or (digits == 1 and _mostly_zeros(x, live, nonzero))):
         gemm = "float32"     # a weight past int16's bound (never a real one), or an input
                              # for float32's product by nonzero values (`_sparse_enough`)
     dtype = DIGIT_DTYPES[gemm]
@@ -639,7 +662,7 @@ def _digit_linear(layer: _IntLayer, x: torch.Tensor, digits: int, gemm: str,
     planar = end is not None and end.planar           # (B, C, H, W), else channels-last
     if not layer.transposed:
         out = _digit_conv(_digit_planes(x, (p,) * 4, digits, dtype, live), w_digits, (k, k), s,
-                          end)
+                          end, nonzero)
         return out if planar else out.permute(0, 3, 1, 2)
     B, _, H, W = x.shape
     Ho = (H - 1) * s - 2 * p + k + layer.output_padding
@@ -657,7 +680,8 @@ def _digit_linear(layer: _IntLayer, x: torch.Tensor, digits: int, gemm: str,
         # only the window whose valid correlation gives outputs uh.., uw.. of the full one
         top, left = reach - (mh - 1) + uh, reach - (mw - 1) + uw
         window = [d[:, top:top + nh + mh - 1, left:left + nw + mw - 1] for d in planes]
-        phase = _digit_conv(window, phase_digits, (mh, mw), 1, end)
+        phase = _digit_conv(window, phase_digits, (mh, mw), 1, end, nonzero)  # x's count:
+        # each phase's window holds about all of x
         phases[:, :, oh::s, ow::s] = phase if planar else phase.permute(0, 3, 1, 2)
     return phases
 
