@@ -609,6 +609,29 @@ def test_a_mostly_zero_input_takes_float32_digits_for_its_sparse_product():
     assert nonzero == 1 and integer._mostly_zeros(x, live, nonzero)
 
 
+def test_a_transposed_layer_folded_is_the_transposed_convolution():
+    """With int16 products a transposed layer of one-digit input is one product and a fold
+    of its taps (`_folded_transposed`): the float64 transposed convolution's integers for
+    kernels, strides, paddings and output paddings of every kind, with channels left out;
+    its refusal of wrong sizes."""
+    from tica.nn import _intops
+    g = torch.Generator().manual_seed(22)
+    for k, stride, padding, extra in ((3, 2, 1, 1), (4, 2, 1, 0), (5, 3, 2, 2), (1, 1, 0, 0),
+                                      (2, 2, 0, 1)):
+        weight = torch.randint(-127, 128, (7, 5, k, k), generator=g).double()
+        layer = integer._IntLayer(weight, torch.zeros(5, dtype=torch.float64),
+                                  torch.zeros(5, dtype=torch.int64), True, stride, padding,
+                                  extra)
+        x = torch.randint(-128, 128, (3, 7, 4, 5), generator=g).double()
+        x[:, 2] = 0                                       # a channel left out
+        live, _ = integer._census(x)
+        expected = F.conv_transpose2d(x, weight, None, stride, padding, extra)
+        assert torch.equal(integer._folded_transposed(layer, x, live, None), expected)
+    with pytest.raises(ValueError, match="cols"):
+        _intops.fold(torch.zeros(10, dtype=torch.int32).numpy(), 1, 1, 1, 3, 2, 1, 2, 2, 1,
+                     torch.zeros(4, dtype=torch.int32).numpy())
+
+
 def test_the_sparse_convolution_is_the_dense_one_exactly():
     """_intops.sparse_conv (a convolution by the input's nonzero values) against the int64
     product of the unfolded input: mostly-zero inputs of digits at the extremes, a window

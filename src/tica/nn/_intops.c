@@ -1055,6 +1055,74 @@ done:
     return result;
 }
 
+/* ---- a transposed layer's taps, folded onto its output ------------------------------ */
+
+/* fold(cols, images, h, w, k, stride, padding, ho, wo, c, out[, workers])
+ *   cols: int32 buffer (images h w, k k c): each input pixel's product with every tap of a
+ *         transposed layer's weight (tap (i, j) at columns (i k + j) c ..)
+ *   out:  writable int32 buffer (images, ho, wo, c), zeros: each input pixel (u, v) adds its
+ *         tap (i, j) to output (u stride - padding + i, v stride - padding + j) where that
+ *         lies inside; the sums are exact where the caller bounds them (a column's sum of
+ *         |products| over all taps below 2^31: tica.nn.integer's `_int16_exact`). */
+static WIDE_VECTORS void fold_images(const int32_t *cols, int32_t *out, Py_ssize_t first,
+                                     Py_ssize_t stop, Py_ssize_t h, Py_ssize_t w,
+                                     Py_ssize_t k, Py_ssize_t stride, Py_ssize_t padding,
+                                     Py_ssize_t ho, Py_ssize_t wo, Py_ssize_t c) {
+    for (Py_ssize_t b = first; b < stop; b++)
+        for (Py_ssize_t u = 0; u < h; u++)
+            for (Py_ssize_t v = 0; v < w; v++) {
+                const int32_t *row = cols + ((b * h + u) * w + v) * k * k * c;
+                for (Py_ssize_t i = 0; i < k; i++) {
+                    Py_ssize_t oh = u * stride - padding + i;
+                    if (oh < 0 || oh >= ho)
+                        continue;
+                    for (Py_ssize_t j = 0; j < k; j++) {
+                        Py_ssize_t ow = v * stride - padding + j;
+                        if (ow < 0 || ow >= wo)
+                            continue;
+                        const int32_t *tap = row + (i * k + j) * c;
+                        int32_t *o = out + ((b * ho + oh) * wo + ow) * c;
+                        for (Py_ssize_t q = 0; q < c; q++)
+                            o[q] += tap[q];
+                    }
+                }
+            }
+}
+
+static PyObject *fold(PyObject *self, PyObject *args) {
+    PyObject *cols_obj, *out_obj;
+    Py_ssize_t images, h, w, k, stride, padding, ho, wo, c, workers = 1;
+    if (!PyArg_ParseTuple(args, "OnnnnnnnnnO|n", &cols_obj, &images, &h, &w, &k, &stride,
+                          &padding, &ho, &wo, &c, &out_obj, &workers))
+        return NULL;
+    if (images < 0 || h < 1 || w < 1 || k < 1 || stride < 1 || padding < 0 || ho < 1
+        || wo < 1 || c < 1) {
+        PyErr_SetString(PyExc_ValueError, "fold: sizes out of range");
+        return NULL;
+    }
+    Py_buffer cols = {0}, out = {0};
+    PyObject *result = NULL;
+    if (get_sized(cols_obj, &cols, 0, images * h * w * k * k * c * 4, "cols")
+        || get_sized(out_obj, &out, 1, images * ho * wo * c * 4, "out"))
+        goto done;
+    int nt = team_size(workers, images * ho * wo * c);
+    const int32_t *cp = cols.buf;
+    int32_t *op = out.buf;
+    Py_BEGIN_ALLOW_THREADS
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        Py_ssize_t first, stop;
+        share(images, THREAD_NUM(), nt, &first, &stop);
+        fold_images(cp, op, first, stop, h, w, k, stride, padding, ho, wo, c);
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    release(&cols);
+    release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"hidden_layer", hidden_layer, METH_VARARGS,
      "hidden_layer(parts, shifts, bias, rshift, act_max, cols, out[, workers]): a hidden "
@@ -1065,6 +1133,9 @@ static PyMethodDef methods[] = {
     {"census", census, METH_VARARGS,
      "census(x, cols, live[, workers]): the channels holding a nonzero value, and how many "
      "values do"},
+    {"fold", fold, METH_VARARGS,
+     "fold(cols, images, h, w, k, stride, padding, ho, wo, c, out[, workers]): a transposed "
+     "layer's taps added onto its output"},
     {"gemm_i16", gemm_i16, METH_VARARGS,
      "gemm_i16(a, packed, k, n, out[, workers[, columns]]): an int16 product, exact in "
      "int32"},

@@ -638,6 +638,45 @@ def _layer_digits(layer: _IntLayer, dtype: torch.dtype, live: torch.Tensor | Non
     return digits
 
 
+def _folded_transposed(layer: _IntLayer, x: torch.Tensor, live: torch.Tensor | None,
+                       end: "_HiddenEnd | _TablesEnd | None") -> torch.Tensor:
+    """A transposed layer of one-digit input (`_digit_linear`'s result) as one int16 product
+    and a fold: every input pixel times every tap of the weight ((C_in, k k C_out), one
+    product, its rows the activations as they are), then each tap's sums added onto the
+    output pixel it reaches (`_intops.fold`). The same integers as the polyphase products:
+    each output's sum is the same terms, in int32, exact below 2^31 (`_int16_exact` bounds
+    a column's |products| over all taps), without the phases' gathered patches and
+    scattered outputs."""
+    k, s, p = layer.weight.shape[-1], layer.stride, layer.padding
+    B, _, H, W = x.shape
+    Ho = (H - 1) * s - 2 * p + k + layer.output_padding
+    Wo = (W - 1) * s - 2 * p + k + layer.output_padding
+    C_out = layer.weight.shape[1]
+    key = ("fold", None if live is None else live.numpy().tobytes())
+    weight = layer.limbs.get(key)
+    if weight is None:                    # (C_in, C_out, k, k) -> (C_in, k k C_out), packed
+        w = (layer.weight if live is None else layer.weight[live]).permute(0, 2, 3, 1)
+        weight = _pack_int16(w.flatten(1).to(torch.int16))
+        if len(layer.limbs) >= MAX_KEPT_DIGITS:
+            layer.limbs.clear()
+        layer.limbs[key] = weight
+    rows = _digit_planes(x, (0, 0, 0, 0), 1, torch.int16, live)[0]
+    c_in, n = rows.shape[-1], k * k * C_out
+    cols = torch.empty(B * H * W, n, dtype=torch.int32)
+    workers = torch.get_num_threads()
+    _intops.gemm_i16(rows.numpy(), weight.numpy(), c_in, n, cols.numpy(), workers)
+    acc = torch.zeros(B, Ho, Wo, C_out, dtype=torch.int32)
+    _intops.fold(cols.numpy(), B, H, W, k, s, p, Ho, Wo, C_out, acc.numpy(), workers)
+    if end is None:
+        return acc.permute(0, 3, 1, 2).double()
+    planar = end.planar
+    out = torch.empty((B, C_out, Ho, Wo) if planar else (B, Ho, Wo, C_out),
+                      dtype=_out_dtype(end, torch.int16))
+    end.compiled([acc.view(-1, C_out).numpy()], [0],
+                 (out if planar else out.view(-1, C_out)).numpy())
+    return out if planar else out.permute(0, 3, 1, 2)
+
+
 def _digit_linear(layer: _IntLayer, x: torch.Tensor, digits: int, gemm: str,
                   end: _HiddenEnd | _TablesEnd | None = None) -> torch.Tensor:
     """The layer's exact accumulator (no bias) by digit products on the CPU (x split into
@@ -650,12 +689,15 @@ def _digit_linear(layer: _IntLayer, x: torch.Tensor, digits: int, gemm: str,
     A stride-s transposed layer runs as s^2 ordinary convolutions, one per output phase
     (polyphase): output o of phase r = (o + p) mod s sums x[u - m] w[r + s m], a full
     correlation of x with that phase's taps, reversed, computed only on the window of it
-    that the layer keeps."""
+    that the layer keeps; with int16 products, as one product and its taps folded
+    (`_folded_transposed`)."""
     live, nonzero = _census(x)
     if gemm == "int16" and (not layer.int16_exact
                             or (digits == 1 and _mostly_zeros(x, live, nonzero))):
         gemm = "float32"     # a weight past int16's bound (never a real one), or an input
                              # for float32's product by nonzero values (`_sparse_enough`)
+    if gemm == "int16" and layer.transposed and digits == 1:
+        return _folded_transposed(layer, x, live, end)
     dtype = DIGIT_DTYPES[gemm]
     k, s, p = layer.weight.shape[-1], layer.stride, layer.padding
     w_digits = _layer_digits(layer, dtype, live)
