@@ -303,10 +303,15 @@ class CompressionModel(nn.Module):
         return z_int.cpu(), indexes, means.cpu(), symbols.cpu()
 
     @torch.no_grad()
-    def dequantize(self, y_gained: torch.Tensor, quality: float | None = None) -> torch.Tensor:
-        """symbols + means -> y_hat as the ViT and g_s see it (the inverse gain applied)."""
+    def dequantize(self, y_gained: torch.Tensor, quality: float | None = None,
+                   inplace: bool = False) -> torch.Tensor:
+        """symbols + means -> y_hat as the ViT and g_s see it (the inverse gain applied;
+        `inplace`: into y_gained itself, the same numbers without a second tensor)."""
         _, inv_gain = self.gain_pair(self.check_quality(quality), y_gained.shape[0])
-        return y_gained if inv_gain is None else y_gained * inv_gain.to(y_gained.device)
+        if inv_gain is None:
+            return y_gained
+        inv_gain = inv_gain.to(y_gained.device)
+        return y_gained.mul_(inv_gain) if inplace else y_gained * inv_gain
 
     @torch.no_grad()
     def latent(self, x: torch.Tensor, quality: float | None = None) -> torch.Tensor:
@@ -345,7 +350,8 @@ class CompressionModel(nn.Module):
         z = reader.decode_z((self.config.N, h // 2, w // 2), self.entropy_bottleneck.tables)
         indexes, means = self._hyper_decode(torch.from_numpy(z), self.check_quality(quality))
         symbols = reader.decode_y(indexes, self.gaussian_conditional.tables)
-        return self.dequantize(torch.from_numpy(symbols).to(means.device).float() + means, quality)
+        y = torch.from_numpy(symbols).to(means.device).float().add_(means)  # one new tensor
+        return self.dequantize(y, quality, inplace=True)
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
