@@ -417,6 +417,10 @@ def test_channels_of_zeros_are_left_out_exactly(digit_gemm, monkeypatch):
         assert live.tolist() == [bool(v) for v in acts.amax(dim=(0, 1, 2)) > 0]
         in_torch = integer._census(x.contiguous())          # channels first: torch's pass
         assert torch.equal(in_torch[0], live) and in_torch[1] == nonzero
+        planar = integer._census(x.double().contiguous())   # 64-bit channels first: C's
+        assert torch.equal(planar[0], live) and planar[1] == nonzero
+        assert torch.equal(integer._census(x.double()[:, :, ::2])[0],   # not contiguous:
+                           x.double()[:, :, ::2].abs().amax(dim=(0, 2, 3)) > 0)  # torch's
     assert integer._census(torch.zeros(2, 3, 1, 1, dtype=torch.int32).permute(0, 1, 2, 3)
                            .contiguous(memory_format=torch.channels_last))[1] == 0
     first = int_hs.layers[0]

@@ -1001,50 +1001,76 @@ static WIDE_VECTORS long long census_rows(const uint32_t *x, Py_ssize_t first, P
     return count;
 }
 
-/* census(x, cols, live[, workers]) -> the number of nonzero values of x
+/* Images [first, stop) of x (images, cols, plane) 64-bit values, channels first: each
+ * channel's values or'd into any, and the count of nonzero ones. */
+static WIDE_VECTORS long long census_planes(const uint64_t *x, Py_ssize_t first,
+                                            Py_ssize_t stop, Py_ssize_t cols,
+                                            Py_ssize_t plane, uint64_t *any) {
+    long long count = 0;
+    for (Py_ssize_t b = first; b < stop; b++)
+        for (Py_ssize_t c = 0; c < cols; c++) {
+            const uint64_t *run = x + (b * cols + c) * plane;
+            uint64_t bits = 0;
+            long long nonzero = 0;
+            for (Py_ssize_t j = 0; j < plane; j++) {
+                bits |= run[j];
+                nonzero += run[j] != 0;
+            }
+            any[c] |= bits;
+            count += nonzero;
+        }
+    return count;
+}
+
+/* census(x, cols, live[, workers[, plane]]) -> the number of nonzero values of x
  *   x:    buffer of 32-bit values (int32, or float32 by their bits), rows * cols of them,
- *         channels last (a column is a channel)
+ *         channels last (a column is a channel); or with plane > 0, 64-bit values (float64
+ *         by their bits) channels first, (images, cols, plane)
  *   live: writable buffer of cols bytes: 1 where the column holds a nonzero value, else 0 */
 static PyObject *census(PyObject *self, PyObject *args) {
     PyObject *x_obj, *live_obj;
-    Py_ssize_t cols, workers = 1;
-    if (!PyArg_ParseTuple(args, "OnO|n", &x_obj, &cols, &live_obj, &workers))
+    Py_ssize_t cols, workers = 1, plane = 0;
+    if (!PyArg_ParseTuple(args, "OnO|nn", &x_obj, &cols, &live_obj, &workers, &plane))
         return NULL;
-    if (cols < 1) {
-        PyErr_SetString(PyExc_ValueError, "census: cols >= 1");
+    if (cols < 1 || plane < 0) {
+        PyErr_SetString(PyExc_ValueError, "census: cols >= 1, plane >= 0");
         return NULL;
     }
     Py_buffer x = {0}, live = {0};
     PyObject *result = NULL;
     if (get_sized(x_obj, &x, 0, -1, "x") || get_sized(live_obj, &live, 1, cols, "live"))
         goto done;
-    if (x.len % (4 * cols)) {
-        PyErr_SetString(PyExc_ValueError, "census: x is no whole number of rows of 32-bit values");
+    Py_ssize_t item = plane ? 8 : 4, row = plane ? cols * plane : cols;   /* a row: an image */
+    if (x.len % (item * row)) {
+        PyErr_SetString(PyExc_ValueError, "census: x is no whole number of rows");
         goto done;
     }
-    Py_ssize_t rows = x.len / 4 / cols;
-    int nt = team_size(workers, rows * cols);
-    uint32_t *any = calloc((size_t)nt * (size_t)cols, sizeof(uint32_t));
+    Py_ssize_t rows = x.len / item / row;
+    int nt = team_size(workers, rows * row);
+    uint64_t *any = calloc((size_t)nt * (size_t)cols, sizeof(uint64_t));
     if (!any) {
         PyErr_NoMemory();
         goto done;
     }
     long long count = 0;
-    const uint32_t *v = x.buf;
+    const void *v = x.buf;
     Py_BEGIN_ALLOW_THREADS
     #pragma omp parallel num_threads(nt) if (nt > 1) reduction(+ : count)
     {
         int t = THREAD_NUM();
         Py_ssize_t first, stop;
         share(rows, t, nt, &first, &stop);
-        count += census_rows(v, first, stop, cols, any + t * cols);
+        if (plane)
+            count += census_planes(v, first, stop, cols, plane, any + t * cols);
+        else
+            count += census_rows(v, first, stop, cols, (uint32_t *)(any + t * cols));
     }
     Py_END_ALLOW_THREADS
     uint8_t *flags = live.buf;
     for (Py_ssize_t c = 0; c < cols; c++) {
-        uint32_t bits = 0;
+        uint64_t bits = 0;
         for (int t = 0; t < nt; t++)
-            bits |= any[t * cols + c];
+            bits |= plane ? any[t * cols + c] : ((const uint32_t *)(any + t * cols))[c];
         flags[c] = bits != 0;
     }
     free(any);

@@ -595,12 +595,17 @@ def _census(x: torch.Tensor) -> tuple[torch.Tensor | None, int]:
     """x's live channels (`_live_channels`) and its count of nonzero values, which choose
     a layer's products (`_mostly_zeros`, `_sparse_enough`): in one pass in C
     (`_intops.census`) where x holds 32-bit values channels-last (a hidden layer's
-    activations; a float32 -0.0 counts there, never met), else in torch."""
-    rows = x.permute(0, 2, 3, 1)
+    activations) or 64-bit ones channels-first (z as the h_s takes it), by their bits (a
+    -0.0 counts there: a channel of -0.0 then joins the products, adding zeros), else in
+    torch."""
+    rows, flags = x.permute(0, 2, 3, 1), torch.empty(x.shape[1], dtype=torch.uint8)
     if _intops is not None and x.element_size() == 4 and rows.is_contiguous() and x.numel():
-        flags = torch.empty(x.shape[1], dtype=torch.uint8)
         nonzero = _intops.census(rows.numpy(), x.shape[1], flags.numpy(),
                                  torch.get_num_threads())
+        live = flags.bool()
+    elif _intops is not None and x.element_size() == 8 and x.is_contiguous() and x.numel():
+        nonzero = _intops.census(x.numpy(), x.shape[1], flags.numpy(), torch.get_num_threads(),
+                                 x.shape[2] * x.shape[3])
         live = flags.bool()
     else:
         live = x.abs().amax(dim=(0, 2, 3)) > 0
