@@ -831,3 +831,17 @@ def test_the_layer_benchmark_times_every_way_on_real_images(capsys):
     assert z_photo[2] == "128x7x7" and int(z_photo[3]) < 64
     assert float(rows[6][4].rstrip("%")) > 50             # tica-photo's last layer's input
     assert all(float(v) > 0 for r in rows for v in r[5:8])
+
+
+def test_the_int16_benchmark_checks_and_times_each_shape(capsys):
+    """benchmarks/int16_gemm.py: a row per shape with both products' times, checked to
+    agree, and their ratio."""
+    from conftest import REPO, load_module
+    bench = load_module(REPO / "benchmarks" / "int16_gemm.py")
+    assert bench.main(["--rounds", "1"]) == 0
+    rows = [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    rows = [r for r in rows if r[0] in bench.SHAPES]
+    assert [r[0] for r in rows] == list(bench.SHAPES)
+    assert all(float(r[1].split()[0]) > 0 and float(r[2].split()[0]) > 0
+               and float(r[3].rstrip("x")) > 0 for r in rows)

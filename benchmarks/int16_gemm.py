@@ -1,0 +1,60 @@
+"""The h_s's int16 product (`tica.nn._intops.gemm_i16`, through `integer._digit_product`)
+against torch's float32 one on the same integers, on one thread: 7-bit activations by 7-bit
+weights in the shapes the shipped h_s multiplies, checked to agree, each timed as the median
+of interleaved rounds.
+
+    python benchmarks/int16_gemm.py [--rounds 15]
+
+Prints a Markdown table (docs/design.md, "int16 products for the h_s").
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from tica.nn import integer
+from tica_tools.timing import cpu_name, interleaved_median_ms
+
+SHAPES = {"1024x96 by 96x192 (tica-cifar's last layer, a chunk)": (1024, 96, 192),
+          "2048x171 by 171x96 (its first, 19 live channels)": (2048, 171, 96),
+          "2048x280 by 280x96 (a transposed layer's phase)": (2048, 280, 96)}
+
+
+def calls(shapes: dict[str, tuple[int, int, int]]) -> dict:
+    """Per shape a float32 and an int16 call on the same random 7-bit operands (checked to
+    give the same integers)."""
+    g, out = torch.Generator().manual_seed(0), {}
+    for name, (m, k, n) in shapes.items():
+        a = torch.randint(0, 128, (m, k), generator=g, dtype=torch.int16)
+        w = torch.randint(-127, 128, (k, n), generator=g, dtype=torch.int16)
+        af, wf, packed = a.float(), w.float(), integer._pack_int16(w)
+        out[name, "float32"] = lambda af=af, wf=wf: torch.mm(af, wf)
+        out[name, "int16"] = lambda a=a, w=w, p=packed: integer._digit_product(a, w, None, p)
+        if not torch.equal(out[name, "float32"]().int(), out[name, "int16"]()):
+            raise AssertionError(f"{name}: the products disagree")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=15)
+    args = p.parse_args(argv)
+    if integer._intops is None:
+        raise SystemExit("the _intops kernel is not built: python setup.py build_ext --inplace")
+    torch.set_num_threads(1)
+    ms = interleaved_median_ms(calls(SHAPES), args.rounds)
+    print(f"int16 against float32 products, one thread of {cpu_name()}; ms, the median of "
+          f"{args.rounds} interleaved rounds (G multiply-adds/s):\n")
+    print("| product (one thread) | float32 `torch.mm` ms (G multiply-adds/s) | int16 ms | "
+          "int16 / float32 |\n|---|---:|---:|---:|")
+    for name, (m, k, n) in SHAPES.items():
+        f, i = ms[name, "float32"], ms[name, "int16"]
+        print(f"| {name} | {f:.3f} ({m * k * n / f / 1e6:.1f}) | {i:.3f} "
+              f"({m * k * n / i / 1e6:.1f}) | {f / i:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
