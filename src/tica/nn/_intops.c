@@ -987,7 +987,7 @@ done:
 /* Rows [first, stop) of x (rows, cols) 32-bit values: each column's values or'd into any,
  * and the count of nonzero ones (by their bits: a float -0.0 counts). */
 static WIDE_VECTORS long long census_rows(const uint32_t *x, Py_ssize_t first, Py_ssize_t stop,
-                                          Py_ssize_t cols, uint32_t *any) {
+                                          Py_ssize_t cols, uint64_t *any) {
     long long count = 0;
     for (Py_ssize_t r = first; r < stop; r++) {
         const uint32_t *row = x + r * cols;
@@ -1063,14 +1063,14 @@ static PyObject *census(PyObject *self, PyObject *args) {
         if (plane)
             count += census_planes(v, first, stop, cols, plane, any + t * cols);
         else
-            count += census_rows(v, first, stop, cols, (uint32_t *)(any + t * cols));
+            count += census_rows(v, first, stop, cols, any + t * cols);
     }
     Py_END_ALLOW_THREADS
     uint8_t *flags = live.buf;
     for (Py_ssize_t c = 0; c < cols; c++) {
         uint64_t bits = 0;
         for (int t = 0; t < nt; t++)
-            bits |= plane ? any[t * cols + c] : ((const uint32_t *)(any + t * cols))[c];
+            bits |= any[t * cols + c];
         flags[c] = bits != 0;
     }
     free(any);

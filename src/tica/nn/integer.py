@@ -179,8 +179,8 @@ def quantized_h_s(h_s: nn.Sequential, z_hat: torch.Tensor, weight_bits: int, fra
 
 
 LIMB_BITS = 7                    # int8 digits: 7 bits each, the top one signed
-GEMM_ENV = "TICA_INTEGER_GEMM"   # int8 | float32 | float64: force a CPU path (default: the
-                                 # fastest, measured)
+GEMM_ENV = "TICA_INTEGER_GEMM"   # int8 | int16 | float32 | float64: force a CPU path
+                                 # (default: the fastest, measured)
 DIGIT_GEMMS = ("int8", "int16", "float32")   # how a digit product can run (`_digit_product`)
 DIGIT_DTYPES = {"int8": torch.int8, "int16": torch.int16, "float32": torch.float32}
 MAX_INT8_TAPS = 2 ** 16          # int32 sums of two digit planes stay exact below this
@@ -470,8 +470,7 @@ def _out_dtype(end: "_HiddenEnd | _TablesEnd | None", dtype: torch.dtype) -> tor
 
 def _digit_conv(planes: list[torch.Tensor], w_digits: _WeightDigits,
                 kernel: tuple[int, int], stride: int,
-                end: "_HiddenEnd | _TablesEnd | None" = None,
-                nonzero: int | None = None) -> torch.Tensor:
+                end: "_HiddenEnd | _TablesEnd | None", nonzero: int) -> torch.Tensor:
     """A valid convolution (correlation) of an integer input given as digit planes (B, H,
     W, C each: `_digit_planes`, or a window of them) with a weight given as digits of the
     same dtype, ordered (kernel row, kernel column, C_in) x C_out; exact, in float64,
@@ -479,7 +478,7 @@ def _digit_conv(planes: list[torch.Tensor], w_digits: _WeightDigits,
     channels-last or, for an end that is `planar`, (B, C_out, Ho, Wo).
     The patches are gathered a few images at a time (about PRODUCT_ROWS rows, a quarter
     of that in float32: the same bytes), so that each product reads them from cache.
-    `nonzero`: the input's count of nonzero values, if known (`_sparse_enough`)."""
+    `nonzero`: the input's count of nonzero values (`_sparse_enough`)."""
     B, H, W, C = planes[0].shape
     kh, kw = kernel
     Ho, Wo = (H - kh) // stride + 1, (W - kw) // stride + 1
@@ -522,25 +521,20 @@ SPARSE_ROWS = 16384       # output rows of one sparse product
 
 
 def _sparse_enough(planes: list[torch.Tensor], w_digits: _WeightDigits,
-                   kernel: tuple[int, int], stride: int, rows: int,
-                   nonzero: int | None = None) -> bool:
+                   kernel: tuple[int, int], stride: int, rows: int, nonzero: int) -> bool:
     """Whether a float32 or int16 digit product runs by the input's nonzero values alone:
     one digit plane of input, a float32 weight summed exactly in one slice (so in any
     order: `_WeightDigits.sparse_weight`), the kernel built, and few enough of the
     products' terms nonzero (each nonzero input value feeds about kh kw / stride^2 of the
     `rows` outputs; SPARSE_SHARE of the rows times their taps at most, by the dtype of
     the dense product it replaces) that skipping the zeros saves more than a dense
-    product's speed. `nonzero`: the input's count of nonzero values where known (the
-    layer's `_census`), else counted here."""
+    product's speed. `nonzero`: the input's count of nonzero values (the layer's
+    `_census`)."""
     plane = planes[0]
     share = SPARSE_SHARE.get(plane.dtype)
     if (_intops is None or len(planes) != 1 or share is None or rows == 0
             or w_digits.sparse_weight() is None):
         return False
-    # counted on the bits (20x faster than on float32 here; a -0.0 counts, for this choice)
-    if nonzero is None:
-        bits = plane.view(torch.int32) if plane.dtype == torch.float32 else plane
-        nonzero = int(torch.count_nonzero(bits))
     terms = nonzero * kernel[0] * kernel[1] / stride ** 2
     return terms < share * rows * w_digits.planes[0].shape[0]
 
@@ -619,28 +613,40 @@ def _census(x: torch.Tensor) -> tuple[torch.Tensor | None, int]:
 MAX_KEPT_DIGITS = 16     # weights as digits kept per layer (by dtype and live channels)
 
 
+def _kept(layer: _IntLayer, key: tuple, build):
+    """layer.limbs[key], built by build() on first use and kept (MAX_KEPT_DIGITS a layer,
+    then cleared and built again): an assignment or a clear, safe where threads race."""
+    value = layer.limbs.get(key)
+    if value is None:
+        value = build()
+        if len(layer.limbs) >= MAX_KEPT_DIGITS:
+            layer.limbs.clear()
+        layer.limbs[key] = value
+    return value
+
+
 def _layer_digits(layer: _IntLayer, dtype: torch.dtype, live: torch.Tensor | None):
     """The layer's weight as digits of `dtype` for the input channels `live` (None: all):
     a convolution's `_WeightDigits`, or a transposed layer's per output phase (row phase,
     column phase, kernel, digits). Built on first use and kept (MAX_KEPT_DIGITS, then
-    built again): an assignment or a clear, safe where threads race here."""
-    key = (dtype, None if live is None else live.numpy().tobytes())
-    digits = layer.limbs.get(key)
-    if digits is not None:
-        return digits
-    w = layer.weight if live is None else layer.weight[live] if layer.transposed \
-        else layer.weight[:, live]
-    if layer.transposed:
+    built again: `_kept`)."""
+    def build():
+        w = layer.weight if live is None else layer.weight[live] if layer.transposed \
+            else layer.weight[:, live]
+        if not layer.transposed:
+            return _weight_digits(w, dtype)
         s = layer.stride
         phases = [(rh, rw, w[:, :, rh::s, rw::s].flip(2, 3).transpose(0, 1))
                   for rh in range(s) for rw in range(s)]
-        digits = [(rh, rw, tuple(t.shape[-2:]), _weight_digits(t, dtype)) for rh, rw, t in phases]
-    else:
-        digits = _weight_digits(w, dtype)
-    if len(layer.limbs) >= MAX_KEPT_DIGITS:
-        layer.limbs.clear()
-    layer.limbs[key] = digits
-    return digits
+        return [(rh, rw, tuple(t.shape[-2:]), _weight_digits(t, dtype)) for rh, rw, t in phases]
+    return _kept(layer, (dtype, None if live is None else live.numpy().tobytes()), build)
+
+
+def _transposed_size(layer: _IntLayer, H: int, W: int) -> tuple[int, int]:
+    """A transposed layer's output height and width for an input of H x W."""
+    k, s, p = layer.weight.shape[-1], layer.stride, layer.padding
+    return ((H - 1) * s - 2 * p + k + layer.output_padding,
+            (W - 1) * s - 2 * p + k + layer.output_padding)
 
 
 def _folded_transposed(layer: _IntLayer, x: torch.Tensor, live: torch.Tensor | None,
@@ -654,17 +660,13 @@ def _folded_transposed(layer: _IntLayer, x: torch.Tensor, live: torch.Tensor | N
     scattered outputs."""
     k, s, p = layer.weight.shape[-1], layer.stride, layer.padding
     B, _, H, W = x.shape
-    Ho = (H - 1) * s - 2 * p + k + layer.output_padding
-    Wo = (W - 1) * s - 2 * p + k + layer.output_padding
+    Ho, Wo = _transposed_size(layer, H, W)
     C_out = layer.weight.shape[1]
-    key = ("fold", None if live is None else live.numpy().tobytes())
-    weight = layer.limbs.get(key)
-    if weight is None:                    # (C_in, C_out, k, k) -> (C_in, k k C_out), packed
+
+    def packed() -> torch.Tensor:         # (C_in, C_out, k, k) -> (C_in, k k C_out), packed
         w = (layer.weight if live is None else layer.weight[live]).permute(0, 2, 3, 1)
-        weight = _pack_int16(w.flatten(1).to(torch.int16))
-        if len(layer.limbs) >= MAX_KEPT_DIGITS:
-            layer.limbs.clear()
-        layer.limbs[key] = weight
+        return _pack_int16(w.flatten(1).to(torch.int16))
+    weight = _kept(layer, ("fold", None if live is None else live.numpy().tobytes()), packed)
     rows = _digit_planes(x, (0, 0, 0, 0), 1, torch.int16, live)[0]
     c_in, n = rows.shape[-1], k * k * C_out
     cols = torch.empty(B * H * W, n, dtype=torch.int32)
@@ -685,7 +687,7 @@ def _folded_transposed(layer: _IntLayer, x: torch.Tensor, live: torch.Tensor | N
 def _digit_linear(layer: _IntLayer, x: torch.Tensor, digits: int, gemm: str,
                   end: _HiddenEnd | _TablesEnd | None = None) -> torch.Tensor:
     """The layer's exact accumulator (no bias) by digit products on the CPU (x split into
-    `digits` digits, `input_digits`; the products int8 or float32 as `gemm` says): the
+    `digits` digits, `input_digits`; the products int8, int16 or float32 as `gemm` says): the
     same integers as the float64 convolution; with `end`, what that end makes of it: a
     hidden layer's activations (`_hidden_end`: bias, ReLU and fixed point applied,
     `requantize`'s integers; int32, float32 after float32 products: `_out_dtype`) or the
@@ -712,8 +714,7 @@ def _digit_linear(layer: _IntLayer, x: torch.Tensor, digits: int, gemm: str,
                           end, nonzero)
         return out if planar else out.permute(0, 3, 1, 2)
     B, _, H, W = x.shape
-    Ho = (H - 1) * s - 2 * p + k + layer.output_padding
-    Wo = (W - 1) * s - 2 * p + k + layer.output_padding
+    Ho, Wo = _transposed_size(layer, H, W)
     C_out = layer.weight.shape[1]
     out = torch.empty((B, C_out, Ho, Wo) if planar else (B, Ho, Wo, C_out),
                       dtype=_out_dtype(end, dtype))
@@ -818,8 +819,7 @@ def _gemm_linear(layer: _IntLayer, x: torch.Tensor) -> torch.Tensor:
     B, _, H, W = x.shape
     k, s, p = layer.weight.shape[-1], layer.stride, layer.padding
     if layer.transposed:
-        Ho = (H - 1) * s - 2 * p + k + layer.output_padding
-        Wo = (W - 1) * s - 2 * p + k + layer.output_padding
+        Ho, Wo = _transposed_size(layer, H, W)
         cols = layer.weight.flatten(1).t() @ x.flatten(2)         # (B, C_out k k, H W)
         full = F.fold(cols, (Ho + 2 * p, Wo + 2 * p), k, stride=s)
         return full[:, :, p:p + Ho, p:p + Wo]
