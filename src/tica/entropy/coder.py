@@ -194,7 +194,7 @@ class BatchDecoder:
 
     def __init__(self, payloads: Sequence[bytes]) -> None:
         for i, p in enumerate(payloads):
-            if len(p) % 4 or not p:
+            if len(p) % 4:              # empty is a stack: every symbol its table's first
                 raise BitstreamError(f"entropy-coded payload of image {i} is not a whole "
                                      f"number of 32-bit words")
         self.batch = len(payloads)
