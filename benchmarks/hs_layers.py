@@ -1,7 +1,8 @@
 """The integer h_s layer by layer, on one thread: how much of each layer's input is zero
 (whole channels, and values), and each layer's time with its products dense (the digit
 products this CPU runs fastest, `tica.nn.integer.digit_gemm`: int8, int16 or float32
-GEMMs), by the nonzero values alone (`_intops.sparse_conv`), and as the library chooses
+GEMMs; int16's as uint8 ones for a hidden layer's activations, `_unsigned_input`), by the
+nonzero values alone (`_intops.sparse_conv`), and as the library chooses
 (`tica.nn.integer.SPARSE_SHARE`), on real images: tica-cifar on CIFAR-10 test images at q4,
 tica-photo on Imagenette validation images at q2. Every way gives the same integers (checked).
 
@@ -42,17 +43,18 @@ def layer_calls(model, z: torch.Tensor, quality: float) -> list[dict]:
                if last else integer._hidden_end(layer))
         live = integer._live_channels(x)
         kept = x if live is None else x[:, live]
+        in_bits = int_hs.layers[i - 1].act_bits if i else None   # activations: unsigned
         row = {"layer": f"{i + 1}{' (transposed)' if layer.transposed else ''}",
                "shape": "x".join(str(d) for d in x.shape[1:]),
                "live": x.shape[1] if live is None else int(live.sum()),
                "zeros": float((kept == 0).float().mean()), "calls": {}}
         for way, share in WAYS.items():
-            def call(layer=layer, x=x, end=end, share=share):
+            def call(layer=layer, x=x, end=end, share=share, in_bits=in_bits):
                 saved = integer.SPARSE_SHARE
                 integer.SPARSE_SHARE = (saved if share is None
                                         else dict.fromkeys(saved, share))
                 try:
-                    return integer._digit_linear(layer, x, 1, gemm, end)
+                    return integer._digit_linear(layer, x, 1, gemm, end, in_bits)
                 finally:
                     integer.SPARSE_SHARE = saved
             row["calls"][way] = call

@@ -596,6 +596,108 @@ def test_the_int16_product_is_the_int64_one_exactly():
         _intops.gemm_i16(a.numpy(), packed.numpy(), 0, 16, out.numpy())
 
 
+def test_the_uint8_product_is_the_int64_one_exactly():
+    """_intops.gemm_u8 against the int64 product: inputs in [0, 128) and weights in
+    [-128, 127] at their extremes (each pair of products at +-32,512, int16's edge), whole
+    quads of taps, columns and rows no multiple of its tiles, the product transposed,
+    workers; the weights `_u8_exact` takes and refuses; its refusals of wrong sizes and of
+    taps in no whole quads."""
+    from tica.nn import _intops
+    g = torch.Generator().manual_seed(23)
+    for rows, k, n in [(1, 4, 1), (5, 8, 17), (9, 96, 192), (103, 172, 40), (7, 508, 16)]:
+        a = torch.randint(0, 128, (rows, k), generator=g, dtype=torch.uint8)
+        w = torch.randint(-128, 128, (k, n), generator=g, dtype=torch.int16)
+        a[0], w[:, -1], w[:, 0] = 127, 127, -128     # a row's pairs at -32,512 and 32,258
+        expected = a.long() @ w.long()
+        assert int(expected[0, 0]) == -128 * 127 * k
+        packed = integer._pack_u8(w)
+        for workers, columns in ((1, False), (3, False), (1, True), (2, True)):
+            out = torch.empty((n, rows) if columns else (rows, n), dtype=torch.int32)
+            _intops.gemm_u8(a.numpy(), packed.numpy(), k, n, out.numpy(), workers, columns)
+            assert torch.equal((out.t() if columns else out).long(), expected), (rows, k, n)
+    assert integer._u8_exact(torch.full((4, 2, 3, 3), -128.0), False)
+    assert integer._u8_exact(torch.full((4, 2, 3, 3), 127.0), True)
+    assert not integer._u8_exact(torch.full((4, 2, 1, 1), 128.0), False)
+    out = torch.empty(4, 16, dtype=torch.int32)
+    a, packed = torch.zeros(4, 8, dtype=torch.uint8), integer._pack_u8(
+        torch.zeros(8, 16, dtype=torch.int16))
+    with pytest.raises(ValueError, match="packed"):
+        _intops.gemm_u8(a.numpy(), packed.numpy(), 12, 16, out.numpy())
+    with pytest.raises(ValueError, match="a does not match"):
+        _intops.gemm_u8(a[:3].numpy(), packed.numpy(), 8, 16, out.numpy())
+    with pytest.raises(ValueError, match="multiple of 4"):
+        _intops.gemm_u8(a.numpy(), packed.numpy(), 6, 16, out.numpy())
+    with pytest.raises(ValueError, match="whole quads"):
+        integer._pack_u8(torch.zeros(6, 16, dtype=torch.int16))
+
+
+def test_a_hidden_layers_activations_take_uint8_products_exactly(monkeypatch):
+    """With int16 products, a layer whose input is one digit known to lie in [0, 2^7) (a
+    hidden layer's activations: `in_bits` 7) and whose weight is within int8 runs uint8
+    products (`_unsigned_input`): a 3x3 convolution (padded, live channels in no whole
+    quads), a 1x1 one, a transposed one (folded) and the last layer's table end, each the
+    float64 convolution's integers; not for z (no `in_bits`), a wider input or weight, or
+    with UNSIGNED_PRODUCTS off."""
+    from tica.nn import _intops
+    calls = []
+    monkeypatch.setattr(integer, "_intops", _SpiedIntops(_intops, calls))
+    g = torch.Generator().manual_seed(24)
+    shapes = [(False, 9, 6, 3, 1, 1, 0), (False, 10, 7, 1, 1, 0, 0), (True, 9, 5, 3, 2, 1, 1)]
+    for transposed, c_in, c_out, k, stride, padding, extra in shapes:
+        shape = (c_in, c_out, k, k) if transposed else (c_out, c_in, k, k)
+        weight = torch.randint(-128, 128, shape, generator=g).double()
+        layer = integer._IntLayer(weight, torch.zeros(c_out, dtype=torch.float64),
+                                  torch.zeros(c_out, dtype=torch.int64), transposed, stride,
+                                  padding, extra)
+        x = torch.randint(0, 128, (3, c_in, 4, 5), generator=g).double()
+        x[:, 1] = 0                            # a channel left out: 8 or 9 live channels
+        x[0, 0, 0, 0] = 127
+        expected = (F.conv_transpose2d(x, weight, None, stride, padding, extra) if transposed
+                    else F.conv2d(x, weight, None, stride, padding))
+        assert integer._unsigned_input(layer, 1, 7) and not integer._unsigned_input(layer, 1, 8)
+        assert not integer._unsigned_input(layer, 1, None)
+        assert not integer._unsigned_input(layer, 2, 7)
+        calls.clear()
+        got = integer._digit_linear(layer, x, 1, "int16", in_bits=7)
+        assert torch.equal(got, expected) and calls == ["gemm_u8"]
+        calls.clear()
+        assert torch.equal(integer._digit_linear(layer, x, 1, "int16"), expected)
+        assert calls == ["gemm_i16"]                                    # z: signed
+        monkeypatch.setattr(integer, "UNSIGNED_PRODUCTS", False)
+        calls.clear()
+        assert torch.equal(integer._digit_linear(layer, x, 1, "int16", in_bits=7), expected)
+        assert calls == ["gemm_i16"]
+        monkeypatch.setattr(integer, "UNSIGNED_PRODUCTS", True)
+        wide = dataclasses.replace(layer, weight=weight * 2, limbs={})
+        assert not wide.u8_exact and not integer._unsigned_input(wide, 1, 7)
+    # the last layer's table end, through a narrow h_s (7-bit weights and activations)
+    h_s = _trained_like_h_s().double()
+    int_hs = IntegerHyperSynthesis.build(h_s, 7, 5, 7)
+    assert all(layer.u8_exact for layer in int_hs.layers)
+    z = torch.randint(-4, 5, (3, 32, 5, 3)).double()
+    monkeypatch.setenv(integer.GEMM_ENV, "int16")
+    calls.clear()
+    assert torch.equal(int_hs(z), _int64_reference(int_hs, z))
+    assert calls.count("gemm_u8") >= 2                  # the two layers after the first
+
+
+class _SpiedIntops:
+    """The kernel module, its products' calls listed by name."""
+
+    def __init__(self, module, calls: list[str]) -> None:
+        self._module, self._calls = module, calls
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._module, name)
+        if not name.startswith("gemm_"):
+            return attr
+
+        def spied(*args):
+            self._calls.append(name)
+            return attr(*args)
+        return spied
+
+
 def test_a_mostly_zero_input_takes_float32_digits_for_its_sparse_product():
     """With int16 products, an input whose live channels are mostly zeros (under int16's
     SPARSE_SHARE) is sent to float32 digits (`_mostly_zeros`), whose product by nonzero

@@ -13,10 +13,13 @@ or a GPU alike. `build` checks that bound for each layer from the worst case, no
 On a CPU the same integers are usually multiplied faster as 7-bit digits ("limbs"):
 products of each pair of digits, summed in int32 and recombined in float64, give the exact
 products again, so the numbers are identical and only the speed changes. A digit product
-runs as an int8 matrix product where the CPU has fast ones (AVX-512 VNNI, AMX), else as a
-float32 one, exact too: a sum of at most F32_TAPS products of digits stays within float32's
-24 bits (`digit_gemm` measures which, and how many digit products cost one float64 one;
-each layer takes the digits when its own count of them is cheaper). Input channels that
+runs as an int8 matrix product where the CPU has fast ones (AVX-512 VNNI, AMX), as an
+int16 one of a 14-bit weight whole (`_intops.gemm_i16`, AVX2), or as a float32 one, exact
+too: a sum of at most F32_TAPS products of digits stays within float32's 24 bits
+(`digit_gemm` measures which, and how many digit products cost one float64 one; each
+layer takes the digits when its own count of them is cheaper). int16's products take a
+hidden layer's 7-bit activations as uint8 against an 8-bit weight (`_intops.gemm_u8`,
+`_unsigned_input`): twice the multiply-adds per instruction again. Input channels that
 are zero in the whole batch are left out of a product (most of z's), and a one-digit input
 that is mostly zeros (a photograph's activations: 93-95%) is multiplied by its nonzero
 values alone (`_intops.sparse_conv`), exact in float32 in any order. A hidden layer's end
@@ -79,12 +82,15 @@ class _IntLayer:
     weight_digits: int = field(init=False)
     # whether int16 products take the weight whole (`_int16_exact`), derived from it
     int16_exact: bool = field(init=False)
+    # whether unsigned 8-bit products take it too, against an input below 2^7 (`_u8_exact`)
+    u8_exact: bool = field(init=False)
     # a hidden layer's end for _limb_matmul (_HiddenEnd); built on first use
     epilogue: "_HiddenEnd | None" = None
 
     def __post_init__(self) -> None:
         self.weight_digits = digit_count(self.weight)
         self.int16_exact = _int16_exact(self.weight, self.transposed)
+        self.u8_exact = _u8_exact(self.weight, self.transposed)
 
 
 def _weight_exponents(per_out: torch.Tensor, weight_bits: int) -> torch.Tensor:
@@ -224,6 +230,52 @@ def _int16_exact(weight: torch.Tensor, transposed: bool) -> bool:
         * 128 < 2.0 ** 31
 
 
+U8_INPUT_BITS = 7        # an input of uint8 products: in [0, 2^7) (a hidden layer's activations)
+UNSIGNED_PRODUCTS = True  # int16's products take such an input as uint8 where they can
+
+
+def _u8_exact(weight: torch.Tensor, transposed: bool) -> bool:
+    """Whether unsigned 8-bit products (`_intops.gemm_u8`) take this conv weight whole
+    against an input in [0, 2^U8_INPUT_BITS), exactly: the weight in int8's [-128, 127]
+    keeps each pair of products that vpmaddubsw adds in int16 within 2 x 127 x 128 =
+    32,512, and the int32 sums within int16's bound (`_int16_exact`). The shipped h_s's
+    weights are 7 bits: they do."""
+    return bool(weight.min() >= -128) and bool(weight.max() <= 127) \
+        and _int16_exact(weight, transposed)
+
+
+def _unsigned_input(layer: _IntLayer, digits: int, in_bits: int | None) -> bool:
+    """Whether a layer's int16 product takes its input as uint8 (`gemm_u8`): one digit
+    known to lie in [0, 2^U8_INPUT_BITS) (a hidden layer's activations, ReLU'd and clamped
+    below 2^in_bits) and a weight `_u8_exact` takes."""
+    return (UNSIGNED_PRODUCTS and _intops is not None and digits == 1 and in_bits is not None
+            and in_bits <= U8_INPUT_BITS and layer.u8_exact)
+
+
+def _quads(taps: int) -> int:
+    """`taps` rounded up to whole quads: a uint8 product's rows and weight carry their
+    channels so (`gemm_u8` takes whole quads of taps), the rest zeros."""
+    return -(-taps // 4) * 4
+
+
+def _pack_u8(w: torch.Tensor) -> torch.Tensor:
+    """A weight plane (K, N) of values in [-128, 127], K whole quads (`_quads`), as
+    `_intops.gemm_u8` reads it: per block of 16 columns, per quad of taps, each column's
+    four taps side by side (N padded with zeros), int8."""
+    k, n = w.shape
+    k4, n2 = _quads(k), -(-n // 16) * 16
+    if k4 != k:
+        raise ValueError(f"a uint8 product's weight has whole quads of taps, not {k}")
+    padded = torch.zeros(k4, n2, dtype=torch.int8)
+    padded[:k, :n] = w
+    return padded.view(k4 // 4, 4, n2 // 16, 16).permute(2, 0, 3, 1).contiguous()
+
+
+def _packed(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A weight plane (K, N) packed for the product of inputs of `dtype` (int16 or uint8)."""
+    return _pack_u8(w) if dtype == torch.uint8 else _pack_int16(w)
+
+
 def _pack_int16(w: torch.Tensor) -> torch.Tensor:
     """A weight plane (K, N) as `_intops.gemm_i16` reads it: per block of 16 columns, per
     pair of taps, each column's two taps side by side (K and N padded with zeros)."""
@@ -255,7 +307,8 @@ def _float32_slices(w: torch.Tensor) -> tuple[tuple[int, int], ...]:
 class _WeightDigits:
     """A weight as the digit planes a digit product reads ((K, C_out) each, int8, int16 or
     float32), for float32 ones each plane's slices of taps (`_float32_slices`), for int16
-    ones (one plane: the weight whole) that plane packed (`_pack_int16`)."""
+    ones (one plane: the weight whole) that plane packed (`_pack_int16`); for a uint8
+    input's product, the int16 plane and its int8 packing (`_pack_u8`)."""
     planes: tuple[torch.Tensor, ...]
     slices: tuple[tuple[tuple[int, int], ...], ...]
     packed: tuple[torch.Tensor, ...] = ()
@@ -265,7 +318,7 @@ class _WeightDigits:
 
     def sparse_weight(self) -> torch.Tensor | None:
         """The float32 weight `_intops.sparse_conv` multiplies by, if it can."""
-        if self.planes[0].dtype == torch.int16:
+        if self.planes[0].dtype == torch.int16:                 # int16 or uint8 input
             return self.sparse
         ok = len(self.planes) == 1 and self.planes[0].dtype == torch.float32 \
             and len(self.slices[0]) == 1
@@ -277,19 +330,22 @@ def _digit_product(a: torch.Tensor, b: torch.Tensor,
                    packed: torch.Tensor | None = None, columns: bool = False) -> torch.Tensor:
     """The exact product of two digit planes (rows by columns), int8, int16 or float32
     alike: an int8 matrix product (int32); an int16 one (`_intops.gemm_i16`, int32; b
-    `packed` by `_pack_int16`, a weight `_int16_exact` takes whole); or float32 ones, one
+    `packed` by `_pack_int16`, a weight `_int16_exact` takes whole), or for a uint8 `a` in
+    [0, 2^U8_INPUT_BITS) a uint8 one (`_intops.gemm_u8`; b packed by `_pack_u8`, a weight
+    `_u8_exact` takes whole); or float32 ones, one
     per slice of the taps (`slices`, of b's: `_float32_slices`; by default of F32_TAPS
     taps, right for any digits: 2^10 * 2^14 = 2^24), each of whose partial sums float32
     holds exactly. One slice: its float32 result, integers within 2^24; more: their sums
-    added in int32. `columns` (int16 only): the product transposed, (columns, rows)."""
+    added in int32. `columns` (int16 and uint8 only): the product transposed, (columns,
+    rows)."""
     if a.dtype == torch.int8:
         return torch._int_mm(a, b)
-    if a.dtype == torch.int16:
+    if a.dtype in (torch.int16, torch.uint8):
         rows, n = a.shape[0], b.shape[1]
         out = torch.empty((n, rows) if columns else (rows, n), dtype=torch.int32)
-        _intops.gemm_i16(a.contiguous().numpy(), (_pack_int16(b) if packed is None
-                                                  else packed).numpy(),
-                         b.shape[0], n, out.numpy(), torch.get_num_threads(), columns)
+        gemm = _intops.gemm_u8 if a.dtype == torch.uint8 else _intops.gemm_i16
+        gemm(a.contiguous().numpy(), (_packed(b, a.dtype) if packed is None else packed).numpy(),
+             b.shape[0], n, out.numpy(), torch.get_num_threads(), columns)
         return out
     if slices is None:
         slices = tuple((k, min(k + F32_TAPS, a.shape[1])) for k in range(0, a.shape[1], F32_TAPS))
@@ -318,11 +374,11 @@ def _limb_matmul(a: list[torch.Tensor], b: _WeightDigits, out: torch.Tensor,
     transposed, (columns, rows): each column's run of an image's pixels then lies
     contiguous in the product as in `out`, and the end runs along it in vector lanes."""
     columns = (end is not None and end.planar and _intops is not None
-               and all(da.dtype in (torch.float32, torch.int16) for da in a))
+               and all(da.dtype in (torch.float32, torch.int16, torch.uint8) for da in a))
     by_shift: dict[int, torch.Tensor] = {}
     for i, da in enumerate(a):
         for j, (db, slices) in enumerate(zip(b.planes, b.slices)):
-            if da.dtype == torch.int16:
+            if da.dtype in (torch.int16, torch.uint8):
                 plane = _digit_product(da, db, slices, b.packed[j], columns)
             elif columns:
                 plane = _digit_product(db.t(), da.t(), slices)
@@ -441,8 +497,9 @@ def _digit_planes(x: torch.Tensor, pad: tuple[int, int, int, int], count: int,
                   live: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Integer x (B, C, H, W), its channels `live` (bool (C,), None: all), zero-padded by
     `pad` (left, right, top, bottom) -> their `count` digit planes (`input_digits`) as
-    `dtype` (int8, or float32 for float32 products), channels-last and contiguous (the
-    digits of zero are zeros: each plane is padded, not x)."""
+    `dtype` (int8, int16, uint8, or float32 for float32 products), channels-last and
+    contiguous (the digits of zero are zeros: each plane is padded, not x); uint8 planes
+    with their channels in whole quads (`_quads`), the rest zeros."""
     if live is not None:
         x = x.index_select(1, live.nonzero().flatten())
     x = x.permute(0, 2, 3, 1)
@@ -450,10 +507,11 @@ def _digit_planes(x: torch.Tensor, pad: tuple[int, int, int, int], count: int,
         return [x]                          # a float32 layer's channels-last activations
     B, H, W, C = x.shape
     left, right, top, bottom = pad
+    channels = _quads(C) if dtype == torch.uint8 else C
     planes = []
     for digit in [x] if count == 1 else _limbs(x, count):    # one digit: x, in [-128, 128)
-        plane = torch.zeros(B, top + H + bottom, left + W + right, C, dtype=dtype)
-        plane[:, top:top + H, left:left + W] = digit
+        plane = torch.zeros(B, top + H + bottom, left + W + right, channels, dtype=dtype)
+        plane[:, top:top + H, left:left + W, :C] = digit
         planes.append(plane)
     return planes
 
@@ -514,7 +572,8 @@ def _digit_conv(planes: list[torch.Tensor], w_digits: _WeightDigits,
 
 
 SPARSE_SHARE = {torch.float32: 0.3,    # a one-digit product with fewer nonzero input terms
-                torch.int16: 0.2}      # than this share of its products runs by them alone
+                torch.int16: 0.2,      # than this share of its products runs by them alone
+                torch.uint8: 0.13}
                                        # (`_intops.sparse_conv`), by the dense product's
                                        # dtype: measured, docs/design.md
 SPARSE_ROWS = 16384       # output rows of one sparse product
@@ -539,26 +598,31 @@ def _sparse_enough(planes: list[torch.Tensor], w_digits: _WeightDigits,
     return terms < share * rows * w_digits.planes[0].shape[0]
 
 
-def _mostly_zeros(x: torch.Tensor, live: torch.Tensor | None, nonzero: int) -> bool:
-    """Whether fewer of x's values in its `live` channels are nonzero than int16's
-    SPARSE_SHARE: a layer then takes float32 digits, whose product by nonzero values beats
-    a dense int16 one there (each nonzero value feeds about as many terms as a value does,
-    so this share is about the share of the products' terms that `_sparse_enough` counts);
-    `nonzero`: x's count of nonzero values (`_census`)."""
+def _mostly_zeros(x: torch.Tensor, live: torch.Tensor | None, nonzero: int,
+                  dtype: torch.dtype = torch.int16) -> bool:
+    """Whether fewer of x's values in its `live` channels are nonzero than the SPARSE_SHARE
+    of the dense product it would take (`dtype`: int16, or uint8): a layer then takes
+    float32 digits, whose product by nonzero values beats the dense one there (each nonzero
+    value feeds about as many terms as a value does, so this share is about the share of
+    the products' terms that `_sparse_enough` counts); `nonzero`: x's count of nonzero
+    values (`_census`)."""
     if _intops is None or x.numel() == 0:
         return False
     values = x.numel() if live is None else x.numel() // x.shape[1] * int(live.sum())
-    return nonzero < SPARSE_SHARE[torch.int16] * values
+    return nonzero < SPARSE_SHARE[dtype] * values
 
 
 def _weight_digits(w: torch.Tensor, dtype: torch.dtype) -> _WeightDigits:
     """A conv weight (C_out, C_in, kh, kw) as the (kh kw C_in, C_out) digits _digit_conv
     reads, as `dtype` (|w| < 2^WEIGHT_BITS: at most two digits; int16: the weight whole,
-    packed), with their float32 slices."""
-    if dtype == torch.int16:
-        whole = w.permute(0, 2, 3, 1).flatten(1).t().to(dtype).contiguous()
+    packed; uint8, for a uint8 input: the same, its input channels in whole quads
+    (`_quads`), packed for `gemm_u8`), with their float32 slices."""
+    if dtype == torch.uint8:
+        w = F.pad(w, (0, 0, 0, 0, 0, _quads(w.shape[1]) - w.shape[1]))
+    if dtype in (torch.int16, torch.uint8):
+        whole = w.permute(0, 2, 3, 1).flatten(1).t().to(torch.int16).contiguous()
         as_float = whole.float()
-        return _WeightDigits((whole,), (((0, len(whole)),),), (_pack_int16(whole),),
+        return _WeightDigits((whole,), (((0, len(whole)),),), (_packed(whole, dtype),),
                              as_float if len(_float32_slices(as_float)) == 1 else None)
     planes = tuple(d.to(dtype).contiguous()
                    for d in _limbs(w.permute(0, 2, 3, 1).flatten(1).t(), digit_count(w)))
@@ -650,14 +714,15 @@ def _transposed_size(layer: _IntLayer, H: int, W: int) -> tuple[int, int]:
 
 
 def _folded_transposed(layer: _IntLayer, x: torch.Tensor, live: torch.Tensor | None,
-                       end: "_HiddenEnd | _TablesEnd | None") -> torch.Tensor:
+                       end: "_HiddenEnd | _TablesEnd | None",
+                       dtype: torch.dtype = torch.int16) -> torch.Tensor:
     """A transposed layer of one-digit input (`_digit_linear`'s result) as one int16 product
-    and a fold: every input pixel times every tap of the weight ((C_in, k k C_out), one
-    product, its rows the activations as they are), then each tap's sums added onto the
-    output pixel it reaches (`_intops.fold`). The same integers as the polyphase products:
-    each output's sum is the same terms, in int32, exact below 2^31 (`_int16_exact` bounds
-    a column's |products| over all taps), without the phases' gathered patches and
-    scattered outputs."""
+    (a uint8 one for `dtype` uint8: `_unsigned_input`) and a fold: every input pixel times
+    every tap of the weight ((C_in, k k C_out), one product, its rows the activations as
+    they are), then each tap's sums added onto the output pixel it reaches
+    (`_intops.fold`). The same integers as the polyphase products: each output's sum is the
+    same terms, in int32, exact below 2^31 (`_int16_exact` bounds a column's |products|
+    over all taps), without the phases' gathered patches and scattered outputs."""
     k, s, p = layer.weight.shape[-1], layer.stride, layer.padding
     B, _, H, W = x.shape
     Ho, Wo = _transposed_size(layer, H, W)
@@ -665,13 +730,17 @@ def _folded_transposed(layer: _IntLayer, x: torch.Tensor, live: torch.Tensor | N
 
     def packed() -> torch.Tensor:         # (C_in, C_out, k, k) -> (C_in, k k C_out), packed
         w = (layer.weight if live is None else layer.weight[live]).permute(0, 2, 3, 1)
-        return _pack_int16(w.flatten(1).to(torch.int16))
-    weight = _kept(layer, ("fold", None if live is None else live.numpy().tobytes()), packed)
-    rows = _digit_planes(x, (0, 0, 0, 0), 1, torch.int16, live)[0]
+        if dtype == torch.uint8:          # input channels in whole quads, as the rows' are
+            w = F.pad(w, (0, 0, 0, 0, 0, 0, 0, _quads(w.shape[0]) - w.shape[0]))
+        return _packed(w.flatten(1).to(torch.int16), dtype)
+    weight = _kept(layer, ("fold", dtype, None if live is None else live.numpy().tobytes()),
+                   packed)
+    rows = _digit_planes(x, (0, 0, 0, 0), 1, dtype, live)[0]
     c_in, n = rows.shape[-1], k * k * C_out
     cols = torch.empty(B * H * W, n, dtype=torch.int32)
     workers = torch.get_num_threads()
-    _intops.gemm_i16(rows.numpy(), weight.numpy(), c_in, n, cols.numpy(), workers)
+    gemm = _intops.gemm_u8 if dtype == torch.uint8 else _intops.gemm_i16
+    gemm(rows.numpy(), weight.numpy(), c_in, n, cols.numpy(), workers)
     acc = torch.zeros(B, Ho, Wo, C_out, dtype=torch.int32)
     _intops.fold(cols.numpy(), B, H, W, k, s, p, Ho, Wo, C_out, acc.numpy(), workers)
     if end is None:
@@ -685,7 +754,8 @@ def _folded_transposed(layer: _IntLayer, x: torch.Tensor, live: torch.Tensor | N
 
 
 def _digit_linear(layer: _IntLayer, x: torch.Tensor, digits: int, gemm: str,
-                  end: _HiddenEnd | _TablesEnd | None = None) -> torch.Tensor:
+                  end: _HiddenEnd | _TablesEnd | None = None,
+                  in_bits: int | None = None) -> torch.Tensor:
     """The layer's exact accumulator (no bias) by digit products on the CPU (x split into
     `digits` digits, `input_digits`; the products int8, int16 or float32 as `gemm` says): the
     same integers as the float64 convolution; with `end`, what that end makes of it: a
@@ -697,15 +767,18 @@ def _digit_linear(layer: _IntLayer, x: torch.Tensor, digits: int, gemm: str,
     (polyphase): output o of phase r = (o + p) mod s sums x[u - m] w[r + s m], a full
     correlation of x with that phase's taps, reversed, computed only on the window of it
     that the layer keeps; with int16 products, as one product and its taps folded
-    (`_folded_transposed`)."""
+    (`_folded_transposed`). `in_bits`: x is known to lie in [0, 2^in_bits) (a hidden
+    layer's activations); int16's products then take it as uint8 where they can
+    (`_unsigned_input`)."""
     live, nonzero = _census(x)
+    dense = torch.uint8 if _unsigned_input(layer, digits, in_bits) else torch.int16
     if gemm == "int16" and (not layer.int16_exact
-                            or (digits == 1 and _mostly_zeros(x, live, nonzero))):
+                            or (digits == 1 and _mostly_zeros(x, live, nonzero, dense))):
         gemm = "float32"     # a weight past int16's bound (never a real one), or an input
                              # for float32's product by nonzero values (`_sparse_enough`)
     if gemm == "int16" and layer.transposed and digits == 1:
-        return _folded_transposed(layer, x, live, end)
-    dtype = DIGIT_DTYPES[gemm]
+        return _folded_transposed(layer, x, live, end, dense)
+    dtype = dense if gemm == "int16" else DIGIT_DTYPES[gemm]
     k, s, p = layer.weight.shape[-1], layer.stride, layer.padding
     w_digits = _layer_digits(layer, dtype, live)
     planar = end is not None and end.planar           # (B, C, H, W), else channels-last
@@ -936,11 +1009,12 @@ class IntegerHyperSynthesis:
         else:
             gemm, count = digits
             if not last:                     # activations, the same integers
-                return _digit_linear(layer, x, count, gemm, _hidden_end(layer))
+                return _digit_linear(layer, x, count, gemm, _hidden_end(layer), in_bits)
             end = keep.compiled_end(layer) if isinstance(keep, TablesAndMeans) else None
             if end is not None:              # indexes and means in the product's own pass
-                return _digit_linear(layer, x, count, gemm, end)
-            acc = _digit_linear(layer, x, count, gemm).add_(layer.bias.view(1, -1, 1, 1))
+                return _digit_linear(layer, x, count, gemm, end, in_bits)
+            acc = _digit_linear(layer, x, count, gemm, in_bits=in_bits).add_(
+                layer.bias.view(1, -1, 1, 1))
         scale = torch.pow(2.0, layer.exponent.double()).view(1, -1, 1, 1)
         out = requantize(acc, scale, last, layer.act_frac_bits, layer.act_bits)
         return out if keep is None else keep(out)
