@@ -82,6 +82,43 @@ def test_a_cpu_decodes_in_batches_of_about_cpu_positions_latent_positions(tica_c
     assert parts == [64, 6, 16, 1]
 
 
+def test_a_cpu_decodes_several_batches_at_once_to_the_same_latents(tica_cifar, monkeypatch):
+    """With two coder threads a CPU decodes a stream's batches two at once, each on a
+    thread of its own (`parallel.in_order`): the same latents, in the same order, as one
+    thread gives; a batch's error is raised after the batches before it were yielded."""
+    from tica.entropy import parallel
+    from tica.errors import BitstreamError
+    images = [torch.rand(3, 32, 32) for _ in range(20)] + [torch.rand(3, 64, 64)
+                                                            for _ in range(9)]
+    data = tica.compress(tica_cifar, images)
+    try:
+        parallel.set_threads(1)
+        one = [(part, y) for part, _, y in tica.decompress(tica_cifar, data, batch_size=4)]
+        parallel.set_threads(2)
+        threads, real = set(), tica_cifar.decompress
+
+        def spied(*args, **kwargs):
+            threads.add(parallel.threads())
+            return real(*args, **kwargs)
+        monkeypatch.setattr(tica_cifar, "decompress", spied)
+        two = [(part, y) for part, _, y in tica.decompress(tica_cifar, data, batch_size=4)]
+        assert threads == {1} and len(two) == len(one) == 8     # each batch on one thread
+        assert all(p == q and torch.equal(y, z) for (p, y), (q, z) in zip(one, two))
+
+        def failing(payloads, size, quality=None):
+            if size == (64, 64):
+                raise BitstreamError("a bad batch")
+            return real(payloads, size, quality)
+        monkeypatch.setattr(tica_cifar, "decompress", failing)
+        got = []
+        with pytest.raises(BitstreamError, match="a bad batch"):
+            for part, _, _ in tica.decompress(tica_cifar, data, batch_size=4):
+                got.append(part)
+        assert got == [list(range(k, k + 4)) for k in range(0, 20, 4)]
+    finally:
+        parallel.set_threads(None)
+
+
 def test_coding_before_update_names_the_fix():
     model = tica.create_model("tica-cifar").eval()
     with pytest.raises(tica.NotUpdatedError, match=r"update\(\)"):

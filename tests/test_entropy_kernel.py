@@ -199,6 +199,59 @@ def test_the_thread_count_comes_from_the_call_the_environment_or_the_cores(monke
         parallel.set_threads(0)
 
 
+def test_in_order_runs_items_at_once_on_the_pool_and_yields_them_in_order(threads):
+    """parallel.in_order: several items at once on the pool's threads, each call within
+    one_share(1) (its kernels on one thread: `threads()` is 1 there), the results in the
+    items' order whichever finishes first; an item's exception raised where its result
+    would be; closing early cancels the items not started; one thread, one item, or a
+    caller that is itself a share: in the caller's thread, one after another."""
+    import threading
+    import time
+    threads(2)
+    seen = []
+
+    def work(i: int) -> int:
+        seen.append((i, threading.current_thread().name, parallel.threads(), parallel.share()))
+        time.sleep(0.02 * (5 - i % 5))                 # later items finish first
+        if i == 7:
+            raise ValueError("item 7")
+        return i * i
+
+    got = []
+    with pytest.raises(ValueError, match="item 7"):
+        for value in parallel.in_order(work, range(10)):
+            got.append(value)
+    assert got == [i * i for i in range(7)]
+    ran = [s for s in seen if s[0] < 7]
+    assert all(name.startswith("tica-coder") and n == 1 and share == 1
+               for _, name, n, share in ran)
+    assert len({name for _, name, _, _ in ran}) == 2
+    seen.clear()
+    items = parallel.in_order(work, range(10))
+    assert next(items) == 0
+    items.close()
+    time.sleep(0.2)
+    assert len(seen) <= 3                         # item 0, the one running, the next queued
+    for n, share in ((1, None), (2, 1)):
+        threads(n)
+        seen.clear()
+        with parallel.one_share(share) if share else _nothing():
+            assert list(parallel.in_order(work, range(3))) == [0, 1, 4]
+        me = threading.current_thread().name
+        assert [name for _, name, _, _ in seen] == [me] * 3
+    threads(2)
+    assert list(parallel.in_order(work, [3])) == [9]
+    assert parallel.share() is None and parallel.threads() == 2
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def test_corrupt_payloads_decode_to_wrong_values_or_a_typed_error_never_a_crash(gaussian):
     """Random words, cut and padded payloads: the decoder never reads out of bounds and never
     hangs; each ends in BitstreamError or in values it can bound, never silently in the

@@ -16,6 +16,7 @@ from . import bitstream
 from .bitstream import Limits, Stream
 from .config import TOP_K, quality_code, quality_from_code
 from .cost import Budget
+from .entropy import parallel
 from .errors import BitstreamError, ConfigError, ModelMismatchError, TicaError
 from .image import ImageLike, encode_png, read_image
 from .io import WeightsInfo
@@ -322,15 +323,27 @@ def decompress(model: nn.Module, data: bytes | Stream, limits: Limits = Limits()
     return _decompress(codec, stream, batch_size)
 
 
-@torch.no_grad()
 def _decompress(codec: CompressionModel, stream: Stream, batch_size: int | None):
+    """The stream's batches decoded, in order; on a CPU several at once, each on a coder
+    thread of its own (`parallel.in_order`), the h_s and the coder of one batch beside
+    another's."""
     keys = list(zip(stream.sizes, stream_qualities(stream)))
+    batches = []
     for (size, quality), idx in _groups(keys).items():
         step = _batch_size(codec, batch_size, size)
-        for start in range(0, len(idx), step):
-            part = idx[start:start + step]
-            y_hat = codec.decompress([stream.payloads[i] for i in part], size, quality)
-            yield part, size, y_hat.to(next(codec.parameters()).device)
+        batches += [(idx[start:start + step], size, quality)
+                    for start in range(0, len(idx), step)]
+    device = next(codec.parameters()).device
+
+    @torch.no_grad()                        # grad mode is per thread: set in the one that runs
+    def decode(batch: tuple[list[int], tuple[int, int], float | None]):
+        part, size, quality = batch
+        y_hat = codec.decompress([stream.payloads[i] for i in part], size, quality)
+        return part, size, y_hat.to(device)
+
+    if codec.coding_device.type != "cpu":
+        return map(decode, batches)
+    return parallel.in_order(decode, batches)
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,12 @@ variable, or the cores this process may run on.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from ..errors import ConfigError
 
@@ -22,7 +24,9 @@ ENV = "TICA_CODER_THREADS"
 MIN_SYMBOLS_PER_RANGE = 20_000
 
 T = TypeVar("T")
+R = TypeVar("R")
 _lock = threading.Lock()
+_local = threading.local()
 _threads: int | None = None
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
@@ -49,10 +53,31 @@ def _from_env() -> int | None:
 
 
 def threads() -> int:
-    """How many threads entropy coding uses."""
+    """How many threads entropy coding uses (this thread's share, within `one_share`)."""
+    if share():
+        return share()
     if _threads is not None:
         return _threads
     return _from_env() or available_cores()
+
+
+def share() -> int | None:
+    """The threads this thread's kernel calls may use, where it runs one of several
+    batches at once (`one_share`), else None."""
+    return getattr(_local, "share", None)
+
+
+@contextlib.contextmanager
+def one_share(n: int = 1):
+    """Within it, this thread's kernel calls (the coder's and the integer h_s's) use at most
+    `n` threads: for a caller that runs several batches at once, each on a thread of its
+    own."""
+    saved = share()
+    _local.share = n
+    try:
+        yield
+    finally:
+        _local.share = saved
 
 
 def set_threads(n: int | None) -> None:
@@ -100,3 +125,39 @@ def map_ranges(fn: Callable[[int, int, int], T], batch: int, symbols_per_image: 
     pool = _get_pool(n)
     futures = [pool.submit(fn, begin, end, 1) for begin, end in spans]
     return [f.result() for f in futures]
+
+
+def in_order(fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    """fn(item) for each item, yielded in the items' order, several at once: on this pool's
+    threads, at most `threads()` items at a time, each call within `one_share(1)` (its
+    kernels on its own thread: a batch's small steps between the kernels, which one
+    thread runs alone, then overlap with another batch's, where a batch on all the threads
+    left one of them idle for those steps). In this thread, one item after another, where
+    there is one thread or one item, or where this thread is itself one share of such work
+    (no pool thread waits on the pool). An exception in fn is raised where its item's
+    result would have been yielded; closing the iterator early cancels the items not yet
+    started."""
+    items = list(items)
+    n = threads()
+    if n == 1 or len(items) < 2 or share():
+        for item in items:
+            yield fn(item)
+        return
+
+    def shared(item: T) -> R:
+        with one_share(1):
+            return fn(item)
+
+    rest = iter(items)
+    pending = collections.deque(_get_pool(n).submit(shared, item) for item in
+                                [next(rest) for _ in range(min(n, len(items)))])
+    try:
+        while pending:
+            result = pending.popleft().result()
+            for item in rest:                   # the next item starts before this one is used
+                pending.append(_get_pool(n).submit(shared, item))
+                break
+            yield result
+    finally:
+        for future in pending:
+            future.cancel()

@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -49,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import HS_ACT_BITS, HS_ACT_FRAC_BITS, HS_WEIGHT_BITS, Z_INPUT_BITS
+from ..entropy import parallel
 from .bands import LayerShapes, run_in_bands
 
 try:
@@ -276,6 +278,12 @@ def _packed(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return _pack_u8(w) if dtype == torch.uint8 else _pack_int16(w)
 
 
+def _workers() -> int:
+    """How many threads a kernel call may use: torch's count, or this thread's share where
+    it runs one of several batches at once (`parallel.one_share`)."""
+    return parallel.share() or torch.get_num_threads()
+
+
 def _pack_int16(w: torch.Tensor) -> torch.Tensor:
     """A weight plane (K, N) as `_intops.gemm_i16` reads it: per block of 16 columns, per
     pair of taps, each column's two taps side by side (K and N padded with zeros)."""
@@ -345,7 +353,7 @@ def _digit_product(a: torch.Tensor, b: torch.Tensor,
         out = torch.empty((n, rows) if columns else (rows, n), dtype=torch.int32)
         gemm = _intops.gemm_u8 if a.dtype == torch.uint8 else _intops.gemm_i16
         gemm(a.contiguous().numpy(), (_packed(b, a.dtype) if packed is None else packed).numpy(),
-             b.shape[0], n, out.numpy(), torch.get_num_threads(), columns)
+             b.shape[0], n, out.numpy(), _workers(), columns)
         return out
     if slices is None:
         slices = tuple((k, min(k + F32_TAPS, a.shape[1])) for k in range(0, a.shape[1], F32_TAPS))
@@ -420,7 +428,7 @@ class _HiddenEnd:
 
     def compiled(self, parts: list, shifts: list[int], out) -> None:
         _intops.hidden_layer(parts, shifts, self.bias.numpy(), self.rshift.numpy(),
-                             2 ** self.act_bits - 1, out.shape[1], out, torch.get_num_threads())
+                             2 ** self.act_bits - 1, out.shape[1], out, _workers())
 
     def in_torch(self, acc: torch.Tensor, out: torch.Tensor) -> None:
         out.copy_(requantize(acc.add_(self.bias), self.scale, False, self.frac_bits,
@@ -441,7 +449,7 @@ class _TablesEnd:
         (rows, 2M), or with `columns` (2M, rows) (planar out only)."""
         _intops.last_layer(parts, shifts, self.bias.numpy(), self.scale.numpy(),
                            self.gain.numpy(), self.bounds.numpy(), len(self.bias) // 2,
-                           out.shape[1], out, torch.get_num_threads(),
+                           out.shape[1], out, _workers(),
                            out.shape[2] * out.shape[3] if out.ndim == 4 else 0, columns)
 
 
@@ -551,7 +559,7 @@ def _digit_conv(planes: list[torch.Tensor], w_digits: _WeightDigits,
             part, target = planes[0][b:b + step].float(), out[b:b + step]
             product = torch.empty(len(part) * Ho * Wo, C_out, dtype=torch.float32)
             _intops.sparse_conv(part.numpy(), weight.numpy(), kh, kw, stride,
-                                product.numpy(), torch.get_num_threads())
+                                product.numpy(), _workers())
             if end is None:
                 target.view(-1, C_out).copy_(product)
             else:
@@ -659,10 +667,10 @@ def _census(x: torch.Tensor) -> tuple[torch.Tensor | None, int]:
     rows, flags = x.permute(0, 2, 3, 1), torch.empty(x.shape[1], dtype=torch.uint8)
     if _intops is not None and x.element_size() == 4 and rows.is_contiguous() and x.numel():
         nonzero = _intops.census(rows.numpy(), x.shape[1], flags.numpy(),
-                                 torch.get_num_threads())
+                                 _workers())
         live = flags.bool()
     elif _intops is not None and x.element_size() == 8 and x.is_contiguous() and x.numel():
-        nonzero = _intops.census(x.numpy(), x.shape[1], flags.numpy(), torch.get_num_threads(),
+        nonzero = _intops.census(x.numpy(), x.shape[1], flags.numpy(), _workers(),
                                  x.shape[2] * x.shape[3])
         live = flags.bool()
     else:
@@ -738,7 +746,7 @@ def _folded_transposed(layer: _IntLayer, x: torch.Tensor, live: torch.Tensor | N
     rows = _digit_planes(x, (0, 0, 0, 0), 1, dtype, live)[0]
     c_in, n = rows.shape[-1], k * k * C_out
     cols = torch.empty(B * H * W, n, dtype=torch.int32)
-    workers = torch.get_num_threads()
+    workers = _workers()
     gemm = _intops.gemm_u8 if dtype == torch.uint8 else _intops.gemm_i16
     gemm(rows.numpy(), weight.numpy(), c_in, n, cols.numpy(), workers)
     acc = torch.zeros(B, Ho, Wo, C_out, dtype=torch.int32)
@@ -822,6 +830,9 @@ def _float32_exact() -> bool:
         return False
 
 
+_MEASURING = threading.Lock()
+
+
 @functools.cache
 def _measured_gemms() -> tuple[tuple[str, float], ...]:
     """Each exact digit product this CPU runs (DIGIT_GEMMS) with how many of them take the
@@ -874,7 +885,9 @@ def digit_gemm() -> tuple[str | None, float]:
         return None, 0.0
     if forced in DIGIT_GEMMS:
         return (forced, float("inf")) if _gemm_usable(forced) else (None, 0.0)
-    for name, gain in _measured_gemms():
+    with _MEASURING:        # threads decoding at once measure once, not side by side
+        gains = _measured_gemms()
+    for name, gain in gains:
         if gain > 1 and _gemm_usable(name):
             return name, gain
     return None, 0.0
