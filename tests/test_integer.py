@@ -681,6 +681,24 @@ def test_a_hidden_layers_activations_take_uint8_products_exactly(monkeypatch):
     assert calls.count("gemm_u8") >= 2                  # the two layers after the first
 
 
+def test_negative_zeros_in_z_count_as_zeros(monkeypatch):
+    """An encoder's z holds -0.0 where small negatives round to zero; the h_s takes them as
+    0.0, so its census (which counts by bits) counts only the nonzero values that choose a
+    layer's products (`_mostly_zeros`), and the result is z's with plain zeros."""
+    int_hs = IntegerHyperSynthesis.build(_trained_like_h_s(), 7, 5, 7)
+    z = torch.zeros(2, 32, 4, 4, dtype=torch.float64)
+    z[0, 3, 1, 2], z[1, 5, 0, 0] = 2.0, -3.0
+    half = torch.rand(z.shape, generator=torch.Generator().manual_seed(4)) < 0.5
+    signed = torch.where(half & (z == 0), torch.tensor(-0.2, dtype=torch.float64), z)
+    assert int(torch.signbit(signed.round()).sum()) > 100          # -0.2 rounds to -0.0
+    counts, census = [], integer._census
+    monkeypatch.setattr(integer, "_census",
+                        lambda x: counts.append(census(x)[1]) or census(x))
+    monkeypatch.setenv(integer.GEMM_ENV, "int16")
+    out = int_hs(signed)
+    assert counts[0] == 2 and torch.equal(out, int_hs(z))
+
+
 class _SpiedIntops:
     """The kernel module, its products' calls listed by name."""
 

@@ -1002,7 +1002,8 @@ class IntegerHyperSynthesis:
         """
         device = z_hat.device if z_hat.device.type == "cuda" else torch.device("cpu")
         limit = 2 ** Z_INPUT_BITS - 1      # z_hat clamped to (-2^12, 2^12)
-        x = z_hat.detach().to(device, torch.float64).round().clamp(-limit, limit)
+        # -0.0 (an encoder's rounding of small negatives) as 0.0: the census counts by bits
+        x = z_hat.detach().to(device, torch.float64).round().clamp(-limit, limit).add_(0.0)
         # layer by layer, each in bands of rows if large: every layer runs once per row (a
         # halo of its own kernel's reach), and only one layer's input and output are whole
         layers = self._layers_on(device)
