@@ -34,7 +34,7 @@ WAYS = {"dense": 0.0, "sparse": float("inf"), "chosen": None}     # SPARSE_SHARE
 def layer_calls(model, z: torch.Tensor, quality: float) -> list[dict]:
     """Per layer of the model's integer h_s: its input's shape, live channels and zeros,
     and a call per way that runs the layer (with its end) on that input."""
-    int_hs, x, rows = model.integer_h_s, z.double(), []
+    int_hs, x, rows = model.integer_h_s, z.double().add(0.0), []   # -0.0 as the h_s takes it
     gemm = integer.digit_gemm()[0] or "float32"
     for i, layer in enumerate(int_hs.layers):
         last = i == len(int_hs.layers) - 1

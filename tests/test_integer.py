@@ -736,8 +736,8 @@ def test_a_mostly_zero_input_takes_float32_digits_for_its_sparse_product():
 def test_a_transposed_layer_folded_is_the_transposed_convolution():
     """With int16 products a transposed layer of one-digit input is one product and a fold
     of its taps (`_folded_transposed`): the float64 transposed convolution's integers for
-    kernels, strides, paddings and output paddings of every kind, with channels left out;
-    its refusal of wrong sizes."""
+    kernels, strides, paddings and output paddings of every kind, with channels left out,
+    the images at once and one at a time (FOLD_BYTES); its refusal of wrong sizes."""
     from tica.nn import _intops
     g = torch.Generator().manual_seed(22)
     for k, stride, padding, extra in ((3, 2, 1, 1), (4, 2, 1, 0), (5, 3, 2, 2), (1, 1, 0, 0),
@@ -751,6 +751,11 @@ def test_a_transposed_layer_folded_is_the_transposed_convolution():
         live, _ = integer._census(x)
         expected = F.conv_transpose2d(x, weight, None, stride, padding, extra)
         assert torch.equal(integer._folded_transposed(layer, x, live, None), expected)
+        saved, integer.FOLD_BYTES = integer.FOLD_BYTES, 1      # one image at a time
+        try:
+            assert torch.equal(integer._folded_transposed(layer, x, live, None), expected)
+        finally:
+            integer.FOLD_BYTES = saved
     with pytest.raises(ValueError, match="cols"):
         _intops.fold(torch.zeros(10, dtype=torch.int32).numpy(), 1, 1, 1, 3, 2, 1, 2, 2, 1,
                      torch.zeros(4, dtype=torch.int32).numpy())

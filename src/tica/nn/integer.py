@@ -585,6 +585,7 @@ SPARSE_SHARE = {torch.float32: 0.3,    # a one-digit product with fewer nonzero 
                                        # (`_intops.sparse_conv`), by the dense product's
                                        # dtype: measured, docs/design.md
 SPARSE_ROWS = 16384       # output rows of one sparse product
+FOLD_BYTES = 1 << 20      # a folded transposed layer's taps' sums, a few images at a time
 
 
 def _sparse_enough(planes: list[torch.Tensor], w_digits: _WeightDigits,
@@ -730,7 +731,9 @@ def _folded_transposed(layer: _IntLayer, x: torch.Tensor, live: torch.Tensor | N
     they are), then each tap's sums added onto the output pixel it reaches
     (`_intops.fold`). The same integers as the polyphase products: each output's sum is the
     same terms, in int32, exact below 2^31 (`_int16_exact` bounds a column's |products|
-    over all taps), without the phases' gathered patches and scattered outputs."""
+    over all taps), without the phases' gathered patches and scattered outputs. A few
+    images at a time (FOLD_BYTES of sums: tica-photo's layer has 7,200 taps' sums a pixel,
+    1.4 MB an image, which for a whole batch missed the cache by far)."""
     k, s, p = layer.weight.shape[-1], layer.stride, layer.padding
     B, _, H, W = x.shape
     Ho, Wo = _transposed_size(layer, H, W)
@@ -745,12 +748,17 @@ def _folded_transposed(layer: _IntLayer, x: torch.Tensor, live: torch.Tensor | N
                    packed)
     rows = _digit_planes(x, (0, 0, 0, 0), 1, dtype, live)[0]
     c_in, n = rows.shape[-1], k * k * C_out
-    cols = torch.empty(B * H * W, n, dtype=torch.int32)
     workers = _workers()
     gemm = _intops.gemm_u8 if dtype == torch.uint8 else _intops.gemm_i16
-    gemm(rows.numpy(), weight.numpy(), c_in, n, cols.numpy(), workers)
     acc = torch.zeros(B, Ho, Wo, C_out, dtype=torch.int32)
-    _intops.fold(cols.numpy(), B, H, W, k, s, p, Ho, Wo, C_out, acc.numpy(), workers)
+    step = max(1, FOLD_BYTES // (4 * H * W * n))   # images whose taps' sums stay in cache
+    cols = torch.empty(min(B, step) * H * W, n, dtype=torch.int32)
+    for b in range(0, B, step):
+        part = rows[b:b + step].reshape(-1, rows.shape[-1])
+        these = cols[:len(part)]
+        gemm(part.numpy(), weight.numpy(), c_in, n, these.numpy(), workers)
+        _intops.fold(these.numpy(), len(part) // (H * W), H, W, k, s, p, Ho, Wo, C_out,
+                     acc[b:b + step].numpy(), workers)
     if end is None:
         return acc.permute(0, 3, 1, 2).double()
     planar = end.planar
