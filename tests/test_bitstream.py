@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import zlib
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -69,12 +70,34 @@ def test_malformed_streams_raise_bitstream_error(mutate, reason):
     (b"\x74\xca\x13\x00\x03" + b"\x03\x20\x20\xff\x7f\x01", "exceed"),                   # lengths > stream
     (b"\x74\xca\x10\x00\x03" + b"\xff\xff\xff\xff\x01", "longer than"),                  # 5-byte varint
     (b"\x74\xca\x10\x00\x03" + b"\x80\x00\x20", "overlong"),
-    (b"\x74\xca\x10\x00\x03" + b"\x20\x20", "empty payload"),
 ])
 def test_forged_headers_with_valid_checksum_are_refused_before_allocation(header, reason):
     limits = Limits(max_total_pixels=1 << 22)
     with pytest.raises(BitstreamError, match=reason):
-        unpack(_fix_crc(header + (b"abcd" if reason != "empty payload" else b"")), limits)
+        unpack(_fix_crc(header + b"abcd"), limits)
+
+
+def test_an_image_whose_payload_is_empty_round_trips(tica_cifar):
+    """The coder writes no word for an image whose every symbol (z's and y's) is its table's
+    first (as constriction does): the container holds that empty payload, alone or beside
+    others, and decoding gives the image's latent back."""
+    from tica import api
+    from tica.entropy.payload import encode_payloads
+    model = tica_cifar
+    eb, gc = model.entropy_bottleneck.tables, model.gaussian_conditional.tables
+    z = np.broadcast_to(eb.offsets[:model.config.N].reshape(1, -1, 1, 1),
+                        (2, model.config.N, 4, 4)).copy()
+    indexes, means = model._hyper_decode(torch.from_numpy(z), None)
+    symbols = gc.offsets[indexes]
+    payloads = encode_payloads(z, symbols, indexes, eb, gc)
+    assert payloads == [b"", b""]
+    expected = model.dequantize(torch.from_numpy(symbols).float() + means)
+    for chosen in ([b""], [b"", b""], [b"", b"\x01\x00\x00\x00", b""]):
+        stream = unpack(pack(model.model_id, [(32, 32)] * len(chosen), chosen))
+        assert stream.payloads == tuple(chosen)
+    data = pack(model.model_id, [(32, 32)] * 2, payloads)
+    y = torch.cat([y for _, _, y in api.decompress(model, data)])
+    assert torch.equal(y, expected)
 
 
 def test_a_stream_over_the_limits_is_a_limit_error_and_a_malformed_one_is_not():

@@ -216,9 +216,8 @@ def unpack(data: bytes, limits: Limits = Limits()) -> Stream:
     last = end - r.pos - sum(lengths)
     if last < 0:
         raise BitstreamError("truncated stream: payload lengths exceed the stream")
-    lengths.append(last)
-    if any(n == 0 for n in lengths):
-        raise BitstreamError("malformed stream: empty payload")
+    lengths.append(last)        # a payload may be empty: the coder writes no word for an image
+                                # whose every symbol is its table's first (as constriction)
     payloads, pos = [], r.pos
     for n in lengths:
         payloads.append(data[pos:pos + n])
