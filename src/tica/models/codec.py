@@ -156,9 +156,11 @@ class CompressionModel(nn.Module):
         the model's default), each (B, M, 1, 1); (None, None) for a fixed-rate model."""
         if not self.config.rate_levels:
             return None, None
-        if not torch.is_tensor(quality):
-            quality = torch.full((batch,), self.check_quality(quality))
-        return self.gains(quality)
+        if torch.is_tensor(quality):
+            return self.gains(quality)
+        # one quality: one image's gains, seen by every image (the same numbers, once)
+        gain, inv_gain = self.gains(torch.full((1,), self.check_quality(quality)))
+        return gain.expand(batch, -1, -1, -1), inv_gain.expand(batch, -1, -1, -1)
 
     # ---- training path --------------------------------------------------------------------
     def encode_latent(self, x: torch.Tensor, entropy: bool = True,
