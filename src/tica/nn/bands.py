@@ -14,6 +14,7 @@ where the convolution library sums in another order.
 
 from __future__ import annotations
 
+import functools
 import math
 from contextlib import contextmanager
 from fractions import Fraction
@@ -63,12 +64,19 @@ def _convs(stack) -> list[LayerShape]:
 
 
 def _geometry(stack, elem: int, unfolded: bool
-              ) -> tuple[Fraction, float, list[tuple[Fraction, int]]]:
+              ) -> tuple[Fraction, float, tuple[tuple[Fraction, int], ...]]:
     """(output rows per input row, receptive radius in input rows, per layer (its output's
     rows per input row, bytes per output pixel: the output, and with `unfolded` the
     convolution's unfolded input, of `elem` bytes a value))."""
+    return _shapes_geometry(tuple(_convs(stack)), elem, unfolded)
+
+
+@functools.lru_cache(maxsize=256)
+def _shapes_geometry(convs: tuple[LayerShape, ...], elem: int, unfolded: bool
+                     ) -> tuple[Fraction, float, tuple[tuple[Fraction, int], ...]]:
+    """`_geometry` of the layers' shapes, kept: the integer h_s asks it per layer and batch."""
     scale, radius, layers = Fraction(1), 0.0, []
-    for k, s, c_in, c_out, transposed in _convs(stack):
+    for k, s, c_in, c_out, transposed in convs:
         if transposed:
             radius += math.ceil((k // 2) / s) / scale
             scale *= s
@@ -76,7 +84,7 @@ def _geometry(stack, elem: int, unfolded: bool
             radius += (k // 2) / scale
             scale /= s
         layers.append((scale, (c_out + (c_in * k * k if unfolded else 0)) * elem))
-    return scale, radius, layers
+    return scale, radius, tuple(layers)
 
 
 def band_plan(stack, rows: int, cols: int, budget: int = BAND_BYTES, elem: int = 4,
