@@ -817,6 +817,7 @@ done:
  * runs of its rows (for an end that reads by columns). */
 #define I16_ROWS 4
 #define I16_COLS 16
+#define U8_TAPS 4                /* the uint8 product's taps a group (below) */
 
 #if defined(__x86_64__) && defined(__GNUC__)
 /* A tile row's 16 sums (lo, hi) into o, its first nr of them. */
@@ -853,6 +854,25 @@ __attribute__((target("avx2"))) static inline void i16_store_columns(
             memcpy(o, v, (size_t)mr * sizeof(int32_t));
         }
     }
+}
+
+/* A tile's sums (four rows of 16 columns: lo, hi halves) into out at row i, column j: the
+ * first mr rows and the columns up to n, row-major or with `columns` transposed. */
+__attribute__((target("avx2"))) static inline void tile_out(
+        int32_t *out, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t i, Py_ssize_t j, Py_ssize_t mr,
+        int columns, __m256i c00, __m256i c01, __m256i c10, __m256i c11, __m256i c20,
+        __m256i c21, __m256i c30, __m256i c31) {
+    Py_ssize_t nr = n - j < I16_COLS ? n - j : I16_COLS;
+    if (columns) {
+        i16_store_columns(out, rows, i, j, nr, mr, c00, c10, c20, c30);
+        i16_store_columns(out, rows, i, j + 8, nr - 8, mr, c01, c11, c21, c31);
+        return;
+    }
+    int32_t *o = out + i * n + j;
+    i16_store(o, c00, c01, nr);
+    if (mr > 1) i16_store(o + n, c10, c11, nr);
+    if (mr > 2) i16_store(o + 2 * n, c20, c21, nr);
+    if (mr > 3) i16_store(o + 3 * n, c30, c31, nr);
 }
 
 __attribute__((target("avx2"))) static void i16_tiles_avx2(
@@ -897,21 +917,34 @@ __attribute__((target("avx2"))) static void i16_tiles_avx2(
 #undef I16_ROW
 #undef I16_PAIR
 #undef I16_LAST
-            Py_ssize_t nr = n - jb * I16_COLS < I16_COLS ? n - jb * I16_COLS : I16_COLS;
-            if (columns) {
-                i16_store_columns(out, rows, i, jb * I16_COLS, nr, mr, c00, c10, c20, c30);
-                i16_store_columns(out, rows, i, jb * I16_COLS + 8, nr - 8, mr, c01, c11, c21, c31);
-                continue;
-            }
-            int32_t *o = out + i * n + jb * I16_COLS;
-            i16_store(o, c00, c01, nr);
-            if (mr > 1) i16_store(o + n, c10, c11, nr);
-            if (mr > 2) i16_store(o + 2 * n, c20, c21, nr);
-            if (mr > 3) i16_store(o + 3 * n, c30, c31, nr);
+            tile_out(out, rows, n, i, jb * I16_COLS, mr, columns, c00, c01, c10, c11, c20, c21,
+                     c30, c31);
         }
     }
 }
 #endif
+
+/* The tiles' sums without AVX2, in a scalar loop: a (rows, k) int16 (`item` 2: its weight
+ * packed in pairs of taps, int16) or uint8 (`item` 1: in quads, int8). */
+static void tiles_scalar(const void *a, const void *packed, int32_t *out, Py_ssize_t rows,
+                         Py_ssize_t k, Py_ssize_t n, Py_ssize_t tile0, Py_ssize_t tile1,
+                         int columns, int item) {
+    Py_ssize_t group = item == 2 ? 2 : U8_TAPS, stride = (k + group - 1) / group * 64 / item;
+    Py_ssize_t last = tile1 * I16_ROWS < rows ? tile1 * I16_ROWS : rows;
+    for (Py_ssize_t i = tile0 * I16_ROWS; i < last; i++)
+        for (Py_ssize_t j = 0; j < n; j++) {
+            Py_ssize_t at = (j / I16_COLS) * stride + (j % I16_COLS) * group;
+            int32_t sum = 0;
+            for (Py_ssize_t t = 0; t < k; t++) {
+                Py_ssize_t w = at + (t / group) * I16_COLS * group + t % group;
+                sum += item == 2 ? (int32_t)((const int16_t *)a)[i * k + t]
+                                       * ((const int16_t *)packed)[w]
+                                 : (int32_t)((const uint8_t *)a)[i * k + t]
+                                       * ((const int8_t *)packed)[w];
+            }
+            out[columns ? j * rows + i : i * n + j] = sum;
+        }
+}
 
 static void i16_tiles(const int16_t *a, const int16_t *packed, int32_t *out, Py_ssize_t rows,
                       Py_ssize_t k, Py_ssize_t n, Py_ssize_t tile0, Py_ssize_t tile1,
@@ -922,16 +955,7 @@ static void i16_tiles(const int16_t *a, const int16_t *packed, int32_t *out, Py_
         return;
     }
 #endif
-    Py_ssize_t stride = (k + 1) / 2 * 32;
-    Py_ssize_t last = tile1 * I16_ROWS < rows ? tile1 * I16_ROWS : rows;
-    for (Py_ssize_t i = tile0 * I16_ROWS; i < last; i++)
-        for (Py_ssize_t j = 0; j < n; j++) {
-            const int16_t *b = packed + (j / I16_COLS) * stride + (j % I16_COLS) * 2;
-            int32_t sum = 0;
-            for (Py_ssize_t t = 0; t < k; t++)
-                sum += (int32_t)a[i * k + t] * b[(t / 2) * 32 + t % 2];
-            out[columns ? j * rows + i : i * n + j] = sum;
-        }
+    tiles_scalar(a, packed, out, rows, k, n, tile0, tile1, columns, 2);
 }
 
 /* ---- an unsigned 8-bit product, exact in int32 ------------------------------------- */
@@ -948,7 +972,6 @@ static void i16_tiles(const int16_t *a, const int16_t *packed, int32_t *out, Py_
  * without AVX2 as the int16 product. The taps come in whole quads (k a multiple of 4:
  * the caller pads rows and weight with zero taps): a loop for a last partial quad cost
  * the quads' loop a register, and with it a third of its speed. */
-#define U8_TAPS 4
 
 #if defined(__x86_64__) && defined(__GNUC__)
 __attribute__((target("avx2"))) static void u8_tiles_avx2(
@@ -984,17 +1007,8 @@ __attribute__((target("avx2"))) static void u8_tiles_avx2(
             }
 #undef U8_ROW
 #undef U8_QUAD
-            Py_ssize_t nr = n - jb * I16_COLS < I16_COLS ? n - jb * I16_COLS : I16_COLS;
-            if (columns) {
-                i16_store_columns(out, rows, i, jb * I16_COLS, nr, mr, c00, c10, c20, c30);
-                i16_store_columns(out, rows, i, jb * I16_COLS + 8, nr - 8, mr, c01, c11, c21, c31);
-                continue;
-            }
-            int32_t *o = out + i * n + jb * I16_COLS;
-            i16_store(o, c00, c01, nr);
-            if (mr > 1) i16_store(o + n, c10, c11, nr);
-            if (mr > 2) i16_store(o + 2 * n, c20, c21, nr);
-            if (mr > 3) i16_store(o + 3 * n, c30, c31, nr);
+            tile_out(out, rows, n, i, jb * I16_COLS, mr, columns, c00, c01, c10, c11, c20, c21,
+                     c30, c31);
         }
     }
 }
@@ -1009,16 +1023,7 @@ static void u8_tiles(const uint8_t *a, const int8_t *packed, int32_t *out, Py_ss
         return;
     }
 #endif
-    Py_ssize_t stride = k / U8_TAPS * 64;
-    Py_ssize_t last = tile1 * I16_ROWS < rows ? tile1 * I16_ROWS : rows;
-    for (Py_ssize_t i = tile0 * I16_ROWS; i < last; i++)
-        for (Py_ssize_t j = 0; j < n; j++) {
-            const int8_t *b = packed + (j / I16_COLS) * stride + (j % I16_COLS) * U8_TAPS;
-            int32_t sum = 0;
-            for (Py_ssize_t t = 0; t < k; t++)
-                sum += (int32_t)a[i * k + t] * b[(t / U8_TAPS) * 64 + t % U8_TAPS];
-            out[columns ? j * rows + i : i * n + j] = sum;
-        }
+    tiles_scalar(a, packed, out, rows, k, n, tile0, tile1, columns, 1);
 }
 
 /* gemm_i16(a, packed, k, n, out[, workers[, columns]])
