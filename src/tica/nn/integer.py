@@ -240,8 +240,8 @@ def _u8_exact(weight: torch.Tensor, transposed: bool) -> bool:
     """Whether unsigned 8-bit products (`_intops.gemm_u8`) take this conv weight whole
     against an input in [0, 2^U8_INPUT_BITS), exactly: the weight in int8's [-128, 127]
     keeps each pair of products that vpmaddubsw adds in int16 within 2 x 127 x 128 =
-    32,512, and the int32 sums within int16's bound (`_int16_exact`). The shipped h_s's
-    weights are 7 bits: they do."""
+    32,512, and its columns' int32 sums exact as the int16 product's are (`_int16_exact`).
+    The shipped h_s's weights are 7 bits: they do."""
     return bool(weight.min() >= -128) and bool(weight.max() <= 127) \
         and _int16_exact(weight, transposed)
 
@@ -581,8 +581,7 @@ def _digit_conv(planes: list[torch.Tensor], w_digits: _WeightDigits,
 
 SPARSE_SHARE = {torch.float32: 0.3,    # a one-digit product with fewer nonzero input terms
                 torch.int16: 0.2,      # than this share of its products runs by them alone
-                torch.uint8: 0.13}
-                                       # (`_intops.sparse_conv`), by the dense product's
+                torch.uint8: 0.13}     # (`_intops.sparse_conv`), by the dense product's
                                        # dtype: measured, docs/design.md
 SPARSE_ROWS = 16384       # output rows of one sparse product
 FOLD_BYTES = 1 << 20      # a folded transposed layer's taps' sums, a few images at a time
