@@ -567,7 +567,8 @@ def test_the_int16_product_is_the_int64_one_exactly():
     weights `_int16_exact` takes whole and refuses; its refusals of wrong sizes."""
     from tica.nn import _intops
     g = torch.Generator().manual_seed(21)
-    cases = [(1, 1, 1), (5, 3, 17), (9, 96, 192), (103, 171, 40), (7, 511, 16)]
+    cases = [(1, 1, 1), (5, 3, 17), (9, 96, 192), (103, 171, 40), (7, 511, 16),
+             (301, 9, 130)]                 # the last: enough values for 2-3 workers
     for rows, k, n in cases:
         a = torch.randint(-128, 128, (rows, k), generator=g, dtype=torch.int16)
         w = torch.randint(-2 ** 15 + 1, 2 ** 15, (k, n), generator=g, dtype=torch.int16)
@@ -599,12 +600,13 @@ def test_the_int16_product_is_the_int64_one_exactly():
 def test_the_uint8_product_is_the_int64_one_exactly():
     """_intops.gemm_u8 against the int64 product: inputs in [0, 128) and weights in
     [-128, 127] at their extremes (each pair of products at +-32,512, int16's edge), whole
-    quads of taps, columns and rows no multiple of its tiles, the product transposed,
-    workers; the weights `_u8_exact` takes and refuses; its refusals of wrong sizes and of
-    taps in no whole quads."""
+    quads of taps, columns and rows no multiple of its tiles (4x16, or 8x8 by columns), the
+    product transposed, workers; the weights `_u8_exact` takes and refuses; its refusals of
+    wrong sizes and of taps in no whole quads."""
     from tica.nn import _intops
     g = torch.Generator().manual_seed(23)
-    for rows, k, n in [(1, 4, 1), (5, 8, 17), (9, 96, 192), (103, 172, 40), (7, 508, 16)]:
+    for rows, k, n in [(1, 4, 1), (5, 8, 17), (9, 96, 192), (103, 172, 40), (7, 508, 16),
+                       (301, 8, 130)]:          # the last: enough values for 2-3 workers
         a = torch.randint(0, 128, (rows, k), generator=g, dtype=torch.uint8)
         w = torch.randint(-128, 128, (k, n), generator=g, dtype=torch.int16)
         a[0], w[:, -1], w[:, 0] = 127, 127, -128     # a row's pairs at -32,512 and 32,258
