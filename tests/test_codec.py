@@ -85,7 +85,9 @@ def test_a_cpu_decodes_in_batches_of_about_cpu_positions_latent_positions(tica_c
 def test_a_cpu_decodes_several_batches_at_once_to_the_same_latents(tica_cifar, monkeypatch):
     """With two coder threads a CPU decodes a stream's batches two at once, each on a
     thread of its own (`parallel.in_order`): the same latents, in the same order, as one
-    thread gives; a batch's error is raised after the batches before it were yielded."""
+    thread gives; a batch's error is raised after the batches before it were yielded;
+    batches past CONCURRENT_POSITIONS latent positions one at a time, on every thread."""
+    from tica import api
     from tica.entropy import parallel
     from tica.errors import BitstreamError
     images = [torch.rand(3, 32, 32) for _ in range(20)] + [torch.rand(3, 64, 64)
@@ -115,6 +117,12 @@ def test_a_cpu_decodes_several_batches_at_once_to_the_same_latents(tica_cifar, m
             for part, _, _ in tica.decompress(tica_cifar, data, batch_size=4):
                 got.append(part)
         assert got == [list(range(k, k + 4)) for k in range(0, 20, 4)]
+        # batches past CONCURRENT_POSITIONS latent positions: one at a time, on every thread
+        monkeypatch.setattr(tica_cifar, "decompress", spied)
+        monkeypatch.setattr(api, "CONCURRENT_POSITIONS", 4 * 8 * 8)     # 4 CIFAR images
+        threads.clear()
+        large = [y for _, _, y in tica.decompress(tica_cifar, data, batch_size=4)]
+        assert threads == {2} and all(torch.equal(y, z) for y, (_, z) in zip(large, one))
     finally:
         parallel.set_threads(None)
 

@@ -55,6 +55,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 # of a batch staying in cache
 CPU_BATCH, GPU_BATCH = 64, 512
 CPU_POSITIONS = 4096
+# a CPU decodes batches of at most this many latent positions several at once (one a coder
+# thread); larger ones one at a time on every thread, so that memory stays one batch's
+CONCURRENT_POSITIONS = 4 * CPU_POSITIONS
 
 
 def _batch_size(model: nn.Module, batch_size: int | None,
@@ -326,11 +329,13 @@ def decompress(model: nn.Module, data: bytes | Stream, limits: Limits = Limits()
 def _decompress(codec: CompressionModel, stream: Stream, batch_size: int | None):
     """The stream's batches decoded, in order; on a CPU several at once, each on a coder
     thread of its own (`parallel.in_order`), the h_s and the coder of one batch beside
-    another's."""
+    another's, where every batch holds at most CONCURRENT_POSITIONS latent positions."""
     keys = list(zip(stream.sizes, stream_qualities(stream)))
-    batches = []
+    batches, positions = [], 0
     for (size, quality), idx in _groups(keys).items():
         step = _batch_size(codec, batch_size, size)
+        h, w = codec.latent_grid(size)
+        positions = max(positions, min(step, len(idx)) * h * w)
         batches += [(idx[start:start + step], size, quality)
                     for start in range(0, len(idx), step)]
     device = next(codec.parameters()).device
@@ -341,7 +346,7 @@ def _decompress(codec: CompressionModel, stream: Stream, batch_size: int | None)
         y_hat = codec.decompress([stream.payloads[i] for i in part], size, quality)
         return part, size, y_hat.to(device)
 
-    if codec.coding_device.type != "cpu":
+    if codec.coding_device.type != "cpu" or positions > CONCURRENT_POSITIONS:
         return map(decode, batches)
     return parallel.in_order(decode, batches)
 
