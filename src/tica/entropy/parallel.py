@@ -54,8 +54,9 @@ def _from_env() -> int | None:
 
 def threads() -> int:
     """How many threads entropy coding uses (this thread's share, within `one_share`)."""
-    if share():
-        return share()
+    own = share()
+    if own:
+        return own
     if _threads is not None:
         return _threads
     return _from_env() or available_cores()

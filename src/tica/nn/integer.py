@@ -273,9 +273,21 @@ def _pack_u8(w: torch.Tensor) -> torch.Tensor:
     return padded.view(k4 // 4, 4, n2 // 16, 16).permute(2, 0, 3, 1).contiguous()
 
 
+def _quad_channels(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """A weight with its input channels (dimension `dim`) zero-padded to whole quads, as a
+    uint8 product's rows carry them (`_quads`)."""
+    pad = [0, 0] * (w.ndim - 1 - dim) + [0, _quads(w.shape[dim]) - w.shape[dim]]
+    return F.pad(w, pad)
+
+
 def _packed(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A weight plane (K, N) packed for the product of inputs of `dtype` (int16 or uint8)."""
     return _pack_u8(w) if dtype == torch.uint8 else _pack_int16(w)
+
+
+def _gemm(dtype: torch.dtype):
+    """The kernel that multiplies rows of `dtype` (int16 or uint8) by a `_packed` weight."""
+    return _intops.gemm_u8 if dtype == torch.uint8 else _intops.gemm_i16
 
 
 def _workers() -> int:
@@ -351,9 +363,9 @@ def _digit_product(a: torch.Tensor, b: torch.Tensor,
     if a.dtype in (torch.int16, torch.uint8):
         rows, n = a.shape[0], b.shape[1]
         out = torch.empty((n, rows) if columns else (rows, n), dtype=torch.int32)
-        gemm = _intops.gemm_u8 if a.dtype == torch.uint8 else _intops.gemm_i16
-        gemm(a.contiguous().numpy(), (_packed(b, a.dtype) if packed is None else packed).numpy(),
-             b.shape[0], n, out.numpy(), _workers(), columns)
+        _gemm(a.dtype)(a.contiguous().numpy(),
+                       (_packed(b, a.dtype) if packed is None else packed).numpy(),
+                       b.shape[0], n, out.numpy(), _workers(), columns)
         return out
     if slices is None:
         slices = tuple((k, min(k + F32_TAPS, a.shape[1])) for k in range(0, a.shape[1], F32_TAPS))
@@ -626,7 +638,7 @@ def _weight_digits(w: torch.Tensor, dtype: torch.dtype) -> _WeightDigits:
     packed; uint8, for a uint8 input: the same, its input channels in whole quads
     (`_quads`), packed for `gemm_u8`), with their float32 slices."""
     if dtype == torch.uint8:
-        w = F.pad(w, (0, 0, 0, 0, 0, _quads(w.shape[1]) - w.shape[1]))
+        w = _quad_channels(w, 1)
     if dtype in (torch.int16, torch.uint8):
         whole = w.permute(0, 2, 3, 1).flatten(1).t().to(torch.int16).contiguous()
         as_float = whole.float()
@@ -741,14 +753,13 @@ def _folded_transposed(layer: _IntLayer, x: torch.Tensor, live: torch.Tensor | N
     def packed() -> torch.Tensor:         # (C_in, C_out, k, k) -> (C_in, k k C_out), packed
         w = (layer.weight if live is None else layer.weight[live]).permute(0, 2, 3, 1)
         if dtype == torch.uint8:          # input channels in whole quads, as the rows' are
-            w = F.pad(w, (0, 0, 0, 0, 0, 0, 0, _quads(w.shape[0]) - w.shape[0]))
+            w = _quad_channels(w, 0)
         return _packed(w.flatten(1).to(torch.int16), dtype)
     weight = _kept(layer, ("fold", dtype, None if live is None else live.numpy().tobytes()),
                    packed)
     rows = _digit_planes(x, (0, 0, 0, 0), 1, dtype, live)[0]
     c_in, n = rows.shape[-1], k * k * C_out
-    workers = _workers()
-    gemm = _intops.gemm_u8 if dtype == torch.uint8 else _intops.gemm_i16
+    workers, gemm = _workers(), _gemm(dtype)
     acc = torch.zeros(B, Ho, Wo, C_out, dtype=torch.int32)
     step = max(1, FOLD_BYTES // (4 * H * W * n))   # images whose taps' sums stay in cache
     cols = torch.empty(min(B, step) * H * W, n, dtype=torch.int32)
