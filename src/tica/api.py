@@ -200,25 +200,31 @@ def _groups(keys: Sequence) -> dict:
 
 
 def _check_encode(codec: CompressionModel, images: list[torch.Tensor],
-                  budget: Budget | None) -> None:
-    """Encoding, and every operation on the stream it writes, within `budget` (None: any)."""
+                  budget: Budget | None, refine: int = 0) -> None:
+    """Encoding (with `refine` steps of refinement), and every operation on the stream it
+    writes, within `budget` (None: any)."""
+    if refine < 0:
+        raise TicaError(f"refinement steps must be >= 0, got {refine}")
     if budget is not None:
-        budget.check(codec, [tuple(img.shape[-2:]) for img in images], codec.operations)
+        budget.check(codec, [tuple(img.shape[-2:]) for img in images], codec.operations,
+                     refine)
 
 
 @torch.no_grad()
 def compress(model: nn.Module, images: ImageLike | Sequence[ImageLike],
              quality: float | Sequence[float] | None = None, batch_size: int | None = None,
-             budget: Budget | None = Budget()) -> bytes:
+             budget: Budget | None = Budget(), refine: int = 0) -> bytes:
     """Images (one, a list, or a (B, 3, H, W) batch; each a path, file bytes, a PIL image,
     a numpy array or a (3, H, W) tensor in [0, 1]: tica.image.read_image) -> one tica
     bitstream. A variable-rate model codes at `quality`: one for all images, or one per image
     (default: its config's `default_quality`); the stream records it. BudgetError, before any work, if
     encoding or any operation on the stream it writes is over `budget` (None: unbounded),
-    so no stream comes out that its own decoder would refuse."""
+    so no stream comes out that its own decoder would refuse. `refine` > 0: that many steps
+    of encoder-side refinement per image (tica.models.refine): a better stream for the same
+    decoder, at about `refine` x 3 reconstructions of encoding time."""
     codec = _codec(model)
     images = _as_batch_list(images)
-    _check_encode(codec, images, budget)
+    _check_encode(codec, images, budget, refine)
     if quality is None or isinstance(quality, (int, float)):
         quality = [quality] * len(images)
     if len(quality) != len(images):
@@ -233,7 +239,7 @@ def compress(model: nn.Module, images: ImageLike | Sequence[ImageLike],
             part = idx[start:start + batch_size]
             batch = (images[part[0]][None] if len(part) == 1        # no copy of a photo
                      else torch.stack([images[i] for i in part])).to(device)
-            for i, p in zip(part, codec.compress(batch, q)):
+            for i, p in zip(part, codec.compress(batch, q, refine)):
                 payloads[i] = p
     codes = None if codec.quality_range is None else [quality_code(q) for q in qualities]
     return bitstream.pack(codec.model_id, [k[0] for k in keys], payloads, codes)
@@ -241,11 +247,13 @@ def compress(model: nn.Module, images: ImageLike | Sequence[ImageLike],
 
 @torch.no_grad()
 def qualities_for_bpp(model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor],
-                      target_bpp: float, budget: Budget | None = Budget()) -> list[float]:
+                      target_bpp: float, budget: Budget | None = Budget(), refine: int = 0
+                      ) -> list[float]:
     """Per image, the highest quality (on the stream's 1/16 grid) whose single-image stream
     takes at most `target_bpp` bits per pixel, container included: a bisection over real
-    streams. An image that exceeds the target even at the lowest quality gets that one.
-    BudgetError first if `compress` would refuse the images."""
+    streams (written with `refine` steps of refinement, as `compress` will write them). An
+    image that exceeds the target even at the lowest quality gets that one. BudgetError first
+    if `compress` would refuse the images."""
     codec = _codec(model)
     rng = codec.quality_range
     if rng is None:
@@ -254,12 +262,12 @@ def qualities_for_bpp(model: nn.Module, images: torch.Tensor | Sequence[torch.Te
     if not target_bpp > 0:
         raise ConfigError(f"the target bpp must be positive, got {target_bpp}")
     images = _as_batch_list(images)
-    _check_encode(codec, images, budget)
+    _check_encode(codec, images, budget, refine)
     device = next(codec.parameters()).device
 
     def bpp(img: torch.Tensor, code: int) -> float:
         q = quality_from_code(code)
-        payload = codec.compress(img[None].to(device), q)[0]
+        payload = codec.compress(img[None].to(device), q, refine)[0]
         nbytes = len(bitstream.pack(codec.model_id, [tuple(img.shape[-2:])], [payload], [code]))
         return 8 * nbytes / (img.shape[-1] * img.shape[-2])
 

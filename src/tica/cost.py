@@ -144,10 +144,12 @@ def windowed_vit_flops(vit, grid: tuple[int, int], config: ModelConfig, blocks: 
     return count * vit_flops(length, config, blocks)
 
 
-def stream_cost(model, sizes: Iterable[tuple[int, int]], op: str) -> float:
+def stream_cost(model, sizes: Iterable[tuple[int, int]], op: str, refine: int = 0) -> float:
     """GFLOP of `op` over every image of a stream (its sizes) for any model with `cost(size,
-    op)`; each distinct size is costed once."""
-    return sum(n * model.cost(size, op) for size, n in Counter(map(tuple, sizes)).items())
+    op)`; each distinct size is costed once. `refine`: encoding with that many steps of
+    refinement (a codec's `cost(size, "encode", refine)`)."""
+    extra = {"refine": refine} if refine else {}
+    return sum(n * model.cost(size, op, **extra) for size, n in Counter(map(tuple, sizes)).items())
 
 
 @dataclass(frozen=True)
@@ -162,17 +164,21 @@ class Budget:
             raise ConfigError(f"the budget must be a positive number of GFLOP (inf: unbounded), "
                               f"got {self.max_gflop}")
 
-    def check(self, model, sizes: Iterable[tuple[int, int]], ops: Iterable[str]) -> float:
-        """The largest total cost among `ops`; BudgetError if it is over the budget."""
+    def check(self, model, sizes: Iterable[tuple[int, int]], ops: Iterable[str],
+              refine: int = 0) -> float:
+        """The largest total cost among `ops` (encoding with `refine` steps of refinement);
+        BudgetError if it is over the budget."""
         sizes = [tuple(s) for s in sizes]
         worst, worst_op = 0.0, None
         for op in ops:
-            total = stream_cost(model, sizes, op)
+            total = stream_cost(model, sizes, op, refine if op == "encode" else 0)
             if worst_op is None or total > worst:
                 worst, worst_op = total, op
         if worst_op is not None and worst > self.max_gflop:
             largest = max(sizes, key=lambda s: s[0] * s[1])
             what = (f"{_VERBS[worst_op]} {len(sizes)} image(s) of up to {largest[1]}x{largest[0]} "
                     f"with {model.config.name}")
+            if refine and worst_op == "encode":
+                what += f" and {refine} refinement steps"
             raise BudgetError(what, worst, self.max_gflop)
         return worst

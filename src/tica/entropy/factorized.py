@@ -63,12 +63,16 @@ class EntropyBottleneck(TableOwner):
     def forward(self, z: torch.Tensor, mode: str = "noise") -> tuple[torch.Tensor, torch.Tensor]:
         """z: (B, C, h, w) -> (z_hat, likelihoods), both (B, C, h, w)."""
         z_hat = quantize(z.float(), mode)
+        return z_hat, self.likelihood(z_hat)
+
+    def likelihood(self, z_hat: torch.Tensor) -> torch.Tensor:
+        """The density's likelihood of each value of z_hat (B, C, h, w), differentiable in
+        z_hat (the encoder's refinement passes straight-through rounded values)."""
         flat = z_hat.permute(1, 0, 2, 3).reshape(self.channels, 1, -1)   # (C, 1, B*h*w)
-        with torch.autocast(z.device.type, enabled=False):              # rates need fp32
+        with torch.autocast(z_hat.device.type, enabled=False):          # rates need fp32
             lik = self._likelihood_flat(flat)
         lik = lower_bound(lik, 1e-9)
-        lik = lik.reshape(self.channels, z.shape[0], *z.shape[2:]).permute(1, 0, 2, 3)
-        return z_hat, lik
+        return lik.reshape(self.channels, z_hat.shape[0], *z_hat.shape[2:]).permute(1, 0, 2, 3)
 
     def aux_loss(self) -> torch.Tensor:
         """Pulls `quantiles` to the tail_mass/2, median and 1-tail_mass/2 points."""

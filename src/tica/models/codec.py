@@ -46,6 +46,7 @@ from ..io import WeightsInfo
 from ..nn.bands import pad_to, run_in_bands
 from ..nn.conv import analysis, hyper_analysis, hyper_synthesis, nhwc
 from ..nn.integer import IntegerHyperSynthesis, TablesAndMeans, quantized_h_s
+from .refine import refine as refine_latents
 
 Likelihoods = dict[str, torch.Tensor]
 ENTROPY_GAIN_STEPS = 256    # entropy_gain models code with the gain rounded to 1/256
@@ -85,8 +86,10 @@ class CompressionModel(nn.Module):
     # ---- cost (tica.cost): estimated from the config and the latent grid, before any work ----
     operations: tuple[str, ...] = ("encode", "decompress", "reconstruct")
 
-    def cost(self, image_size: tuple[int, int], op: str) -> float:
-        """Estimated GFLOP of `op` (one of `operations`) on one image of (H, W)."""
+    def cost(self, image_size: tuple[int, int], op: str, refine: int = 0) -> float:
+        """Estimated GFLOP of `op` (one of `operations`) on one image of (H, W); "encode"
+        with `refine` steps of refinement (tica.models.refine): each a forward and a backward
+        (three forwards) of the float h_s and everything `decode_latent` runs."""
         if op not in self.operations:
             raise ConfigError(f"{self.config.name} cannot {op}; it can "
                               f"{', '.join(self.operations)}")
@@ -95,6 +98,10 @@ class CompressionModel(nn.Module):
         flops = h_s + cost.coding_flops(self.config, grid)
         if op == "encode":
             flops += cost.analysis_flops(self.config, grid) + h_a
+            if refine:
+                decode = sum(self._latent_flops(o, grid) for o in self.operations
+                             if o in ("classify", "reconstruct"))
+                flops += refine * 3 * (h_s / cost.FLOAT64_WEIGHT + decode)    # float h_s
         elif op != "decompress":
             flops += self._latent_flops(op, grid)
         return flops / 1e9
@@ -288,18 +295,24 @@ class CompressionModel(nn.Module):
         return device if device.type == "cuda" else torch.device("cpu")
 
     @torch.no_grad()
-    def analyze(self, x: torch.Tensor, quality: float | None = None
+    def analyze(self, x: torch.Tensor, quality: float | None = None, refine: int = 0
                 ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, torch.Tensor]:
         """x -> (z_int, y indexes, means, y symbols): everything `compress` codes.
-        `dequantize(symbols + means)` is exactly what `decompress` returns."""
+        `dequantize(symbols + means)` is exactly what `decompress` returns. `refine` > 0:
+        the latents refined by that many steps for each image (tica.models.refine)."""
         self._require_update()
-        # bounded memory: padded and channels-last band by band, never the whole image
-        y = run_in_bands(lambda band: self.g_a(nhwc(band)), x.to(next(self.parameters()).device),
-                         geometry_of=self.g_a, label="g_a", pad=self.config.stride)
+        x = x.to(next(self.parameters()).device)
         quality = self.check_quality(quality)
         gain, _ = self.gain_pair(quality, x.shape[0])
-        z_int = clamp_z(self.h_a(self.hyper_input(y, gain)))
-        y = self._gained(y, gain)
+        if refine:
+            y, z = refine_latents(self, x, quality, refine)
+        else:
+            # bounded memory: padded and channels-last band by band, never the whole image
+            y = run_in_bands(lambda band: self.g_a(nhwc(band)), x, geometry_of=self.g_a,
+                             label="g_a", pad=self.config.stride)
+            z = self.h_a(self.hyper_input(y, gain))
+            y = self._gained(y, gain)
+        z_int = clamp_z(z)
         indexes, means = self._hyper_decode(z_int, quality)
         symbols = torch.round(y.float().to(means.device) - means)
         return z_int.cpu(), indexes, means.cpu(), symbols.cpu()
@@ -322,9 +335,11 @@ class CompressionModel(nn.Module):
         return self.dequantize(symbols + means, quality)
 
     @torch.no_grad()
-    def compress(self, x: torch.Tensor, quality: float | None = None) -> list[bytes]:
-        """x (B, 3, H, W) in [0, 1] -> one entropy-coded payload per image (tica.entropy.payload)."""
-        z_int, indexes, _, symbols = self.analyze(x, quality)
+    def compress(self, x: torch.Tensor, quality: float | None = None, refine: int = 0
+                 ) -> list[bytes]:
+        """x (B, 3, H, W) in [0, 1] -> one entropy-coded payload per image (tica.entropy.payload);
+        `refine` steps of encoder-side refinement (tica.models.refine) first."""
+        z_int, indexes, _, symbols = self.analyze(x, quality, refine)
         # int32 as the coder takes them (no int64 copies of a photo's latent): clamped first,
         # as the coder would clamp them
         symbols = symbols.clamp_(-MAX_ABS_VALUE, MAX_ABS_VALUE).int().numpy()

@@ -21,7 +21,11 @@ class HyperpriorCodec(CompressionModel):
     def forward(self, x: torch.Tensor, entropy: bool = True,
                 quality: float | torch.Tensor | None = None) -> dict:
         y_hat, likelihoods = self.encode_latent(x, entropy, quality)
-        return {"x_hat": self._synthesize(y_hat, tuple(x.shape[-2:])), "likelihoods": likelihoods}
+        return {**self.decode_latent(y_hat, tuple(x.shape[-2:])), "likelihoods": likelihoods}
+
+    def decode_latent(self, y_hat: torch.Tensor, image_size: tuple[int, int]) -> dict:
+        """y_hat -> {"x_hat"}, differentiable and not clamped (training, refinement)."""
+        return {"x_hat": self._synthesize(y_hat, image_size)}
 
     def _synthesize(self, y_hat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return run_in_bands(self.g_s, nhwc(y_hat), label="g_s")[..., : size[0], : size[1]]

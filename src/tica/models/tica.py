@@ -66,11 +66,17 @@ class TicaModel(CompressionModel):
         """Training/eval pass: {"logits", "x_hat", "likelihoods"} (likelihoods None in step 1),
         and "logits_dist" with a distillation token ("logits": the class head's alone)."""
         y_hat, likelihoods = self.encode_latent(x, entropy, quality)
+        return {**self.decode_latent(y_hat, tuple(x.shape[-2:])), "likelihoods": likelihoods}
+
+    def decode_latent(self, y_hat: torch.Tensor, image_size: tuple[int, int]) -> dict:
+        """y_hat -> {"logits", "x_hat"} (and "logits_dist" with a distillation token),
+        differentiable: what training and the encoder's refinement (tica.models.refine)
+        score; x_hat is not clamped."""
         tokens, grid = self.tokens(y_hat)
         feats, inter = self.vit.forward_intermediates(tokens, grid, self._fam_blocks)
-        x_hat = self._synthesize(y_hat, tokens, inter, grid, tuple(x.shape[-2:]))
+        x_hat = self._synthesize(y_hat, tokens, inter, grid, image_size)
         logits, dist = self.vit.forward_heads(feats)
-        out = {"logits": logits, "x_hat": x_hat, "likelihoods": likelihoods}
+        out = {"logits": logits, "x_hat": x_hat}
         return out if dist is None else {**out, "logits_dist": dist}
 
     def classify_latent(self, y_hat: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,184 @@
+"""Encoder-side refinement (tica.models.refine) against plain encoding, from real streams:
+tica-photo on Kodak (bpp, PSNR, BD-rate against the plain curve and against JPEG's from
+docs/results/kodak.json), a flat 512x512 grey image at q1, and tica-cifar on CIFAR-10's test
+split (bpp, PSNR, top-1, the share of images whose class the refinement changed).
+
+    python benchmarks/refine.py                        # --steps 20, Kodak q1,3,5,8, 500 CIFAR
+    python benchmarks/refine.py --steps 10 --kodak-qualities 1,2,3,4,5,6,7,8
+
+Every stream is decoded by the ordinary decoder. Each (model, quality, steps) row is saved
+to runs/refine/rows.json as it completes, so a stopped run continues where it was; the
+table goes to docs/benchmarks/refine.md and .json (docs/design.md, "Encoder-side
+refinement")."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import tica
+from tica.cli import data_root
+from tica.data import load_split
+from tica.image import read_image
+from tica.io import atomic_write_text
+from tica.losses import psnr
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+from tica_tools import rd  # noqa: E402
+from tica_tools.timing import cpu_name  # noqa: E402
+
+
+def score(model, images: torch.Tensor, quality: float, steps: int, batch: int,
+          labels: torch.Tensor | None = None) -> dict:
+    """One row: real streams of `images` at `quality`, refined by `steps` (0: plain)."""
+    bits = pixels = 0
+    sq_err, psnrs, classes = 0.0, [], []
+    start = time.perf_counter()
+    for i in range(0, len(images), batch):
+        x = images[i:i + batch]
+        data = tica.compress(model, x, quality=quality, refine=steps, budget=None)
+        x_hat = torch.stack(tica.reconstruct(model, data, budget=None))
+        bits, pixels = bits + 8 * len(data), pixels + x.shape[0] * x.shape[2] * x.shape[3]
+        mse = (x_hat * 255 - x * 255).square().flatten(1).mean(1)
+        sq_err += float(mse.sum())
+        psnrs += psnr(mse).tolist()
+        if labels is not None:
+            classes += tica.api.classify_logits(model, data).argmax(1).tolist()
+    row = {"quality": quality, "steps": steps, "images": len(images),
+           "bpp": bits / pixels, "psnr": float(psnr(torch.tensor(sq_err / len(images)))),
+           "psnr_per_image": sum(psnrs) / len(psnrs),
+           "seconds": time.perf_counter() - start}
+    if labels is not None:
+        row["top1"] = float((torch.tensor(classes) == labels).float().mean())
+        row["classes"] = classes
+    return row
+
+
+def curve(rows: list[dict]) -> tuple[list[float], list[float]]:
+    rows = sorted(rows, key=lambda r: r["bpp"])
+    return [r["bpp"] for r in rows], [r["psnr"] for r in rows]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--data", type=Path, default=Path(data_root()))
+    parser.add_argument("--kodak-qualities", default="1,3,5,8")
+    parser.add_argument("--cifar-qualities", default="1,2,3,4,5,6,7,8")
+    parser.add_argument("--cifar-images", type=int, default=500)
+    parser.add_argument("--sections", default="grey,cifar,kodak")
+    parser.add_argument("--cache", type=Path, default=REPO / "runs" / "refine" / "rows.json")
+    parser.add_argument("--name", default="refine")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    cached = json.loads(args.cache.read_text()) if args.cache.is_file() else {}
+
+    def row(key: str, make) -> dict:
+        if key not in cached:
+            cached[key] = make()
+            args.cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(args.cache, json.dumps(cached))
+            r = cached[key]
+            print(f"{key}: {r['bpp']:.4f} bpp, {r['psnr']:.2f} dB"
+                  + (f", top-1 {r['top1']:.3f}" if "top1" in r else "")
+                  + f" ({r['seconds']:.0f} s)", flush=True)
+        return cached[key]
+
+    sections = args.sections.split(",")
+    out: dict = {"machine": cpu_name(), "threads": torch.get_num_threads(), "steps": args.steps}
+    photo = tica.load("tica-photo")
+    if "grey" in sections:
+        grey = torch.full((1, 3, 512, 512), 0.5)
+        out["grey"] = {s: row(f"grey|{s}", lambda s=s: score(photo, grey, 1.0, s, 1))
+                       for s in (0, args.steps)}
+    if "cifar" in sections:
+        split = load_split(args.data / "cifar10-jpeg.tar.gz", "test", limit=args.cifar_images)
+        images, labels = split.images.float() / 255, split.labels
+        model = tica.load("tica-cifar")
+        rows = {s: [row(f"cifar|{q}|{s}|{len(images)}",
+                        lambda q=q, s=s: score(model, images, q, s, 100, labels))
+                    for q in map(float, args.cifar_qualities.split(","))]
+                for s in (0, args.steps)}
+        plain, refined = rows[0], rows[args.steps]
+        changed = [sum(a != b for a, b in zip(p["classes"], r["classes"])) / len(p["classes"])
+                   for p, r in zip(plain, refined)]
+        verdict = rd.curve_verdict(plain, refined, top1_resolution=100 / len(images))
+        out["cifar"] = {"plain": plain, "refined": refined, "class_changed": changed,
+                        "bd_rate_vs_plain": rd.bd_rate(curve(plain), curve(refined)),
+                        "verdict": verdict}
+    if "kodak" in sections:
+        files = sorted((args.data / "kodak").glob("kodim*.png"))
+        images = [read_image(f)[None] for f in files]
+        qualities = list(map(float, args.kodak_qualities.split(",")))
+
+        def kodak(q: float, s: int) -> dict:
+            parts = [score(photo, x, q, s, 1) for x in images]
+            n = len(parts)
+            sq = sum(10 ** (-p["psnr"] / 10) * 255 ** 2 for p in parts) / n
+            return {"quality": q, "steps": s, "images": n,
+                    "bpp": sum(p["bpp"] for p in parts) / n,
+                    "psnr": float(psnr(torch.tensor(sq))),
+                    "psnr_per_image": sum(p["psnr_per_image"] for p in parts) / n,
+                    "seconds": sum(p["seconds"] for p in parts)}
+
+        rows = {s: [row(f"kodak|{q}|{s}", lambda q=q, s=s: kodak(q, s)) for q in qualities]
+                for s in (0, args.steps)}
+        results = json.loads((REPO / "docs" / "results" / "kodak.json").read_text())
+        jpeg = [r for r in results if r["pipeline"] == "JPEG"]
+        out["kodak"] = {"plain": rows[0], "refined": rows[args.steps],
+                        "bd_rate_vs_plain": rd.bd_rate(curve(rows[0]), curve(rows[args.steps])),
+                        "bd_rate_vs_jpeg": {"plain": rd.bd_rate(curve(jpeg), curve(rows[0])),
+                                            "refined": rd.bd_rate(curve(jpeg),
+                                                                  curve(rows[args.steps]))}}
+    docs = REPO / "docs" / "benchmarks"
+    atomic_write_text(docs / f"{args.name}.json", json.dumps(out, indent=1))
+    atomic_write_text(docs / f"{args.name}.md", page(out))
+    print(page(out))
+    return 0
+
+
+def page(out: dict) -> str:
+    lines = [f"# Encoder-side refinement: {out['steps']} steps against plain encoding",
+             "", f"`python benchmarks/refine.py --steps {out['steps']}` on {out['machine']}, "
+             f"{out['threads']} threads. Real streams, decoded by the ordinary decoder.", ""]
+    if "kodak" in out:
+        k = out["kodak"]
+        lines += ["## tica-photo on Kodak (24 images)", "",
+                  "| quality | plain bpp / PSNR | refined bpp / PSNR | encode s/image (refined) |",
+                  "|---:|---|---|---:|"]
+        for p, r in zip(k["plain"], k["refined"]):
+            lines.append(f"| {p['quality']:g} | {p['bpp']:.4f} / {p['psnr']:.2f} | "
+                         f"{r['bpp']:.4f} / {r['psnr']:.2f} | {r['seconds'] / r['images']:.1f} |")
+        lines += ["", f"BD-rate of refined against plain: {k['bd_rate_vs_plain']:+.1f}%. "
+                  f"Against JPEG (docs/results/kodak.json): plain "
+                  f"{k['bd_rate_vs_jpeg']['plain']:+.1f}%, refined "
+                  f"{k['bd_rate_vs_jpeg']['refined']:+.1f}%.", ""]
+    if "grey" in out:
+        g = out["grey"]
+        lines += ["## A flat 512x512 grey image at q1 (tica-photo)", "",
+                  "| steps | bpp | PSNR |", "|---:|---:|---:|"]
+        lines += [f"| {s} | {r['bpp']:.4f} | {r['psnr']:.2f} |" for s, r in g.items()]
+        lines.append("")
+    if "cifar" in out:
+        c = out["cifar"]
+        lines += [f"## tica-cifar on CIFAR-10's test split ({c['plain'][0]['images']} images)", "",
+                  "| quality | plain bpp / PSNR / top-1 | refined bpp / PSNR / top-1 | "
+                  "class changed |", "|---:|---|---|---:|"]
+        for p, r, ch in zip(c["plain"], c["refined"], c["class_changed"]):
+            lines.append(f"| {p['quality']:g} | {p['bpp']:.3f} / {p['psnr']:.2f} / "
+                         f"{100 * p['top1']:.1f}% | {r['bpp']:.3f} / {r['psnr']:.2f} / "
+                         f"{100 * r['top1']:.1f}% | {100 * ch:.1f}% |")
+        lines += ["", f"BD-rate (PSNR) of refined against plain: {c['bd_rate_vs_plain']:+.1f}%; "
+                  f"the curve verdict: {json.dumps(c['verdict'])}", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
