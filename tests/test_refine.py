@@ -4,6 +4,7 @@ its refusals (budget, size, steps, weights that do not say what they were traine
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -120,3 +121,31 @@ def test_cli_encode_refine(tmp_path, cifar_samples, capsys):
     capsys.readouterr()
     assert main(args + ["--refine", "-3"]) == 1
     assert "refinement steps" in capsys.readouterr().err
+
+
+def test_eval_refine_names_its_rows(tmp_path, cifar_samples, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, (data, _) in enumerate(cifar_samples[:3]):
+        (folder / f"{i}.jpg").write_bytes(data)
+    args = ["eval", "--data", str(folder), "--model", "tica-cifar", "--quality", "2", "--json"]
+    assert main(args) == 0
+    plain = json.loads(capsys.readouterr().out)["results"][0]
+    assert main(args + ["--refine", "4"]) == 0
+    refined = json.loads(capsys.readouterr().out)["results"][0]
+    assert plain["pipeline"] == "tica-cifar"
+    assert refined["pipeline"] == "tica-cifar, refined (4 steps)"
+    assert refined["images"] == plain["images"] == 3
+    assert refined["bpp"] != plain["bpp"] or refined["psnr"] != plain["psnr"]
+
+
+def test_target_bpp_bisects_over_refined_streams(shipped_cifar, cifar_images):
+    x = cifar_images[:2]
+    target = 1.0
+    qualities = api.qualities_for_bpp(shipped_cifar, x, target, refine=3)
+    for img, q in zip(x, qualities):
+        data = tica.compress(shipped_cifar, img, quality=q, refine=3)
+        assert 8 * len(data) / (32 * 32) <= target
+        if q < 8:       # the next quality up on the stream's grid is over the target
+            over = tica.compress(shipped_cifar, img, quality=q + 1 / 16, refine=3)
+            assert 8 * len(over) / (32 * 32) > target

@@ -384,7 +384,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         except ValueError:
             raise TicaError(f"--quality takes numbers or 'all', got {args.quality!r}") from None
     results = []
-    for result in evaluate_curve(model, data, qualities):
+    for result in evaluate_curve(model, data, qualities, args.refine):
         results.append(r := result.to_dict())
         if not args.json:
             top = (f"top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  " if r["top1"] is not None
@@ -509,6 +509,8 @@ def _eval_parser(sub) -> None:
     p.add_argument("--weights", metavar="FILE", help="a tica checkpoint to evaluate instead")
     p.add_argument("--quality", default="all",
                    help="quality, comma-separated qualities, or 'all' (default): the standard points")
+    p.add_argument("--refine", type=int, default=0, metavar="STEPS",
+                   help="encode with STEPS steps of refinement, as `tica encode --refine` does")
     p.add_argument("--untrained", action="store_true", help="allow an untrained preset")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     _add_runtime_args(p)

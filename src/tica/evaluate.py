@@ -138,8 +138,8 @@ class LearnedPipeline(Pipeline):
     it (codec, then decode, then classify)."""
 
     def __init__(self, model, name: str | None = None, quality: float | None = None,
-                 classifier=None) -> None:
-        self.model, self.classifier = model, classifier
+                 classifier=None, refine: int = 0) -> None:
+        self.model, self.classifier, self.refine = model, classifier, refine
         self.name = name or model.config.name
         if model.config.quality_range is None:
             # a fixed-rate model codes at its one rate: `quality` (else its file's) labels it
@@ -151,7 +151,8 @@ class LearnedPipeline(Pipeline):
     def run(self, x: torch.Tensor, classify: bool = True) -> Coded:
         q = self.coding_quality
         # a batch of the evaluation's own images: no per-request budget (tica.cost) applies
-        stream = bitstream.unpack(api.compress(self.model, x, quality=q, budget=None))
+        stream = bitstream.unpack(api.compress(self.model, x, quality=q, budget=None,
+                                               refine=self.refine))
         nbytes = [len(bitstream.pack(stream.model_id, [size], [payload],
                                      None if code is None else [code]))
                   for size, payload, code in zip(stream.sizes, stream.payloads,
@@ -309,16 +310,18 @@ def evaluate_codec(model, split: ImageFolderSplit, batch: int = 250, quality: in
     return evaluate(LearnedPipeline(model, quality=quality), split_batches(split, batch))
 
 
-def evaluate_curve(model, data: EvalData, qualities: Iterable[float | None] | None = None
-                   ) -> Iterator[EvalResult]:
+def evaluate_curve(model, data: EvalData, qualities: Iterable[float | None] | None = None,
+                   refine: int = 0) -> Iterator[EvalResult]:
     """A tica-family model's rate points on `data`, one EvalResult per quality as it is
     measured: `qualities` (checked against the model), default its standard points (one
-    point, None, for a fixed-rate model)."""
+    point, None, for a fixed-rate model); streams encoded with `refine` steps of
+    refinement (tica.models.refine)."""
     if qualities is None:
         qualities = model.config.standard_qualities or [None]
     for q in qualities:
         q = model.check_quality(q) if q is not None else None
-        yield evaluate(LearnedPipeline(model, quality=q), data.batches())
+        name = f"{model.config.name}, refined ({refine} steps)" if refine else None
+        yield evaluate(LearnedPipeline(model, name, q, refine=refine), data.batches())
 
 
 def write_results(results: list[dict], path: str | Path) -> None:

@@ -110,10 +110,12 @@ class _Objective:
 
 
 def refine(codec, x: torch.Tensor, quality: float | None, steps: int,
-           lr: float = LEARNING_RATE) -> tuple[torch.Tensor, torch.Tensor]:
+           lr: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """x (B, 3, H, W) in [0, 1] on the model's device -> (the gained y to code, z as floats),
-    refined by `steps` Adam steps (module docstring). The caller rounds z (clamp_z) and
-    codes y against the integer h_s's means, as for the plain latents."""
+    refined by `steps` Adam steps (module docstring) at `lr` (default LEARNING_RATE, read
+    at the call). The caller rounds z (clamp_z) and codes y against the integer h_s's means,
+    as for the plain latents."""
+    lr = LEARNING_RATE if lr is None else lr
     if steps < 0:
         raise TicaError(f"refinement steps must be >= 0, got {steps}")
     size = tuple(x.shape[-2:])
