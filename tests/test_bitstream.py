@@ -129,6 +129,12 @@ def _decode_all(model, data: bytes) -> list:
     return [y for _, _, y in tica.decompress(model, data)]
 
 
+# A hang guard, not a timing: a damaged stream decodes in milliseconds, a hang never ends;
+# the bound leaves room for a machine busy with other work (one example once took 2.9 s
+# with two other jobs on two cores).
+HANG_SECONDS = 10.0
+
+
 @settings(max_examples=3000, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(ops=st.lists(MUTATIONS, min_size=1, max_size=4))
@@ -139,7 +145,7 @@ def test_fuzz_every_damaged_stream_raises_bitstream_error_quickly(tica_cifar, st
     start = time.perf_counter()
     with pytest.raises(BitstreamError):
         _decode_all(tica_cifar, bad)
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < HANG_SECONDS
 
 
 @settings(max_examples=500, deadline=None, derandomize=True, database=None,
@@ -154,7 +160,7 @@ def test_fuzz_forged_checksums_never_crash_or_overallocate(tica_cifar, stream, o
     except BitstreamError:
         return
     finally:
-        assert time.perf_counter() - start < 2.0
+        assert time.perf_counter() - start < HANG_SECONDS
     for y in latents:            # decoded garbage is still a bounded, well-formed latent
         assert torch.isfinite(y).all() and y.shape[1] == tica_cifar.config.M
 
