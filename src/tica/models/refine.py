@@ -56,19 +56,17 @@ def rate_point(codec, quality: float | None) -> tuple[float, float]:
     if not points or len(points) != codec.config.rate_levels:
         raise TicaError(f"{codec.config.name}'s weights do not list their rate points "
                         "(alpha, beta at each quality): refinement needs them")
+    if len(points) == 1:
+        return float(points[0][0]), float(points[0][1])
     q = min(max(float(quality), 1.0), float(len(points))) - 1
-    low = min(int(math.floor(q)), len(points) - 2) if len(points) > 1 else 0
+    low = min(int(math.floor(q)), len(points) - 2)
     t = q - low
 
-    def between(a: float, b: float) -> float:
-        if t == 0 or a == b:
-            return float(a)
+    def between(a: float, b: float) -> float:     # log-linear, as the gains interpolate
         if a > 0 and b > 0:
             return math.exp((1 - t) * math.log(a) + t * math.log(b))
         return (1 - t) * a + t * b
 
-    if len(points) == 1:
-        return float(points[0][0]), float(points[0][1])
     (a0, b0), (a1, b1) = points[low], points[low + 1]
     return between(a0, a1), between(b0, b1)
 
