@@ -87,6 +87,47 @@ def test_reconstruct_and_encode(client, model, stream, cifar_images):
     assert "X-Tica-Warning" in r.headers["Access-Control-Expose-Headers"]
 
 
+def test_encode_with_refinement_within_the_servers_limit(client, model, cifar_images,
+                                                        monkeypatch):
+    """/v1/encode?refine=N writes the stream `tica.compress(refine=N)` writes, up to the
+    server's --max-refine (default 0: refused) and inside its budget, both before any work."""
+    from tica.models import refine as refine_module
+    png = io.BytesIO()
+    Image.fromarray((cifar_images[0] * 255).round().byte().permute(1, 2, 0).numpy()).save(png, "PNG")
+    png = png.getvalue()
+    image = tica.image.read_image(png)
+    r = client.post("/v1/encode?quality=2&refine=1", content=png, headers=OCTET)
+    assert r.status_code == 422 and r.json()["error"] == "RefineLimit"
+    assert "at most 0 refinement steps" in r.json()["detail"]
+    assert client.get("/v1/models").json()["limits"]["max_refine"] == 0
+    with pytest.raises(tica.errors.ConfigError, match="max_refine"):
+        ServeConfig(max_refine=-1)
+    # tica-cifar encodes a 32x32 image in ~0.2 GFLOP and each step costs ~0.4
+    refined = tica.compress(model, image, quality=2, refine=5)
+    assert refined != tica.compress(model, image, quality=2)
+    for max_gflop, status in ((1.0, 413), (100.0, 200)):
+        with TestClient(create_app(ServeConfig(model="tica-cifar", max_refine=5,
+                                               max_gflop=max_gflop, batch_window_ms=1)),
+                        raise_server_exceptions=False) as c:
+            assert c.get("/v1/models").json()["limits"]["max_refine"] == 5
+            assert c.post("/v1/encode?quality=2&refine=6", content=png,
+                          headers=OCTET).json()["error"] == "RefineLimit"
+            r = c.post("/v1/encode?quality=2&refine=5", content=png, headers=OCTET)
+            assert r.status_code == status, r.text
+            if status == 413:
+                assert "5 refinement steps" in r.json()["detail"]
+                assert c.post("/v1/encode?quality=2", content=png,
+                              headers=OCTET).status_code == 200      # plain fits
+                assert c.app.state.batcher.stats.requests == 1
+                continue
+            assert r.content == refined
+            monkeypatch.setattr(refine_module, "MAX_PIXELS", 32 * 32 - 1)
+            done = c.app.state.batcher.stats.requests
+            r = c.post("/v1/encode?quality=2&refine=5", content=png, headers=OCTET)
+            assert r.status_code == 413 and "without refinement" in r.json()["detail"]
+            assert c.app.state.batcher.stats.requests == done       # refused before any work
+
+
 def test_a_codec_only_stream_gets_422_from_classify(cifar_images):
     stream = tica.compress(tica.load("hyperprior-cifar"), cifar_images[:2])
     with TestClient(create_app(ServeConfig(model="hyperprior-cifar")),

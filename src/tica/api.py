@@ -21,6 +21,7 @@ from .errors import BitstreamError, ConfigError, ModelMismatchError, TicaError
 from .image import ImageLike, encode_png, read_image
 from .io import WeightsInfo
 from .models import CompressionModel
+from .models import refine as refinement
 from .registry import (DEFAULT_MODEL, create_model, find_weights, get_config, load_checkpoint,
                        weights_for_id)
 
@@ -199,15 +200,15 @@ def _groups(keys: Sequence) -> dict:
     return groups
 
 
-def _check_encode(codec: CompressionModel, images: list[torch.Tensor],
-                  budget: Budget | None, refine: int = 0) -> None:
-    """Encoding (with `refine` steps of refinement), and every operation on the stream it
-    writes, within `budget` (None: any)."""
-    if refine < 0:
-        raise TicaError(f"refinement steps must be >= 0, got {refine}")
+def check_encode(codec: CompressionModel, images: Sequence[torch.Tensor],
+                 budget: Budget | None, refine: int = 0) -> None:
+    """Before any work: encoding `images` (with `refine` steps of refinement: steps >= 0, each
+    image within the refinement's size) and every operation on the stream it writes within
+    `budget` (None: any). TicaError, LimitError or BudgetError otherwise."""
+    sizes = [tuple(img.shape[-2:]) for img in images]
+    refinement.check_steps(refine, sizes)
     if budget is not None:
-        budget.check(codec, [tuple(img.shape[-2:]) for img in images], codec.operations,
-                     refine)
+        budget.check(codec, sizes, codec.operations, refine)
 
 
 @torch.no_grad()
@@ -224,7 +225,7 @@ def compress(model: nn.Module, images: ImageLike | Sequence[ImageLike],
     decoder, at about `refine` x 3 reconstructions of encoding time."""
     codec = _codec(model)
     images = _as_batch_list(images)
-    _check_encode(codec, images, budget, refine)
+    check_encode(codec, images, budget, refine)
     if quality is None or isinstance(quality, (int, float)):
         quality = [quality] * len(images)
     if len(quality) != len(images):
@@ -262,7 +263,7 @@ def qualities_for_bpp(model: nn.Module, images: torch.Tensor | Sequence[torch.Te
     if not target_bpp > 0:
         raise ConfigError(f"the target bpp must be positive, got {target_bpp}")
     images = _as_batch_list(images)
-    _check_encode(codec, images, budget, refine)
+    check_encode(codec, images, budget, refine)
     device = next(codec.parameters()).device
 
     def bpp(img: torch.Tensor, code: int) -> float:

@@ -109,6 +109,17 @@ class _Objective:
         return loss
 
 
+def check_steps(steps: int, sizes) -> None:
+    """TicaError for negative steps; LimitError if `steps` > 0 and an image of `sizes`
+    ((H, W) each) is over MAX_PIXELS. Before any work: the API and the server ask it first."""
+    if steps < 0:
+        raise TicaError(f"refinement steps must be >= 0, got {steps}")
+    for h, w in sizes if steps else ():
+        if h * w > MAX_PIXELS:
+            raise LimitError(f"refinement holds a whole image's training graph: {w}x{h} is "
+                             f"over its {MAX_PIXELS:,} pixels; encode it without refinement")
+
+
 def refine(codec, x: torch.Tensor, quality: float | None, steps: int,
            lr: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """x (B, 3, H, W) in [0, 1] on the model's device -> (the gained y to code, z as floats),
@@ -116,12 +127,7 @@ def refine(codec, x: torch.Tensor, quality: float | None, steps: int,
     at the call). The caller rounds z (clamp_z) and codes y against the integer h_s's means,
     as for the plain latents."""
     lr = LEARNING_RATE if lr is None else lr
-    if steps < 0:
-        raise TicaError(f"refinement steps must be >= 0, got {steps}")
-    size = tuple(x.shape[-2:])
-    if size[0] * size[1] > MAX_PIXELS:
-        raise LimitError(f"refinement holds a whole image's training graph: {size[1]}x{size[0]} "
-                         f"is over its {MAX_PIXELS:,} pixels; encode it without refinement")
+    check_steps(steps, [tuple(x.shape[-2:])])
     with torch.no_grad():
         gain, inv_gain = codec.gain_pair(quality, x.shape[0])
         objective = _Objective(codec, x, quality, gain, inv_gain)    # refuses unknown weights

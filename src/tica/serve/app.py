@@ -3,8 +3,9 @@ uploads, with bounded inputs, typed 4xx errors, micro-batching and Prometheus me
 
     POST /v1/classify?top_k=5     tica bitstream -> JSON top-k classes of every image
     POST /v1/reconstruct?index=0  tica bitstream -> PNG of one image
-    POST /v1/encode?model=M&quality=Q  image file -> tica bitstream (no model: picked for
-                                  the image by tica.api.choose_model, when serving "auto")
+    POST /v1/encode?model=M&quality=Q&refine=N  image file -> tica bitstream (no model:
+                                  picked for the image by tica.api.choose_model, when
+                                  serving "auto"; refine: up to --max-refine steps)
     GET  /v1/models  /healthz  /metrics  /  (demo page)  /docs  /openapi.json
 """
 

@@ -58,9 +58,15 @@ class ServeConfig:
     max_gflop: float = option(DEFAULT_MAX_GFLOP, "estimated GFLOP one request may ask for "
                                "(tica.cost), refused with a 413 before any work; the default "
                                "holds a max_pixels photograph with tica-photo")
+    max_refine: int = option(0, "encoder-side refinement steps a /v1/encode may ask for "
+                              "(`refine=N`, as `tica encode --refine`); their work counts "
+                              "against --max-gflop too. 0: refinement refused")
     threads: int | None = option(None, "torch threads per worker (default: torch's choice)")
 
     def __post_init__(self) -> None:
+        if self.max_refine < 0:
+            raise ConfigError(f"max_refine (tica serve --max-refine) must be >= 0, got "
+                              f"{self.max_refine}")
         for name in ("deadline_s", "max_batch_gflop"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ConfigError(f"{name} (tica serve --{name.replace('_', '-')}) must be a "

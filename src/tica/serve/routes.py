@@ -75,8 +75,15 @@ async def encode(request: Request, quality: float | None = Query(None, ge=0, le=
                      "(tica.api.choose_model) when the server serves 'auto'")),
                  frame: int | None = Query(None, ge=0, description=(
                      "the frame to code of a multi-frame image (animated GIF or WebP, "
-                     "multi-page TIFF), which is refused without it"))) -> Response:
+                     "multi-page TIFF), which is refused without it")),
+                 refine: int = Query(0, ge=0, description=(
+                     "encoder-side refinement steps (`tica encode --refine`): a smaller "
+                     "stream for the same decoder, at about three reconstructions' work a "
+                     "step; at most the server's max_refine"))) -> Response:
     config, models = request.app.state.config, request.app.state.models
+    if refine > config.max_refine:
+        raise HTTPError(422, "RefineLimit", f"refine={refine}: this server allows at most "
+                        f"{config.max_refine} refinement steps (tica serve --max-refine)")
     served, q = models.for_quality(quality, model)        # a bad name or quality: before reading
     body = await read_body(request, config.max_upload_bytes)
     image = read_image(body, frame=frame, max_pixels=config.max_pixels)
@@ -86,9 +93,11 @@ async def encode(request: Request, quality: float | None = Query(None, ge=0, le=
     if model is None and models.auto:
         served, q = models.for_quality(quality, api.choose_model([tuple(image.shape[1:])]))
     size = tuple(image.shape[1:])
-    request.app.state.budget.check(served.model, [size], served.model.operations)
-    stream, png = await request.app.state.batcher.call(served.model.cost(size, "encode"), lambda: (
-        api.compress(served.model, image, q, budget=None), api.png_bytes(image)))
+    api.check_encode(served.model, [image], request.app.state.budget, refine)
+    stream, png = await request.app.state.batcher.call(
+        served.model.cost(size, "encode", refine), lambda: (
+            api.compress(served.model, image, q, budget=None, refine=refine),
+            api.png_bytes(image)))
     headers = {"X-Tica-Model": api.describe(served.model, q), "X-Tica-Bytes": str(len(stream)),
                "X-Tica-Bpp": f"{8 * len(stream) / (size[0] * size[1]):.4f}",
                "X-Tica-Input-Bytes": str(len(body))}
@@ -107,7 +116,8 @@ async def list_models(request: Request) -> dict:
     return {"models": models.describe(), "limits": {
         "max_body_bytes": config.max_body_bytes, "max_upload_bytes": config.max_upload_bytes,
         "max_side": config.max_side, "max_pixels": config.max_pixels,
-        "max_images": config.max_images, "max_gflop": config.max_gflop},
+        "max_images": config.max_images, "max_gflop": config.max_gflop,
+        "max_refine": config.max_refine},
         "auto": {"on": models.auto, "small_side": api.SMALL_IMAGE_SIDE,
                  "small": api.SMALL_IMAGE_MODEL, "large": api.PHOTO_MODEL},
         "batching": {"on": config.batching, "window_ms": config.batch_window_ms,
