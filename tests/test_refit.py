@@ -118,6 +118,18 @@ def test_the_command_writes_a_reshaped_codec_and_its_lease(archive, tmp_path):
     assert lease["steps"] == 3 and lease["latents_seen"] == 12          # a count of steps
     with pytest.raises(SystemExit):                                    # neither: refused
         main([a for a in args if a not in ("--minutes", "0.02")])
+    assert main(by_steps + ["--flat", "5"]) == 0                       # + 5 flat images
+    lease = json.loads(out.with_suffix(".json").read_text())
+    assert "and of 5 flat images of random colours" in lease["steps_note"]
+
+
+def test_flat_images_are_flat_and_differ():
+    from tica_tools.refit import flat_images
+    images = flat_images(6, (8, 12), seed=1)
+    assert images.shape == (6, 3, 8, 12) and images.dtype == torch.uint8
+    assert torch.equal(images, images[:, :, :1, :1].expand_as(images))   # one colour each
+    assert len({tuple(c) for c in images[:, :, 0, 0].tolist()}) == 6
+    assert torch.equal(images, flat_images(6, (8, 12), seed=1))         # seeded
 
 
 def test_the_proxy_table_ranks_a_refit_with_the_same_draws(monkeypatch):

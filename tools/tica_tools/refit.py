@@ -3,7 +3,7 @@
     python -m tica_tools.refit WEIGHTS DATA --minutes 30 [--steps N] --out refit.safetensors
                                [--hs-mid 96] [--hs-kernel 1] [--hs-first-kernel 3]
                                [--hs-mid-kernel 3]
-                               [--lr 1e-3] [--threads 1]
+                               [--lr 1e-3] [--threads 1] [--flat N]
 
 Why this is cheap and exact: with g_a (and everything after y) frozen, the hyperprior's
 parameters see only the rate. The distortion and the classifier read y + noise, or the
@@ -13,6 +13,11 @@ point (`tica.losses.rda_loss`). So training h_a, h_s and the z density on the bi
 z alone is the whole objective's gradient for them, and the latents y = g_a(x) of the
 training images (each image and its mirror image) can be computed once and kept, in float16:
 a step then costs the hyperprior's forward and backward passes, a small part of a full step.
+
+`--flat N` adds the latents of N images of one uniform colour each (random colours, the
+training images' size) to the photographs': a codec trained on photographs alone learns z's
+density from textured latents, and a flat image, which should cost almost nothing, pays for
+its side information what those densities give the flat latent's z (docs/design.md).
 
 The h_s may take a new shape (`ModelConfig.hs_mid`, `hs_kernel`, `hs_first_kernel`,
 `hs_mid_kernel`: fewer multiply-adds for the decoder's integer h_s); a layer whose shape is
@@ -77,6 +82,12 @@ def cached_latents(model: CompressionModel, data: str, split: str = "train") -> 
     y = latents(model, images)
     atomic_write(path, lambda tmp: save_npy(tmp, y.numpy()))
     return y
+
+
+def flat_images(n: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    """n uint8 images (n, 3, H, W), each of one uniformly random colour."""
+    colours = torch.randint(256, (n, 3, 1, 1), generator=torch.Generator().manual_seed(seed))
+    return colours.to(torch.uint8).expand(n, 3, *size).contiguous()
 
 
 def shipped_file(path: str | Path) -> bool:
@@ -163,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--flat", type=int, default=0,
+                        help="add the latents of N flat images of random colours")
     args = parser.parse_args(argv)
     if args.minutes is None and args.steps is None:
         parser.error("give --minutes, --steps or both")
@@ -170,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     model = load_checkpoint(args.weights).float()
     y = cached_latents(model, args.data)
+    photographs = len(y) // 2
+    if args.flat:
+        size = tuple(load_split(args.data, "train").images.shape[-2:])
+        y = torch.cat([y, latents(model, flat_images(args.flat, size, args.seed))])
     shape = {k: v for k, v in (("hs_mid", args.hs_mid), ("hs_kernel", args.hs_kernel),
                                ("hs_first_kernel", args.hs_first_kernel),
                                ("hs_mid_kernel", args.hs_mid_kernel)) if v is not None}
@@ -190,14 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     info = dataclasses.replace(model.weights_info, interim=False)
     save_checkpoint(model, args.out, info)
     what = ", ".join(f"{k} {v}" for k, v in shape.items()) or "h_s as it was"
+    flat = f" and of {args.flat:,} flat images of random colours" if args.flat else ""
     lease = {"plan": "tools/tica_tools/refit.py", "commit": commit,
              "date": time.strftime("%Y-%m-%d"), "runs": [Path(args.out).stem],
              "where": "cpu", **({"init": "shipped"} if shipped_file(args.weights) else
                                 {"init": "file", "init_file": str(args.weights)}),
              "minutes": round((time.perf_counter() - t0) / 60, 2), "steps": stats["steps"],
              "images_seen": 0, "latents_seen": stats["latents_seen"],
-             "steps_note": f"hyperprior refit on the frozen latents of {len(y) // 2:,} "
-                           f"training images and their mirrors ({what}): h_a, h_s and z's "
+             "steps_note": f"hyperprior refit on the frozen latents of {photographs:,} "
+                           f"training images and their mirrors{flat} ({what}): h_a, h_s and z's "
                            f"density on the rate alone, Adam {args.lr:g}, batch {args.batch}, "
                            f"cosine to the deadline, {stats['steps']:,} steps"}
     Path(args.out).with_suffix(".json").write_text(json.dumps(lease, indent=1) + "\n")
