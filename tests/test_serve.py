@@ -92,9 +92,7 @@ def test_encode_with_refinement_within_the_servers_limit(client, model, cifar_im
     """/v1/encode?refine=N writes the stream `tica.compress(refine=N)` writes, up to the
     server's --max-refine (default 0: refused) and inside its budget, both before any work."""
     from tica.models import refine as refine_module
-    png = io.BytesIO()
-    Image.fromarray((cifar_images[0] * 255).round().byte().permute(1, 2, 0).numpy()).save(png, "PNG")
-    png = png.getvalue()
+    png = tica.image.encode_png(cifar_images[0])
     image = tica.image.read_image(png)
     r = client.post("/v1/encode?quality=2&refine=1", content=png, headers=OCTET)
     assert r.status_code == 422 and r.json()["error"] == "RefineLimit"
