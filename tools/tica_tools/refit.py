@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     y = cached_latents(model, args.data)
     photographs = len(y) // 2
     if args.flat:
-        size = tuple(load_split(args.data, "train").images.shape[-2:])
+        size = tuple(side * 2 ** model.config.stages for side in y.shape[-2:])   # the images'
         y = torch.cat([y, latents(model, flat_images(args.flat, size, args.seed))])
     shape = {k: v for k, v in (("hs_mid", args.hs_mid), ("hs_kernel", args.hs_kernel),
                                ("hs_first_kernel", args.hs_first_kernel),
