@@ -7,10 +7,11 @@ split (bpp, PSNR, top-1, the share of images whose class the refinement changed)
     python benchmarks/refine.py --steps 10 --kodak-qualities 1,2,3,4,5,6,7,8
     python benchmarks/refine.py --sections trial       # the design trial (docs/design.md)
 
-Every stream is decoded by the ordinary decoder. Each (model, quality, steps) row is saved
-to runs/refine/rows.json as it completes, so a stopped run continues where it was; the
-table goes to docs/benchmarks/refine.md and .json (docs/design.md, "Encoder-side
-refinement")."""
+Every row is the evaluator's (tica.evaluate: single-image streams, decoded by the ordinary
+decoder). Each (model id, quality, steps) row is saved to runs/refine/rows.json as it
+completes, so a stopped run continues where it was; a section not run is read back from
+docs/benchmarks/refine.json, and the page names the model and machine of each section
+(docs/benchmarks/refine.md; docs/design.md, "Encoder-side refinement")."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import torch
 import tica
 from tica.cli import data_root
 from tica.data import load_split
+from tica.evaluate import LearnedPipeline, eval_data, evaluate, split_batches
 from tica.image import read_image
 from tica.io import atomic_write_text
 from tica.losses import psnr
@@ -34,30 +36,18 @@ sys.path.insert(0, str(REPO / "tools"))
 from tica_tools import rd  # noqa: E402
 from tica_tools.timing import cpu_name  # noqa: E402
 
+SECTIONS = ("grey", "cifar", "kodak", "trial")
 
-def score(model, images: torch.Tensor, quality: float, steps: int, batch: int,
-          labels: torch.Tensor | None = None) -> dict:
-    """One row: real streams of `images` at `quality`, refined by `steps` (0: plain)."""
-    bits = pixels = 0
-    sq_err, psnrs, classes = 0.0, [], []
-    start = time.perf_counter()
-    for i in range(0, len(images), batch):
-        x = images[i:i + batch]
-        data = tica.compress(model, x, quality=quality, refine=steps, budget=None)
-        x_hat = torch.stack(tica.reconstruct(model, data, budget=None))
-        bits, pixels = bits + 8 * len(data), pixels + x.shape[0] * x.shape[2] * x.shape[3]
-        mse = (x_hat * 255 - x * 255).square().flatten(1).mean(1)
-        sq_err += float(mse.sum())
-        psnrs += psnr(mse).tolist()
-        if labels is not None:
-            classes += tica.api.classify_logits(model, data).argmax(1).tolist()
-    row = {"quality": quality, "steps": steps, "images": len(images),
-           "bpp": bits / pixels, "psnr": float(psnr(torch.tensor(sq_err / len(images)))),
-           "psnr_per_image": sum(psnrs) / len(psnrs),
-           "seconds": time.perf_counter() - start}
-    if labels is not None:
-        row["top1"] = float((torch.tensor(classes) == labels).float().mean())
-        row["classes"] = classes
+
+def score(model, batches, quality: float, steps: int) -> dict:
+    """One row: real single-image streams of `batches` at `quality`, refined by `steps` (0:
+    plain), scored by the evaluator; with labels, each image's class ("classes")."""
+    result = evaluate(LearnedPipeline(model, quality=quality, refine=steps), batches)
+    row = {"quality": quality, "steps": steps, "images": result.images, "bpp": result.bpp,
+           "psnr": result.psnr, "psnr_per_image": result.psnr_per_image,
+           "seconds": result.seconds}
+    if result.top1 is not None:
+        row["top1"], row["classes"] = result.top1, result.per_image.predicted
     return row
 
 
@@ -68,6 +58,11 @@ def curve(rows: list[dict], key: str = "psnr") -> tuple[list[float], list[float]
     return [r["bpp"] for r in rows], [r[key] for r in rows]
 
 
+def model_key(model) -> str:
+    """The model's stream id (4 hex digits): rows are cached and labelled by it."""
+    return f"{model.model_id:04x}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
@@ -75,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kodak-qualities", default="1,3,5,8")
     parser.add_argument("--cifar-qualities", default="1,2,3,4,5,6,7,8")
     parser.add_argument("--cifar-images", type=int, default=500)
-    parser.add_argument("--sections", default="grey,cifar,kodak,trial")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help="sections to run; the others are read back from the results file")
     parser.add_argument("--cache", type=Path, default=REPO / "runs" / "refine" / "rows.json")
     parser.add_argument("--name", default="refine")
     args = parser.parse_args(argv)
@@ -93,60 +89,67 @@ def main(argv: list[str] | None = None) -> int:
                   + f" ({r['seconds']:.0f} s)", flush=True)
         return cached[key]
 
-    sections = args.sections.split(",")
-    out: dict = {"machine": cpu_name(), "threads": torch.get_num_threads(), "steps": args.steps}
-    photo = tica.load("tica-photo")
-    if "grey" in sections:
-        grey = torch.full((1, 3, 512, 512), 0.5)
-        out["grey"] = {s: row(f"grey|{s}", lambda s=s: score(photo, grey, 1.0, s, 1))
-                       for s in (0, args.steps)}
-    if "cifar" in sections:
-        split = load_split(args.data / "cifar10-jpeg.tar.gz", "test", limit=args.cifar_images)
-        images, labels = split.images.float() / 255, split.labels
-        model = tica.load("tica-cifar")
-        rows = {s: [row(f"cifar|{q}|{s}|{len(images)}",
-                        lambda q=q, s=s: score(model, images, q, s, 100, labels))
-                    for q in map(float, args.cifar_qualities.split(","))]
-                for s in (0, args.steps)}
-        plain, refined = rows[0], rows[args.steps]
-        changed = [sum(a != b for a, b in zip(p["classes"], r["classes"])) / len(p["classes"])
-                   for p, r in zip(plain, refined)]
-        verdict = rd.curve_verdict(plain, refined, top1_resolution=100 / len(images))
-        out["cifar"] = {"plain": plain, "refined": refined, "class_changed": changed,
-                        "bd_rate_vs_plain": rd.bd_rate(curve(plain), curve(refined)),
-                        "verdict": verdict}
-    if "kodak" in sections:
-        files = sorted((args.data / "kodak").glob("kodim*.png"))
-        images = [read_image(f)[None] for f in files]
-        qualities = list(map(float, args.kodak_qualities.split(",")))
-
-        def kodak(q: float, s: int) -> dict:
-            parts = [score(photo, x, q, s, 1) for x in images]
-            n = len(parts)
-            sq = sum(10 ** (-p["psnr"] / 10) * 255 ** 2 for p in parts) / n
-            return {"quality": q, "steps": s, "images": n,
-                    "bpp": sum(p["bpp"] for p in parts) / n,
-                    "psnr": float(psnr(torch.tensor(sq))),
-                    "psnr_per_image": sum(p["psnr_per_image"] for p in parts) / n,
-                    "seconds": sum(p["seconds"] for p in parts)}
-
-        rows = {s: [row(f"kodak|{q}|{s}", lambda q=q, s=s: kodak(q, s)) for q in qualities]
-                for s in (0, args.steps)}
-        results = json.loads((REPO / "docs" / "results" / "kodak.json").read_text())
-        jpeg = [r for r in results if r["pipeline"] == "JPEG"]
-        plain, refined, jpeg = (curve(r, "psnr_per_image") for r in (rows[0], rows[args.steps],
-                                                                      jpeg))
-        out["kodak"] = {"plain": rows[0], "refined": rows[args.steps],
-                        "bd_rate_vs_plain": rd.bd_rate(plain, refined),
-                        "bd_rate_vs_jpeg": {"plain": rd.bd_rate(jpeg, plain),
-                                            "refined": rd.bd_rate(jpeg, refined)}}
-    if "trial" in sections:
-        out["trial"] = trial(photo, args.data, row)
     docs = REPO / "docs" / "benchmarks"
-    atomic_write_text(docs / f"{args.name}.json", json.dumps(out, indent=1))
+    results = docs / f"{args.name}.json"
+    out: dict = json.loads(results.read_text()) if results.is_file() else {}
+    if out.get("steps", args.steps) != args.steps:
+        out = {}                          # another step count's sections are not comparable
+    out["steps"] = args.steps
+    photo = tica.load("tica-photo")
+    for section in args.sections.split(","):
+        model = tica.load("tica-cifar") if section == "cifar" else photo
+        run = {"grey": grey_section, "cifar": cifar_section, "kodak": kodak_section,
+               "trial": lambda a, m, r: trial(m, a.data, r)}[section]
+        out[section] = run(args, model, row)
+        out.setdefault("measured", {})[section] = {
+            "model": f"{model.config.name} {model_key(model)}", "machine": cpu_name(),
+            "threads": torch.get_num_threads()}
+    atomic_write_text(results, json.dumps(out, indent=1))
     atomic_write_text(docs / f"{args.name}.md", page(out))
     print(page(out))
     return 0
+
+
+def grey_section(args, photo, row) -> dict:
+    """A flat 512x512 grey image at q1, plain and refined."""
+    grey = torch.full((1, 3, 512, 512), 0.5)
+    return {s: row(f"grey|{model_key(photo)}|{s}", lambda s=s: score(photo, [(grey, None)], 1.0, s))
+            for s in (0, args.steps)}
+
+
+def cifar_section(args, model, row) -> dict:
+    """tica-cifar on the first `--cifar-images` of the test split: both curves, the BD-rate,
+    the paired verdict and the share of images whose class the refinement changed."""
+    split = load_split(args.data / "cifar10-jpeg.tar.gz", "test", limit=args.cifar_images)
+    key = f"cifar|{model_key(model)}"
+    rows = {s: [row(f"{key}|{q}|{s}|{len(split)}",
+                    lambda q=q, s=s: score(model, split_batches(split, 100), q, s))
+                for q in map(float, args.cifar_qualities.split(","))]
+            for s in (0, args.steps)}
+    plain, refined = rows[0], rows[args.steps]
+    changed = [sum(a != b for a, b in zip(p["classes"], r["classes"])) / len(p["classes"])
+               for p, r in zip(plain, refined)]
+    verdict = rd.curve_verdict(plain, refined, top1_resolution=100 / len(split))
+    return {"plain": plain, "refined": refined, "class_changed": changed,
+            "bd_rate_vs_plain": rd.bd_rate(curve(plain), curve(refined)), "verdict": verdict}
+
+
+def kodak_section(args, photo, row) -> dict:
+    """tica-photo on the 24 Kodak images at full size: both curves, the BD-rate against plain
+    and both against JPEG's curve from docs/results/kodak.json."""
+    data = eval_data(args.data / "kodak")
+    rows = {s: [row(f"kodak|{model_key(photo)}|{q}|{s}",
+                    lambda q=q, s=s: score(photo, data.batches(), q, s))
+                for q in map(float, args.kodak_qualities.split(","))]
+            for s in (0, args.steps)}
+    results = json.loads((REPO / "docs" / "results" / "kodak.json").read_text())
+    jpeg = [r for r in results if r["pipeline"] == "JPEG"]
+    plain, refined, jpeg = (curve(r, "psnr_per_image")
+                            for r in (rows[0], rows[args.steps], jpeg))
+    return {"plain": rows[0], "refined": rows[args.steps],
+            "bd_rate_vs_plain": rd.bd_rate(plain, refined),
+            "bd_rate_vs_jpeg": {"plain": rd.bd_rate(jpeg, plain),
+                                "refined": rd.bd_rate(jpeg, refined)}}
 
 
 TRIAL = ((0.01, 20), (0.005, 20), (0.01, 40))      # (Adam's rate, steps)
@@ -190,13 +193,19 @@ def trial(photo, data: Path, row) -> list[dict]:
 
 def page(out: dict) -> str:
     lines = [f"# Encoder-side refinement: {out['steps']} steps against plain encoding",
-             "", f"`python benchmarks/refine.py --steps {out['steps']}` on {out['machine']}, "
-             f"{out['threads']} threads. Real streams, decoded by the ordinary decoder.", ""]
+             "", f"`python benchmarks/refine.py --steps {out['steps']}`. Real single-image "
+             "streams, scored by the evaluator (tica.evaluate) and decoded by the ordinary "
+             "decoder.", ""]
+
+    def measured(section: str) -> str:
+        m = out["measured"][section]
+        return f"Measured with {m['model']} on {m['machine']}, {m['threads']} threads."
     if "kodak" in out:
         k = out["kodak"]
-        lines += ["## tica-photo on Kodak (24 images)", "",
-                  "PSNR: the mean of the images' PSNRs, as docs/RESULTS.md measures Kodak.", "",
-                  "| quality | plain bpp / PSNR | refined bpp / PSNR | encode s/image (refined) |",
+        lines += ["## tica-photo on Kodak (24 images)", "", measured("kodak") + " PSNR: the mean "
+                  "of the images' PSNRs, as docs/RESULTS.md measures Kodak.", "",
+                  "| quality | plain bpp / PSNR | refined bpp / PSNR "
+                  "| s/image, refined (encode + decode) |",
                   "|---:|---|---|---:|"]
         for p, r in zip(k["plain"], k["refined"]):
             lines.append(f"| {p['quality']:g} | {p['bpp']:.4f} / {p['psnr_per_image']:.2f} | "
@@ -207,7 +216,8 @@ def page(out: dict) -> str:
                   f"{k['bd_rate_vs_jpeg']['plain']:+.1f}%, refined "
                   f"{k['bd_rate_vs_jpeg']['refined']:+.1f}%.", ""]
     if "trial" in out:
-        lines += ["## The design trial (256x256 crops of four Kodak images)", "",
+        lines += ["## The design trial (256x256 crops of four Kodak images)", "", measured("trial"),
+                  "",
                   "| quality | Adam rate | steps | J | bits | PSNR |",
                   "|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {t['quality']:g} | {t['lr']} | {t['steps']} | {t['J']:+.1f}% | "
@@ -215,13 +225,14 @@ def page(out: dict) -> str:
         lines.append("")
     if "grey" in out:
         g = out["grey"]
-        lines += ["## A flat 512x512 grey image at q1 (tica-photo)", "",
+        lines += ["## A flat 512x512 grey image at q1 (tica-photo)", "", measured("grey"), "",
                   "| steps | bpp | PSNR |", "|---:|---:|---:|"]
         lines += [f"| {s} | {r['bpp']:.4f} | {r['psnr']:.2f} |" for s, r in g.items()]
         lines.append("")
     if "cifar" in out:
         c = out["cifar"]
         lines += [f"## tica-cifar on CIFAR-10's test split ({c['plain'][0]['images']} images)", "",
+                  measured("cifar") + " PSNR: of the mean MSE.", "",
                   "| quality | plain bpp / PSNR / top-1 | refined bpp / PSNR / top-1 | "
                   "class changed |", "|---:|---|---|---:|"]
         for p, r, ch in zip(c["plain"], c["refined"], c["class_changed"]):

@@ -13,7 +13,8 @@ from tica.io import WeightsInfo
 from tica.data import ImageFolderSplit
 from tica_tools.classical import ClassicalPipeline, get_codec
 from tica.evaluate import (LearnedPipeline, Uncompressed, evaluate,
-                           evaluate_codec, ms_ssim_any_size, split_batches, write_results)
+                           evaluate_codec, ms_ssim_any_size, split_batches, write_results,
+                           MSSSIM_CHUNK_PIXELS)
 
 
 def test_ms_ssim_is_one_for_identical_images_and_falls_with_noise():
@@ -35,6 +36,20 @@ def test_small_image_ssim_matches_pytorch_msssim():
     ours = _ssim_and_cs(x, y, _gaussian_window(3, 1.5))[0].mean(1)
     theirs = pytorch_msssim.ssim(x, y, data_range=1.0, size_average=False, win_size=3)
     assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_standard_ms_ssim_matches_pytorch_msssim_in_passes_of_a_few_images():
+    """Above 160 px a side, MS-SSIM is the standard one (pytorch_msssim's numbers), odd sides
+    included, whether the batch fits one pass or several."""
+    pytorch_msssim = pytest.importorskip("pytorch_msssim")
+    g = torch.Generator().manual_seed(2)
+    for shape in ((3, 3, 300, 300), (1, 3, 181, 203)):
+        x = torch.rand(shape, generator=g)
+        y = (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+        theirs = pytorch_msssim.ms_ssim(x, y, data_range=1.0, size_average=False)
+        assert torch.allclose(ms_ssim_any_size(x, y), theirs, atol=2e-6)
+        assert torch.allclose(ms_ssim_any_size(x[:1], y[:1]), theirs[:1], atol=2e-6)
+    assert 3 * 300 * 300 > MSSSIM_CHUNK_PIXELS          # the first batch took two passes
 
 
 def test_eval_counts_real_bytes_and_real_predictions(tica_cifar, cifar_samples, cifar_images):
@@ -179,6 +194,7 @@ def test_codec_then_classifier_and_uncompressed(cifar_images, classifier, hyperp
     # each image's record, in order: what the paired accuracy test resamples
     record = piped.per_image
     assert record.correct == (logits.argmax(1) == labels).tolist()
+    assert record.predicted == logits.argmax(1).tolist()
     assert sum(record.bits) / sum(record.pixels) == pytest.approx(piped.bpp)
     assert record.bits == [8 * len(tica.compress(hyperprior_cifar, x[i:i + 1]))
                            for i in range(len(x))]
@@ -186,7 +202,8 @@ def test_codec_then_classifier_and_uncompressed(cifar_images, classifier, hyperp
     # no labels (Kodak): accuracy is not applicable, the rest is measured
     unlabelled = evaluate(LearnedPipeline(hyperprior_cifar), [(x, None)])
     assert unlabelled.top1 is None and unlabelled.bpp == pytest.approx(piped.bpp)
-    assert unlabelled.per_image.correct is None and unlabelled.per_image.bits == record.bits
+    assert unlabelled.per_image.correct is None and unlabelled.per_image.predicted is None
+    assert unlabelled.per_image.bits == record.bits
 
 
 def test_results_files_round_trip(tmp_path, cifar_images, classifier):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Callable
 
@@ -30,16 +31,23 @@ def learned_spec(label: str, quality: int, weights: Weights, extra: str,
                 lambda: LearnedPipeline(model, name=label, quality=quality, classifier=classifier))
 
 
+@functools.lru_cache(maxsize=16)
+def _loaded(name: str | None, path: Path | None, stamp: int | None) -> torch.nn.Module:
+    """One model for all the rate points that share its weights (a load builds the coding
+    tables and the integer h_s: about half a second); `stamp`, the file's mtime, keys it."""
+    return api.load(name) if path is None else api.load(weights=path)
+
+
 def shipped(name: str, q: int) -> Weights:
     """The packaged model of `name` when it has rate point `q` (the pipeline codes at it),
     else None."""
-    return (lambda: api.load(name)) if q in standard_qualities(name) else None
+    return (lambda: _loaded(name, None, None)) if q in standard_qualities(name) else None
 
 
 def from_run(runs: Path, label: str, q: int) -> Weights:
     """The weights a training run under `runs` left for this rate point, None without them."""
     path = run_weights(runs, label, q)
-    return (lambda: api.load(weights=path)) if path else None
+    return (lambda: _loaded(None, path, path.stat().st_mtime_ns)) if path else None
 
 
 def cifar_specs(classifier: torch.nn.Module, runs: Path, images: int) -> list[Spec]:
