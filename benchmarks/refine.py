@@ -181,9 +181,10 @@ def trial(photo, data: Path, row) -> list[dict]:
 
     rows = []
     for q in (2.0, 6.0):
-        base = row(f"trial|{q}|plain", lambda q=q: measure(q, refine_module.LEARNING_RATE, 0))
+        key = f"trial|{model_key(photo)}|{q}"
+        base = row(f"{key}|plain", lambda q=q: measure(q, refine_module.LEARNING_RATE, 0))
         for lr, steps in TRIAL:
-            r = row(f"trial|{q}|{lr}|{steps}", lambda q=q, lr=lr, s=steps: measure(q, lr, s))
+            r = row(f"{key}|{lr}|{steps}", lambda q=q, lr=lr, s=steps: measure(q, lr, s))
             rows.append({"quality": q, "lr": lr, "steps": steps,
                          "J": 100 * sum(a / b - 1 for a, b in zip(r["J"], base["J"])) / 4,
                          "bpp": 100 * (r["bpp"] / base["bpp"] - 1),
@@ -199,7 +200,8 @@ def page(out: dict) -> str:
 
     def measured(section: str) -> str:
         m = out["measured"][section]
-        return f"Measured with {m['model']} on {m['machine']}, {m['threads']} threads."
+        threads = f"{m['threads']} thread" + ("s" if m["threads"] != 1 else "")
+        return f"Measured with {m['model']} on {m['machine']}, {threads}."
     if "kodak" in out:
         k = out["kodak"]
         lines += ["## tica-photo on Kodak (24 images)", "", measured("kodak") + " PSNR: the mean "
