@@ -12,7 +12,6 @@ steps (the first of each is a warm-up). Writes docs/benchmarks/bf16_autocast.{md
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from statistics import median
@@ -22,8 +21,8 @@ import torch.nn.functional as F
 
 import tica
 from tica_tools.report.run import machine as report_machine
-from tica.io import atomic_write_text
 from tica.train.distributed import native_bf16
+from tica_tools.timing import write_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks"
@@ -84,10 +83,8 @@ def main() -> int:
         lines.append(f"| {r['model']} | {r['batch']} | {r['fp32_img_s']:.1f} | "
                      f"{r['bf16_img_s']:.1f} | {r['bf16_vs_fp32']:.2f}x |")
         print(lines[-1], flush=True)
-    OUT.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(OUT / "bf16_autocast.md", "\n".join(lines) + "\n")
-    atomic_write_text(OUT / "bf16_autocast.json", json.dumps(
-        {"machine": machine, "native_bf16": native, "rows": rows}, indent=1) + "\n")
+    write_benchmark(OUT, "bf16_autocast", "\n".join(lines) + "\n",
+                    {"machine": machine, "native_bf16": native, "rows": rows})
     return 0
 
 

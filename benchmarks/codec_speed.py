@@ -16,7 +16,6 @@ on the values of the weights, only on the shapes.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -26,9 +25,8 @@ import torch
 
 from tica.cli import data_root
 import tica
-from tica_tools.timing import cpu_name, photo_timing_models
+from tica_tools.timing import cpu_name, photo_timing_models, write_benchmark
 from tica.image import read_image
-from tica.io import atomic_write_text
 from tica.models.codec import pad_to
 from tica.nn.conv import GDN, nhwc
 
@@ -206,12 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     batch = batch_section(cifar, args.repeats)
     kclass = kodak_classify_section(kodak_images, args.repeats)
     report = render(kodak, batch, kclass, args.threads, len(kodak_images))
-    print(report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "codec_speed.md", report)
-    atomic_write_text(args.out / "codec_speed.json", json.dumps(
-        {"threads": args.threads, "kodak": kodak, "batch32": batch, "kodak_classify": kclass},
-        indent=2))
+    write_benchmark(args.out, "codec_speed", report, {
+        "threads": args.threads, "kodak": kodak, "batch32": batch, "kodak_classify": kclass})
     return 0
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 from pathlib import Path
 
@@ -31,7 +30,8 @@ from PIL import Image
 import tica
 from tica import api
 from tica.cli import data_root
-from tica.io import atomic_write_bytes, atomic_write_text
+from tica.io import atomic_write_bytes
+from tica_tools.timing import write_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {"cifar": ("tica-cifar", 4.0), "photos": ("tica-photo", 2.0)}
@@ -158,10 +158,7 @@ def compare(args) -> int:
                 bad.append(f"{key}: {a['images'] - a['top1_same']} top-1 differ ({name})")
     text = "\n".join(lines) + "\n"
     out = args.docs
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "cross_device.md", text)
-    atomic_write_text(out / "cross_device.json", json.dumps(result, indent=1) + "\n")
-    print(text)
+    write_benchmark(out, "cross_device", text, result)
     for problem in bad:
         print(f"cross_device: {problem}", file=sys.stderr)
     return 1 if bad else 0

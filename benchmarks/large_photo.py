@@ -11,7 +11,6 @@ docs/benchmarks/large_photo.{md,json}.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -22,8 +21,7 @@ from PIL import Image
 
 from tica.cli import data_root
 from tica.entropy.parallel import available_cores
-from tica.io import atomic_write_text
-from tica_tools.timing import cpu_name
+from tica_tools.timing import cpu_name, write_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 # runs `tica ARGS` in this process and prints its peak resident memory (KiB) last
@@ -65,11 +63,7 @@ def main(argv: list[str] | None = None) -> int:
              f"Reproduce: `python benchmarks/large_photo.py`.", "",
              "| command | seconds | peak memory (GiB) |", "|---|---:|---:|"]
     lines += [f"| tica {name} | {r['seconds']:.1f} | {r['peak_gib']:.2f} |" for name, r in rows.items()]
-    text = "\n".join(lines) + "\n"
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "large_photo.md", text)
-    atomic_write_text(args.out / "large_photo.json", json.dumps(result, indent=1) + "\n")
-    print(text)
+    write_benchmark(args.out, "large_photo", "\n".join(lines) + "\n", result)
     return 0
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import sys
 import time
@@ -43,10 +42,9 @@ import tica
 from tica.cost import DEFAULT_MAX_GFLOP
 from tica.data import load_split
 from tica.image import encode_png
-from tica.io import atomic_write_text
 from tica.serve import ServeConfig
 from tica.entropy.parallel import available_cores
-from tica_tools.timing import cpu_name
+from tica_tools.timing import cpu_name, write_benchmark
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _server import ServerProcess  # noqa: E402  (the tests' server launcher, one copy)
 
@@ -221,10 +219,7 @@ def throughput_and_soak(args, model, streams: list[bytes], expected: list[int]) 
             "batches": batches, "wall_s": wall, "model": tica.describe(model)}
     print(soak)
     report = render(rows, soak, args)
-    print(report)
-    atomic_write_text(args.out / "load.md", report)
-    atomic_write_text(args.out / "load.json",
-                      json.dumps({"throughput": rows, "soak": soak}, indent=1))
+    write_benchmark(args.out, "load", report, {"throughput": rows, "soak": soak})
     return server_errors == lost == mismatched == 0 and corrupt_ok == n_corrupt
 
 
@@ -320,10 +315,7 @@ def mixed(args, model, streams: list[bytes], expected: list[int]) -> bool:
                   "encode_bytes": len(encode), "encode_model": tica.describe(photo),
                   "encode_gflop": photo.cost(size, "encode")}
     report = render_mixed(runs, heavy_info, args)
-    print(report)
-    atomic_write_text(args.out / "load_mixed.md", report)
-    atomic_write_text(args.out / "load_mixed.json",
-                      json.dumps({"heavy": heavy_info, "runs": runs}, indent=1))
+    write_benchmark(args.out, "load_mixed", report, {"heavy": heavy_info, "runs": runs})
     fair = runs[:2]
     return (all(r["other_5xx"] == 0 and r["small_mismatched"] == 0 for r in runs)
             and all(r["small_within_5s"] == r["small_requests"] for r in fair))

@@ -9,15 +9,13 @@ images: the last has no pytorch_msssim counterpart, its windows are tica's own).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 from tica.evaluate import ms_ssim_any_size
-from tica.io import atomic_write_text
-from tica_tools.timing import cpu_name, interleaved_median_ms
+from tica_tools.timing import cpu_name, interleaved_median_ms, write_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {"Kodak, one 768x512 image": (1, 512, 768), "Imagenette, 250 images of 224x224":
@@ -55,11 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['case']} | {r['tica_s']:.3f} | "
                      + (f"{ref:.3f} | {ref / r['tica_s']:.1f}x | {r['max_abs_diff']:.1e} |"
                         if ref else "(its own windows) | | |"))
-    text = "\n".join(lines) + "\n"
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "ms_ssim.md", text)
-    atomic_write_text(args.out / "ms_ssim.json", json.dumps(result, indent=1) + "\n")
-    print(text)
+    write_benchmark(args.out, "ms_ssim", "\n".join(lines) + "\n", result)
     return 0
 
 

@@ -34,7 +34,7 @@ from tica.losses import psnr
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 from tica_tools import rd  # noqa: E402
-from tica_tools.timing import cpu_name  # noqa: E402
+from tica_tools.timing import cpu_name, write_benchmark  # noqa: E402
 
 SECTIONS = ("grey", "cifar", "kodak", "trial")
 
@@ -78,15 +78,18 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     cached = json.loads(args.cache.read_text()) if args.cache.is_file() else {}
 
+    used: list[dict] = []           # the rows of the section running, measured or cached
+
     def row(key: str, make) -> dict:
         if key not in cached:
-            cached[key] = make()
+            cached[key] = {**make(), "machine": cpu_name(), "threads": torch.get_num_threads()}
             args.cache.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(args.cache, json.dumps(cached))
             r = cached[key]
             print(f"{key}: {r['bpp']:.4f} bpp, {r['psnr']:.2f} dB"
                   + (f", top-1 {r['top1']:.3f}" if "top1" in r else "")
                   + f" ({r['seconds']:.0f} s)", flush=True)
+        used.append(cached[key])
         return cached[key]
 
     docs = REPO / "docs" / "benchmarks"
@@ -100,13 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         model = tica.load("tica-cifar") if section == "cifar" else photo
         run = {"grey": grey_section, "cifar": cifar_section, "kodak": kodak_section,
                "trial": lambda a, m, r: trial(m, a.data, r)}[section]
+        used.clear()
         out[section] = run(args, model, row)
         out.setdefault("measured", {})[section] = {
-            "model": f"{model.config.name} {model_key(model)}", "machine": cpu_name(),
-            "threads": torch.get_num_threads()}
-    atomic_write_text(results, json.dumps(out, indent=1))
-    atomic_write_text(docs / f"{args.name}.md", page(out))
-    print(page(out))
+            "model": f"{model.config.name} {model_key(model)}",       # the rows' keys name it
+            **{k: " / ".join(sorted({str(r[k]) for r in used})) for k in ("machine", "threads")}}
+    write_benchmark(docs, args.name, page(out), out)
     return 0
 
 
@@ -200,7 +202,7 @@ def page(out: dict) -> str:
 
     def measured(section: str) -> str:
         m = out["measured"][section]
-        threads = f"{m['threads']} thread" + ("s" if m["threads"] != 1 else "")
+        threads = f"{m['threads']} thread" + ("s" if str(m["threads"]) != "1" else "")
         return f"Measured with {m['model']} on {m['machine']}, {threads}."
     if "kodak" in out:
         k = out["kodak"]

@@ -25,7 +25,6 @@ Writes DIR/NAME.{md,json} (default docs/benchmarks/throughput.*; a GPU run: thro
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -36,8 +35,7 @@ from tica import api
 from tica.cli import data_root
 from tica.entropy import parallel
 from tica.entropy.payload import PayloadDecoder, encode_payloads
-from tica.io import atomic_write_text
-from tica_tools.timing import cpu_name, median_seconds as timed
+from tica_tools.timing import cpu_name, median_seconds as timed, write_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {"32x32": ("tica-cifar", 4.0, "cifar"), "224x224": ("tica-photo", 2.0, "photos")}
@@ -228,11 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                 "breakdown": breakdown_section(model, x, quality, args.repeats,
                                                device)}
     name = args.name or "throughput" + ("" if device.type == "cpu" else f"_{device.type}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    text = render(result)
-    atomic_write_text(args.out / f"{name}.md", text)
-    atomic_write_text(args.out / f"{name}.json", json.dumps(result, indent=1) + "\n")
-    print(text)
+    write_benchmark(args.out, name, render(result), result)
     return 0
 
 

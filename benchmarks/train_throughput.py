@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 from tica.cli import data_root
-from tica.io import atomic_write_text
+from tica_tools.timing import write_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(data_root()) / "cifar10-jpeg.tar.gz"
@@ -66,11 +66,8 @@ def main() -> int:
              f"tica-cifar step {args.step}, global batch 128, real CIFAR-10 batches, 2-core CPU.", "",
              "| setting | images/s | vs fp32 |", "|---|---:|---:|"]
     lines += [f"| {r['setting']} | {r['img_s']:.1f} | {r['img_s'] / base:.2f}x |" for r in rows]
-    out = ROOT / "docs" / "benchmarks"
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "train_throughput.md", "\n".join(lines) + "\n")
-    atomic_write_text(out / "train_throughput.json", json.dumps(rows, indent=2))
-    print("\n".join(lines))
+    write_benchmark(ROOT / "docs" / "benchmarks", "train_throughput", "\n".join(lines) + "\n",
+                    rows)
     return 0
 
 

@@ -8,6 +8,7 @@ noisy machine slows both paths alike."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -22,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tica import api
 from tica.evaluate import classify_pixels, quantize_8bit
+from tica.io import atomic_write_text
 from tica.nn.integer import GEMM_ENV
 
 
@@ -126,3 +128,12 @@ def photo_timing_models(classifier: str = "vit-pixel-cifar"):
     pixel = create_model(classifier, patch_size=16, img_size=256, depth=c.depth,
                          embed_dim=c.embed_dim, num_heads=c.num_heads).eval()
     return photo, pixel
+
+
+def write_benchmark(folder: Path, name: str, page: str, numbers: dict | list) -> None:
+    """A benchmark's results: its page `name`.md and its numbers `name`.json in `folder`
+    (docs/benchmarks by default), each written atomically; the page printed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / f"{name}.md", page)
+    atomic_write_text(folder / f"{name}.json", json.dumps(numbers, indent=1) + "\n")
+    print(page)
