@@ -27,7 +27,7 @@ def test_run_all_writes_tables_plots_and_claims(tmp_path):
 
     def options(**changes) -> ReportOptions:
         base = dict(data=DATA, runs=tmp_path / "no-runs", out=out, limit=20, kodak=1,
-                    imagenette=20, repeats=1, log=printed.append)
+                    imagenette=10, repeats=1, log=printed.append)
         return ReportOptions(**{**base, **changes})
 
     assert run_report(options()) == tmp_path / "RESULTS.md"
@@ -45,7 +45,7 @@ def test_run_all_writes_tables_plots_and_claims(tmp_path):
     if find_weights("vit-pixel-photo", "classifier") and (DATA / "imagenette-224.tar.gz").exists():
         photo = json.loads((out / "imagenette.json").read_text())
         assert {"ViT on clean pixels", "tica", "JPEG -> decode -> ViT"} <= {r["pipeline"] for r in photo}
-        assert all(r["images"] == 20 and r["top1"] is not None for r in photo)
+        assert all(r["images"] == 10 and r["top1"] is not None for r in photo)
         assert (out / "imagenette_accuracy.png").read_bytes()[:4] == b"\x89PNG"
     compute = json.loads((out / "compute.json").read_text())
     assert {c["path"] for c in compute} >= {"classify from bitstream"}
