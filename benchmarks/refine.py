@@ -132,6 +132,8 @@ def cifar_section(args, model, row) -> dict:
     changed = [sum(a != b for a, b in zip(p["classes"], r["classes"])) / len(p["classes"])
                for p, r in zip(plain, refined)]
     verdict = rd.curve_verdict(plain, refined, top1_resolution=100 / len(split))
+    plain, refined = ([{k: v for k, v in r.items() if k != "classes"} for r in rows]
+                      for rows in (plain, refined))      # each image's class stays in the cache
     return {"plain": plain, "refined": refined, "class_changed": changed,
             "bd_rate_vs_plain": rd.bd_rate(curve(plain), curve(refined)), "verdict": verdict}
 

@@ -25,11 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src" / "tica"
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 # import name -> the distribution that provides it (where the two differ)
-DISTRIBUTION = {"PIL": "pillow", "starlette": "fastapi", "pytorch_msssim": "pytorch-msssim"}
+DISTRIBUTION = {"PIL": "pillow", "starlette": "fastapi"}
 # the web layer itself, which tica.serve and `tica serve` import on first use (app.py, and
 # the modules only app.py imports)
 LAZY_MODULES = {"serve/app.py", "serve/http.py", "serve/routes.py"}
-EXTRA_MODULES = ("fastapi", "starlette", "uvicorn", "webdataset", "tqdm", "pytorch_msssim",
+EXTRA_MODULES = ("fastapi", "starlette", "uvicorn", "webdataset", "tqdm",
                  "imagecodecs", "bjontegaard", "matplotlib", "scipy", "onnx", "onnxruntime")
 
 

@@ -83,11 +83,11 @@ def _ssim_and_cs(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor,
     c1, c2 = k[0] ** 2, k[1] ** 2
     mu_x, mu_y, xx, yy, xy = _blur(torch.cat([x, y, x * x, y * y, x * y], 1),
                                    window).chunk(5, dim=1)
-    mu_xy = mu_x * mu_y
-    cs_map = (2 * (xy - mu_xy) + c2) / (xx - mu_x ** 2 + yy - mu_y ** 2 + c2)
+    mu_xy, mu_xx, mu_yy = mu_x * mu_y, mu_x ** 2, mu_y ** 2
+    cs_map = (2 * (xy - mu_xy) + c2) / (xx - mu_xx + yy - mu_yy + c2)
     if not ssim:
         return None, cs_map.flatten(2).mean(-1)
-    ssim_map = (2 * mu_xy + c1) / (mu_x ** 2 + mu_y ** 2 + c1) * cs_map
+    ssim_map = (2 * mu_xy + c1) / (mu_xx + mu_yy + c1) * cs_map
     return ssim_map.flatten(2).mean(-1), cs_map.flatten(2).mean(-1)
 
 
