@@ -462,7 +462,8 @@ def test_the_cpu_plans_continue_one_shipped_codec_each_resumably(tmp_path):
     bf16, resumable, checkpointed often enough that an interruption loses minutes."""
     from tica.registry import shipped_init
     for name, model in (("cpu-continue-cifar", "tica-cifar"), ("cpu-continue-photo", "tica-photo"),
-                        ("cpu-qat-cifar", "tica-cifar"), ("cpu-qat-cifar-3", "tica-cifar")):
+                        ("cpu-qat-cifar", "tica-cifar"), ("cpu-qat-cifar-3", "tica-cifar"),
+                        ("cpu-qat-cifar-4", "tica-cifar")):
         plan = load_plan(PLANS / f"{name}.json", runs_dir=tmp_path, data_root="DATA")
         (run,) = plan.runs
         c = run.config
