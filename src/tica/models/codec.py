@@ -46,6 +46,7 @@ from ..io import WeightsInfo
 from ..nn.bands import pad_to, run_in_bands
 from ..nn.conv import analysis, hyper_analysis, hyper_synthesis, nhwc
 from ..nn.integer import IntegerHyperSynthesis, TablesAndMeans, quantized_h_s
+from .points import between_points
 from .refine import refine as refine_latents
 
 Likelihoods = dict[str, torch.Tensor]
@@ -123,10 +124,8 @@ class CompressionModel(nn.Module):
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """quality (B,) in [1, L] -> (gain, inverse gain), each (B, M, 1, 1): log-linear
         interpolation between the two standard points around each quality."""
-        L = self.config.rate_levels
-        q = quality.to(self.log_gain.device, dtype).clamp(1, L) - 1
-        low = q.floor().clamp(max=L - 2).long()
-        t = (q - low)[:, None]
+        low, t = between_points(quality.to(self.log_gain.device, dtype), self.config.rate_levels)
+        t = t[:, None]
 
         def interpolate(table: torch.Tensor) -> torch.Tensor:
             table = table.to(dtype)

@@ -36,6 +36,7 @@ from ..entropy.payload import Z_LIMIT
 from ..errors import LimitError, TicaError
 from ..nn.conv import nhwc
 from ..nn.bands import pad_to
+from .points import between_points
 
 LEARNING_RATE = 0.01    # Adam, on the gained y and on z (units of one quantization step)
 # a whole image's graph is held: a 768x512 photograph adds about 0.43 GB with tica-photo
@@ -58,9 +59,8 @@ def rate_point(codec, quality: float | None) -> tuple[float, float]:
                         "(alpha, beta at each quality): refinement needs them")
     if len(points) == 1:
         return float(points[0][0]), float(points[0][1])
-    q = min(max(float(quality), 1.0), float(len(points))) - 1
-    low = min(int(math.floor(q)), len(points) - 2)
-    t = q - low
+    low, t = between_points(torch.tensor([float(quality)], dtype=torch.float64), len(points))
+    low, t = int(low), float(t)
 
     def between(a: float, b: float) -> float:     # log-linear, as the gains interpolate
         if a > 0 and b > 0:
