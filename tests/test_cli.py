@@ -67,6 +67,37 @@ def test_cifar_batch_through_the_cli(tmp_path, cifar_samples, capsys):
     assert info["container_bytes"] == 12 and info["qualities"] == [6.0]    # the default point
 
 
+def test_classify_takes_an_image_and_encodes_it_first(tmp_path, cifar_samples, capsys):
+    """`tica classify IMAGE` is `tica encode IMAGE` then `tica classify` of that stream: the
+    same bytes and classes, at the --quality asked; the JSON says what the file weighed."""
+    img = tmp_path / "c.jpg"
+    img.write_bytes(cifar_samples[3][0])
+    stream = tmp_path / "c.tica"
+    assert main(["encode", str(img), "-o", str(stream), "--quality", "2.5"]) == 0
+    assert main(["classify", str(stream), "--json"]) == 0
+    capsys.readouterr()
+    assert main(["classify", str(stream), "--json"]) == 0
+    from_stream = _json(capsys)
+    assert main(["classify", str(img), "--quality", "2.5", "--json"]) == 0
+    from_image = _json(capsys)
+    assert from_image.pop("replaced_bytes") == img.stat().st_size
+    assert from_image == from_stream and from_image["bytes"] == stream.stat().st_size
+    assert main(["classify", str(img), "--quality", "2.5"]) == 0
+    out = capsys.readouterr().out
+    assert f"encoded here instead of the {img.stat().st_size}-byte file" in out
+    assert from_stream["images"][0]["top"][0]["label"] in out.splitlines()[1]
+
+
+def test_an_image_where_a_stream_belongs_is_named(tmp_path, photo_path, capsys):
+    for name, fmt in (("p.png", "PNG"), ("p.jpg", "JPEG"), ("p.webp", "WEBP"), ("p.gif", "GIF")):
+        Image.new("RGB", (8, 8)).save(tmp_path / name, format=fmt)
+        assert main(["info", str(tmp_path / name)]) == 1
+        assert f"it is a {'WebP' if fmt == 'WEBP' else fmt} image" in _one_line_error(capsys)
+    (tmp_path / "n.bin").write_bytes(b"hello world")
+    assert main(["info", str(tmp_path / "n.bin")]) == 1
+    assert _one_line_error(capsys).endswith("not a tica bitstream (bad magic number)")
+
+
 def _help(argv: list[str], capsys) -> str:
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--help"])
@@ -118,8 +149,8 @@ def test_every_option_of_every_subcommand_says_what_it_does():
 
 
 def test_quality_means_something_wherever_it_is_accepted(tmp_path, cifar_samples, capsys):
-    """decode takes no --quality; classify only with --server and an image; encode refuses
-    --quality with --target-bpp."""
+    """decode takes no --quality; classify only with an image; encode refuses --quality with
+    --target-bpp."""
     img = tmp_path / "c.jpg"
     img.write_bytes(cifar_samples[0][0])
     stream = tmp_path / "c.tica"

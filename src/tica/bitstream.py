@@ -153,9 +153,25 @@ def pack(model_id: int, sizes: list[tuple[int, int]], payloads: list[bytes],
     return bytes(out)
 
 
+# how common image files start: a stream that starts so is an image given where a stream
+# belongs, and the error says so
+_IMAGE_SIGNATURES = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
+                     (b"GIF8", "a GIF image"), (b"II*\x00", "a TIFF image"),
+                     (b"MM\x00*", "a TIFF image"), (b"BM", "a BMP image"))
+
+
+def _not_a_stream(data: bytes) -> str:
+    kind = next((name for head, name in _IMAGE_SIGNATURES if bytes(data[:len(head)]) == head),
+                "a WebP image" if data[:4] == b"RIFF" and data[8:12] == b"WEBP" else None)
+    if kind is None:
+        return "not a tica bitstream (bad magic number)"
+    return (f"not a tica bitstream (bad magic number): it is {kind}; `tica encode` makes a "
+            "bitstream of it")
+
+
 def _check_prefix(data: bytes) -> None:
     if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
-        raise BitstreamError("not a tica bitstream (bad magic number)")
+        raise BitstreamError(_not_a_stream(data))
     if len(data) < _FIXED + 2 + _CRC_BYTES:
         raise BitstreamError(f"truncated stream: {len(data)} bytes is shorter than any header")
     if data[2] >> 4 != VERSION:

@@ -215,23 +215,37 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_classify_remote(args: argparse.Namespace) -> int:
-    """Edge side: encode an image locally (or take a .tica as is), send only the bitstream."""
-    from .serve.client import classify_remote
-
+def _stream_to_classify(args: argparse.Namespace) -> tuple[bytes, int | None, object]:
+    """classify's input as a stream: a .tica as it is, or an image encoded here (the model
+    picked as encode picks it, at --quality) -> (the stream, the image file's bytes, the
+    model that encoded it; None and None for a stream)."""
     raw = _read_stream(args.stream)
     if raw[:len(bitstream.MAGIC)] == bitstream.MAGIC:
         if args.quality is not None:
             raise TicaError(NO_QUALITY)
-        data, replaced = raw, None
-    else:
-        image = read_image(raw, frame=args.frame)
-        picked = _pick_model(args, [tuple(image.shape[-2:])])     # the rule encode follows
-        data = api.compress(_load_model(args), image, quality=args.quality,
-                            budget=Budget(args.max_gflop))
-        if picked:
-            print(picked, file=sys.stderr)
-        replaced = len(raw)
+        return raw, None, None
+    image = read_image(raw, frame=args.frame)
+    picked = _pick_model(args, [tuple(image.shape[-2:])])     # the rule encode follows
+    model = _load_model(args)
+    data = api.compress(model, image, quality=args.quality, budget=Budget(args.max_gflop))
+    if picked:
+        print(picked, file=sys.stderr)
+    return data, len(raw), model
+
+
+def _saving(replaced: int | None, sent: int) -> str:
+    if replaced is None:
+        return ""
+    ratio = replaced / sent
+    return (f" instead of the {replaced}-byte file ("
+            + (f"{ratio:.1f}x smaller)" if ratio >= 1 else f"{1 / ratio:.1f}x larger)"))
+
+
+def cmd_classify_remote(args: argparse.Namespace) -> int:
+    """Edge side: encode an image locally (or take a .tica as is), send only the bitstream."""
+    from .serve.client import classify_remote
+
+    data, replaced, _ = _stream_to_classify(args)
     answer = classify_remote(args.server, data, args.top_k)
     answer["sent_bytes"] = len(data)
     if replaced is not None:
@@ -239,12 +253,8 @@ def cmd_classify_remote(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(answer))
         return 0
-    saving = ""
-    if replaced is not None:
-        ratio = replaced / len(data)
-        saving = (f" instead of the {replaced}-byte file ("
-                  + (f"{ratio:.1f}x smaller)" if ratio >= 1 else f"{1 / ratio:.1f}x larger)"))
-    print(f"{args.stream}: sent {len(data)} bytes{saving} to {args.server}  [{answer['model']}]")
+    print(f"{args.stream}: sent {len(data)} bytes{_saving(replaced, len(data))} to "
+          f"{args.server}  [{answer['model']}]")
     _print_classes(answer["images"])
     return 0
 
@@ -258,18 +268,19 @@ def _print_classes(images: list[dict]) -> None:
 def cmd_classify(args: argparse.Namespace) -> int:
     if args.server:
         return cmd_classify_remote(args)
-    if args.quality is not None:
-        raise TicaError(NO_QUALITY)
-    data = _read_stream(args.stream)
-    model = _load_model(args, data)
+    data, replaced, model = _stream_to_classify(args)
+    model = model or _load_model(args, data)
     stream = api.parse(model, data)
     results = api.classify(model, stream, k=args.top_k, budget=Budget(args.max_gflop))
     report = api.classify_report(model, data, stream, results)
+    if replaced is not None:
+        report["replaced_bytes"] = replaced
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{args.stream}: {len(data)} bytes, {report['bpp']:.4f} bpp, "
-          f"{len(report['images'])} image(s)  [{report['model']}]")
+    coded = "" if replaced is None else ", encoded here"
+    print(f"{args.stream}: {len(data)} bytes{coded}{_saving(replaced, len(data))}, "
+          f"{report['bpp']:.4f} bpp, {len(report['images'])} image(s)  [{report['model']}]")
     _print_classes(report["images"])
     return 0
 
@@ -446,8 +457,9 @@ def _decode_parser(sub) -> None:
 
 def _classify_parser(sub) -> None:
     p = sub.add_parser("classify", help="classes straight from a tica bitstream (no pixels)")
-    p.add_argument("stream", metavar="IN.tica", help="a bitstream; with --server also an image, "
-                   "encoded here and sent as a bitstream")
+    p.add_argument("stream", metavar="IN.tica", help="a bitstream, or an image: encoded here first "
+                   "(the model picked as encode picks it), and with --server sent as a "
+                   "bitstream")
     p.add_argument("--top-k", type=int, default=TOP_K, metavar="K",
                    help="how many classes to give per image, most probable first (default "
                         "%(default)s)")
@@ -455,7 +467,7 @@ def _classify_parser(sub) -> None:
                    "http://127.0.0.1:8000) instead of decoding here")
     p.add_argument("--json", action="store_true", help="print JSON: {top: [{label, prob}], bytes, ...}")
     _add_frame_arg(p)
-    _add_work_args(p, cmd_classify, quality="with --server and an image: the rate to encode it "
+    _add_work_args(p, cmd_classify, quality="with an image: the rate to encode it "
                    "at (a stream records its own quality); " + QUALITY_HELP)
 
 
