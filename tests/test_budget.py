@@ -183,6 +183,13 @@ def test_compress_refuses_a_stream_its_decoder_would_refuse(cifar, monkeypatch):
         tica.compress(cifar, torch.zeros(1, 3, 2048, 2048).expand(4, -1, -1, -1))
     with pytest.raises(tica.BudgetError, match="64 image"):       # the total of a batch counts
         tica.compress(cifar, torch.zeros(64, 3, 32, 32), budget=tica.Budget(max_gflop=15))
+    # within any budget, but over what a stream may hold (bitstream.Limits): a side, a count
+    from tica.errors import LimitError
+    limits = tica.Limits()
+    for images in (torch.zeros(1, 3, 8, limits.max_side + 16),
+                   torch.zeros(1, 3, 32, 32).expand(limits.max_images + 1, -1, -1, -1)):
+        with pytest.raises(LimitError, match="would be refused by its decoder"):
+            tica.compress(cifar, images, budget=None)
 
 
 # ---- the default model -----------------------------------------------------------------------

@@ -98,6 +98,33 @@ def test_an_image_where_a_stream_belongs_is_named(tmp_path, photo_path, capsys):
     assert _one_line_error(capsys).endswith("not a tica bitstream (bad magic number)")
 
 
+def test_decode_names_its_files_by_format_and_refuses_a_folder(tmp_path, cifar_samples, capsys):
+    """-o's suffix picks the format (BMP and TIFF too); a suffix of no format, or a folder
+    for a batch's files, is refused before any decoding."""
+    imgs = []
+    for i in range(2):
+        imgs.append(tmp_path / f"c{i}.jpg")
+        imgs[-1].write_bytes(cifar_samples[i][0])
+    one, two = tmp_path / "one.tica", tmp_path / "two.tica"
+    assert main(["encode", str(imgs[0]), "-o", str(one)]) == 0
+    assert main(["encode", *map(str, imgs), "-o", str(two)]) == 0
+    capsys.readouterr()
+    for suffix, fmt in ((".bmp", "BMP"), (".tif", "TIFF"), (".webp", "WEBP"), ("", "PNG")):
+        out = tmp_path / f"d{suffix}"
+        assert main(["decode", str(one), "-o", str(out)]) == 0
+        with Image.open(out) as img:
+            assert img.format == fmt and img.size == (32, 32)
+    assert main(["decode", str(one), "-o", str(tmp_path / "d.gif")]) == 1
+    assert "tica writes images as" in _one_line_error(capsys)
+    assert not (tmp_path / "d.gif").exists()
+    folder = tmp_path / "outs"
+    folder.mkdir()
+    for target in (str(folder), str(folder) + "/", str(tmp_path / "new") + "/"):
+        assert main(["decode", str(two), "-o", target]) == 1
+        assert "is a folder" in _one_line_error(capsys)
+    assert list(folder.iterdir()) == [] and not list(tmp_path.glob("*_0000.*"))
+
+
 def _help(argv: list[str], capsys) -> str:
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--help"])

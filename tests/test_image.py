@@ -178,3 +178,18 @@ def test_a_twelve_megapixel_phone_photo_is_read_upright():
     # rotated 90 degrees clockwise: the stored image's left column is now the top row
     assert float(img[0, 0, :].mean()) < 0.05 and float(img[1, 0, -1]) < 0.05
     assert float(img[1, 0, 0]) > 0.95
+
+
+def test_a_side_over_max_side_is_refused_before_the_file_is_decoded(monkeypatch):
+    from PIL import ImageFile
+
+    from tica.errors import ImageLimitError
+    buf = io.BytesIO()
+    Image.new("RGB", (600, 2)).save(buf, "PNG")
+    assert read_image(buf.getvalue(), max_side=600).shape == (3, 2, 600)
+
+    def no_decoding(self, *args):
+        raise AssertionError("decoded before the limit was checked")
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with pytest.raises(ImageLimitError, match="side 600 exceeds the limit of 599"):
+        read_image(buf.getvalue(), max_side=599)

@@ -194,6 +194,70 @@ def test_wrong_model_limits_and_parameters(client, stream, cifar_images):
     assert r.status_code == 413
 
 
+def test_a_stream_without_its_models_quality_codes_gets_400_and_spoils_no_batch(client, stream):
+    """A checksummed stream of a variable-rate model that records no qualities is refused
+    before it joins a batch (merged, it would have made every stream of the batch decode at
+    the default quality); the batch's streams cannot be joined with it either."""
+    whole = bitstream.unpack(stream)
+    bare = bitstream.pack(whole.model_id, list(whole.sizes), list(whole.payloads))
+    for path in ("/v1/classify", "/v1/reconstruct"):
+        r = client.post(path, content=bare, headers=OCTET)
+        assert r.status_code == 400 and r.json()["error"] == "BitstreamError"
+        assert "records none" in r.json()["detail"]
+    with pytest.raises(ValueError, match="quality codes"):
+        Stream.concat([whole, bitstream.unpack(bare)])
+
+
+def test_metrics_label_the_apps_paths_and_count_the_rest_as_other(client):
+    for i in range(3):
+        assert client.post(f"/v1/made-up-{i}", content=b"x", headers=OCTET).status_code == 404
+    text = client.get("/metrics").text
+    assert "made-up" not in text
+    assert any(l.startswith('tica_requests_total{path="other",status="404"}')
+               for l in text.splitlines())
+
+
+def test_a_server_of_a_model_that_writes_no_streams_is_refused_at_startup():
+    from tica.errors import ConfigError
+    with pytest.raises(ConfigError, match="serves a codec"):
+        create_app(ServeConfig(model="vit-pixel-cifar"))
+
+
+def test_the_client_refuses_what_is_not_a_tica_server(tmp_path):
+    """No scheme, a port that is no number, an answer that is not a tica server's: one
+    TicaError each."""
+    import http.server
+    import threading
+
+    from tica.errors import TicaError
+    from tica.serve.client import classify_remote
+
+    class Plain(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = b'{"hello": "world"}' if "json" in self.path else b"<html>hi</html>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Plain)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        for where, reason in ((url, "did not answer as a tica server"),
+                              (url + "/json", "did not answer as a tica server"),
+                              ("127.0.0.1:8000", "http:// or https://"),
+                              ("http://127.0.0.1:port", "cannot reach")):
+            with pytest.raises(TicaError, match=reason):
+                classify_remote(where, b"\x74\xca", timeout=10)
+    finally:
+        server.shutdown()
+
+
 @settings(max_examples=300, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(ops=st.lists(MUTATIONS, min_size=1, max_size=4))

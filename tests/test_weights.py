@@ -61,6 +61,11 @@ def test_the_resolver_finds_each_presets_weights_and_refuses_what_is_not_there()
         tica.load("tica-s")                                  # never a silent random model
     untrained = tica.load("tica-s", untrained=True)
     assert "UNTRAINED" in tica.describe(untrained)
+    # a stream's qualities, one an image: their range where they differ, the marker kept
+    assert tica.describe(untrained, [2.5, 7, 2.5]).startswith("tica-s q2.5..7 (UNTRAINED")
+    assert tica.describe(untrained, [3.0, 3.0]).startswith("tica-s q3 (UNTRAINED")
+    cifar = tica.load("tica-cifar")
+    assert tica.describe(cifar, [None]) == tica.describe(cifar) == "tica-cifar q6"
 
 
 def test_a_malformed_manifest_is_a_config_error(tmp_path):

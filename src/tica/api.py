@@ -17,7 +17,7 @@ from .bitstream import Limits, Stream
 from .config import TOP_K, quality_code, quality_from_code
 from .cost import Budget
 from .entropy import parallel
-from .errors import BitstreamError, ConfigError, ModelMismatchError, TicaError
+from .errors import BitstreamError, ConfigError, LimitError, ModelMismatchError, TicaError
 from .image import ImageLike, encode_png, read_image
 from .io import WeightsInfo
 from .models import CompressionModel
@@ -159,14 +159,21 @@ def load_for_stream(data: bytes, device: str | torch.device = "cpu") -> nn.Modul
     return load_checkpoint(entry.file, resolve_device(device))
 
 
-def describe(model: nn.Module, quality: float | None = None) -> str:
+def describe(model: nn.Module, quality: float | Sequence[float | None] | None = None) -> str:
     """"preset qQ": the model and the quality it codes at (or a stream was coded at; with
-    none, its default, or a fixed-rate model's own rate point)."""
+    none, its default, or a fixed-rate model's own rate point); for several qualities
+    (a stream's, one an image) "preset qLOW..HIGH" where they differ."""
     info = model.weights_info
     label = model.config.name
+    if isinstance(quality, Sequence):
+        known = [q for q in quality if q is not None]
+        quality = None if not known else known[0] if len(set(known)) == 1 else (min(known),
+                                                                                max(known))
     if quality is None:
         quality = model.config.default_quality or info.quality
-    if quality is not None:
+    if isinstance(quality, tuple):
+        label += f" q{quality[0]:g}..{quality[1]:g}"
+    elif quality is not None:
         label += f" q{quality:g}"
     return label + (" (UNTRAINED: random weights, seed 0)" if info.untrained else "")
 
@@ -206,6 +213,11 @@ def check_encode(codec: CompressionModel, images: Sequence[torch.Tensor],
     image within the refinement's size) and every operation on the stream it writes within
     `budget` (None: any). TicaError, LimitError or BudgetError otherwise."""
     sizes = [tuple(img.shape[-2:]) for img in images]
+    try:
+        bitstream.check_sizes(sizes)
+    except LimitError as exc:
+        raise LimitError(f"a stream of these images would be refused by its decoder: {exc}; "
+                         "encode fewer or smaller images a stream") from None
     refinement.check_steps(refine, sizes)
     if budget is not None:
         budget.check(codec, sizes, codec.operations, refine)
@@ -296,14 +308,22 @@ def stream_qualities(stream: Stream) -> list[float | None]:
 
 
 def parse(model: nn.Module, data: bytes, limits: Limits = Limits()) -> Stream:
-    """Unpack a stream and check it was written by this model."""
+    """Unpack a stream and check it was written by this model (`check_stream`)."""
     stream = bitstream.unpack(data, limits)
+    check_stream(model, stream)
+    return stream
+
+
+def check_stream(model: nn.Module, stream: Stream) -> None:
+    """ModelMismatchError unless `model` wrote the stream; BitstreamError unless its quality
+    codes are what that model's streams hold (one per image, in its range, for a
+    variable-rate model; none for a fixed-rate one)."""
     codec = _codec(model)
     if stream.model_id != codec.model_id:
         raise ModelMismatchError(
             f"bitstream was written by model id {stream.model_id:04x}, but the loaded model "
             f"{describe(model)} has id {codec.model_id:04x}: decode with the same weights "
-            f"(--model / --quality / --weights) that encoded it")
+            f"(--model / --weights) that encoded it")
     rng = codec.quality_range
     if (rng is None) != (stream.quality_codes is None):
         raise BitstreamError("malformed stream: " + (
@@ -312,7 +332,6 @@ def parse(model: nn.Module, data: bytes, limits: Limits = Limits()) -> Stream:
     if rng is not None and not all(rng[0] <= q <= rng[1] for q in stream_qualities(stream)):
         raise BitstreamError(f"malformed stream: a quality code lies outside the model's range "
                              f"{rng[0]:g}..{rng[1]:g}")
-    return stream
 
 
 def parse_within(model: nn.Module, data: bytes | Stream, op: str, limits: Limits = Limits(),
@@ -418,7 +437,7 @@ def classify_report(model: nn.Module, data: bytes, stream: Stream,
                         for p in preds]
         images.append(entry)
     pixels = sum(h * w for h, w in stream.sizes)
-    return {"model": describe(model, qualities[0]), "model_id": f"{stream.model_id:04x}",
+    return {"model": describe(model, qualities), "model_id": f"{stream.model_id:04x}",
             "bytes": len(data), "bpp": 8 * len(data) / pixels, "images": images}
 
 

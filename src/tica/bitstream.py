@@ -74,6 +74,8 @@ class Stream:
     def concat(streams: list["Stream"]) -> "Stream":
         """One stream of the images of several streams of one model, in order."""
         codes = [s.quality_codes for s in streams]
+        if len({c is None for c in codes}) > 1:
+            raise ValueError("streams with and without quality codes do not make one stream")
         return Stream(streams[0].model_id, tuple(x for s in streams for x in s.sizes),
                       tuple(p for s in streams for p in s.payloads),
                       None if codes[0] is None else tuple(c for cs in codes for c in cs))
@@ -112,13 +114,37 @@ class _Reader:
         h, w = self.varint("image height"), self.varint("image width")
         if h < 1 or w < 1:
             raise BitstreamError(f"malformed stream: image size {w}x{h}")
-        if h > limits.max_side or w > limits.max_side:
-            raise BitstreamLimitError(f"image size {w}x{h} exceeds the limit of "
-                                      f"{limits.max_side} pixels a side")
-        if h * w > limits.max_pixels:
-            raise BitstreamLimitError(f"image size {w}x{h} exceeds the limit of "
-                                      f"{limits.max_pixels} pixels")
+        _check_size(h, w, limits)
         return h, w
+
+
+def _check_size(h: int, w: int, limits: Limits) -> None:
+    if h > limits.max_side or w > limits.max_side:
+        raise BitstreamLimitError(f"image size {w}x{h} exceeds the limit of "
+                                  f"{limits.max_side} pixels a side")
+    if h * w > limits.max_pixels:
+        raise BitstreamLimitError(f"image size {w}x{h} exceeds the limit of "
+                                  f"{limits.max_pixels} pixels")
+
+
+def _check_count(count: int, limits: Limits) -> None:
+    if count > limits.max_images:
+        raise BitstreamLimitError(f"batch of {count} images exceeds the limit of "
+                                  f"{limits.max_images}")
+
+
+def _check_total(sizes, limits: Limits) -> None:
+    if sum(h * w for h, w in sizes) > limits.max_total_pixels:
+        raise BitstreamLimitError(f"stream holds more than {limits.max_total_pixels} pixels")
+
+
+def check_sizes(sizes: list[tuple[int, int]], limits: Limits = Limits()) -> None:
+    """BitstreamLimitError if a stream of images of `sizes` ((H, W) each) is over `limits`:
+    what `unpack` would refuse, for an encoder to ask before it writes such a stream."""
+    _check_count(len(sizes), limits)
+    for h, w in sizes:
+        _check_size(h, w, limits)
+    _check_total(sizes, limits)
 
 
 def pack(model_id: int, sizes: list[tuple[int, int]], payloads: list[bytes],
@@ -207,9 +233,7 @@ def unpack(data: bytes, limits: Limits = Limits()) -> Stream:
         count = r.varint("image count")
         if count < 2:
             raise BitstreamError(f"malformed stream: a batch of {count} image(s)")
-        if count > limits.max_images:
-            raise BitstreamLimitError(f"batch of {count} images exceeds the limit of "
-                                      f"{limits.max_images}")
+        _check_count(count, limits)
     if flags & FLAG_UNIFORM or count == 1:
         sizes = [r.size(limits)] * count
     else:
@@ -217,8 +241,7 @@ def unpack(data: bytes, limits: Limits = Limits()) -> Stream:
         if 2 * count > end - r.pos:
             raise BitstreamError("truncated stream: fewer image sizes than images")
         sizes = [r.size(limits) for _ in range(count)]
-    if sum(h * w for h, w in sizes) > limits.max_total_pixels:
-        raise BitstreamLimitError(f"stream holds more than {limits.max_total_pixels} pixels")
+    _check_total(sizes, limits)
     codes = None
     if flags & FLAG_QUALITY:
         if count > end - r.pos:

@@ -15,8 +15,8 @@ from . import __version__, api, bitstream
 from .config import SHARD_IMAGES, TOP_K, TrainConfig
 from .cost import DEFAULT_MAX_GFLOP, Budget
 from .entropy.parallel import set_threads as set_coder_threads
-from .errors import BudgetError, LimitError, TicaError
-from .image import image_bytes, read_image
+from .errors import BudgetError, LimitError, OutputError, TicaError
+from .image import image_bytes, image_format, read_image
 from .models import CompressionModel
 from .nn import bands
 from .output import STDOUT, check_output, write_output
@@ -169,10 +169,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
               f"image(s) as lossless PNG ({png} bytes): the PNG is the smaller file",
               file=sys.stderr)
     pixels = sum(img.shape[1] * img.shape[2] for img in images)
-    coded = api.stream_qualities(bitstream.unpack(data))         # None: a fixed rate
-    label = api.describe(model, coded[0])
-    if len(set(coded)) > 1:
-        label = f"{model.config.name} q{min(coded):g}..{max(coded):g}"
+    label = api.describe(model, api.stream_qualities(bitstream.unpack(data)))
     report = {"output": args.output, "model": label, "images": len(images),
               "sizes": [api.size_json(tuple(img.shape[-2:])) for img in images],
               "bytes": len(data), "bpp": 8 * len(data) / pixels, "png_bytes": png}
@@ -190,12 +187,19 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _outputs(output: str, count: int) -> list[str]:
+    """decode's files for `count` images named by -o: OUT.png, or OUT_0000.png, ... for a
+    batch. OutputError for a folder or a suffix of no image format, before any work."""
+    if output != STDOUT:
+        image_format(output)
     if count == 1 or output == STDOUT:
         if count > 1:
             raise TicaError(f"-o - writes one image to standard output; the stream holds "
                             f"{count}: name a file (OUT.png writes OUT_0000.png, ...)")
         return [output]
     path = Path(output)
+    if path.name in ("", ".", "..") or path.is_dir() or output.endswith(("/", os.sep)):
+        raise OutputError(f"{output} is a folder: name a file (OUT.png writes OUT_0000.png, "
+                          f"... for the stream's {count} images)")
     suffix = path.suffix or ".png"
     return [str(path.with_name(f"{path.stem}_{i:04d}{suffix}")) for i in range(count)]
 
@@ -465,7 +469,8 @@ def _classify_parser(sub) -> None:
                         "%(default)s)")
     p.add_argument("--server", metavar="URL", help="ask a `tica serve` server (e.g. "
                    "http://127.0.0.1:8000) instead of decoding here")
-    p.add_argument("--json", action="store_true", help="print JSON: {top: [{label, prob}], bytes, ...}")
+    p.add_argument("--json", action="store_true", help="print JSON: {model, model_id, bytes, bpp, "
+                   "images: [{size, bytes, bpp, quality, top: [{label, index, prob}]}]}")
     _add_frame_arg(p)
     _add_work_args(p, cmd_classify, quality="with an image: the rate to encode it "
                    "at (a stream records its own quality); " + QUALITY_HELP)

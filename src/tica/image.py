@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError, ImageLimitError
+from .errors import ImageError, ImageLimitError, OutputError
 
 MAX_IMAGE_PIXELS = 1 << 26
 
@@ -31,12 +31,13 @@ _ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
 def read_image(source: ImageLike, *, frame: int | None = None,
-               max_pixels: int = MAX_IMAGE_PIXELS) -> torch.Tensor:
+               max_pixels: int = MAX_IMAGE_PIXELS, max_side: int | None = None) -> torch.Tensor:
     """An image as a user has it -> (3, H, W) float32 in [0, 1]: a file path, the bytes of
     an image file (PNG, JPEG, WebP, GIF, TIFF, ...), a PIL image, a numpy array (H, W) or
     (H, W, C) (grey, grey + alpha, RGB, RGBA) of uint8 or floats in [0, 1], or a tensor (3, H, W) (or (1, H, W)) of floats
     in [0, 1] or uint8. `frame` picks one frame of a multi-frame image. ImageError, naming
-    the fix, for anything else."""
+    the fix, for anything else; ImageLimitError, before a file is decoded, for more than
+    `max_pixels` pixels or a side over `max_side`."""
     if isinstance(source, (str, Path)):
         path = Path(source)
         try:
@@ -44,13 +45,13 @@ def read_image(source: ImageLike, *, frame: int | None = None,
         except OSError as exc:
             raise ImageError(f"cannot read {path}: {exc.strerror or exc}") from None
         try:
-            return read_image(data, frame=frame, max_pixels=max_pixels)
+            return read_image(data, frame=frame, max_pixels=max_pixels, max_side=max_side)
         except ImageError as exc:
             raise ImageError(f"{path}: {exc}") from None
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return _from_bytes(bytes(source), frame, max_pixels)
+        return _from_bytes(bytes(source), frame, max_pixels, max_side)
     if isinstance(source, Image.Image):
-        return _from_pil(source, frame, max_pixels)
+        return _from_pil(source, frame, max_pixels, max_side)
     if isinstance(source, np.ndarray):
         return _from_array(torch.from_numpy(np.ascontiguousarray(source)), "numpy array",
                            channels_last=True)
@@ -60,10 +61,11 @@ def read_image(source: ImageLike, *, frame: int | None = None,
                      f"image file bytes, a PIL image, a numpy array or a (3, H, W) tensor")
 
 
-def _from_bytes(data: bytes, frame: int | None, max_pixels: int) -> torch.Tensor:
+def _from_bytes(data: bytes, frame: int | None, max_pixels: int, max_side: int | None
+                ) -> torch.Tensor:
     try:
         with Image.open(io.BytesIO(data)) as img:
-            return _from_pil(img, frame, max_pixels)
+            return _from_pil(img, frame, max_pixels, max_side)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -76,7 +78,8 @@ def _from_bytes(data: bytes, frame: int | None, max_pixels: int) -> torch.Tensor
         raise ImageError(f"cannot read the image: {exc}") from None
 
 
-def _from_pil(img: Image.Image, frame: int | None, max_pixels: int) -> torch.Tensor:
+def _from_pil(img: Image.Image, frame: int | None, max_pixels: int, max_side: int | None
+              ) -> torch.Tensor:
     frames = getattr(img, "n_frames", 1)
     if frame is None and frames > 1:
         raise ImageError(f"the image has {frames} frames (an animation or a multi-page file): "
@@ -89,6 +92,9 @@ def _from_pil(img: Image.Image, frame: int | None, max_pixels: int) -> torch.Ten
     if img.width * img.height > max_pixels:
         raise ImageLimitError(f"image of {img.width}x{img.height} exceeds the limit of "
                               f"{max_pixels} pixels")
+    if max_side is not None and max(img.width, img.height) > max_side:
+        raise ImageLimitError(f"image side {max(img.width, img.height)} exceeds the limit of "
+                              f"{max_side}")
     img.load()
     img = ImageOps.exif_transpose(img)                   # as a viewer shows it
     if img.mode in _SIXTEEN_BIT:
@@ -145,14 +151,26 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(scaled.to(torch.uint8).permute(1, 2, 0).numpy(), "RGB")
 
 
-IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+IMAGE_FORMATS = {"": "PNG", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP",
+                 ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def image_format(name: str | Path) -> str:
+    """The format an image file named `name` is written in, from its suffix (none: PNG);
+    OutputError for a suffix of no format tica writes."""
+    suffix = Path(name).suffix.lower()
+    if suffix not in IMAGE_FORMATS:
+        raise OutputError(f"{name}: tica writes images as "
+                         f"{', '.join(s for s in IMAGE_FORMATS if s)} (or no suffix: PNG), "
+                         f"not {suffix}")
+    return IMAGE_FORMATS[suffix]
 
 
 def image_bytes(image: torch.Tensor, name: str | Path = ".png") -> bytes:
     """(3, H, W) in [0, 1] as the bytes of an image file named `name`: its suffix picks the
-    format (.jpg/.jpeg JPEG, .webp WebP, anything else PNG). tica.output writes them."""
+    format (`image_format`). tica.output writes them."""
     buf = io.BytesIO()
-    to_pil(image).save(buf, format=IMAGE_FORMATS.get(Path(name).suffix.lower(), "PNG"))
+    to_pil(image).save(buf, format=image_format(name))
     return buf.getvalue()
 
 

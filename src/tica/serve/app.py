@@ -21,6 +21,7 @@ from .. import api
 from ..bitstream import Stream
 from ..entropy.parallel import set_threads as set_coder_threads
 from ..errors import ConfigError, ModelMismatchError
+from ..models import CompressionModel
 from . import routes
 from .batcher import MicroBatcher
 from .config import ServeConfig
@@ -45,6 +46,10 @@ class ModelSet:
         else:
             presets = api.AUTO_MODELS if self.auto else (config.model,)
             models = [api.load(preset, device=device) for preset in presets]
+        for m in models:
+            if not isinstance(m, CompressionModel):
+                raise ConfigError(f"{m.config.name} classifies pixels and writes no stream: "
+                                  "tica serve decodes bitstreams, so it serves a codec")
         self.presets = list(dict.fromkeys(m.config.name for m in models))
         self.by_id: dict[int, Served] = {}
         for m in models:
@@ -138,7 +143,7 @@ def create_app(config: ServeConfig = ServeConfig()) -> FastAPI:
         "Classify images straight from tica bitstreams (no pixels are reconstructed), "
         "reconstruct them on demand, or encode an upload."))
     app.state.config, app.state.budget = config, budget
-    app.state.models, app.state.metrics = models, Metrics()
+    app.state.models = models
     app.state.batcher = MicroBatcher(
         _execute(models), config.batch_window_ms, config.max_batch_images, config.batching,
         image_cost=_image_cost(models), max_gflop=config.max_batch_gflop,
@@ -146,4 +151,6 @@ def create_app(config: ServeConfig = ServeConfig()) -> FastAPI:
     install_error_handlers(app)
     app.middleware("http")(measure)
     app.include_router(routes.router)
+    app.state.metrics = Metrics({route.path for route in routes.router.routes}
+                                | {app.openapi_url})
     return app

@@ -11,7 +11,11 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """Counters by path: the app's own paths (`paths`) each, every other one as "other", so
+    that requests for random paths cannot grow the labels."""
+
+    def __init__(self, paths: set[str] = frozenset()) -> None:
+        self.paths = set(paths)
         self.requests: dict[tuple[str, int], int] = defaultdict(int)
         self.latency_buckets: dict[str, list[int]] = defaultdict(lambda: [0] * (len(BUCKETS) + 1))
         self.latency_sum: dict[str, float] = defaultdict(float)
@@ -19,7 +23,7 @@ class Metrics:
         self.images_received = 0
 
     def observe(self, path: str, status: int, seconds: float) -> None:
-        path = path if path.startswith("/v1/") or path in ("/", "/healthz", "/metrics") else "other"
+        path = path if path in self.paths else "other"
         self.requests[(path, status)] += 1
         buckets = self.latency_buckets[path]
         for i, bound in enumerate(BUCKETS):

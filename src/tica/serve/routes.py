@@ -11,7 +11,6 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from .. import api, bitstream
 from ..config import TOP_K
-from ..errors import ImageLimitError
 from ..image import encode_png, read_image
 from .http import HTTPError, error_responses, read_body
 
@@ -26,12 +25,14 @@ _IMAGE = {"content": {"application/octet-stream": {"schema": {"type": "string", 
 
 
 async def _parsed(request: Request):
-    """The bitstream of a request, checked against the limits, and the served model it names:
-    (body bytes, Stream, Served)."""
+    """The bitstream of a request, checked against the limits and against the served model
+    it names (`api.check_stream`: its quality codes are that model's) before it joins a
+    batch: (body bytes, Stream, Served)."""
     state = request.app.state
     data = await read_body(request, state.config.max_body_bytes)
     stream = bitstream.unpack(data, state.config.limits)
     served = state.models.for_stream(stream)
+    api.check_stream(served.model, stream)
     state.metrics.received(len(data), len(stream.payloads))
     return data, stream, served
 
@@ -86,10 +87,7 @@ async def encode(request: Request, quality: float | None = Query(None, ge=0, le=
                         f"{config.max_refine} refinement steps (tica serve --max-refine)")
     served, q = models.for_quality(quality, model)        # a bad name or quality: before reading
     body = await read_body(request, config.max_upload_bytes)
-    image = read_image(body, frame=frame, max_pixels=config.max_pixels)
-    if max(image.shape[1:]) > config.max_side:
-        raise ImageLimitError(f"image side {max(image.shape[1:])} exceeds the limit of "
-                              f"{config.max_side}")
+    image = read_image(body, frame=frame, max_pixels=config.max_pixels, max_side=config.max_side)
     if model is None and models.auto:
         served, q = models.for_quality(quality, api.choose_model([tuple(image.shape[1:])]))
     size = tuple(image.shape[1:])

@@ -24,10 +24,20 @@ def app_from_env() -> FastAPI:
 
 
 def serve(config: dict, listen: Listen = Listen()) -> None:
+    """Build the app here first, so that a bad model, weights file, device or limit is one
+    typed error before anything listens (not a traceback in every worker); one worker
+    serves that app, several each build their own."""
     require("fastapi", "serve", "tica serve")
     uvicorn = require("uvicorn", "serve", "tica serve")
-    ServeConfig(**config).budget               # fail here, not in every worker
+    from .app import create_app
+
+    app = create_app(ServeConfig(**config))
+    common = dict(host=listen.host, port=listen.port, log_level="info",
+                  timeout_graceful_shutdown=5)
+    if listen.workers == 1:
+        uvicorn.run(app, **common)
+        return
+    del app                                   # the workers load their own models
     os.environ[_ENV] = json.dumps(config)
-    uvicorn.run("tica.serve.run:app_from_env", factory=True, host=listen.host, port=listen.port,
-                workers=listen.workers, log_level="info", timeout_graceful_shutdown=5)
+    uvicorn.run("tica.serve.run:app_from_env", factory=True, workers=listen.workers, **common)
 
