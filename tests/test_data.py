@@ -53,6 +53,27 @@ def test_split_is_decoded_and_cached(archive):
     assert len(load_split(archive, "test", limit=2)) == 2
 
 
+def test_a_limited_split_holds_every_class_in_proportion(tmp_path, monkeypatch):
+    """--limit on a split listed class by class: images spread over the whole split. 13
+    images in classes of 5, 4 and 4, five of them: two, two and one (stepping by 13 // 5 and
+    cutting at five left the last class out, as 1,000 of Imagenette's 3,925 left two of ten);
+    where the limit divides the count, every k-th image, as before."""
+    from tica.data import spread
+    monkeypatch.setenv("TICA_CACHE", str(tmp_path / "cache"))
+    for name, count in (("a", 5), ("b", 4), ("c", 4)):
+        (tmp_path / "test" / name).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / "test" / name / f"{i}.png")
+    split = load_split(tmp_path, "test", limit=5)
+    assert split.labels.tolist() == [0, 0, 1, 1, 2]
+    assert len(load_split(tmp_path, "test", limit=99)) == 13
+    assert spread(10000, 500) == list(range(0, 10000, 20))
+    for n, limit in ((3925, 1000), (10000, 2000), (7, 7), (5, 3)):
+        picked = spread(n, limit)
+        assert len(set(picked)) == len(picked) == min(limit, n) and picked == sorted(picked)
+        assert picked[-1] >= n - n // limit - 1                     # reaches the last class
+
+
 def test_two_loaders_caching_one_split_at_once_both_succeed(archive, monkeypatch):
     # a second process that decodes and caches the same split while the first is writing
     # (two evaluations started together) once renamed the first one's temporary file away

@@ -167,13 +167,23 @@ def save_npy(path: str, array: np.ndarray) -> None:
         np.save(f, array)
 
 
+def spread(n: int, limit: int) -> list[int]:
+    """`limit` of n indexes evenly spaced over all of them (i * n // limit): a subset of a
+    split listed class by class that holds every class in proportion (every k-th file when
+    limit divides n; stepping by n // limit and cutting at `limit` would leave the last
+    classes out whenever it does not)."""
+    return [i * n // limit for i in range(min(limit, n))]
+
+
 def load_split(data: str | Path, split: str, limit: int | None = None) -> ImageFolderSplit:
-    """Decode a split once and cache it as .npy beside the extracted data (same-size images)."""
+    """Decode a split once and cache it as .npy beside the extracted data (same-size images);
+    `limit`: that many images spread over the whole split (`spread`), every class in
+    proportion."""
     root = resolve_split(data, split)
     files, labels, classes = _list_images(root)
-    if limit is not None:      # a class-balanced subset: every k-th file
-        step = max(1, len(files) // limit)
-        files, labels = files[::step][:limit], labels[::step][:limit]
+    if limit is not None and limit < len(files):
+        picked = spread(len(files), limit)
+        files, labels = [files[i] for i in picked], [labels[i] for i in picked]
     key = hashlib.sha256("\n".join(map(str, files)).encode()).hexdigest()[:12]
     cached = cache_dir() / f"{root.parent.name}-{split}-{key}.npy"
     if cached.is_file():

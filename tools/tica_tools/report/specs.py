@@ -88,7 +88,7 @@ def imagenette_specs(classifier: torch.nn.Module, images: int) -> list[Spec]:
     """The paper's use case: tica-photo classifies Imagenette photographs from their streams;
     the pixel ViT on clean pixels, on tica-photo's own decoded streams and on JPEG / WebP
     decodes."""
-    extra = f"imagenette|n={images}"
+    extra = f"imagenette|n={images}|spread"       # the subset of data.spread (every class)
     specs = [Spec(CLEAN, None, f"{CLEAN}|{digest(classifier)}|{extra}",
                   lambda: Uncompressed(classifier, CLEAN))]
     for q in standard_qualities("tica-photo"):
