@@ -100,6 +100,25 @@ def test_wrong_shapes_are_refused(tmp_path, tica_cifar):
         tica.load_checkpoint(path)
 
 
+def test_a_small_file_naming_a_huge_model_is_refused_before_it_is_built(tmp_path, tica_cifar,
+                                                                         monkeypatch):
+    """A config of 16,384-wide, 500-deep ViT (hundreds of GB) in a file of one tensor: refused
+    from the shapes alone, the model never allocated."""
+    import tica.registry as registry
+    huge = tica_cifar.config.replace(embed_dim=16384, depth=500)
+    path = tmp_path / "huge.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={
+        "format": "tica-checkpoint", "format_version": "1", "config": huge.to_json()})
+    real = registry.build_model
+
+    def only_on_meta(config, **kwargs):
+        assert torch.empty(0).device.type == "meta", "a huge model built for real"
+        return real(config, **kwargs)
+    monkeypatch.setattr(registry, "build_model", only_on_meta)
+    with pytest.raises(CheckpointError, match="does not fit model 'tica-cifar'"):
+        tica.load_checkpoint(path)
+
+
 def _header_metadata(path) -> str:
     from safetensors import safe_open
     with safe_open(str(path), framework="pt") as f:

@@ -203,10 +203,26 @@ def standard_qualities(preset: str) -> list[int]:
     return list(range(1, entry.rate_levels + 1)) if entry else []
 
 
+def _check_shapes(path, config, tensors: dict[str, torch.Tensor]) -> None:
+    """CheckpointError unless the file holds each of the model's parameters in its shape:
+    asked of a model built on the meta device (no memory), so that a small file whose
+    config names a huge model is refused before that model is allocated. (Buffers such as
+    the coding tables take their size from the file; load_state_dict checks the rest.)"""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build_model(config).named_parameters()}
+    wrong = sorted(k for k in expected
+                   if k not in tensors or tuple(tensors[k].shape) != expected[k])
+    if wrong:
+        raise CheckpointError(f"{path} does not fit model {config.name!r}: "
+                              f"{len(wrong)} of its parameters missing or of another "
+                              f"shape, e.g. {wrong[0]}")
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model of a checkpoint, in eval mode; coding-ready if it was saved
     after update()."""
     config, tensors, info = read_checkpoint(path)
+    _check_shapes(path, config, tensors)
     model = build_model(config)
     try:
         model.load_state_dict(tensors, strict=True)
