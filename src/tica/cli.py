@@ -519,8 +519,8 @@ def _eval_parser(sub) -> None:
                    help="an ImageFolder split's folder or archive (e.g. cifar10-jpeg.tar.gz), "
                    "or a folder of images of any sizes, without labels (e.g. kodak/)")
     p.add_argument("--split", help="default: the held-out split, test or val")
-    p.add_argument("--limit", type=int, help="evaluate a class-balanced subset (a folder of "
-                   "images: its first N by name)")
+    p.add_argument("--limit", type=int, help="evaluate N images spread over the whole split, "
+                   "every class in proportion (a folder of images: its first N by name)")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="the preset whose shipped weights to evaluate (default %(default)s)")
     p.add_argument("--weights", metavar="FILE", help="a tica checkpoint to evaluate instead")
