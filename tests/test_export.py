@@ -13,8 +13,9 @@ import tica
 
 pytest.importorskip("onnxruntime")
 from tica.cli import main  # noqa: E402
-from tica.errors import CheckpointError  # noqa: E402
+from tica.errors import CheckpointError, TicaError  # noqa: E402
 from tica.export import EdgeEncoder, export_onnx  # noqa: E402
+from tica.io import sha256_file  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +71,36 @@ def test_a_tampered_export_is_refused(tmp_path, cifar_export):
         f.write(b"\x00\x01")
     with pytest.raises(CheckpointError, match="does not match"):
         EdgeEncoder(copy)
-    (copy / "edge.json").write_text("{}")
-    with pytest.raises(CheckpointError, match="not a version-1"):
+    shutil.copy(cifar_export / "hyper.onnx", copy / "hyper.onnx")
+    meta = json.loads((cifar_export / "edge.json").read_text())
+    for bad, reason in (({}, "not a version-1"), ([1, 2], "not a version-1"),
+                        ({**meta, "model_id": "zz"}, "malformed"),
+                        ({**meta, "files": {"tables.npz": meta["files"]["tables.npz"]}},
+                         "malformed"),       # files left unchecked would load unverified
+                        ({k: v for k, v in meta.items() if k != "stride"}, "malformed")):
+        (copy / "edge.json").write_text(json.dumps(bad))
+        with pytest.raises(CheckpointError, match=reason):
+            EdgeEncoder(copy)
+    (copy / "analysis.onnx").write_bytes(b"not an onnx model")      # listed with its hash
+    (copy / "edge.json").write_text(json.dumps(
+        {**meta, "files": {**meta["files"], "analysis.onnx": sha256_file(copy / "analysis.onnx")}}))
+    with pytest.raises(CheckpointError, match="not a usable tica edge export"):
         EdgeEncoder(copy)
+
+
+def test_an_export_that_fails_its_check_leaves_no_edge_json(tmp_path, monkeypatch):
+    import tica.export as export
+    model = tica.load("tica-cifar")
+
+    def inexact(*args, **kwargs):
+        raise TicaError("the exported hyper network is not exact: {...}")
+    monkeypatch.setattr(export, "check_export", inexact)
+    with pytest.raises(TicaError, match="not exact"):
+        export.export_onnx(model, tmp_path / "edge")
+    assert (tmp_path / "edge" / "analysis.onnx").is_file()
+    assert not (tmp_path / "edge" / "edge.json").exists()
+    with pytest.raises(CheckpointError, match="not a tica edge export"):
+        EdgeEncoder(tmp_path / "edge")
 
 
 @pytest.mark.parametrize("entropy_gain", [False, True], ids=["gain-on-y", "entropy-gain"])

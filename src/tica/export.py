@@ -36,6 +36,7 @@ from .config import quality_code
 from .entropy.coder import CodingTables
 from .entropy.payload import clamp_z, encode_payload
 from .errors import CheckpointError, TicaError
+from .extras import require
 from .io import atomic_write, atomic_write_text, sha256_file
 from .models import CompressionModel
 from .nn.integer import IntegerHyperSynthesis, requantize
@@ -135,6 +136,9 @@ def export_onnx(model: CompressionModel, out_dir: str | Path, quality: float | N
     edge.json."""
     if not isinstance(model, CompressionModel):
         raise TicaError(f"{model.config.name} has no encoder to export")
+    require("onnx", "edge", "the edge export")               # before any file is written
+    if check:
+        require("onnxruntime", "edge", "checking the edge export")
     quality = model.check_quality(quality)                  # None: a fixed-rate model
     model = model.eval()
     out = Path(out_dir)
@@ -163,11 +167,14 @@ def export_onnx(model: CompressionModel, out_dir: str | Path, quality: float | N
             "quality": model.weights_info.quality if quality is None else quality,
             "quality_code": None if quality is None else quality_code(quality),
             "model_id": f"{model.model_id:04x}", "stride": s, "N": model.config.N,
-            "M": model.config.M, "files": {f: sha256_file(out / f) for f in
-                                           ("analysis.onnx", "hyper.onnx", "tables.npz")}}
+            "M": model.config.M, "files": {f: sha256_file(out / f) for f in EDGE_FILES}}
     atomic_write_text(out / "edge.json", json.dumps(meta, indent=1))
     if check:
-        meta["check"] = check_export(model, out, quality)
+        try:
+            meta["check"] = check_export(model, out, quality)
+        except TicaError:
+            (out / "edge.json").unlink()     # a folder that failed its check loads as none
+            raise
     return meta
 
 
@@ -198,25 +205,19 @@ class EdgeEncoder:
     what a light device runs. Streams decode on the PyTorch side like any other."""
 
     def __init__(self, export_dir: str | Path, threads: int = 1) -> None:
-        import onnxruntime as ort
-
+        ort = require("onnxruntime", "edge", "the edge encoder")
         root = Path(export_dir)
+        self.meta = _read_meta(root)
         try:
-            self.meta = json.loads((root / "edge.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{root} is not a tica edge export: {exc}") from None
-        if self.meta.get("format") != "tica-edge" or self.meta.get("version") != 1:
-            raise CheckpointError(f"{root}/edge.json is not a version-1 tica edge export")
-        for name, digest in self.meta["files"].items():
-            if not (root / name).is_file() or sha256_file(root / name) != digest:
-                raise CheckpointError(f"{root / name} is missing or does not match edge.json")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        self._analysis = ort.InferenceSession(str(root / "analysis.onnx"), options)
-        self._hyper = ort.InferenceSession(str(root / "hyper.onnx"), options)
-        t = np.load(root / "tables.npz")
-        self.z_tables = _tables(t["z_freqs"], t["z_lengths"], t["z_offsets"])
-        self.y_tables = _tables(t["y_freqs"], t["y_lengths"], t["y_offsets"])
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            self._analysis = ort.InferenceSession(str(root / "analysis.onnx"), options)
+            self._hyper = ort.InferenceSession(str(root / "hyper.onnx"), options)
+            with np.load(root / "tables.npz") as t:
+                self.z_tables = _tables(t["z_freqs"], t["z_lengths"], t["z_offsets"])
+                self.y_tables = _tables(t["y_freqs"], t["y_lengths"], t["y_offsets"])
+        except Exception as exc:        # onnxruntime raises its own types on a bad model
+            raise CheckpointError(f"{root} is not a usable tica edge export: {exc}") from None
         self.model_id = int(self.meta["model_id"], 16)
         self.stride = int(self.meta["stride"])
         self.quality_code = self.meta.get("quality_code")
@@ -251,6 +252,36 @@ class EdgeEncoder:
                                  self.z_tables, self.y_tables)
         codes = None if self.quality_code is None else [self.quality_code]
         return bitstream.pack(self.model_id, [tuple(image.shape[1:])], [payload], codes)
+
+
+EDGE_FILES = ("analysis.onnx", "hyper.onnx", "tables.npz")
+
+
+def _read_meta(root: Path) -> dict:
+    """edge.json of an export folder, checked: its format, its fields' types, and every
+    file it lists there with its SHA-256. CheckpointError otherwise."""
+    try:
+        meta = json.loads((root / "edge.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{root} is not a tica edge export: {exc}") from None
+    if (not isinstance(meta, dict) or meta.get("format") != "tica-edge"
+            or meta.get("version") != 1):
+        raise CheckpointError(f"{root}/edge.json is not a version-1 tica edge export")
+    files, code = meta.get("files"), meta.get("quality_code")
+    try:
+        ok = (isinstance(files, dict) and sorted(files) == sorted(EDGE_FILES)
+              and 0 <= int(meta["model_id"], 16) < 1 << 16 and int(meta["stride"]) > 0
+              and (code is None or isinstance(code, int)))
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise CheckpointError(f"{root}/edge.json is malformed: it needs files "
+                              f"({', '.join(EDGE_FILES)} with their SHA-256), model_id "
+                              "(4 hex digits), stride")
+    for name, digest in files.items():
+        if not (root / name).is_file() or sha256_file(root / name) != digest:
+            raise CheckpointError(f"{root / name} is missing or does not match edge.json")
+    return meta
 
 
 def _tables(freqs, lengths, offsets) -> CodingTables:
