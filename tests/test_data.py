@@ -53,6 +53,55 @@ def test_split_is_decoded_and_cached(archive):
     assert len(load_split(archive, "test", limit=2)) == 2
 
 
+def test_an_archive_tica_cannot_extract_is_a_typed_error(tmp_path, monkeypatch):
+    """Not a tar, a member that escapes the folder, more than the disk holds: one TicaError
+    each, nothing left in the cache."""
+    import io
+    import shutil
+    import tarfile
+    from collections import namedtuple
+    monkeypatch.setenv("TICA_CACHE", str(tmp_path / "cache"))
+    zipped = tmp_path / "data.zip"
+    zipped.write_bytes(b"PK\x03\x04 not a tar at all")
+    with pytest.raises(TicaError, match="not a .tar"):
+        load_split(zipped, "train")
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        member = tarfile.TarInfo("../../outside.txt")
+        member.size = 2
+        tar.addfile(member, io.BytesIO(b"hi"))
+    with pytest.raises(TicaError, match="not a .tar"):
+        extract_archive(evil)
+    assert not (tmp_path / "outside.txt").exists()
+    big = tmp_path / "big.tar.gz"
+    with tarfile.open(big, "w:gz") as tar:
+        member = tarfile.TarInfo("data/train/a/0.bin")
+        member.size = 1 << 20
+        tar.addfile(member, io.BytesIO(bytes(1 << 20)))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, 0, 1 << 20))
+    with pytest.raises(TicaError, match="unpacks to"):
+        extract_archive(big)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == []
+
+
+def test_a_split_with_a_bad_or_odd_sized_image_names_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("TICA_CACHE", str(tmp_path / "cache"))
+    for name in ("a", "b"):
+        (tmp_path / "test" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "test" / name / "0.png")
+    Image.new("RGB", (9, 8)).save(tmp_path / "test" / "b" / "1.png")
+    with pytest.raises(TicaError, match="1.png is 9x8, the split's first image 8x8"):
+        load_split(tmp_path, "test")
+    (tmp_path / "test" / "b" / "1.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(TicaError, match="1.png: not an image tica can read"):
+        load_split(tmp_path, "test")
+    (tmp_path / "test" / "b" / "1.png").unlink()
+    assert load_split(tmp_path, "test").labels.tolist() == [0, 1]
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / "test" / "a" / "0.png")  # replaced
+    assert load_split(tmp_path, "test").images[0, 0].float().mean() == 200   # not the cache's
+
+
 def test_a_limited_split_holds_every_class_in_proportion(tmp_path, monkeypatch):
     """--limit on a split listed class by class: images spread over the whole split. 13
     images in classes of 5, 4 and 4, five of them: two, two and one (stepping by 13 // 5 and
@@ -178,6 +227,19 @@ def test_webdataset_shards_round_trip(archive, tmp_path):
         assert img.shape == (3, 32, 32)
         assert img[2 if label else 0].float().mean() == 255
     assert (tmp_path / "shards" / "classes.txt").read_text().split() == ["a", "b"]
+    from tica.config import TrainConfig
+    from tica.data import training_data
+    (tmp_path / "shards" / "train.json").unlink()          # shards copied without it
+    with pytest.raises(TicaError, match="train.json .* missing or malformed"):
+        training_data(TrainConfig(data=str(tmp_path / "shards")), 32)
+
+
+def test_train_refuses_a_set_without_a_value(tmp_path, capsys):
+    from tica.cli import main
+    assert main(["train", "--run-dir", str(tmp_path / "run"), "--data", "synthetic",
+                 "--set", "depth"]) == 1
+    assert "--set depth: give FIELD=VALUE" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_held_out_split_is_test_or_val(tmp_path):

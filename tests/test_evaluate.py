@@ -230,3 +230,14 @@ def test_a_codec_only_model_refuses_to_classify(cifar_images):
         tica.classify(model, data)
     result = evaluate(LearnedPipeline(model), [(cifar_images[:2], torch.tensor([0, 1]))])
     assert result.top1 is None and result.psnr is not None
+
+
+def test_ms_ssim_levels_by_size_and_a_too_small_image_is_an_image_error():
+    from tica.errors import ImageError
+    from tica.evaluate import ms_ssim_any_size
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(ms_ssim_any_size(x, x), torch.ones(2))
+    assert (ms_ssim_any_size(x, (x + 0.1).clamp(0, 1)) < 1).all()
+    assert ms_ssim_any_size(x[..., :3, :5], x[..., :3, :5]).shape == (2,)
+    with pytest.raises(ImageError, match="at least 3x3"):
+        ms_ssim_any_size(x[..., :2, :9], x[..., :2, :9])

@@ -265,3 +265,26 @@ def test_each_arm_of_a_trial_ships_with_its_own_lease(tmp_path):
         ship._lease_of([wide, narrow], "runs/refit/other.safetensors")
     with pytest.raises(SystemExit, match="2 of the --lease files"):
         ship._lease_of([wide, dict(wide)], "m192k1.safetensors")
+
+
+def test_a_shipped_file_that_is_not_the_manifests_is_refused(tmp_path, monkeypatch):
+    """A damaged or replaced weights file in the package: CheckpointError naming it, before
+    anything is loaded from it."""
+    import dataclasses
+    import shutil
+
+    import tica.api as api
+    from tica.errors import CheckpointError
+    entry = find_weights("tica-cifar", "codec")
+    copy = tmp_path / entry.file.name
+    shutil.copy(entry.file, copy)
+    data = bytearray(copy.read_bytes())
+    data[-1] ^= 1                                           # one bit of one weight
+    copy.write_bytes(bytes(data))
+    damaged = dataclasses.replace(entry, file=copy)
+    monkeypatch.setattr(api, "find_weights", lambda name, role: damaged if role == "codec"
+                        else None)
+    with pytest.raises(CheckpointError, match="SHA-256 differs"):
+        tica.load("tica-cifar")
+    copy.write_bytes(entry.file.read_bytes())               # the manifest's bytes again
+    assert tica.load("tica-cifar").model_id == entry.model_id

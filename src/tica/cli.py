@@ -357,8 +357,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise TicaError("tica train needs --run-dir DIR (a plan of several runs: python -m "
                         "tica_tools.plan run PLAN, in the repository)")
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
-    fields["model_overrides"] = dict(kv.split("=", 1) for kv in args.set or [])
-    fields["model_overrides"] = {k: _parse_value(v) for k, v in fields["model_overrides"].items()}
+    bad = [kv for kv in args.set or [] if "=" not in kv or not kv.split("=", 1)[0]]
+    if bad:
+        raise TicaError(f"--set {bad[0]}: give FIELD=VALUE (e.g. --set depth=6)")
+    fields["model_overrides"] = {k: _parse_value(v) for k, v in
+                                 (kv.split("=", 1) for kv in args.set or [])}
     if "data" not in fields:
         fields["data"] = default_train_data()
     result = train(TrainConfig(**fields), resume=args.resume)

@@ -53,16 +53,32 @@ def extract_archive(archive: str | Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))
     try:
         with tarfile.open(archive) as tar:
+            _check_room(archive, tar, target.parent)
             tar.extractall(tmp, filter="data")
         os.replace(tmp, target)
-    except OSError:
+    except tarfile.TarError as exc:          # not a tar archive, or a member the filter refuses
+        raise TicaError(f"{archive}: not a .tar(.gz) archive of images tica can extract: "
+                        f"{exc}") from None
+    except OSError as exc:
         # Another process finished first: renaming onto its non-empty folder fails with
-        # ENOTEMPTY (or EEXIST). Use its copy; anything else is a real error.
+        # ENOTEMPTY (or EEXIST). Use its copy; anything else (a full disk) is the user's to see.
         if not target.is_dir():
-            raise
+            raise TicaError(f"cannot extract {archive} into {target.parent}: "
+                            f"{exc.strerror or exc}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _check_room(archive: Path, tar: tarfile.TarFile, folder: Path) -> None:
+    """TicaError, before anything is written, if the archive's files would not fit in the
+    free space of `folder` with a margin of a tenth (a small archive that unpacks to more
+    than the disk holds is refused instead of filling it)."""
+    size = sum(m.size for m in tar.getmembers() if m.isfile())
+    free = shutil.disk_usage(folder).free
+    if size > 0.9 * free:
+        raise TicaError(f"{archive} unpacks to {size / 2**30:.1f} GiB; {folder} has "
+                        f"{free / 2**30:.1f} GiB free (TICA_CACHE names another folder)")
 
 
 HELD_OUT_SPLITS = ("test", "val")     # CIFAR-10 has a test split, Imagenette a val split
@@ -184,15 +200,38 @@ def load_split(data: str | Path, split: str, limit: int | None = None) -> ImageF
     if limit is not None and limit < len(files):
         picked = spread(len(files), limit)
         files, labels = [files[i] for i in picked], [labels[i] for i in picked]
-    key = hashlib.sha256("\n".join(map(str, files)).encode()).hexdigest()[:12]
+    # the files' names, sizes and times: a folder whose images were replaced decodes again
+    key = hashlib.sha256("\n".join(f"{f}:{st.st_size}:{st.st_mtime_ns}" for f, st in
+                                   ((f, f.stat()) for f in files)).encode()).hexdigest()[:12]
     cached = cache_dir() / f"{root.parent.name}-{split}-{key}.npy"
     if cached.is_file():
         array = np.load(cached)
     else:
-        array = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+        array = _decode_all(files)
         atomic_write(cached, lambda tmp: save_npy(tmp, array))   # a temporary name of its own
     images = torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
     return ImageFolderSplit(images, torch.tensor(labels), classes)
+
+
+def _decode_all(files: list[Path]) -> np.ndarray:
+    """The split's images as one (N, H, W, 3) uint8 array; TicaError naming the file that is
+    not a readable image, or whose size is not the first one's (a split is one size)."""
+    if not files:
+        raise TicaError("the split holds no images")
+    out = None
+    for i, f in enumerate(files):
+        try:
+            with Image.open(f) as img:
+                if out is None:
+                    out = np.empty((len(files), img.height, img.width, 3), np.uint8)
+                if (img.height, img.width) != out.shape[1:3]:
+                    raise TicaError(f"{f} is {img.width}x{img.height}, the split's first image "
+                                    f"{out.shape[2]}x{out.shape[1]}: a split is of one size "
+                                    "(a folder of images of any sizes is read without labels)")
+                out[i] = np.asarray(img.convert("RGB"))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise TicaError(f"{f}: not an image tica can read: {exc}") from None
+    return out
 
 
 def synthetic_split(n: int = 64, size: int = 32, num_classes: int = 10, seed: int = 0
@@ -540,7 +579,11 @@ def training_data(cfg: TrainConfig, img_size: int) -> TrainingData:
         return SplitData(split.images, split.labels, cfg.seed, aug)
     if kind == "shards":
         path = Path(cfg.data)
-        count = json.loads((path / "train.json").read_text())["count"]
+        try:
+            count = int(json.loads((path / "train.json").read_text())["count"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise TicaError(f"{path}: its train.json (written with the shards: {{\"count\": "
+                            f"images}}) is missing or malformed: {exc}") from None
         return ShardData([str(s) for s in sorted(path.glob("train-*.tar"))], count, img_size,
                          cfg.seed, augment=aug)
     if kind == "photos":

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from . import api, bitstream
 from .data import (ImageFolderSplit, data_name, held_out_split, image_files, is_image_folder,
                    load_split)
-from .errors import TicaError
+from .errors import ImageError, TicaError
 from .image import read_image
 from .io import atomic_write_text
 from .losses import psnr
@@ -36,9 +36,13 @@ def ms_ssim_any_size(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """MS-SSIM per image, on [0, 1] inputs. Standard where the image allows it (sides > 160
     px): Wang et al.'s 5 levels, an 11-tap Gaussian window of sigma 1.5, odd sides padded
     before each 2x average pooling (the numbers pytorch_msssim gives, within float32
-    rounding); on smaller images, 3-tap windows and as many levels as fit (3 at 32x32), the
-    standard weights of those levels renormalised. A few images a pass (MSSSIM_CHUNK_PIXELS)."""
+    rounding); on smaller images, 3-tap windows and as many levels as fit (4 at 32x32), the
+    standard weights of those levels renormalised. A few images a pass (MSSSIM_CHUNK_PIXELS).
+    ImageError for a side under 3 px (no window fits)."""
     side = min(x.shape[-2:])
+    if side < 3:
+        raise ImageError(f"MS-SSIM needs images of at least 3x3 pixels, got "
+                         f"{x.shape[-1]}x{x.shape[-2]}")
     size, levels = (11, 5) if side > 160 else (3, 1)
     while levels < 5 and side // 2 ** levels >= 4:
         levels += 1

@@ -3,6 +3,7 @@ weights shipped for them. `create_model(name, **overrides)` as in timm."""
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from importlib import resources
@@ -14,7 +15,7 @@ from torch import nn
 from .checkpoint import read_checkpoint
 from .config import ARCHS, DEFAULT_MODEL, IMAGENETTE_LABELS, ModelConfig  # noqa: F401 (DEFAULT_MODEL: re-exported)
 from .errors import CheckpointError, ConfigError, TicaError
-from .io import atomic_write_text
+from .io import atomic_write_text, sha256_file
 from .models import ConvTeacher, HyperpriorCodec, PixelViT, TicaModel
 
 # config.ARCHS names the architectures (ModelConfig checks against it); their classes, in
@@ -115,6 +116,26 @@ class ShippedWeights:
     rate_levels: int = 0            # codecs (all variable-rate): standard points 1..L
     trained: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)
+
+
+def verified_file(entry: ShippedWeights) -> Path:
+    """The file of a manifest entry, once its SHA-256 is the manifest's (hashed once a
+    process for each version of the file); CheckpointError if it is not: a damaged or
+    replaced weights file is refused, not loaded."""
+    st = entry.file.stat() if entry.file.is_file() else None
+    if st is None:
+        raise CheckpointError(f"{entry.file}: the manifest's {entry.name} is missing; "
+                              "reinstall tica")
+    if _sha256_of(entry.file, st.st_size, st.st_mtime_ns) != entry.sha256:
+        raise CheckpointError(f"{entry.file} is not the file the manifest lists for "
+                              f"{entry.name} (its SHA-256 differs): reinstall tica, or load "
+                              "your own file with weights=")
+    return entry.file
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: Path, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
 
 
 def weights_root() -> Path:

@@ -19,7 +19,7 @@ from ..errors import CheckpointError, ConfigError, TicaError
 from ..io import atomic_write, atomic_write_text
 from ..models import CompressionModel
 from ..models.vit import with_distill_token
-from ..registry import build_model, get_config, load_checkpoint, shipped_init
+from ..registry import build_model, get_config, load_checkpoint, shipped_init, verified_file
 
 
 STATE_FILE = "checkpoint.safetensors"
@@ -126,7 +126,7 @@ def build_initial_model(cfg: TrainConfig) -> nn.Module:
 def _initial_weights(cfg: TrainConfig) -> nn.Module:
     if cfg.init:
         entry = shipped_init(cfg.model, cfg.init)      # "step1" / "shipped": the package's
-        model = load_checkpoint(entry.file if entry else cfg.init)
+        model = load_checkpoint(verified_file(entry) if entry else cfg.init)
         if cfg.model_overrides and model.config.replace(**cfg.model_overrides) != model.config:
             model = transplant(model, cfg.model_overrides, cfg.seed)
         return model
