@@ -15,6 +15,8 @@ from tica import api
 from tica.cli import main
 from tica.cost import Budget
 from tica.errors import BudgetError, LimitError, TicaError
+
+from conftest import refinement_moves
 from tica.image import read_image
 from tica.models import refine as refine_module
 from tica.models.refine import rate_point, refine
@@ -108,9 +110,10 @@ def test_refinement_refuses_negative_steps_and_huge_images(shipped_cifar, cifar_
         tica.compress(shipped_cifar, cifar_images[:1], refine=2)
 
 
-def test_cli_encode_refine(tmp_path, cifar_samples, capsys):
+def test_cli_encode_refine(tmp_path, cifar_samples, cifar_images, capsys):
+    moved = refinement_moves(tica.load("tica-cifar"), cifar_images)[0]
     src = tmp_path / "img.jpg"
-    src.write_bytes(cifar_samples[0][0])
+    src.write_bytes(cifar_samples[moved][0])
     out = tmp_path / "img.tica"
     args = ["encode", str(src), "-o", str(out), "--model", "tica-cifar", "--quality", "2"]
     assert main(args + ["--refine", "5"]) == 0
@@ -123,11 +126,12 @@ def test_cli_encode_refine(tmp_path, cifar_samples, capsys):
     assert "refinement steps" in capsys.readouterr().err
 
 
-def test_eval_refine_names_its_rows(tmp_path, cifar_samples, capsys):
+def test_eval_refine_names_its_rows(tmp_path, cifar_samples, cifar_images, capsys):
     folder = tmp_path / "imgs"
     folder.mkdir()
-    for i, (data, _) in enumerate(cifar_samples[:3]):
-        (folder / f"{i}.jpg").write_bytes(data)
+    moved = refinement_moves(tica.load("tica-cifar"), cifar_images, steps=4)
+    for i in ([*moved, 0, 1, 2])[:3]:
+        (folder / f"{i}.jpg").write_bytes(cifar_samples[i][0])
     args = ["eval", "--data", str(folder), "--model", "tica-cifar", "--quality", "2", "--json"]
     assert main(args) == 0
     plain = json.loads(capsys.readouterr().out)["results"][0]

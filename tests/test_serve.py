@@ -21,6 +21,7 @@ from tica.bitstream import Stream  # noqa: E402
 from tica.serve import ServeConfig, create_app  # noqa: E402
 from tica.serve.batcher import MicroBatcher  # noqa: E402
 
+from conftest import refinement_moves  # noqa: E402
 from corruption import MUTATIONS, mutate  # noqa: E402
 
 OCTET = {"Content-Type": "application/octet-stream"}
@@ -92,7 +93,7 @@ def test_encode_with_refinement_within_the_servers_limit(client, model, cifar_im
     """/v1/encode?refine=N writes the stream `tica.compress(refine=N)` writes, up to the
     server's --max-refine (default 0: refused) and inside its budget, both before any work."""
     from tica.models import refine as refine_module
-    png = tica.image.encode_png(cifar_images[0])
+    png = tica.image.encode_png(cifar_images[refinement_moves(model, cifar_images)[0]])
     image = tica.image.read_image(png)
     r = client.post("/v1/encode?quality=2&refine=1", content=png, headers=OCTET)
     assert r.status_code == 422 and r.json()["error"] == "RefineLimit"

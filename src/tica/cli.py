@@ -188,9 +188,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def _outputs(output: str, count: int) -> list[str]:
     """decode's files for `count` images named by -o: OUT.png, or OUT_0000.png, ... for a
-    batch. OutputError for a folder or a suffix of no image format, before any work."""
-    if output != STDOUT:
-        image_format(output)
+    batch. OutputError for a folder, before any work."""
     if count == 1 or output == STDOUT:
         if count > 1:
             raise TicaError(f"-o - writes one image to standard output; the stream holds "
@@ -211,6 +209,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     paths = _outputs(args.output, len(stream.payloads))
     for path in paths:                                 # refused before any work
         check_output(path, [args.stream])
+        if path != STDOUT:
+            image_format(path)
     images = api.reconstruct(model, stream, budget=None)
     out = sys.stderr if args.output == STDOUT else sys.stdout
     for img, path in zip(images, paths):
