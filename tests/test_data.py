@@ -27,18 +27,47 @@ def test_archive_is_extracted_once_and_splits_resolve(archive):
 def test_concurrent_extraction_uses_the_winners_copy(archive, monkeypatch):
     """Two processes extracting the same archive: the one that finishes second finds the
     target already there (rename onto a non-empty folder fails with ENOTEMPTY) and uses it."""
-    import tarfile
-    real_extract = tarfile.TarFile.extractall
+    import tica.data
+    real_extract = tica.data._extract_members
 
-    def extract_while_another_process_wins(self, path, *args, **kwargs):
-        real_extract(self, path, *args, **kwargs)
-        monkeypatch.setattr(tarfile.TarFile, "extractall", real_extract)
+    def extract_while_another_process_wins(*args):
+        real_extract(*args)
+        monkeypatch.setattr(tica.data, "_extract_members", real_extract)
         extract_archive(archive)                     # the other process, finishing first
 
-    monkeypatch.setattr(tarfile.TarFile, "extractall", extract_while_another_process_wins)
+    monkeypatch.setattr(tica.data, "_extract_members", extract_while_another_process_wins)
     target = extract_archive(archive)
     assert sorted(p.name for p in (target / "data" / "train").iterdir()) == ["a", "b"]
     assert not list(target.parent.glob(".extract-*"))
+
+
+def test_a_replaced_archive_evicts_its_old_copy_once_unused(archive, tmp_path):
+    """A new version of an archive is extracted again; the old version's copy and its cached
+    split arrays go once unused for an hour; another archive's copy of the same name stays,
+    and so does a superseded copy in use."""
+    import os
+    import time
+    from tica.data import STALE_AFTER_S
+    old = extract_archive(archive)
+    load_split(archive, "test")
+    cache = old.parent
+    assert [p.name for p in cache.glob("*.npy")][0].startswith(old.name + "-test-")
+    other = tmp_path / "elsewhere" / archive.name                # same name, another archive
+    other.parent.mkdir()
+    other.write_bytes(archive.read_bytes())
+    elsewhere = extract_archive(other)
+    assert elsewhere != old
+    long_ago = time.time() - STALE_AFTER_S - 60
+    for copy in (old, elsewhere):
+        os.utime(copy, (long_ago, long_ago))
+    os.utime(archive, (long_ago, long_ago))                       # the archive replaced
+    new = extract_archive(archive)
+    assert new != old and not old.exists() and elsewhere.is_dir()
+    assert not list(cache.glob(old.name + "-*.npy"))
+    os.utime(archive)                                             # replaced again: the copy
+    newest = extract_archive(archive)                             # just used stays
+    assert newest != new and new.is_dir()
+    assert sorted(p.name for p in (newest / "data" / "test").iterdir()) == ["a", "b"]
 
 
 def test_split_is_decoded_and_cached(archive):

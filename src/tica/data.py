@@ -18,6 +18,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
@@ -40,21 +41,41 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TICA_CACHE", Path.home() / ".cache" / "tica"))
 
 
+SOURCE_MARK = ".tica-source"       # in an extracted copy: the archive it came from
+STALE_AFTER_S = 3600                # a superseded copy unused this long is removed
+
+
 def extract_archive(archive: str | Path) -> Path:
     """Extract a .tar(.gz) once into the cache (atomically: a killed extraction leaves no
-    half-extracted folder behind) and return the folder."""
+    half-extracted folder behind) and return the folder.
+
+    A copy is keyed by the archive's path, size and time, so a replaced archive is extracted
+    again; the copies of its earlier versions, and their cached splits, are removed once
+    unused for an hour (a process reading one now keeps it)."""
     archive = Path(archive)
     stat = archive.stat()
-    key = hashlib.sha256(f"{archive.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    target = cache_dir() / f"{archive.name.split('.')[0]}-{key}"
-    if target.is_dir():
-        return target
+    source = str(archive.resolve())
+    key = hashlib.sha256(f"{source}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    stem = archive.name.split('.')[0]
+    target = cache_dir() / f"{stem}-{key}"
+    if not target.is_dir():
+        _extract(archive, source, target)
+    try:
+        os.utime(target)            # its last use, which keeps it from eviction
+    except OSError:
+        pass                        # a cache shared read-only: nothing is evicted from it
+    _evict_superseded(stem, source, target)
+    return target
+
+
+def _extract(archive: Path, source: str, target: Path) -> None:
+    """Extract `archive` into `target` in one pass over the (compressed) stream."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))
     try:
-        with tarfile.open(archive) as tar:
-            _check_room(archive, tar, target.parent)
-            tar.extractall(tmp, filter="data")
+        with tarfile.open(archive, "r:*") as tar:
+            _extract_members(archive, tar, tmp)
+        (tmp / SOURCE_MARK).write_text(source)
         os.replace(tmp, target)
     except tarfile.TarError as exc:          # not a tar archive, or a member the filter refuses
         raise TicaError(f"{archive}: not a .tar(.gz) archive of images tica can extract: "
@@ -67,18 +88,46 @@ def extract_archive(archive: str | Path) -> Path:
                             f"{exc.strerror or exc}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
-def _check_room(archive: Path, tar: tarfile.TarFile, folder: Path) -> None:
-    """TicaError, before anything is written, if the archive's files would not fit in the
-    free space of `folder` with a margin of a tenth (a small archive that unpacks to more
-    than the disk holds is refused instead of filling it)."""
-    size = sum(m.size for m in tar.getmembers() if m.isfile())
-    free = shutil.disk_usage(folder).free
-    if size > 0.9 * free:
-        raise TicaError(f"{archive} unpacks to {size / 2**30:.1f} GiB; {folder} has "
-                        f"{free / 2**30:.1f} GiB free (TICA_CACHE names another folder)")
+def _extract_members(archive: Path, tar: tarfile.TarFile, folder: Path) -> None:
+    """Extract member by member (a gzip stream is read once, not listed and then read again),
+    refusing with a TicaError as soon as the files would no longer fit in the space that was
+    free with a margin of a tenth: a small archive that unpacks to more than the disk holds
+    stops instead of filling it."""
+    room = 0.9 * shutil.disk_usage(folder).free
+    size = 0
+    for member in tar:
+        if member.isfile():
+            size += member.size
+            if size > room:
+                raise TicaError(f"{archive} unpacks to more than {size / 2**30:.1f} GiB; "
+                                f"{folder.parent} has {room / 0.9 / 2**30:.1f} GiB free "
+                                "(TICA_CACHE names another folder)")
+        tar.extract(member, folder, filter="data")
+
+
+def _evict_superseded(stem: str, source: str, keep: Path) -> None:
+    """Remove the other copies of the same archive (earlier versions of it; a copy without a
+    source mark is from before marks and counts as one), with their cached split arrays,
+    when unused for STALE_AFTER_S."""
+    now = time.time()
+    for copy in keep.parent.glob(f"{stem}-" + "[0-9a-f]" * 12):
+        if copy == keep or not copy.is_dir():
+            continue
+        mark = copy / SOURCE_MARK
+        try:
+            if mark.is_file() and mark.read_text() != source:
+                continue
+            if now - copy.stat().st_mtime < STALE_AFTER_S:
+                continue
+            doomed = copy.with_name(f".evict-{copy.name}")
+            os.replace(copy, doomed)         # gone from its name at once, then deleted
+        except OSError:
+            continue                         # another process is evicting it
+        shutil.rmtree(doomed, ignore_errors=True)
+        for array in keep.parent.glob(f"{copy.name}-*.npy"):
+            array.unlink(missing_ok=True)
 
 
 HELD_OUT_SPLITS = ("test", "val")     # CIFAR-10 has a test split, Imagenette a val split
@@ -203,7 +252,7 @@ def load_split(data: str | Path, split: str, limit: int | None = None) -> ImageF
     # the files' names, sizes and times: a folder whose images were replaced decodes again
     key = hashlib.sha256("\n".join(f"{f}:{st.st_size}:{st.st_mtime_ns}" for f, st in
                                    ((f, f.stat()) for f in files)).encode()).hexdigest()[:12]
-    cached = cache_dir() / f"{root.parent.name}-{split}-{key}.npy"
+    cached = cache_dir() / f"{_cache_prefix(root)}-{split}-{key}.npy"
     if cached.is_file():
         array = np.load(cached)
     else:
@@ -211,6 +260,15 @@ def load_split(data: str | Path, split: str, limit: int | None = None) -> ImageF
         atomic_write(cached, lambda tmp: save_npy(tmp, array))   # a temporary name of its own
     images = torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
     return ImageFolderSplit(images, torch.tensor(labels), classes)
+
+
+def _cache_prefix(root: Path) -> str:
+    """The name a split's cached array starts with: the extracted copy it is in, so that the
+    array leaves with the copy, else the split folder's parent."""
+    try:
+        return root.resolve().relative_to(cache_dir().resolve()).parts[0]
+    except ValueError:
+        return root.parent.name
 
 
 def _decode_all(files: list[Path]) -> np.ndarray:
