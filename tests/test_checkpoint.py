@@ -175,3 +175,25 @@ def test_old_metadata_with_alpha_zero_reads_as_a_codec_only_model(tmp_path, tica
     assert json.loads(_header_metadata(path)) == {"alpha": 1.0, "classifier_trained": False}
     assert not tica.api.can_classify(tica.load(weights=path))
     assert tica.api.can_classify(tica_cifar)
+
+
+def test_the_shape_check_stays_cheap():
+    """Every preset, and each shipped codec's own config, builds on the meta device without
+    Python's meta kernels, which import torch's compiler and sympy (seconds of a command's
+    start, the first time): the initialisers keep to native, in-place operations."""
+    import subprocess
+    import sys
+    code = """
+import sys, torch
+from tica.registry import build_model, find_weights, get_config, list_models, read_checkpoint
+configs = [get_config(name) for name in list_models()]
+for preset in ("tica-cifar", "tica-photo"):
+    configs.append(read_checkpoint(find_weights(preset, "codec").file)[0])
+for config in configs:
+    with torch.device("meta"):
+        build_model(config)
+    slow = [m for m in ("sympy", "torch._dynamo") if m in sys.modules]
+    assert not slow, (config.name, slow)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

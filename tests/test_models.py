@@ -102,6 +102,8 @@ def test_unknown_model_and_override_are_config_errors():
         tica.create_model("tica-cifar", widht=3)
     with pytest.raises(tica.ConfigError, match="fam_blocks"):
         tica.create_model("tica-cifar", depth=2)
+    with pytest.raises(tica.ConfigError, match="scale_levels"):    # a table each: bounded
+        get_config("tica-cifar", scale_levels=10**9)
 
 
 def test_paper_preset_matches_spec():

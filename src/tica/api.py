@@ -92,7 +92,7 @@ def load(name: str | None = None, *, weights: str | Path | None = None,
         get_config(name)                        # an unknown preset is named as such
         entry = find_weights(name, "codec") or find_weights(name, "classifier")
         if entry is not None:
-            model = load_checkpoint(verified_file(entry), device, verified=True)
+            model = load_checkpoint(verified_file(entry), device)
         elif untrained:
             model = create_model(name).to(device).eval()
             model.weights_info = WeightsInfo(untrained=True, seed=0)
@@ -156,7 +156,7 @@ def load_for_stream(data: bytes, device: str | torch.device = "cpu") -> nn.Modul
     entry = weights_for_id(bitstream.peek_model_id(data))
     if entry is None:
         return load(device=device)
-    return load_checkpoint(verified_file(entry), resolve_device(device), verified=True)
+    return load_checkpoint(verified_file(entry), resolve_device(device))
 
 
 def describe(model: nn.Module, quality: float | Sequence[float | None] | None = None) -> str:

@@ -41,6 +41,7 @@ HS_WEIGHT_BITS, HS_ACT_FRAC_BITS, HS_ACT_BITS = 14, 8, 20
 ACTIVATIONS = ("leaky_relu", "gdn", "gelu")
 LATENT_PROXIES = ("noise", "ste")
 MAX_RATE_LEVELS = 16
+MAX_SCALE_LEVELS = 1024             # the Gaussian conditional's scales, one coding table each
 QUALITY_STEPS = 16                  # a stream records quality to 1/16: code = round((q - 1) * 16)
 
 
@@ -158,6 +159,8 @@ class ModelConfig:
             problems.append(f"img_size must be a multiple of 2^(stages+1)={2 ** (self.stages + 1)}")
         if self.rate_levels == 1 or not 0 <= self.rate_levels <= MAX_RATE_LEVELS:
             problems.append(f"rate_levels must be 0 (fixed rate) or 2..{MAX_RATE_LEVELS}")
+        if self.scale_levels > MAX_SCALE_LEVELS:
+            problems.append(f"scale_levels must lie in 1..{MAX_SCALE_LEVELS}")
         if not 0 < self.scale_min < self.scale_max:
             problems.append("need 0 < scale_min < scale_max")
         if not 2 <= self.hs_weight_bits <= HS_WEIGHT_BITS:

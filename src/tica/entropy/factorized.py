@@ -38,8 +38,10 @@ class EntropyBottleneck(TableOwner):
             self.biases.append(nn.Parameter(torch.empty(channels, dims[i + 1], 1).uniform_(-0.5, 0.5)))
             if i < len(filters):
                 self.factors.append(nn.Parameter(torch.zeros(channels, dims[i + 1], 1)))
-        self.quantiles = nn.Parameter(
-            torch.tensor([-init_scale, 0.0, init_scale]).repeat(channels, 1, 1))  # (C, 1, 3)
+        self.quantiles = nn.Parameter(torch.empty(channels, 1, 3))
+        with torch.no_grad():           # in place: on the meta device, repeat() imports sympy
+            start = torch.tensor([-init_scale, 0.0, init_scale])
+            self.quantiles.copy_(start.expand(channels, 1, 3))
         target = math.log(2 / tail_mass - 1)
         self.register_buffer("target", torch.tensor([-target, 0.0, target]), persistent=False)
 

@@ -29,8 +29,10 @@ class GaussianConditional(TableOwner):
         super().__init__()
         self.scale_min = scale_min
         self.tail_mass = tail_mass
+        # on the CPU even while a model is built on the meta device (a few hundred values;
+        # math on meta tensors imports torch's compiler: seconds of a command's start)
         table = torch.exp(torch.linspace(math.log(scale_min), math.log(scale_max), levels,
-                                         dtype=torch.float64))
+                                         dtype=torch.float64, device="cpu"))
         self.register_buffer("scale_table", table, persistent=False)
         self.register_buffer("scale_bounds", (table[1:] * table[:-1]).sqrt(), persistent=False)
 

@@ -71,9 +71,14 @@ class CompressionModel(nn.Module):
             # log gain and log inverse gain per standard rate point, (L, M). Initialised to a
             # spread of x8 from the lowest to the highest point, so each point starts at a
             # different rate rather than all at one.
-            spread = torch.linspace(-1.5, 1.5, c.rate_levels).mul(math.log(2))[:, None]
-            self.log_gain = nn.Parameter(spread.repeat(1, c.M))
-            self.log_inv_gain = nn.Parameter(-spread.repeat(1, c.M))
+            # (computed on the CPU and copied in place: math on meta tensors, where a
+            # checkpoint's model is first built, imports torch's compiler)
+            spread = torch.linspace(-1.5, 1.5, c.rate_levels, device="cpu").mul(math.log(2))
+            self.log_gain = nn.Parameter(torch.empty(c.rate_levels, c.M))
+            self.log_inv_gain = nn.Parameter(torch.empty(c.rate_levels, c.M))
+            with torch.no_grad():
+                for param, sign in ((self.log_gain, 1), (self.log_inv_gain, -1)):
+                    param.copy_((sign * spread).to(param.device)[:, None].expand_as(param))
         self._int_h_s: IntegerHyperSynthesis | None = None
         self._fingerprint: bytes | None = None
         self.weights_info = WeightsInfo()       # what its checkpoint says (tica.checkpoint)

@@ -75,8 +75,12 @@ class GDN(nn.Module):
         super().__init__()
         self.inverse = inverse
         self.beta_min = beta_min
-        self.beta = nn.Parameter(torch.ones(channels).sqrt())
-        self.gamma = nn.Parameter((gamma_init * torch.eye(channels)).sqrt())
+        # in-place fills, which the meta device computes without importing torch's compiler
+        # (the values are sqrt(1) and sqrt(gamma_init) on the diagonal, as before)
+        self.beta = nn.Parameter(torch.ones(channels))
+        self.gamma = nn.Parameter(torch.zeros(channels, channels))
+        with torch.no_grad():
+            self.gamma.diagonal().fill_(torch.tensor(gamma_init, device="cpu").sqrt().item())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         beta = self.beta.square() + self.beta_min
