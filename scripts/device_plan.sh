@@ -33,7 +33,8 @@
 #       photographs halved, WebP quality 90, 3 MiB; Imagenette's training split at 160x160,
 #       WebP quality 75, 35 MiB), the plan checked against the 8-file / 16 MiB / 64 MiB
 #       limits, every shipped weight file out of git's index (the plan reads none)
-#   remote: "bash scripts/device_plan.sh run", sending .devdata and .whl, a limit of 590 s;
+#   remote: "bash scripts/device_plan.sh run", sending the folders 'prepare' names (the
+#       three data sets, .devdata/COMMIT and .whl), a limit of 590 s;
 #       the plan's clock starts ~10 s in; runs stop, export and exit by 470 s, SIGTERM at
 #       515 s, SIGKILL at 525 s. Every 90 s and at the end each published run's float16,
 #       coding-ready weights are copied into $OUT (tica-photo in two parts, the CIFAR codecs
@@ -46,7 +47,7 @@
 # While the weights are out of the index, `git status` shows them deleted: commit nothing
 # before 'restore'. Wheels put in .whl/ are installed on the remote machine (none needed).
 #   bash scripts/device_plan.sh smoke [DIR]    the scratch plan's runs on this CPU, tiny
-#   bash scripts/device_plan.sh check          what a call would send, against 64 MiB
+#   bash scripts/device_plan.sh check          what the scratch call would send, against 64 MiB
 #   bash scripts/device_plan.sh light|light-for PLAN|restore   weights out of / into the index
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -96,49 +97,64 @@ continue_for() {   # here, before each of the two continuation calls: PART is ci
         fidelity) carry=.devdata/photos-lossless; plan=scripts/plans/gpu-photo-fidelity.json ;;
         *) echo "device_plan: continue cifar|photo|fidelity" >&2; return 2 ;;
     esac
-    prepare_data
+    prepare_data "$carry"
     OMP_NUM_THREADS=1 "$PY" -m tica_tools.plan run "$plan" --dry-run --data-root .devdata \
         --runs-dir /tmp/tica-runs
-    light_for "$plan"
-    "$PY" -m tica_tools.plan travel-size "$carry" .devdata/COMMIT || return 3
+    light_for "$plan"              # what is sent is measured without the weights left out
+    "$PY" -m tica_tools.plan travel-size "$carry" .devdata/COMMIT || { restore; return 3; }
     echo "device_plan: now the remote command \"bash scripts/device_plan.sh run $plan\"," \
          "sending $carry and .devdata/COMMIT, a limit of 330 s; then 'restore' here"
 }
 
-prepare_data() {   # .devdata: the data the plans read, and the commit they train at
+prepare_data() {   # .devdata: the commit the plans train at, and the data named (each built once)
+    local need
     exclude /.devdata/
     exclude /.whl/
     mkdir -p .devdata .whl
-    cmp -s "$DATA/cifar10-jpeg.tar.gz" .devdata/cifar10-jpeg.tar.gz ||
-        cp -f "$DATA/cifar10-jpeg.tar.gz" .devdata/cifar10-jpeg.tar.gz
-    if [ ! -d .devdata/photos ]; then
-        "$PY" -m tica_tools.plan pack-photos "$DATA/photos" .devdata/photos.tmp 2 90
-        mv .devdata/photos.tmp .devdata/photos
-    fi
-    if [ ! -d .devdata/photos-lossless ]; then      # the photo-fidelity trial's crops
-        "$PY" -m tica_tools.plan pack-photos "$DATA/photos" .devdata/photos-lossless.tmp 2
-        mv .devdata/photos-lossless.tmp .devdata/photos-lossless
-    fi
-    if [ ! -d .devdata/imagenette ]; then
-        rm -rf .devdata/imagenette.tmp
-        "$PY" -m tica_tools.plan pack-split "$DATA/imagenette-224.tar.gz" .devdata/imagenette.tmp 160
-        mv .devdata/imagenette.tmp .devdata/imagenette
-    fi
     # the commit the plans train at, for the weights' provenance (the history does not travel)
     TICA_COMMIT= "$PY" -c "from tica_tools.plan.runner import source_commit as c; print(c() or '')" \
         > .devdata/COMMIT
+    if grep -q -- '-dirty$' .devdata/COMMIT; then   # ship_weights would refuse what it trains
+        echo "device_plan: the working tree has uncommitted changes (git status): commit" \
+             "them first, so that the weights name the code that trained them" >&2
+        return 4
+    fi
+    for need in "$@"; do
+        case "$need" in
+        .devdata/cifar10-jpeg.tar.gz)
+            cmp -s "$DATA/cifar10-jpeg.tar.gz" "$need" || cp -f "$DATA/cifar10-jpeg.tar.gz" "$need" ;;
+        .devdata/photos)                  # halved, WebP quality 90
+            [ -d "$need" ] || { "$PY" -m tica_tools.plan pack-photos "$DATA/photos" "$need.tmp" 2 90 &&
+                                mv "$need.tmp" "$need"; } ;;
+        .devdata/photos-lossless)         # the photo-fidelity trial's crops
+            [ -d "$need" ] || { "$PY" -m tica_tools.plan pack-photos "$DATA/photos" "$need.tmp" 2 &&
+                                mv "$need.tmp" "$need"; } ;;
+        .devdata/imagenette)              # the training split at 160x160, WebP quality 75
+            [ -d "$need" ] || { rm -rf "$need.tmp" &&
+                "$PY" -m tica_tools.plan pack-split "$DATA/imagenette-224.tar.gz" "$need.tmp" 160 &&
+                mv "$need.tmp" "$need"; } ;;
+        *) echo "device_plan: no recipe for $need" >&2; return 2 ;;
+        esac
+    done
 }
 
+SCRATCH_CARRY_DATA=".devdata/cifar10-jpeg.tar.gz .devdata/photos .devdata/imagenette"
+SCRATCH_CARRY="$SCRATCH_CARRY_DATA .devdata/COMMIT .whl"
+
 prepare() {
-    prepare_data
+    # shellcheck disable=SC2086
+    prepare_data $SCRATCH_CARRY_DATA
     OMP_NUM_THREADS=1 "$PY" -m tica_tools.plan run scripts/plans/gpu.json --dry-run \
         --data-root .devdata --runs-dir /tmp/tica-runs
     light
-    check
+    check || { restore; return 3; }
+    echo "device_plan: now the remote command \"bash scripts/device_plan.sh run\", sending" \
+         "$SCRATCH_CARRY, a limit of 590 s; then 'restore' here"
 }
 
-check() {
-    "$PY" -m tica_tools.plan travel-size .devdata .whl || {
+check() {          # what the scratch plan's call sends (the tree and its carried paths)
+    # shellcheck disable=SC2086
+    "$PY" -m tica_tools.plan travel-size $SCRATCH_CARRY || {
         echo "device_plan: what travels is over the 64 MiB a call may send: it would be" \
              "refused. Make the working tree smaller (the biggest folders are listed above)." >&2
         return 3

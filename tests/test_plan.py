@@ -782,3 +782,30 @@ def test_the_photo_fidelity_trial_continues_tica_photo_on_lossless_crops(tmp_pat
         assert (c.model, c.init, c.data) == ("tica-photo", "shipped", "DATA/photos-lossless")
         assert c.model_overrides == {"rate_levels": 8, "entropy_gain": True}   # as shipped
     assert configs["tica-photo-lossless-hq"].beta_max > configs["tica-photo-lossless"].beta_max
+
+
+def test_source_commit_ignores_the_weights_a_device_call_leaves_out(tmp_path, monkeypatch):
+    """The device plan takes the shipped weights out of git's index for a call: the commit
+    it records stays clean (ship_weights refuses a "-dirty" one); any other change is dirty."""
+    import shutil
+    import subprocess
+    from tica_tools.plan.runner import source_commit
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+    monkeypatch.delenv("TICA_COMMIT", raising=False)
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       cwd=tmp_path, check=True, capture_output=True)
+    (tmp_path / "src" / "tica" / "weights").mkdir(parents=True)
+    (tmp_path / "src" / "tica" / "weights" / "m.safetensors").write_bytes(b"w")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "c")
+    clean = source_commit(tmp_path)
+    assert clean and not clean.endswith("-dirty")
+    git("rm", "-q", "--cached", "src/tica/weights/m.safetensors")
+    assert source_commit(tmp_path) == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert source_commit(tmp_path) == clean + "-dirty"

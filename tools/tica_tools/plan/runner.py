@@ -33,19 +33,22 @@ def aggregate_tflop_s(runs, elapsed_s: float) -> float | None:
 
 
 COMMIT_ENV = "TICA_COMMIT"
+SHIPPED_WEIGHTS = "src/tica/weights/*.safetensors"
 
 
-def source_commit() -> str | None:
+def source_commit(repo: Path | None = None) -> str | None:
     """The commit the plan's code is at, for the weights' provenance: $TICA_COMMIT (set where a
     checkout travels without its history), else git's HEAD (+ "-dirty" with uncommitted
-    changes to tracked files), else None."""
+    changes to tracked files other than the shipped weights: the device plan takes those out
+    of git's index for a call, and the manifest's SHA-256 names them), else None."""
     if os.environ.get(COMMIT_ENV):
         return os.environ[COMMIT_ENV]
     try:
-        repo = Path(__file__).resolve().parents[3]
+        repo = repo or Path(__file__).resolve().parents[3]
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
                               text=True, timeout=10, check=True, cwd=repo).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", f":(exclude){SHIPPED_WEIGHTS}"],
                                capture_output=True, text=True, timeout=10, cwd=repo).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
