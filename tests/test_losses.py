@@ -79,3 +79,14 @@ def test_the_wsd_schedule_holds_the_peak_then_anneals_over_its_last_fifth():
     assert lrs[100] == pytest.approx(0.01)
     # the cosine schedule is already below its peak where wsd still holds it
     assert schedule_lr("cosine", 50, 100, 5, 1.0, 0.01) < 0.6 < lrs[50]
+
+
+def test_a_schedule_run_to_a_deadline_still_warms_up_step_by_step():
+    """A slow first (compiled) step puts a deadline's schedule 1,409 of 7,200 steps along at
+    step 1: the warm-up counts the steps taken, not the schedule's, and then the schedule's
+    position sets the rate (wsd: still at its peak; cosine: past it)."""
+    assert schedule_lr("wsd", 1409, 7200, 100, 6e-4, 0.01, steps_taken=1) == pytest.approx(1.2e-5)
+    assert schedule_lr("wsd", 1409, 7200, 100, 6e-4, 0.01, steps_taken=100) == pytest.approx(6e-4)
+    assert schedule_lr("cosine", 3650, 7200, 100, 1.0, 0.01, steps_taken=100) == pytest.approx(
+        schedule_lr("cosine", 3650, 7200, 100, 1.0, 0.01))
+    assert schedule_lr("cosine", 3650, 7200, 100, 1.0, 0.01) < 0.6

@@ -809,3 +809,28 @@ def test_source_commit_ignores_the_weights_a_device_call_leaves_out(tmp_path, mo
     assert source_commit(tmp_path) == clean
     (tmp_path / "code.py").write_text("x = 2\n")
     assert source_commit(tmp_path) == clean + "-dirty"
+
+
+def test_a_run_killed_between_exports_is_credited_what_its_weights_hold(tmp_path):
+    """The status counts a run's images from the step of its last export (the weights that
+    come back), not from its last logged step; a plan started afresh drops an earlier
+    session's exports, so they are never published as this session's."""
+    from tica_tools.plan.runner import PlanRunner, _follow_metrics
+    plan = load_plan(PLANS / "smoke.json", runs_dir=tmp_path / "runs")
+    run = plan.runs[0]
+    run.run_dir.mkdir(parents=True)
+    for stale in (run.export, run.run_dir / EXPORT_FILE):
+        stale.parent.mkdir(parents=True, exist_ok=True)
+        stale.write_bytes(b"an earlier session's weights")
+    runner = PlanRunner(plan, tmp_path / "out", resume=False, log=lambda _: None)
+    runner._adopt_finished()
+    assert not run.export.exists() and not (run.run_dir / EXPORT_FILE).exists()
+    records = [{"step": s, "loss": 1.0} for s in range(1, 51)]
+    records.insert(30, {"step": 30, "export": "interim", "export_s": 0.1})
+    (run.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    st = runner.states[run.name]
+    st.state, st.started, st.ended = "failed", runner.t0, runner.t0 + 60
+    _follow_metrics(run, st)
+    status = runner._run_status(run)
+    assert (status["steps"], status["exported_step"]) == (50, 30)
+    assert status["images_seen"] == 30 * run.config.batch_size

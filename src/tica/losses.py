@@ -85,14 +85,18 @@ WSD_DECAY = 0.2         # wsd: the last fifth of the schedule anneals
 
 
 def schedule_lr(kind: str, step: float, total: int, warmup: int, base: float,
-                min_ratio: float) -> float:
+                min_ratio: float, steps_taken: int | None = None) -> float:
     """Linear warm-up, then to base * min_ratio at `total` steps: "cosine" decays all the way;
     "wsd" (warm-up, stable, decay) holds the peak and anneals linearly over the last
     WSD_DECAY of the steps, so a run continued from trained weights learns at full rate most
-    of its time and still ends annealed (at its deadline, with schedule_by_deadline)."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    of its time and still ends annealed (at its deadline, with schedule_by_deadline).
+    `steps_taken`: the optimizer steps actually run, where `step` is further along (a
+    schedule run to a deadline): the warm-up counts those, so a slow first (compiled) step
+    does not skip it and a fresh optimizer never meets trained weights at the full rate."""
+    taken = step if steps_taken is None else steps_taken
+    if taken < warmup:
+        return base * (taken + 1) / warmup
+    progress = min(1.0, max(0.0, step - warmup) / max(1, total - warmup))
     if kind == "wsd":
         decay = max(0.0, (progress - (1 - WSD_DECAY)) / WSD_DECAY)
         return base * (1 - (1 - min_ratio) * decay)

@@ -150,7 +150,8 @@ def _train_step(run: _Run, step: int) -> tuple[dict[str, torch.Tensor], int]:
     x, labels = run.data.get(step, run.steps_per_epoch, cfg.batch_size, run.rank, run.world, g)
     x = x.to(run.device, non_blocking=True)
     labels = labels.to(run.device) if labels is not None else None
-    set_lr(run.optimizer, cfg, run.clock.schedule_step(step, run.total_steps), run.total_steps)
+    set_lr(run.optimizer, cfg, run.clock.schedule_step(step, run.total_steps), run.total_steps,
+           steps_taken=step)
     # Rate warm-up: Adam normalises each parameter's step, so the entropy models learn
     # at full speed while g_a feels the rate only gradually and keeps its information.
     rate_weight = _ramp(step, cfg.rate_warmup_steps)

@@ -137,8 +137,9 @@ def train_step(objective, optimizer, clipped, model, ema_state, x, labels, cfg: 
     return terms
 
 
-def set_lr(optimizer, cfg: TrainConfig, sched_step: float, total_steps: int) -> None:
+def set_lr(optimizer, cfg: TrainConfig, sched_step: float, total_steps: int,
+           steps_taken: int | None = None) -> None:
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] if group.get("fixed") else schedule_lr(
             cfg.lr_schedule, sched_step, total_steps, cfg.warmup_steps, group["base_lr"],
-            cfg.min_lr_ratio)
+            cfg.min_lr_ratio, steps_taken)

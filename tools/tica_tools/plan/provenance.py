@@ -32,7 +32,7 @@ def lease(status: dict, run: str) -> dict:
             "where": "gpu" if str(own.get("train_device") or "").startswith("cuda") else "cpu",
             **_init(runs[chain[-1]].get("init")),     # where the chain began
             "minutes": round(sum(runs[n].get("minutes") or 0 for n in chain + list(taught)), 2),
-            "steps": sum(runs[n].get("steps") or 0 for n in chain),
+            "steps": sum(runs[n].get("exported_step", runs[n].get("steps")) or 0 for n in chain),
             "images_seen": sum(runs[n].get("images_seen") or 0 for n in chain),
             **({"teachers": taught} if taught else {}),
             "aggregate_tflop_s": status.get("aggregate_tflop_s")}

@@ -99,8 +99,9 @@ def _follow_metrics(run: PlanRun, st: _RunState) -> None:
             st.metrics["eval"] = rec["eval"]
         if "train_gflop_per_image" in rec:
             st.metrics["gflop"] = rec["train_gflop_per_image"]
-        if rec.get("export") == "interim":
-            st.exports += 1
+        if rec.get("export"):
+            st.metrics["export_step"] = rec["step"]
+            st.exports += rec["export"] == "interim"
         if rec.get("done"):
             st.metrics["step"] = rec["step"]
 
@@ -171,8 +172,9 @@ class PlanRunner:
     def _adopt_finished(self) -> None:
         """A rerun plan: runs that finished earlier keep their results and exports."""
         if not self.resume:
-            for r in self.plan.runs:
-                (r.run_dir / RESULT_FILE).unlink(missing_ok=True)
+            for r in self.plan.runs:        # runs from nothing: an earlier session's weights
+                for stale in (r.run_dir / RESULT_FILE, r.run_dir / EXPORT_FILE, r.export):
+                    stale.unlink(missing_ok=True)     # must not be published as this one's
             return
         for r in self.plan.runs:
             result = _read_result(r)
@@ -339,13 +341,16 @@ class PlanRunner:
         st, c, res = self.states[run.name], run.config, self.states[run.name].result
         end = st.ended or (time.time() if st.started else None)
         steps = st.metrics.get("step")
+        # what its weights hold: a run killed between exports trained steps that are lost
+        held = st.metrics.get("export_step", steps)
         # a resumed run: its earlier starts' training loops count too (their steps do)
         this_start = round((end - st.started) / 60, 2) if st.started else None
         earlier = (res.get("earlier_wall_s") or 0) / 60
         return {"state": st.state, "reason": st.reason, "model": c.model, "train_step": c.step,
                 "after": run.after, "init": c.init, "teacher": c.teacher, "train_device": c.device,
                 "batch_size": c.batch_size, "steps": steps,
-                "images_seen": steps * c.batch_size if steps else 0,
+                "exported_step": held,
+                "images_seen": held * c.batch_size if held else 0,
                 "gflop_per_image": st.metrics.get("gflop"),
                 "planned_steps": res.get("planned_steps"), "epoch": st.metrics.get("epoch"),
                 "img_s": st.metrics.get("img_s"), "img_s_mean": res.get("img_s"),
