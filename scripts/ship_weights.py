@@ -23,7 +23,10 @@ for several data sets (e.g. Imagenette's validation split and Kodak): the codec 
 if it is worse on none and better on one, and its manifest results are then those rows,
 one key per data set (e.g. imagenette_val_1k, kodak_24). Several --codec of one preset are
 a trial's arms: the shipped curve is measured once, and at most one arm ships (the best that
-passes; `gate`). Exit status 3 if a preset's codecs were all kept out.
+passes; `gate`). A --model (a clean-pixel classifier) faces the same option: its top-1 on
+the labelled data sets against the shipped one's, a paired bootstrap over the images
+(`classifier_gate`). Exit status 3 if a preset's codecs, or a classifier, were kept out. A
+file shipped without new results keeps the rows its predecessor had.
 
 --plan-status reads the plan.json of the plan that trained the files (each file's run is its
 name: tica-cifar, tica-cifar-step1, vit-pixel-cifar, ...) and writes its provenance: the
@@ -53,12 +56,14 @@ from torch import nn
 
 from tica.checkpoint import save_checkpoint
 from tica import api
-from tica.evaluate import LearnedPipeline, eval_data, evaluate
+from tica.errors import TicaError
+from tica.evaluate import LearnedPipeline, Uncompressed, eval_data, evaluate
 from tica.image import read_image
 from tica.io import sha256_file
 from tica.registry import MANIFEST, load_checkpoint, manifest_json, write_manifest
 from tica_tools.plan.provenance import accumulate, chain
-from tica_tools.rd import curve_rows, curve_verdict, curves_table, top1_gap_text
+from tica_tools.rd import (curve_rows, curve_verdict, curves_table, paired_accuracy_interval,
+                           top1_gap_text)
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "tica" / "weights"
 
@@ -196,6 +201,49 @@ def gate(models: list[nn.Module], sources: list[str], args: argparse.Namespace
     return [(i == chosen, results[i]) for i in range(n)]
 
 
+def classifier_gate(model: nn.Module, args: argparse.Namespace) -> tuple[bool, dict]:
+    """A classifier (--model) as it would ship (float16) against its preset's shipped one on
+    each labelled --only-if-better data set: top-1 on the clean images, the difference
+    counted when its 95% paired-bootstrap interval leaves out zero. It ships when no worse on
+    any and better on one (or where none is shipped yet). Returns (ships, manifest results:
+    one key per data set)."""
+    name = model.config.name
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(model, Path(tmp) / "c.safetensors", model.weights_info, half=True)
+        candidate = load_checkpoint(Path(tmp) / "c.safetensors")
+    try:
+        shipped = api.load(name)
+    except TicaError:
+        shipped = None
+    results, verdicts = {}, []
+    for source in args.only_if_better:
+        data = eval_data(source, args.split, limit=args.limit)
+        if data.split is None:
+            continue                          # a folder without labels says nothing of top-1
+        new = evaluate(Uncompressed(candidate, name), data.batches())
+        row = {"top1": round(new.top1, 4)}
+        if shipped is not None:
+            old = evaluate(Uncompressed(shipped, name), data.batches())
+            low, high = paired_accuracy_interval(old.per_image.correct, new.per_image.correct)
+            verdict = {"top1_previous": round(old.top1, 4),
+                       "top1_points": round(100 * (new.top1 - old.top1), 4),
+                       "top1_interval": [round(low, 4), round(high, 4)],
+                       "better": low > 0, "worse": high < 0}
+            verdicts.append(verdict)
+            row["vs_previous"] = verdict
+            print(f"{name} on {data.count} images of {data.name}: top-1 {old.top1:.4f} -> "
+                  f"{new.top1:.4f} ({verdict['top1_points']:+.2f} points, 95% paired "
+                  f"interval [{low:+.2f}, {high:+.2f}])")
+        results[data.name] = row
+    if not results:
+        raise SystemExit(f"--model {name}: --only-if-better needs a labelled data set to "
+                         "compare classifiers on")
+    ships = shipped is None or (not any(v["worse"] for v in verdicts)
+                                and any(v["better"] for v in verdicts))
+    print(f"{name}: " + ("better, shipping" if ships else "not better, not shipped"))
+    return ships, results
+
+
 def _load_codec(src: str) -> nn.Module:
     model = load_checkpoint(src)
     if not model.is_updated or not model.config.rate_levels:
@@ -298,14 +346,18 @@ def main(argv: list[str] | None = None) -> int:
     images = ([(read_image(f)[None], None) for f in sorted(Path(args.check).glob("*.png"))]
               if args.check else [])
     verdicts = _verdicts(args)
+    classifiers = ({src: classifier_gate(load_checkpoint(src), args) for src in args.model}
+                   if args.only_if_better else {})
     shipping = {m.config.name for m, ships, _ in verdicts.values() if ships}
-    kept_out = {m.config.name for m, _, _ in verdicts.values()} - shipping
+    kept_out = (bool({m.config.name for m, _, _ in verdicts.values()} - shipping)
+                or any(not ships for ships, _ in classifiers.values()))
     with _manifest_lock(path):
-        _edit(path, args, verdicts, images)
+        _edit(path, args, verdicts, images, classifiers)
     return 3 if kept_out else 0
 
 
-def _edit(path: Path, args: argparse.Namespace, verdicts: dict, images: list) -> None:
+def _edit(path: Path, args: argparse.Namespace, verdicts: dict, images: list,
+          classifiers: dict) -> None:
     """Read the manifest, ship what passed into it and the package, write it back."""
     manifest = manifest_json(path)
     entries = manifest["weights"]
@@ -314,13 +366,20 @@ def _edit(path: Path, args: argparse.Namespace, verdicts: dict, images: list) ->
             _ship_codec(model, args, entries, images, results, source)
     for role, sources in (("classifier", args.model), ("step1", [args.step1] if args.step1 else [])):
         for src in sources:
-            model = load_checkpoint(src)
+            model, results = load_checkpoint(src), args.results
             target = f"{model.config.name}{'-step1' if role == 'step1' else ''}.safetensors"
+            if role == "classifier" and src in classifiers:
+                ships, results = classifiers[src]
+                if not ships:
+                    continue
+            # rows measured before stay unless new ones are
+            earlier = next((e for e in entries if e["name"] == Path(target).stem), {})
+            results = results or earlier.get("results", {})
             trained = _trained(Path(target).stem, args, entries, src)
             info = replace(model.weights_info, **({"trained": trained} if trained else {}))
             save_checkpoint(model, WEIGHTS / target, info, half=True)
             _put(entries, _entry(load_checkpoint(WEIGHTS / target), target, role, trained,
-                               args.results))
+                                 results))
             print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB")
     if args.rehash:
         for e in entries:

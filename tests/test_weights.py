@@ -288,3 +288,40 @@ def test_a_shipped_file_that_is_not_the_manifests_is_refused(tmp_path, monkeypat
         tica.load("tica-cifar")
     copy.write_bytes(entry.file.read_bytes())               # the manifest's bytes again
     assert tica.load("tica-cifar").model_id == entry.model_id
+
+
+@pytest.mark.real_data("cifar10-jpeg.tar.gz")
+def test_a_classifier_ships_only_if_better_and_keeps_its_results(tmp_path, capsys, monkeypatch):
+    """--model with --only-if-better: the shipped vit-pixel-cifar offered again is no better
+    than itself (nothing changes, its manifest results kept); offered against a worse shipped
+    one (its head zeroed) it ships, with the paired comparison as its results."""
+    import shutil
+
+    import torch
+
+    ship = _ship_module(tmp_path)
+    weights = ship.WEIGHTS
+    before = {p.name: p.read_bytes() for p in weights.iterdir()}
+    candidate = tmp_path / "candidate.safetensors"
+    shutil.copy(weights / "vit-pixel-cifar.safetensors", candidate)
+    args = ["--model", str(candidate), "--only-if-better", str(DATA / "cifar10-jpeg.tar.gz"),
+            "--limit", "100"]
+    assert ship.main(args) == 3
+    out = capsys.readouterr().out
+    assert "(+0.00 points, 95% paired interval [+0.00, +0.00])" in out
+    assert "vit-pixel-cifar: not better, not shipped" in out
+    assert {p.name: p.read_bytes() for p in weights.iterdir()} == before
+
+    def worse(name):
+        model = tica.load(name)
+        with torch.no_grad():
+            for p in model.vit.head.parameters():
+                p.zero_()
+        return model
+    monkeypatch.setattr(ship.api, "load", worse)
+    assert ship.main(args) == 0
+    assert "vit-pixel-cifar: better, shipping" in capsys.readouterr().out
+    entry = next(e for e in read_manifest(weights / MANIFEST) if e.name == "vit-pixel-cifar")
+    row = entry.results["cifar10_test_100"]
+    assert row["vs_previous"]["better"] and row["vs_previous"]["top1_interval"][0] > 0
+    assert row["top1"] > row["vs_previous"]["top1_previous"] + 0.3

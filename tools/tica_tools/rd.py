@@ -155,6 +155,23 @@ def paired_top1_interval(anchor: Sequence[dict], test: Sequence[dict], level: fl
     return float(low), float(high)
 
 
+def paired_accuracy_interval(right_a: Sequence[bool], right_t: Sequence[bool],
+                             level: float = 0.95, resamples: int = TOP1_RESAMPLES,
+                             seed: int = 0) -> tuple[float, float]:
+    """The `level` interval of the top-1 difference (points) of classifier t over classifier
+    a answering the same images (each image right or wrong for each), from a paired
+    bootstrap with a fixed `seed`: the clean-pixel baselines' gate."""
+    a, t = np.asarray(right_a, float), np.asarray(right_t, float)
+    if a.shape != t.shape or a.size == 0:
+        raise TicaError("a paired comparison needs both classifiers' answers on the same images")
+    n = a.size
+    draws = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=resamples)
+    diffs = 100 * (draws @ (t - a)) / n
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(diffs, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def curve_verdict(anchor: Sequence[dict], test: Sequence[dict], top1_resolution: float = 0.0
                   ) -> dict:
     """Whether codec `test`'s curve beats `anchor`'s, from evaluation rows (dicts with bpp,
