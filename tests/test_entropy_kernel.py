@@ -289,3 +289,30 @@ def test_tables_that_could_not_have_been_built_are_refused():
     table = CodingTables(freqs, torch.tensor([1]), torch.tensor([0]))
     with pytest.raises(ValueError, match="out of range"):  # a table index past the tables
         encode_batch([(np.zeros((1, 3), np.int64), np.array([0, 1, 0]), table)], 1)
+
+
+def test_the_kernel_refuses_what_its_callers_could_get_wrong_instead_of_crashing(gaussian):
+    """What only a direct caller could pass (BatchDecoder and CodingTables never do) is a
+    ValueError, not a read out of bounds: a read position past its payload, a table length
+    that overflows int32 arithmetic."""
+    from tica.entropy import _rans
+    good = encode_batch([(np.zeros((1, 10), np.int64), np.zeros(10, np.int64), gaussian)], 1)
+    reader = BatchDecoder(good)
+    with pytest.raises(ValueError, match="out of range"):
+        _rans.decoder_init(reader._words, reader._starts, reader._states,
+                           np.array([1 << 40], np.int64), 1)
+    spec = (np.array([0, 1 << PRECISION], np.uint32), 2, np.array([2 ** 31 - 1], np.int32),
+            np.zeros(1, np.int32), np.zeros(4, np.int32), 4, 0, np.zeros(1, np.uint16), 0)
+    with pytest.raises(ValueError, match="malformed"):
+        _rans.decode(spec, reader._words, reader._starts, reader._states, reader._positions,
+                     np.empty((1, 4), np.int32), 1, 0, 1, 1)
+
+
+def test_a_payload_decoding_to_values_no_encoder_writes_is_a_bitstream_error(gaussian):
+    """Escapes whose overflow puts a value past +-2^20 (the encoder clamps there): refused,
+    naming the image, where they had decoded to values up to 2^22."""
+    index = np.zeros(64, np.int64)
+    good = encode_batch([(np.zeros((1, 64), np.int64), index, gaussian)], 1)[0]
+    reader = BatchDecoder([good, b"\xff" * 256])
+    with pytest.raises(BitstreamError, match="image 1: a decoded value lies beyond"):
+        reader.decode(index, gaussian)

@@ -264,9 +264,10 @@ static int decode_plan(const Segment *g, Py_ssize_t b, Scratch *s) {
     return 0;
 }
 
-/* The table entries decoded, image b's escapes: their overflows, and every value. */
-static void decode_escapes(Decoder *d, const Segment *g, int32_t *out, Py_ssize_t b,
-                           Scratch *s) {
+/* The table entries decoded, image b's escapes: their overflows, and every value. -4 if a
+ * value lies beyond +-MAX_ABS_VALUE, which no encoder writes (it clamps to that). */
+static int decode_escapes(Decoder *d, const Segment *g, int32_t *out, Py_ssize_t b,
+                          Scratch *s) {
     const int32_t *idx = g->idx_p + (g->per_image ? b * g->n : 0);
     Py_ssize_t escapes = 0;
     for (Py_ssize_t i = 0; i < g->n; i++) {
@@ -282,8 +283,11 @@ static void decode_escapes(Decoder *d, const Segment *g, int32_t *out, Py_ssize_
         if (nbits >= 2) u += dec_uniform(d, 1u << (nbits - 1));
         int32_t i = s->escaped[k], t = idx[i];
         int64_t overflow = unzigzag(u), base = g->off_p[t];
-        out[i] = (int32_t)(overflow < 0 ? base + overflow : base + g->len_p[t] - 1 + overflow);
+        int64_t value = overflow < 0 ? base + overflow : base + g->len_p[t] - 1 + overflow;
+        if (value < -MAX_ABS_VALUE || value > MAX_ABS_VALUE) return -4;
+        out[i] = (int32_t)value;
     }
+    return 0;
 }
 
 #define LANES 4                 /* images decoded side by side by one thread */
@@ -294,9 +298,9 @@ static void decode_escapes(Decoder *d, const Segment *g, int32_t *out, Py_ssize_
  * independent chains (quantile, entry, next state) overlap in the processor instead of
  * each waiting for its last step. */
 static int decode_segments(Decoder *d, const Segment *g, int32_t *out, Py_ssize_t b,
-                           Py_ssize_t lanes, Scratch *s) {
+                           Py_ssize_t lanes, Scratch *s, Py_ssize_t *which) {
     for (Py_ssize_t l = 0; l < lanes; l++)
-        if (decode_plan(g, b + l, &s[l])) return -2;
+        if (decode_plan(g, b + l, &s[l])) { *which = b + l; return -2; }
     const uint32_t *cdf = g->cdf_p;
     const int32_t *len = g->len_p;
     const uint16_t *look = g->look_p;
@@ -319,7 +323,7 @@ static int decode_segments(Decoder *d, const Segment *g, int32_t *out, Py_ssize_
     }
 #undef STEP
     for (Py_ssize_t l = 0; l < lanes; l++)
-        decode_escapes(&d[l], g, out + l * n, b + l, &s[l]);
+        if (decode_escapes(&d[l], g, out + l * n, b + l, &s[l])) { *which = b + l; return -4; }
     return 0;
 }
 
@@ -358,7 +362,7 @@ static int parse_segment(PyObject *item, Segment *g, Py_ssize_t batch) {
         || g->lookup.len != (g->tables << g->lookup_bits) * (Py_ssize_t)sizeof(uint16_t))
         return fail("segment arrays have inconsistent sizes");
     for (Py_ssize_t t = 0; t < g->tables; t++)
-        if (g->len_p[t] < 1 || g->len_p[t] + 2 > g->width
+        if (g->len_p[t] < 1 || (Py_ssize_t)g->len_p[t] + 2 > g->width
             || g->cdf_p[t * g->width + g->len_p[t] + 1] != ONE)
             return fail("a coding table is malformed");
     return 0;
@@ -392,6 +396,7 @@ static const char *status_message(int status) {
     case -1: return "out of memory while entropy coding";
     case -2: return "a table index is out of range";
     case -3: return "a value's overflow is too wide to code";
+    case -4: return "a decoded value lies beyond the coder's range";
     default: return "entropy coding failed";
     }
 }
@@ -510,14 +515,15 @@ static int batch_parse(PyObject *words, PyObject *starts, PyObject *states,
         || PyObject_GetBuffer(states, &st->states, PyBUF_WRITABLE)
         || PyObject_GetBuffer(positions, &st->positions, PyBUF_WRITABLE))
         return -1;
-    const int64_t *s = st->starts.buf;
+    const int64_t *s = st->starts.buf, *p = st->positions.buf;
     if (st->starts.len != (batch + 1) * (Py_ssize_t)sizeof(int64_t)
         || st->states.len != batch * (Py_ssize_t)sizeof(uint64_t)
         || st->positions.len != batch * (Py_ssize_t)sizeof(int64_t)
         || st->words.len % 4)
         return fail("decoder state arrays have inconsistent sizes");
     for (Py_ssize_t b = 0; b < batch; b++)
-        if (s[b] < 0 || s[b] > s[b + 1] || s[b + 1] * 4 > st->words.len)
+        if (s[b] < 0 || s[b] > s[b + 1] || s[b + 1] > st->words.len / 4
+            || p[b] < 0 || p[b] > s[b + 1] - s[b])
             return fail("payload offsets are out of range");
     return 0;
 }
@@ -588,26 +594,32 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
         uint64_t *states = st.states.buf;
         int64_t *positions = st.positions.buf;
         int32_t *o = out.buf;
+        Py_ssize_t first_bad = PY_SSIZE_T_MAX;         /* the lowest image refused */
         Py_BEGIN_ALLOW_THREADS
         #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
         for (Py_ssize_t k = 0; k < groups; k++) {
-            Py_ssize_t b = begin + k * LANES;
+            Py_ssize_t b = begin + k * LANES, which = 0;
             Py_ssize_t lanes = end - b < LANES ? end - b : LANES;
             Decoder d[LANES];
             for (Py_ssize_t l = 0; l < lanes; l++)
                 d[l] = (Decoder){words + starts[b + l], positions[b + l], states[b + l]};
-            int bad = decode_segments(d, &g, o + b * g.n, b, lanes, sc + THREAD_NUM() * LANES);
+            int bad = decode_segments(d, &g, o + b * g.n, b, lanes, sc + THREAD_NUM() * LANES,
+                                      &which);
             for (Py_ssize_t l = 0; l < lanes; l++) {
                 states[b + l] = d[l].state;
                 positions[b + l] = d[l].pos;
             }
             if (bad) {
-                #pragma omp atomic write
-                status = bad;
+                #pragma omp critical
+                {
+                    status = bad;
+                    if (which < first_bad) first_bad = which;
+                }
             }
         }
         Py_END_ALLOW_THREADS
-        if (status) PyErr_SetString(PyExc_ValueError, status_message(status));
+        if (status)
+            PyErr_Format(PyExc_ValueError, "image %zd: %s", first_bad, status_message(status));
     }
     for (int l = 0; sc && l < nt * LANES; l++)
         scratch_free(&sc[l]);
