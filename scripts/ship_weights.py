@@ -105,10 +105,44 @@ def _lease_of(leases: list[dict], source: str) -> dict:
     return named[0]
 
 
-def _entry(model, target: str, role: str, trained: dict, results: dict) -> dict:
+class Staging:
+    """The files a shipping writes, under temporary names beside their places until every
+    one is written and checked: then they replace the old ones and the manifest is written,
+    and only after that are superseded files deleted. A failure before (an evaluation, a
+    full disk) leaves the package as it was."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, Path] = {}          # final name -> staged file
+        self.superseded: list[str] = []
+
+    def path(self, target: str) -> Path:
+        self.files[target] = WEIGHTS / f".{target}.staged"
+        return self.files[target]
+
+    def where(self, target: str) -> Path:
+        """Where `target` is now: staged, else in place."""
+        return self.files.get(target, WEIGHTS / target)
+
+    def commit(self, manifest: dict, path: Path) -> None:
+        for target, staged in self.files.items():
+            staged.replace(WEIGHTS / target)
+        self.files.clear()
+        write_manifest(manifest, path)
+        kept = {e["file"] for e in manifest["weights"]}
+        for name in self.superseded:
+            if name not in kept:
+                (WEIGHTS / name).unlink(missing_ok=True)
+                print(f"removed {name} (superseded)")
+
+    def discard(self) -> None:
+        for staged in self.files.values():
+            staged.unlink(missing_ok=True)
+
+
+def _entry(model, target: str, role: str, trained: dict, results: dict, file: Path) -> dict:
     info = model.weights_info
     entry = {"name": Path(target).stem, "file": target, "preset": model.config.name, "role": role,
-             "sha256": sha256_file(WEIGHTS / target), "trained": trained or info.trained,
+             "sha256": sha256_file(file), "trained": trained or info.trained,
              "results": results}
     if role == "codec":
         entry["model_id"] = f"{model.model_id:04x}"
@@ -116,16 +150,15 @@ def _entry(model, target: str, role: str, trained: dict, results: dict) -> dict:
     return entry
 
 
-def _put(entries: list[dict], entry: dict) -> None:
+def _put(entries: list[dict], entry: dict, staging: Staging) -> None:
     """Add `entry`, replacing the one of its name or of its preset and role (the old file is
-    deleted)."""
+    deleted once the manifest no longer names it)."""
     for old in list(entries):
         if old["name"] == entry["name"] or (old["preset"], old["role"]) == (entry["preset"],
                                                                             entry["role"]):
             entries.remove(old)
             if old["file"] != entry["file"]:
-                (WEIGHTS / old["file"]).unlink(missing_ok=True)
-                print(f"removed {old['file']} (superseded by {entry['file']})")
+                staging.superseded.append(old["file"])
     entries.append(entry)
 
 
@@ -291,17 +324,19 @@ def _manifest_lock(path: Path):
 
 
 def _ship_codec(model: nn.Module, args: argparse.Namespace, entries: list[dict], images: list,
-                results: dict, source: str) -> None:
-    """Ship one --codec's model: float16 into the package, its entry into `entries`."""
+                results: dict, source: str, staging: Staging) -> None:
+    """Ship one --codec's model: float16 into the package (staged), its entry into
+    `entries`."""
     info = model.weights_info
     target = f"{model.config.name}.safetensors"
     trained = _trained(model.config.name, args, entries, source)
     if trained:
         info = replace(info, trained=trained)
-    save_checkpoint(model, WEIGHTS / target, info, half=True)
-    shipped = load_checkpoint(WEIGHTS / target)       # the id of what users will load
-    _put(entries, _entry(shipped, target, "codec", trained, results))
-    print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB, id {shipped.model_id:04x}")
+    file = staging.path(target)
+    save_checkpoint(model, file, info, half=True)
+    shipped = load_checkpoint(file)                    # the id of what users will load
+    _put(entries, _entry(shipped, target, "codec", trained, results, file), staging)
+    print(f"{target}: {file.stat().st_size / 1e6:.1f} MB, id {shipped.model_id:04x}")
     if args.check:
         full, half = (evaluate(LearnedPipeline(m), images) for m in (model, shipped))
         print(f"  float32: {full.bpp:.4f} bpp, {full.psnr_per_image:.3f} dB; float16: "
@@ -361,9 +396,21 @@ def _edit(path: Path, args: argparse.Namespace, verdicts: dict, images: list,
     """Read the manifest, ship what passed into it and the package, write it back."""
     manifest = manifest_json(path)
     entries = manifest["weights"]
+    staging = Staging()
+    try:
+        _stage(args, entries, verdicts, images, classifiers, staging)
+        entries.sort(key=lambda e: (e["preset"], e["role"]))
+        staging.commit(manifest, path)
+    finally:
+        staging.discard()
+
+
+def _stage(args: argparse.Namespace, entries: list[dict], verdicts: dict, images: list,
+           classifiers: dict, staging: Staging) -> None:
+    """Write what ships under staged names and its entries into `entries`."""
     for source, (model, ships, results) in verdicts.items():
         if ships:
-            _ship_codec(model, args, entries, images, results, source)
+            _ship_codec(model, args, entries, images, results, source, staging)
     for role, sources in (("classifier", args.model), ("step1", [args.step1] if args.step1 else [])):
         for src in sources:
             model, results = load_checkpoint(src), args.results
@@ -377,17 +424,16 @@ def _edit(path: Path, args: argparse.Namespace, verdicts: dict, images: list,
             results = results or earlier.get("results", {})
             trained = _trained(Path(target).stem, args, entries, src)
             info = replace(model.weights_info, **({"trained": trained} if trained else {}))
-            save_checkpoint(model, WEIGHTS / target, info, half=True)
-            _put(entries, _entry(load_checkpoint(WEIGHTS / target), target, role, trained,
-                                 results))
-            print(f"{target}: {(WEIGHTS / target).stat().st_size / 1e6:.1f} MB")
+            file = staging.path(target)
+            save_checkpoint(model, file, info, half=True)
+            _put(entries, _entry(load_checkpoint(file), target, role, trained, results, file),
+                 staging)
+            print(f"{target}: {file.stat().st_size / 1e6:.1f} MB")
     if args.rehash:
         for e in entries:
-            e["sha256"] = sha256_file(WEIGHTS / e["file"])
+            e["sha256"] = sha256_file(staging.where(e["file"]))
             if e["role"] == "codec":
-                e["model_id"] = f"{load_checkpoint(WEIGHTS / e['file']).model_id:04x}"
-    entries.sort(key=lambda e: (e["preset"], e["role"]))
-    write_manifest(manifest, path)
+                e["model_id"] = f"{load_checkpoint(staging.where(e['file'])).model_id:04x}"
 
 
 if __name__ == "__main__":

@@ -216,6 +216,18 @@ def test_a_lease_no_plan_ran_joins_the_shipped_files_history(tmp_path):
     with pytest.raises(SystemExit, match="'abc1234-dirty', not a commit"):
         ship.main(["--codec", str(codec), "--lease", str(tmp_path / "dirty.json")])
     assert (ship.WEIGHTS / "manifest.json").read_text() == manifest
+    # a failure after the files are written (here the float16 check) changes nothing: they
+    # were staged, and replace the old ones only with the manifest
+    before = {p.name: p.read_bytes() for p in ship.WEIGHTS.iterdir()}
+    (tmp_path / "check").mkdir()
+
+    def broken(*args):
+        raise RuntimeError("the evaluation failed")
+    ship.evaluate = broken
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        ship.main(["--codec", str(codec), "--lease", str(tmp_path / "lease.json"),
+                   "--check", str(tmp_path / "check")])
+    assert {p.name: p.read_bytes() for p in ship.WEIGHTS.iterdir()} == before
 
 
 def test_one_shipping_at_a_time_edits_the_manifest(tmp_path):

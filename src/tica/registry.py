@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -161,8 +162,13 @@ def write_manifest(data: dict, path: Path | None = None) -> None:
     path = path or weights_root() / MANIFEST
     if data.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"format is not {MANIFEST_FORMAT}")
-    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
-    read_manifest(path)
+    staged = path.with_name(f".{path.name}.staged")       # checked before it replaces the old
+    try:
+        atomic_write_text(staged, json.dumps(data, indent=1) + "\n")
+        read_manifest(staged)
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def read_manifest(path: Path | None = None) -> list[ShippedWeights]:
