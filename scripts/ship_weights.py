@@ -56,7 +56,7 @@ from torch import nn
 
 from tica.checkpoint import save_checkpoint
 from tica import api
-from tica.errors import TicaError
+from tica.errors import ConfigError, TicaError
 from tica.evaluate import LearnedPipeline, Uncompressed, eval_data, evaluate
 from tica.image import read_image
 from tica.io import sha256_file
@@ -74,10 +74,14 @@ def _trained(name: str, args: argparse.Namespace, entries: list[dict], source: s
     `name`), continuing the shipped entry's history where the lease continued its weights."""
     if args.trained or not (args.plan_status or args.lease):
         return args.trained
-    earlier = next((e["trained"] for e in entries if e["name"] == name), None)
-    if args.lease:
-        return accumulate(earlier, _committed(_lease_of(args.lease, source)))
-    return _committed(chain(earlier, args.plan_status, name, source))
+    entry = next((e for e in entries if e["name"] == name), {})
+    earlier = entry.get("trained")
+    try:
+        if args.lease:
+            return accumulate(earlier, _committed(_lease_of(args.lease, source)))
+        return _committed(chain(earlier, args.plan_status, name, source, entry.get("sha256")))
+    except ConfigError as exc:
+        raise SystemExit(f"{name}: {exc}") from None
 
 
 def _committed(lease: dict) -> dict:
@@ -90,6 +94,16 @@ def _committed(lease: dict) -> dict:
                          "repository (uncommitted changes?): rerun it from a commit, or set "
                          "its commit to the one whose code it ran")
     return lease
+
+
+def _check_histories(args: argparse.Namespace, entries: list[dict]) -> None:
+    """Each file's provenance worked out once before any evaluation, so that a lease that
+    cannot join the file's history (uncommitted, continuing a file no longer shipped,
+    already in it) stops the shipping before the gate's minutes, not after them."""
+    named = [(src, "") for src in [*args.codec, *args.model]]
+    named += [(args.step1, "-step1")] if args.step1 else []
+    for src, suffix in named:
+        _trained(load_checkpoint(src).config.name + suffix, args, entries, src)
 
 
 def _lease_of(leases: list[dict], source: str) -> dict:
@@ -378,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     for lease in args.lease:          # refused before the gate runs, not after it
         _committed(lease)
     path = WEIGHTS / MANIFEST
+    _check_histories(args, manifest_json(path)["weights"])
     images = ([(read_image(f)[None], None) for f in sorted(Path(args.check).glob("*.png"))]
               if args.check else [])
     verdicts = _verdicts(args)

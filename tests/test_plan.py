@@ -752,7 +752,7 @@ def test_a_continuation_plan_runs_from_the_shipped_weights_and_its_leases_add_up
     plan.json lease continues the shipped file's history."""
     from tica.registry import read_manifest
     from tica_tools.plan import main
-    from tica_tools.plan.provenance import accumulate, lease
+    from tica_tools.plan.provenance import accumulate, chain, lease
     out = tmp_path / "out"
     assert main(["run", str(PLANS / "smoke-continue.json"), "--out", str(out), "--runs-dir",
                  str(tmp_path / "runs"), "--fresh"]) == 0
@@ -771,6 +771,14 @@ def test_a_continuation_plan_runs_from_the_shipped_weights_and_its_leases_add_up
         assert [e["init"] for e in total["leases"]] == \
             ["scratch"] + ["shipped"] * (len(earlier) - 1) + ["shipped"]
         assert total["images_seen"] == entry.trained["images_seen"] + 2 * 8
+        # the lease names the file it continued: it joins that file's history only
+        assert run["init_sha256"] == total["leases"][-1]["init_sha256"] == entry.sha256
+        source = joined[f"{entry.name}.safetensors"]
+        assert chain(entry.trained, [status], entry.name, source, entry.sha256) == total
+        with pytest.raises(ConfigError, match="no longer the one shipped"):
+            chain(entry.trained, [status], entry.name, source, "0" * 64)
+        with pytest.raises(ConfigError, match="already in the file's history"):
+            accumulate(total, lease(status, entry.name))
     assert len(joined) == 3 and status["aggregate_tflop_s"] > 0
 
 

@@ -224,10 +224,14 @@ def test_a_lease_no_plan_ran_joins_the_shipped_files_history(tmp_path):
     def broken(*args):
         raise RuntimeError("the evaluation failed")
     ship.evaluate = broken
+    (tmp_path / "another.json").write_text(json.dumps(dict(lease, date="2026-12-07")))
     with pytest.raises(RuntimeError, match="evaluation failed"):
-        ship.main(["--codec", str(codec), "--lease", str(tmp_path / "lease.json"),
+        ship.main(["--codec", str(codec), "--lease", str(tmp_path / "another.json"),
                    "--check", str(tmp_path / "check")])
     assert {p.name: p.read_bytes() for p in ship.WEIGHTS.iterdir()} == before
+    # the same lease twice would count its minutes and images twice
+    with pytest.raises(SystemExit, match="already in the file's history"):
+        ship.main(["--codec", str(codec), "--lease", str(tmp_path / "lease.json")])
 
 
 def test_one_shipping_at_a_time_edits_the_manifest(tmp_path):

@@ -31,6 +31,8 @@ def lease(status: dict, run: str) -> dict:
             "date": (status.get("started") or "")[:10], "runs": chain[::-1],
             "where": "gpu" if str(own.get("train_device") or "").startswith("cuda") else "cpu",
             **_init(runs[chain[-1]].get("init")),     # where the chain began
+            **({"init_sha256": runs[chain[-1]]["init_sha256"]}
+               if runs[chain[-1]].get("init_sha256") else {}),
             "minutes": round(sum(runs[n].get("minutes") or 0 for n in chain + list(taught)), 2),
             "steps": sum(runs[n].get("exported_step", runs[n].get("steps")) or 0 for n in chain),
             "images_seen": sum(runs[n].get("images_seen") or 0 for n in chain),
@@ -84,8 +86,8 @@ def _init(init: str | None) -> dict:
     return {"init": "scratch"}
 
 
-def chain(earlier: dict | None, statuses: list[dict], run: str, source: str | Path | None = None
-          ) -> dict:
+def chain(earlier: dict | None, statuses: list[dict], run: str, source: str | Path | None = None,
+          shipped_sha: str | None = None) -> dict:
     """A file's `trained` after the leases of `statuses` (plan.json contents, in the order
     they ran): the first continues `earlier` (the shipped entry's) or starts over, as
     `accumulate` says; each later one must have started from the file the one before it
@@ -100,6 +102,13 @@ def chain(earlier: dict | None, statuses: list[dict], run: str, source: str | Pa
         leases[k] = lease(statuses[k], names[k])
         init = leases[k].get("init_file")
         sha = init_shas[k] = sha256_file(init) if init and Path(init).is_file() else None
+    first = leases[0] if leases else {}
+    if (first.get("init") == "shipped" and first.get("init_sha256") and shipped_sha
+            and first["init_sha256"] != shipped_sha):
+        raise ConfigError(f"plan {statuses[0].get('plan')}: run {names[0]!r} continued a "
+                          f"shipped file ({first['init_sha256'][:12]}) that is no longer the "
+                          f"one shipped ({shipped_sha[:12]}): its lease would join a history "
+                          "its weights do not hold")
     trained = earlier
     for k, status in enumerate(statuses):
         new = leases[k]
@@ -141,6 +150,9 @@ def accumulate(earlier: dict | None, new: dict) -> dict:
     leases = []
     if new["init"] in ("shipped", "file") and earlier:
         leases = list(earlier.get("leases") or [_as_lease(earlier)])
+    if new in leases:
+        raise ConfigError(f"the lease of plan {new.get('plan')} ({new.get('date')}, runs "
+                          f"{new.get('runs')}) is already in the file's history")
     leases.append(new)
     minutes_on: dict[str, float] = {}
     for e in leases:

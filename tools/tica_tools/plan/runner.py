@@ -69,6 +69,17 @@ class _RunState:
     result: dict = field(default_factory=dict)
 
 
+def _shipped_sha(cfg) -> str | None:
+    """The manifest's SHA-256 of the shipped file a run starts from (init "shipped" or
+    "step1"): the file its lease continues, which shipping checks is still the one shipped."""
+    from tica.registry import shipped_init
+    try:
+        entry = shipped_init(cfg.model, cfg.init)
+    except TicaError:
+        return None
+    return entry.sha256 if entry else None
+
+
 def _read_result(run: PlanRun) -> dict:
     try:
         return json.loads((run.run_dir / RESULT_FILE).read_text())
@@ -347,7 +358,8 @@ class PlanRunner:
         this_start = round((end - st.started) / 60, 2) if st.started else None
         earlier = (res.get("earlier_wall_s") or 0) / 60
         return {"state": st.state, "reason": st.reason, "model": c.model, "train_step": c.step,
-                "after": run.after, "init": c.init, "teacher": c.teacher, "train_device": c.device,
+                "after": run.after, "init": c.init, "init_sha256": _shipped_sha(c),
+                "teacher": c.teacher, "train_device": c.device,
                 "batch_size": c.batch_size, "steps": steps,
                 "exported_step": held,
                 "images_seen": held * c.batch_size if held else 0,
