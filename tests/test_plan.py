@@ -782,6 +782,30 @@ def test_a_continuation_plan_runs_from_the_shipped_weights_and_its_leases_add_up
     assert len(joined) == 3 and status["aggregate_tflop_s"] > 0
 
 
+def test_the_photo_continuation_plan_runs_from_the_shipped_weights(tmp_path):
+    """smoke-continue-photo.json (gpu-continue-photo.json's runs, two CPU steps each): the
+    lease's second command as it will run, tica-photo's export split in parts that rejoin
+    into weights a step away from the shipped ones, each run's lease naming the file it
+    continued."""
+    from tica.registry import read_manifest
+    from tica_tools.plan import main
+    from tica_tools.plan.provenance import lease
+    out = tmp_path / "out"
+    assert main(["run", str(PLANS / "smoke-continue-photo.json"), "--out", str(out),
+                 "--runs-dir", str(tmp_path / "runs"), "--fresh"]) == 0
+    status = json.loads((out / STATUS_FILE).read_text())
+    assert sorted(p.name for p in out.glob("tica-photo.safetensors.part*")) == [
+        "tica-photo.safetensors.part0", "tica-photo.safetensors.part1"]
+    joined = {p.name: p for p in join_parts(out, tmp_path / "joined")}
+    assert sorted(joined) == ["tica-photo.safetensors", "vit-pixel-photo.safetensors"]
+    for entry in (e for e in read_manifest() if e.name in status["runs"]):
+        run = status["runs"][entry.name]
+        assert (run["init"], run["steps"], run["init_sha256"]) == ("shipped", 2, entry.sha256)
+        trained = tica.load_checkpoint(joined[f"{entry.name}.safetensors"])
+        assert trained.config == tica.load_checkpoint(entry.file).config
+        assert lease(status, entry.name)["images_seen"] == 2 * 2
+
+
 def test_the_photo_fidelity_trial_continues_tica_photo_on_lossless_crops(tmp_path):
     plan = load_plan(PLANS / "gpu-photo-fidelity.json", runs_dir=tmp_path, data_root="DATA")
     configs = {r.name: r.config for r in plan.runs}
