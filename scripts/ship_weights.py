@@ -18,7 +18,8 @@ folder, --limit N a class-balanced subset; or a folder of images such as Kodak) 
 standard quality, from real streams. Per data set, tica_tools.rd.curve_verdict compares the
 curves (BD-rate of PSNR, and top-1 at equal bpp where there are labels, counted only when
 a paired bootstrap over the images says it is not chance: tica_tools.rd.curve_verdict,
-docs/design.md "The accuracy gate"). Repeat the option
+docs/design.md "The accuracy gate"; and none of the candidate's rate points more than
+0.3 dB below the shipped curve, so an average cannot hide one end given up). Repeat the option
 for several data sets (e.g. Imagenette's validation split and Kodak): the codec ships only
 if it is worse on none and better on one, and its manifest results are then those rows,
 one key per data set (e.g. imagenette_val_1k, kodak_24). Several --codec of one preset are

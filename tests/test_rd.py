@@ -143,3 +143,19 @@ def test_a_paired_test_refuses_curves_of_different_images():
                                           unlabelled[2]["per_image"].pixels, None)
     with pytest.raises(TicaError, match="same labelled images"):
         paired_top1_interval(unlabelled, _paired_rows(right))
+
+
+def test_a_curve_better_on_average_that_gives_up_one_rate_point_is_worse():
+    """The reviewer's case: 1.5 dB down at the lowest rate, 0.3 dB up elsewhere, BD-rate
+    negative; the point test holds every candidate point to the old curve within
+    POINT_TOLERANCE_DB, so it is worse; a dip inside the tolerance is not."""
+    from tica_tools.rd import POINT_TOLERANCE_DB, curve_verdict
+    dips = _rows(psnr_shift=0.3, labelled=False)
+    dips[0]["psnr"] -= 1.8
+    verdict = curve_verdict(_rows(labelled=False), dips)
+    assert verdict["bd_rate_psnr"] < 0
+    assert verdict["worst_point_db"] == pytest.approx(-1.5, abs=1e-6)
+    assert verdict["worse"] and not verdict["better"]
+    slight = _rows(psnr_shift=0.3, labelled=False)
+    slight[0]["psnr"] -= 0.3 + POINT_TOLERANCE_DB / 2
+    assert curve_verdict(_rows(labelled=False), slight)["better"]

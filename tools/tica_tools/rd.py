@@ -172,6 +172,9 @@ def paired_accuracy_interval(right_a: Sequence[bool], right_t: Sequence[bool],
     return float(low), float(high)
 
 
+POINT_TOLERANCE_DB = 0.3    # a candidate's rate point may fall this far below the old curve
+
+
 def curve_verdict(anchor: Sequence[dict], test: Sequence[dict], top1_resolution: float = 0.0
                   ) -> dict:
     """Whether codec `test`'s curve beats `anchor`'s, from evaluation rows (dicts with bpp,
@@ -186,7 +189,9 @@ def curve_verdict(anchor: Sequence[dict], test: Sequence[dict], top1_resolution:
     difference counts when its 95% paired-bootstrap interval (paired_top1_interval,
     `bd_top1_interval` in the result) leaves out zero. Rows without them fall back to a
     resolution: a difference smaller than `top1_resolution` points (one image of the
-    split: 100 / its size) counts as none."""
+    split: 100 / its size) counts as none. And no rate point of `test` may lie more than
+    POINT_TOLERANCE_DB below `anchor`'s curve at its bpp (`worst_point_db`): a curve better
+    on average that gives up one end is worse."""
     def curve(rows, key):
         return [r["bpp"] for r in rows], [r[key] for r in rows]
 
@@ -206,9 +211,16 @@ def curve_verdict(anchor: Sequence[dict], test: Sequence[dict], top1_resolution:
             top1 = 0.0
     elif labelled and abs(top1) < top1_resolution:
         top1 = 0.0
+    # an average hides a rate point given up for the others: each of test's points inside
+    # anchor's range is held to anchor's curve there, within POINT_TOLERANCE_DB
+    old_curve = curve(anchor, "psnr")
+    gaps = [p - value_at(old_curve, b) for b, p in zip(*curve(test, "psnr"))
+            if min(old_curve[0]) <= b <= max(old_curve[0])]
+    out["worst_point_db"] = round(min(gaps), 3) if gaps else None
+    point_worse = bool(gaps) and min(gaps) < -POINT_TOLERANCE_DB
     gains = [-out["bd_rate_psnr"]] + ([top1] if labelled else [])
-    out["better"] = all(g >= 0 for g in gains) and any(g > 0 for g in gains)
-    out["worse"] = any(g < 0 for g in gains)
+    out["better"] = all(g >= 0 for g in gains) and any(g > 0 for g in gains) and not point_worse
+    out["worse"] = any(g < 0 for g in gains) or point_worse
     return out
 
 
