@@ -138,16 +138,17 @@ typedef struct {               /* per-thread scratch, sized for the largest segm
     int32_t *cursors;           /* group_by_table's: RUNS rows of tables + 1 */
 } Scratch;
 
-static int scratch_alloc(Scratch *s, Py_ssize_t n, Py_ssize_t tables) {
+/* `symbols` only for encoding: decoding writes its values straight into the output */
+static int scratch_alloc(Scratch *s, Py_ssize_t n, Py_ssize_t tables, int encoding) {
     size_t m = n > 0 ? (size_t)n : 1;
-    s->symbols = malloc(m * sizeof(int32_t));
+    s->symbols = encoding ? malloc(m * sizeof(int32_t)) : NULL;
     s->order = malloc(m * sizeof(int32_t));
     s->escaped = malloc(m * sizeof(int32_t));
     s->steps = malloc(m * sizeof(int32_t));
     s->u = malloc(m * sizeof(uint32_t));
     s->bounds = malloc(((size_t)tables + 1) * sizeof(int64_t));
     s->cursors = malloc(RUNS * ((size_t)tables + 1) * sizeof(int32_t));
-    return s->symbols && s->order && s->escaped && s->steps && s->u && s->bounds
+    return (s->symbols || !encoding) && s->order && s->escaped && s->steps && s->u && s->bounds
         && s->cursors ? 0 : -1;
 }
 
@@ -448,7 +449,7 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
     Scratch *s = ok ? calloc((size_t)nt, sizeof(Scratch)) : NULL;
     int status = 0;
     for (int t = 0; ok && !status && t < nt; t++)
-        if (!enc || !s || scratch_alloc(&s[t], largest_n, largest_t)) status = -1;
+        if (!enc || !s || scratch_alloc(&s[t], largest_n, largest_t, 1)) status = -1;
     if (ok && !status) {
         Py_BEGIN_ALLOW_THREADS
         #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
@@ -572,6 +573,8 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
         return PyErr_Format(PyExc_ValueError, "bad image range %zd..%zd of %zd", begin, end, batch);
     Py_ssize_t groups = (end - begin + LANES - 1) / LANES;     /* LANES images at a time */
     int nt = team_size(workers, groups);
+    int lanes_used = end - begin < LANES ? (int)(end - begin) : LANES;  /* scratch a thread */
+    if (lanes_used < 1) lanes_used = 1;
     Segment g;
     if (parse_segment(seg, &g, batch)) { release_segments(&g, 1); return NULL; }
     BatchState st;
@@ -584,10 +587,10 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
         fail("the output array has the wrong size");
         status = 1;
     }
-    Scratch *sc = status ? NULL : calloc((size_t)nt * LANES, sizeof(Scratch));
+    Scratch *sc = status ? NULL : calloc((size_t)nt * lanes_used, sizeof(Scratch));
     if (!status && !sc) { PyErr_NoMemory(); status = 1; }
-    for (int l = 0; l < nt * LANES && !status; l++)
-        if (scratch_alloc(&sc[l], g.n, g.tables)) { PyErr_NoMemory(); status = 1; }
+    for (int l = 0; l < nt * lanes_used && !status; l++)
+        if (scratch_alloc(&sc[l], g.n, g.tables, 0)) { PyErr_NoMemory(); status = 1; }
     if (!status) {
         const uint32_t *words = st.words.buf;
         const int64_t *starts = st.starts.buf;
@@ -603,8 +606,8 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
             Decoder d[LANES];
             for (Py_ssize_t l = 0; l < lanes; l++)
                 d[l] = (Decoder){words + starts[b + l], positions[b + l], states[b + l]};
-            int bad = decode_segments(d, &g, o + b * g.n, b, lanes, sc + THREAD_NUM() * LANES,
-                                      &which);
+            int bad = decode_segments(d, &g, o + b * g.n, b, lanes,
+                                      sc + THREAD_NUM() * lanes_used, &which);
             for (Py_ssize_t l = 0; l < lanes; l++) {
                 states[b + l] = d[l].state;
                 positions[b + l] = d[l].pos;
@@ -621,7 +624,7 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
         if (status)
             PyErr_Format(PyExc_ValueError, "image %zd: %s", first_bad, status_message(status));
     }
-    for (int l = 0; sc && l < nt * LANES; l++)
+    for (int l = 0; sc && l < nt * lanes_used; l++)
         scratch_free(&sc[l]);
     free(sc);
     PyBuffer_Release(&out);
