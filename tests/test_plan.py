@@ -176,6 +176,29 @@ def test_publisher_packs_what_would_not_come_back_alone(tmp_path):
     assert not pack.exists() and len(list(out.glob("a.safetensors.part*"))) == 2   # stray pack goes
 
 
+def test_a_pack_write_cut_short_is_written_again_at_the_next_publish(tmp_path, monkeypatch):
+    """A signal during a pack's write: the next publish (the runner's last, on its way out)
+    still takes the new export as unwritten and writes the pack with it."""
+    import tica_tools.plan.publish as publish
+    out = tmp_path / "out"
+    blobs = {"a": bytes(range(256)) * 250, "b": b"b" * 5000, "c": b"c" * 3000, "d": b"d" * 9000}
+    sources = _sources(tmp_path / "src", blobs)
+    pub = Publisher(out, Limits(max_files=5, max_file_bytes=40000, max_total_bytes=200000),
+                    {k: len(v) for k, v in blobs.items()})
+    assert pub.update(sources) == ["a", "b", "c", "d"]
+    sources["c"].write_bytes(b"C" * 3000)
+    real = publish.write_pack
+
+    def interrupted(*args):
+        monkeypatch.setattr(publish, "write_pack", real)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(publish, "write_pack", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pub.update(sources)
+    assert pub.update(sources) == ["c"]
+    assert read_pack(out / "pack1.tar")["c.safetensors"] == b"C" * 3000
+
+
 def test_plans_share_gpu_json_runs_and_fit_the_limits():
     gpu, cpu, smoke = (load_plan(PLANS / f"{n}.json", runs_dir="/tmp/r", data_root="DATA")
                        for n in ("gpu", "cpu", "smoke"))

@@ -132,8 +132,10 @@ class Publisher:
 
     def _update_pack(self, file: str, runs: tuple[str, ...], sources: dict[str, Path],
                      used: list[int], changed: list[str]) -> None:
-        held = self._packed.setdefault(file, {})
-        fresh = []
+        # what is in the pack on disk; new exports join it only once it is written (a write
+        # cut short by a signal leaves them fresh for the next call, not taken as written)
+        written = self._packed.setdefault(file, {})
+        held, fresh = dict(written), []
         for run in runs:
             src = sources.get(run)
             if src is not None and src.is_file():
@@ -154,11 +156,13 @@ class Publisher:
                 (self.out / file).unlink()
             for run in runs:
                 self.files.pop(run, None)
+            written.update(held)
             return
         used[0], used[1] = used[0] + 1, used[1] + size
         if fresh or set(members) != {r for r in runs if r in self.files}:
             data = {f"{run}.safetensors": held[run][1] for run in members}
             write_pack(self.out / file, data)
+            written.update(held)
             for run in runs:
                 self.files.pop(run, None)
             for run in members:
