@@ -889,3 +889,10 @@ def test_a_run_killed_between_exports_is_credited_what_its_weights_hold(tmp_path
     status = runner._run_status(run)
     assert (status["steps"], status["exported_step"]) == (50, 30)
     assert status["images_seen"] == 30 * run.config.batch_size
+    # a failed run's log comes back in plan.json, its last 40 lines
+    (run.run_dir / "log.txt").write_text("".join(f"line {i}\n" for i in range(100)) +
+                                          "RuntimeError: CUDA out of memory\n")
+    runner.out.mkdir(parents=True, exist_ok=True)
+    tail = runner._write_status(final=True)["runs"][run.name]["log_tail"]
+    assert len(tail) == 40 and tail[-1] == "RuntimeError: CUDA out of memory"
+    assert json.loads((runner.out / STATUS_FILE).read_text())["runs"][run.name]["log_tail"] == tail

@@ -378,6 +378,10 @@ class PlanRunner:
     def _write_status(self, final: bool = False) -> dict:
         """plan.json in the output folder, at most every 5 s (and at the end)."""
         runs = {r.name: self._run_status(r) for r in self.plan.runs}
+        for r in self.plan.runs:     # a run that failed brings its log's end back with it
+            if runs[r.name]["state"] == "failed" and r.run_dir.joinpath("log.txt").is_file():
+                runs[r.name]["log_tail"] = _tail(r.run_dir / "log.txt", LOG_TAIL_LINES,
+                                                 joined=False)
         status = {"format": STATUS_FORMAT, "plan": self.plan.name, "commit": self.commit,
                   "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.t0)),
                   "elapsed_s": round(self.elapsed(), 1), "deadline_s": self.plan.deadline_s,
@@ -406,11 +410,20 @@ def _terminate_as_interrupt():
     return signal.signal(signal.SIGTERM, handler)
 
 
-def _tail(path: Path, lines: int = 3) -> str:
+LOG_TAIL_LINES = 40          # of a failed run's log, in plan.json (the only file sure to return)
+
+
+def _tail(path: Path, lines: int = 3, joined: bool = True) -> str | list[str]:
+    """The last `lines` lines of a log (each cut at 300 characters), joined by " | " or as
+    a list."""
     try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 64 * 1024))     # its end, not all of it
+            text = f.read().decode(errors="replace")
+        tail = [line[:300] for line in text.strip().splitlines()[-lines:]]
     except OSError:
-        return "(no log)"
+        tail = ["(no log)"]
+    return " | ".join(tail) if joined else tail
 
 
 def run_plan(path: str | Path, out: str | Path | None = None, runs_dir: str | Path | None = None,
