@@ -2,7 +2,9 @@
 checkout, each timing the same calls on the same stream in turn, round after round, so a
 busy machine slows both alike. On one thread (torch and the coder) unless --threads says
 otherwise, so the numbers are per core: the whole of decoding (`api.decompress`: container, entropy decoding, integer h_s),
-the integer h_s with the table choice (`_hyper_decode`) and entropy decoding alone.
+the integer h_s with the table choice (`_hyper_decode`) and entropy decoding alone; and the
+worst case a stream can ask of the entropy decoder ("rare values": 100,000 symbols of
+tica-photo's widest table, each its entry farthest from where its quantile's lookup starts).
 
     python benchmarks/decode_ab.py --against OTHER_CHECKOUT [--images 256] [--photos 64]
                                    [--rounds 7] [--threads 1]
@@ -60,6 +62,17 @@ for label, (preset, quality, archive, split, limit) in cases.items():
         "h_s and tables": lambda m=model, z=z, q=quality: m._hyper_decode(z, q),
         "entropy decoding": entropy}
     jobs[label]["symbols"] = len(stream.payloads) * model.config.M * h * w
+    if label == "224x224":      # the worst case a stream can ask for: one rare value, over
+        import numpy as np      # and over, of the widest table (the longest run of entries
+        from tica.entropy.coder import BatchDecoder, LOOKUP_BITS, encode_batch  # in one slice)
+        g, n = tables[1], 100_000
+        T, shift = len(g) - 1, 24 - LOOKUP_BITS
+        worst = max(range(int(g.lengths[T])),
+                    key=lambda a: a - int(g.lookup[T][int(g.cdf[T][a]) >> shift]))
+        index = np.full(n, T)
+        rare = encode_batch([(np.full((1, n), g.offsets[T] + worst), index, g)], 1)
+        jobs["rare values"] = {"entropy decoding": lambda p=rare, i=index, g=g:
+                               BatchDecoder(p).decode(i, g), "symbols": n}
 print(json.dumps({k: v.pop("symbols") for k, v in jobs.items()}), flush=True)
 for line in sys.stdin:
     times = {}

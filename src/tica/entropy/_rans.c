@@ -42,6 +42,7 @@
 #define REFILL (1ull << 32)
 
 #define MAX_LOOKUP_BITS 16
+#define SCAN_STEPS 8             /* dec_table's linear steps before it bisects */
 
 typedef struct {
     Py_buffer cdf, lengths, offsets, index, lookup;
@@ -113,6 +114,30 @@ static inline uint32_t dec_uniform(Decoder *d, uint32_t range) {
  * quantile's slice: the last entry that starts at or before the slice's first quantile.
  * A table's likely entries span whole slices, so the scan rarely takes a step; it needs
  * nothing of the lookup to stop, and a wrong entry there costs steps, never the answer. */
+/* The rare case of dec_table, out of its way: the quantile lies two or more entries past
+ * the slice's, cdf[lo] <= q. Steps on a few entries, then (a long run of rare entries in
+ * one slice: a wide table's tails) bisects up to the next slice's entry (the table's last
+ * for the last slice), so a stream of rare values costs log2 steps a symbol, not hundreds;
+ * and steps on past a wrong lookup. */
+static uint32_t __attribute__((noinline, cold))
+dec_far(const uint32_t *cdf, uint32_t lo, uint32_t q, const uint16_t *lookup, uint32_t slice,
+        uint32_t slices, uint32_t length) {
+    for (int steps = 0; steps < SCAN_STEPS && cdf[lo + 1] <= q; steps++)
+        lo++;
+    if (cdf[lo + 1] <= q) {
+        uint32_t hi = slice + 1 < slices ? lookup[slice + 1] : length;
+        hi = hi <= length ? hi : length;
+        while (lo < hi) {
+            uint32_t mid = (lo + hi + 1) >> 1;
+            if (cdf[mid] <= q) lo = mid;
+            else hi = mid - 1;
+        }
+    }
+    while (cdf[lo + 1] <= q)
+        lo++;
+    return lo;
+}
+
 static inline uint32_t dec_table(Decoder *d, const uint32_t *cdf, int32_t length,
                                  const uint16_t *lookup, int shift) {
     uint32_t q = (uint32_t)(d->state & QUANTILE_MASK);
@@ -120,8 +145,13 @@ static inline uint32_t dec_table(Decoder *d, const uint32_t *cdf, int32_t length
     lo = lo <= (uint32_t)length ? lo : (uint32_t)length;
     while (lo > 0 && cdf[lo] > q)
         lo--;
-    while (cdf[lo + 1] <= q)
-        lo++;
+    if (cdf[lo + 1] <= q) {                 /* past the slice's entry: rarely more than one */
+        if (__builtin_expect(cdf[lo + 2] <= q, 0))
+            lo = dec_far(cdf, lo, q, lookup, q >> shift, 1u << (PRECISION - shift),
+                         (uint32_t)length);
+        else
+            lo++;
+    }
     dec_advance(d, q, cdf[lo], cdf[lo + 1] - cdf[lo]);
     return lo;
 }
