@@ -122,13 +122,16 @@ prepare_data() {   # .devdata: the commit the plans train at, and the data named
     for need in "$@"; do
         case "$need" in
         .devdata/cifar10-jpeg.tar.gz)
-            cmp -s "$DATA/cifar10-jpeg.tar.gz" "$need" || cp -f "$DATA/cifar10-jpeg.tar.gz" "$need" ;;
+            cmp -s "$DATA/cifar10-jpeg.tar.gz" "$need" ||
+                cp -f "$DATA/cifar10-jpeg.tar.gz" "$need" ;;
         .devdata/photos)                  # halved, WebP quality 90
-            [ -d "$need" ] || { "$PY" -m tica_tools.plan pack-photos "$DATA/photos" "$need.tmp" 2 90 &&
-                                mv "$need.tmp" "$need"; } ;;
+            [ -d "$need" ] || {
+                "$PY" -m tica_tools.plan pack-photos "$DATA/photos" "$need.tmp" 2 90 &&
+                mv "$need.tmp" "$need"; } ;;
         .devdata/photos-lossless)         # the photo-fidelity trial's crops
-            [ -d "$need" ] || { "$PY" -m tica_tools.plan pack-photos "$DATA/photos" "$need.tmp" 2 &&
-                                mv "$need.tmp" "$need"; } ;;
+            [ -d "$need" ] || {
+                "$PY" -m tica_tools.plan pack-photos "$DATA/photos" "$need.tmp" 2 &&
+                mv "$need.tmp" "$need"; } ;;
         .devdata/imagenette)              # the training split at 160x160, WebP quality 75
             [ -d "$need" ] || { rm -rf "$need.tmp" &&
                 "$PY" -m tica_tools.plan pack-split "$DATA/imagenette-224.tar.gz" "$need.tmp" 160 &&
