@@ -123,19 +123,24 @@ prepare_data() {   # .devdata: the commit the plans train at, and the data named
         case "$need" in
         .devdata/cifar10-jpeg.tar.gz)
             cmp -s "$DATA/cifar10-jpeg.tar.gz" "$need" ||
-                cp -f "$DATA/cifar10-jpeg.tar.gz" "$need" ;;
+                cp -f "$DATA/cifar10-jpeg.tar.gz" "$need" || return 1 ;;
         .devdata/photos)                  # halved, WebP quality 90
-            [ -d "$need" ] || {
-                "$PY" -m tica_tools.plan pack-photos "$DATA/photos" "$need.tmp" 2 90 &&
-                mv "$need.tmp" "$need"; } ;;
+            if [ ! -d "$need" ]; then
+                "$PY" -m tica_tools.plan pack-photos "$DATA/photos" "$need.tmp" 2 90 || return 1
+                mv "$need.tmp" "$need"
+            fi ;;
         .devdata/photos-lossless)         # the photo-fidelity trial's crops
-            [ -d "$need" ] || {
-                "$PY" -m tica_tools.plan pack-photos "$DATA/photos" "$need.tmp" 2 &&
-                mv "$need.tmp" "$need"; } ;;
+            if [ ! -d "$need" ]; then
+                "$PY" -m tica_tools.plan pack-photos "$DATA/photos" "$need.tmp" 2 || return 1
+                mv "$need.tmp" "$need"
+            fi ;;
         .devdata/imagenette)              # the training split at 160x160, WebP quality 75
-            [ -d "$need" ] || { rm -rf "$need.tmp" &&
-                "$PY" -m tica_tools.plan pack-split "$DATA/imagenette-224.tar.gz" "$need.tmp" 160 &&
-                mv "$need.tmp" "$need"; } ;;
+            if [ ! -d "$need" ]; then
+                rm -rf "$need.tmp"
+                "$PY" -m tica_tools.plan pack-split "$DATA/imagenette-224.tar.gz" "$need.tmp" \
+                    160 || return 1
+                mv "$need.tmp" "$need"
+            fi ;;
         *) echo "device_plan: no recipe for $need" >&2; return 2 ;;
         esac
     done

@@ -26,8 +26,7 @@ one key per data set (e.g. imagenette_val_1k, kodak_24). Several --codec of one 
 a trial's arms: the shipped curve is measured once, and at most one arm ships (the best that
 passes; `gate`). A --model (a clean-pixel classifier) faces the same option: its top-1 on
 the labelled data sets against the shipped one's, a paired bootstrap over the images
-(`classifier_gate`). Exit status 3 if a preset's codecs, or a classifier, were kept out. A
-file shipped without new results keeps the rows its predecessor had.
+(`classifier_gate`). Exit status 3 if a preset's codecs, or a classifier, were kept out.
 
 --plan-status reads the plan.json of the plan that trained the files (each file's run is its
 name: tica-cifar, tica-cifar-step1, vit-pixel-cifar, ...) and writes its provenance: the
@@ -57,11 +56,11 @@ from torch import nn
 
 from tica.checkpoint import save_checkpoint
 from tica import api
-from tica.errors import ConfigError, TicaError
+from tica.errors import ConfigError
 from tica.evaluate import LearnedPipeline, Uncompressed, eval_data, evaluate
 from tica.image import read_image
 from tica.io import sha256_file
-from tica.registry import MANIFEST, load_checkpoint, manifest_json, write_manifest
+from tica.registry import MANIFEST, find_weights, load_checkpoint, manifest_json, write_manifest
 from tica_tools.plan.provenance import accumulate, chain
 from tica_tools.rd import (curve_rows, curve_verdict, curves_table, paired_accuracy_interval,
                            top1_gap_text)
@@ -139,10 +138,17 @@ class Staging:
         return self.files.get(target, WEIGHTS / target)
 
     def commit(self, manifest: dict, path: Path) -> None:
-        for target, staged in self.files.items():
-            staged.replace(WEIGHTS / target)
-        self.files.clear()
-        write_manifest(manifest, path)
+        """The manifest written and checked under a staged name, the files moved into place,
+        then the manifest: renames alone between the old state and the new."""
+        staged_manifest = path.with_name(f".{path.name}.ship")
+        try:
+            write_manifest(manifest, staged_manifest)
+            for target, staged in self.files.items():
+                staged.replace(WEIGHTS / target)
+            self.files.clear()
+            staged_manifest.replace(path)
+        finally:
+            staged_manifest.unlink(missing_ok=True)
         kept = {e["file"] for e in manifest["weights"]}
         for name in self.superseded:
             if name not in kept:
@@ -259,10 +265,9 @@ def classifier_gate(model: nn.Module, args: argparse.Namespace) -> tuple[bool, d
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(model, Path(tmp) / "c.safetensors", model.weights_info, half=True)
         candidate = load_checkpoint(Path(tmp) / "c.safetensors")
-    try:
-        shipped = api.load(name)
-    except TicaError:
-        shipped = None
+    # nothing to beat only where none is shipped: a shipped file that fails its checks is
+    # an error here, not a free pass
+    shipped = api.load(name) if find_weights(name, "classifier") else None
     results, verdicts = {}, []
     for source in args.only_if_better:
         data = eval_data(source, args.split, limit=args.limit)
@@ -435,9 +440,6 @@ def _stage(args: argparse.Namespace, entries: list[dict], verdicts: dict, images
                 ships, results = classifiers[src]
                 if not ships:
                     continue
-            # rows measured before stay unless new ones are
-            earlier = next((e for e in entries if e["name"] == Path(target).stem), {})
-            results = results or earlier.get("results", {})
             trained = _trained(Path(target).stem, args, entries, src)
             info = replace(model.weights_info, **({"trained": trained} if trained else {}))
             file = staging.path(target)

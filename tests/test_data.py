@@ -58,11 +58,14 @@ def test_a_replaced_archive_evicts_its_old_copy_once_unused(archive, tmp_path):
     elsewhere = extract_archive(other)
     assert elsewhere != old
     long_ago = time.time() - STALE_AFTER_S - 60
-    for copy in (old, elsewhere):
+    killed = cache / ".evict-x-1"                                 # an eviction cut short
+    (killed / "data").mkdir(parents=True)
+    for copy in (old, elsewhere, killed):
         os.utime(copy, (long_ago, long_ago))
     os.utime(archive, (long_ago, long_ago))                       # the archive replaced
     new = extract_archive(archive)
-    assert new != old and not old.exists() and elsewhere.is_dir()
+    assert new != old and not old.exists() and elsewhere.is_dir() and not killed.exists()
+    assert not list(cache.glob(".evict-*"))
     assert not list(cache.glob(old.name + "-*.npy"))
     os.utime(archive)                                             # replaced again: the copy
     newest = extract_archive(archive)                             # just used stays

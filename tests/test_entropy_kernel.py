@@ -188,7 +188,9 @@ def test_every_entry_of_every_table_decodes_with_any_lookup(gaussian):
     payload = encode_batch([(values[None], index, gaussian)], 1)
     saved = gaussian.lookup
     try:
-        for lookup in (saved, np.zeros_like(saved), np.full_like(saved, 2 ** 16 - 1)):
+        shuffled = np.random.default_rng(4).permutation(saved.ravel()).reshape(saved.shape)
+        for lookup in (saved, np.zeros_like(saved), np.full_like(saved, 2 ** 16 - 1), shuffled,
+                       np.sort(shuffled, axis=1)):
             gaussian.lookup = lookup
             reader = BatchDecoder(payload)
             assert np.array_equal(reader.decode(index, gaussian)[0], values)
@@ -319,14 +321,17 @@ def test_the_kernel_refuses_what_its_callers_could_get_wrong_instead_of_crashing
     from tica.entropy import _rans
     good = encode_batch([(np.zeros((1, 10), np.int64), np.zeros(10, np.int64), gaussian)], 1)
     reader = BatchDecoder(good)
-    with pytest.raises(ValueError, match="out of range"):
-        _rans.decoder_init(reader._words, reader._starts, reader._states,
-                           np.array([1 << 40], np.int64), 1)
-    spec = (np.array([0, 1 << PRECISION], np.uint32), 2, np.array([2 ** 31 - 1], np.int32),
+    spec = gaussian.segment(np.zeros(10, np.int64), 1)
+    for position in (1 << 40, -1, len(good[0]) // 4 + 1):
+        with pytest.raises(ValueError, match="out of range"):
+            _rans.decode(spec, reader._words, reader._starts, reader._states,
+                         np.array([position], np.int64), np.empty((1, 10), np.int32), 1, 0, 1, 1)
+    wide = (np.array([0, 1 << PRECISION], np.uint32), 2, np.array([2 ** 31 - 1], np.int32),
             np.zeros(1, np.int32), np.zeros(4, np.int32), 4, 0, np.zeros(1, np.uint16), 0)
     with pytest.raises(ValueError, match="malformed"):
-        _rans.decode(spec, reader._words, reader._starts, reader._states, reader._positions,
+        _rans.decode(wide, reader._words, reader._starts, reader._states, reader._positions,
                      np.empty((1, 4), np.int32), 1, 0, 1, 1)
+    assert np.array_equal(reader.decode(np.zeros(10, np.int64), gaussian), np.zeros((1, 10)))
 
 
 def test_a_payload_decoding_to_values_no_encoder_writes_is_a_bitstream_error(gaussian):

@@ -87,6 +87,10 @@ def test_a_schedule_run_to_a_deadline_still_warms_up_step_by_step():
     position sets the rate (wsd: still at its peak; cosine: past it)."""
     assert schedule_lr("wsd", 1409, 7200, 100, 6e-4, 0.01, steps_taken=1) == pytest.approx(1.2e-5)
     assert schedule_lr("wsd", 1409, 7200, 100, 6e-4, 0.01, steps_taken=100) == pytest.approx(6e-4)
-    assert schedule_lr("cosine", 3650, 7200, 100, 1.0, 0.01, steps_taken=100) == pytest.approx(
-        schedule_lr("cosine", 3650, 7200, 100, 1.0, 0.01))
-    assert schedule_lr("cosine", 3650, 7200, 100, 1.0, 0.01) < 0.6
+    at = schedule_lr("cosine", 3650, 7200, 100, 1.0, 0.01)
+    assert at < 0.6
+    assert schedule_lr("cosine", 3650, 7200, 100, 1.0, 0.01, steps_taken=100) == pytest.approx(at)
+    # the ramp rises to the schedule's rate there, never above it
+    ramp = [schedule_lr("cosine", 3650, 7200, 100, 1.0, 0.01, steps_taken=k) for k in range(101)]
+    assert ramp[0] == pytest.approx(at / 100) and ramp[99] == pytest.approx(at)
+    assert all(a <= b <= at + 1e-12 for a, b in zip(ramp, ramp[1:]))

@@ -159,3 +159,9 @@ def test_a_curve_better_on_average_that_gives_up_one_rate_point_is_worse():
     slight = _rows(psnr_shift=0.3, labelled=False)
     slight[0]["psnr"] -= 0.3 + POINT_TOLERANCE_DB / 2
     assert curve_verdict(_rows(labelled=False), slight)["better"]
+    # its lowest point moved below the old curve's first rate, where the old curve is held to
+    # the new one: 1.6 dB below the old point at 0.3 bpp, the rest 0.3 dB above
+    moved = _rows(psnr_shift=0.3, labelled=False)
+    moved[0].update(bpp=0.2, psnr=13.0)
+    verdict = curve_verdict(_rows(labelled=False), moved)
+    assert verdict["worst_point_db"] < -POINT_TOLERANCE_DB and verdict["worse"]

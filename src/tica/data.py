@@ -50,8 +50,8 @@ def extract_archive(archive: str | Path) -> Path:
     half-extracted folder behind) and return the folder.
 
     A copy is keyed by the archive's path, size and time, so a replaced archive is extracted
-    again; the copies of its earlier versions, and their cached splits, are removed once
-    unused for an hour (a process reading one now keeps it)."""
+    again; the copies of its earlier versions, and their cached splits, are removed once no
+    process has asked for them for an hour (each call marks its copy used)."""
     archive = Path(archive)
     stat = archive.stat()
     source = str(archive.resolve())
@@ -112,6 +112,12 @@ def _evict_superseded(stem: str, source: str, keep: Path) -> None:
     source mark is from before marks and counts as one), with their cached split arrays,
     when unused for STALE_AFTER_S."""
     now = time.time()
+    for left in keep.parent.glob(".evict-*"):          # an eviction killed half-way
+        try:
+            if now - left.stat().st_mtime >= STALE_AFTER_S:
+                shutil.rmtree(left, ignore_errors=True)
+        except OSError:
+            continue
     for copy in keep.parent.glob(f"{stem}-" + "[0-9a-f]" * 12):
         if copy == keep or not copy.is_dir():
             continue
@@ -121,10 +127,14 @@ def _evict_superseded(stem: str, source: str, keep: Path) -> None:
                 continue
             if now - copy.stat().st_mtime < STALE_AFTER_S:
                 continue
-            doomed = copy.with_name(f".evict-{copy.name}")
-            os.replace(copy, doomed)         # gone from its name at once, then deleted
+            doomed = Path(tempfile.mkdtemp(prefix=f".evict-{copy.name}-", dir=keep.parent))
         except OSError:
-            continue                         # another process is evicting it
+            continue
+        try:
+            os.replace(copy, doomed)         # gone from its name at once, then deleted
+        except OSError:                      # another process is evicting it
+            shutil.rmtree(doomed, ignore_errors=True)
+            continue
         shutil.rmtree(doomed, ignore_errors=True)
         for array in keep.parent.glob(f"{copy.name}-*.npy"):
             array.unlink(missing_ok=True)

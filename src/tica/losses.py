@@ -91,13 +91,13 @@ def schedule_lr(kind: str, step: float, total: int, warmup: int, base: float,
     WSD_DECAY of the steps, so a run continued from trained weights learns at full rate most
     of its time and still ends annealed (at its deadline, with schedule_by_deadline).
     `steps_taken`: the optimizer steps actually run, where `step` is further along (a
-    schedule run to a deadline): the warm-up counts those, so a slow first (compiled) step
-    does not skip it and a fresh optimizer never meets trained weights at the full rate."""
+    schedule run to a deadline): the warm-up ramps to the schedule's rate at `step` over
+    those, so a slow first (compiled) step does not skip it and a fresh optimizer never
+    meets trained weights at the full rate."""
     taken = step if steps_taken is None else steps_taken
-    if taken < warmup:
-        return base * (taken + 1) / warmup
+    ramp = min(1.0, (taken + 1) / warmup) if warmup > 0 else 1.0
     progress = min(1.0, max(0.0, step - warmup) / max(1, total - warmup))
     if kind == "wsd":
         decay = max(0.0, (progress - (1 - WSD_DECAY)) / WSD_DECAY)
-        return base * (1 - (1 - min_ratio) * decay)
-    return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+        return ramp * base * (1 - (1 - min_ratio) * decay)
+    return ramp * base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))

@@ -189,9 +189,9 @@ def curve_verdict(anchor: Sequence[dict], test: Sequence[dict], top1_resolution:
     difference counts when its 95% paired-bootstrap interval (paired_top1_interval,
     `bd_top1_interval` in the result) leaves out zero. Rows without them fall back to a
     resolution: a difference smaller than `top1_resolution` points (one image of the
-    split: 100 / its size) counts as none. And no rate point of `test` may lie more than
-    POINT_TOLERANCE_DB below `anchor`'s curve at its bpp (`worst_point_db`): a curve better
-    on average that gives up one end is worse."""
+    split: 100 / its size) counts as none. And where the curves overlap, `test`'s curve may
+    lie nowhere more than POINT_TOLERANCE_DB below `anchor`'s at a rate point of either
+    (`worst_point_db`): a curve better on average that gives up one end is worse."""
     def curve(rows, key):
         return [r["bpp"] for r in rows], [r[key] for r in rows]
 
@@ -211,11 +211,14 @@ def curve_verdict(anchor: Sequence[dict], test: Sequence[dict], top1_resolution:
             top1 = 0.0
     elif labelled and abs(top1) < top1_resolution:
         top1 = 0.0
-    # an average hides a rate point given up for the others: each of test's points inside
-    # anchor's range is held to anchor's curve there, within POINT_TOLERANCE_DB
-    old_curve = curve(anchor, "psnr")
-    gaps = [p - value_at(old_curve, b) for b, p in zip(*curve(test, "psnr"))
-            if min(old_curve[0]) <= b <= max(old_curve[0])]
+    # an average hides a rate point given up for the others: where the curves overlap, each
+    # point of either is held to the other curve at its bpp, within POINT_TOLERANCE_DB
+    old_curve, new_curve = curve(anchor, "psnr"), curve(test, "psnr")
+
+    def inside(b, c):
+        return min(c[0]) <= b <= max(c[0])
+    gaps = ([p - value_at(old_curve, b) for b, p in zip(*new_curve) if inside(b, old_curve)]
+            + [value_at(new_curve, b) - p for b, p in zip(*old_curve) if inside(b, new_curve)])
     out["worst_point_db"] = round(min(gaps), 3) if gaps else None
     point_worse = bool(gaps) and min(gaps) < -POINT_TOLERANCE_DB
     gains = [-out["bd_rate_psnr"]] + ([top1] if labelled else [])

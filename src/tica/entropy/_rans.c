@@ -539,7 +539,8 @@ static void batch_release(BatchState *st) {
 }
 
 static int batch_parse(PyObject *words, PyObject *starts, PyObject *states,
-                       PyObject *positions, Py_ssize_t batch, BatchState *st) {
+                       PyObject *positions, Py_ssize_t batch, BatchState *st,
+                       int positions_set) {
     memset(st, 0, sizeof(*st));
     if (PyObject_GetBuffer(words, &st->words, PyBUF_SIMPLE)
         || PyObject_GetBuffer(starts, &st->starts, PyBUF_SIMPLE)
@@ -554,7 +555,7 @@ static int batch_parse(PyObject *words, PyObject *starts, PyObject *states,
         return fail("decoder state arrays have inconsistent sizes");
     for (Py_ssize_t b = 0; b < batch; b++)
         if (s[b] < 0 || s[b] > s[b + 1] || s[b + 1] > st->words.len / 4
-            || p[b] < 0 || p[b] > s[b + 1] - s[b])
+            || (positions_set && (p[b] < 0 || p[b] > s[b + 1] - s[b])))
             return fail("payload offsets are out of range");
     return 0;
 }
@@ -566,7 +567,7 @@ static PyObject *py_decoder_init(PyObject *self, PyObject *args) {
     Py_ssize_t batch;
     if (!PyArg_ParseTuple(args, "OOOOn", &w, &s, &st_, &p, &batch)) return NULL;
     BatchState st;
-    if (batch_parse(w, s, st_, p, batch, &st)) { batch_release(&st); return NULL; }
+    if (batch_parse(w, s, st_, p, batch, &st, 0)) { batch_release(&st); return NULL; }
     const uint32_t *words = st.words.buf;
     const int64_t *starts = st.starts.buf;
     uint64_t *states = st.states.buf;
@@ -610,7 +611,7 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     BatchState st;
     Py_buffer out = {0};
     int status = 0;
-    if (batch_parse(w, s, st_, p, batch, &st)
+    if (batch_parse(w, s, st_, p, batch, &st, 1)
         || PyObject_GetBuffer(out_obj, &out, PyBUF_WRITABLE)) {
         status = 1;
     } else if (out.len != batch * g.n * (Py_ssize_t)sizeof(int32_t)) {

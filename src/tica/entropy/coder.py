@@ -220,7 +220,9 @@ class BatchDecoder:
                                                         self._states, self._positions, out,
                                                         self.batch, b, e, n),
                            self.batch, spec[5], own_team=bool(_rans.openmp))
-            except ValueError as exc:   # the arrays are ours: what the kernel refuses is data
+            except ValueError as exc:   # what a payload's data made the kernel refuse names
+                if not str(exc).startswith("image "):     # its image; anything else is a bug
+                    raise
                 raise BitstreamError(f"corrupt entropy-coded payload of {exc}") from None
         return out
 

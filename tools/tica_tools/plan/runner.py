@@ -67,6 +67,7 @@ class _RunState:
     offset: int = 0              # how far metrics.jsonl has been read
     exports: int = 0
     result: dict = field(default_factory=dict)
+    init_sha256: str | None = None   # the shipped file it started from, when it started
 
 
 def _shipped_sha(cfg) -> str | None:
@@ -268,6 +269,7 @@ class PlanRunner:
             st.proc = subprocess.Popen([sys.executable, "-m", "tica_tools.plan", "child", str(spec_path)],
                                        stdout=out, stderr=subprocess.STDOUT, env=env)
         st.state, st.started = "running", time.time()
+        st.init_sha256 = _shipped_sha(run.config)     # the manifest now, not at a later status
         _follow_metrics(run, st)                  # skip what an earlier session logged
         st.metrics, st.exports = {}, 0
         deadline = f", deadline {cfg.deadline_s:.0f} s" if cfg.deadline_s is not None else ""
@@ -358,7 +360,7 @@ class PlanRunner:
         this_start = round((end - st.started) / 60, 2) if st.started else None
         earlier = (res.get("earlier_wall_s") or 0) / 60
         return {"state": st.state, "reason": st.reason, "model": c.model, "train_step": c.step,
-                "after": run.after, "init": c.init, "init_sha256": _shipped_sha(c),
+                "after": run.after, "init": c.init, "init_sha256": st.init_sha256,
                 "teacher": c.teacher, "train_device": c.device,
                 "batch_size": c.batch_size, "steps": steps,
                 "exported_step": held,
