@@ -137,7 +137,7 @@ def test_help_lists_every_subcommand(capsys):
     assert out.startswith("usage: tica ")
     listed = re.findall(r"^    (\w+)\s{2,}\S", out, re.MULTILINE)
     assert listed == ["encode", "decode", "classify", "serve", "export", "info", "train", "eval",
-                      "shards"]
+                      "shards", "cache"]
 
 
 MODEL_FLAGS = ["--model", "--weights", "--quality", "--untrained", "--max-gflop"]

@@ -338,3 +338,38 @@ def test_ranks_share_out_each_global_batch():
     assert sorted(torch.cat([first, second]).tolist()) == sorted(whole.tolist())
     # each epoch has its own order
     assert not torch.equal(data.get(4, 4, 16, 0, 1, g)[1], data.get(0, 4, 16, 0, 1, g)[1])
+
+
+def test_the_cache_lists_and_clears_only_what_tica_can_make_again(archive, tmp_path, capsys):
+    """`tica cache` lists the extracted archives and decoded splits; `--clear` removes those
+    unused for an hour, `--all` the rest; training runs and anything not named as tica names
+    its files stay."""
+    import json
+    import os
+    import time
+    from tica.cli import main
+    from tica.data import cache_entries, clear_cache
+    copy = extract_archive(archive)
+    load_split(archive, "test")
+    cache = copy.parent
+    (cache / "runs" / "a-run").mkdir(parents=True)
+    (cache / "runs" / "a-run" / "model.safetensors").write_bytes(b"weights")
+    (cache / "mystuff").mkdir()
+    (cache / "notes-0123456789ab.txt").write_text("not ours")
+    listed = {e.path.name: e for e in cache_entries()}
+    array = next(n for n in listed if n.endswith(".npy"))
+    assert {e.kind for e in listed.values()} == {"archive", "split"} and len(listed) == 2
+    assert listed[copy.name].source == str(archive.resolve()) and listed[copy.name].bytes > 0
+    long_ago = time.time() - 7200
+    os.utime(cache / array, (long_ago, long_ago))
+    load_split(archive, "test")                            # a use marks it used again
+    assert not clear_cache()
+    os.utime(cache / array, (long_ago, long_ago))
+    assert [e.path.name for e in clear_cache()] == [array]
+    assert main(["cache", "--json"]) == 0
+    assert [e["kind"] for e in json.loads(capsys.readouterr().out)["entries"]] == ["archive"]
+    assert main(["cache", "--clear", "--all"]) == 0
+    assert "removed 1 item(s)" in capsys.readouterr().out
+    assert sorted(p.name for p in cache.iterdir()) == ["mystuff", "notes-0123456789ab.txt",
+                                                       "runs"]
+    assert (cache / "runs" / "a-run" / "model.safetensors").read_bytes() == b"weights"

@@ -325,6 +325,36 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from .data import STALE_AFTER_S, cache_dir, cache_entries, clear_cache
+    folder = cache_dir()
+    if args.clear:
+        idle = 0.0 if args.all else STALE_AFTER_S
+        removed = clear_cache(idle)
+        freed = sum(e.bytes for e in removed)
+        print(f"{folder}: removed {len(removed)} item(s), {freed / 2**20:.1f} MiB"
+              + ("" if args.all else " (unused for an hour or more; --all: everything)")
+              + "; training runs are never removed")
+        return 0
+    entries = cache_entries()
+    if args.json:
+        print(json.dumps({"folder": str(folder), "entries": [
+            {"path": str(e.path), "kind": e.kind, "bytes": e.bytes,
+             "idle_s": round(e.idle_s, 1), "source": e.source} for e in entries]}))
+        return 0
+    total = sum(e.bytes for e in entries)
+    print(f"{folder}: {len(entries)} item(s) tica can make again, {total / 2**20:.1f} MiB "
+          f"(`tica cache --clear` removes those unused for an hour)")
+    for e in entries[:40]:
+        since = (f"{e.idle_s / 3600:.1f} h" if e.idle_s >= 3600 else f"{e.idle_s / 60:.0f} min")
+        source = f"  from {e.source}" if e.source else ""
+        print(f"  {e.bytes / 2**20:9.1f} MiB  {e.kind:8s} unused {since:>8s}  "
+              f"{e.path.name}{source}")
+    if len(entries) > 40:
+        print(f"  (+{len(entries) - 40} more)")
+    return 0
+
+
 def _parse_value(text: str):
     try:
         return json.loads(text)
@@ -548,8 +578,18 @@ def _shards_parser(sub) -> None:
     p.set_defaults(func=cmd_shards)
 
 
+def _cache_parser(sub) -> None:
+    p = sub.add_parser("cache", help="what tica keeps in $TICA_CACHE (extracted archives, "
+                       "decoded splits), and clearing it")
+    p.add_argument("--clear", action="store_true", help="remove what nothing has used for an "
+                   "hour (training runs are never removed)")
+    p.add_argument("--all", action="store_true", help="with --clear: whatever its last use")
+    p.add_argument("--json", action="store_true", help="print the listing as JSON")
+    p.set_defaults(func=cmd_cache)
+
+
 SUBCOMMANDS = (_encode_parser, _decode_parser, _classify_parser, _serve_parser, _export_parser,
-               _info_parser, _train_parser, _eval_parser, _shards_parser)
+               _info_parser, _train_parser, _eval_parser, _shards_parser, _cache_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -600,6 +640,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:             # `tica ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -138,6 +139,72 @@ def _evict_superseded(stem: str, source: str, keep: Path) -> None:
         shutil.rmtree(doomed, ignore_errors=True)
         for array in keep.parent.glob(f"{copy.name}-*.npy"):
             array.unlink(missing_ok=True)
+
+
+@dataclass
+class CacheEntry:
+    """One thing in the cache: an extracted archive ("archive", with the archive it came
+    from), a decoded split ("split"), or a half-done extraction or eviction ("partial"). All
+    are derived data that tica makes again when asked; training runs (runs/) are not
+    entries and are never cleared."""
+
+    path: Path
+    kind: str
+    bytes: int
+    idle_s: float                    # since its last use (an archive copy: its last lookup)
+    source: str | None = None
+
+
+_CACHE_NAME = re.compile(r"[A-Za-z0-9_.-]+-[0-9a-f]{12}(?P<npy>\.npy)?")
+
+
+def _tree_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def cache_entries(folder: Path | None = None) -> list[CacheEntry]:
+    """What the cache holds that tica can make again, largest first."""
+    folder = folder or cache_dir()
+    now, out = time.time(), []
+    if not folder.is_dir():
+        return out
+    for path in folder.iterdir():
+        try:
+            ours = _CACHE_NAME.fullmatch(path.name)   # nothing else in the folder is touched
+            if path.name.startswith((".extract-", ".evict-")) and path.is_dir():
+                kind, source = "partial", None
+            elif path.is_dir() and (path / SOURCE_MARK).is_file():
+                kind, source = "archive", (path / SOURCE_MARK).read_text()
+            elif path.is_dir() and ours and not ours["npy"]:
+                kind, source = "archive", None        # extracted before copies were marked
+            elif path.is_file() and ours and ours["npy"]:
+                kind, source = "split", None
+            else:
+                continue
+            out.append(CacheEntry(path, kind, _tree_bytes(path), now - path.stat().st_mtime,
+                                  source))
+        except OSError:
+            continue                                  # removed while being listed
+    return sorted(out, key=lambda e: -e.bytes)
+
+
+def clear_cache(idle_s: float = STALE_AFTER_S, folder: Path | None = None) -> list[CacheEntry]:
+    """Remove what the cache holds that tica can make again (extracted archives, decoded
+    splits, partial leftovers) and that nothing has used for `idle_s` seconds (0: all of
+    it); never training runs. Returns what was removed."""
+    removed = []
+    for entry in cache_entries(folder):
+        if entry.idle_s < idle_s:
+            continue
+        if entry.path.is_dir():
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            entry.path.unlink(missing_ok=True)
+        if not entry.path.exists():
+            removed.append(entry)
+    return removed
 
 
 HELD_OUT_SPLITS = ("test", "val")     # CIFAR-10 has a test split, Imagenette a val split
@@ -265,6 +332,10 @@ def load_split(data: str | Path, split: str, limit: int | None = None) -> ImageF
     cached = cache_dir() / f"{_cache_prefix(root)}-{split}-{key}.npy"
     if cached.is_file():
         array = np.load(cached)
+        try:
+            os.utime(cached)                 # its last use, which `clear_cache` goes by
+        except OSError:
+            pass
     else:
         array = _decode_all(files)
         atomic_write(cached, lambda tmp: save_npy(tmp, array))   # a temporary name of its own
