@@ -60,7 +60,8 @@ from tica.errors import ConfigError
 from tica.evaluate import LearnedPipeline, Uncompressed, eval_data, evaluate
 from tica.image import read_image
 from tica.io import sha256_file
-from tica.registry import MANIFEST, find_weights, load_checkpoint, manifest_json, write_manifest
+from tica.registry import (MANIFEST, find_weights, load_checkpoint, manifest_json, parse_manifest,
+                           write_manifest)
 from tica_tools.plan.provenance import accumulate, chain
 from tica_tools.rd import (curve_rows, curve_verdict, curves_table, paired_accuracy_interval,
                            top1_gap_text)
@@ -138,17 +139,13 @@ class Staging:
         return self.files.get(target, WEIGHTS / target)
 
     def commit(self, manifest: dict, path: Path) -> None:
-        """The manifest written and checked under a staged name, the files moved into place,
-        then the manifest: renames alone between the old state and the new."""
-        staged_manifest = path.with_name(f".{path.name}.ship")
-        try:
-            write_manifest(manifest, staged_manifest)
-            for target, staged in self.files.items():
-                staged.replace(WEIGHTS / target)
-            self.files.clear()
-            staged_manifest.replace(path)
-        finally:
-            staged_manifest.unlink(missing_ok=True)
+        """The manifest checked, the files moved into place, then the manifest written
+        (atomically): renames alone between the old state and the new."""
+        parse_manifest(manifest, path)
+        for target, staged in self.files.items():
+            staged.replace(WEIGHTS / target)
+        self.files.clear()
+        write_manifest(manifest, path)
         kept = {e["file"] for e in manifest["weights"]}
         for name in self.superseded:
             if name not in kept:
@@ -194,6 +191,13 @@ def _label(i: int, count: int) -> str:
     return "candidate" if count == 1 else f"candidate {i + 1}"
 
 
+def as_shipped(model: nn.Module) -> nn.Module:
+    """`model` as users would load it once shipped: through a float16 checkpoint."""
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(model, Path(tmp) / "m.safetensors", model.weights_info, half=True)
+        return load_checkpoint(Path(tmp) / "m.safetensors")
+
+
 def gate(models: list[nn.Module], sources: list[str], args: argparse.Namespace
          ) -> list[tuple[bool, dict]]:
     """Evaluate codecs of one preset as they would ship (float16) against the preset's
@@ -204,11 +208,7 @@ def gate(models: list[nn.Module], sources: list[str], args: argparse.Namespace
     each is worse than another somewhere) the one with the lowest mean BD-rate against the
     shipped file ships. Returns (ships, manifest results: one key per data set) per codec."""
     name = models[0].config.name
-    with tempfile.TemporaryDirectory() as tmp:
-        candidates = []
-        for i, model in enumerate(models):
-            save_checkpoint(model, Path(tmp) / f"{i}.safetensors", model.weights_info, half=True)
-            candidates.append(load_checkpoint(Path(tmp) / f"{i}.safetensors"))
+    candidates = [as_shipped(model) for model in models]
     shipped = api.load(name)
     n = len(models)
     results: list[dict] = [{} for _ in models]
@@ -262,9 +262,7 @@ def classifier_gate(model: nn.Module, args: argparse.Namespace) -> tuple[bool, d
     any and better on one (or where none is shipped yet). Returns (ships, manifest results:
     one key per data set)."""
     name = model.config.name
-    with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(model, Path(tmp) / "c.safetensors", model.weights_info, half=True)
-        candidate = load_checkpoint(Path(tmp) / "c.safetensors")
+    candidate = as_shipped(model)
     # nothing to beat only where none is shipped: a shipped file that fails its checks is
     # an error here, not a free pass
     shipped = api.load(name) if find_weights(name, "classifier") else None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -158,17 +157,13 @@ def manifest_json(path: Path | None = None) -> dict:
 
 def write_manifest(data: dict, path: Path | None = None) -> None:
     """Store a manifest (as `manifest_json` reads it), atomically, after checking that every
-    entry reads back as ShippedWeights."""
+    entry reads as ShippedWeights (`parse_manifest`): a manifest that would not read back
+    never replaces the one there."""
     path = path or weights_root() / MANIFEST
     if data.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"format is not {MANIFEST_FORMAT}")
-    staged = path.with_name(f".{path.name}.staged")       # checked before it replaces the old
-    try:
-        atomic_write_text(staged, json.dumps(data, indent=1) + "\n")
-        read_manifest(staged)
-        os.replace(staged, path)
-    finally:
-        staged.unlink(missing_ok=True)
+    parse_manifest(data, path)
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def read_manifest(path: Path | None = None) -> list[ShippedWeights]:
@@ -176,6 +171,15 @@ def read_manifest(path: Path | None = None) -> list[ShippedWeights]:
     path = path or weights_root() / MANIFEST
     try:
         data = manifest_json(path)
+    except ValueError as exc:
+        raise ConfigError(f"malformed weights manifest {path}: {exc}") from None
+    return parse_manifest(data, path)
+
+
+def parse_manifest(data: dict, path: Path) -> list[ShippedWeights]:
+    """A manifest's entries (as `manifest_json` returns them) typed, their files beside
+    `path`; ConfigError if one is malformed."""
+    try:
         entries = []
         for e in data["weights"]:
             e = dict(e)

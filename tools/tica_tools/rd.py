@@ -138,7 +138,7 @@ def paired_top1_interval(anchor: Sequence[dict], test: Sequence[dict], level: fl
     if not np.array_equal(pixels, pixels_t):
         raise TicaError("a paired comparison needs both curves on the same images")
     n = len(pixels)
-    draws = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=resamples)
+    draws = _draws(n, resamples, seed)
     area = draws @ pixels
     bpp_a, bpp_t = (draws @ bits_a.T) / area[:, None], (draws @ bits_t.T) / area[:, None]
     top_a, top_t = (draws @ right_a.T) / n, (draws @ right_t.T) / n
@@ -150,8 +150,18 @@ def paired_top1_interval(anchor: Sequence[dict], test: Sequence[dict], level: fl
             continue
     if len(diffs) < resamples // 2:
         raise TicaError("the curves share no rate range on most resamples: no interval")
+    return _central(diffs, level)
+
+
+def _draws(n: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, n): how often each of n images is drawn, with replacement, per resample."""
+    return np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=resamples)
+
+
+def _central(values, level: float) -> tuple[float, float]:
+    """The central `level` share of `values`."""
     tail = 100 * (1 - level) / 2
-    low, high = np.percentile(diffs, [tail, 100 - tail])
+    low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
 
 
@@ -164,12 +174,7 @@ def paired_accuracy_interval(right_a: Sequence[bool], right_t: Sequence[bool],
     a, t = np.asarray(right_a, float), np.asarray(right_t, float)
     if a.shape != t.shape or a.size == 0:
         raise TicaError("a paired comparison needs both classifiers' answers on the same images")
-    n = a.size
-    draws = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=resamples)
-    diffs = 100 * (draws @ (t - a)) / n
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(diffs, [tail, 100 - tail])
-    return float(low), float(high)
+    return _central(100 * (_draws(a.size, resamples, seed) @ (t - a)) / a.size, level)
 
 
 POINT_TOLERANCE_DB = 0.3    # a candidate's rate point may fall this far below the old curve

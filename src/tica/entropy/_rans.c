@@ -109,11 +109,6 @@ static inline uint32_t dec_uniform(Decoder *d, uint32_t range) {
     return last;
 }
 
-/* The entry lo whose interval holds the quantile, cdf[lo] <= q < cdf[lo + 1] (cdf[0] == 0
- * and cdf[length + 1] == 2^24 > q bound it), found from the lookup's entry for the
- * quantile's slice: the last entry that starts at or before the slice's first quantile.
- * A table's likely entries span whole slices, so the scan rarely takes a step; it needs
- * nothing of the lookup to stop, and a wrong entry there costs steps, never the answer. */
 /* The rare case of dec_table, out of its way: the quantile lies two or more entries past
  * the slice's, cdf[lo] <= q. Steps on a few entries, then (a long run of rare entries in
  * one slice: a wide table's tails) bisects up to the next slice's entry (the table's last
@@ -138,6 +133,11 @@ dec_far(const uint32_t *cdf, uint32_t lo, uint32_t q, const uint16_t *lookup, ui
     return lo;
 }
 
+/* The entry lo whose interval holds the quantile, cdf[lo] <= q < cdf[lo + 1] (cdf[0] == 0
+ * and cdf[length + 1] == 2^24 > q bound it), found from the lookup's entry for the
+ * quantile's slice: the last entry that starts at or before the slice's first quantile.
+ * A table's likely entries span whole slices, so the scan rarely takes a step; it needs
+ * nothing of the lookup to stop, and a wrong entry there costs steps, never the answer. */
 static inline uint32_t dec_table(Decoder *d, const uint32_t *cdf, int32_t length,
                                  const uint16_t *lookup, int shift) {
     uint32_t q = (uint32_t)(d->state & QUANTILE_MASK);

@@ -126,8 +126,7 @@ def build_initial_model(cfg: TrainConfig) -> nn.Module:
 def _initial_weights(cfg: TrainConfig) -> nn.Module:
     if cfg.init:
         entry = shipped_init(cfg.model, cfg.init)      # "step1" / "shipped": the package's
-        model = (load_checkpoint(verified_file(entry)) if entry
-                 else load_checkpoint(cfg.init))
+        model = load_checkpoint(verified_file(entry) if entry else cfg.init)
         if cfg.model_overrides and model.config.replace(**cfg.model_overrides) != model.config:
             model = transplant(model, cfg.model_overrides, cfg.seed)
         return model

@@ -304,7 +304,7 @@ class PlanRunner:
                              f"{how}, {st.result.get('steps')} steps, "
                              f"{st.result.get('img_s', 0):.0f} images/s")
             else:
-                tail = _tail(r.run_dir / "log.txt")
+                tail = " | ".join(_tail(r.run_dir / "log.txt"))
                 self._finish(r, "failed", f"exit code {rc}; {r.run_dir / 'log.txt'}: {tail}")
 
     def _signal_running(self, sig: int) -> None:
@@ -382,8 +382,7 @@ class PlanRunner:
         runs = {r.name: self._run_status(r) for r in self.plan.runs}
         for r in self.plan.runs:     # a run that failed brings its log's end back with it
             if runs[r.name]["state"] == "failed" and r.run_dir.joinpath("log.txt").is_file():
-                runs[r.name]["log_tail"] = _tail(r.run_dir / "log.txt", LOG_TAIL_LINES,
-                                                 joined=False)
+                runs[r.name]["log_tail"] = _tail(r.run_dir / "log.txt", LOG_TAIL_LINES)
         status = {"format": STATUS_FORMAT, "plan": self.plan.name, "commit": self.commit,
                   "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.t0)),
                   "elapsed_s": round(self.elapsed(), 1), "deadline_s": self.plan.deadline_s,
@@ -415,9 +414,8 @@ def _terminate_as_interrupt():
 LOG_TAIL_LINES = 40          # of a failed run's log, in plan.json (the only file sure to return)
 
 
-def _tail(path: Path, lines: int = 3, joined: bool = True) -> str | list[str]:
-    """The last `lines` lines of a log (each cut at 300 characters), joined by " | " or as
-    a list."""
+def _tail(path: Path, lines: int = 3) -> list[str]:
+    """The last `lines` lines of a log, each cut at 300 characters."""
     try:
         with open(path, "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - 64 * 1024))     # its end, not all of it
@@ -425,7 +423,7 @@ def _tail(path: Path, lines: int = 3, joined: bool = True) -> str | list[str]:
         tail = [line[:300] for line in text.strip().splitlines()[-lines:]]
     except OSError:
         tail = ["(no log)"]
-    return " | ".join(tail) if joined else tail
+    return tail
 
 
 def run_plan(path: str | Path, out: str | Path | None = None, runs_dir: str | Path | None = None,

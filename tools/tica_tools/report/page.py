@@ -138,14 +138,6 @@ def _imagenette(photo: list[dict], meta: dict) -> list[str]:
     for r in photo:
         L.append(f"| {r['pipeline']} | {fmt(r['quality'], 'g')} | {fmt(r['bpp'], '.3f')} | "
                  f"{fmt(r['top1'], '.1f', 100)}% | {fmt(r['top5'], '.1f', 100)}% | {fmt(r['psnr'])} |")
-    if any("|spread" not in str(r.get("key")) for r in photo):
-        L += ["", "**Rows measured on the earlier subset, which held eight of the ten classes**: "
-              "it stepped through the split (listed class by class) by 3,925 // 1,000 = 3 and "
-              "cut at 1,000, leaving out every parachute and tench. The subset now spreads "
-              "over the whole split (tica.data.spread) and the next run measures these rows "
-              "again. On all ten classes (2026-12-07, `tica eval --data "
-              "imagenette-224.tar.gz --limit 1000`): tica q1 79.4% top-1 at 0.293 bpp, q6 "
-              "80.6% at 0.702; the ViT on clean pixels 60.1%."]
     L += ["", f"The validation split, a class-balanced {meta.get('imagenette_images') or '?'}"
           "-image subset, 224x224. tica is tica-photo (classify from the stream, no pixels "
           "decoded); the ViT is vit-pixel-photo, tica-photo's ViT on 16x16 pixel patches, "
