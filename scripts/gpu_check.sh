@@ -57,8 +57,8 @@ case "${1:-}" in
         dir=${GPU_CHECK_DIR:-/tmp/gpu-check}
         rm -rf "$dir"
         mkdir -p "$dir/out"
-        "$PY" benchmarks/cross_device.py prepare --dir "$dir/check" --cifar 64 --photos 16
-        CHECK=$dir/check OUT=$dir/out PY3=$PY DEVICE=cpu ARGS="--repeats 1 --images 64 --photos 16" \
+        "$PY" benchmarks/cross_device.py prepare --dir "$dir/check" --cifar 64 --photos 4
+        CHECK=$dir/check OUT=$dir/out PY3=$PY DEVICE=cpu ARGS="--repeats 1 --images 64 --photos 4" \
             run_check
         "$PY" benchmarks/cross_device.py compare --dir "$dir/check" --gpu "$dir/out" --docs "$dir"
         ;;

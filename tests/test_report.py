@@ -20,14 +20,30 @@ from tica_tools.report import (HYPER, PHOTO, PHOTO_NOFAM, RUNS, TICA, TICA_FIXED
 from tica_tools.report.claims import compute_claim, fam_claim
 
 
+def _small_data(tmp_path):
+    """The data sets as the report reads them, with Kodak cut down to one 256x256 crop of
+    kodim01 (the whole 768x512 image coded at every quality of every codec took most of the
+    test's time) and the archives linked, not copied."""
+    data = tmp_path / "data"
+    (data / "kodak").mkdir(parents=True)
+    for name in ("cifar10-jpeg.tar.gz", "imagenette-224.tar.gz"):
+        if (DATA / name).exists():
+            (data / name).symlink_to(DATA / name)
+    from PIL import Image
+    with Image.open(DATA / "kodak" / "kodim01.png") as image:
+        image.crop((256, 128, 512, 384)).save(data / "kodak" / "kodim01.png")
+    return data
+
+
 @pytest.mark.real_data("cifar10-jpeg.tar.gz", "kodak")
 def test_run_all_writes_tables_plots_and_claims(tmp_path):
     out = tmp_path / "results"
     printed: list[str] = []
+    data = _small_data(tmp_path)
 
     def options(**changes) -> ReportOptions:
-        base = dict(data=DATA, runs=tmp_path / "no-runs", out=out, limit=20, kodak=1,
-                    imagenette=10, repeats=1, log=printed.append)
+        base = dict(data=data, runs=tmp_path / "no-runs", out=out, limit=20, kodak=1,
+                    imagenette=4, repeats=1, log=printed.append)
         return ReportOptions(**{**base, **changes})
 
     assert run_report(options()) == tmp_path / "RESULTS.md"
@@ -45,10 +61,12 @@ def test_run_all_writes_tables_plots_and_claims(tmp_path):
     if find_weights("vit-pixel-photo", "classifier") and (DATA / "imagenette-224.tar.gz").exists():
         photo = json.loads((out / "imagenette.json").read_text())
         assert {"ViT on clean pixels", "tica", "JPEG -> decode -> ViT"} <= {r["pipeline"] for r in photo}
-        assert all(r["images"] == 10 and r["top1"] is not None for r in photo)
+        assert all(r["images"] == 4 and r["top1"] is not None for r in photo)
         assert (out / "imagenette_accuracy.png").read_bytes()[:4] == b"\x89PNG"
     compute = json.loads((out / "compute.json").read_text())
     assert {c["path"] for c in compute} >= {"classify from bitstream"}
+    assert {"tica-photo, 224x224, batch 1", "tica-photo, 256x256, batch 1"} <= {
+        c["setting"] for c in compute}                  # the whole image named by its size
     for name in ("cifar10_accuracy.png", "cifar10_psnr.png", "kodak_psnr.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     page = (tmp_path / "RESULTS.md").read_text()

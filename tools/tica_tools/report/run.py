@@ -174,8 +174,8 @@ def measure_compute(repeats: int, runs: Path, kodim: Path) -> list[dict]:
     top, left = (image.shape[-2] - 224) // 2, (image.shape[-1] - 224) // 2
     rows += [c.to_dict() for c in classify_paths(photo, image[..., top:top + 224, left:left + 224],
                                                  pixel, "tica-photo, 224x224, batch 1", repeats)]
-    rows += [c.to_dict() for c in classify_paths(photo, image, pixel, "tica-photo, 768x512, batch 1",
-                                                 max(2, repeats // 2))]
+    whole = f"tica-photo, {image.shape[-1]}x{image.shape[-2]}, batch 1"
+    rows += [c.to_dict() for c in classify_paths(photo, image, pixel, whole, max(2, repeats // 2))]
     return rows
 
 
