@@ -229,6 +229,9 @@ def curve_verdict(anchor: Sequence[dict], test: Sequence[dict], top1_resolution:
     gains = [-out["bd_rate_psnr"]] + ([top1] if labelled else [])
     out["better"] = all(g >= 0 for g in gains) and any(g > 0 for g in gains) and not point_worse
     out["worse"] = any(g < 0 for g in gains) or point_worse
+    for key in ("bd_rate_psnr", "bd_top1_points"):     # decided on: kept as the interval is
+        if out[key] is not None:
+            out[key] = round(out[key], 4)
     return out
 
 
