@@ -76,7 +76,9 @@ def test_refined_stream_is_better_and_any_decoder_reads_it(shipped_cifar, cifar_
 
 
 def test_refinement_keeps_each_images_best_and_leaves_the_weights(shipped_cifar, cifar_images):
-    model, x = shipped_cifar, cifar_images[:4]
+    # all 20 images: refinement finds a better iterate for a few images in 5 steps (2-3 of
+    # these 20 with the shipped 6f0e; rounding moves in steps, so most images keep theirs)
+    model, x = shipped_cifar, cifar_images
     before = {k: v.clone() for k, v in model.state_dict().items()}
     y0, z0 = refine(model, x, 2.0, 0)
     y, z = refine(model, x, 2.0, 5)
